@@ -1,0 +1,60 @@
+"""Shared fixtures: compute counters, device choice, data paths."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dask
+import pytest
+import torch
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads():
+    # CI has 2 cores; keep torch from oversubscribing under pytest.
+    torch.set_num_threads(int(os.environ.get("XLATDA_TEST_THREADS", "2")))
+    yield
+
+
+class CountingScheduler:
+    """A dask scheduler that counts how often it is asked to compute."""
+
+    def __init__(self, max_computes: int = 0):
+        self.total_computes = 0
+        self.max_computes = max_computes
+
+    def __call__(self, dsk, keys, **kwargs):
+        self.total_computes += 1
+        if self.total_computes > self.max_computes:
+            raise RuntimeError(
+                f"Too many computes. Total: {self.total_computes} > max: {self.max_computes}."
+            )
+        return dask.get(dsk, keys, **kwargs)
+
+
+@pytest.fixture
+def raise_if_dask_computes():
+    """Context factory: ``with raise_if_dask_computes(): ...`` fails on any compute."""
+
+    def factory(max_computes: int = 0):
+        return dask.config.set(scheduler=CountingScheduler(max_computes))
+
+    return factory
+
+
+def shared_file(name: str) -> Path:
+    """Path of a file in ../shared/data, skipping the test if it is absent."""
+    path = SHARED_DATA / name
+    if not path.exists():
+        pytest.skip(f"{path} not present")
+    return path

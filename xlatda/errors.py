@@ -1,0 +1,89 @@
+"""Exceptions raised by xlatda.
+
+Every error raised on purpose by xlatda derives from :class:`XlatdaError`, so
+``except xlatda.XlatdaError`` catches them all. Each subclass also derives
+from the builtin a user would expect (``ValueError``, ``KeyError``, ...), so
+existing ``except ValueError`` code keeps working.
+
+Messages follow one pattern: what was wrong, the value that was seen, and how
+to fix it.
+
+Examples
+--------
+>>> import xlatda
+>>> try:
+...     raise xlatda.errors.LayoutError("no latitude found; pass lat='name'")
+... except ValueError as err:
+...     print(type(err).__name__, "-", err)
+LayoutError - no latitude found; pass lat='name'
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "DeviceError",
+    "LayoutError",
+    "ModelStoreError",
+    "NotFittedError",
+    "ObservationError",
+    "ShapeError",
+    "UnitsError",
+    "UnknownNameError",
+    "VariableNotFoundError",
+    "XlatdaError",
+]
+
+
+class XlatdaError(Exception):
+    """Base class of every error xlatda raises on purpose."""
+
+
+class _KeyErrorMessage(KeyError):
+    # KeyError quotes its argument in str(); we want readable sentences.
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class LayoutError(XlatdaError, ValueError):
+    """A Dataset's dimensions or coordinates cannot form a state layout.
+
+    Raised when no latitude/longitude/time axis can be found, coordinates are
+    not monotonic, or a tensor does not fit the layout it is turned back with.
+    """
+
+
+class ShapeError(XlatdaError, ValueError):
+    """A tensor or array has a shape that does not fit what is expected."""
+
+
+class UnitsError(XlatdaError, ValueError):
+    """Units of two objects that must agree (state and observations) differ."""
+
+
+class ObservationError(XlatdaError, ValueError):
+    """An observation set breaks the observation contract (see ``xlatda.obs``)."""
+
+
+class VariableNotFoundError(XlatdaError, _KeyErrorMessage):
+    """A variable name was asked for that the Dataset or model does not have."""
+
+
+class UnknownNameError(XlatdaError, _KeyErrorMessage):
+    """A method, encoder or dynamics name is not in its registry."""
+
+
+class ConfigError(XlatdaError, ValueError):
+    """A setting or argument has a value outside what is allowed."""
+
+
+class NotFittedError(XlatdaError, RuntimeError):
+    """A model part (encoder, dynamics, covariance) is used before it is fitted."""
+
+
+class ModelStoreError(XlatdaError, OSError):
+    """A model store cannot be written or read (exists, corrupt, wrong version)."""
+
+
+class DeviceError(XlatdaError, RuntimeError):
+    """A torch device was asked for that is not available."""
