@@ -4,15 +4,20 @@ Importing xlatda registers the ``.lda`` accessor on :class:`xarray.Dataset`
 and :class:`xarray.DataArray`. Nothing else global is changed at import.
 """
 
-from xlatda import errors
+from xlatda import accessor as _accessor  # noqa: F401  (registers .lda)
+from xlatda import errors, obs
 from xlatda._version import __version__
 from xlatda.errors import XlatdaError
+from xlatda.layout import StateLayout, layout
 from xlatda.options import get_options, set_options
 
 __all__ = [
+    "StateLayout",
     "XlatdaError",
     "__version__",
     "errors",
     "get_options",
+    "layout",
+    "obs",
     "set_options",
 ]

@@ -1,0 +1,129 @@
+"""The ``.lda`` accessor on Datasets and DataArrays.
+
+Thin by design: each method validates its arguments and hands off to a
+public function (``xlatda.layout``, ``xlatda.obs.*``, ``xlatda.metrics``,
+``xlatda.api``). It holds no state: xarray rebuilds accessors for every new
+object, so nothing is cached on them. A DataArray goes through a
+one-variable Dataset; results that are states come back as DataArrays.
+
+Examples
+--------
+>>> import numpy as np, xarray as xr, xlatda
+>>> da = xr.DataArray(np.zeros((2, 3, 4)), dims=("time", "lat", "lon"), name="h",
+...                   coords={"lat": ("lat", [0.0, 10.0, 20.0], {"standard_name": "latitude"}),
+...                           "lon": ("lon", [0.0, 90.0, 180.0, 270.0],
+...                                   {"standard_name": "longitude"})})
+>>> da.lda.layout().kind
+'latlon'
+>>> tuple(da.lda.to_tensor().shape)
+(2, 1, 3, 4)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import xarray as xr
+
+from xlatda import obs as _obs
+from xlatda.errors import ConfigError
+from xlatda.layout import StateLayout
+from xlatda.layout import layout as _layout
+
+__all__ = ["DataArrayLdaAccessor", "DatasetLdaAccessor"]
+
+
+class _LdaBase:
+    """Shared implementation; ``self._ds`` is always a Dataset."""
+
+    _obj: xr.Dataset | xr.DataArray
+
+    def __init__(self, obj: xr.Dataset | xr.DataArray) -> None:
+        self._obj = obj
+
+    # -- helpers -------------------------------------------------------
+    @property
+    def _ds(self) -> xr.Dataset:
+        obj = self._obj
+        if isinstance(obj, xr.DataArray):
+            return obj.to_dataset(name=obj.name if obj.name is not None else "data")
+        return obj
+
+    def _back(self, result: Any) -> Any:
+        """Return states as DataArrays when the accessor was on a DataArray."""
+        if isinstance(self._obj, xr.DataArray) and isinstance(result, xr.Dataset):
+            name = self._obj.name if self._obj.name is not None else "data"
+            if name in result.data_vars and len(result.data_vars) == 1:
+                return result[name]
+        return result
+
+    # -- layout --------------------------------------------------------
+    def layout(self, **kwargs: Any) -> StateLayout:
+        """The :class:`~xlatda.StateLayout` of this state (see :func:`xlatda.layout`)."""
+        return _layout(self._ds, **kwargs)
+
+    def to_tensor(self, *, dtype: Any = None, device: Any = None, **layout_kwargs: Any):
+        """Tensor ``(sample, [member,] channel, *spatial)``; computes dask data.
+
+        See :meth:`xlatda.StateLayout.to_tensor`.
+        """
+        ds = self._ds
+        return _layout(ds, **layout_kwargs).to_tensor(ds, dtype=dtype, device=device)
+
+    # -- observations --------------------------------------------------
+    def sample_points(
+        self,
+        n: int,
+        error_std: float | dict[str, float],
+        *,
+        seed: int = 0,
+        variables: Sequence[str] | None = None,
+        times: str = "each",
+        noise: bool = True,
+        kind: str | None = None,
+    ) -> xr.Dataset:
+        """Scattered noisy observations of this state (:func:`xlatda.obs.sample_points`)."""
+        return _obs.sample_points(self._ds, n, error_std, seed=seed, variables=variables,
+                                  times=times, noise=noise, kind=kind)
+
+    def to_observations(
+        self, error_std: float | dict[str, float] | None = None, *, kind: str | None = None
+    ) -> xr.Dataset:
+        """This gridded field (NaN gaps allowed) as points (:func:`xlatda.obs.from_grid`)."""
+        return _obs.from_grid(self._ds, error_std, kind=kind)
+
+    def coarsen_obs(
+        self, r: int, error_std: float | dict[str, float], *, seed: int | None = None
+    ) -> xr.Dataset:
+        """Block-mean observations (:func:`xlatda.obs.coarsen`)."""
+        return _obs.coarsen(self._ds, r, error_std, seed=seed)
+
+    def sparsify_obs(
+        self, g: int, error_std: float | dict[str, float], *, seed: int | None = None
+    ) -> xr.Dataset:
+        """Every g-th point as observations (:func:`xlatda.obs.sparsify`)."""
+        return _obs.sparsify(self._ds, g, error_std, seed=seed)
+
+    def observe(self, obs: xr.Dataset) -> xr.Dataset:
+        """This state seen through the observation operator (:func:`xlatda.obs.observe`)."""
+        if not isinstance(obs, xr.Dataset):
+            raise ConfigError(f"obs must be an observation Dataset, got {type(obs).__name__}")
+        return _obs.observe(self._ds, obs)
+
+    # -- scores --------------------------------------------------------
+    def rmse(self, other: xr.Dataset | xr.DataArray, dim: Any = None, **kwargs: Any):
+        """Root mean square error against ``other`` (:func:`xlatda.metrics.rmse`)."""
+        from xlatda import metrics
+
+        return self._back(metrics.rmse(self._obj, other, dim=dim, **kwargs))
+
+
+@xr.register_dataset_accessor("lda")
+class DatasetLdaAccessor(_LdaBase):
+    """``ds.lda``: latent data assimilation on a Dataset."""
+
+
+@xr.register_dataarray_accessor("lda")
+class DataArrayLdaAccessor(_LdaBase):
+    """``da.lda``: latent data assimilation on a DataArray (via a one-variable Dataset)."""
