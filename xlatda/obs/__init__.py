@@ -1,1 +1,24 @@
-"""xlatda.obs."""
+"""Observations: the contract, building sets, and the observation operator.
+
+See :mod:`xlatda.obs.contract` for what an observation set is.
+"""
+
+from xlatda.obs.contract import ObservationTable, to_tensors, validate
+from xlatda.obs.observe import observe
+from xlatda.obs.operator import build_operator, spatial_matrix, time_weights
+from xlatda.obs.sampling import coarsen, concat, from_grid, sample_points, sparsify
+
+__all__ = [
+    "ObservationTable",
+    "build_operator",
+    "coarsen",
+    "concat",
+    "from_grid",
+    "observe",
+    "sample_points",
+    "sparsify",
+    "spatial_matrix",
+    "time_weights",
+    "to_tensors",
+    "validate",
+]

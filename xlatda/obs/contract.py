@@ -1,0 +1,375 @@
+"""The observation contract: validation and conversion to tensors.
+
+An observation set is an :class:`xarray.Dataset` with one dimension ``obs``:
+
+- coordinates: ``time`` (optional), the location coordinates of the state
+  (latitude and longitude whatever their names, or the generic dimension's
+  coordinate such as Lorenz-96's site index), optional ``kind``
+  ("station", "satellite", ...) for multimodal sets;
+- data variables named like the state variables they observe, NaN where an
+  observation does not measure that variable;
+- for each, an error standard deviation as a companion variable
+  ``<name>_error_std`` or an ``error_std`` attribute (same units).
+
+:func:`validate` checks all of this against a :class:`~xlatda.StateLayout`
+before any work is done; :func:`to_tensors` flattens a valid set into one
+entry per measured value (the "long" form kernels use).
+
+Examples
+--------
+>>> import numpy as np, xarray as xr, xlatda
+>>> state = xr.Dataset(
+...     {"h": (("lat", "lon"), np.zeros((3, 4)), {"units": "m"})},
+...     coords={"lat": ("lat", [0.0, 10.0, 20.0], {"standard_name": "latitude"}),
+...             "lon": ("lon", [0.0, 10.0, 20.0, 30.0], {"standard_name": "longitude"})})
+>>> obs = xr.Dataset({"h": ("obs", [1.0, 2.0], {"units": "m", "error_std": 0.5})},
+...                  coords={"lat": ("obs", [5.0, 15.0]), "lon": ("obs", [5.0, 25.0])})
+>>> table = to_tensors(obs, xlatda.layout(state))
+>>> table.values.tolist(), table.error_std.tolist(), table.channel.tolist()
+([1.0, 2.0], [0.5, 0.5], [0, 0])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+
+from xlatda.cf import is_datetime
+from xlatda.errors import ObservationError, UnitsError, VariableNotFoundError
+from xlatda.layout import StateLayout
+
+__all__ = ["OBS_DIM", "ObservationTable", "error_std_of", "to_tensors", "validate"]
+
+OBS_DIM = "obs"
+ERROR_SUFFIX = "_error_std"
+
+
+@dataclass(frozen=True)
+class ObservationTable:
+    """An observation set in long form: one entry per measured value.
+
+    Attributes
+    ----------
+    values, error_std : Tensor (P,)
+        Values and error standard deviations, in the state's units.
+    channel : LongTensor (P,)
+        State channel each value measures.
+    variable : ndarray of str (P,)
+        State variable of each value.
+    lat, lon : ndarray (P,) or None
+        Location in degrees (lat/lon and point layouts).
+    position : ndarray (P,) or None
+        Position along a generic dimension (index units).
+    time : ndarray (P,) or None
+        Observation times (datetime64 or numbers), None for timeless sets.
+    obs_index : ndarray (P,)
+        Index of the row in the observation Dataset each value comes from.
+    kind : ndarray of str (P,) or None
+        Observation kind for multimodal sets.
+    """
+
+    values: torch.Tensor
+    error_std: torch.Tensor
+    channel: torch.Tensor
+    variable: np.ndarray
+    lat: np.ndarray | None
+    lon: np.ndarray | None
+    position: np.ndarray | None
+    time: np.ndarray | None
+    obs_index: np.ndarray
+    kind: np.ndarray | None
+
+    def __len__(self) -> int:
+        return int(self.values.numel())
+
+    def select(self, mask: np.ndarray) -> ObservationTable:
+        """Subset by a boolean or integer index over entries."""
+        idx = np.arange(len(self))[mask]
+        t = torch.as_tensor(idx, dtype=torch.long)
+
+        def pick(a):
+            return None if a is None else a[idx]
+
+        return ObservationTable(
+            values=self.values[t], error_std=self.error_std[t], channel=self.channel[t],
+            variable=self.variable[idx], lat=pick(self.lat), lon=pick(self.lon),
+            position=pick(self.position), time=pick(self.time),
+            obs_index=self.obs_index[idx], kind=pick(self.kind),
+        )
+
+
+def _state_var_names(obs: xr.Dataset) -> list[str]:
+    return [str(v) for v in obs.data_vars if not str(v).endswith(ERROR_SUFFIX)]
+
+
+def error_std_of(obs: xr.Dataset, name: str) -> np.ndarray:
+    """Error standard deviations of variable ``name`` (companion or attribute).
+
+    Raises
+    ------
+    ObservationError
+        If neither ``<name>_error_std`` nor an ``error_std`` attribute exists.
+    """
+    comp = f"{name}{ERROR_SUFFIX}"
+    if comp in obs.data_vars:
+        return np.asarray(obs[comp].values, dtype=float)
+    if "error_std" in obs[name].attrs:
+        return np.full(obs.sizes[OBS_DIM], float(obs[name].attrs["error_std"]))
+    if "error_std" in obs.attrs:
+        return np.full(obs.sizes[OBS_DIM], float(obs.attrs["error_std"]))
+    raise ObservationError(
+        f"observations of {name!r} have no error standard deviation; add a variable "
+        f"{comp!r} or the attribute error_std=... to obs[{name!r}]"
+    )
+
+
+def _coord(obs: xr.Dataset, name: str | None) -> np.ndarray | None:
+    if name is None:
+        return None
+    if name in obs.coords or name in obs.data_vars:
+        return np.asarray(obs[name].values)
+    return None
+
+
+def _location_names(obs: xr.Dataset, layout: StateLayout) -> dict[str, str | None]:
+    """Names of the latitude/longitude (or generic position) coords in ``obs``."""
+    from xlatda.cf import find_axes
+
+    if layout.kind in ("latlon", "points"):
+        try:
+            axes = find_axes(obs)
+            lat, lon = axes.lat, axes.lon
+        except Exception:
+            lat = lon = None
+        lat = lat or (layout.axes.lat if layout.axes.lat in obs.coords else None)
+        lon = lon or (layout.axes.lon if layout.axes.lon in obs.coords else None)
+        if lat is None or lon is None:
+            raise ObservationError(
+                "observations have no latitude/longitude coordinates along 'obs'; add "
+                f"coordinates named like the state's ({layout.axes.lat!r}, {layout.axes.lon!r}) "
+                "or with standard_name 'latitude'/'longitude'"
+            )
+        return {"lat": lat, "lon": lon, "position": None}
+    dim = layout.spatial_dims[0]
+    if len(layout.spatial_dims) != 1:
+        raise ObservationError(
+            f"observations of generic layouts with {len(layout.spatial_dims)} spatial dims "
+            "are not supported; stack the spatial dims into one first"
+        )
+    if dim not in obs.coords:
+        raise ObservationError(
+            f"observations need a coordinate {dim!r} along 'obs' giving the position on the "
+            f"state's {dim!r} dimension"
+        )
+    return {"lat": None, "lon": None, "position": dim}
+
+
+def validate(obs: xr.Dataset, layout: StateLayout, *, check_domain: bool = True) -> None:
+    """Check an observation set against a state layout; raise before any work.
+
+    Parameters
+    ----------
+    obs : Dataset
+        Observations (see the module docstring for the contract).
+    layout : StateLayout
+        The state they observe.
+    check_domain : bool
+        Also refuse locations outside a regional grid (built through the
+        operator, which is where the domain is known exactly).
+
+    Raises
+    ------
+    ObservationError
+        Wrong dims, empty set, NaN-only rows, missing or non-positive error
+        std, NaN or duplicate locations, unsortable times, outside points.
+    VariableNotFoundError
+        A data variable names no state variable.
+    UnitsError
+        A variable's ``units`` attribute differs from the state's.
+    """
+    if not isinstance(obs, xr.Dataset):
+        raise ObservationError(
+            f"observations must be an xarray Dataset with dimension 'obs', got {type(obs).__name__}"
+        )
+    if OBS_DIM not in obs.dims or len(obs.dims) != 1:
+        raise ObservationError(
+            f"observations must have exactly one dimension 'obs', got {dict(obs.sizes)}; "
+            "turn gridded fields into points with xlatda.obs.from_grid(ds)"
+        )
+    if obs.sizes[OBS_DIM] == 0:
+        raise ObservationError("the observation set is empty (obs has size 0); pass observations")
+    names = _state_var_names(obs)
+    if not names:
+        raise ObservationError("the observation set has no data variables to assimilate")
+    unknown = [n for n in names if n not in layout.variables]
+    if unknown:
+        raise VariableNotFoundError(
+            f"observed variables {unknown} are not state variables; the state has "
+            f"{list(layout.variables)} (rename them, or drop them with obs.drop_vars({unknown}))"
+        )
+    for name in names:
+        spec = next(s for s in layout.specs if s.name == name)
+        u_obs, u_state = obs[name].attrs.get("units"), spec.attrs.get("units")
+        if u_obs is not None and u_state is not None and str(u_obs) != str(u_state):
+            raise UnitsError(
+                f"observations of {name!r} are in {u_obs!r} but the state is in {u_state!r}; "
+                "convert them first (e.g. with pint-xarray) and set the units attribute"
+            )
+    values = np.stack([np.asarray(obs[n].values, dtype=float) for n in names])
+    measured = np.isfinite(values)
+    empty = np.flatnonzero(~measured.any(0))
+    if empty.size:
+        raise ObservationError(
+            f"{empty.size} observations have no finite value in any variable (first at obs "
+            f"index {empty[:5].tolist()}); drop them with obs.dropna('obs', how='all')"
+        )
+    for i, name in enumerate(names):
+        std = error_std_of(obs, name)
+        bad = measured[i] & ~(np.isfinite(std) & (std > 0))
+        if bad.any():
+            raise ObservationError(
+                f"error_std of {name!r} must be positive and finite where {name!r} is observed; "
+                f"got {std[bad][:3].tolist()} at {int(bad.sum())} observations"
+            )
+    locs = _location_names(obs, layout)
+    loc_arrays = [np.asarray(obs[v].values, dtype=float) for v in locs.values() if v]
+    for arr, key in zip(loc_arrays, [k for k, v in locs.items() if v]):
+        if not np.all(np.isfinite(arr)):
+            raise ObservationError(f"observation {key} coordinates contain NaN or inf values")
+    if locs["lat"] is not None:
+        lat = loc_arrays[0]
+        if np.any(np.abs(lat) > 90):
+            raise ObservationError(
+                f"observation latitudes must lie in [-90, 90]; got {lat.min()} to {lat.max()}"
+            )
+    time = layout.axes.time
+    tvals = _coord(obs, time) if time else _coord(obs, "time")
+    if tvals is not None:
+        try:
+            np.argsort(tvals)
+        except TypeError as err:
+            raise ObservationError(
+                f"observation times cannot be sorted ({err}); decode them to one datetime type"
+            ) from None
+    # Duplicates: the same variable measured twice at the same place and time.
+    key_cols = [np.round(a, 10) for a in loc_arrays]
+    if tvals is not None:
+        key_cols.append(np.asarray(tvals).astype("datetime64[ns]").astype(np.int64)
+                        if is_datetime(tvals) else np.asarray(tvals, dtype=float))
+    if "kind" in obs.coords:
+        key_cols.append(np.asarray(obs["kind"].values).astype(str))
+    for i, name in enumerate(names):
+        sel = measured[i]
+        if sel.sum() < 2:
+            continue
+        rows = np.rec.fromarrays([c[sel] for c in key_cols])
+        _, counts = np.unique(rows, return_counts=True)
+        if np.any(counts > 1):
+            raise ObservationError(
+                f"{int((counts > 1).sum())} locations observe {name!r} more than once at the "
+                "same time; average duplicates (obs.groupby(...).mean()) or give them "
+                "different kinds"
+            )
+    if check_domain:
+        from xlatda.obs.operator import build_operator
+
+        build_operator(layout, to_tensors(obs, layout, _validated=True))
+
+
+def to_tensors(
+    obs: xr.Dataset,
+    layout: StateLayout,
+    *,
+    dtype: torch.dtype = torch.float64,
+    _validated: bool = False,
+) -> ObservationTable:
+    """Flatten an observation set to one entry per measured value.
+
+    Parameters
+    ----------
+    obs : Dataset
+        A valid observation set (see :func:`validate`).
+    layout : StateLayout
+        The state observed.
+    dtype : torch.dtype
+        Dtype of ``values`` and ``error_std``.
+
+    Returns
+    -------
+    ObservationTable
+        Entries ordered by variable, then by obs index.
+
+    Notes
+    -----
+    Reads the observation values into memory (observation sets are small
+    next to states).
+    """
+    if not _validated:
+        validate(obs, layout, check_domain=False)
+    names = _state_var_names(obs)
+    locs = _location_names(obs, layout)
+    time_name = layout.axes.time if layout.axes.time in obs.coords else (
+        "time" if "time" in obs.coords else None
+    )
+    vals, stds, chans, variables, index = [], [], [], [], []
+    for name in names:
+        v = np.asarray(obs[name].values, dtype=float)
+        sel = np.flatnonzero(np.isfinite(v))
+        channels = layout.channels_of(name)
+        if len(channels) > 1:
+            level = _level_index(obs, layout, sel)
+            chan = np.asarray(channels)[level]
+        else:
+            chan = np.full(sel.size, channels[0])
+        vals.append(v[sel])
+        stds.append(error_std_of(obs, name)[sel])
+        chans.append(chan)
+        variables.append(np.full(sel.size, name, dtype=object))
+        index.append(sel)
+    idx = np.concatenate(index)
+
+    def col(name):
+        return None if name is None else np.asarray(obs[name].values)[idx]
+
+    return ObservationTable(
+        values=torch.as_tensor(np.concatenate(vals), dtype=dtype),
+        error_std=torch.as_tensor(np.concatenate(stds), dtype=dtype),
+        channel=torch.as_tensor(np.concatenate(chans), dtype=torch.long),
+        variable=np.concatenate(variables).astype(str),
+        lat=None if locs["lat"] is None else col(locs["lat"]).astype(float),
+        lon=None if locs["lon"] is None else col(locs["lon"]).astype(float),
+        position=None if locs["position"] is None else col(locs["position"]).astype(float),
+        time=col(time_name),
+        obs_index=idx,
+        kind=None if "kind" not in obs.coords else col("kind").astype(str),
+    )
+
+
+def _level_index(obs: xr.Dataset, layout: StateLayout, sel: np.ndarray) -> np.ndarray:
+    vdim = layout.vertical_dim
+    if vdim not in obs.coords:
+        raise ObservationError(
+            f"the state has levels along {vdim!r}; observations of 3-D variables need a "
+            f"coordinate {vdim!r} along 'obs' with the level of each observation"
+        )
+    levels = np.asarray(layout.template[vdim].values, dtype=float)
+    want = np.asarray(obs[vdim].values, dtype=float)[sel]
+    pos = np.abs(want[:, None] - levels[None, :]).argmin(1)
+    if not np.allclose(levels[pos], want):
+        raise ObservationError(
+            f"observation levels {sorted(set(want[~np.isclose(levels[pos], want)]))[:5]} are "
+            f"not state levels {levels.tolist()}; vertical interpolation is not supported"
+        )
+    return pos
+
+
+def describe(obs: xr.Dataset) -> dict[str, Any]:
+    """Counts per variable and kind (for reports)."""
+    out: dict[str, Any] = {"n_obs": int(obs.sizes[OBS_DIM])}
+    for name in _state_var_names(obs):
+        out[name] = int(np.isfinite(np.asarray(obs[name].values, dtype=float)).sum())
+    return out

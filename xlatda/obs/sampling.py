@@ -1,0 +1,389 @@
+"""Build observation sets: scattered points, gridded fields with gaps, coarse
+and sparse versions of a field, and multimodal combinations.
+
+Every function returns a Dataset that follows the observation contract
+(:mod:`xlatda.obs.contract`). Randomness comes from ``seed`` only.
+
+Examples
+--------
+>>> import numpy as np, xarray as xr, xlatda
+>>> lat = np.linspace(-87.5, 87.5, 8); lon = np.arange(16) * 22.5
+>>> truth = xr.Dataset(
+...     {"h": (("time", "lat", "lon"), np.ones((3, 8, 16)), {"units": "m"})},
+...     coords={"time": np.array(["2000-01-01T00", "2000-01-01T01", "2000-01-01T02"],
+...                              dtype="datetime64[ns]"),
+...             "lat": ("lat", lat, {"standard_name": "latitude", "units": "degrees_north"}),
+...             "lon": ("lon", lon, {"standard_name": "longitude", "units": "degrees_east"})})
+>>> obs = xlatda.obs.sample_points(truth, n=5, error_std=0.1, seed=0)
+>>> dict(obs.sizes), float(obs.h_error_std[0])
+({'obs': 15}, 0.1)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from xlatda.errors import ConfigError, ObservationError
+from xlatda.layout import StateLayout, layout
+from xlatda.obs.contract import ERROR_SUFFIX, OBS_DIM, validate
+
+__all__ = ["coarsen", "concat", "from_grid", "sample_points", "sparsify"]
+
+
+def _std_for(error_std: float | dict[str, float], name: str) -> float:
+    if isinstance(error_std, dict):
+        if name not in error_std:
+            raise ConfigError(
+                f"error_std has no entry for {name!r}; give one per variable: {{'{name}': ...}}"
+            )
+        value = float(error_std[name])
+    else:
+        value = float(error_std)
+    if not np.isfinite(value) or value <= 0:
+        raise ConfigError(f"error_std for {name!r} must be positive and finite, got {value!r}")
+    return value
+
+
+def _loc_attrs(L: StateLayout, which: str) -> dict[str, Any]:
+    name = L.axes.lat if which == "lat" else L.axes.lon
+    attrs = dict(L.template[name].attrs) if name in L.template.coords else {}
+    keep = {k: v for k, v in attrs.items() if k in ("standard_name", "units", "long_name")}
+    keep.setdefault("standard_name", "latitude" if which == "lat" else "longitude")
+    keep.setdefault("units", "degrees_north" if which == "lat" else "degrees_east")
+    return keep
+
+
+def _domain_points(L: StateLayout, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Uniformly distributed locations over the state's domain."""
+    if L.kind == "latlon":
+        lat, lon = L.lat, L.lon
+        dlon = np.mean(np.diff(lon)) if lon.size > 1 else 360.0
+        global_lon = abs(lon.size * dlon - 360.0) < 1e-6 * 360 or (lon[-1] - lon[0]) >= 360 - 1e-9
+        if global_lon:
+            lo_lon, hi_lon = lon[0], lon[0] + 360.0
+        else:
+            lo_lon, hi_lon = lon.min(), lon.max()
+        lat_lo, lat_hi = lat.min(), lat.max()
+        if global_lon and abs(lat_lo + 90) < 2 * abs(np.diff(lat)).max() and abs(
+            lat_hi - 90
+        ) < 2 * abs(np.diff(lat)).max():
+            lat_lo, lat_hi = -90.0, 90.0  # a global grid: uniform on the whole sphere
+        s = rng.uniform(np.sin(np.deg2rad(lat_lo)), np.sin(np.deg2rad(lat_hi)), n)
+        plat = np.rad2deg(np.arcsin(np.clip(s, -1, 1)))
+        plon = rng.uniform(lo_lon, hi_lon, n)
+        if global_lon:
+            plon = np.where(plon >= lon[0] + 360.0, plon - 360.0, plon)
+        return {"lat": plat, "lon": plon}
+    if L.kind == "points":
+        npts = L.spatial_shape[0]
+        if n > npts:
+            raise ConfigError(
+                f"asked for {n} observations of a {npts}-point state; n must be at most {npts}"
+            )
+        idx = np.sort(rng.choice(npts, size=n, replace=False))
+        return {"lat": L.lat[idx], "lon": L.lon[idx]}
+    size = int(np.prod(L.spatial_shape))
+    return {"position": rng.uniform(0, size, n)}
+
+
+def sample_points(
+    truth: xr.Dataset | xr.DataArray,
+    n: int,
+    error_std: float | dict[str, float],
+    *,
+    seed: int = 0,
+    variables: Sequence[str] | None = None,
+    times: str = "each",
+    noise: bool = True,
+    kind: str | None = None,
+) -> xr.Dataset:
+    """Scattered observations of a state: random places (and times), noisy values.
+
+    Parameters
+    ----------
+    truth : Dataset or DataArray
+        The true state, with or without a time dimension.
+    n : int
+        Number of locations per observation time (``times="each"``) or in
+        total (``times="random"``).
+    error_std : float or dict
+        Observation error standard deviation (in the variable's units), one
+        for all variables or one per variable.
+    seed : int
+        Seed of the random locations, times and noise.
+    variables : sequence of str, optional
+        Variables to observe (default: all state variables). Each location
+        observes all of them.
+    times : {"each", "random"}
+        ``"each"``: ``n`` new random locations at every time of ``truth``;
+        ``"random"``: ``n`` observations at times drawn uniformly over the
+        time span (values linear in time between model times).
+    noise : bool
+        Add Gaussian noise with ``error_std`` (False gives perfect values,
+        still labelled with ``error_std``).
+    kind : str, optional
+        Value of a ``kind`` coordinate (for multimodal sets).
+
+    Returns
+    -------
+    Dataset
+        Observation set with dim ``obs``: the observed variables and
+        ``<name>_error_std``, coordinates latitude/longitude (named like the
+        state's) or the generic position, and ``time``.
+
+    Notes
+    -----
+    Locations are uniform on the sphere for global grids (uniform in
+    ``sin(lat)`` and longitude), area-uniform in a regional box, a random
+    subset of the points of unstructured states, and uniform positions along
+    a generic dimension. Values come from the observation operator of the
+    layout (bilinear in lat/lon). Computes the truth at the sampled times.
+    """
+    from xlatda.obs.observe import observe
+
+    if isinstance(truth, xr.DataArray):
+        truth = truth.to_dataset(name=truth.name if truth.name is not None else "data")
+    if not isinstance(n, (int, np.integer)) or n < 1:
+        raise ConfigError(f"n must be a positive integer, got {n!r}")
+    L = layout(truth, variables=list(variables) if variables is not None else None)
+    names = list(L.variables)
+    stds = {v: _std_for(error_std, v) for v in names}
+    if times not in ("each", "random"):
+        raise ConfigError(f"times must be 'each' or 'random', got {times!r}")
+    rng = np.random.default_rng(seed)
+    tname = L.axes.time if L.axes.time in L.sample_dims else None
+    extra = [d for d in L.sample_dims if d != tname]
+    if extra:
+        raise ConfigError(
+            f"sample_points needs a state with at most a time dimension; select one "
+            f"{extra[0]!r} first (truth.isel({extra[0]}=0))"
+        )
+    if tname is None:
+        locs = _domain_points(L, n, rng)
+        tvals = None
+    elif times == "each":
+        tcoord = truth[tname].values
+        per = [_domain_points(L, n, rng) for _ in range(tcoord.size)]
+        locs = {k: np.concatenate([p[k] for p in per]) for k in per[0]}
+        tvals = np.repeat(tcoord, n)
+    else:
+        tcoord = truth[tname].values
+        locs = _domain_points(L, n, rng)
+        if np.issubdtype(tcoord.dtype, np.datetime64):
+            t0 = tcoord[0].astype("datetime64[ns]").astype(np.int64)
+            t1 = tcoord[-1].astype("datetime64[ns]").astype(np.int64)
+            tvals = np.sort(rng.integers(t0, t1 + 1, size=n)).astype("datetime64[ns]")
+        else:
+            tvals = np.sort(rng.uniform(float(tcoord[0]), float(tcoord[-1]), n))
+    coords: dict[str, Any] = {}
+    if "lat" in locs:
+        coords[L.axes.lat] = (OBS_DIM, locs["lat"], _loc_attrs(L, "lat"))
+        coords[L.axes.lon] = (OBS_DIM, locs["lon"], _loc_attrs(L, "lon"))
+    else:
+        coords[L.spatial_dims[0]] = (OBS_DIM, locs["position"])
+    if tvals is not None:
+        attrs = dict(truth[tname].attrs)
+        coords[tname] = (OBS_DIM, tvals, attrs)
+    if kind is not None:
+        coords["kind"] = (OBS_DIM, np.full(len(next(iter(locs.values()))), kind))
+    size = len(next(iter(locs.values())))
+    skeleton = xr.Dataset(
+        {v: (OBS_DIM, np.zeros(size), {"error_std": stds[v]}) for v in names}, coords=coords
+    )
+    values = observe(truth[names], skeleton)
+    out = xr.Dataset(coords=skeleton.coords)
+    for v in names:
+        val = np.asarray(values[v].values, dtype=float)
+        if noise:
+            val = val + stds[v] * rng.standard_normal(val.shape)
+        attrs = {k: a for k, a in truth[v].attrs.items()
+                 if k in ("units", "standard_name", "long_name")}
+        out[v] = (OBS_DIM, val, attrs)
+        out[f"{v}{ERROR_SUFFIX}"] = (OBS_DIM, np.full(size, stds[v]),
+                                      {"units": attrs.get("units", ""),
+                                       "long_name": f"error standard deviation of {v}"})
+    out.attrs = {"title": "xlatda observations", "source": "xlatda.obs.sample_points",
+                 "seed": int(seed)}
+    return out
+
+
+def from_grid(
+    ds: xr.Dataset | xr.DataArray,
+    error_std: float | dict[str, float] | None = None,
+    *,
+    kind: str | None = None,
+) -> xr.Dataset:
+    """Turn a gridded field with NaN gaps into an observation set of its points.
+
+    Parameters
+    ----------
+    ds : Dataset or DataArray
+        Gridded observations (e.g. a satellite swath), NaN where missing,
+        with or without a time dimension.
+    error_std : float or dict, optional
+        Error std; default: each variable's ``error_std`` attribute.
+    kind : str, optional
+        Value of a ``kind`` coordinate.
+
+    Returns
+    -------
+    Dataset
+        One observation per grid point (and time) where any variable is
+        finite; coordinates are the grid-cell centres.
+    """
+    if isinstance(ds, xr.DataArray):
+        ds = ds.to_dataset(name=ds.name if ds.name is not None else "data")
+    L = layout(ds)
+    names = list(L.variables)
+    if L.vertical_dim is not None:
+        raise ConfigError("from_grid handles 2-D fields; select one level first (ds.sel(...))")
+    stds = {}
+    for v in names:
+        if error_std is None:
+            if "error_std" not in ds[v].attrs:
+                raise ConfigError(
+                    f"no error_std given and {v!r} has no error_std attribute; pass error_std="
+                )
+            stds[v] = _std_for(float(ds[v].attrs["error_std"]), v)
+        else:
+            stds[v] = _std_for(error_std, v)
+    stack_dims = [*L.sample_dims, *L.spatial_dims]
+    flat = ds[names].stack({OBS_DIM: stack_dims})
+    keep = np.zeros(flat.sizes[OBS_DIM], dtype=bool)
+    for v in names:
+        keep |= np.isfinite(np.asarray(flat[v].values, dtype=float))
+    flat = flat.isel({OBS_DIM: np.flatnonzero(keep)})
+    flat = flat.reset_index(OBS_DIM)
+    out = xr.Dataset(coords={c: (OBS_DIM, np.asarray(flat[c].values), dict(ds[c].attrs))
+                             for c in stack_dims if c in ds.coords})
+    for v in names:
+        out[v] = (OBS_DIM, np.asarray(flat[v].values, dtype=float),
+                  {k: a for k, a in ds[v].attrs.items() if k in ("units", "standard_name")})
+        out[f"{v}{ERROR_SUFFIX}"] = (
+            OBS_DIM, np.where(np.isfinite(out[v].values), stds[v], np.nan)
+        )
+    if kind is not None:
+        out = out.assign_coords(kind=(OBS_DIM, np.full(out.sizes[OBS_DIM], kind)))
+    if out.sizes[OBS_DIM] == 0:
+        raise ObservationError("the gridded field has no finite value; nothing to observe")
+    return out
+
+
+def coarsen(
+    ds: xr.Dataset | xr.DataArray,
+    r: int,
+    error_std: float | dict[str, float],
+    *,
+    kind: str | None = "coarse",
+    seed: int | None = None,
+) -> xr.Dataset:
+    """Block means over ``r x r`` cells as observations at the block centres.
+
+    The SLAMS "coarsen" measurement operator. Blocks that do not fit at the
+    grid's edges are dropped (``boundary="trim"``); NaNs are skipped in the
+    means. Noise with ``error_std`` is added when ``seed`` is given.
+    """
+    if isinstance(ds, xr.DataArray):
+        ds = ds.to_dataset(name=ds.name if ds.name is not None else "data")
+    if not isinstance(r, (int, np.integer)) or r < 1:
+        raise ConfigError(f"r must be a positive integer, got {r!r}")
+    L = layout(ds)
+    if L.kind != "latlon":
+        raise ConfigError("coarsen needs a latitude/longitude grid")
+    block = {d: r for d in L.spatial_dims}
+    coarse = ds[list(L.variables)].coarsen(block, boundary="trim").mean()
+    for v in L.variables:
+        coarse[v].attrs = dict(ds[v].attrs)
+    obs = from_grid(coarse, error_std=error_std, kind=kind)
+    return _maybe_noise(obs, error_std, seed)
+
+
+def sparsify(
+    ds: xr.Dataset | xr.DataArray,
+    g: int,
+    error_std: float | dict[str, float],
+    *,
+    kind: str | None = "sparse",
+    seed: int | None = None,
+) -> xr.Dataset:
+    """Every ``g``-th grid point in each spatial dimension, as observations.
+
+    The SLAMS "sparsify" measurement operator. Noise with ``error_std`` is
+    added when ``seed`` is given.
+    """
+    if isinstance(ds, xr.DataArray):
+        ds = ds.to_dataset(name=ds.name if ds.name is not None else "data")
+    if not isinstance(g, (int, np.integer)) or g < 1:
+        raise ConfigError(f"g must be a positive integer, got {g!r}")
+    L = layout(ds)
+    sub = ds[list(L.variables)].isel({d: slice(None, None, g) for d in L.spatial_dims})
+    obs = from_grid(sub, error_std=error_std, kind=kind)
+    return _maybe_noise(obs, error_std, seed)
+
+
+def _maybe_noise(obs: xr.Dataset, error_std: Any, seed: int | None) -> xr.Dataset:
+    if seed is None:
+        return obs
+    rng = np.random.default_rng(seed)
+    out = obs.copy()
+    for v in [v for v in obs.data_vars if not str(v).endswith(ERROR_SUFFIX)]:
+        std = np.asarray(obs[f"{v}{ERROR_SUFFIX}"].values)
+        out[v] = obs[v] + np.where(np.isfinite(std), std, 0.0) * rng.standard_normal(std.shape)
+        out[v].attrs = dict(obs[v].attrs)
+    return out
+
+
+def concat(sets: Sequence[xr.Dataset], kinds: Sequence[str] | None = None) -> xr.Dataset:
+    """Combine observation sets of several kinds into one (multimodal) set.
+
+    Parameters
+    ----------
+    sets : sequence of Dataset
+        Observation sets; variables missing in one set are NaN there.
+    kinds : sequence of str, optional
+        A kind per set, stored in a ``kind`` coordinate (default: the sets'
+        own ``kind`` coordinate, else ``"set0"``, ``"set1"``, ...).
+
+    Returns
+    -------
+    Dataset
+        All observations along one ``obs`` dimension.
+    """
+    if not sets:
+        raise ObservationError("concat needs at least one observation set")
+    if kinds is not None and len(kinds) != len(sets):
+        raise ConfigError(f"got {len(sets)} sets but {len(kinds)} kinds")
+    labelled = []
+    for i, s in enumerate(sets):
+        if OBS_DIM not in s.dims:
+            raise ObservationError(f"set {i} has no 'obs' dimension (dims {dict(s.sizes)})")
+        if kinds is not None:
+            s = s.assign_coords(kind=(OBS_DIM, np.full(s.sizes[OBS_DIM], kinds[i])))
+        elif "kind" not in s.coords:
+            s = s.assign_coords(kind=(OBS_DIM, np.full(s.sizes[OBS_DIM], f"set{i}")))
+        labelled.append(s)
+    names = sorted({str(v) for s in labelled for v in s.data_vars})
+    filled = []
+    for s in labelled:
+        s = s.copy()
+        for v in names:
+            if v not in s.data_vars:
+                s[v] = (OBS_DIM, np.full(s.sizes[OBS_DIM], np.nan))
+        for v in [v for v in s.data_vars if not str(v).endswith(ERROR_SUFFIX)]:
+            comp = f"{v}{ERROR_SUFFIX}"
+            if comp not in s.data_vars and "error_std" in s[v].attrs:
+                s[comp] = (OBS_DIM, np.where(np.isfinite(s[v].values),
+                                             float(s[v].attrs["error_std"]), np.nan))
+        filled.append(s)
+    out = xr.concat(filled, dim=OBS_DIM, data_vars="all", coords="different",
+                    compat="equals", join="outer", combine_attrs="drop_conflicts")
+    return out
+
+
+def check(obs: xr.Dataset, state: xr.Dataset) -> None:
+    """Validate ``obs`` against the layout of ``state`` (see :func:`validate`)."""
+    validate(obs, layout(state))
