@@ -24,7 +24,8 @@ def global_state(ntime=3, nlat=18, nlon=36, seed=0, chunks=None):
                   {"units": "s-1"}),
         },
         coords={
-            "time": ("time", np.datetime64("2000-01-01") + np.arange(ntime) * np.timedelta64(1, "h"),
+            "time": ("time",
+                     np.datetime64("2000-01-01") + np.arange(ntime) * np.timedelta64(1, "h"),
                      {"standard_name": "time"}),
             "lat": ("lat", lat, {"standard_name": "latitude", "units": "degrees_north"}),
             "lon": ("lon", lon, {"standard_name": "longitude", "units": "degrees_east"}),

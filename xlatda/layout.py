@@ -292,7 +292,7 @@ class StateLayout:
                        for d in coord.dims):
                     out = out.assign_coords({name: coord.variable.copy()})
         for name, coord in stacked.coords.items():
-            if name in lead:
+            if coord.dims and set(coord.dims) <= set(lead):
                 out = out.assign_coords({name: coord.variable})
         for name, var in variables.items():
             out[name] = var
