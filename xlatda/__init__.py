@@ -5,7 +5,7 @@ and :class:`xarray.DataArray`. Nothing else global is changed at import.
 """
 
 from xlatda import accessor as _accessor  # noqa: F401  (registers .lda)
-from xlatda import errors, obs
+from xlatda import datasets, errors, metrics, obs
 from xlatda._version import __version__
 from xlatda.errors import XlatdaError
 from xlatda.layout import StateLayout, layout
@@ -15,9 +15,11 @@ __all__ = [
     "StateLayout",
     "XlatdaError",
     "__version__",
+    "datasets",
     "errors",
     "get_options",
     "layout",
+    "metrics",
     "obs",
     "set_options",
 ]
