@@ -48,7 +48,7 @@ def test_accessor_observe_and_rmse():
                              "time": ("obs", [0.5])})
     # Bilinear in space, linear in time: mean of the 8 surrounding values.
     expected = np.mean([ds.h.values[t, i, j] for t in (0, 1) for i in (0, 1) for j in (0, 1)])
-    assert float(ds.lda.observe(obs).h) == pytest.approx(expected)
+    assert ds.lda.observe(obs).h.item() == pytest.approx(expected)
     r = ds.h.lda.rmse(ds.h + 1.0)
     assert isinstance(r, xr.DataArray)
     assert float(r) == pytest.approx(1.0)
