@@ -1,0 +1,898 @@
+r"""Ensemble Kalman filters: stochastic EnKF, ETKF, DEnKF and EnSRF.
+
+All four filters share one set of ensemble-space quantities. With members as
+rows (the tensor layout ``(*batch, N, n)``), ensemble mean :math:`\bar x`,
+observation-error standard deviations :math:`r` (diagonal
+:math:`R = \mathrm{diag}(r^2)`) and the observation operator already applied
+to every member (``hx``, :math:`h_j = H(x_j)`):
+
+.. math::
+
+    X = \lambda\,(E - \bar x) / \sqrt{N-1}        \quad (N \times n), \qquad
+    S = \lambda\,(h - \bar h)\,R^{-1/2} / \sqrt{N-1} \quad (N \times P),
+
+    d = R^{-1/2}\,(y - \bar h), \qquad C = I_N + S S^\top,
+
+where :math:`\lambda` is the multiplicative inflation (Anderson & Anderson
+1999), applied to the *forecast* anomalies before the update (to ``hx`` too,
+which is exact for a linear :math:`H` and the usual first-order
+approximation otherwise; to inflate the members before applying a nonlinear
+:math:`H`, inflate yourself with :func:`inflate` and pass ``inflation=1``).
+The Kalman analysis mean is, for every filter,
+
+.. math:: \bar x_a = \bar x + w^\top X, \qquad w = C^{-1} S d = S (I_P + S^\top S)^{-1} d,
+
+and the filters differ in their analysis anomalies :math:`X_a = T X`
+(the analysis ensemble is :math:`\bar x_a + \sqrt{N-1}\,X_a`):
+
+ETKF (Bishop et al. 2001; Hunt et al. 2007)
+    :math:`T = C^{-1/2}`, the symmetric square root from one batched
+    eigendecomposition :math:`C = V \Lambda V^\top`,
+    :math:`T = V \Lambda^{-1/2} V^\top`. Optionally followed by a random
+    mean-preserving rotation :math:`X_a \leftarrow Q X_a`,
+    :math:`Q \mathbf 1 = \mathbf 1`, :math:`Q` Haar-distributed on
+    :math:`\mathbf 1^\perp` (Sakov & Oke 2008b), which keeps mean and
+    covariance. When :math:`P < N` the same transform comes from the
+    eigendecomposition of the smaller :math:`S^\top S` (see
+    :func:`etkf_update`).
+DEnKF (Sakov & Oke 2008a)
+    Anomalies updated with half the Kalman gain,
+    :math:`A_a = A - \tfrac12 K H A`, i.e. :math:`T = \tfrac12(I + C^{-1})`.
+    The mean is exact; the covariance is
+    :math:`P_a + \tfrac14 K H P_f H^\top K^\top`, slightly larger than the
+    Kalman :math:`P_a` (the deterministic filter's built-in inflation).
+EnSRF (Whitaker & Hamill 2002)
+    The serial square-root filter, computed *without* a loop over
+    observations: the batch form of Andrews (1968) used by Whitaker &
+    Hamill, :math:`A_a = (I - \tilde K H) A`,
+    :math:`\tilde K = P H^\top F^{-\top/2} (F^{1/2} + R^{1/2})^{-1}`, with
+    the *lower Cholesky factor* :math:`F^{1/2} = L` of
+    :math:`F = I_P + S^\top S` (scaled observation space). In the row layout,
+    :math:`T = I_N - S (L + I)^{-\top} L^{-1} S^\top`. With this factor the
+    result equals, to rounding, Whitaker & Hamill's serial algorithm
+    processing the observations in their given order (a test checks it);
+    with the symmetric root it would equal the ETKF. Costs
+    :math:`O(P^3 + N P^2)`: for :math:`P \gg N` prefer the ETKF.
+Stochastic EnKF (Burgers et al. 1998; Houtekamer & Mitchell 1998)
+    Each member assimilates perturbed observations
+    :math:`y + r\,\varepsilon_j`, :math:`\varepsilon_j \sim N(0, I)` drawn
+    with the ``generator`` (optionally centred over members, which makes
+    the analysis mean exactly the Kalman mean for linear :math:`H`):
+    :math:`E_a = E + W X` with scaled innovations
+    :math:`D_j = d - \sqrt{N-1} S_j + \varepsilon_j` and
+    :math:`W = D S^\top C^{-1} = D (I_P + S^\top S)^{-1} S^\top`. The gain is
+    solved (Cholesky) in ensemble space (:math:`N \times N`) when
+    :math:`N \le P`, else in observation space (:math:`P \times P`).
+
+After the update, optionally (in this order):
+
+- RTPP (Zhang et al. 2004): :math:`X_a \leftarrow (1-\alpha) X_a + \alpha X_f`;
+- RTPS (Whitaker & Hamill 2012): each variable's analysis anomalies are
+  scaled by :math:`\alpha\,\sigma_f/\sigma_a + 1 - \alpha`, so ``rtps=1``
+  restores the forecast spread exactly;
+- the random rotation of the ETKF.
+
+Here :math:`X_f` and :math:`\sigma_f` are the forecast anomalies and spread
+*after* inflation (those the update used). Every operation is batched over
+leading dimensions (no Python loop over members, observations or batch),
+works in float32 and float64 and on any device.
+
+Missing observations in a batch: give them ``r_std = inf`` (and any finite
+``y``); their scaled anomalies and innovations are then zero and they have no
+effect.
+
+References
+----------
+Anderson, J. L., Anderson, S. L. (1999). A Monte Carlo implementation of the
+nonlinear filtering problem to produce ensemble assimilations and forecasts.
+Mon. Wea. Rev. 127.
+Bishop, C. H., Etherton, B. J., Majumdar, S. J. (2001). Adaptive sampling with
+the ensemble transform Kalman filter. Mon. Wea. Rev. 129.
+Burgers, G., van Leeuwen, P. J., Evensen, G. (1998). Analysis scheme in the
+ensemble Kalman filter. Mon. Wea. Rev. 126.
+Hunt, B. R., Kostelich, E. J., Szunyogh, I. (2007). Efficient data
+assimilation for spatiotemporal chaos: a local ensemble transform Kalman
+filter. Physica D 230.
+Sakov, P., Oke, P. R. (2008a). A deterministic formulation of the ensemble
+Kalman filter: an alternative to ensemble square root filters. Tellus A 60.
+Sakov, P., Oke, P. R. (2008b). Implications of the form of the ensemble
+transformation in the ensemble square root filters. Mon. Wea. Rev. 136.
+Whitaker, J. S., Hamill, T. M. (2002). Ensemble data assimilation without
+perturbed observations. Mon. Wea. Rev. 130.
+Whitaker, J. S., Hamill, T. M. (2012). Evaluating methods to account for
+system errors in ensemble data assimilation. Mon. Wea. Rev. 140.
+Zhang, F., Snyder, C., Sun, J. (2004). Impacts of initial estimate and
+observation availability on convective-scale data assimilation with an
+ensemble Kalman filter. Mon. Wea. Rev. 132.
+
+Examples
+--------
+>>> import torch
+>>> from xlatda.assimilate.ensemble import ETKF
+>>> g = torch.Generator().manual_seed(0)
+>>> ens = torch.randn(20, 3, generator=g, dtype=torch.float64)   # (N, n)
+>>> H = torch.tensor([[1.0, 0.0, 0.0]], dtype=torch.float64)      # observe x0
+>>> ana = ETKF(inflation=1.02).analyse(ens, ens @ H.T, torch.tensor([0.5]), torch.tensor([0.1]))
+>>> tuple(ana.shape)
+(20, 3)
+>>> bool(ana[:, 0].std() < ens[:, 0].std())
+True
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+from torch import Tensor
+
+from xlatda.assimilate.registry import methods
+from xlatda.errors import ConfigError, ShapeError
+
+__all__ = [
+    "ETKF",
+    "DEnKF",
+    "EnKF",
+    "EnSRF",
+    "EnsembleMethod",
+    "denkf_update",
+    "enkf_update",
+    "ensrf_update",
+    "etkf_update",
+    "inflate",
+    "random_rotation",
+    "relax_to_prior_perturbations",
+    "relax_to_prior_spread",
+]
+
+
+# --------------------------------------------------------------------------
+# shared pieces
+# --------------------------------------------------------------------------
+
+
+class _Prepared(NamedTuple):
+    mean: Tensor  # (*batch, n) forecast mean
+    X: Tensor  # (*batch, N, n) inflated anomalies / sqrt(N-1)
+    S: Tensor  # (*batch, N, P) inflated, R^-1/2-scaled obs anomalies / sqrt(N-1)
+    d: Tensor  # (*batch, P) R^-1/2-scaled innovation of the mean
+    scale: float  # sqrt(N-1)
+
+
+def _check_settings(inflation: Any, rtps: Any, rtpp: Any) -> None:
+    if not (isinstance(inflation, (int, float)) and math.isfinite(inflation) and inflation > 0):
+        raise ConfigError(
+            f"inflation must be a positive finite number (1 = none), got {inflation!r}"
+        )
+    for name, value in (("rtps", rtps), ("rtpp", rtpp)):
+        if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
+            raise ConfigError(f"{name} must be a number in [0, 1] (0 = off), got {value!r}")
+
+
+def _check_inputs(
+    ensemble: Tensor, hx: Tensor, y: Tensor | Any, r_std: Tensor | Any
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Validate shapes; return ``hx, y, r_std`` as tensors like ``ensemble``."""
+    if not isinstance(ensemble, Tensor) or not ensemble.is_floating_point():
+        raise ConfigError(
+            "ensemble must be a floating-point torch tensor of shape (*batch, N, n), "
+            f"got {type(ensemble).__name__}"
+            + (f" of dtype {ensemble.dtype}" if isinstance(ensemble, Tensor) else "")
+        )
+    if ensemble.dim() < 2 or ensemble.shape[-2] < 2:
+        raise ShapeError(
+            "ensemble must have shape (*batch, N, n) with N >= 2 members, "
+            f"got {tuple(ensemble.shape)}"
+        )
+    like = {"dtype": ensemble.dtype, "device": ensemble.device}
+    hx = torch.as_tensor(hx, **like)
+    if hx.dim() < 2 or hx.shape[:-1] != ensemble.shape[:-1]:
+        raise ShapeError(
+            f"hx must have shape (*batch, N, P) = {tuple(ensemble.shape[:-1])} + (P,) "
+            f"to match the ensemble {tuple(ensemble.shape)}, got {tuple(hx.shape)}"
+        )
+    n_obs = hx.shape[-1]
+    target = (*ensemble.shape[:-2], n_obs)
+    out = []
+    for name, value in (("y", y), ("r_std", r_std)):
+        t = torch.as_tensor(value, **like)
+        # broadcastable to (*batch, P) without growing it (plain Python: cheap)
+        ok = t.dim() <= len(target) and all(
+            s in (1, u) for s, u in zip(reversed(t.shape), reversed(target))
+        )
+        if not ok or (t.dim() > 0 and t.shape[-1] != n_obs):
+            raise ShapeError(
+                f"{name} must have shape (*batch, P) = {target} or (P,) = ({n_obs},), "
+                f"got {tuple(t.shape)}"
+            )
+        out.append(t.expand(n_obs) if t.dim() == 0 else t)
+    y_t, r_t = out
+    if not bool((r_t > 0).all()):
+        raise ConfigError(
+            "r_std must be positive (use r_std=inf to switch an observation off), "
+            f"got minimum {float(r_t.min())}"
+        )
+    return hx, y_t, r_t
+
+
+def _prepare(ensemble: Tensor, hx: Tensor, y: Any, r_std: Any, inflation: float) -> _Prepared:
+    hx, y, r_std = _check_inputs(ensemble, hx, y, r_std)
+    n_members = ensemble.shape[-2]
+    scale = math.sqrt(n_members - 1)
+    mean = ensemble.mean(-2)
+    X = (ensemble - mean.unsqueeze(-2)) * (inflation / scale)
+    hmean = hx.mean(-2)
+    inv_r = torch.reciprocal(r_std)
+    S = (hx - hmean.unsqueeze(-2)) * (inv_r * (inflation / scale)).unsqueeze(-2)
+    d = (y - hmean) * inv_r
+    return _Prepared(mean, X, S, d, scale)
+
+
+def _plus_identity(M: Tensor) -> Tensor:
+    """``M + I`` for a fresh batch of square matrices (in place on ``M``)."""
+    M.diagonal(dim1=-2, dim2=-1).add_(1.0)
+    return M
+
+
+def _generator(generator: torch.Generator | None, device: torch.device) -> torch.Generator:
+    """The given generator, or a fresh one seeded from OS entropy (never the global RNG)."""
+    if generator is not None:
+        return generator
+    g = torch.Generator(device=device)
+    g.seed()
+    return g
+
+
+def _relax_spread(Xf: Tensor, Xa: Tensor, alpha: float) -> Tensor:
+    sf = Xf.square().sum(-2, keepdim=True).sqrt()
+    sa = Xa.square().sum(-2, keepdim=True).sqrt()
+    factor = torch.where(sa > 0, 1.0 + alpha * (sf - sa) / torch.where(sa > 0, sa, 1.0), 1.0)
+    return Xa * factor
+
+
+def _finish(
+    mean_a: Tensor,
+    Xa: Tensor,
+    Xf: Tensor,
+    scale: float,
+    *,
+    rtps: float,
+    rtpp: float,
+    rotate: bool,
+    generator: torch.Generator | None,
+) -> Tensor:
+    """Post-process the analysis anomalies and assemble the ensemble."""
+    if rtpp:
+        Xa = (1.0 - rtpp) * Xa + rtpp * Xf
+    if rtps:
+        Xa = _relax_spread(Xf, Xa, rtps)
+    if rotate:
+        Q = random_rotation(
+            Xa.shape[-2], Xa.shape[:-2], generator=generator, dtype=Xa.dtype, device=Xa.device
+        )
+        Xa = Q @ Xa
+    return mean_a.unsqueeze(-2) + scale * Xa
+
+
+def _mean_update(p: _Prepared, w: Tensor) -> Tensor:
+    return p.mean + (w.unsqueeze(-2) @ p.X).squeeze(-2)
+
+
+# --------------------------------------------------------------------------
+# public helpers
+# --------------------------------------------------------------------------
+
+
+def inflate(ensemble: Tensor, factor: float) -> Tensor:
+    """Multiplicative inflation: scale the anomalies about the mean by ``factor``.
+
+    Parameters
+    ----------
+    ensemble : Tensor
+        ``(*batch, N, n)``.
+    factor : float
+        Inflation factor (1 returns an equal copy).
+
+    Returns
+    -------
+    Tensor
+        ``(*batch, N, n)``, same mean, anomalies times ``factor``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> e = torch.tensor([[0.0], [2.0]])
+    >>> inflate(e, 1.5)
+    tensor([[-0.5000],
+            [ 2.5000]])
+    """
+    mean = ensemble.mean(-2, keepdim=True)
+    return mean + factor * (ensemble - mean)
+
+
+def relax_to_prior_perturbations(prior: Tensor, posterior: Tensor, alpha: float) -> Tensor:
+    """RTPP (Zhang et al. 2004): blend posterior anomalies with prior anomalies.
+
+    ``X_a <- (1 - alpha) X_a + alpha X_f``; the posterior mean is kept.
+
+    Parameters
+    ----------
+    prior, posterior : Tensor
+        Forecast and analysis ensembles ``(*batch, N, n)``.
+    alpha : float
+        Relaxation in ``[0, 1]``: 0 keeps the posterior, 1 gives the prior
+        anomalies around the posterior mean.
+
+    Returns
+    -------
+    Tensor
+        ``(*batch, N, n)``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> prior = torch.tensor([[-2.0], [2.0]]); post = torch.tensor([[0.0], [1.0]])
+    >>> relax_to_prior_perturbations(prior, post, 0.5)
+    tensor([[-0.7500],
+            [ 1.7500]])
+    """
+    _check_settings(1.0, 0.0, alpha)
+    mf = prior.mean(-2, keepdim=True)
+    ma = posterior.mean(-2, keepdim=True)
+    return ma + (1.0 - alpha) * (posterior - ma) + alpha * (prior - mf)
+
+
+def relax_to_prior_spread(prior: Tensor, posterior: Tensor, alpha: float) -> Tensor:
+    """RTPS (Whitaker & Hamill 2012): relax each variable's spread to the prior's.
+
+    Analysis anomalies of variable ``i`` are multiplied by
+    ``alpha * sigma_f[i] / sigma_a[i] + 1 - alpha``, so that
+    ``sigma_new = (1 - alpha) sigma_a + alpha sigma_f``; ``alpha = 1``
+    restores the prior spread exactly. Variables with zero analysis spread are
+    left unchanged.
+
+    Parameters
+    ----------
+    prior, posterior : Tensor
+        Forecast and analysis ensembles ``(*batch, N, n)``.
+    alpha : float
+        Relaxation in ``[0, 1]``.
+
+    Returns
+    -------
+    Tensor
+        ``(*batch, N, n)`` with the posterior mean.
+
+    Examples
+    --------
+    >>> import torch
+    >>> prior = torch.tensor([[-2.0], [2.0]]); post = torch.tensor([[0.0], [1.0]])
+    >>> relax_to_prior_spread(prior, post, 1.0)
+    tensor([[-1.5000],
+            [ 2.5000]])
+    """
+    _check_settings(1.0, alpha, 0.0)
+    mf = prior.mean(-2, keepdim=True)
+    ma = posterior.mean(-2, keepdim=True)
+    return ma + _relax_spread(prior - mf, posterior - ma, alpha)
+
+
+def random_rotation(
+    n_members: int,
+    batch_shape: tuple[int, ...] | torch.Size = (),
+    *,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    r"""Random mean-preserving orthogonal matrices (one per batch element).
+
+    Draw :math:`O` Haar-distributed on :math:`O(N)` (QR of a Gaussian matrix,
+    signs of :math:`\mathrm{diag}(R)` fixed), then reflect it so that it fixes
+    :math:`u = \mathbf 1/\sqrt N`: with :math:`a = O u` and :math:`H_a` the
+    Householder reflection exchanging :math:`a` and :math:`u`,
+    :math:`Q = H_a O`. :math:`Q` is Haar-distributed on the orthogonal
+    matrices that fix :math:`\mathbf 1` (left and right multiplication by any
+    such matrix leaves its law unchanged, because :math:`O` is Haar and
+    :math:`R H_a R^\top = H_{Ra}` for those :math:`R`). So
+    :math:`Q^\top Q = I` and :math:`Q \mathbf 1 = Q^\top \mathbf 1 = \mathbf 1`:
+    applied to anomalies (``Q @ X``) it keeps their zero mean and their
+    covariance.
+
+    Parameters
+    ----------
+    n_members : int
+        N.
+    batch_shape : tuple of int
+        Leading shape.
+    generator : torch.Generator, optional
+        Source of randomness (on ``device``); a fresh OS-seeded one if None.
+    dtype, device
+        Of the result.
+
+    Returns
+    -------
+    Tensor
+        ``(*batch_shape, N, N)``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> Q = random_rotation(5, generator=torch.Generator().manual_seed(0))
+    >>> bool(torch.allclose(Q @ Q.T, torch.eye(5, dtype=Q.dtype)))
+    True
+    >>> bool(torch.allclose(Q.sum(0), torch.ones(5, dtype=Q.dtype)))
+    True
+    """
+    n = int(n_members)
+    dev = torch.device("cpu") if device is None else torch.device(device)
+    gen = _generator(generator, dev)
+    G = torch.randn(*batch_shape, n, n, generator=gen, dtype=dtype, device=dev)
+    O, R = torch.linalg.qr(G)
+    O = O * R.diagonal(dim1=-2, dim2=-1).sign().unsqueeze(-2)  # Haar on O(N)
+    v = O.sum(-1, keepdim=True) / math.sqrt(n) - 1.0 / math.sqrt(n)  # a - u, (*b, N, 1)
+    vv = (v * v).sum(-2, keepdim=True)
+    # H_a O = O - 2 v (v^T O) / (v^T v); a == u (probability 0) leaves O as is
+    coef = torch.where(vv > 0, 2.0 / torch.where(vv > 0, vv, 1.0), 0.0)
+    return O - (coef * v) @ (v.mT @ O)
+
+
+# --------------------------------------------------------------------------
+# the filters as functions
+# --------------------------------------------------------------------------
+
+
+def _etkf_transform(S: Tensor, d: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean weights ``w`` (*batch, N) and symmetric transform ``C^-1/2`` (*batch, N, N).
+
+    One batched ``eigh`` of ``S S^T`` (N x N) or, when P < N, of ``S^T S``
+    (P x P): with ``S^T S = U diag(s) U^T``,
+    ``C^-1/2 = I + S U diag(f(s)) U^T S^T``, ``f(s) = ((1+s)^-1/2 - 1)/s``
+    ``= -1 / (sqrt(1+s) (1 + sqrt(1+s)))`` (stable at ``s = 0``), and
+    ``w = S U diag(1/(1+s)) U^T d``.
+    """
+    n_members, n_obs = S.shape[-2], S.shape[-1]
+    if n_obs < n_members:
+        s, U = torch.linalg.eigh(S.mT @ S)
+        root = s.clamp_min(0.0).add(1.0).sqrt()  # sqrt(1 + s)
+        SU = S @ U
+        w = (SU @ ((U.mT @ d.unsqueeze(-1)) / root.square().unsqueeze(-1))).squeeze(-1)
+        T = _plus_identity((SU * (-1.0 / (root * (1.0 + root))).unsqueeze(-2)) @ SU.mT)
+        return w, T
+    lam, V = torch.linalg.eigh(_plus_identity(S @ S.mT))
+    lam = lam.clamp_min(1.0)  # C >= I exactly; guard rounding
+    coef = V.mT @ (S @ d.unsqueeze(-1))
+    w = (V @ (coef / lam.unsqueeze(-1))).squeeze(-1)
+    T = (V * lam.rsqrt().unsqueeze(-2)) @ V.mT
+    return w, T
+
+
+def etkf_update(
+    ensemble: Tensor,
+    hx: Tensor,
+    y: Tensor,
+    r_std: Tensor | float,
+    *,
+    inflation: float = 1.0,
+    rtps: float = 0.0,
+    rtpp: float = 0.0,
+    rotate: bool = False,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """ETKF analysis with the symmetric square root (see module docstring).
+
+    Parameters
+    ----------
+    ensemble : Tensor
+        Forecast ensemble ``(*batch, N, n)``.
+    hx : Tensor
+        Observation operator applied to every member, ``(*batch, N, P)``.
+    y : Tensor
+        Observations ``(*batch, P)`` or ``(P,)``.
+    r_std : Tensor or float
+        Observation-error standard deviations, ``(*batch, P)``, ``(P,)`` or a
+        scalar (diagonal R); ``inf`` switches an observation off.
+    inflation : float
+        Multiplicative inflation of the forecast anomalies (1 = none).
+    rtps, rtpp : float
+        Relaxation to prior spread / perturbations, in ``[0, 1]``.
+    rotate : bool
+        Apply a random mean-preserving rotation to the analysis anomalies.
+    generator : torch.Generator, optional
+        For the rotation (same device as ``ensemble``).
+
+    Returns
+    -------
+    Tensor
+        Analysis ensemble ``(*batch, N, n)``.
+
+    Raises
+    ------
+    ShapeError
+        If the shapes do not fit together.
+    ConfigError
+        For a non-float ensemble, non-positive ``r_std`` or bad settings.
+
+    Notes
+    -----
+    Cost ``O(N^2 (n + P) + min(N, P)^3)`` per batch element: one batched
+    ``eigh`` of an ``N x N`` matrix, or of a ``P x P`` one when ``P < N``;
+    memory ``O(N (n + P) + N^2)``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> ens = torch.tensor([[0.0], [2.0]], dtype=torch.float64)
+    >>> ana = etkf_update(ens, ens, torch.tensor([0.0]), torch.tensor([1.0]))
+    >>> ana.mean(0), ana.var(0)  # Kalman: mean 1/3, variance 2/3
+    (tensor([0.3333], dtype=torch.float64), tensor([0.6667], dtype=torch.float64))
+    """
+    _check_settings(inflation, rtps, rtpp)
+    p = _prepare(ensemble, hx, y, r_std, inflation)
+    w, T = _etkf_transform(p.S, p.d)
+    return _finish(
+        _mean_update(p, w),
+        T @ p.X,
+        p.X,
+        p.scale,
+        rtps=rtps,
+        rtpp=rtpp,
+        rotate=rotate,
+        generator=generator,
+    )
+
+
+def denkf_update(
+    ensemble: Tensor,
+    hx: Tensor,
+    y: Tensor,
+    r_std: Tensor | float,
+    *,
+    inflation: float = 1.0,
+    rtps: float = 0.0,
+    rtpp: float = 0.0,
+) -> Tensor:
+    """DEnKF analysis (Sakov & Oke 2008a): anomalies updated with half the gain.
+
+    Parameters and shapes as in :func:`etkf_update` (no rotation).
+
+    Returns
+    -------
+    Tensor
+        Analysis ensemble ``(*batch, N, n)``.
+
+    Notes
+    -----
+    One batched Cholesky factorisation of ``C = I + S S^T`` (``N x N``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> ens = torch.tensor([[0.0], [2.0]], dtype=torch.float64)
+    >>> ana = denkf_update(ens, ens, torch.tensor([0.0]), torch.tensor([1.0]))
+    >>> ana.mean(0), ana.var(0)  # mean 1/3, variance 2/3 + 2/9
+    (tensor([0.3333], dtype=torch.float64), tensor([0.8889], dtype=torch.float64))
+    """
+    _check_settings(inflation, rtps, rtpp)
+    p = _prepare(ensemble, hx, y, r_std, inflation)
+    L = torch.linalg.cholesky(_plus_identity(p.S @ p.S.mT))
+    Cinv = torch.cholesky_inverse(L)
+    w = (Cinv @ (p.S @ p.d.unsqueeze(-1))).squeeze(-1)
+    T = 0.5 * _plus_identity(Cinv)
+    return _finish(
+        _mean_update(p, w),
+        T @ p.X,
+        p.X,
+        p.scale,
+        rtps=rtps,
+        rtpp=rtpp,
+        rotate=False,
+        generator=None,
+    )
+
+
+def ensrf_update(
+    ensemble: Tensor,
+    hx: Tensor,
+    y: Tensor,
+    r_std: Tensor | float,
+    *,
+    inflation: float = 1.0,
+    rtps: float = 0.0,
+    rtpp: float = 0.0,
+) -> Tensor:
+    """EnSRF analysis: Whitaker & Hamill's serial square-root filter, batched.
+
+    The observations are assimilated "serially" in their given order, but
+    without a loop: through the lower Cholesky factor of ``I + S^T S`` (see
+    module docstring). Parameters and shapes as in :func:`etkf_update`.
+
+    Returns
+    -------
+    Tensor
+        Analysis ensemble ``(*batch, N, n)``.
+
+    Notes
+    -----
+    One batched Cholesky factorisation of a ``P x P`` matrix and two
+    triangular solves: ``O(P^3 + N P^2)`` per batch element.
+
+    Examples
+    --------
+    >>> import torch
+    >>> ens = torch.tensor([[0.0], [2.0]], dtype=torch.float64)
+    >>> ana = ensrf_update(ens, ens, torch.tensor([0.0]), torch.tensor([1.0]))
+    >>> ana.mean(0), ana.var(0)  # Kalman: mean 1/3, variance 2/3
+    (tensor([0.3333], dtype=torch.float64), tensor([0.6667], dtype=torch.float64))
+    """
+    _check_settings(inflation, rtps, rtpp)
+    p = _prepare(ensemble, hx, y, r_std, inflation)
+    S = p.S
+    L = torch.linalg.cholesky(_plus_identity(S.mT @ S))  # (*b, P, P)
+    w = (S @ torch.cholesky_solve(p.d.unsqueeze(-1), L)).squeeze(-1)
+    Z = torch.linalg.solve_triangular(L, S.mT, upper=False)  # L^-1 S^T
+    W = torch.linalg.solve_triangular(_plus_identity(L.clone()).mT, Z, upper=True)
+    T = _plus_identity(-(S @ W))
+    return _finish(
+        _mean_update(p, w),
+        T @ p.X,
+        p.X,
+        p.scale,
+        rtps=rtps,
+        rtpp=rtpp,
+        rotate=False,
+        generator=None,
+    )
+
+
+def enkf_update(
+    ensemble: Tensor,
+    hx: Tensor,
+    y: Tensor,
+    r_std: Tensor | float,
+    *,
+    inflation: float = 1.0,
+    rtps: float = 0.0,
+    rtpp: float = 0.0,
+    centre_perturbations: bool = False,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Stochastic EnKF analysis with perturbed observations.
+
+    Parameters
+    ----------
+    ensemble, hx, y, r_std, inflation, rtps, rtpp
+        As in :func:`etkf_update`.
+    centre_perturbations : bool
+        Subtract the member mean of the observation perturbations (the
+        analysis mean is then the Kalman mean exactly for linear H).
+    generator : torch.Generator, optional
+        Draws the perturbations (same device as ``ensemble``); a fresh
+        OS-seeded generator if None (not reproducible).
+
+    Returns
+    -------
+    Tensor
+        Analysis ensemble ``(*batch, N, n)``.
+
+    Notes
+    -----
+    The gain is solved by Cholesky in ensemble space (``N x N``) when
+    ``N <= P``, else in observation space (``P x P``); both give the same
+    result; an ``N x N`` matrix is only formed in the first case. Memory
+    ``O(N (n + P))``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> g = torch.Generator().manual_seed(1)
+    >>> ens = torch.randn(500, 2, generator=g, dtype=torch.float64)
+    >>> ana = enkf_update(ens, ens[:, :1], torch.tensor([1.0]), torch.tensor([1.0]), generator=g)
+    >>> round(float(ana[:, 0].var()), 1)   # Kalman: 1 * 1 / (1 + 1)
+    0.5
+    """
+    _check_settings(inflation, rtps, rtpp)
+    p = _prepare(ensemble, hx, y, r_std, inflation)
+    S, X = p.S, p.X
+    n_members, n_obs = S.shape[-2], S.shape[-1]
+    gen = _generator(generator, S.device)
+    eps = torch.randn(S.shape, generator=gen, dtype=S.dtype, device=S.device)
+    if centre_perturbations:
+        eps = eps - eps.mean(-2, keepdim=True)
+    D = eps - p.scale * S + p.d.unsqueeze(-2)  # (*b, N, P) scaled member innovations
+    if n_members <= n_obs:
+        L = torch.linalg.cholesky(_plus_identity(S @ S.mT))
+        delta = torch.cholesky_solve(S @ D.mT, L).mT @ X  # D S^T C^-1 X
+    else:  # never form an N x N matrix when N is large
+        L = torch.linalg.cholesky(_plus_identity(S.mT @ S))
+        delta = torch.cholesky_solve(D.mT, L).mT @ (S.mT @ X)  # D F^-1 S^T X
+    dbar = delta.mean(-2)
+    Xa = X + (delta - dbar.unsqueeze(-2)) / p.scale
+    return _finish(
+        p.mean + dbar, Xa, X, p.scale, rtps=rtps, rtpp=rtpp, rotate=False, generator=None
+    )
+
+
+# --------------------------------------------------------------------------
+# the filters as registered method objects
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class EnsembleMethod:
+    """Settings shared by the ensemble filters (a frozen, keyword-only dataclass).
+
+    Parameters
+    ----------
+    inflation : float
+        Multiplicative inflation of the forecast anomalies before the update
+        (1 = none).
+    rtps : float
+        Relaxation to prior spread after the update, in ``[0, 1]`` (0 = off).
+    rtpp : float
+        Relaxation to prior perturbations after the update, in ``[0, 1]``.
+
+    Raises
+    ------
+    ConfigError
+        For a setting outside its range.
+    """
+
+    name: ClassVar[str] = ""
+    inflation: float = 1.0
+    rtps: float = 0.0
+    rtpp: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_settings(self.inflation, self.rtps, self.rtpp)
+
+    def analyse(
+        self,
+        ensemble: Tensor,
+        hx: Tensor,
+        y: Tensor,
+        r_std: Tensor | float,
+        *,
+        generator: torch.Generator | None = None,
+        locations: Any = None,
+    ) -> Tensor:
+        """Analysis ensemble ``(*batch, N, n)`` from the forecast ensemble.
+
+        Parameters
+        ----------
+        ensemble : Tensor
+            Forecast ensemble ``(*batch, N, n)`` (state or latent vectors).
+        hx : Tensor
+            Observation operator applied to every member ``(*batch, N, P)``
+            (for latent filters, ``H(D(z_j))``).
+        y : Tensor
+            Observations ``(*batch, P)`` or ``(P,)``.
+        r_std : Tensor or float
+            Observation-error standard deviations ``(*batch, P)``, ``(P,)``
+            or scalar.
+        generator : torch.Generator, optional
+            Randomness (perturbed observations, rotations).
+        locations : Localization, optional
+            Only used by localised filters (:class:`~xlatda.assimilate.letkf.LETKF`).
+
+        Returns
+        -------
+        Tensor
+            Analysis ensemble ``(*batch, N, n)``, same dtype and device.
+        """
+        return self._update(ensemble, hx, y, r_std, generator, locations)
+
+    def _update(self, ensemble, hx, y, r_std, generator, locations):  # pragma: no cover
+        raise NotImplementedError
+
+
+@methods.register("etkf")
+@dataclass(frozen=True, kw_only=True)
+class ETKF(EnsembleMethod):
+    """Ensemble transform Kalman filter, symmetric square root (:func:`etkf_update`).
+
+    Parameters
+    ----------
+    inflation, rtps, rtpp : float
+        See :class:`EnsembleMethod`.
+    rotate : bool
+        Random mean-preserving rotation of the analysis anomalies (Sakov &
+        Oke 2008b); needs ``generator`` for reproducibility.
+
+    Examples
+    --------
+    >>> import torch
+    >>> ETKF(inflation=1.013, rotate=True)
+    ETKF(inflation=1.013, rtps=0.0, rtpp=0.0, rotate=True)
+    """
+
+    name: ClassVar[str] = "etkf"
+    rotate: bool = False
+
+    def _update(self, ensemble, hx, y, r_std, generator, locations):
+        return etkf_update(
+            ensemble,
+            hx,
+            y,
+            r_std,
+            inflation=self.inflation,
+            rtps=self.rtps,
+            rtpp=self.rtpp,
+            rotate=self.rotate,
+            generator=generator,
+        )
+
+
+@methods.register("denkf")
+@dataclass(frozen=True, kw_only=True)
+class DEnKF(EnsembleMethod):
+    """Deterministic EnKF of Sakov & Oke (2008a) (:func:`denkf_update`).
+
+    Examples
+    --------
+    >>> DEnKF(inflation=1.01)
+    DEnKF(inflation=1.01, rtps=0.0, rtpp=0.0)
+    """
+
+    name: ClassVar[str] = "denkf"
+
+    def _update(self, ensemble, hx, y, r_std, generator, locations):
+        return denkf_update(
+            ensemble, hx, y, r_std, inflation=self.inflation, rtps=self.rtps, rtpp=self.rtpp
+        )
+
+
+@methods.register("ensrf")
+@dataclass(frozen=True, kw_only=True)
+class EnSRF(EnsembleMethod):
+    """Serial square-root filter of Whitaker & Hamill (2002), batched (:func:`ensrf_update`).
+
+    Examples
+    --------
+    >>> EnSRF(rtps=0.5)
+    EnSRF(inflation=1.0, rtps=0.5, rtpp=0.0)
+    """
+
+    name: ClassVar[str] = "ensrf"
+
+    def _update(self, ensemble, hx, y, r_std, generator, locations):
+        return ensrf_update(
+            ensemble, hx, y, r_std, inflation=self.inflation, rtps=self.rtps, rtpp=self.rtpp
+        )
+
+
+@methods.register("enkf")
+@dataclass(frozen=True, kw_only=True)
+class EnKF(EnsembleMethod):
+    """Stochastic EnKF with perturbed observations (:func:`enkf_update`).
+
+    Parameters
+    ----------
+    inflation, rtps, rtpp : float
+        See :class:`EnsembleMethod`.
+    centre_perturbations : bool
+        Centre the observation perturbations over the members.
+
+    Examples
+    --------
+    >>> EnKF(inflation=1.06)
+    EnKF(inflation=1.06, rtps=0.0, rtpp=0.0, centre_perturbations=False)
+    """
+
+    name: ClassVar[str] = "enkf"
+    centre_perturbations: bool = False
+
+    def _update(self, ensemble, hx, y, r_std, generator, locations):
+        return enkf_update(
+            ensemble,
+            hx,
+            y,
+            r_std,
+            inflation=self.inflation,
+            rtps=self.rtps,
+            rtpp=self.rtpp,
+            centre_perturbations=self.centre_perturbations,
+            generator=generator,
+        )
