@@ -7,14 +7,18 @@ and :class:`xarray.DataArray`. Nothing else global is changed at import.
 from xlatda import accessor as _accessor  # noqa: F401  (registers .lda)
 from xlatda import datasets, errors, metrics, obs
 from xlatda._version import __version__
+from xlatda.cycle import CycleResult, assimilate, cycle
 from xlatda.errors import XlatdaError
 from xlatda.layout import StateLayout, layout
 from xlatda.options import get_options, set_options
 
 __all__ = [
+    "CycleResult",
     "StateLayout",
     "XlatdaError",
     "__version__",
+    "assimilate",
+    "cycle",
     "datasets",
     "errors",
     "get_options",

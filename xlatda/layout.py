@@ -275,8 +275,10 @@ class StateLayout:
                 )
             else:
                 piece = piece.squeeze(CHANNEL_DIM)
-            order = [d for d in spec.dims if d in piece.dims] + [
-                d for d in piece.dims if d not in spec.dims
+            # Dims the variable did not have (a new member or time dim) go first,
+            # as xarray puts them; the variable's own dims keep their order.
+            order = [d for d in piece.dims if d not in spec.dims] + [
+                d for d in spec.dims if d in piece.dims
             ]
             piece = piece.transpose(*order)
             if piece.dtype != np.dtype(spec.dtype):
@@ -287,6 +289,8 @@ class StateLayout:
         base = self.template if like is None else like
         out = xr.Dataset(attrs=copy.deepcopy(self.template.attrs))
         for name, coord in base.coords.items():
+            if name in lead and coord.ndim == 0:
+                continue  # a scalar coordinate that is now a dimension of the data
             if all(d not in lead or base.sizes[d] == stacked.sizes[d] for d in coord.dims):
                 if all(d in lead or d in self.template.dims or d in self.sizes
                        for d in coord.dims):

@@ -1,0 +1,763 @@
+"""Single analyses and forecast-analysis cycles on xarray objects.
+
+One code path serves every method and both spaces:
+
+- ``space="physical"``: the control vector is the state itself (all
+  channels and grid points); forecasts come from a physical model
+  (:mod:`xlatda.dynamics.physical`: Lorenz-96, shallow water, any callable);
+  the observation operator is the sparse interpolation ``H``.
+- ``space="latent"``: the control vector is the latent vector of a
+  :class:`~xlatda.LatentModel`; forecasts come from its latent dynamics
+  (plus model noise from its learned Q); the observation operator is
+  ``H' = H o D``, the decoder evaluated at the observation points. The
+  analysis is decoded back to the grid.
+
+Methods come from the registry in :mod:`xlatda.assimilate` ("etkf", "enkf",
+"denkf", "ensrf", "letkf", "3dvar", "4denvar"). Observation times are
+arbitrary: each distinct observation time is an analysis time (or, for
+``"4denvar"``, ``window`` consecutive ones form one window).
+
+Outputs are Datasets on the state layout with a ``member`` dimension, plus
+observation-space diagnostics; with ``store=`` they are written to zarr
+after every analysis, and a rerun with the same store resumes after the
+last analysis written, without losing or duplicating any.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+
+from xlatda.assimilate import EnsembleMethod, EnVar4D, Var3D, get_method
+from xlatda.assimilate.covariance import Covariance, DiagonalCovariance
+from xlatda.assimilate.localization import GreatCircleDistance, IndexDistance
+from xlatda.errors import ConfigError, ObservationError
+from xlatda.layout import StateLayout, layout
+from xlatda.model import LatentModel
+from xlatda.obs.contract import ObservationTable, to_tensors, validate
+from xlatda.obs.operator import build_operator
+from xlatda.options import get_options
+
+__all__ = ["CycleResult", "assimilate", "cycle"]
+
+_F64 = torch.float64
+
+
+@dataclass(frozen=True)
+class CycleResult:
+    """What :func:`cycle` returns.
+
+    Attributes
+    ----------
+    analysis : Dataset
+        Analysis ensemble on the state layout, dims ``(time, member, ...)``.
+    background : Dataset
+        Background (forecast) ensemble at the same times.
+    diagnostics : Dataset
+        Per analysis time: number of observations, RMS of innovations
+        (observation minus background mean) and of residuals (observation
+        minus analysis mean), background spread in observation space.
+    parameters : Dataset or None
+        Estimated parameters ``theta(time, member, parameter)``.
+    """
+
+    analysis: xr.Dataset
+    background: xr.Dataset
+    diagnostics: xr.Dataset
+    parameters: xr.Dataset | None = None
+
+    def __repr__(self) -> str:
+        n = self.analysis.sizes.get("time", 0)
+        m = self.analysis.sizes.get("member", 1)
+        extra = ("" if self.parameters is None
+                 else f", parameters={list(self.parameters.param.values)}")
+        names = list(self.analysis.data_vars)
+        return f"CycleResult(analyses={n}, members={m}, variables={names}{extra})"
+
+
+# -- time helpers -----------------------------------------------------------
+def _tfloat(values: Any) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.dtype.kind == "M":
+        return arr.astype("datetime64[ns]").astype(np.int64).astype(float) / 1e9
+    return arr.astype(float)
+
+
+# -- the two spaces -------------------------------------------------------------
+class _Space:
+    """Forecast, observe and convert, for one space (tensors ``(N, n)``)."""
+
+    layout: StateLayout
+    n_params: int = 0
+
+    def forecast(self, s: torch.Tensor, t0: float, t1: float, gen: torch.Generator,
+                 noise: bool) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def observe(self, s: torch.Tensor, table: ObservationTable) -> torch.Tensor:
+        raise NotImplementedError  # pragma: no cover
+
+    def to_fields(self, s: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError  # pragma: no cover
+
+
+class _Physical(_Space):
+    def __init__(self, L: StateLayout, physical: Any, time_units: str, n_params: int) -> None:
+        self.layout = L
+        self.model = physical
+        self.n_params = n_params
+        self.shape = (L.n_channels, *L.spatial_shape)
+        self.n_state = int(np.prod(self.shape))
+        self.time_units = time_units
+        if physical is not None:
+            want = int(np.prod(physical.state_shape))
+            if want != self.n_state:
+                raise ConfigError(
+                    f"the physical model's state has {want} values ({physical.state_shape}) but "
+                    f"the state layout has {self.n_state} ({self.shape}); give the Dataset "
+                    "every prognostic variable of the model (e.g. shallow water needs height, "
+                    "vorticity and divergence)"
+                )
+        self._ops: dict[int, Any] = {}
+
+    def split(self, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.n_params:
+            return s[..., : self.n_state], s[..., self.n_state:]
+        return s, None
+
+    def forecast(self, s, t0, t1, gen, noise):
+        if t1 == t0:
+            return s
+        if self.model is None:
+            raise ConfigError(
+                "cycling in physical space needs a forecast model: pass model=a physical "
+                "model (e.g. xlatda.dynamics.physical.Lorenz96()) or a LatentModel"
+            )
+        x, theta = self.split(s)
+        dt = self.model.dt
+        n_steps = (t1 - t0) / dt
+        steps = round(n_steps)
+        if steps < 1 or abs(n_steps - steps) > 1e-6 * max(1.0, n_steps):
+            raise ObservationError(
+                f"the time between analyses ({t1 - t0}) is not a whole number of model steps "
+                f"(dt={dt}); use observation times on the model's step or set the model's dt"
+            )
+        xs = x.reshape(x.shape[0], *self.model.state_shape)
+        for _ in range(steps):
+            xs = self.model.step(xs, dt, theta)
+        out = xs.reshape(x.shape[0], -1)
+        return out if theta is None else torch.cat([out, theta], -1)
+
+    def operator(self, table: ObservationTable):
+        key = id(table)
+        if key not in self._ops:
+            self._ops = {key: build_operator(self.layout, table)}
+        return self._ops[key]
+
+    def observe(self, s, table):
+        x, _ = self.split(s)
+        op = self.operator(table)
+        return op(x.reshape(x.shape[0], *self.shape))
+
+    def to_fields(self, s):
+        x, _ = self.split(s)
+        return x.reshape(x.shape[0], *self.shape)
+
+    def from_fields(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(x.shape[0], -1).to(_F64)
+
+
+class _Latent(_Space):
+    def __init__(self, model: LatentModel, n_params: int) -> None:
+        self.layout = model.layout
+        self.model = model
+        self.n_params = n_params
+        self.d = model.latent_dim
+
+    def split(self, s):
+        if self.n_params:
+            return s[..., : self.d], s[..., self.d:]
+        return s, None
+
+    def forecast(self, s, t0, t1, gen, noise):
+        if t1 == t0:
+            return s
+        dyn = self.model.require_dynamics()
+        step = (self.model.time_step or {"value": 1.0})["value"]
+        tau = (t1 - t0) / step
+        z, theta = self.split(s)
+        zc = z.to(self.model.dtype)
+        times = torch.tensor([0.0, tau], dtype=zc.dtype)
+        with torch.no_grad():
+            out = dyn.evolve(zc, times, theta=None if theta is None else theta.to(zc.dtype))
+        z1 = out[..., -1, :].to(_F64)
+        q = self.model.model_error
+        if noise and q is not None:
+            eps = q.sample((z1.shape[0],), generator=gen).to(_F64)
+            z1 = z1 + math.sqrt(tau) * eps
+        return z1 if theta is None else torch.cat([z1, theta], -1)
+
+    def points(self, table: ObservationTable) -> torch.Tensor:
+        return self.model.points_tensor(table.lat, table.lon, table.position)
+
+    def observe(self, s, table):
+        z, _ = self.split(s)
+        pts = self.points(table)
+        return self.model.decode_points(z.to(self.model.dtype), pts, table.channel).to(_F64)
+
+    def to_fields(self, s):
+        z, _ = self.split(s)
+        with torch.no_grad():
+            return self.model.decode_tensor(z.to(self.model.dtype)).to(_F64)
+
+    def from_fields(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.enable_grad():
+            z = self.model.encode_tensor(x.to(self.model.dtype))
+        return z.detach().to(_F64)
+
+
+# -- pieces shared by assimilate and cycle ----------------------------------
+def _method(method: str, settings: dict[str, Any]):
+    cls = get_method(method)  # unknown names are refused here, before any work
+    return cls, dict(settings)
+
+
+def _locations(L: StateLayout, table: ObservationTable, space: _Space):
+    if isinstance(space, _Latent):
+        raise ConfigError(
+            "LETKF localises by distance, which latent vectors do not have; use 'etkf', "
+            "'enkf', 'denkf' or 'ensrf' in latent space"
+        )
+    C = L.n_channels
+    if L.kind == "generic":
+        return IndexDistance(int(np.prod(L.spatial_shape)), table.position, periodic=True,
+                             channels=C)
+    if L.kind == "latlon":
+        glat, glon = np.meshgrid(L.lat, L.lon, indexing="ij")
+        if L.spatial_dims[0] != L.axes.lat:
+            glat, glon = glat.T, glon.T
+        return GreatCircleDistance(glat.ravel(), glon.ravel(), table.lat, table.lon, channels=C)
+    return GreatCircleDistance(L.lat, L.lon, table.lat, table.lon, channels=C)
+
+
+def _analyse(inst: Any, space: _Space, ens: torch.Tensor, table: ObservationTable,
+             gen: torch.Generator, settings: dict[str, Any]) -> torch.Tensor:
+    y = table.values.to(_F64)
+    r = table.error_std.to(_F64)
+    if isinstance(inst, EnsembleMethod):
+        hx = space.observe(ens, table)
+        locations = _locations(space.layout, table, space) if inst.name == "letkf" else None
+        return inst.analyse(ens, hx, y, r, generator=gen, locations=locations)
+    if isinstance(inst, Var3D):
+        xb = ens.mean(0, keepdim=True)
+        if isinstance(space, _Physical):
+            op = space.operator(table)
+            h = op if space.n_params == 0 else (lambda s: space.observe(s, table))
+        else:
+            def h(s):
+                return space.observe(s, table)
+        res = inst.analyse(xb, y[None], r, h)
+        return res.mean
+    raise ConfigError(f"method {type(inst).__name__} cannot run a single-time analysis")
+
+
+def _b_cov(settings: dict[str, Any], n: int) -> Covariance:
+    if "b" in settings:
+        b = settings.pop("b")
+        if not isinstance(b, Covariance):
+            raise ConfigError("b must be a covariance object from xlatda.assimilate.covariance")
+        settings.pop("b_std", None)
+        return b
+    b_std = settings.pop("b_std", None)
+    if b_std is None:
+        raise ConfigError(
+            "3dvar needs a background-error covariance: pass b_std=<float or array> "
+            "(diagonal B) or b=<Covariance>"
+        )
+    var = torch.as_tensor(np.broadcast_to(np.asarray(b_std, float) ** 2, (n,)).copy(), dtype=_F64)
+    return DiagonalCovariance(var)
+
+
+def _space_for(L: StateLayout, model: Any, space: str | None, n_params: int,
+               time_units: str) -> _Space:
+    if space is None:
+        space = "latent" if isinstance(model, LatentModel) else "physical"
+    if space == "latent":
+        if not isinstance(model, LatentModel):
+            raise ConfigError(
+                "space='latent' needs a LatentModel (xlatda.fit or xlatda.open_model); got "
+                f"{type(model).__name__}"
+            )
+        return _Latent(model, n_params)
+    if space != "physical":
+        raise ConfigError(f"space must be 'latent' or 'physical', got {space!r}")
+    if isinstance(model, LatentModel):
+        raise ConfigError(
+            "space='physical' forecasts with a physical model; pass one (e.g. "
+            "xlatda.dynamics.physical.Lorenz96()) or use space='latent' with this LatentModel"
+        )
+    return _Physical(L, model, time_units, n_params)
+
+
+def _initial_ensemble(background: xr.Dataset, L: StateLayout, space: _Space, members: int,
+                      init_std: Any, gen: torch.Generator) -> torch.Tensor:
+    x = L.to_tensor(background, dtype=_F64)
+    if L.member_dim in background.dims:
+        x = x[0]  # (member, C, *S)
+        return space.from_fields(x)
+    x = x[:1]
+    base = space.from_fields(x)  # (1, n)
+    if members < 2:
+        return base
+    if init_std is None:
+        raise ConfigError(
+            "the background has no member dimension; pass init_std=<spread of the initial "
+            "ensemble> (in the control space: state units, or latent units for space='latent')"
+        )
+    std = torch.as_tensor(np.asarray(init_std, float), dtype=_F64)
+    noise = torch.randn((members, base.shape[-1]), generator=gen, dtype=_F64)
+    return base + std * noise
+
+
+def _fields_dataset(L: StateLayout, x: torch.Tensor, tval: Any, tname: str,
+                    member_dim: str = "member") -> xr.Dataset:
+    """(N, C, *S) at one time -> Dataset with dims (time, member, ...)."""
+    ds = L.to_dataset(x[None], sample_coords={tname: np.atleast_1d(tval)})
+    ds = ds.assign_coords({member_dim: np.arange(x.shape[0])})
+    return ds
+
+
+# -- public functions ---------------------------------------------------------
+def assimilate(
+    state: xr.Dataset | xr.DataArray,
+    obs: xr.Dataset,
+    model: Any = None,
+    *,
+    method: str = "etkf",
+    space: str | None = None,
+    members: int | None = None,
+    init_std: Any = None,
+    seed: int = 0,
+    **settings: Any,
+) -> xr.Dataset:
+    """One analysis of ``state`` (an ensemble or a background) with ``obs``.
+
+    Parameters
+    ----------
+    state : Dataset or DataArray
+        The background at one time: an ensemble (``member`` dim) for the
+        ensemble methods, or a single state (then ``members`` and
+        ``init_std`` make a perturbed ensemble; 3DVar uses it as is).
+    obs : Dataset
+        Observations at the state's time (or without times).
+    model : LatentModel, optional
+        Needed for ``space="latent"``.
+    method : str
+        A registered method: "etkf", "enkf", "denkf", "ensrf", "letkf",
+        "3dvar" (4DEnVar needs times: use :func:`cycle`).
+    space : {"latent", "physical"}, optional
+        Default: latent with a LatentModel, physical otherwise.
+    members, init_std, seed :
+        Ensemble size and spread when ``state`` has no member dim; seed of
+        every random draw.
+    **settings :
+        The method's settings (``inflation=1.05``, ``radius=4``, ``b_std=``...).
+
+    Returns
+    -------
+    Dataset
+        The analysis on the state layout (with ``member`` for ensembles).
+    """
+    if isinstance(state, xr.DataArray):
+        state = state.to_dataset(name=state.name if state.name is not None else "data")
+    cls, settings = _method(method, settings)
+    if cls is EnVar4D:
+        raise ConfigError("'4denvar' assimilates a time window; use xlatda.cycle(..., window=k)")
+    L = layout(state)
+    tname = L.axes.time
+    if tname in state.dims:
+        if state.sizes[tname] != 1:
+            raise ConfigError(
+                f"assimilate takes the state at one time; select it with state.isel({tname}=i)"
+            )
+        state = state.isel({tname: 0})
+        L = layout(state)
+    extra = [d for d in L.sample_dims if d != tname]
+    if extra:
+        raise ConfigError(f"assimilate needs one state; select along {extra} first")
+    validate(obs, L)
+    table = to_tensors(obs, L)
+    gen = torch.Generator().manual_seed(int(seed))
+    sp = _space_for(L, model, space, 0, "s")
+    if cls is Var3D:
+        n = sp.d if isinstance(sp, _Latent) else sp.n_state
+        inst = cls(b=_b_cov(settings, n), **settings)
+        ens = _initial_ensemble(state, L, sp, 1, None, gen)
+        ana = _analyse(inst, sp, ens.mean(0, keepdim=True), table, gen, settings)
+    else:
+        inst = cls(**settings)
+        n_members = members if members is not None else 0
+        ens = _initial_ensemble(state, L, sp, n_members, init_std, gen)
+        if ens.shape[0] < 2:
+            raise ConfigError(
+                f"{method!r} needs an ensemble: give the state a 'member' dim or pass members=N "
+                "and init_std"
+            )
+        ana = _analyse(inst, sp, ens, table, gen, settings)
+    fields = sp.to_fields(ana)  # (N, C, *S)
+    if fields.shape[0] == 1 and cls is Var3D:
+        out = L.to_dataset(fields)
+    else:
+        out = L.to_dataset(fields[None])
+        out = out.assign_coords({L.member_dim: np.arange(out.sizes[L.member_dim])})
+    out.attrs["history"] = f"analysis by xlatda {method} in {type(sp).__name__[1:].lower()} space"
+    return out
+
+
+def _group_times(tvals: np.ndarray) -> list[np.ndarray]:
+    """Indices of table entries per distinct observation time, in time order."""
+    order = np.argsort(tvals, kind="stable")
+    uniq, start = np.unique(tvals[order], return_index=True)
+    bounds = [*start.tolist(), len(order)]
+    return [order[bounds[i]:bounds[i + 1]] for i in range(len(uniq))]
+
+
+def cycle(
+    background: xr.Dataset | xr.DataArray,
+    obs: xr.Dataset,
+    model: Any,
+    *,
+    method: str = "etkf",
+    space: str | None = None,
+    members: int = 20,
+    init_std: Any = None,
+    window: int = 1,
+    params: dict[str, tuple[float, float]] | None = None,
+    seed: int = 0,
+    progress: bool | None = None,
+    store: str | Path | None = None,
+    noise: bool = True,
+    **settings: Any,
+) -> CycleResult:
+    """Forecast-analysis cycles over the span of the observations.
+
+    Parameters
+    ----------
+    background : Dataset or DataArray
+        The initial state at one time (an ensemble with ``member``, or a
+        single state perturbed with ``init_std``).
+    obs : Dataset
+        Observations at arbitrary times (and places) after the background.
+    model : LatentModel or physical model
+        Forecast model: a LatentModel with dynamics (latent space) or a
+        physical model with ``step``/``integrate`` (physical space).
+    method : str
+        "etkf", "enkf", "denkf", "ensrf", "letkf", "3dvar" or "4denvar".
+    space : {"latent", "physical"}, optional
+        Default from the kind of ``model``.
+    members : int
+        Ensemble size (ignored when the background has ``member``).
+    init_std : float or array, optional
+        Spread of the initial ensemble (control-space units).
+    window : int
+        "4denvar" only: number of consecutive observation times per window.
+    params : dict, optional
+        Unknown parameters to estimate with the state: ``{name: (prior mean,
+        prior std)}``, passed to the model as ``theta`` (LEVDA). Needs
+        "4denvar" or an ensemble method.
+    seed : int
+        Seed of every random draw; cycle ``k`` uses a generator seeded from
+        ``(seed, k)``, so a resumed run draws the same numbers.
+    progress : bool, optional
+        Progress bar (default: the ``progress`` option).
+    store : path, optional
+        Zarr store written after every analysis; if it already holds
+        analyses of this experiment, cycling resumes after the last one.
+    noise : bool
+        Add model noise from the latent model's Q in latent forecasts.
+    **settings :
+        Method settings (``inflation``, ``rtps``, ``radius``, ``b_std``,
+        ``iterations``...).
+
+    Returns
+    -------
+    CycleResult
+    """
+    if isinstance(background, xr.DataArray):
+        background = background.to_dataset(
+            name=background.name if background.name is not None else "data")
+    cls, settings = _method(method, settings)
+    if window < 1:
+        raise ConfigError(f"window must be a positive integer, got {window!r}")
+    if window > 1 and cls is not EnVar4D:
+        raise ConfigError("window > 1 is for method='4denvar'; filters analyse every time")
+    L = layout(background)
+    tname = L.axes.time
+    if tname is None or tname not in background.coords:
+        raise ConfigError("the background needs a time coordinate (the time it is valid at)")
+    if tname in background.dims:
+        if background.sizes[tname] != 1:
+            raise ConfigError(f"the background must be at one time; use .isel({tname}=0)")
+        background = background.isel({tname: 0})
+    t_start = background[tname].values
+    L = layout(background)
+    validate(obs, L)
+    table = to_tensors(obs, L)
+    if table.time is None:
+        raise ObservationError("cycling needs observation times; add a 'time' coordinate")
+    tvals = _tfloat(table.time)
+    t0 = float(_tfloat(np.asarray(t_start)))
+    if np.any(tvals < t0 - 1e-9):
+        raise ObservationError(
+            "some observations are earlier than the background; select obs after "
+            f"{t_start} (obs.where(obs.time >= t0, drop=True))"
+        )
+    groups = _group_times(tvals)
+    time_values = [table.time[g[0]] for g in groups]
+    pnames = list(params or {})
+    sp = _space_for(L, model, space, len(pnames), "s")
+    if cls is Var3D:
+        n = sp.d if isinstance(sp, _Latent) else sp.n_state
+        inst = cls(b=_b_cov(settings, n), **settings)
+    else:
+        inst = cls(**settings)
+
+    done, result_state = _resume(store, L, tname, pnames)
+    gen0 = torch.Generator().manual_seed(int(seed))
+    if result_state is None:
+        ens = _initial_ensemble(background, L, sp, 1 if cls is Var3D else members, init_std, gen0)
+        if pnames:
+            mean = torch.tensor([params[p][0] for p in pnames], dtype=_F64)
+            std = torch.tensor([params[p][1] for p in pnames], dtype=_F64)
+            theta = mean + std * torch.randn((ens.shape[0], len(pnames)), generator=gen0,
+                                             dtype=_F64)
+            ens = torch.cat([ens, theta], -1)
+        t_cur = t0
+    else:
+        ens, t_cur = result_state
+        ens = sp.from_fields(ens[0]) if not pnames else torch.cat(
+            [sp.from_fields(ens[0]), ens[1]], -1)
+
+    progress = get_options()["progress"] if progress is None else progress
+    step_groups = [groups[i:i + window] for i in range(0, len(groups), window)]
+    step_times = [time_values[i:i + window] for i in range(0, len(groups), window)]
+    n_done_steps = sum(1 for g in step_times if _tfloat(np.asarray(g[-1])) <= done + 1e-9) \
+        if done is not None else 0
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(step_groups), initial=n_done_steps, desc=f"cycle {method}",
+                   leave=False)
+    records: list[dict[str, Any]] = []
+    try:
+        for k in range(n_done_steps, len(step_groups)):
+            gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + k + 1)
+            subs = [table.select(g) for g in step_groups[k]]
+            times = [float(tvals[g[0]]) for g in step_groups[k]]
+            if isinstance(inst, EnVar4D):
+                rec, ens, t_cur = _envar_window(inst, sp, ens, t_cur, times, subs, gen, noise)
+            else:
+                ens_b = sp.forecast(ens, t_cur, times[0], gen, noise)
+                if isinstance(inst, Var3D):
+                    ana = _analyse(inst, sp, ens_b.mean(0, keepdim=True), subs[0], gen, settings)
+                else:
+                    ana = _analyse(inst, sp, ens_b, subs[0], gen, settings)
+                rec = [(ens_b, ana)]
+                ens, t_cur = ana, times[-1]
+            recs = _records(sp, rec, subs, step_times[k], pnames)
+            records.extend(recs)
+            if store is not None:
+                _write(store, recs, L, tname, pnames, first=(k == 0))
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    if store is not None:
+        return _open_result(store)
+    return _assemble(records, L, tname, pnames)
+
+
+def _envar_window(inst: EnVar4D, sp: _Space, ens, t_cur, times, subs, gen, noise):
+    # Background ensemble at the window start (first observation time).
+    ens0 = sp.forecast(ens, t_cur, times[0], gen, noise)
+    y = torch.cat([s.values for s in subs]).to(_F64)
+    r = torch.cat([s.error_std for s in subs]).to(_F64)
+
+    def forecast_obs(s: torch.Tensor) -> torch.Tensor:
+        lead = s.shape[:-1]
+        flat = s.reshape(-1, s.shape[-1])
+        outs, cur, tc = [], flat, times[0]
+        for t, sub in zip(times, subs):
+            cur = sp.forecast(cur, tc, t, gen, False)
+            tc = t
+            outs.append(sp.observe(cur, sub))
+        return torch.cat(outs, -1).reshape(*lead, -1)
+
+    res = inst.analyse(ens0, y, r, forecast_obs, generator=gen)
+    post = res.ensemble
+    rec = []
+    cur_b, cur_a, tc = ens0, post, times[0]
+    for t in times:
+        cur_b = sp.forecast(cur_b, tc, t, gen, False)
+        cur_a = sp.forecast(cur_a, tc, t, gen, False)
+        tc = t
+        rec.append((cur_b, cur_a))
+    return rec, cur_a, times[-1]
+
+
+def _records(sp: _Space, rec, subs, tlabels, pnames) -> list[dict[str, Any]]:
+    out = []
+    for (ens_b, ens_a), sub, tl in zip(rec, subs, tlabels):
+        with torch.no_grad():
+            hb = sp.observe(ens_b, sub).mean(0)
+            ha_all = sp.observe(ens_a, sub)
+            ha = ha_all.mean(0)
+            spread = sp.observe(ens_b, sub).std(0) if ens_b.shape[0] > 1 else torch.zeros_like(hb)
+        y = sub.values.to(_F64)
+        entry = {
+            "time": tl,
+            "background": sp.to_fields(ens_b).cpu(),
+            "analysis": sp.to_fields(ens_a).cpu(),
+            "n_obs": len(sub),
+            "innovation_rms": float(torch.sqrt(((y - hb) ** 2).mean())),
+            "residual_rms": float(torch.sqrt(((y - ha) ** 2).mean())),
+            "background_spread_obs": float(torch.sqrt((spread ** 2).mean())),
+            "obs_error_rms": float(torch.sqrt((sub.error_std.to(_F64) ** 2).mean())),
+        }
+        if pnames:
+            entry["theta"] = ens_a[..., -len(pnames):].cpu().numpy()
+            entry["theta_background"] = ens_b[..., -len(pnames):].cpu().numpy()
+        out.append(entry)
+    return out
+
+
+def _datasets(records, L: StateLayout, tname: str, pnames) -> dict[str, xr.Dataset]:
+    times = np.array([r["time"] for r in records])
+    analysis = L.to_dataset(torch.stack([r["analysis"] for r in records]),
+                            sample_coords={tname: times})
+    background = L.to_dataset(torch.stack([r["background"] for r in records]),
+                              sample_coords={tname: times})
+    for ds in (analysis, background):
+        ds.coords["member"] = np.arange(ds.sizes["member"])
+    diag = xr.Dataset(
+        {k: (tname, np.array([r[k] for r in records]))
+         for k in ("n_obs", "innovation_rms", "residual_rms", "background_spread_obs",
+                   "obs_error_rms")},
+        coords={tname: times},
+    )
+    out = {"analysis": analysis, "background": background, "diagnostics": diag}
+    if pnames:
+        theta = np.stack([r["theta"] for r in records])
+        theta_b = np.stack([r["theta_background"] for r in records])
+        out["parameters"] = xr.Dataset(
+            {"theta": ((tname, "member", "param"), theta),
+             "theta_background": ((tname, "member", "param"), theta_b)},
+            coords={tname: times, "member": np.arange(theta.shape[1]), "param": pnames},
+        )
+    return out
+
+
+def _assemble(records, L, tname, pnames) -> CycleResult:
+    if not records:
+        raise ObservationError("no analysis was made: no observation times after the background")
+    parts = _datasets(records, L, tname, pnames)
+    return CycleResult(parts["analysis"], parts["background"], parts["diagnostics"],
+                       parts.get("parameters"))
+
+
+def _strip_encoding(ds: xr.Dataset) -> xr.Dataset:
+    ds = ds.copy()
+    for v in ds.variables:
+        ds[v].encoding = {}
+    return ds
+
+
+def _write(store, recs, L, tname, pnames, first: bool) -> None:
+    parts = _datasets(recs, L, tname, pnames)
+    path = str(store)
+    exists = Path(path).exists()
+    for name, ds in parts.items():
+        ds = _strip_encoding(ds)
+        if not exists:
+            ds.to_zarr(path, group=name, mode="w" if name == "analysis" else "a",
+                       zarr_format=3, consolidated=False)
+        else:
+            ds.to_zarr(path, group=name, append_dim=tname, mode="a", consolidated=False)
+    if not exists:
+        import zarr
+
+        root = zarr.open_group(path, mode="a")
+        root.attrs["xlatda_cycle"] = {"state_variables": list(L.variables),
+                                      "parameters": list(pnames)}
+
+
+def _open_result(store) -> CycleResult:
+    path = str(store)
+    opened = {n: xr.open_zarr(path, group=n, consolidated=False)
+              for n in ("analysis", "background", "diagnostics")}
+    params = None
+    try:
+        params = xr.open_zarr(path, group="parameters", consolidated=False)
+    except (FileNotFoundError, KeyError, OSError, ValueError):
+        params = None
+    return CycleResult(opened["analysis"], opened["background"], opened["diagnostics"], params)
+
+
+def _resume(store, L, tname, pnames) -> tuple[float | None, Any]:
+    """Last complete analysis in ``store``: ``(time, ((ensemble[, theta]), time))``.
+
+    A cycle writes its groups in order (analysis, background, diagnostics,
+    parameters); a run killed in between leaves some groups one entry longer
+    than others. Those extra entries are cut, so the resumed run writes each
+    analysis exactly once.
+    """
+    if store is None or not Path(str(store)).exists():
+        return None, None
+    import zarr
+
+    try:
+        root = zarr.open_group(str(store), mode="a")
+        meta = dict(root.attrs).get("xlatda_cycle")
+        groups = [g for g in ("analysis", "background", "diagnostics", "parameters")
+                  if g in root]
+        lengths = {g: root[g][tname].shape[0] for g in groups}
+    except Exception:  # anything unreadable is not resumable
+        raise ConfigError(
+            f"{str(store)!r} exists but is not a readable cycling store; remove it or pass "
+            "another store path"
+        ) from None
+    if meta is None or meta.get("state_variables") != list(L.variables) or \
+            meta.get("parameters") != list(pnames):
+        raise ConfigError(
+            f"{str(store)!r} holds another experiment (variables/parameters differ); remove it "
+            "or pass another store path"
+        )
+    needed = ["analysis", "background", "diagnostics"] + (["parameters"] if pnames else [])
+    n = min(lengths.get(g, 0) for g in needed)
+    for g in groups:
+        if lengths[g] > n:
+            for _, arr in root[g].arrays():
+                dims = list(arr.metadata.dimension_names or ())
+                if tname in dims:
+                    shape = list(arr.shape)
+                    shape[dims.index(tname)] = n
+                    arr.resize(tuple(shape))
+    if n == 0:
+        return None, None
+    ana = xr.open_zarr(str(store), group="analysis", consolidated=False)
+    last = ana.isel({tname: n - 1})
+    x = L.to_tensor(last[list(L.variables)], dtype=_F64)[0]
+    t_last = float(_tfloat(np.asarray(last[tname].values)))
+    if pnames:
+        par = xr.open_zarr(str(store), group="parameters", consolidated=False)
+        theta = torch.as_tensor(par.theta.isel({tname: n - 1}).values, dtype=_F64)
+        return t_last, ((x, theta), t_last)
+    return t_last, ((x,), t_last)
