@@ -1,0 +1,168 @@
+"""LatentModel: a state layout, a normaliser, an encoder, and optional latent
+dynamics and model-error covariance, in one object that saves to zarr.
+
+The model works on physical-unit tensors at its edges and normalised
+tensors inside:
+
+``encode_tensor(x)``    ``(B, C, *spatial)`` physical -> ``(B, latent)``
+``decode_tensor(z)``    ``(B, latent)`` -> ``(B, C, *spatial)`` physical
+``decode_points(z, lat, lon, channel)``  -> ``(B, P)`` physical values
+
+Build one with :func:`xlatda.fit`; open a saved one with
+:func:`xlatda.open_model`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from xlatda.errors import NotFittedError
+from xlatda.layout import StateLayout
+from xlatda.normalize import Normalizer
+
+__all__ = ["LatentModel"]
+
+
+@dataclass(eq=False)
+class LatentModel:
+    """Encoder/decoder pair with its layout and normalisation (+ dynamics, Q).
+
+    Attributes
+    ----------
+    layout : StateLayout
+        The training layout (grid, variables, metadata; no sample coords).
+    normalizer : Normalizer
+        Per-channel statistics of the training data.
+    encoder : xlatda.encoders.base.Encoder
+        The fitted encoder.
+    dynamics : torch.nn.Module, optional
+        Latent dynamics (``xlatda.dynamics``), with ``step``/``integrate``.
+    model_error : torch.nn.Module, optional
+        Model-error covariance of one-step latent residuals.
+    time_step : dict, optional
+        The data time step one latent step stands for:
+        ``{"value": 3600.0, "units": "s"}`` for datetime axes, or
+        ``{"value": 0.05, "units": "model"}`` for numeric time.
+    history : dict
+        Training histories (losses per epoch, times).
+    model_id : str
+        Identity written into latent Datasets' attrs.
+    """
+
+    layout: StateLayout
+    normalizer: Normalizer
+    encoder: nn.Module
+    dynamics: nn.Module | None = None
+    model_error: nn.Module | None = None
+    time_step: dict[str, Any] | None = None
+    history: dict[str, Any] = field(default_factory=dict)
+    model_id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
+
+    # -- properties ----------------------------------------------------
+    @property
+    def latent_dim(self) -> int:
+        """Size of the latent vector."""
+        return int(self.encoder.latent_dim)
+
+    @property
+    def encoder_kind(self) -> str:
+        """Registry name of the encoder."""
+        return str(self.encoder.kind)
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the encoder's parameters or buffers."""
+        for t in (*self.encoder.parameters(), *self.encoder.buffers()):
+            return t.device
+        return torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Floating dtype of the encoder's weights."""
+        for t in (*self.encoder.parameters(), *self.encoder.buffers()):
+            if t.is_floating_point():
+                return t.dtype
+        return torch.float32
+
+    def to(self, device: Any = None, dtype: Any = None) -> LatentModel:
+        """Move every module to ``device``/``dtype`` (in place); returns self."""
+        for mod in (self.encoder, self.dynamics, self.model_error):
+            if mod is not None:
+                mod.to(device=device, dtype=dtype)
+        return self
+
+    def require_dynamics(self) -> nn.Module:
+        """The dynamics, or a clear error if the model has none."""
+        if self.dynamics is None:
+            raise NotFittedError(
+                "this model has no latent dynamics; fit them with "
+                "xlatda.fit(ds, ..., dynamics='ode') or xlatda.fit_dynamics(model, ds)"
+            )
+        return self.dynamics
+
+    # -- tensor edges --------------------------------------------------
+    def _cast(self, x: Tensor) -> Tensor:
+        return x.to(device=self.device, dtype=self.dtype)
+
+    def encode_tensor(self, x: Tensor) -> Tensor:
+        """Physical fields ``(B, C, *spatial)`` -> latents ``(B, latent)``."""
+        return self.encoder.encode(self.normalizer.normalize(self._cast(x)))
+
+    def decode_tensor(self, z: Tensor) -> Tensor:
+        """Latents ``(B, latent)`` -> physical fields ``(B, C, *spatial)``."""
+        return self.normalizer.denormalize(self.encoder.decode(self._cast(z)))
+
+    def points_tensor(self, lat: Any = None, lon: Any = None, position: Any = None) -> Tensor:
+        """The ``(P, 2)`` (lat, lon) or ``(P, 1)`` position tensor encoders take."""
+        if position is not None:
+            return torch.as_tensor(np.asarray(position, float), dtype=self.dtype,
+                                   device=self.device)[:, None]
+        pts = np.stack([np.asarray(lat, float), np.asarray(lon, float)], axis=-1)
+        return torch.as_tensor(pts, dtype=self.dtype, device=self.device)
+
+    def decode_points(self, z: Tensor, points: Tensor, channel: Tensor) -> Tensor:
+        """Latents ``(B, latent)`` -> physical values ``(B, P)`` at points.
+
+        Differentiable in ``z``: this is the latent observation operator
+        ``H' = H o D`` of latent assimilation.
+        """
+        channel = torch.as_tensor(channel, dtype=torch.long, device=self.device)
+        values = self.encoder.decode_at(self._cast(z), points, channel)
+        mean, std = self.normalizer.select(channel.cpu())
+        return values * std.to(values) + mean.to(values)
+
+    def encode_points(self, values: Tensor, points: Tensor, channel: Tensor) -> Tensor:
+        """Physical values ``(B, P)`` at points -> latents (zero-shot for SINR)."""
+        channel = torch.as_tensor(channel, dtype=torch.long, device=self.device)
+        mean, std = self.normalizer.select(channel.cpu())
+        normed = (self._cast(values) - mean.to(self.device, self.dtype)) / std.to(
+            self.device, self.dtype
+        )
+        return self.encoder.encode_from(normed, points, channel)
+
+    # -- persistence ---------------------------------------------------
+    def save(self, path: Any, *, overwrite: bool = False) -> None:
+        """Write the model to a zarr v3 store (see :func:`xlatda.io.save_model`)."""
+        from xlatda.io import save_model
+
+        save_model(self, path, overwrite=overwrite)
+
+    def __repr__(self) -> str:
+        parts = [
+            f"encoder={self.encoder_kind!r}",
+            f"latent_dim={self.latent_dim}",
+            f"variables={list(self.layout.variables)}",
+            f"grid={self.layout.kind}{self.layout.spatial_shape}",
+        ]
+        if self.dynamics is not None:
+            kind = getattr(self.dynamics, "kind", type(self.dynamics).__name__)
+            parts.append(f"dynamics={kind!r}")
+        if self.model_error is not None:
+            parts.append(f"model_error={getattr(self.model_error, 'kind', 'yes')!r}")
+        return f"LatentModel({', '.join(parts)})"
