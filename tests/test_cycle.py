@@ -67,7 +67,7 @@ def test_3dvar_single_analysis_is_blue():
 def test_errors_before_work():
     ds = generic_ensemble()
     obs = point_obs([0.0], [1.0], 1.0)
-    with pytest.raises(UnknownNameError, match="known: .*etkf"):
+    with pytest.raises(UnknownNameError, match=r"known: .*etkf"):
         xlatda.assimilate(ds, obs, method="kalman")
     with pytest.raises(ConfigError, match="b_std"):
         xlatda.assimilate(ds.isel(member=0), obs, method="3dvar")

@@ -7,23 +7,31 @@ and :class:`xarray.DataArray`. Nothing else global is changed at import.
 from xlatda import accessor as _accessor  # noqa: F401  (registers .lda)
 from xlatda import datasets, errors, metrics, obs
 from xlatda._version import __version__
+from xlatda.api import decode, encode, fit
 from xlatda.cycle import CycleResult, assimilate, cycle
 from xlatda.errors import XlatdaError
+from xlatda.io import open_model
 from xlatda.layout import StateLayout, layout
+from xlatda.model import LatentModel
 from xlatda.options import get_options, set_options
 
 __all__ = [
     "CycleResult",
+    "LatentModel",
     "StateLayout",
     "XlatdaError",
     "__version__",
     "assimilate",
     "cycle",
     "datasets",
+    "decode",
+    "encode",
     "errors",
+    "fit",
     "get_options",
     "layout",
     "metrics",
     "obs",
+    "open_model",
     "set_options",
 ]

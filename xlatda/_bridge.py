@@ -122,7 +122,7 @@ def apply_torch(
         if rechunk:
             da = da.chunk(rechunk)
     sizes = dict(out_sizes or {})
-    return xr.apply_ufunc(
+    out = xr.apply_ufunc(
         kernel,
         da,
         input_core_dims=[in_core],
@@ -132,3 +132,8 @@ def apply_torch(
         dask_gufunc_kwargs={"output_sizes": sizes} if sizes else None,
         keep_attrs=False,
     )
+    # apply_ufunc drops coordinate attributes with keep_attrs=False; put the
+    # input's coordinates (with their CF attributes) back where they still fit.
+    keep = {name: coord for name, coord in da.coords.items()
+            if set(coord.dims) <= set(out.dims) and name not in out_core}
+    return out.assign_coords(keep)

@@ -111,6 +111,54 @@ class _LdaBase:
             raise ConfigError(f"obs must be an observation Dataset, got {type(obs).__name__}")
         return _obs.observe(self._ds, obs)
 
+    # -- latent models -------------------------------------------------
+    def encode(self, model: Any, *, device: Any = None, dtype: Any = None) -> xr.Dataset:
+        """Encode this state to latent vectors (:func:`xlatda.encode`).
+
+        For an observation Dataset (dimension ``obs``), encode the scattered
+        values instead (zero-shot for SINR; see :func:`xlatda.encode_obs`).
+        """
+        from xlatda import api
+
+        if "obs" in self._ds.dims:
+            return api.encode_obs(self._ds, model, device=device, dtype=dtype)
+        return api.encode(self._ds, model, device=device, dtype=dtype)
+
+    def decode(
+        self, model: Any, *, at: xr.Dataset | None = None, device: Any = None, dtype: Any = None
+    ) -> xr.Dataset:
+        """Decode latent vectors ``z`` back to fields (:func:`xlatda.decode`)."""
+        from xlatda import api
+
+        return api.decode(self._obj, model, at=at, device=device, dtype=dtype)
+
+    # -- assimilation --------------------------------------------------
+    def assimilate(
+        self,
+        obs: xr.Dataset,
+        model: Any = None,
+        *,
+        method: str = "etkf",
+        space: str | None = None,
+        members: int | None = None,
+        init_std: Any = None,
+        seed: int = 0,
+        **settings: Any,
+    ) -> xr.Dataset | xr.DataArray:
+        """One analysis of this state with ``obs`` (:func:`xlatda.assimilate`).
+
+        ``**settings`` are the method's own settings (``inflation=``,
+        ``radius=``, ``b_std=``), forwarded by name to the method's dataclass,
+        which refuses unknown ones.
+        """
+        from xlatda.cycle import assimilate
+
+        if not isinstance(obs, xr.Dataset):
+            raise ConfigError(f"obs must be an observation Dataset, got {type(obs).__name__}")
+        out = assimilate(self._ds, obs, model, method=method, space=space, members=members,
+                         init_std=init_std, seed=seed, **settings)
+        return self._back(out)
+
     # -- scores --------------------------------------------------------
     def rmse(self, other: xr.Dataset | xr.DataArray, dim: Any = None, **kwargs: Any):
         """Root mean square error against ``other`` (:func:`xlatda.metrics.rmse`)."""

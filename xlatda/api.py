@@ -1,0 +1,454 @@
+"""Public functions on xarray objects: fit, encode, decode (and, through
+:mod:`xlatda.forecast`, evolve and forecast).
+
+These are what the ``.lda`` accessor calls. They validate, turn Datasets into
+tensors through :mod:`xlatda._bridge` (lazily, chunk by chunk over sample
+dimensions), call the tensor kernels, and put CF metadata back.
+
+Examples
+--------
+>>> import xlatda
+>>> ds = xlatda.datasets.lorenz96(n=8, steps=60, seed=0)
+>>> model = xlatda.fit(ds, encoder="pca", latent_dim=8, progress=False)
+>>> z = ds.lda.encode(model)
+>>> z.z.dims
+('time', 'latent')
+>>> back = z.lda.decode(model)
+>>> float(abs(back.x - ds.x).max()) < 1e-3
+True
+"""
+
+from __future__ import annotations
+
+import time as _time
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+
+from xlatda._bridge import apply_torch, is_lazy
+from xlatda.errors import ConfigError, LayoutError
+from xlatda.layout import CHANNEL_DIM, StateLayout, layout
+from xlatda.model import LatentModel
+from xlatda.normalize import Normalizer
+from xlatda.options import get_options, resolve_device, resolve_dtype
+
+__all__ = ["LATENT_DIM", "decode", "encode", "encode_obs", "fit", "latent_dataset"]
+
+LATENT_DIM = "latent"
+
+
+def _as_dataset(obj: xr.Dataset | xr.DataArray) -> xr.Dataset:
+    if isinstance(obj, xr.DataArray):
+        return obj.to_dataset(name=obj.name if obj.name is not None else "data")
+    if not isinstance(obj, xr.Dataset):
+        raise ConfigError(f"expected an xarray Dataset or DataArray, got {type(obj).__name__}")
+    return obj
+
+
+def _time_step(ds: xr.Dataset, L: StateLayout) -> dict[str, Any] | None:
+    t = L.axes.time
+    if t is None or t not in ds.coords or ds.sizes.get(t, 0) < 2:
+        return None
+    values = np.asarray(ds[t].values)
+    diffs = np.diff(values)
+    if np.issubdtype(values.dtype, np.datetime64):
+        step = np.median(diffs.astype("timedelta64[ns]").astype(np.int64)) / 1e9
+        return {"value": float(step), "units": "s"}
+    if values.dtype.kind in "fiu":
+        return {"value": float(np.median(diffs)), "units": "model"}
+    return None
+
+
+def fit(
+    ds: xr.Dataset | xr.DataArray,
+    *,
+    encoder: str = "pca",
+    latent_dim: int = 32,
+    variables: list[str] | None = None,
+    epochs: int = 50,
+    batch_size: int = 32,
+    lr: float | None = None,
+    validation: float | xr.Dataset | None = 0.1,
+    dynamics: str | None = None,
+    uncertainty: str | None = None,
+    device: Any = None,
+    dtype: Any = None,
+    seed: int = 0,
+    progress: bool | None = None,
+    encoder_options: dict[str, Any] | None = None,
+    dynamics_options: dict[str, Any] | None = None,
+) -> LatentModel:
+    """Fit a latent model (encoder, and optionally dynamics and model error).
+
+    Parameters
+    ----------
+    ds : Dataset or DataArray
+        Training states; every sample (time step, trajectory, ...) is one
+        training example. Dask-backed data are computed here once.
+    encoder : str
+        Registered encoder name: ``"pca"``, ``"autoencoder"``, ``"sinr"``,
+        ``"vae"`` (see ``xlatda.encoders.encoders.names()``).
+    latent_dim : int
+        Size of the latent vector (for SINR a multiple of the number of
+        channels: one code per channel).
+    variables : list of str, optional
+        State variables (default: all data variables on the grid).
+    epochs, batch_size, lr :
+        Training settings for neural encoders (``lr=None``: the encoder's
+        default).
+    validation : float or Dataset or None
+        Fraction of samples held out for early stopping, or a validation
+        Dataset, or None.
+    dynamics : {"ode", None}
+        Also fit latent dynamics on the encoded training trajectories.
+    uncertainty : {"scalar", "diagonal", "cholesky", None}
+        Also fit the model-error covariance of one-step latent residuals.
+    device, dtype, seed, progress :
+        Torch device and dtype, random seed, progress bar (None: option).
+    encoder_options, dynamics_options : dict, optional
+        Extra keyword arguments for the encoder's constructor / the dynamics.
+
+    Returns
+    -------
+    LatentModel
+
+    Raises
+    ------
+    ConfigError
+        For settings out of range; nothing is trained then.
+    """
+    from xlatda.encoders import encoders
+
+    ds = _as_dataset(ds)
+    cls = encoders.get(encoder)  # refuses unknown names before any work
+    if not isinstance(latent_dim, (int, np.integer)) or latent_dim < 1:
+        raise ConfigError(f"latent_dim must be a positive integer, got {latent_dim!r}")
+    if epochs < 1 or batch_size < 1:
+        raise ConfigError(f"epochs and batch_size must be positive, got {epochs}, {batch_size}")
+    if dynamics not in (None, "ode"):
+        raise ConfigError(f"dynamics must be 'ode' or None, got {dynamics!r}")
+    if uncertainty not in (None, "scalar", "diagonal", "cholesky"):
+        raise ConfigError(
+            f"uncertainty must be 'scalar', 'diagonal', 'cholesky' or None, got {uncertainty!r}"
+        )
+    if uncertainty is not None and dynamics is None:
+        raise ConfigError("uncertainty needs dynamics; pass dynamics='ode' as well")
+    dev = resolve_device(device)
+    tdtype = resolve_dtype(dtype)
+    progress = get_options()["progress"] if progress is None else progress
+
+    L = layout(ds, variables=variables)
+    x = L.to_tensor(ds, dtype=torch.float64)
+    if L.member_dim in ds.dims:
+        x = x.flatten(0, 1)
+    weights = torch.as_tensor(L.area_weights())
+    norm = Normalizer.fit(x, weights=weights)
+    xn = norm.normalize(x).to(tdtype)
+    if torch.isnan(xn).any():
+        raise LayoutError(
+            "training fields contain NaN; fill or mask them first (e.g. ds.fillna(0) on a "
+            "land/sea mask) — encoders are trained on complete fields"
+        )
+    x_val = None
+    if isinstance(validation, xr.Dataset):
+        x_val = norm.normalize(L.to_tensor(validation, dtype=torch.float64)).to(tdtype)
+        x_train = xn
+    elif validation:
+        if not 0 < float(validation) < 1:
+            raise ConfigError(f"validation fraction must be in (0, 1), got {validation!r}")
+        gen = torch.Generator().manual_seed(seed)
+        perm = torch.randperm(xn.shape[0], generator=gen)
+        n_val = max(1, round(float(validation) * xn.shape[0]))
+        if xn.shape[0] - n_val < 1:
+            raise ConfigError(f"only {xn.shape[0]} samples: too few to hold out a validation set")
+        x_val, x_train = xn[perm[:n_val]], xn[perm[n_val:]]
+    else:
+        x_train = xn
+    enc = cls(n_channels=L.n_channels, spatial_shape=L.spatial_shape, latent_dim=int(latent_dim),
+              grid=L.grid_spec(), **(encoder_options or {}))
+    enc = enc.to(device=dev, dtype=tdtype)
+    training: dict[str, Any] = {"epochs": epochs, "batch_size": batch_size, "seed": seed,
+                                "device": dev, "progress": progress}
+    if lr is not None:
+        training["lr"] = lr
+    start = _time.perf_counter()
+    hist = enc.fit(x_train.to(dev), None if x_val is None else x_val.to(dev), **training)
+    history = {"encoder": _jsonable(hist), "encoder_seconds": _time.perf_counter() - start}
+    model = LatentModel(
+        layout=StateLayout.from_dict(L.to_dict()), normalizer=norm, encoder=enc,
+        time_step=_time_step(ds, L), history=history,
+    )
+    if dynamics is not None:
+        from xlatda.forecast import fit_dynamics
+
+        model = fit_dynamics(model, ds, uncertainty=uncertainty, epochs=epochs, seed=seed,
+                             device=dev, progress=progress, **(dynamics_options or {}))
+    return model
+
+
+def _jsonable(hist: Any) -> Any:
+    if isinstance(hist, dict):
+        return {str(k): _jsonable(v) for k, v in hist.items()}
+    if isinstance(hist, (list, tuple)):
+        return [_jsonable(v) for v in hist]
+    if isinstance(hist, (np.floating, np.integer)):
+        return hist.item()
+    if isinstance(hist, torch.Tensor):
+        return hist.tolist()
+    if hist is None or isinstance(hist, (str, int, float, bool)):
+        return hist
+    return str(hist)
+
+
+def latent_dataset(z: xr.DataArray, model: LatentModel, source: str) -> xr.Dataset:
+    """Wrap latent vectors ``z(..., latent)`` as a Dataset with provenance attrs."""
+    out = z.rename("z").to_dataset()
+    out = out.assign_coords({LATENT_DIM: np.arange(model.latent_dim)})
+    out["z"].attrs = {"long_name": "latent state", "units": "1"}
+    out.attrs = {
+        "xlatda_model_id": model.model_id,
+        "xlatda_encoder": model.encoder_kind,
+        "xlatda_latent_dim": model.latent_dim,
+        "xlatda_variables": list(model.layout.variables),
+        "history": f"{source} with xlatda {__import__('xlatda').__version__}",
+    }
+    return out
+
+
+def _needs_grad(model: LatentModel) -> bool:
+    return bool(getattr(model.encoder, "encode_needs_grad", False))
+
+
+def encode(
+    ds: xr.Dataset | xr.DataArray,
+    model: LatentModel,
+    *,
+    device: Any = None,
+    dtype: Any = None,
+) -> xr.Dataset:
+    """Encode states to latent vectors.
+
+    Parameters
+    ----------
+    ds : Dataset or DataArray
+        States on the model's layout (same variables and grid); any sample
+        dims (time, trajectory, member) are kept.
+    model : LatentModel
+        A fitted model.
+    device, dtype :
+        Where and in which precision to compute (default: the model's).
+
+    Returns
+    -------
+    Dataset
+        Variable ``z`` over the sample dims plus ``latent``, with provenance
+        attrs. Lazy when ``ds`` is dask-backed (chunks along sample dims).
+    """
+    ds = _as_dataset(ds)
+    L = model.layout
+    L.check(ds)
+    stacked = L.stack(ds)
+    dev = model.device if device is None else resolve_device(device)
+    tdtype = model.dtype if dtype is None else resolve_dtype(dtype)
+    if dev != model.device or tdtype != model.dtype:
+        model.to(device=dev, dtype=tdtype)
+    z = apply_torch(stacked, model.encode_tensor, in_core=[CHANNEL_DIM, *L.spatial_dims],
+                    out_core=[LATENT_DIM], out_sizes={LATENT_DIM: model.latent_dim},
+                    device=dev, dtype=tdtype, grad=_needs_grad(model))
+    return latent_dataset(z, model, f"encoded by {model.encoder_kind}")
+
+
+def encode_obs(
+    obs: xr.Dataset,
+    model: LatentModel,
+    *,
+    device: Any = None,
+    dtype: Any = None,
+) -> xr.Dataset:
+    """Encode scattered observations to latent vectors (one per observation time).
+
+    Parameters
+    ----------
+    obs : Dataset
+        An observation set on the model's variables (see :mod:`xlatda.obs`).
+    model : LatentModel
+        A fitted model. SINR fits its code to the values at their own points
+        (zero-shot: any points, any grid); PCA solves weighted least squares;
+        other encoders fit ``z`` through their decoder at the points.
+    device, dtype :
+        Compute device and dtype (default: the model's).
+
+    Returns
+    -------
+    Dataset
+        ``z(time, latent)`` (or ``z(latent)`` for observations without time).
+
+    Notes
+    -----
+    Eager: observation sets are small. Points of different times differ, so
+    each time is one (batched-over-nothing) fit; times sharing the same
+    points could be batched, which is left for later.
+    """
+    from xlatda.obs.contract import to_tensors, validate
+
+    L = model.layout
+    validate(obs, L)
+    table = to_tensors(obs, L)
+    if device is not None or dtype is not None:
+        model.to(device=resolve_device(device) if device is not None else None,
+                 dtype=resolve_dtype(dtype) if dtype is not None else None)
+    if table.time is None:
+        groups, labels = [np.arange(len(table))], None
+    else:
+        t = np.asarray(table.time)
+        labels, inverse = np.unique(t, return_inverse=True)
+        groups = [np.flatnonzero(inverse == i) for i in range(len(labels))]
+    codes = []
+    for g in groups:
+        sub = table.select(g)
+        pts = model.points_tensor(sub.lat, sub.lon, sub.position)
+        with torch.enable_grad():
+            z = model.encode_points(sub.values[None].to(model.dtype), pts, sub.channel)
+        codes.append(z.detach().cpu().numpy()[0])
+    arr = np.stack(codes)
+    tname = L.axes.time or "time"
+    if labels is None:
+        da = xr.DataArray(arr[0], dims=[LATENT_DIM])
+    else:
+        da = xr.DataArray(arr, dims=[tname, LATENT_DIM], coords={tname: labels})
+    return latent_dataset(da, model, f"encoded from {len(table)} observations")
+
+
+def _check_latent(z: xr.Dataset | xr.DataArray, model: LatentModel) -> xr.DataArray:
+    if isinstance(z, xr.Dataset):
+        if "z" not in z.data_vars:
+            raise ConfigError(
+                "a latent Dataset needs a variable 'z' (as returned by ds.lda.encode(model))"
+            )
+        mid = z.attrs.get("xlatda_model_id")
+        if mid is not None and mid != model.model_id:
+            raise ConfigError(
+                f"these latents come from model {mid!r} but decode got model "
+                f"{model.model_id!r}; decode with the model that encoded them"
+            )
+        da = z["z"]
+    else:
+        da = z
+    if LATENT_DIM not in da.dims or da.sizes[LATENT_DIM] != model.latent_dim:
+        raise ConfigError(
+            f"latents need a dimension {LATENT_DIM!r} of size {model.latent_dim}, got "
+            f"{dict(da.sizes)}"
+        )
+    return da
+
+
+def decode(
+    z: xr.Dataset | xr.DataArray,
+    model: LatentModel,
+    *,
+    at: xr.Dataset | None = None,
+    device: Any = None,
+    dtype: Any = None,
+) -> xr.Dataset:
+    """Decode latent vectors to fields on the training layout, or anywhere.
+
+    Parameters
+    ----------
+    z : Dataset or DataArray
+        Latents as returned by :func:`encode` (or evolved).
+    model : LatentModel
+        The model that encoded them.
+    at : Dataset, optional
+        Where to decode instead of the training grid: an observation-like
+        Dataset with dimension ``obs`` and latitude/longitude (or generic
+        position) coordinates, or a Dataset holding a latitude/longitude grid.
+        SINR evaluates its decoder there directly (mesh-free); other encoders
+        interpolate from the training grid.
+    device, dtype :
+        Compute device and dtype (default: the model's).
+
+    Returns
+    -------
+    Dataset
+        On the training layout: identical in structure, coordinates and
+        attributes to the training data, with the sample coords of ``z``.
+        With ``at``: every state variable at those points or on that grid.
+        Lazy when ``z`` is dask-backed.
+    """
+    da = _check_latent(z, model)
+    L = model.layout
+    dev = model.device if device is None else resolve_device(device)
+    tdtype = model.dtype if dtype is None else resolve_dtype(dtype)
+    if dev != model.device or tdtype != model.dtype:
+        model.to(device=dev, dtype=tdtype)
+    out_dtype = np.result_type(*[np.dtype(s.dtype) for s in L.specs])
+    if at is None:
+        sizes = {CHANNEL_DIM: L.n_channels, **dict(zip(L.spatial_dims, L.spatial_shape))}
+        fields = apply_torch(da, model.decode_tensor, in_core=[LATENT_DIM],
+                             out_core=[CHANNEL_DIM, *L.spatial_dims], out_sizes=sizes,
+                             device=dev, dtype=tdtype)
+        if fields.dtype != out_dtype and out_dtype.kind == "f":
+            fields = fields.astype(out_dtype)
+        return L.unstack(fields)
+    return _decode_at(da, model, at, dev, tdtype)
+
+
+def _decode_at(da: xr.DataArray, model: LatentModel, at: xr.Dataset, dev, tdtype) -> xr.Dataset:
+    from xlatda.cf import find_axes
+
+    L = model.layout
+    if "obs" in at.dims:
+        axes = find_axes(at) if L.kind != "generic" else None
+        if L.kind == "generic":
+            pos = np.asarray(at[L.spatial_dims[0]].values, float)
+            points = model.points_tensor(position=pos)
+            coords = {L.spatial_dims[0]: at[L.spatial_dims[0]]}
+        else:
+            if axes.lat is None:
+                raise LayoutError("`at` has no latitude/longitude coordinates along 'obs'")
+            points = model.points_tensor(at[axes.lat].values, at[axes.lon].values)
+            coords = {axes.lat: at[axes.lat], axes.lon: at[axes.lon]}
+        shape_dims, shape = ["obs"], (at.sizes["obs"],)
+    else:
+        axes = find_axes(at)
+        if axes.lat is None or at[axes.lat].ndim != 1:
+            raise LayoutError(
+                "`at` must be points along 'obs' or a Dataset with 1-D latitude and longitude "
+                "coordinates (a grid)"
+            )
+        glat, glon = np.meshgrid(at[axes.lat].values, at[axes.lon].values, indexing="ij")
+        points = model.points_tensor(glat.ravel(), glon.ravel())
+        coords = {axes.lat: at[axes.lat], axes.lon: at[axes.lon]}
+        shape_dims = [at[axes.lat].dims[0], at[axes.lon].dims[0]]
+        shape = glat.shape
+    n_pts = points.shape[0]
+    C = L.n_channels
+    all_points = points.repeat(C, 1)
+    channel = torch.arange(C, device=points.device).repeat_interleave(n_pts)
+
+    def fn(z: torch.Tensor) -> torch.Tensor:
+        vals = model.decode_points(z, all_points, channel)
+        return vals.reshape(z.shape[0], C, *shape)
+
+    sizes = {CHANNEL_DIM: C, **dict(zip(shape_dims, shape))}
+    fields = apply_torch(da, fn, in_core=[LATENT_DIM], out_core=[CHANNEL_DIM, *shape_dims],
+                         out_sizes=sizes, device=dev, dtype=tdtype)
+    out = xr.Dataset(coords=coords)
+    for i, label in enumerate(L.channels):
+        name = label.replace("@", "_") if "@" in label else label
+        spec = next(s for s in L.specs if s.name == label.split("@")[0])
+        out[name] = fields.isel({CHANNEL_DIM: i}, drop=True)
+        out[name].attrs = dict(spec.attrs)
+    for c, v in da.coords.items():
+        if c != LATENT_DIM and set(v.dims) <= set(fields.dims):
+            out = out.assign_coords({c: v})
+    out.attrs = {"history": f"decoded by {model.encoder_kind} at {n_pts} points",
+                 "xlatda_model_id": model.model_id}
+    return out
+
+
+def is_lazy_result(obj: xr.Dataset) -> bool:
+    """Whether a result is dask-backed (for docs and tests)."""
+    return is_lazy(obj)
