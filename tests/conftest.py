@@ -21,8 +21,9 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(autouse=True)
 def _torch_threads():
-    # CI has 2 cores; keep torch from oversubscribing under pytest.
-    torch.set_num_threads(int(os.environ.get("XLATDA_TEST_THREADS", "2")))
+    # Tests run small tensors: one thread avoids OpenMP spin-waiting, which
+    # made 2-thread runs up to 10x slower on a shared 2-core machine.
+    torch.set_num_threads(int(os.environ.get("XLATDA_TEST_THREADS", "1")))
     yield
 
 

@@ -10,6 +10,7 @@ from xlatda._version import __version__
 from xlatda.api import decode, encode, fit
 from xlatda.cycle import CycleResult, assimilate, cycle
 from xlatda.errors import XlatdaError
+from xlatda.forecast import evolve, fit_dynamics, forecast
 from xlatda.io import open_model
 from xlatda.layout import StateLayout, layout
 from xlatda.model import LatentModel
@@ -27,7 +28,10 @@ __all__ = [
     "decode",
     "encode",
     "errors",
+    "evolve",
     "fit",
+    "fit_dynamics",
+    "forecast",
     "get_options",
     "layout",
     "metrics",

@@ -132,6 +132,40 @@ class _LdaBase:
 
         return api.decode(self._obj, model, at=at, device=device, dtype=dtype)
 
+    def evolve(
+        self,
+        model: Any,
+        *,
+        steps: int | None = None,
+        lead: Any = None,
+        members: int | None = None,
+        noise: bool = False,
+        theta: Any = None,
+        seed: int = 0,
+    ) -> xr.Dataset:
+        """Integrate latents ``z`` forward in time (:func:`xlatda.evolve`)."""
+        from xlatda.forecast import evolve
+
+        return evolve(self._obj, model, steps=steps, lead=lead, members=members, noise=noise,
+                      theta=theta, seed=seed)
+
+    def forecast(
+        self,
+        model: Any,
+        *,
+        steps: int | None = None,
+        lead: Any = None,
+        members: int | None = None,
+        noise: bool = False,
+        theta: Any = None,
+        seed: int = 0,
+    ) -> xr.Dataset | xr.DataArray:
+        """Forecast this state: encode, evolve, decode (:func:`xlatda.forecast`)."""
+        from xlatda.forecast import forecast
+
+        return self._back(forecast(self._ds, model, steps=steps, lead=lead, members=members,
+                                   noise=noise, theta=theta, seed=seed))
+
     # -- assimilation --------------------------------------------------
     def assimilate(
         self,

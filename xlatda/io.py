@@ -47,18 +47,19 @@ FORMAT = "xlatda-model/1"
 _PARTS = ("encoder", "dynamics", "model_error")
 
 
-def _registry(part: str):
+def _module_class(part: str, kind: str) -> type:
+    """The class to rebuild a part from: looked up by name, never unpickled."""
     if part == "encoder":
         from xlatda.encoders import encoders
 
-        return encoders
+        return encoders.get(kind)
     if part == "dynamics":
         from xlatda.dynamics import dynamics
 
-        return dynamics
-    from xlatda.uncertainty import model_errors
+        return dynamics.get(kind)
+    from xlatda.uncertainty import ModelError
 
-    return model_errors
+    return ModelError  # one class; its kind (scalar/diagonal/cholesky) is in the config
 
 
 def _versions() -> dict[str, str]:
@@ -180,7 +181,7 @@ def _json_default(obj: Any) -> Any:
 
 
 def _read_module(group: zarr.Group, part: str, spec: dict[str, Any]) -> nn.Module:
-    cls = _registry(part).get(spec["kind"])
+    cls = _module_class(part, spec["kind"])
     module = cls(**spec["config"])
     sub = group[part]
     state = {}

@@ -1,0 +1,306 @@
+"""Latent dynamics on xarray: fit them, evolve latents, forecast fields.
+
+``fit_dynamics(model, ds)``
+    encodes the training trajectories and trains a :class:`LatentODE`
+    (optionally conditioned on per-trajectory parameters) and the
+    model-error covariance ``Q`` of its one-step residuals;
+``evolve(z, model, steps=... | lead=...)``
+    integrates latent vectors forward, adding a ``lead`` dimension (and a
+    ``valid_time`` coordinate); ensembles with model noise from ``Q``;
+``forecast(ds, model, ...)``
+    encode, evolve, decode.
+
+Time: one latent step is the data's time step recorded at fit
+(``model.time_step``); leads may be any multiple or fraction of it
+(the ODE runs in continuous time).
+
+Examples
+--------
+>>> import xlatda
+>>> ds = xlatda.datasets.lorenz96(n=8, steps=120, seed=0)
+>>> model = xlatda.fit(ds, encoder="pca", latent_dim=8, dynamics="ode", epochs=2,
+...                    progress=False, dynamics_options={"width": 16, "depth": 1})
+>>> fc = xlatda.forecast(ds.isel(time=[0, 5]), model, steps=3)
+>>> fc.x.dims
+('time', 'lead', 'k')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+
+from xlatda._bridge import apply_torch
+from xlatda.api import LATENT_DIM, _as_dataset, _check_latent, decode, encode, latent_dataset
+from xlatda.errors import ConfigError, NotFittedError
+from xlatda.model import LatentModel
+from xlatda.options import get_options
+
+__all__ = ["evolve", "fit_dynamics", "forecast"]
+
+LEAD_DIM = "lead"
+
+
+def _trajectories(z: xr.DataArray, tname: str | None) -> tuple[torch.Tensor, list[str]]:
+    """Latents as ``(n_traj, T, d)``: time last before latent, others stacked."""
+    others = [d for d in z.dims if d not in (tname, LATENT_DIM)]
+    if tname is None or tname not in z.dims:
+        raise ConfigError("fitting dynamics needs a time dimension in the training data")
+    arr = z.transpose(*others, tname, LATENT_DIM).values
+    arr = arr.reshape(-1, arr.shape[-2], arr.shape[-1])
+    return torch.as_tensor(arr), others
+
+
+def fit_dynamics(
+    model: LatentModel,
+    ds: xr.Dataset,
+    *,
+    uncertainty: str | None = "diagonal",
+    params: list[str] | None = None,
+    window: int = 10,
+    epochs: int = 50,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    seed: int = 0,
+    device: Any = None,
+    progress: bool | None = None,
+    **options: Any,
+) -> LatentModel:
+    """Train latent dynamics (and Q) on encoded trajectories; returns a new model.
+
+    Parameters
+    ----------
+    model : LatentModel
+        A model with a fitted encoder.
+    ds : Dataset
+        Training trajectories: a time dimension, optionally a ``trajectory``
+        (or other sample) dimension; windows never cross trajectories.
+    uncertainty : {"scalar", "diagonal", "cholesky", None}
+        Model-error covariance to fit on one-step residuals.
+    params : list of str, optional
+        Names of per-trajectory parameters in ``ds`` (data variables or
+        coordinates over the non-time sample dims, e.g. ``jet_speed``) the
+        dynamics are conditioned on (LEVDA).
+    window, epochs, batch_size, lr, seed, device, progress :
+        Training settings (see :func:`xlatda.dynamics.training.fit_dynamics`).
+    **options :
+        Architecture of the :class:`~xlatda.dynamics.LatentODE` (``width``,
+        ``depth``, ``method``, ``step_size``, ...).
+
+    Returns
+    -------
+    LatentModel
+        A copy of ``model`` with ``dynamics`` (and ``model_error``) set.
+    """
+    from xlatda.dynamics.latent_ode import LatentODE
+    from xlatda.dynamics.training import fit_dynamics as _fit
+    from xlatda.uncertainty import fit_model_error, residuals
+
+    if uncertainty not in (None, "scalar", "diagonal", "cholesky"):
+        raise ConfigError(f"uncertainty must be scalar, diagonal, cholesky or None, got "
+                          f"{uncertainty!r}")
+    ds = _as_dataset(ds)
+    tname = model.layout.axes.time
+    z = encode(ds, model).z
+    traj, others = _trajectories(z, tname)
+    theta = None
+    if params:
+        missing = [p for p in params if p not in ds.variables]
+        if missing:
+            raise ConfigError(f"parameters {missing} are not variables of the Dataset")
+        cols = []
+        for p in params:
+            v = ds[p]
+            if tname in v.dims:
+                v = v.isel({tname: 0})
+            v = v.broadcast_like(z.isel({tname: 0, LATENT_DIM: 0}, drop=True))
+            cols.append(np.asarray(v.transpose(*others).values, float).reshape(-1))
+        theta = torch.as_tensor(np.stack(cols, -1))
+    step = model.time_step or {"value": 1.0, "units": "model"}
+    progress = get_options()["progress"] if progress is None else progress
+    dyn = LatentODE(model.latent_dim, n_params=len(params or ()), dt_unit=step["value"],
+                    time_units=step["units"], seed=seed, dtype=model.dtype, **options)
+    hist = _fit(dyn, traj.to(model.dtype), theta=None if theta is None else theta.to(model.dtype),
+                window=window, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                device=device, progress=progress)
+    q = None
+    if uncertainty is not None:
+        with torch.no_grad():
+            res = residuals(dyn, traj.to(model.dtype),
+                            theta=None if theta is None else theta.to(model.dtype))
+        q = fit_model_error(res.reshape(-1, model.latent_dim), kind=uncertainty, seed=seed)
+    history = dict(model.history)
+    from xlatda.api import _jsonable
+
+    history["dynamics"] = _jsonable(hist)
+    history["parameters"] = list(params or ())
+    return dataclasses.replace(model, dynamics=dyn, model_error=q, history=history)
+
+
+def _lead_values(model: LatentModel, steps: int | None, lead: Any) -> tuple[np.ndarray, Any]:
+    """ODE times (in latent steps) and the lead coordinate values."""
+    step = model.time_step or {"value": 1.0, "units": "model"}
+    if (steps is None) == (lead is None):
+        raise ConfigError("pass exactly one of steps=N or lead=[...] (times after the start)")
+    if steps is not None:
+        if int(steps) < 1:
+            raise ConfigError(f"steps must be a positive integer, got {steps!r}")
+        tau = np.arange(int(steps) + 1, dtype=float)
+        if step["units"] == "s":
+            coord = (tau * step["value"] * 1e9).astype("timedelta64[ns]")
+        else:
+            coord = tau * step["value"]
+        return tau, coord
+    lead = np.atleast_1d(np.asarray(lead))
+    if lead.dtype.kind == "m":
+        if step["units"] != "s":
+            raise ConfigError("timedelta leads need a model trained on datetime data")
+        tau = lead.astype("timedelta64[ns]").astype(np.int64) / 1e9 / step["value"]
+        coord = lead.astype("timedelta64[ns]")
+    else:
+        tau = lead.astype(float) / step["value"]
+        coord = lead.astype(float)
+    if tau[0] != 0:
+        tau = np.concatenate([[0.0], tau])
+        coord = np.concatenate([np.zeros(1, dtype=coord.dtype), coord])
+    if np.any(np.diff(tau) <= 0):
+        raise ConfigError("leads must be strictly increasing and positive")
+    return tau, coord
+
+
+def evolve(
+    z: xr.Dataset | xr.DataArray,
+    model: LatentModel,
+    *,
+    steps: int | None = None,
+    lead: Any = None,
+    members: int | None = None,
+    noise: bool = False,
+    theta: Any = None,
+    seed: int = 0,
+) -> xr.Dataset:
+    """Integrate latent vectors forward in time.
+
+    Parameters
+    ----------
+    z : Dataset or DataArray
+        Latents ``z(..., latent)``; every other dim holds independent initial
+        states (initial times, trajectories, members).
+    model : LatentModel
+        A model with dynamics.
+    steps : int, optional
+        Number of data time steps to run (output at each).
+    lead : array-like, optional
+        Leads to output instead (timedelta64 for datetime data, numbers in
+        the data's time units otherwise); need not be multiples of the step.
+    members : int, optional
+        Make an ensemble of this size (adds a ``member`` dim).
+    noise : bool
+        Add model noise drawn from the model's ``Q`` at every output time
+        (scaled by the square root of the elapsed latent time).
+    theta : array-like, optional
+        Parameters for parameter-conditioned dynamics, shape ``(n_params,)``.
+    seed : int
+        Seed of the model noise (each initial state gets its own stream).
+
+    Returns
+    -------
+    Dataset
+        ``z(..., [member,] lead, latent)`` with coordinate ``lead`` and, when
+        the input has a time coordinate, ``valid_time = time + lead``. Lazy
+        when the input is dask-backed (chunks over initial states).
+    """
+    dyn = model.require_dynamics()
+    da = _check_latent(z, model)
+    if noise and model.model_error is None:
+        raise NotFittedError(
+            "noise=True needs a model-error covariance; fit it with uncertainty='diagonal'"
+        )
+    tau, coord = _lead_values(model, steps, lead)
+    th = None if theta is None else torch.as_tensor(np.asarray(theta, float))
+    if getattr(dyn, "n_params", 0) and th is None:
+        raise ConfigError(f"these dynamics need theta with {dyn.n_params} parameter(s)")
+    if members is not None:
+        if int(members) < 1:
+            raise ConfigError(f"members must be positive, got {members!r}")
+        da = da.expand_dims(member=np.arange(int(members)), axis=-2)
+    n_lead = len(tau)
+    q = model.model_error
+    d = model.latent_dim
+
+    def fn(x: torch.Tensor) -> torch.Tensor:  # (B, d[+1]) -> (B, T, d)
+        times = torch.as_tensor(tau, dtype=x.dtype, device=x.device)
+        thb = None if th is None else th.to(x)
+        if not noise:
+            return dyn.evolve(x, times, theta=thb)
+        seeds, x = x[:, d].round().long().tolist(), x[:, :d]
+        # One noise stream per initial state, seeded from its position in the
+        # whole array, so eager and chunked runs draw the same numbers. Only
+        # the draws loop over states; the integration is batched.
+        eps = torch.stack([
+            q.sample((n_lead - 1,), generator=torch.Generator().manual_seed(s_)).to(x)
+            for s_ in seeds
+        ])
+        out = [x]
+        cur = x
+        for k in range(1, n_lead):
+            cur = dyn.evolve(cur, times[k - 1:k + 1], theta=thb)[..., -1, :]
+            cur = cur + torch.sqrt(times[k] - times[k - 1]) * eps[:, k - 1]
+            out.append(cur)
+        return torch.stack(out, -2)
+
+    if noise:
+        lead_dims = [dim for dim in da.dims if dim != LATENT_DIM]
+        shape = [da.sizes[dim] for dim in lead_dims]
+        index = np.arange(int(np.prod(shape)), dtype=np.int64).reshape(shape)
+        seeds = (int(seed) * 7919 + index) % (2**24)  # exact in float32
+        seed_da = xr.DataArray(seeds.astype(float), dims=lead_dims)
+        if da.chunks is not None:
+            seed_da = seed_da.chunk({dim: da.chunksizes[dim] for dim in lead_dims})
+        da = xr.concat([da.drop_vars(LATENT_DIM, errors="ignore"),
+                        seed_da.expand_dims({LATENT_DIM: 1}, axis=-1)], dim=LATENT_DIM)
+        # The input now has d + 1 entries: give it its own core-dim name.
+        da = da.rename({LATENT_DIM: "_latent_and_seed"})
+    in_core = "_latent_and_seed" if noise else LATENT_DIM
+    out = apply_torch(da, fn, in_core=[in_core], out_core=[LEAD_DIM, LATENT_DIM],
+                      out_sizes={LEAD_DIM: n_lead, LATENT_DIM: d}, device=model.device,
+                      dtype=model.dtype, grad=False)
+    out = out.assign_coords({LEAD_DIM: coord})
+    res = latent_dataset(out, model, "evolved by latent dynamics")
+    tname = model.layout.axes.time
+    if tname is not None and tname in res.coords:
+        res = res.assign_coords(valid_time=res[tname] + res[LEAD_DIM])
+    if members is not None:
+        res = res.transpose(..., "member", LEAD_DIM, LATENT_DIM)
+    return res
+
+
+def forecast(
+    ds: xr.Dataset | xr.DataArray,
+    model: LatentModel,
+    *,
+    steps: int | None = None,
+    lead: Any = None,
+    members: int | None = None,
+    noise: bool = False,
+    theta: Any = None,
+    seed: int = 0,
+) -> xr.Dataset:
+    """Forecast fields: encode ``ds``, evolve the latents, decode.
+
+    Every sample of ``ds`` (each time, trajectory) is an initial condition;
+    the result has a ``lead`` dimension and a ``valid_time`` coordinate, on
+    the model's layout with its CF attributes. See :func:`evolve` for the
+    arguments. Lazy on dask input.
+    """
+    z = encode(ds, model)
+    fc = evolve(z, model, steps=steps, lead=lead, members=members, noise=noise, theta=theta,
+                seed=seed)
+    out = decode(fc, model)
+    if "valid_time" in fc.coords:
+        out = out.assign_coords(valid_time=fc.valid_time)
+    return out
