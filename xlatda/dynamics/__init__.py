@@ -10,6 +10,7 @@ from xlatda.dynamics.physical import (
     PhysicalModel,
     physical_models,
 )
+from xlatda.dynamics.shallow_water import ShallowWater, galewsky, williamson2
 
 __all__ = [
     "CallableModel",
@@ -18,6 +19,9 @@ __all__ = [
     "Lorenz63",
     "Lorenz96",
     "PhysicalModel",
+    "ShallowWater",
     "dynamics",
+    "galewsky",
     "physical_models",
+    "williamson2",
 ]
