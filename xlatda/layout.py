@@ -275,11 +275,15 @@ class StateLayout:
                 )
             else:
                 piece = piece.squeeze(CHANNEL_DIM)
-            # Dims the variable did not have (a new member or time dim) go first,
-            # as xarray puts them; the variable's own dims keep their order.
-            order = [d for d in piece.dims if d not in spec.dims] + [
-                d for d in spec.dims if d in piece.dims
-            ]
+            if set(piece.dims) <= set(spec.dims):
+                # The variable's own dims: restore its order exactly.
+                order = [d for d in spec.dims if d in piece.dims]
+            else:
+                # New dims (member, lead): leading dims in the order given,
+                # then the variable's remaining dims in its own order.
+                order = [d for d in lead if d in piece.dims] + [
+                    d for d in spec.dims if d in piece.dims and d not in lead
+                ]
             piece = piece.transpose(*order)
             if piece.dtype != np.dtype(spec.dtype):
                 piece = piece.astype(spec.dtype)
