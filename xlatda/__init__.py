@@ -5,7 +5,7 @@ and :class:`xarray.DataArray`. Nothing else global is changed at import.
 """
 
 from xlatda import accessor as _accessor  # noqa: F401  (registers .lda)
-from xlatda import datasets, errors, metrics, obs
+from xlatda import datasets, errors, metrics, obs, plot
 from xlatda._version import __version__
 from xlatda.api import decode, encode, fit
 from xlatda.cycle import CycleResult, assimilate, cycle
@@ -37,5 +37,6 @@ __all__ = [
     "metrics",
     "obs",
     "open_model",
+    "plot",
     "set_options",
 ]
