@@ -207,3 +207,21 @@ def test_latent_cycle_beats_free_run():
     rmse_ana = float(np.sqrt(((ana.values - truth_at) ** 2).mean()))
     rmse_free = float(np.sqrt(((free.isel(lead=slice(1, None)).values - truth_at) ** 2).mean()))
     assert rmse_ana < 0.5 * rmse_free
+
+
+def test_vaevar_linear_decoder_equals_3dvar_on_xarray():
+    from xlatda.assimilate import DenseCovariance
+
+    ds = generic_ensemble(n=6).isel(member=0)
+    obs = point_obs([1.0, 3.5, 5.0], [0.5, -1.0, 2.0], 0.5)
+    gen = torch.Generator().manual_seed(0)
+    A = torch.randn(6, 4, generator=gen, dtype=torch.float64)
+    decoder = torch.nn.Linear(4, 6, bias=False).double()
+    with torch.no_grad():
+        decoder.weight.copy_(A)
+    vae = xlatda.assimilate(ds, obs, method="vaevar", space="physical", decoder=decoder,
+                            std=torch.ones(6, dtype=torch.float64), latent_dim=4,
+                            iterations=200)
+    b = DenseCovariance(A @ A.T + 1e-9 * torch.eye(6, dtype=torch.float64))
+    var = xlatda.assimilate(ds, obs, method="3dvar", b=b)
+    np.testing.assert_allclose(vae.x.values, var.x.values, atol=1e-5)

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from xlatda.assimilate import EnsembleMethod, EnVar4D, Var3D, get_method
+from xlatda.assimilate import EnsembleMethod, EnVar4D, VAEVar, Var3D, get_method
 from xlatda.assimilate.covariance import Covariance, DiagonalCovariance
 from xlatda.assimilate.localization import GreatCircleDistance, IndexDistance
 from xlatda.errors import ConfigError, ObservationError
@@ -254,7 +254,9 @@ def _analyse(inst: Any, space: _Space, ens: torch.Tensor, table: ObservationTabl
         hx = space.observe(ens, table)
         locations = _locations(space.layout, table, space) if inst.name == "letkf" else None
         return inst.analyse(ens, hx, y, r, generator=gen, locations=locations)
-    if isinstance(inst, Var3D):
+    if isinstance(inst, (Var3D, VAEVar)):
+        if isinstance(inst, VAEVar) and not isinstance(space, _Physical):
+            raise ConfigError("VAE-Var analyses the physical state; use space='physical'")
         xb = ens.mean(0, keepdim=True)
         if isinstance(space, _Physical):
             op = space.operator(table)
@@ -395,9 +397,12 @@ def assimilate(
     table = to_tensors(obs, L)
     gen = torch.Generator().manual_seed(int(seed))
     sp = _space_for(L, model, space, 0, "s")
-    if cls is Var3D:
-        n = sp.d if isinstance(sp, _Latent) else sp.n_state
-        inst = cls(b=_b_cov(settings, n), **settings)
+    if cls in (Var3D, VAEVar):
+        if cls is Var3D:
+            n = sp.d if isinstance(sp, _Latent) else sp.n_state
+            inst = cls(b=_b_cov(settings, n), **settings)
+        else:
+            inst = cls(**settings)
         ens = _initial_ensemble(state, L, sp, 1, None, gen)
         ana = _analyse(inst, sp, ens.mean(0, keepdim=True), table, gen, settings)
     else:
@@ -411,7 +416,7 @@ def assimilate(
             )
         ana = _analyse(inst, sp, ens, table, gen, settings)
     fields = sp.to_fields(ana)  # (N, C, *S)
-    if fields.shape[0] == 1 and cls is Var3D:
+    if fields.shape[0] == 1 and cls in (Var3D, VAEVar):
         out = L.to_dataset(fields)
     else:
         out = L.to_dataset(fields[None])
@@ -527,11 +532,12 @@ def cycle(
         inst = cls(b=_b_cov(settings, n), **settings)
     else:
         inst = cls(**settings)
+    single = isinstance(inst, (Var3D, VAEVar))
 
     done, result_state = _resume(store, L, tname, pnames)
     gen0 = torch.Generator().manual_seed(int(seed))
     if result_state is None:
-        ens = _initial_ensemble(background, L, sp, 1 if cls is Var3D else members, init_std, gen0)
+        ens = _initial_ensemble(background, L, sp, 1 if single else members, init_std, gen0)
         if pnames:
             mean = torch.tensor([params[p][0] for p in pnames], dtype=_F64)
             std = torch.tensor([params[p][1] for p in pnames], dtype=_F64)
@@ -565,7 +571,7 @@ def cycle(
                 rec, ens, t_cur = _envar_window(inst, sp, ens, t_cur, times, subs, gen, noise)
             else:
                 ens_b = sp.forecast(ens, t_cur, times[0], gen, noise)
-                if isinstance(inst, Var3D):
+                if single:
                     ana = _analyse(inst, sp, ens_b.mean(0, keepdim=True), subs[0], gen, settings)
                 else:
                     ana = _analyse(inst, sp, ens_b, subs[0], gen, settings)

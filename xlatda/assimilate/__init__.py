@@ -1,5 +1,5 @@
 """Assimilation kernels (tensors only): ensemble Kalman filters, LETKF,
-3DVar and 4DEnVar (LEVDA), behind one name registry.
+3DVar, 4DEnVar (LEVDA) and VAE-Var, behind one name registry.
 
 Look methods up by name with :func:`get_method`; an unknown name lists the
 known ones.
@@ -39,6 +39,14 @@ from xlatda.assimilate.localization import (
     halfwidth,
 )
 from xlatda.assimilate.registry import get_method, method_names, methods
+from xlatda.assimilate.vaevar import (
+    VAE4DVar,
+    VAEVar,
+    VAEVarResult,
+    background_errors,
+    flat_decoder,
+    vaevar_increment_covariance,
+)
 from xlatda.assimilate.var3d import Var3D, Var3DResult
 
 __all__ = [
@@ -59,14 +67,19 @@ __all__ = [
     "IndexDistance",
     "Localization",
     "ScaledIdentity",
+    "VAE4DVar",
+    "VAEVar",
+    "VAEVarResult",
     "Var3D",
     "Var3DResult",
+    "background_errors",
     "covariance_from_differences",
     "denkf_update",
     "enkf_update",
     "ensrf_update",
     "envar4d_cost",
     "etkf_update",
+    "flat_decoder",
     "gaspari_cohn",
     "get_method",
     "halfwidth",
@@ -77,4 +90,5 @@ __all__ = [
     "random_rotation",
     "relax_to_prior_perturbations",
     "relax_to_prior_spread",
+    "vaevar_increment_covariance",
 ]
