@@ -41,7 +41,7 @@ from xlatda.layout import StateLayout
 from xlatda.model import LatentModel
 from xlatda.normalize import Normalizer
 
-__all__ = ["open_model", "save_model"]
+__all__ = ["from_state", "open_model", "save_model", "to_state"]
 
 FORMAT = "xlatda-model/1"
 _PARTS = ("encoder", "dynamics", "model_error")
@@ -141,17 +141,7 @@ def save_model(model: LatentModel, path: Any, *, overwrite: bool = False) -> Non
                 module = getattr(model, part)
                 if module is not None:
                     parts[part] = _write_module(group, part, module)
-            meta = {
-                "format": FORMAT,
-                "model_id": model.model_id,
-                "layout": model.layout.to_dict(),
-                "normalizer": model.normalizer.to_dict(),
-                "time_step": model.time_step,
-                "history": model.history,
-                "versions": _versions(),
-                "parts": parts,
-            }
-            group.attrs["xlatda"] = json.loads(json.dumps(meta, default=_json_default))
+            group.attrs["xlatda"] = _meta(model, parts)
         built = tmp / "store"
         if target.exists():
             backup = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=parent))
@@ -170,6 +160,65 @@ def save_model(model: LatentModel, path: Any, *, overwrite: bool = False) -> Non
         raise ModelStoreError(f"could not write the model to {str(target)!r}: {err}") from err
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _meta(model: LatentModel, parts: dict[str, Any]) -> dict[str, Any]:
+    meta = {
+        "format": FORMAT,
+        "model_id": model.model_id,
+        "layout": model.layout.to_dict(),
+        "normalizer": model.normalizer.to_dict(),
+        "time_step": model.time_step,
+        "history": model.history,
+        "versions": _versions(),
+        "parts": parts,
+    }
+    return json.loads(json.dumps(meta, default=_json_default))
+
+
+def to_state(model: LatentModel) -> dict[str, Any]:
+    """The model as plain data: JSON-able metadata and numpy arrays.
+
+    This is what travels to dask workers (``pickle`` of a LatentModel uses
+    it): a small state dict, rebuilt on the other side from the registries,
+    never a live pickled torch module (so CUDA tensors never travel).
+    """
+    parts, arrays = {}, {}
+    for part in _PARTS:
+        module = getattr(model, part)
+        if module is None:
+            continue
+        state = {name: t.detach().cpu().numpy().copy() for name, t in module.state_dict().items()}
+        parts[part] = {"kind": module.kind, "config": module.config,
+                       "tensors": [[n, n] for n in state]}
+        arrays[part] = state
+    return {"meta": _meta(model, parts), "arrays": arrays,
+            "device": str(model.device)}
+
+
+def from_state(state: dict[str, Any]) -> LatentModel:
+    """Inverse of :func:`to_state` (the model comes back on CPU)."""
+    meta = state["meta"]
+    parts = {}
+    for part, spec in meta["parts"].items():
+        module = _module_class(part, spec["kind"])(**spec["config"])
+        module.load_state_dict({n: torch.from_numpy(a) for n, a in state["arrays"][part].items()},
+                               strict=True)
+        parts[part] = module
+    return _assemble(meta, parts)
+
+
+def _assemble(meta: dict[str, Any], parts: dict[str, nn.Module]) -> LatentModel:
+    return LatentModel(
+        layout=StateLayout.from_dict(meta["layout"]),
+        normalizer=Normalizer.from_dict(meta["normalizer"]),
+        encoder=parts["encoder"],
+        dynamics=parts.get("dynamics"),
+        model_error=parts.get("model_error"),
+        time_step=meta.get("time_step"),
+        history=meta.get("history", {}),
+        model_id=meta["model_id"],
+    )
 
 
 def _json_default(obj: Any) -> Any:
@@ -230,16 +279,7 @@ def open_model(path: Any, *, device: Any = None) -> LatentModel:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*Numcodecs codecs are not in the Zarr.*")
         parts = {p: _read_module(group, p, spec) for p, spec in meta["parts"].items()}
-    model = LatentModel(
-        layout=StateLayout.from_dict(meta["layout"]),
-        normalizer=Normalizer.from_dict(meta["normalizer"]),
-        encoder=parts["encoder"],
-        dynamics=parts.get("dynamics"),
-        model_error=parts.get("model_error"),
-        time_step=meta.get("time_step"),
-        history=meta.get("history", {}),
-        model_id=meta["model_id"],
-    )
+    model = _assemble(meta, parts)
     if device is not None:
         model.to(device=device)
     return model

@@ -153,6 +153,13 @@ class LatentModel:
 
         save_model(self, path, overwrite=overwrite)
 
+    def __reduce__(self):
+        # Pickle (dask workers, multiprocessing) as plain data, rebuilt from
+        # the registries: never a live torch module, never CUDA tensors.
+        from xlatda.io import from_state, to_state
+
+        return (from_state, (to_state(self),))
+
     def __repr__(self) -> str:
         parts = [
             f"encoder={self.encoder_kind!r}",
