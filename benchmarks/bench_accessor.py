@@ -1,0 +1,107 @@
+"""Overhead of the xarray/dask path over the raw torch kernels.
+
+``ds.lda.encode(model)`` / ``z.lda.decode(model)`` against
+``model.encode_tensor`` / ``model.decode_tensor`` on the same tensors, for
+PCA and the conv autoencoder on shallow-water-sized fields (2 x 32 x 64),
+eager (NumPy-backed) and chunked (dask, synchronous scheduler). Target: the
+xarray path at most 1.10x the raw torch time.
+
+Run: ``python benchmarks/bench_accessor.py [--full]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import dask
+import numpy as np
+import torch
+import xarray as xr
+
+import xlatda
+
+OUT = Path(__file__).resolve().parent / "out"
+
+
+def _field(n: int) -> xr.Dataset:
+    rng = np.random.default_rng(0)
+    lat = -90 + (np.arange(32) + 0.5) * 180 / 32
+    lon = np.arange(64) * 360 / 64
+    base = rng.normal(size=(n, 2, 32, 64)).astype("float32")
+    return xr.Dataset(
+        {"height": (("time", "lat", "lon"), 9000 + 100 * base[:, 0], {"units": "m"}),
+         "vorticity": (("time", "lat", "lon"), 1e-5 * base[:, 1], {"units": "s-1"})},
+        coords={"time": np.arange(n, dtype=float),
+                "lat": ("lat", lat, {"standard_name": "latitude", "units": "degrees_north"}),
+                "lon": ("lon", lon, {"standard_name": "longitude", "units": "degrees_east"})},
+    )
+
+
+def _best(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def _measure(ds: xr.Dataset, model, encoder: str, n: int, repeat: int) -> list[dict]:
+    x = model.layout.to_tensor(ds)
+    with torch.inference_mode():
+        z_t = model.encode_tensor(x)
+
+    def raw_encode():
+        with torch.inference_mode():
+            model.encode_tensor(x)
+
+    def raw_decode():
+        with torch.inference_mode():
+            model.decode_tensor(z_t)
+
+    z = ds.lda.encode(model)
+    chunked = ds.chunk(time=n // 4)
+    zc = z.chunk(time=n // 4)
+    cases = {
+        "encode eager": (raw_encode, lambda: ds.lda.encode(model).z.values),
+        "decode eager": (raw_decode, lambda: z.lda.decode(model).height.values),
+        "encode dask": (raw_encode, lambda: chunked.lda.encode(model).z.compute()),
+        "decode dask": (raw_decode, lambda: zc.lda.decode(model).compute()),
+    }
+    rows = []
+    with dask.config.set(scheduler="synchronous"):
+        for name, (raw, wrapped) in cases.items():
+            t_raw = _best(raw, repeat)
+            t_xr = _best(wrapped, repeat)
+            rows.append({"encoder": encoder, "case": name, "samples": n, "raw_s": t_raw,
+                         "xarray_s": t_xr, "ratio": t_xr / t_raw, "samples_per_s": n / t_xr})
+    return rows
+
+
+def main(quick: bool = True) -> list[dict]:
+    torch.set_num_threads(1)
+    n = 512 if quick else 4096
+    repeat = 3 if quick else 5
+    ds = _field(n)
+    rows = []
+    for encoder in ("pca", "autoencoder"):
+        model = xlatda.fit(ds.isel(time=slice(0, 256)), encoder=encoder, latent_dim=64,
+                           epochs=1, progress=False)
+        rows.extend(_measure(ds, model, encoder, n, repeat))
+    OUT.mkdir(exist_ok=True)
+    lines = ["| encoder | case | samples | torch [s] | xarray [s] | ratio | samples/s |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['encoder']} | {r['case']} | {r['samples']} | {r['raw_s']:.4f} | "
+                     f"{r['xarray_s']:.4f} | {r['ratio']:.2f} | {r['samples_per_s']:.0f} |")
+    (OUT / "accessor.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return rows
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser()
+    p.add_argument("--full", action="store_true")
+    main(quick=not p.parse_args().full)
