@@ -225,3 +225,25 @@ def test_vaevar_linear_decoder_equals_3dvar_on_xarray():
     b = DenseCovariance(A @ A.T + 1e-9 * torch.eye(6, dtype=torch.float64))
     var = xlatda.assimilate(ds, obs, method="3dvar", b=b)
     np.testing.assert_allclose(vae.x.values, var.x.values, atol=1e-5)
+
+
+def test_jacobian_initial_ensemble_matches_b_z():
+    from xlatda.cycle import _Latent
+
+    truth = xlatda.datasets.lorenz96(n=10, steps=200, seed=4)
+    model = xlatda.fit(truth, encoder="pca", latent_dim=4, progress=False, dtype="float64")
+    space = _Latent(model, 0)
+    z = space.from_fields(model.layout.to_tensor(truth.isel(time=[0]), dtype=torch.float64))
+    gen = torch.Generator().manual_seed(0)
+    pert = space.jacobian_perturbations(z, 20000, 0.3, gen)
+    # Linear decoder: J is the EOF matrix, so B_z = 0.09 J⁺ J⁺ᵀ exactly.
+    jac = torch.autograd.functional.jacobian(
+        lambda v: model.encoder.decode(v[None]).reshape(-1), z[0])
+    pinv = torch.linalg.pinv(jac)
+    expected = 0.09 * pinv @ pinv.T
+    np.testing.assert_allclose(np.cov(pert.numpy().T), expected.numpy(), rtol=0.05,
+                               atol=0.05 * float(expected.diagonal().max()))
+    with pytest.raises(ConfigError, match="space='latent'"):
+        obs = xlatda.obs.sample_points(truth.isel(time=slice(1, 3)), n=3, error_std=1.0)
+        xlatda.cycle(truth.isel(time=0), obs, Lorenz96(n=10), members=4, init_std=1.0,
+                     init="jacobian", progress=False)

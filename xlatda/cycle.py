@@ -221,6 +221,26 @@ class _Latent(_Space):
             z = self.model.encode_tensor(x.to(self.model.dtype))
         return z.detach().to(_F64)
 
+    def jacobian_perturbations(self, z: torch.Tensor, members: int, sigma_b: float,
+                               gen: torch.Generator) -> torch.Tensor:
+        """Draws from N(0, B_z), B_z = J⁺ σ_b² J⁺ᵀ, J the decoder Jacobian at ``z``.
+
+        ``σ_b`` is in normalised field units (the decoder's output space), so
+        a physical background error of ``σ_b`` standard deviations maps to
+        the latent perturbations that reproduce it best in least squares.
+        """
+        enc = self.model.encoder
+        z0 = z.reshape(-1)[: self.d].to(self.model.dtype)
+
+        def dec(v):
+            return enc.decode(v[None]).reshape(-1)
+
+        with torch.enable_grad():
+            jac = torch.autograd.functional.jacobian(dec, z0).to(_F64)  # (CS, d)
+        pinv = torch.linalg.pinv(jac)  # (d, CS)
+        eps = sigma_b * torch.randn((members, jac.shape[0]), generator=gen, dtype=_F64)
+        return eps @ pinv.T
+
 
 # -- pieces shared by assimilate and cycle ----------------------------------
 def _method(method: str, settings: dict[str, Any]):
@@ -308,7 +328,7 @@ def _space_for(L: StateLayout, model: Any, space: str | None, n_params: int,
 
 
 def _initial_ensemble(background: xr.Dataset, L: StateLayout, space: _Space, members: int,
-                      init_std: Any, gen: torch.Generator) -> torch.Tensor:
+                      init_std: Any, gen: torch.Generator, init: str = "sigma") -> torch.Tensor:
     x = L.to_tensor(background, dtype=_F64)
     if L.member_dim in background.dims:
         x = x[0]  # (member, C, *S)
@@ -322,6 +342,12 @@ def _initial_ensemble(background: xr.Dataset, L: StateLayout, space: _Space, mem
             "the background has no member dimension; pass init_std=<spread of the initial "
             "ensemble> (in the control space: state units, or latent units for space='latent')"
         )
+    if init == "jacobian":
+        if not isinstance(space, _Latent):
+            raise ConfigError("init='jacobian' perturbs latents; it needs space='latent'")
+        return base + space.jacobian_perturbations(base, members, float(init_std), gen)
+    if init != "sigma":
+        raise ConfigError(f"init must be 'sigma' or 'jacobian', got {init!r}")
     std = torch.as_tensor(np.asarray(init_std, float), dtype=_F64)
     noise = torch.randn((members, base.shape[-1]), generator=gen, dtype=_F64)
     return base + std * noise
@@ -442,6 +468,7 @@ def cycle(
     space: str | None = None,
     members: int = 20,
     init_std: Any = None,
+    init: str = "sigma",
     window: int = 1,
     params: dict[str, tuple[float, float]] | None = None,
     seed: int = 0,
@@ -469,7 +496,14 @@ def cycle(
     members : int
         Ensemble size (ignored when the background has ``member``).
     init_std : float or array, optional
-        Spread of the initial ensemble (control-space units).
+        Spread of the initial ensemble: with ``init="sigma"`` the std of
+        independent perturbations of every control variable (state units,
+        or latent units in latent space); with ``init="jacobian"`` the
+        background-error std ``σ_b`` in normalised field units, mapped to
+        latent space through ``B_z = J⁺ σ_b² J⁺ᵀ`` (``J`` the decoder
+        Jacobian at the background; LAINR).
+    init : {"sigma", "jacobian"}
+        How the initial ensemble is drawn (see ``init_std``).
     window : int
         "4denvar" only: number of consecutive observation times per window.
     params : dict, optional
@@ -537,7 +571,8 @@ def cycle(
     done, result_state = _resume(store, L, tname, pnames)
     gen0 = torch.Generator().manual_seed(int(seed))
     if result_state is None:
-        ens = _initial_ensemble(background, L, sp, 1 if single else members, init_std, gen0)
+        ens = _initial_ensemble(background, L, sp, 1 if single else members, init_std, gen0,
+                                init)
         if pnames:
             mean = torch.tensor([params[p][0] for p in pnames], dtype=_F64)
             std = torch.tensor([params[p][1] for p in pnames], dtype=_F64)
