@@ -1,5 +1,6 @@
 """Assimilation kernels (tensors only): ensemble Kalman filters, LETKF,
-3DVar, 4DEnVar (LEVDA) and VAE-Var, behind one name registry.
+3DVar, 4DEnVar (LEVDA), VAE-Var and score-based posterior sampling (SLAMS),
+behind one name registry.
 
 Look methods up by name with :func:`get_method`; an unknown name lists the
 known ones.
@@ -12,6 +13,17 @@ from xlatda.assimilate.covariance import (
     GaussianCorrelationCovariance,
     ScaledIdentity,
     covariance_from_differences,
+)
+from xlatda.assimilate.diffusion import (
+    CosineSchedule,
+    GaussianEps,
+    ScoreMLP,
+    ScoreUNet,
+    eps_loss,
+    fit_score,
+    score_networks,
+    sliding_windows,
+    time_features,
 )
 from xlatda.assimilate.ensemble import (
     ETKF,
@@ -39,6 +51,7 @@ from xlatda.assimilate.localization import (
     halfwidth,
 )
 from xlatda.assimilate.registry import get_method, method_names, methods
+from xlatda.assimilate.score import ScoreDA, guided_eps
 from xlatda.assimilate.vaevar import (
     VAE4DVar,
     VAEVar,
@@ -53,6 +66,7 @@ __all__ = [
     "ETKF",
     "GC_RADIUS_FACTOR",
     "LETKF",
+    "CosineSchedule",
     "Covariance",
     "DEnKF",
     "DenseCovariance",
@@ -63,10 +77,14 @@ __all__ = [
     "EnVar4DResult",
     "EnsembleMethod",
     "GaussianCorrelationCovariance",
+    "GaussianEps",
     "GreatCircleDistance",
     "IndexDistance",
     "Localization",
     "ScaledIdentity",
+    "ScoreDA",
+    "ScoreMLP",
+    "ScoreUNet",
     "VAE4DVar",
     "VAEVar",
     "VAEVarResult",
@@ -78,10 +96,13 @@ __all__ = [
     "enkf_update",
     "ensrf_update",
     "envar4d_cost",
+    "eps_loss",
     "etkf_update",
+    "fit_score",
     "flat_decoder",
     "gaspari_cohn",
     "get_method",
+    "guided_eps",
     "halfwidth",
     "inflate",
     "letkf_update",
@@ -90,5 +111,8 @@ __all__ = [
     "random_rotation",
     "relax_to_prior_perturbations",
     "relax_to_prior_spread",
+    "score_networks",
+    "sliding_windows",
+    "time_features",
     "vaevar_increment_covariance",
 ]
