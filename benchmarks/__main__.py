@@ -67,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="quick sizes (default)")
     parser.add_argument("--only", nargs="*", help="benchmark names (file stem without bench_)")
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
+    parser.add_argument("--append", action="store_true",
+                        help="add sections to an existing results file")
     args = parser.parse_args(argv)
     names = sorted(p.stem[len("bench_"):] for p in HERE.glob("bench_*.py"))
     if args.only:
@@ -75,18 +77,31 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unknown benchmarks {sorted(unknown)}; known: {names}")
         names = [n for n in names if n in args.only]
     quick = not args.full
-    lines = [f"# xlatda benchmark results ({'quick' if quick else 'full'} sizes)", "",
-             *_environment(), "",
-             "Rerun with `python -m benchmarks` (`--full` for the issues' sizes). "
-             "Each section is one `benchmarks/bench_*.py`.", ""]
+    if args.append and args.out.exists():
+        lines = [*args.out.read_text().rstrip("\n").splitlines(), ""]
+    else:
+        lines = [f"# xlatda benchmark results ({'quick' if quick else 'full'} sizes)", "",
+                 *_environment(), "",
+                 "Rerun with `python -m benchmarks` (`--full` for the issues' sizes). "
+                 "Each section is one `benchmarks/bench_*.py`.", ""]
     failed = 0
     for name in names:
         print(f"== {name}", flush=True)
         start = time.perf_counter()
+        wall_start = time.time() - 1
         try:
             module = importlib.import_module(f"benchmarks.bench_{name}")
             rows = module.main(quick=quick)
-            body = _table(rows if isinstance(rows, list) else [])
+            if isinstance(rows, dict):
+                rows = [rows]
+            body = _table(rows) if isinstance(rows, list) and rows else []
+            if not body:
+                # Benchmarks that report richer tables write them to out/: embed those.
+                for md in sorted((HERE / "out").glob(f"{name}*.md")):
+                    if md.stat().st_mtime >= wall_start:
+                        body += [f"From `benchmarks/out/{md.name}`:", "",
+                                 md.read_text().strip(), ""]
+            body = body or ["(no rows)"]
         except Exception:  # report and go on: one broken benchmark must not hide the rest
             failed += 1
             body = ["```", traceback.format_exc(), "```"]
