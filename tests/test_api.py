@@ -172,3 +172,23 @@ def test_decode_refuses_foreign_latents(l96, pca):
     z = xlatda.encode(l96.isel(time=slice(0, 2)), pca)
     with pytest.raises(ConfigError, match="decode with the model that encoded them"):
         xlatda.decode(z, other)
+
+
+def test_sinr_through_xarray(tmp_path, grid_ds):
+    model = xlatda.fit(grid_ds, encoder="sinr", latent_dim=8, epochs=3, batch_size=16,
+                       progress=False, validation=None,
+                       encoder_options={"hidden": 16, "depth": 2, "max_freq": 3})
+    sub = grid_ds.isel(time=slice(0, 2))
+    z = sub.lda.encode(model)
+    assert z.z.dims == ("time", "latent")
+    back = z.lda.decode(model)
+    assert back.h.dims == sub.h.dims and back.h.attrs == sub.h.attrs
+    # Mesh-free: decode anywhere, and encode scattered observations (zero-shot).
+    obs = xlatda.obs.sample_points(sub, n=40, error_std=1.0, seed=0, noise=False)
+    at = z.lda.decode(model, at=obs.isel(obs=slice(0, 40)))
+    assert at.h.dims == ("time", "obs") and np.isfinite(at.h.values).all()
+    z_obs = obs.lda.encode(model)
+    assert z_obs.z.dims == ("time", "latent")
+    model.save(tmp_path / "sinr.zarr")
+    again = xlatda.open_model(tmp_path / "sinr.zarr")
+    xr.testing.assert_identical(xlatda.decode(z, model), xlatda.decode(z, again))

@@ -5,11 +5,13 @@ registry (``encoders``)."""
 from xlatda.encoders.autoencoder import ConvAutoencoder, NeuralEncoder
 from xlatda.encoders.base import Encoder, encoders
 from xlatda.encoders.pca import PCA
+from xlatda.encoders.sinr import SINR
 from xlatda.encoders.training import area_weights, autodecode, train_module
 from xlatda.encoders.vae import VAE
 
 __all__ = [
     "PCA",
+    "SINR",
     "VAE",
     "ConvAutoencoder",
     "Encoder",

@@ -1,0 +1,1015 @@
+r"""SINR: a spherical implicit neural representation with an auto-decoding encoder.
+
+The decoder of LAINR (Li, Dong and Zhang) is a *multiplicative filter network*
+whose filters are real spherical harmonics. For a point :math:`p` on the sphere
+(colatitude :math:`\theta`, longitude :math:`\lambda`), layer :math:`l = 0..L`
+has the filter
+
+.. math::
+
+    g_l(p) = A_l\, \big[\, \tilde Y_{|m| + l}^{m}(p) \,\big]_{m=-F..F} + c_l
+    \in \mathbb{R}^H,
+
+a linear map of :math:`2F + 1` fixed harmonics (degree :math:`|m| + l`, order
+:math:`m`; :math:`F` = ``max_freq``, :math:`H` = ``hidden``), and the hidden
+states and the output of channel :math:`c` with code :math:`a_c` are
+
+.. math::
+
+    h_0 = g_0(p), \qquad
+    h_l = \big(W_l h_{l-1} + b_l + S_l a_c\big) \odot g_l(p) \quad (l = 1..L),
+    \qquad
+    u_c(p) = \beta_c + \sum_{l=0}^{L} w_{l,c}^{\top} h_l .
+
+Channels share the filters and the layers :math:`W_l, b_l, S_l`; each has its
+own code :math:`a_c` (shift modulation) and its own read-out row
+:math:`w_{l,c}, \beta_c`. The latent vector is the concatenation
+:math:`z = [a_1; \dots; a_C]`, so ``latent_dim = n_channels * code_dim``.
+:math:`\tilde Y = \sqrt{4\pi}\, Y` are the orthonormal real harmonics of
+:func:`xlatda.sphere.real_sph_harm` scaled to unit mean square on the sphere
+(a constant absorbed in :math:`A_l`; it only makes the initialisation simple).
+
+**Band limit.** A product of harmonics of degrees :math:`\le d_1` and
+:math:`\le d_2` is a sum of harmonics of degree :math:`\le d_1 + d_2`, and an
+affine map does not raise the degree. :math:`g_l` has degree :math:`\le F + l`,
+so :math:`\deg h_l \le \deg h_{l-1} + F + l` and
+
+.. math::
+
+    D_{\max} = \sum_{l=0}^{L} (F + l) = (L + 1) F + \frac{L (L + 1)}{2}.
+
+Every decoded field is a finite sum of spherical harmonics of degree
+:math:`\le D_{\max}` (``SINR.max_degree``); the bound is reached for generic
+weights (the top-degree Gaunt coefficient of sectoral harmonics is non-zero).
+With the paper's ``F = 8``, ``L = 8``: :math:`D_{\max} = 108`.
+
+**Encoder = auto-decoding.** There is no encoder network:
+
+.. math::
+
+    E(x) = \arg\min_z \frac{\sum_p w_p (D(z; p) - x_p)^2}{\sum_p w_p},
+    \qquad w_p \propto \cos(\mathrm{lat}_p),
+
+found by Adam on :math:`z` alone (decoder frozen), from the mean training
+code, with a per-sample reduce-on-plateau learning rate and the best
+:math:`z` of every sample kept. It works at whatever points :math:`x` is
+given (``encode_from``: "zero-shot" encoding of scattered observations).
+Training optimises one code per training snapshot (an embedding table, sparse
+Adam) jointly with the decoder weights (dense Adam), with two learning rates.
+
+Shapes: ``x (B, C, *spatial)``; ``z (B, C * code_dim)``; ``points (P, 2)``
+latitude/longitude in degrees; ``channel (P,)``; ``values (B, P)``.
+
+References
+----------
+Li, Z., Dong, B. and Zhang, P. (2023). Latent assimilation with implicit
+neural representations for unknown dynamics. arXiv:2309.09574 (J. Comput.
+Phys.).
+
+Fathony, R., Sahu, A. K., Willmott, D. and Kolter, J. Z. (2021).
+Multiplicative filter networks. ICLR.
+
+Park, J. J. et al. (2019). DeepSDF: learning continuous signed distance
+functions for shape representation (auto-decoding). CVPR.
+
+Examples
+--------
+>>> import torch
+>>> from xlatda.encoders.sinr import SINR
+>>> grid = {"kind": "latlon", "lat": [60.0, 20.0, -20.0, -60.0],
+...         "lon": [0.0, 60.0, 120.0, 180.0, 240.0, 300.0]}
+>>> enc = SINR(2, (4, 6), latent_dim=8, grid=grid, hidden=8, depth=2, max_freq=2)
+>>> enc.max_degree
+9
+>>> x = torch.randn(3, 2, 4, 6)
+>>> hist = enc.fit(x, epochs=2, batch_size=3, seed=0, progress=False)
+>>> z = enc.encode(x, steps=5)
+>>> z.shape, enc.decode(z).shape
+(torch.Size([3, 8]), torch.Size([3, 2, 4, 6]))
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from xlatda import sphere
+from xlatda.encoders.base import Encoder, encoders
+from xlatda.errors import ConfigError, ShapeError
+from xlatda.options import get_options, resolve_device, resolve_dtype
+
+__all__ = ["SINR", "sinr_max_degree"]
+
+# Elements of one (sample, channel, point, hidden) activation that a chunk of
+# decoding / auto-decoding may hold at once (float32: 4 bytes each).
+_CHUNK_ELEMENTS = 2**24
+# Point sets whose harmonics decode_at / encode_from keep (see _point_features).
+_POINT_CACHE_SIZE = 4
+
+
+def sinr_max_degree(max_freq: int, depth: int) -> int:
+    """Largest spherical-harmonic degree a SINR decoder can output.
+
+    Parameters
+    ----------
+    max_freq : int
+        ``F``: filter ``l`` uses the harmonics ``Y_{|m|+l}^m``, ``m = -F..F``.
+    depth : int
+        ``L``: number of multiplicative layers after the first filter.
+
+    Returns
+    -------
+    int
+        ``D_max = (L + 1) F + L (L + 1) / 2`` (see the module docstring).
+
+    Examples
+    --------
+    >>> sinr_max_degree(8, 8), sinr_max_degree(2, 2), sinr_max_degree(3, 0)
+    (108, 9, 3)
+    """
+    f, d = int(max_freq), int(depth)
+    return (d + 1) * f + d * (d + 1) // 2
+
+
+def _weighted_mse(pred: Tensor, target: Tensor, weight: Tensor) -> Tensor:
+    """Per-sample weighted mean squared error.
+
+    ``pred, target (B, *S)``; ``weight`` broadcastable to ``(B, *S)`` with zeros
+    where ``target`` is missing. Returns ``(B,)``:
+    ``sum w (pred - target)^2 / sum w`` over all non-batch dimensions.
+    """
+    w = weight.expand_as(pred)
+    dims = tuple(range(1, pred.dim()))
+    num = (w * (pred - target) ** 2).sum(dims)
+    return num / w.sum(dims).clamp_min(torch.finfo(pred.dtype).tiny)
+
+
+def _autodecode(
+    fn: Callable[[Tensor], Tensor],
+    target: Tensor,
+    weight: Tensor,
+    z0: Tensor,
+    *,
+    steps: int,
+    lr: float,
+    plateau: int = 20,
+    factor: float = 0.5,
+    min_lr: float | None = None,
+    rel_tol: float = 1e-4,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+) -> tuple[Tensor, Tensor]:
+    r"""Minimise a per-sample weighted MSE over latent vectors, all samples at once.
+
+    Adam on ``z (B, D)`` with a learning rate per sample that is halved when
+    that sample's loss has not improved by ``rel_tol`` (relative) for
+    ``plateau`` steps; a sample stops moving once its rate falls below
+    ``min_lr`` (default ``lr / 100``), and the loop ends when every sample has
+    stopped or after ``steps`` steps. The best ``z`` seen for each sample is
+    returned. Samples are independent: each sample's loss only depends on its
+    own ``z`` row, and Adam's statistics are elementwise, so the batch is
+    exactly ``B`` separate optimisations run as one tensor computation.
+
+    Parameters
+    ----------
+    fn : callable
+        ``z (B, D) -> prediction (B, *S)``, differentiable in ``z``.
+    target : Tensor
+        ``(B, *S)``, finite (put zeros where missing and zero weights there).
+    weight : Tensor
+        Broadcastable to ``(B, *S)``.
+    z0 : Tensor
+        ``(B, D)`` starting point.
+
+    Returns
+    -------
+    z : Tensor
+        ``(B, D)`` best latent vectors (detached).
+    loss : Tensor
+        ``(B,)`` their losses.
+    """
+    min_lr = lr / 100.0 if min_lr is None else min_lr
+    b1, b2 = betas
+    z = z0.detach().clone()
+    m = torch.zeros_like(z)
+    v = torch.zeros_like(z)
+    rate = torch.full((z.shape[0], 1), float(lr), dtype=z.dtype, device=z.device)
+    best_z = z.clone()
+    best = torch.full((z.shape[0],), math.inf, dtype=z.dtype, device=z.device)
+    ref = best.clone()  # loss level that counts as "improved" for the plateau test
+    stale = torch.zeros(z.shape[0], dtype=torch.long, device=z.device)
+    for t in range(1, int(steps) + 1):
+        with torch.enable_grad():
+            zz = z.requires_grad_(True)
+            loss = _weighted_mse(fn(zz), target, weight)
+            (grad,) = torch.autograd.grad(loss.sum(), zz)
+        z = z.detach()
+        loss = loss.detach()
+        better = loss < best
+        best = torch.where(better, loss, best)
+        best_z = torch.where(better[:, None], z, best_z)
+        improved = loss < ref * (1.0 - rel_tol)
+        ref = torch.where(improved, loss, ref)
+        stale = torch.where(improved, torch.zeros_like(stale), stale + 1)
+        cut = stale >= plateau
+        rate = torch.where(cut[:, None], rate * factor, rate)
+        stale = torch.where(cut, torch.zeros_like(stale), stale)
+        active = rate >= min_lr
+        if not bool(active.any()):
+            break
+        m.mul_(b1).add_(grad, alpha=1.0 - b1)
+        v.mul_(b2).addcmul_(grad, grad, value=1.0 - b2)
+        step = (m / (1.0 - b1**t)) / ((v / (1.0 - b2**t)).sqrt() + eps)
+        z = z - torch.where(active, rate, torch.zeros_like(rate)) * step
+    with torch.no_grad():
+        loss = _weighted_mse(fn(z), target, weight)
+    better = loss < best
+    best = torch.where(better, loss, best)
+    best_z = torch.where(better[:, None], z, best_z)
+    return best_z, best
+
+
+@encoders.register("sinr")
+class SINR(Encoder):
+    r"""Spherical implicit neural representation with auto-decoding (LAINR).
+
+    Parameters
+    ----------
+    n_channels : int
+        Number of state channels ``C``.
+    spatial_shape : sequence of int
+        ``(nlat, nlon)`` for a ``"latlon"`` grid, ``(S,)`` for ``"points"``.
+    latent_dim : int
+        Size of ``z``; must be a multiple of ``n_channels`` (one code of
+        ``latent_dim // n_channels`` numbers per channel).
+    grid : dict
+        ``{"kind": "latlon", "lat": [...], "lon": [...]}`` or
+        ``{"kind": "points", "lat": [...], "lon": [...]}`` (degrees). Required:
+        the decoder is a function of position.
+    hidden : int
+        Width ``H`` of the hidden layers (paper: 128).
+    depth : int
+        Number ``L`` of multiplicative layers after the first filter (paper: 8).
+    max_freq : int
+        ``F``: each filter sees ``2F + 1`` harmonics (paper: 8).
+    seed : int
+        Seed of the weight initialisation (and default seed of :meth:`fit`).
+    epochs, batch_size, lr_codes, lr_weights, points_per_batch, patience, val_steps
+        Defaults of :meth:`fit` (see there).
+    encode_steps, encode_lr
+        Defaults of the auto-decoding in :meth:`encode` / :meth:`encode_from`.
+    code_init_std : float
+        Standard deviation of the initial training codes.
+
+    Attributes
+    ----------
+    code_dim : int
+        ``latent_dim // n_channels``.
+    max_degree : int
+        Largest spherical-harmonic degree of any decoded field,
+        ``(L + 1) F + L (L + 1) / 2``.
+
+    Raises
+    ------
+    ConfigError
+        For a missing/unsupported grid, a grid that does not match
+        ``spatial_shape``, a ``latent_dim`` not divisible by ``n_channels``,
+        or non-positive sizes.
+
+    Notes
+    -----
+    Cost of decoding ``B`` samples at ``P`` points: about
+    ``2 B C P L H^2`` flops and ``B C P H`` numbers per live activation; an
+    auto-decoding step costs about twice a decode. Decoding and encoding are
+    done in chunks of samples that keep one activation below
+    ``2**24`` numbers; each chunk is one batched tensor computation (never a
+    loop over samples). The harmonics at the training points are computed
+    once per dtype/device and cached (they are fixed by ``grid``, so they are
+    not in ``state_dict``); those at other points are cached for the last four
+    point sets. Computation happens in the module's dtype and device; inputs
+    of another dtype/device are converted (differentiably) and results are
+    returned in the input's dtype and device.
+
+    Initialisation (seeded, no global RNG): weights uniform with variance
+    ``1 / fan_in`` (layers, modulations), ``1 / (H (L + 1))`` (read-outs) and
+    ``1 / (4 (2F + 1))`` (filters, on harmonics scaled to unit mean square),
+    so that the first products are small and low degrees dominate at the
+    start. Read-outs are per channel (the paper shares them; a per-channel
+    row costs ``H`` numbers per layer and lets channels of different
+    character, such as height and vorticity, share the hidden features).
+
+    References
+    ----------
+    Li, Dong, Zhang (2023), arXiv:2309.09574.
+
+    Examples
+    --------
+    >>> import torch
+    >>> grid = {"kind": "points", "lat": [0.0, 45.0, -45.0], "lon": [0.0, 90.0, 200.0]}
+    >>> enc = SINR(1, (3,), latent_dim=4, grid=grid, hidden=8, depth=1, max_freq=1)
+    >>> enc.code_dim, enc.max_degree
+    (4, 3)
+    >>> rebuilt = SINR(**enc.config)
+    >>> _ = rebuilt.load_state_dict(enc.state_dict())
+    """
+
+    kind = "sinr"
+
+    def __init__(
+        self,
+        n_channels: int,
+        spatial_shape: Any,
+        latent_dim: int,
+        grid: dict[str, Any] | None = None,
+        *,
+        hidden: int = 128,
+        depth: int = 8,
+        max_freq: int = 8,
+        seed: int = 0,
+        epochs: int = 100,
+        batch_size: int = 16,
+        lr_codes: float = 1e-2,
+        lr_weights: float = 5e-3,
+        points_per_batch: int | None = None,
+        patience: int | None = None,
+        val_steps: int = 100,
+        encode_steps: int = 300,
+        encode_lr: float = 1e-2,
+        code_init_std: float = 1e-2,
+    ) -> None:
+        super().__init__(n_channels, spatial_shape, latent_dim, grid)
+        for name, value, low in [
+            ("n_channels", self.n_channels, 1),
+            ("latent_dim", self.latent_dim, 1),
+            ("hidden", hidden, 1),
+            ("depth", depth, 0),
+            ("max_freq", max_freq, 0),
+            ("epochs", epochs, 1),
+            ("batch_size", batch_size, 1),
+            ("val_steps", val_steps, 1),
+            ("encode_steps", encode_steps, 1),
+        ]:
+            if isinstance(value, bool) or int(value) != value or value < low:
+                raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+        if self.latent_dim % self.n_channels:
+            raise ConfigError(
+                f"latent_dim={self.latent_dim} is not a multiple of n_channels="
+                f"{self.n_channels}; SINR uses one code per channel, so pass "
+                f"latent_dim = n_channels * code_dim (e.g. "
+                f"{self.n_channels * max(1, self.latent_dim // self.n_channels)})"
+            )
+        self.hidden, self.depth, self.max_freq = int(hidden), int(depth), int(max_freq)
+        self.code_dim = self.latent_dim // self.n_channels
+        self.seed = int(seed)
+        self.training_defaults = {
+            "epochs": int(epochs),
+            "batch_size": int(batch_size),
+            "lr_codes": float(lr_codes),
+            "lr_weights": float(lr_weights),
+            "points_per_batch": None if points_per_batch is None else int(points_per_batch),
+            "patience": None if patience is None else int(patience),
+            "val_steps": int(val_steps),
+            "encode_steps": int(encode_steps),
+            "encode_lr": float(encode_lr),
+            "code_init_std": float(code_init_std),
+        }
+        lat, lon = self._grid_points()
+        self._grid_latlon = torch.stack([lat, lon], dim=-1)  # (P, 2) float64, CPU
+        self._cache: dict[tuple[torch.dtype, torch.device], tuple[Tensor, Tensor]] = {}
+        self._point_cache: dict[tuple, Tensor] = {}
+
+        n_sh, h = 2 * self.max_freq + 1, self.hidden
+        self.filters = nn.ModuleList(nn.Linear(n_sh, h) for _ in range(self.depth + 1))
+        self.layers = nn.ModuleList(nn.Linear(h, h) for _ in range(self.depth))
+        self.modulations = nn.ModuleList(
+            nn.Linear(self.code_dim, h, bias=False) for _ in range(self.depth)
+        )
+        self.head_weight = nn.Parameter(torch.empty(self.depth + 1, self.n_channels, h))
+        self.head_bias = nn.Parameter(torch.zeros(self.n_channels))
+        self.register_buffer("code_mean", torch.zeros(self.latent_dim))
+        self._init_weights()
+
+    # ------------------------------------------------------------ set-up
+    def _grid_points(self) -> tuple[Tensor, Tensor]:
+        """Latitude and longitude (degrees, float64) of every training point, flattened."""
+        g = self.grid
+        kinds = ("latlon", "points")
+        if g is None or g.get("kind") not in kinds:
+            got = None if g is None else g.get("kind")
+            raise ConfigError(
+                f"SINR needs grid={{'kind': 'latlon' or 'points', 'lat': [...], "
+                f"'lon': [...]}} (degrees), got kind {got!r}; generic (non-spherical) "
+                "dimensions are not supported by this encoder"
+            )
+        lat = torch.as_tensor(g["lat"], dtype=torch.float64).reshape(-1)
+        lon = torch.as_tensor(g["lon"], dtype=torch.float64).reshape(-1)
+        if g["kind"] == "latlon":
+            want = (lat.numel(), lon.numel())
+            if self.spatial_shape != want:
+                raise ConfigError(
+                    f"spatial_shape {self.spatial_shape} does not match the latlon grid "
+                    f"(len(lat), len(lon)) = {want}"
+                )
+            lat, lon = torch.meshgrid(lat, lon, indexing="ij")
+            lat, lon = lat.reshape(-1), lon.reshape(-1)
+        elif lat.shape != lon.shape or self.spatial_shape != (lat.numel(),):
+            raise ConfigError(
+                f"a 'points' grid needs lat and lon of equal length S with spatial_shape "
+                f"(S,); got {lat.numel()} lat, {lon.numel()} lon, spatial_shape "
+                f"{self.spatial_shape}"
+            )
+        if bool(((lat < -90.0) | (lat > 90.0)).any()):
+            raise ConfigError("grid latitudes must lie in [-90, 90] degrees")
+        return lat, lon
+
+    def _init_weights(self) -> None:
+        # Unit-power harmonics and weights of variance 1/fan_in keep the linear
+        # layers scale-preserving; the filters start at half that scale, so
+        # the product h_l starts at about 2^-l: the low-degree, shallow terms
+        # dominate at first, and training is stable at larger learning rates
+        # (unit-scale filters diverge at lr_weights=2e-2, see the benchmark).
+        gen = torch.Generator().manual_seed(self.seed)
+
+        def uniform_(t: Tensor, var: float) -> None:
+            a = math.sqrt(3.0 * var)
+            with torch.no_grad():
+                t.copy_((torch.rand(t.shape, generator=gen, dtype=torch.float64) * 2 - 1) * a)
+
+        n_sh = 2 * self.max_freq + 1
+        for lin in self.filters:
+            uniform_(lin.weight, 0.25 / n_sh)
+            uniform_(lin.bias, 0.25 / n_sh)
+        for lin in self.layers:
+            uniform_(lin.weight, 1.0 / self.hidden)
+            uniform_(lin.bias, 1.0 / self.hidden)
+        for lin in self.modulations:
+            uniform_(lin.weight, 1.0 / self.code_dim)
+        uniform_(self.head_weight, 1.0 / (self.hidden * (self.depth + 1)))
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """JSON-serialisable constructor arguments."""
+        cfg = super().config
+        cfg.update(
+            hidden=self.hidden,
+            depth=self.depth,
+            max_freq=self.max_freq,
+            seed=self.seed,
+            **self.training_defaults,
+        )
+        return cfg
+
+    @property
+    def max_degree(self) -> int:
+        """Largest spherical-harmonic degree of a decoded field (``D_max``)."""
+        return sinr_max_degree(self.max_freq, self.depth)
+
+    @property
+    def _ref(self) -> Tensor:
+        return self.head_bias
+
+    def _features(self, lat: Tensor, lon: Tensor) -> Tensor:
+        """Scaled harmonics ``sqrt(4 pi) Y_{|m|+l}^m`` at points: ``(P, L+1, 2F+1)``.
+
+        Computed in float64 and returned in the module's dtype and device.
+        """
+        f, d = self.max_freq, self.depth
+        order = torch.arange(-f, f + 1).repeat(d + 1)
+        degree = order.abs() + torch.arange(d + 1).repeat_interleave(2 * f + 1)
+        colat = torch.deg2rad(90.0 - lat.detach().to("cpu", torch.float64))
+        lam = torch.deg2rad(lon.detach().to("cpu", torch.float64))
+        y = sphere.real_sph_harm(degree, order, colat, lam) * math.sqrt(4.0 * math.pi)
+        y = y.reshape(-1, d + 1, 2 * f + 1)
+        return y.to(self._ref.device, self._ref.dtype)
+
+    def _grid_cache(self) -> tuple[Tensor, Tensor]:
+        """Harmonics ``(P, L+1, 2F+1)`` and cos-lat weights ``(P,)`` of the training points."""
+        key = (self._ref.dtype, self._ref.device)
+        if key not in self._cache:
+            with torch.inference_mode(False):
+                self._cache[key] = self._grid_tensors()
+        return self._cache[key]
+
+    def _grid_tensors(self) -> tuple[Tensor, Tensor]:
+        lat, lon = self._grid_latlon.unbind(-1)
+        feats = self._features(lat, lon)
+        w = torch.cos(torch.deg2rad(lat)).clamp_min(0.0)
+        w = (w / w.mean()).to(self._ref.device, self._ref.dtype)
+        return feats, w
+
+    def _point_features(self, points: Tensor) -> Tensor:
+        """Harmonics at ``points (P, 2)``, cached for the last few point sets.
+
+        Assimilation decodes at the same observation points many times; the
+        key is the points' content (a hash of their float64 bytes), so a new
+        tensor with the same values hits the cache.
+        """
+        pts = points.detach().to("cpu", torch.float64).contiguous()
+        digest = hashlib.sha1(pts.numpy().tobytes()).hexdigest()
+        key = (digest, self._ref.dtype, self._ref.device)
+        feats = self._point_cache.pop(key, None)
+        if feats is None:
+            with torch.inference_mode(False):
+                feats = self._features(pts[:, 0], pts[:, 1])
+        self._point_cache[key] = feats  # most recent last
+        while len(self._point_cache) > _POINT_CACHE_SIZE:
+            self._point_cache.pop(next(iter(self._point_cache)))
+        return feats
+
+    # ------------------------------------------------------------ network
+    def _filters(self, feats: Tensor) -> list[Tensor]:
+        """``[g_l(p)]``, each ``(Q, H)``, from harmonics ``(Q, L+1, 2F+1)``."""
+        return [lin(feats[:, l]) for l, lin in enumerate(self.filters)]
+
+    def _network(self, filt: list[Tensor], codes: Tensor, channel: Tensor | None) -> Tensor:
+        """Run the multiplicative filter network.
+
+        ``filt`` from :meth:`_filters` at ``Q`` points; ``codes (B, C, code_dim)``.
+        With ``channel=None`` every channel is decoded at every point and the
+        result is ``(B, C, Q)``; with ``channel (Q,)`` point ``q`` is decoded
+        for channel ``channel[q]`` only and the result is ``(B, Q)``.
+        """
+        b = codes.shape[0]
+        if channel is None:
+            shifts = [mod(codes).unsqueeze(-2) for mod in self.modulations]  # (B, C, 1, H)
+            heads = self.head_weight.unsqueeze(-1)  # (L+1, C, H, 1)
+
+            def read(l: int, h: Tensor) -> Tensor:
+                return (h @ heads[l]).squeeze(-1)
+
+            bias = self.head_bias[:, None]
+            shape = (b, self.n_channels, filt[0].shape[0])
+        else:
+            shifts = [mod(codes)[:, channel] for mod in self.modulations]  # (B, Q, H)
+            heads = self.head_weight[:, channel]  # (L+1, Q, H)
+
+            def read(l: int, h: Tensor) -> Tensor:
+                return (h * heads[l]).sum(-1)
+
+            bias = self.head_bias[channel]
+            shape = (b, channel.shape[0])
+        h = filt[0]
+        out = read(0, h)
+        for l in range(1, self.depth + 1):
+            h = self._layer(l, h, shifts[l - 1], filt[l])
+            out = out + read(l, h)
+        return (out + bias).expand(shape)
+
+    def _layer(self, l: int, h: Tensor, shift: Tensor, filt: Tensor) -> Tensor:
+        """``h_l = (W_l h + b_l + shift) * g_l``, the shift add fused into the matmul.
+
+        ``h`` is ``(Q, H)`` (the first layer, shared by all samples) or
+        ``(*lead, Q, H)``; ``shift`` broadcasts to ``(*lead, Q, H)`` and has
+        ``Q`` or 1 rows; ``filt`` is ``(Q, H)``.
+        """
+        lin = self.layers[l - 1]
+        if h.dim() == 2:
+            pre = lin(h) + shift
+        else:
+            q, width = h.shape[-2:]
+            hh = h.reshape(-1, q, width)
+            ss = (shift + lin.bias).reshape(hh.shape[0], -1, width)
+            pre = torch.baddbmm(ss, hh, lin.weight.t().expand(hh.shape[0], -1, -1))
+            pre = pre.reshape(h.shape)
+        if torch.is_grad_enabled():
+            return pre * filt
+        return pre.mul_(filt)
+
+    def _codes(self, z: Tensor) -> Tensor:
+        return z.reshape(z.shape[0], self.n_channels, self.code_dim)
+
+    def _chunk(self, n_points: int, per_point: int) -> int:
+        return max(1, _CHUNK_ELEMENTS // max(1, n_points * per_point * self.hidden))
+
+    # ------------------------------------------------------------ protocol
+    def decode(self, z: Tensor) -> Tensor:
+        """Decode latent vectors on the training layout.
+
+        Parameters
+        ----------
+        z : Tensor
+            ``(B, latent_dim)``; any float dtype and device (computed in the
+            module's, returned in ``z``'s).
+
+        Returns
+        -------
+        Tensor
+            ``(B, C, *spatial_shape)``, differentiable in ``z``.
+
+        Raises
+        ------
+        NotFittedError, ShapeError
+        """
+        self._require_fitted()
+        self._check_latent(z)
+        feats, _ = self._grid_cache()
+        zz = z.to(self._ref.device, self._ref.dtype)
+        filt = self._filters(feats)
+        step = self._chunk(feats.shape[0], self.n_channels)
+        parts = [
+            self._network(filt, self._codes(zz[i : i + step]), None)
+            for i in range(0, zz.shape[0], step)
+        ]
+        out = torch.cat(parts) if parts else zz.new_zeros(0, self.n_channels, feats.shape[0])
+        return out.reshape(-1, self.n_channels, *self.spatial_shape).to(z.device, z.dtype)
+
+    def _check_points(self, points: Tensor, channel: Tensor) -> tuple[Tensor, Tensor]:
+        points = torch.as_tensor(points)
+        channel = torch.as_tensor(channel)
+        if points.dim() != 2 or points.shape[-1] != 2:
+            raise ShapeError(
+                f"points must be (P, 2) latitude/longitude in degrees, got {tuple(points.shape)}"
+            )
+        if channel.shape != points.shape[:1]:
+            raise ShapeError(
+                f"channel must be (P,) = ({points.shape[0]},), got {tuple(channel.shape)}"
+            )
+        if channel.is_floating_point():
+            raise ShapeError("channel must be an integer tensor (torch.long)")
+        if channel.numel() and (int(channel.min()) < 0 or int(channel.max()) >= self.n_channels):
+            raise ShapeError(
+                f"channel values must lie in [0, {self.n_channels - 1}], got range "
+                f"[{int(channel.min())}, {int(channel.max())}]"
+            )
+        if points.numel() and bool((points[:, 0].abs() > 90.0).any()):
+            raise ShapeError("points[:, 0] are latitudes and must lie in [-90, 90] degrees")
+        return points, channel.to(self._ref.device, torch.long)
+
+    def decode_at(self, z: Tensor, points: Tensor, channel: Tensor) -> Tensor:
+        """Evaluate the decoded fields at arbitrary points (mesh-free).
+
+        Parameters
+        ----------
+        z : Tensor
+            ``(B, latent_dim)``.
+        points : Tensor
+            ``(P, 2)`` latitude, longitude in degrees.
+        channel : LongTensor
+            ``(P,)`` the channel each point asks for; only that channel is
+            evaluated there.
+
+        Returns
+        -------
+        Tensor
+            ``(B, P)`` in ``z``'s dtype and device, differentiable in ``z``.
+
+        Raises
+        ------
+        NotFittedError, ShapeError
+        """
+        self._require_fitted()
+        self._check_latent(z)
+        points, channel = self._check_points(points, channel)
+        feats = self._point_features(points)
+        zz = z.to(self._ref.device, self._ref.dtype)
+        filt = self._filters(feats)
+        step = self._chunk(feats.shape[0], 1)
+        parts = [
+            self._network(filt, self._codes(zz[i : i + step]), channel)
+            for i in range(0, zz.shape[0], step)
+        ]
+        out = torch.cat(parts) if parts else zz.new_zeros(0, feats.shape[0])
+        return out.to(z.device, z.dtype)
+
+    def _autodecode_batches(
+        self,
+        target: Tensor,
+        weight: Tensor,
+        feats: Tensor,
+        channel: Tensor | None,
+        steps: int | None,
+        lr: float | None,
+        batch_size: int | None,
+        progress: bool | None,
+        desc: str,
+    ) -> tuple[Tensor, Tensor]:
+        """Auto-decode ``target`` in chunks of samples with the decoder frozen.
+
+        ``target (N, C, P)`` with ``channel=None`` (grid layout) or ``(N, Q)``
+        with ``channel (Q,)``; ``weight`` broadcastable per chunk (first dim 1
+        or ``N``); ``feats`` the harmonics at the points. Runs with gradients
+        on even under :func:`torch.inference_mode` (only ``z`` gets them).
+        """
+        steps = self.training_defaults["encode_steps"] if steps is None else int(steps)
+        lr = self.training_defaults["encode_lr"] if lr is None else float(lr)
+        progress = get_options()["progress"] if progress is None else bool(progress)
+        n = target.shape[0]
+        n_pts = feats.shape[0]
+        per_point = self.n_channels if channel is None else 1
+        step = int(batch_size) if batch_size else self._chunk(n_pts, per_point)
+        z_all, loss_all = [], []
+        starts = range(0, n, step)
+        with torch.inference_mode(False), torch.enable_grad():
+            target, weight = target.clone(), weight.clone()
+            channel = None if channel is None else channel.clone()
+            with torch.no_grad():
+                filt = self._filters(feats.clone())
+            z0 = self.code_mean.detach().clone()
+
+            def fn(z: Tensor) -> Tensor:
+                return self._network(filt, self._codes(z), channel)
+
+            bar = tqdm(starts, desc=desc, disable=not progress or len(starts) < 2, leave=False)
+            for i in bar:
+                t = target[i : i + step]
+                w = weight if weight.shape[0] == 1 else weight[i : i + step]
+                z, loss = _autodecode(fn, t, w, z0.expand(t.shape[0], -1), steps=steps, lr=lr)
+                z_all.append(z)
+                loss_all.append(loss)
+        if not z_all:
+            return target.new_zeros(0, self.latent_dim), target.new_zeros(0)
+        return torch.cat(z_all), torch.cat(loss_all)
+
+    @staticmethod
+    def _mask(target: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
+        finite = torch.isfinite(target)
+        if bool(finite.all()):
+            return target, weight.unsqueeze(0)
+        return torch.where(finite, target, torch.zeros_like(target)), weight * finite
+
+    def encode(
+        self,
+        x: Tensor,
+        *,
+        steps: int | None = None,
+        lr: float | None = None,
+        batch_size: int | None = None,
+        progress: bool | None = None,
+    ) -> Tensor:
+        """Encode fields on the training layout by auto-decoding.
+
+        Parameters
+        ----------
+        x : Tensor
+            ``(B, C, *spatial_shape)``; NaN marks missing values (ignored).
+        steps : int, optional
+            Most Adam steps (default: the ``encode_steps`` of the config).
+        lr : float, optional
+            Initial learning rate (default ``encode_lr``); halved per sample
+            on a 20-step plateau, and a sample stops at ``lr / 100``.
+        batch_size : int, optional
+            Samples optimised together (default: as many as fit the memory
+            budget, see Notes of the class).
+        progress : bool, optional
+            Progress bar over chunks (default from :func:`xlatda.get_options`).
+
+        Returns
+        -------
+        Tensor
+            ``(B, latent_dim)`` in ``x``'s dtype and device (no gradient).
+
+        Raises
+        ------
+        NotFittedError, ShapeError
+        """
+        self._require_fitted()
+        self._check_fields(x)
+        feats, w = self._grid_cache()
+        target = x.detach().to(self._ref.device, self._ref.dtype).reshape(
+            x.shape[0], self.n_channels, -1
+        )
+        target, weight = self._mask(target, w)
+        z, _ = self._autodecode_batches(
+            target, weight, feats, None, steps, lr, batch_size, progress, "SINR encode"
+        )
+        return z.to(x.device, x.dtype)
+
+    def encode_from(
+        self,
+        values: Tensor,
+        points: Tensor,
+        channel: Tensor,
+        *,
+        steps: int | None = None,
+        lr: float | None = None,
+        batch_size: int | None = None,
+        progress: bool | None = None,
+    ) -> Tensor:
+        """Encode scattered values at arbitrary points ("zero-shot") by auto-decoding.
+
+        The misfit is weighted by ``cos(lat)`` of the points (normalised to
+        mean 1), like the training loss.
+
+        Parameters
+        ----------
+        values : Tensor
+            ``(B, P)``; NaN marks a missing value.
+        points : Tensor
+            ``(P, 2)`` latitude, longitude in degrees.
+        channel : LongTensor
+            ``(P,)`` channel of each value.
+        steps, lr, batch_size, progress
+            As in :meth:`encode`.
+
+        Returns
+        -------
+        Tensor
+            ``(B, latent_dim)`` in ``values``' dtype and device.
+
+        Raises
+        ------
+        NotFittedError, ShapeError
+        """
+        self._require_fitted()
+        points, channel = self._check_points(points, channel)
+        if values.dim() != 2 or values.shape[1] != points.shape[0]:
+            raise ShapeError(
+                f"values must be (B, P) with P = {points.shape[0]} points, "
+                f"got {tuple(values.shape)}"
+            )
+        feats = self._point_features(points)
+        lat = points[:, 0].to(self._ref.device, self._ref.dtype)
+        w = torch.cos(torch.deg2rad(lat)).clamp_min(0.0)
+        w = w / w.mean().clamp_min(torch.finfo(w.dtype).tiny)
+        target = values.detach().to(self._ref.device, self._ref.dtype)
+        target, weight = self._mask(target, w)
+        z, _ = self._autodecode_batches(
+            target, weight, feats, channel, steps, lr, batch_size, progress, "SINR encode_from"
+        )
+        return z.to(values.device, values.dtype)
+
+    # ------------------------------------------------------------ training
+    def fit(
+        self,
+        x_train: Tensor,
+        x_val: Tensor | None = None,
+        *,
+        epochs: int | None = None,
+        batch_size: int | None = None,
+        lr_codes: float | None = None,
+        lr_weights: float | None = None,
+        points_per_batch: int | None = None,
+        patience: int | None = None,
+        val_steps: int | None = None,
+        seed: int | None = None,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        progress: bool | None = None,
+    ) -> dict[str, Any]:
+        """Train decoder weights and one code per training snapshot (auto-decoding).
+
+        Every epoch visits the snapshots in a random order in batches of
+        ``batch_size``; the loss is the cos-lat weighted MSE (weights mean 1)
+        at all training points, or at a fresh random subset of
+        ``points_per_batch`` points per batch. Codes (``nn.Embedding``, sparse
+        Adam, ``lr_codes``) and weights (Adam, ``lr_weights``) are updated
+        together; both rates follow a cosine decay to 1 % over the epochs.
+        With ``x_val``, the validation snapshots are auto-decoded
+        (``val_steps`` Adam steps, decoder frozen) after each epoch; the
+        weights of the best validation epoch are kept and training stops
+        after ``patience`` epochs without improvement. Without ``x_val`` the
+        training loss plays that role.
+
+        Parameters
+        ----------
+        x_train : Tensor
+            ``(N, C, *spatial_shape)``, normalised; NaN marks missing values.
+        x_val : Tensor, optional
+            ``(M, C, *spatial_shape)``.
+        epochs, batch_size, lr_codes, lr_weights, points_per_batch, patience, val_steps
+            Default to the values given at construction (see ``config``).
+        seed : int, optional
+            Seed of the codes' initialisation, the shuffling and the point
+            sampling (default: the construction ``seed``).
+        device, dtype : optional
+            Where and in which float type to train (defaults from
+            :func:`xlatda.get_options`); the module is moved there.
+        progress : bool, optional
+            Progress bar over epochs (default from :func:`xlatda.get_options`).
+
+        Returns
+        -------
+        dict
+            ``{"train_loss": [...], "val_loss": [...], "best_epoch": int,
+            "epochs_run": int, "time_s": float}`` (losses per epoch; weighted
+            MSE in normalised units).
+
+        Raises
+        ------
+        ShapeError
+            If ``x_train`` / ``x_val`` do not fit the layout.
+        ConfigError
+            For non-positive settings.
+        """
+        td = self.training_defaults
+        epochs = td["epochs"] if epochs is None else int(epochs)
+        batch_size = td["batch_size"] if batch_size is None else int(batch_size)
+        lr_codes = td["lr_codes"] if lr_codes is None else float(lr_codes)
+        lr_weights = td["lr_weights"] if lr_weights is None else float(lr_weights)
+        ppb = td["points_per_batch"] if points_per_batch is None else int(points_per_batch)
+        patience = td["patience"] if patience is None else int(patience)
+        val_steps = td["val_steps"] if val_steps is None else int(val_steps)
+        seed = self.seed if seed is None else int(seed)
+        progress = get_options()["progress"] if progress is None else bool(progress)
+        for name, value in [("epochs", epochs), ("batch_size", batch_size)]:
+            if value < 1:
+                raise ConfigError(f"{name} must be >= 1, got {value}")
+        if not (lr_codes > 0 and lr_weights > 0):
+            raise ConfigError(
+                f"learning rates must be positive, got lr_codes={lr_codes}, "
+                f"lr_weights={lr_weights}"
+            )
+        self._check_fields(x_train)
+        if x_train.shape[0] < 1:
+            raise ShapeError("x_train holds no samples")
+        if x_val is not None:
+            self._check_fields(x_val)
+        # gradients are needed even if the caller is in no_grad / inference mode
+        with torch.inference_mode(False), torch.enable_grad():
+            dev, dt = resolve_device(device), resolve_dtype(dtype)
+            self.to(dev, dt)
+            feats, w = self._grid_cache()
+            n_pts = feats.shape[0]
+            if ppb is not None and not 1 <= ppb:
+                raise ConfigError(f"points_per_batch must be >= 1 or None, got {ppb}")
+            ppb = None if ppb is None or ppb >= n_pts else ppb
+
+            n = x_train.shape[0]
+            x = x_train.detach().to(dev, dt).reshape(n, self.n_channels, n_pts)
+            finite = torch.isfinite(x)
+            x = torch.where(finite, x, torch.zeros_like(x))
+            wx = w * finite  # (N, C, P)
+            xv = wv = None
+            if x_val is not None:
+                xv = x_val.detach().to(dev, dt).reshape(x_val.shape[0], self.n_channels, n_pts)
+                xv, wv = self._mask(xv, w)
+
+            gen = torch.Generator().manual_seed(seed)
+            std = self.training_defaults["code_init_std"]
+            codes = nn.Embedding(n, self.latent_dim, sparse=True).to(dev, dt)
+            with torch.no_grad():
+                init = torch.randn(n, self.latent_dim, generator=gen, dtype=torch.float64) * std
+                codes.weight.copy_(init)
+            weights = list(self.parameters())
+            opt_w = torch.optim.Adam(weights, lr=lr_weights)
+            opt_c = torch.optim.SparseAdam(list(codes.parameters()), lr=lr_codes)
+            sched = [
+                torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=epochs, eta_min=lr * 1e-2)
+                for o, lr in [(opt_w, lr_weights), (opt_c, lr_codes)]
+            ]
+
+            hist: dict[str, Any] = {"train_loss": [], "val_loss": []}
+            best, best_epoch, best_state, stale = math.inf, -1, None, 0
+            t0 = time.perf_counter()
+            bar = tqdm(range(epochs), desc="SINR fit", disable=not progress)
+            for epoch in bar:
+                self.train()
+                perm = torch.randperm(n, generator=gen).to(dev)
+                total = 0.0
+                for i in range(0, n, batch_size):
+                    idx = perm[i : i + batch_size]
+                    if ppb is None:
+                        sel = slice(None)
+                    else:
+                        sel = torch.randperm(n_pts, generator=gen)[:ppb].to(dev)
+                    filt = self._filters(feats[sel])
+                    pred = self._network(filt, self._codes(codes(idx)), None)
+                    loss = _weighted_mse(pred, x[idx][..., sel], wx[idx][..., sel]).mean()
+                    opt_w.zero_grad(set_to_none=True)
+                    opt_c.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt_w.step()
+                    opt_c.step()
+                    total += float(loss.detach()) * idx.numel()
+                for s in sched:
+                    s.step()
+                train_loss = total / n
+                hist["train_loss"].append(train_loss)
+                self.eval()
+                if xv is not None:
+                    with torch.no_grad():
+                        self.code_mean.copy_(codes.weight.mean(0))
+                    _, vl = self._autodecode_batches(
+                        xv, wv, feats, None, val_steps, None, None, False, "SINR validate"
+                    )
+                    score = float(vl.mean())
+                    hist["val_loss"].append(score)
+                else:
+                    score = train_loss
+                if score < best:
+                    best, best_epoch, stale = score, epoch, 0
+                    best_state = copy.deepcopy(self.state_dict())
+                    best_state["code_mean"] = codes.weight.detach().mean(0).clone()
+                else:
+                    stale += 1
+                bar.set_postfix(
+                    loss=f"{train_loss:.3g}", **({"val": f"{score:.3g}"} if xv is not None else {})
+                )
+                if patience is not None and stale >= patience:
+                    break
+            bar.close()
+            if best_state is not None:
+                self.load_state_dict(best_state)
+            self._mark_fitted()
+            hist["best_epoch"] = best_epoch
+            hist["epochs_run"] = len(hist["train_loss"])
+            hist["time_s"] = time.perf_counter() - t0
+            return hist
