@@ -211,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="xlatda", description="Latent data assimilation on "
                                      "xarray: demo, experiments from a config, benchmarks.")
     parser.add_argument("--version", action="version", version=f"xlatda {__version__}")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: the demo's tensors are small, and "
+                        "spinning threads slow down on a busy machine)")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("demo", help="shallow-water twin experiment with the shipped model")
     p.add_argument("--out", default="xlatda-demo", help="output folder (default xlatda-demo)")
@@ -228,6 +231,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cycles", type=int, default=300)
     p.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    import torch
+
+    if args.threads < 1:
+        parser.error("--threads must be at least 1")
+    torch.set_num_threads(args.threads)
     try:
         if args.command == "demo":
             from xlatda.demo import run_demo
