@@ -112,17 +112,21 @@ class _LdaBase:
         return _obs.observe(self._ds, obs)
 
     # -- latent models -------------------------------------------------
-    def encode(self, model: Any, *, device: Any = None, dtype: Any = None) -> xr.Dataset:
+    def encode(self, model: Any, *, aux: Any = None, device: Any = None,
+               dtype: Any = None) -> xr.Dataset:
         """Encode this state to latent vectors (:func:`xlatda.encode`).
 
+        ``aux``: auxiliary inputs of a multimodal model (fitted with ``aux=``).
         For an observation Dataset (dimension ``obs``), encode the scattered
         values instead (zero-shot for SINR; see :func:`xlatda.encode_obs`).
         """
         from xlatda import api
 
         if "obs" in self._ds.dims:
+            if aux is not None:
+                raise ConfigError("aux is for encoding states; observation sets take no aux")
             return api.encode_obs(self._ds, model, device=device, dtype=dtype)
-        return api.encode(self._ds, model, device=device, dtype=dtype)
+        return api.encode(self._ds, model, aux=aux, device=device, dtype=dtype)
 
     def decode(
         self, model: Any, *, at: xr.Dataset | None = None, device: Any = None, dtype: Any = None

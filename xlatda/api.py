@@ -79,6 +79,8 @@ def fit(
     progress: bool | None = None,
     encoder_options: dict[str, Any] | None = None,
     dynamics_options: dict[str, Any] | None = None,
+    aux: xr.Dataset | xr.DataArray | None = None,
+    aux_dropout: float = 0.5,
 ) -> LatentModel:
     """Fit a latent model (encoder, and optionally dynamics and model error).
 
@@ -109,6 +111,16 @@ def fit(
         Torch device and dtype, random seed, progress bar (None: option).
     encoder_options, dynamics_options : dict, optional
         Extra keyword arguments for the encoder's constructor / the dynamics.
+    aux : Dataset or DataArray, optional
+        Multimodal input (SLAMS): auxiliary fields on the same grid and
+        samples as ``ds`` (other variables, observation images with NaN where
+        nothing was observed, e.g. from :func:`xlatda.obs.rasterize`). They
+        enter the encoder only (``"autoencoder"`` and ``"vae"``); the decoder
+        returns the state. Each auxiliary variable becomes two channels: its
+        standardised values (NaN set to 0) and an observed/missing mask.
+    aux_dropout : float
+        With ``aux``: probability of hiding a training sample's auxiliary
+        inputs, so the model also encodes states without them.
 
     Returns
     -------
@@ -166,15 +178,35 @@ def fit(
         x_val, x_train = xn[perm[:n_val]], xn[perm[n_val:]]
     else:
         x_train = xn
-    enc = cls(n_channels=L.n_channels, spatial_shape=L.spatial_shape, latent_dim=int(latent_dim),
-              grid=L.grid_spec(), **(encoder_options or {}))
+    options = dict(encoder_options or {})
+    aux_fit: dict[str, Any] = {}
+    if aux is not None:
+        a, spec = _aux_training(aux, ds, L, tdtype)
+        options.update(aux_channels=a.shape[1], aux_spec=spec, aux_dropout=aux_dropout)
+        if isinstance(validation, xr.Dataset):
+            raise ConfigError("with aux, pass validation as a fraction (aux has no validation set)")
+        if x_val is not None:
+            aux_fit = {"aux_train": a[perm[n_val:]], "aux_val": a[perm[:n_val]]}
+        else:
+            aux_fit = {"aux_train": a}
+    try:
+        enc = cls(n_channels=L.n_channels, spatial_shape=L.spatial_shape,
+                  latent_dim=int(latent_dim), grid=L.grid_spec(), **options)
+    except TypeError as err:
+        if aux is not None and "aux" in str(err):
+            raise ConfigError(
+                f"encoder {encoder!r} takes no auxiliary inputs; use 'autoencoder' or 'vae' "
+                "for multimodal (aux=) training"
+            ) from err
+        raise
     enc = enc.to(device=dev, dtype=tdtype)
     training: dict[str, Any] = {"epochs": epochs, "batch_size": batch_size, "seed": seed,
                                 "device": dev, "progress": progress}
     if lr is not None:
         training["lr"] = lr
     start = _time.perf_counter()
-    hist = enc.fit(x_train.to(dev), None if x_val is None else x_val.to(dev), **training)
+    hist = enc.fit(x_train.to(dev), None if x_val is None else x_val.to(dev), **training,
+                   **aux_fit)
     history = {"encoder": _jsonable(hist), "encoder_seconds": _time.perf_counter() - start}
     model = LatentModel(
         layout=StateLayout.from_dict(L.to_dict()), normalizer=norm, encoder=enc,
@@ -225,6 +257,7 @@ def encode(
     ds: xr.Dataset | xr.DataArray,
     model: LatentModel,
     *,
+    aux: xr.Dataset | xr.DataArray | None = None,
     device: Any = None,
     dtype: Any = None,
 ) -> xr.Dataset:
@@ -237,6 +270,10 @@ def encode(
         dims (time, trajectory, member) are kept.
     model : LatentModel
         A fitted model.
+    aux : Dataset or DataArray, optional
+        Auxiliary inputs for a model fitted with ``aux=`` (same variables as
+        in training, on the same grid and samples as ``ds``); omitted, they
+        are treated as missing everywhere.
     device, dtype :
         Where and in which precision to compute (default: the model's).
 
@@ -248,16 +285,102 @@ def encode(
     """
     ds = _as_dataset(ds)
     L = model.layout
-    L.check(ds)
-    stacked = L.stack(ds)
+    stacked = L.stack(ds)  # checks ds against the layout first
     dev = model.device if device is None else resolve_device(device)
     tdtype = model.dtype if dtype is None else resolve_dtype(dtype)
     if dev != model.device or tdtype != model.dtype:
         model.to(device=dev, dtype=tdtype)
-    z = apply_torch(stacked, model.encode_tensor, in_core=[CHANNEL_DIM, *L.spatial_dims],
+    fn = model.encode_tensor
+    if aux is not None:
+        spec = getattr(model.encoder, "aux_spec", None)
+        if not spec:
+            raise ConfigError(
+                "this model was fitted without auxiliary inputs; drop aux= or refit with "
+                "xlatda.fit(ds, ..., aux=aux)"
+            )
+        stacked, fn = _with_aux(stacked, aux, ds, model, spec)
+    z = apply_torch(stacked, fn, in_core=[CHANNEL_DIM, *L.spatial_dims],
                     out_core=[LATENT_DIM], out_sizes={LATENT_DIM: model.latent_dim},
                     device=dev, dtype=tdtype, grad=_needs_grad(model))
     return latent_dataset(z, model, f"encoded by {model.encoder_kind}")
+
+
+def _aux_stack(aux: xr.Dataset | xr.DataArray, ds: xr.Dataset, L: StateLayout,
+               variables: list[str] | None = None) -> tuple[xr.DataArray, StateLayout]:
+    """Auxiliary fields stacked like the state, checked against it."""
+    aux = _as_dataset(aux)
+    La = layout(aux, variables=variables)
+    if La.spatial_dims != L.spatial_dims or La.spatial_shape != L.spatial_shape:
+        raise LayoutError(
+            f"aux must be on the state grid {dict(zip(L.spatial_dims, L.spatial_shape))}, got "
+            f"{dict(zip(La.spatial_dims, La.spatial_shape))}; regrid or rasterize it first"
+        )
+    a = La.stack(aux)
+    lead = [d for d in L.stack(ds).dims if d != CHANNEL_DIM and d not in L.spatial_dims]
+    alead = [d for d in a.dims if d != CHANNEL_DIM and d not in L.spatial_dims]
+    if alead != lead or any(a.sizes[d] != ds.sizes[d] for d in lead):
+        raise LayoutError(
+            f"aux must have the state's sample dims {[(d, ds.sizes[d]) for d in lead]}, got "
+            f"{[(d, a.sizes[d]) for d in alead]}"
+        )
+    return a, La
+
+
+def _aux_channels(a: xr.DataArray, mean: np.ndarray, std: np.ndarray, dtype) -> xr.DataArray:
+    """Standardised values (NaN -> 0) followed by observed masks, along channel (lazy-safe)."""
+    m = xr.DataArray(np.asarray(mean, float), dims=[CHANNEL_DIM])
+    s = xr.DataArray(np.asarray(std, float), dims=[CHANNEL_DIM])
+    observed = a.notnull()
+    vals = ((a - m) / s).where(observed, 0.0).astype(dtype)
+    out = xr.concat([vals, observed.astype(dtype)], dim=CHANNEL_DIM)
+    return out.transpose(*a.dims)
+
+
+def _aux_training(aux, ds: xr.Dataset, L: StateLayout, tdtype) -> tuple[torch.Tensor, dict]:
+    a, La = _aux_stack(aux, ds, L)
+    values = np.asarray(a.values, dtype=np.float64)
+    ch = a.dims.index(CHANNEL_DIM)
+    moved = np.moveaxis(values, ch, 0).reshape(values.shape[ch], -1)
+    mean = np.array([np.nanmean(r) if np.isfinite(r).any() else 0.0 for r in moved])
+    std = np.array([np.nanstd(r) if np.isfinite(r).any() else 1.0 for r in moved])
+    std = np.where(std > 0, std, 1.0)
+    chans = _aux_channels(a, mean, std, np.float64).values
+    lead = chans.shape[: ch]
+    x = torch.as_tensor(chans).reshape(int(np.prod(lead)) if lead else 1, *chans.shape[ch:])
+    spec = {"variables": list(La.variables), "channels": list(La.channels),
+            "mean": mean.tolist(), "std": std.tolist()}
+    return x.to(tdtype), spec
+
+
+def _with_aux(stacked: xr.DataArray, aux, ds: xr.Dataset, model: LatentModel, spec: dict):
+    a, _ = _aux_stack(aux, ds, model.layout, variables=spec["variables"])
+    if a.sizes[CHANNEL_DIM] != len(spec["mean"]):
+        raise LayoutError(
+            f"aux has {a.sizes[CHANNEL_DIM]} channels, the model was fitted with "
+            f"{len(spec['mean'])} ({spec['channels']})"
+        )
+    chans = _aux_channels(a, np.asarray(spec["mean"]), np.asarray(spec["std"]),
+                          stacked.dtype).transpose(*stacked.dims)
+    if is_lazy(stacked) and not is_lazy(chans):
+        chans = chans.chunk({d: stacked.chunksizes[d] for d in stacked.dims
+                             if d != CHANNEL_DIM and d not in model.layout.spatial_dims})
+    lazy = is_lazy(stacked) or is_lazy(chans)
+    axis = stacked.dims.index(CHANNEL_DIM)
+    if lazy:
+        import dask.array as dsa
+
+        both = dsa.concatenate([dsa.asarray(stacked.data), dsa.asarray(chans.data)], axis=axis)
+    else:
+        both = np.concatenate([stacked.data, chans.data], axis=axis)
+    combined = xr.DataArray(both, dims=stacked.dims, coords=stacked.coords)
+    C = model.layout.n_channels
+    enc = model.encoder
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        state = model.normalizer.normalize(model._cast(x[:, :C]))
+        return enc.encode(state, model._cast(x[:, C:]))
+
+    return combined, fn
 
 
 def encode_obs(

@@ -449,6 +449,8 @@ class NeuralEncoder(Encoder):
         periodic_lon: bool | None = None,
         architecture: str = "auto",
         aux_channels: int = 0,
+        aux_dropout: float = 0.0,
+        aux_spec: dict[str, Any] | None = None,
         neighbours: int = 1,
         seed: int = 0,
     ) -> None:
@@ -482,6 +484,12 @@ class NeuralEncoder(Encoder):
             _detect_periodic_lon(grid) if periodic_lon is None else bool(periodic_lon)
         )
         self.aux_channels = int(aux_channels)
+        if not 0.0 <= float(aux_dropout) < 1.0:
+            raise ConfigError(f"aux_dropout must be in [0, 1), got {aux_dropout!r}")
+        if aux_dropout and not self.aux_channels:
+            raise ConfigError("aux_dropout needs aux_channels > 0")
+        self.aux_dropout = float(aux_dropout)
+        self.aux_spec = None if aux_spec is None else dict(aux_spec)
         self.neighbours = int(neighbours)
         self.seed = int(seed)
         with seeded(self.seed):  # deterministic init, caller's RNG untouched
@@ -519,6 +527,8 @@ class NeuralEncoder(Encoder):
             "periodic_lon": self.periodic_lon,
             "architecture": self.architecture,
             "aux_channels": self.aux_channels,
+            "aux_dropout": self.aux_dropout,
+            "aux_spec": self.aux_spec,
             "neighbours": self.neighbours,
             "seed": self.seed,
         }
@@ -555,6 +565,16 @@ class NeuralEncoder(Encoder):
         if tuple(aux.shape) != want:
             raise ShapeError(f"aux must have shape {want}, got {tuple(aux.shape)}")
         return torch.cat([x, aux], dim=1)
+
+    def _train_aux(self, aux: Tensor | None, generator: torch.Generator) -> Tensor | None:
+        """Auxiliary inputs for one training batch: whole samples dropped (zeroed)
+        with probability ``aux_dropout``, so the encoder also learns to work
+        without them (encoding with ``aux=None`` feeds zeros)."""
+        if aux is None or not self.aux_dropout or not self.training:
+            return aux
+        keep = torch.rand(aux.shape[0], generator=generator, device=generator.device)
+        keep = (keep >= self.aux_dropout).to(device=aux.device, dtype=aux.dtype)
+        return aux * keep.view(-1, *([1] * (aux.dim() - 1)))
 
     def _decode(self, z: Tensor) -> Tensor:
         return self.decoder_net(z)
@@ -844,6 +864,13 @@ class ConvAutoencoder(NeuralEncoder):
         ``"auto"``: convolutional for 2-D lat/lon layouts, MLP otherwise.
     aux_channels : int, default 0
         Auxiliary input channels of the encoder (SLAMS multimodal input).
+    aux_dropout : float, default 0
+        Probability of zeroing a training sample's auxiliary inputs, so that
+        encoding without them stays meaningful.
+    aux_spec : dict, optional
+        What the auxiliary channels are (variables and normalisation), kept
+        with the model for the xarray level (:func:`xlatda.fit` with ``aux=``);
+        the networks do not read it.
     neighbours : int, default 1
         Neighbours of the observation operator on point-set grids.
     seed : int, default 0
@@ -857,4 +884,4 @@ class ConvAutoencoder(NeuralEncoder):
 
     def _loss(self, batch: tuple, generator: torch.Generator) -> Tensor:
         x, aux = batch
-        return weighted_mse(self(x, aux), x, self.area_w)
+        return weighted_mse(self(x, self._train_aux(aux, generator)), x, self.area_w)

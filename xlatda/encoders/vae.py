@@ -123,7 +123,7 @@ class VAE(NeuralEncoder):
     decoder_var : {"channel", "scalar"}
         A learned log-variance per state channel or one for all.
     channels, hidden, kernel_size, activation, lat_padding, periodic_lon, \
-architecture, aux_channels, neighbours, seed
+architecture, aux_channels, aux_dropout, aux_spec, neighbours, seed
         Network settings, as for :class:`~xlatda.encoders.autoencoder.ConvAutoencoder`.
 
     Notes
@@ -156,6 +156,8 @@ architecture, aux_channels, neighbours, seed
         periodic_lon: bool | None = None,
         architecture: str = "auto",
         aux_channels: int = 0,
+        aux_dropout: float = 0.0,
+        aux_spec: dict[str, Any] | None = None,
         neighbours: int = 1,
         seed: int = 0,
     ) -> None:
@@ -181,6 +183,8 @@ architecture, aux_channels, neighbours, seed
             periodic_lon=periodic_lon,
             architecture=architecture,
             aux_channels=aux_channels,
+            aux_dropout=aux_dropout,
+            aux_spec=aux_spec,
             neighbours=neighbours,
             seed=seed,
         )
@@ -238,7 +242,7 @@ architecture, aux_channels, neighbours, seed
 
     def _loss(self, batch: tuple, generator: torch.Generator) -> Tensor:
         x, aux = batch
-        mu, logvar = self._distribution(self._input(x, aux))
+        mu, logvar = self._distribution(self._input(x, self._train_aux(aux, generator)))
         w = reparameterize(mu, logvar, generator)
         n_values = x[0].numel()
         per = self._nll(x, self._decode(w)) + self.beta * kl_divergence(mu, logvar)

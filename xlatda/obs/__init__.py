@@ -6,6 +6,7 @@ See :mod:`xlatda.obs.contract` for what an observation set is.
 from xlatda.obs.contract import ObservationTable, to_tensors, validate
 from xlatda.obs.observe import observe
 from xlatda.obs.operator import build_operator, spatial_matrix, time_weights
+from xlatda.obs.raster import rasterize
 from xlatda.obs.sampling import coarsen, concat, from_grid, sample_points, sparsify
 
 __all__ = [
@@ -15,6 +16,7 @@ __all__ = [
     "concat",
     "from_grid",
     "observe",
+    "rasterize",
     "sample_points",
     "sparsify",
     "spatial_matrix",
