@@ -24,6 +24,7 @@ Examples
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -42,6 +43,26 @@ def is_lazy(obj: xr.Dataset | xr.DataArray) -> bool:
     if isinstance(obj, xr.DataArray):
         return isinstance(obj.data, dsa.Array)
     return any(isinstance(v.data, dsa.Array) for v in obj.data_vars.values())
+
+
+class _Tokenized:
+    """A block function with a cheap dask token.
+
+    Dask names graph layers by hashing their function; for a closure over a
+    model that means pickling every weight on each call (tens of ms for a few
+    MB). Each :func:`apply_torch` call is a new computation, so a random
+    token is both correct and free.
+    """
+
+    def __init__(self, fn: Callable[[np.ndarray], np.ndarray]) -> None:
+        self.fn = fn
+        self.token = uuid.uuid4().hex
+
+    def __call__(self, block: np.ndarray) -> np.ndarray:
+        return self.fn(block)
+
+    def __dask_tokenize__(self) -> str:
+        return self.token
 
 
 def _numpy_dtype(dtype: torch.dtype) -> np.dtype:
@@ -118,6 +139,7 @@ def apply_torch(
         return y.reshape(*lead, *y.shape[1:])
 
     if isinstance(da.data, dsa.Array):
+        kernel = _Tokenized(kernel)
         rechunk = {d: -1 for d in in_core if len(da.chunksizes.get(d, (1,))) > 1}
         if rechunk:
             da = da.chunk(rechunk)
@@ -134,6 +156,14 @@ def apply_torch(
     )
     # apply_ufunc drops coordinate attributes with keep_attrs=False; put the
     # input's coordinates (with their CF attributes) back where they still fit.
-    keep = {name: coord for name, coord in da.coords.items()
-            if set(coord.dims) <= set(out.dims) and name not in out_core}
-    return out.assign_coords(keep)
+    # Coordinates that survived only lost their attrs: copy those in place
+    # (cheap); re-attach the others that still fit.
+    keep = {}
+    for name, coord in da.coords.items():
+        if name in out_core or not set(coord.dims) <= set(out.dims):
+            continue
+        if name in out.coords:
+            out.coords[name].attrs.update(coord.attrs)
+        else:
+            keep[name] = coord
+    return out.assign_coords(keep) if keep else out

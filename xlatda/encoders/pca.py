@@ -210,8 +210,10 @@ class PCA(Encoder):
         self._require_fitted()
         x = self._like(x)
         self._check_fields(x)
-        anom = (x - self.mean).reshape(x.shape[0], -1)
-        return ((anom * self.weights) @ self.components.T) / self._scale()
+        # z = ((x - mean) * w) @ E.T / scale with the weights and scale folded
+        # into the (n, K) projection (cheap), so the batch is copied only once.
+        proj = (self.components * self.weights).T / self._scale()
+        return (x - self.mean).reshape(x.shape[0], -1) @ proj
 
     def decode(self, z: Tensor) -> Tensor:
         """Mean plus EOF combination: ``(B, K) -> (B, C, *spatial)``."""
