@@ -96,7 +96,26 @@ FULL: dict[str, Any] = {
 
 MEDIUM.update(QUICK, data=dict(FULL["data"]))
 
-PRESETS = {"quick": QUICK, "medium": MEDIUM, "full": FULL}
+#: Large settings (slow): LAINR's latent size 400 on a 64 x 128 grid, the full
+#: data set (1280 training samples, so PCA-400 is not rank-limited), the
+#: quick model widths scaled to the larger latent. Hours on 2 CPU cores with
+#: SINR (its auto-decoding encoder dominates); run SINR on a GPU.
+LARGE: dict[str, Any] = {
+    "data": dict(FULL["data"], nlat=64, nlon=128),
+    "latent_dim": 400,
+    "pca": {},
+    "ae": {"init": {"channels": [16, 32, 64, 64]},
+           "fit": {"epochs": 60, "batch_size": 16, "lr": 2e-3, "patience": 15}},
+    "sinr": {
+        "init": {"hidden": 128, "depth": 4, "max_freq": 12},
+        "fit": {"epochs": 80, "batch_size": 16, "points_per_batch": 2048,
+                "lr_weights": 2e-2, "lr_codes": 2e-2},
+        "encode": {"steps": 150, "lr": 5e-2},
+    },
+    "n_points": 1024,
+}
+
+PRESETS = {"quick": QUICK, "medium": MEDIUM, "full": FULL, "large": LARGE}
 
 NOTES = """\
 Notes (tuning done for this benchmark, all on the quick data, 1-2 CPU threads):
@@ -122,15 +141,16 @@ def make_data(settings: dict[str, Any]) -> dict[str, Any]:
     """Generate trajectories, split by trajectory, standardise per channel."""
     d = settings["data"]
     n_tr, n_te = d["trajectories_train"], d["trajectories_test"]
+    nlat, nlon = d.get("nlat", 32), d.get("nlon", 64)
     ds = shallow_water(
-        nlat=32, nlon=64, days=d["days"], output_every=d["output_every"],
+        nlat=nlat, nlon=nlon, days=d["days"], output_every=d["output_every"],
         trajectories=n_tr + n_te, seed=d["seed"], spinup_hours=d["spinup_hours"],
         dtype="float64", progress=False,
     )
     arr = np.stack([ds["height"].values, ds["vorticity"].values], axis=2)  # (T, t, 2, y, x)
     x = torch.from_numpy(arr)
-    train = x[:n_tr].reshape(-1, 2, 32, 64)
-    test = x[n_tr:].reshape(-1, 2, 32, 64)
+    train = x[:n_tr].reshape(-1, 2, nlat, nlon)
+    test = x[n_tr:].reshape(-1, 2, nlat, nlon)
     mean = train.mean((0, 2, 3), keepdim=True)
     std = train.std((0, 2, 3), keepdim=True)
     lat = torch.tensor(ds["lat"].values, dtype=torch.float64)
@@ -232,7 +252,8 @@ def run_points(row: dict, n_points: int, encode_kwargs: dict, data: dict, seed: 
 
 def write_markdown(rows: list[dict], settings: dict, path: Path, mode: str, data: dict) -> None:
     lines = [
-        "# Reconstruction benchmark (shallow water 32 x 64, latent 128)",
+        f"# Reconstruction benchmark (shallow water {data['train'].shape[-2]} x "
+        f"{data['train'].shape[-1]}, latent {settings['latent_dim']})",
         "",
         f"Mode: {mode}; torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}.",
@@ -297,8 +318,9 @@ def main(
     ----------
     quick : bool
         Quick (CPU, minutes) or full (paper-size SINR) settings.
-    mode : {"quick", "medium", "full"}, optional
-        Overrides ``quick``; "medium" is the full data with the quick models.
+    mode : {"quick", "medium", "full", "large"}, optional
+        Overrides ``quick``; "medium" is the full data with the quick models;
+        "large" is latent 400 on 64 x 128 (slow).
     device : str
         Torch device of the encoders.
     out : path or None
@@ -311,7 +333,7 @@ def main(
     t_start = time.perf_counter()
     data = make_data(settings)
     k = settings["latent_dim"]
-    shape, grid = (32, 64), data["grid"]
+    shape, grid = tuple(data["train"].shape[-2:]), data["grid"]
     rows = []
     if "pca" in methods:
         enc = PCA(2, shape, k, grid, **settings["pca"])
@@ -339,12 +361,15 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="paper-size settings (GPU)")
     parser.add_argument("--medium", action="store_true", help="full data, quick models (CPU)")
+    parser.add_argument("--large", action="store_true", help="latent 400 on 64 x 128 (slow)")
+    parser.add_argument("--methods", nargs="*", default=["pca", "ae", "sinr"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    mode = "full" if args.full else "medium" if args.medium else "quick"
+    mode = ("full" if args.full else "medium" if args.medium else "large" if args.large
+            else "quick")
     out = OUT if mode == "quick" else OUT.with_name(f"reconstruction_{mode}.md")
-    for row in main(mode=mode, device=args.device, out=out):
+    for row in main(mode=mode, device=args.device, out=out, methods=tuple(args.methods)):
         print({k: (round(v, 5) if isinstance(v, float) else v) for k, v in row.items()})
