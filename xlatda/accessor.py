@@ -118,7 +118,7 @@ class _LdaBase:
 
         ``aux``: auxiliary inputs of a multimodal model (fitted with ``aux=``).
         For an observation Dataset (dimension ``obs``), encode the scattered
-        values instead (zero-shot for SINR; see :func:`xlatda.encode_obs`).
+        values instead (zero-shot for SINR; see :func:`xlatda.api.encode_obs`).
         """
         from xlatda import api
 
