@@ -11,6 +11,7 @@ from xlatda.api import decode, encode, fit
 from xlatda.cycle import CycleResult, assimilate, cycle
 from xlatda.errors import XlatdaError
 from xlatda.forecast import evolve, fit_dynamics, forecast
+from xlatda.generative import PixelScoreModel, fit_score
 from xlatda.io import open_model
 from xlatda.layout import StateLayout, layout
 from xlatda.model import LatentModel
@@ -19,6 +20,7 @@ from xlatda.options import get_options, set_options
 __all__ = [
     "CycleResult",
     "LatentModel",
+    "PixelScoreModel",
     "StateLayout",
     "XlatdaError",
     "__version__",
@@ -31,6 +33,7 @@ __all__ = [
     "evolve",
     "fit",
     "fit_dynamics",
+    "fit_score",
     "forecast",
     "get_options",
     "layout",

@@ -13,9 +13,15 @@ One code path serves every method and both spaces:
   analysis is decoded back to the grid.
 
 Methods come from the registry in :mod:`xlatda.assimilate` ("etkf", "enkf",
-"denkf", "ensrf", "letkf", "3dvar", "4denvar"). Observation times are
-arbitrary: each distinct observation time is an analysis time (or, for
-``"4denvar"``, ``window`` consecutive ones form one window).
+"denkf", "ensrf", "letkf", "3dvar", "4denvar", "vaevar", "score").
+Observation times are arbitrary: each distinct observation time is an
+analysis time (or, for ``"4denvar"`` and ``"score"``, ``window`` consecutive
+ones form one window).
+
+``"score"`` (SLAMS, :mod:`xlatda.generative`) samples posteriors from a
+trained score prior instead of updating a background: the model is a
+LatentModel with a score part (:func:`xlatda.fit_score`) or a
+``PixelScoreModel``; no forecast model is used.
 
 Outputs are Datasets on the state layout with a ``member`` dimension, plus
 observation-space diagnostics; with ``store=`` they are written to zarr
@@ -34,7 +40,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from xlatda.assimilate import EnsembleMethod, EnVar4D, VAEVar, Var3D, get_method
+from xlatda.assimilate import EnsembleMethod, EnVar4D, ScoreDA, VAEVar, Var3D, get_method
 from xlatda.assimilate.covariance import Covariance, DiagonalCovariance
 from xlatda.assimilate.localization import GreatCircleDistance, IndexDistance
 from xlatda.errors import ConfigError, ObservationError
@@ -378,33 +384,63 @@ def assimilate(
 
     Parameters
     ----------
-    state : Dataset or DataArray
+    state : Dataset or DataArray or None
         The background at one time: an ensemble (``member`` dim) for the
         ensemble methods, or a single state (then ``members`` and
         ``init_std`` make a perturbed ensemble; 3DVar uses it as is).
+        ``method="score"`` uses no background (the score prior is the
+        prior): ``state`` then only labels the analysis time and may be
+        ``None``.
     obs : Dataset
-        Observations at the state's time (or without times).
-    model : LatentModel, optional
-        Needed for ``space="latent"``.
+        Observations at the state's time (or without times). Several kinds
+        at once (:func:`xlatda.obs.concat`) are assimilated together.
+    model : LatentModel or PixelScoreModel, optional
+        Needed for ``space="latent"`` and ``method="score"`` (a LatentModel
+        with a score prior from :func:`xlatda.fit_score`, or its pixel-space
+        baseline).
     method : str
         A registered method: "etkf", "enkf", "denkf", "ensrf", "letkf",
-        "3dvar" (4DEnVar needs times: use :func:`cycle`).
+        "3dvar", "vaevar", "score" (4DEnVar needs times: use :func:`cycle`).
     space : {"latent", "physical"}, optional
         Default: latent with a LatentModel, physical otherwise.
     members, init_std, seed :
-        Ensemble size and spread when ``state`` has no member dim; seed of
-        every random draw.
+        Ensemble size and spread when ``state`` has no member dim (for
+        ``"score"``: the number of posterior samples); seed of every random
+        draw.
     **settings :
-        The method's settings (``inflation=1.05``, ``radius=4``, ``b_std=``...).
+        The method's settings (``inflation=1.05``, ``radius=4``, ``b_std=``;
+        for ``"score"``: ``steps``, ``corrections``, ``tau``, ``gamma`` of
+        :class:`~xlatda.assimilate.score.ScoreDA`).
 
     Returns
     -------
     Dataset
-        The analysis on the state layout (with ``member`` for ensembles).
+        The analysis on the state layout (with ``member`` for ensembles and
+        score samples).
+
+    Examples
+    --------
+    Score-based (SLAMS) posterior samples from a latent score prior, given
+    observations at 4 of 8 sites:
+
+    >>> import xlatda
+    >>> ds = xlatda.datasets.lorenz96(n=8, steps=300, seed=0)
+    >>> model = xlatda.fit(ds, encoder="pca", latent_dim=8, progress=False)
+    >>> model = xlatda.fit_score(ds, model, window=3, epochs=2, hidden=32, progress=False)
+    >>> obs = xlatda.obs.sample_points(ds.isel(time=[250]), n=4, error_std=0.5, seed=1)
+    >>> post = ds.isel(time=250).lda.assimilate(obs, model, method="score", members=4,
+    ...                                         steps=8, gamma=0.1)
+    >>> post.x.dims
+    ('member', 'k')
     """
+    cls, settings = _method(method, settings)
+    if cls is ScoreDA:
+        from xlatda.generative import assimilate_score
+
+        return assimilate_score(state, obs, model, space=space, members=members, seed=seed,
+                                settings=settings)
     if isinstance(state, xr.DataArray):
         state = state.to_dataset(name=state.name if state.name is not None else "data")
-    cls, settings = _method(method, settings)
     if cls is EnVar4D:
         raise ConfigError("'4denvar' assimilates a time window; use xlatda.cycle(..., window=k)")
     L = layout(state)
@@ -481,16 +517,25 @@ def cycle(
 
     Parameters
     ----------
-    background : Dataset or DataArray
+    background : Dataset or DataArray or None
         The initial state at one time (an ensemble with ``member``, or a
-        single state perturbed with ``init_std``).
+        single state perturbed with ``init_std``). ``method="score"`` uses
+        no background: it may be ``None`` (else it only bounds the
+        observation times from below).
     obs : Dataset
         Observations at arbitrary times (and places) after the background.
-    model : LatentModel or physical model
+    model : LatentModel or physical model or PixelScoreModel
         Forecast model: a LatentModel with dynamics (latent space) or a
-        physical model with ``step``/``integrate`` (physical space).
+        physical model with ``step``/``integrate`` (physical space). For
+        ``method="score"``: a LatentModel with a score prior
+        (:func:`xlatda.fit_score`) or a ``PixelScoreModel``.
     method : str
-        "etkf", "enkf", "denkf", "ensrf", "letkf", "3dvar" or "4denvar".
+        "etkf", "enkf", "denkf", "ensrf", "letkf", "3dvar", "4denvar" or
+        "score". ``"score"`` (SLAMS) draws ``members`` posterior samples of
+        each window of ``window`` consecutive observation times, which must
+        be whole multiples of the score prior's time step apart and span at
+        most its window; windows are independent (no forecast), and the
+        ``background`` of the result holds unconditioned prior draws.
     space : {"latent", "physical"}, optional
         Default from the kind of ``model``.
     members : int
@@ -505,7 +550,8 @@ def cycle(
     init : {"sigma", "jacobian"}
         How the initial ensemble is drawn (see ``init_std``).
     window : int
-        "4denvar" only: number of consecutive observation times per window.
+        "4denvar" and "score": number of consecutive observation times per
+        window.
     params : dict, optional
         Unknown parameters to estimate with the state: ``{name: (prior mean,
         prior std)}``, passed to the model as ``theta`` (LEVDA). Needs
@@ -527,15 +573,38 @@ def cycle(
     Returns
     -------
     CycleResult
+
+    Examples
+    --------
+    SLAMS over windows of 2 consecutive observation times:
+
+    >>> import xlatda
+    >>> ds = xlatda.datasets.lorenz96(n=8, steps=300, seed=0)
+    >>> model = xlatda.fit(ds, encoder="pca", latent_dim=8, progress=False)
+    >>> model = xlatda.fit_score(ds, model, window=3, epochs=2, hidden=32, progress=False)
+    >>> obs = xlatda.obs.sample_points(ds.isel(time=slice(250, 254)), n=4, error_std=0.5,
+    ...                                seed=1)
+    >>> res = xlatda.cycle(None, obs, model, method="score", window=2, members=4, steps=8,
+    ...                    progress=False)
+    >>> dict(res.analysis.x.sizes)
+    {'time': 4, 'member': 4, 'k': 8}
     """
+    cls, settings = _method(method, settings)
+    if cls is ScoreDA:
+        from xlatda.generative import cycle_score
+
+        if params:
+            raise ConfigError("method='score' does not estimate parameters; drop params=")
+        return cycle_score(background, obs, model, space=space, members=members, window=window,
+                           seed=seed, progress=progress, store=store, settings=settings)
     if isinstance(background, xr.DataArray):
         background = background.to_dataset(
             name=background.name if background.name is not None else "data")
-    cls, settings = _method(method, settings)
     if window < 1:
         raise ConfigError(f"window must be a positive integer, got {window!r}")
     if window > 1 and cls is not EnVar4D:
-        raise ConfigError("window > 1 is for method='4denvar'; filters analyse every time")
+        raise ConfigError(
+            "window > 1 is for method='4denvar' or 'score'; filters analyse every time")
     L = layout(background)
     tname = L.axes.time
     if tname is None or tname not in background.coords:

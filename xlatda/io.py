@@ -5,10 +5,20 @@ Layout of a store (a zarr v3 group)::
     model.zarr/
       attrs["xlatda"] = {format, model_id, layout, normalizer, time_step,
                          history, versions, parts: {encoder: {kind, config},
-                         dynamics: {...}, model_error: {...}}}
+                         dynamics: {...}, model_error: {...}, score: {...}}}
       encoder/<tensor name>       one array per state_dict entry
       dynamics/<tensor name>
       model_error/<tensor name>
+      score/<tensor name>         optional: the score prior of method="score"
+
+The score part (:class:`~xlatda.assimilate.diffusion.ScorePrior`) holds the
+ε-network's weights and the latent standardisation as arrays; its config
+(network kind and constructor arguments, window, time step, schedule) is
+JSON. Stores written before it existed open unchanged.
+
+A pixel-space score model (:class:`xlatda.generative.PixelScoreModel`) is
+written the same way with format ``xlatda-score/1``: layout, normaliser and
+one ``score`` part, no encoder; :func:`open_model` returns it as such.
 
 Every weight is stored with its exact dtype and compressed with numcodecs'
 Zstd, so a round trip is bit-exact. Opening a store reads JSON and arrays
@@ -44,7 +54,8 @@ from xlatda.normalize import Normalizer
 __all__ = ["from_state", "open_model", "save_model", "to_state"]
 
 FORMAT = "xlatda-model/1"
-_PARTS = ("encoder", "dynamics", "model_error")
+SCORE_FORMAT = "xlatda-score/1"
+_PARTS = ("encoder", "dynamics", "model_error", "score")
 
 
 def _module_class(part: str, kind: str) -> type:
@@ -57,6 +68,12 @@ def _module_class(part: str, kind: str) -> type:
         from xlatda.dynamics import dynamics
 
         return dynamics.get(kind)
+    if part == "score":
+        from xlatda.assimilate.diffusion import ScorePrior
+
+        if kind != ScorePrior.kind:
+            raise ModelStoreError(f"unknown score part kind {kind!r}; expected 'score_prior'")
+        return ScorePrior
     from xlatda.uncertainty import ModelError
 
     return ModelError  # one class; its kind (scalar/diagonal/cholesky) is in the config
@@ -102,12 +119,24 @@ def _write_module(group: zarr.Group, part: str, module: nn.Module) -> dict[str, 
     return {"kind": module.kind, "config": config, "tensors": names}
 
 
-def save_model(model: LatentModel, path: Any, *, overwrite: bool = False) -> None:
+def _parts_of(model: Any) -> tuple[str, ...]:
+    from xlatda.generative import PixelScoreModel
+
+    if isinstance(model, PixelScoreModel):
+        return ("score",)
+    if not isinstance(model, LatentModel):
+        raise ModelStoreError(
+            f"can only save a LatentModel or a PixelScoreModel, got {type(model).__name__}"
+        )
+    return _PARTS
+
+
+def save_model(model: Any, path: Any, *, overwrite: bool = False) -> None:
     """Write ``model`` to a zarr v3 store at ``path``.
 
     Parameters
     ----------
-    model : LatentModel
+    model : LatentModel or xlatda.generative.PixelScoreModel
         The model to save.
     path : str or path-like
         Target folder (by convention ending in ``.zarr``).
@@ -137,7 +166,7 @@ def save_model(model: LatentModel, path: Any, *, overwrite: bool = False) -> Non
             warnings.filterwarnings("ignore", category=UserWarning, module="numcodecs")
             group = zarr.open_group(str(tmp / "store"), mode="w-", zarr_format=3)
             parts = {}
-            for part in _PARTS:
+            for part in _parts_of(model):
                 module = getattr(model, part)
                 if module is not None:
                     parts[part] = _write_module(group, part, module)
@@ -162,13 +191,14 @@ def save_model(model: LatentModel, path: Any, *, overwrite: bool = False) -> Non
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _meta(model: LatentModel, parts: dict[str, Any]) -> dict[str, Any]:
+def _meta(model: Any, parts: dict[str, Any]) -> dict[str, Any]:
+    latent = isinstance(model, LatentModel)
     meta = {
-        "format": FORMAT,
+        "format": FORMAT if latent else SCORE_FORMAT,
         "model_id": model.model_id,
         "layout": model.layout.to_dict(),
         "normalizer": model.normalizer.to_dict(),
-        "time_step": model.time_step,
+        "time_step": model.time_step if latent else None,
         "history": model.history,
         "versions": _versions(),
         "parts": parts,
@@ -208,7 +238,17 @@ def from_state(state: dict[str, Any]) -> LatentModel:
     return _assemble(meta, parts)
 
 
-def _assemble(meta: dict[str, Any], parts: dict[str, nn.Module]) -> LatentModel:
+def _assemble(meta: dict[str, Any], parts: dict[str, nn.Module]) -> Any:
+    if meta.get("format") == SCORE_FORMAT:
+        from xlatda.generative import PixelScoreModel
+
+        return PixelScoreModel(
+            layout=StateLayout.from_dict(meta["layout"]),
+            normalizer=Normalizer.from_dict(meta["normalizer"]),
+            score=parts["score"],
+            history=meta.get("history", {}),
+            model_id=meta["model_id"],
+        )
     return LatentModel(
         layout=StateLayout.from_dict(meta["layout"]),
         normalizer=Normalizer.from_dict(meta["normalizer"]),
@@ -218,6 +258,7 @@ def _assemble(meta: dict[str, Any], parts: dict[str, nn.Module]) -> LatentModel:
         time_step=meta.get("time_step"),
         history=meta.get("history", {}),
         model_id=meta["model_id"],
+        score=parts.get("score"),
     )
 
 
@@ -244,8 +285,8 @@ def _read_module(group: zarr.Group, part: str, spec: dict[str, Any]) -> nn.Modul
     return module
 
 
-def open_model(path: Any, *, device: Any = None) -> LatentModel:
-    """Open a model written by :meth:`LatentModel.save`.
+def open_model(path: Any, *, device: Any = None) -> Any:
+    """Open a model written by :meth:`LatentModel.save` (or ``PixelScoreModel.save``).
 
     Parameters
     ----------
@@ -256,7 +297,10 @@ def open_model(path: Any, *, device: Any = None) -> LatentModel:
 
     Returns
     -------
-    LatentModel
+    LatentModel or xlatda.generative.PixelScoreModel
+        A :class:`~xlatda.LatentModel` (with its score prior when it was
+        saved with one), or the pixel-space score model of a store written
+        by ``PixelScoreModel.save``.
 
     Raises
     ------
@@ -271,10 +315,10 @@ def open_model(path: Any, *, device: Any = None) -> LatentModel:
         meta = dict(group.attrs).get("xlatda")
     except Exception as err:
         raise ModelStoreError(f"{str(target)!r} is not a readable zarr group: {err}") from err
-    if not meta or meta.get("format") != FORMAT:
+    if not meta or meta.get("format") not in (FORMAT, SCORE_FORMAT):
         raise ModelStoreError(
             f"{str(target)!r} is not an xlatda model store (format {meta and meta.get('format')!r},"
-            f" expected {FORMAT!r})"
+            f" expected {FORMAT!r} or {SCORE_FORMAT!r})"
         )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*Numcodecs codecs are not in the Zarr.*")

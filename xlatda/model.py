@@ -53,6 +53,9 @@ class LatentModel:
         Training histories (losses per epoch, times).
     model_id : str
         Identity written into latent Datasets' attrs.
+    score : xlatda.assimilate.diffusion.ScorePrior, optional
+        Score-based prior over windows of consecutive (standardised) latent
+        states, for ``method="score"`` (train it with :func:`xlatda.fit_score`).
     """
 
     layout: StateLayout
@@ -63,6 +66,7 @@ class LatentModel:
     time_step: dict[str, Any] | None = None
     history: dict[str, Any] = field(default_factory=dict)
     model_id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
+    score: nn.Module | None = None
 
     # -- properties ----------------------------------------------------
     @property
@@ -95,6 +99,9 @@ class LatentModel:
         for mod in (self.encoder, self.dynamics, self.model_error):
             if mod is not None:
                 mod.to(device=device, dtype=dtype)
+        if self.score is not None:  # the standardisation stays float64
+            self.score.net.to(device=device, dtype=dtype)
+            self.score.to(device=device)
         return self
 
     def require_dynamics(self) -> nn.Module:
@@ -105,6 +112,15 @@ class LatentModel:
                 "xlatda.fit(ds, ..., dynamics='ode') or xlatda.fit_dynamics(model, ds)"
             )
         return self.dynamics
+
+    def require_score(self) -> nn.Module:
+        """The score prior, or a clear error if the model has none."""
+        if self.score is None:
+            raise NotFittedError(
+                "this model has no score network for method='score'; train one with "
+                "model = xlatda.fit_score(ds, model, window=5)"
+            )
+        return self.score
 
     # -- tensor edges --------------------------------------------------
     def _cast(self, x: Tensor) -> Tensor:
@@ -172,4 +188,7 @@ class LatentModel:
             parts.append(f"dynamics={kind!r}")
         if self.model_error is not None:
             parts.append(f"model_error={getattr(self.model_error, 'kind', 'yes')!r}")
+        if self.score is not None:
+            kind = getattr(getattr(self.score, "net", None), "kind", "yes")
+            parts.append(f"score={kind!r}(window={getattr(self.score, 'window', '?')})")
         return f"LatentModel({', '.join(parts)})"

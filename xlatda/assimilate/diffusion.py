@@ -102,6 +102,7 @@ __all__ = [
     "CosineSchedule",
     "GaussianEps",
     "ScoreMLP",
+    "ScorePrior",
     "ScoreUNet",
     "eps_loss",
     "fit_score",
@@ -324,6 +325,17 @@ class ScoreMLP(nn.Module):
         Number of Fourier features of the time (even).
     activation : {"silu", "swish", "tanh", "gelu"}
         Hidden activation.
+    skip : bool
+        Precondition for standardised data: :math:`\varepsilon_\phi =
+        \sigma_t x_t / (\mu_t^2 + \sigma_t^2) + \mu_t\, \mathrm{MLP}`,
+        the exact ε of standard-normal data plus a residual scaled by
+        :math:`\mu_t` (the exact residual of Gaussian data vanishes like
+        :math:`\mu_t` at high noise). Then the denoised mean
+        :math:`\hat x_0 = (x_t - \sigma_t \varepsilon_\phi)/\mu_t =
+        \mu_t x_t/(\mu_t^2+\sigma_t^2) - \sigma_t \mathrm{MLP}` stays
+        bounded; without the skip the sampler divides the MLP's error by
+        :math:`\mu_t \approx \eta` at high noise, and an MLP trained on few
+        windows gives exploding samples, more so under guidance.
     seed : int
         Seed of the weight initialisation (local generator).
     device, dtype
@@ -359,6 +371,7 @@ class ScoreMLP(nn.Module):
         time_embedding: int = 64,
         activation: str = "silu",
         seed: int = 0,
+        skip: bool = False,
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
     ) -> None:
@@ -372,6 +385,7 @@ class ScoreMLP(nn.Module):
         self.hidden, self.depth = int(hidden), int(depth)
         self.time_embedding, self.activation = int(time_embedding), str(activation)
         self.seed = int(seed)
+        self.skip = bool(skip)
         self.event_shape = (self.window, self.dim)
         n = self.window * self.dim
         self.net = mlp(
@@ -397,6 +411,7 @@ class ScoreMLP(nn.Module):
             "activation": self.activation,
             "seed": self.seed,
             "dtype": _dtype_name(next(self.parameters()).dtype),
+            **({"skip": True} if self.skip else {}),
         }
 
     def forward(self, x: Tensor, t: Tensor | float) -> Tensor:
@@ -408,7 +423,13 @@ class ScoreMLP(nn.Module):
             )
         t = _batch_times(t, x, 2)
         h = torch.cat((x.flatten(-2), time_features(t, self.time_embedding)), dim=-1)
-        return self.net(h).unflatten(-1, self.event_shape)
+        out = self.net(h).unflatten(-1, self.event_shape)
+        if self.skip:
+            sched = CosineSchedule()  # the skip only preconditions: eta barely matters
+            mu = sched.alpha(t.double()).to(x.dtype)[..., None, None]
+            sig = sched.sigma(t.double()).to(x.dtype)[..., None, None]
+            out = mu * out + sig / (mu**2 + sig**2) * x
+        return out
 
 
 class _ResBlock(nn.Module):
@@ -573,6 +594,7 @@ class ScoreUNet(nn.Module):
         return h.reshape(*batch, *self.event_shape)
 
 
+@score_networks.register("gaussian_eps")
 class GaussianEps(nn.Module):
     r"""The exact ε of Gaussian data :math:`x_0 \sim \mathcal{N}(m, S)`.
 
@@ -593,6 +615,18 @@ class GaussianEps(nn.Module):
         :math:`S`, symmetric positive semi-definite, ``D = mean.numel()``,
         over the flattened event.
     schedule : CosineSchedule, optional
+    eta : float, optional
+        Shortcut for ``schedule=CosineSchedule(eta)`` (used when rebuilt
+        from :attr:`config`).
+    dtype : str or torch.dtype, optional
+        Precision of the buffers (default: that of ``mean``).
+
+    Notes
+    -----
+    Like the trained networks it has a ``kind`` and a JSON ``config`` (the
+    mean and covariance as nested lists), so a model store can hold it as
+    a closed-form Gaussian prior; ``load_state_dict`` then restores the
+    buffers bit-exactly.
 
     Examples
     --------
@@ -605,11 +639,25 @@ class GaussianEps(nn.Module):
     True
     """
 
-    def __init__(self, mean: Tensor, cov: Tensor, schedule: CosineSchedule | None = None) -> None:
+    kind = "gaussian_eps"
+
+    def __init__(
+        self,
+        mean: Tensor,
+        cov: Tensor,
+        schedule: CosineSchedule | None = None,
+        *,
+        eta: float | None = None,
+        dtype: str | torch.dtype | None = None,
+    ) -> None:
         super().__init__()
         mean = torch.as_tensor(mean)
+        if dtype is not None:
+            mean = mean.to(resolve_dtype(dtype))
         if not mean.is_floating_point():
             mean = mean.to(torch.get_default_dtype())
+        if schedule is None and eta is not None:
+            schedule = CosineSchedule(float(eta))
         cov = torch.as_tensor(cov, dtype=mean.dtype, device=mean.device)
         d = mean.numel()
         if cov.shape != (d, d):
@@ -623,6 +671,17 @@ class GaussianEps(nn.Module):
         self.register_buffer("evals", evals.clamp_min(0.0))
         self.register_buffer("evecs", evecs)
 
+    @property
+    def config(self) -> dict[str, Any]:
+        """JSON-serialisable constructor arguments (mean and covariance as nested lists)."""
+        cov = (self.evecs * self.evals) @ self.evecs.T
+        return {
+            "mean": self.mean.tolist(),
+            "cov": cov.tolist(),
+            "eta": float(self.schedule.eta),
+            "dtype": _dtype_name(self.mean.dtype),
+        }
+
     def forward(self, x: Tensor, t: Tensor | float) -> Tensor:
         """ε* of ``x`` ``(..., *event_shape)`` at times ``t`` (scalar or ``(...)``)."""
         nd = len(self.event_shape)
@@ -633,6 +692,172 @@ class GaussianEps(nn.Module):
         coords = (xf - mu * self.mean.flatten()) @ self.evecs
         coords = coords * sig / (mu**2 * self.evals + sig**2)
         return (coords @ self.evecs.T).reshape(x.shape)
+
+
+class ScorePrior(nn.Module):
+    r"""A trained ε-network with the standardisation and time step of its windows.
+
+    The diffusion model works on standardised windows
+    :math:`u = (x - m) / s` (``m``, ``s`` per state component, broadcast
+    over the window); this module keeps ``m`` and ``s`` next to the
+    network, so that a model store holds everything needed to sample
+    physical or latent windows. Calling it is calling the network (on
+    standardised windows).
+
+    Parameters
+    ----------
+    net : torch.nn.Module or dict
+        The ε-network (:class:`ScoreMLP`, :class:`ScoreUNet`,
+        :class:`GaussianEps`, any module with ``event_shape``), or
+        ``{"kind": ..., "config": ...}`` to rebuild one from
+        :data:`score_networks` (how a model store reopens it; never
+        unpickled).
+    mean, std : Tensor, optional
+        Standardisation of one state, broadcastable to
+        ``event_shape[1:]`` (default 0 and 1). Kept in float64.
+    space : {"latent", "physical"}
+        What the windows hold: latent vectors, or normalised physical states.
+    time_step : dict, optional
+        Time between consecutive states of a window, ``{"value": 3600.0,
+        "units": "s"}`` or ``{"value": 1.0, "units": "model"}``.
+    eta : float
+        :math:`\eta` of the :class:`CosineSchedule` the network was trained with.
+    stat_shape : sequence of int, optional
+        Shape of ``mean``/``std`` when they are not given (rebuilding).
+    stat_dtype : str, optional
+        dtype of ``mean``/``std`` when they are not given (rebuilding).
+
+    Attributes
+    ----------
+    event_shape : tuple of int
+        The network's ``(window, *state)``.
+    window : int
+        ``event_shape[0]``.
+    schedule : CosineSchedule
+
+    Examples
+    --------
+    >>> net = ScoreMLP(dim=2, window=3, hidden=8, depth=1)
+    >>> prior = ScorePrior(net, mean=torch.tensor([1.0, 2.0]), std=torch.tensor([2.0, 4.0]),
+    ...                    time_step={"value": 1.0, "units": "model"})
+    >>> prior.window, prior.event_shape
+    (3, (3, 2))
+    >>> prior.standardize(torch.tensor([[3.0, 6.0]])).tolist()
+    [[1.0, 1.0]]
+    >>> rebuilt = ScorePrior(**prior.config)
+    >>> _ = rebuilt.load_state_dict(prior.state_dict())
+    >>> x = torch.zeros(4, 3, 2)
+    >>> torch.equal(rebuilt(x, 0.5), prior(x, 0.5))
+    True
+    """
+
+    kind = "score_prior"
+
+    def __init__(
+        self,
+        net: nn.Module | dict[str, Any],
+        *,
+        mean: Tensor | None = None,
+        std: Tensor | None = None,
+        space: str = "latent",
+        time_step: dict[str, Any] | None = None,
+        eta: float = 1e-3,
+        stat_shape: Sequence[int] | None = None,
+        stat_dtype: str | None = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(net, dict):
+            if set(net) != {"kind", "config"}:
+                raise ConfigError(
+                    f"net as a dict must be {{'kind': ..., 'config': ...}}, got keys {sorted(net)}"
+                )
+            net = score_networks.get(str(net["kind"]))(**net["config"])
+        if not isinstance(net, nn.Module) or getattr(net, "event_shape", None) is None:
+            raise ConfigError(
+                "net must be an ε-network module with an event_shape (ScoreMLP, ScoreUNet, "
+                f"GaussianEps), got {type(net).__name__}"
+            )
+        if space not in ("latent", "physical"):
+            raise ConfigError(f"space must be 'latent' or 'physical', got {space!r}")
+        self.net = net
+        self.space = str(space)
+        self.time_step = None if time_step is None else dict(time_step)
+        self.schedule = CosineSchedule(float(eta))
+        event = tuple(int(s) for s in net.event_shape)
+        shape = tuple(int(s) for s in stat_shape) if stat_shape is not None else None
+        dt = resolve_dtype(stat_dtype) if stat_dtype is not None else torch.float64
+        if mean is None:
+            mean = torch.zeros(shape if shape is not None else event[1:], dtype=dt)
+        if std is None:
+            std = torch.ones(tuple(mean.shape), dtype=dt)
+        mean = torch.as_tensor(mean, dtype=dt if stat_dtype is not None else torch.float64)
+        std = torch.as_tensor(std, dtype=mean.dtype)
+        try:
+            torch.broadcast_shapes(tuple(mean.shape), tuple(std.shape), event[1:])
+        except RuntimeError:
+            raise ShapeError(
+                f"mean {tuple(mean.shape)} and std {tuple(std.shape)} must broadcast to one "
+                f"state {event[1:]}"
+            ) from None
+        if not bool((std > 0).all()):
+            raise ConfigError("std must be positive")
+        self.register_buffer("mean", mean.clone())
+        self.register_buffer("std", std.clone())
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        """``(window, *state)``."""
+        return tuple(int(s) for s in self.net.event_shape)
+
+    @property
+    def window(self) -> int:
+        """Number of consecutive states in a window."""
+        return self.event_shape[0]
+
+    @property
+    def net_dtype(self) -> torch.dtype:
+        """Floating dtype of the network's weights (or buffers)."""
+        for t in (*self.net.parameters(), *self.net.buffers()):
+            if t.is_floating_point():
+                return t.dtype
+        return self.mean.dtype
+
+    @property
+    def eta(self) -> float:
+        r""":math:`\eta` of the schedule."""
+        return float(self.schedule.eta)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """JSON-serialisable constructor arguments: ``type(m)(**m.config)`` rebuilds ``m``."""
+        kind = getattr(self.net, "kind", None)
+        config = getattr(self.net, "config", None)
+        if kind is None or config is None or kind not in score_networks:
+            raise ConfigError(
+                f"the ε-network {type(self.net).__name__} has no registered kind/config, so it "
+                "cannot be stored; use ScoreMLP, ScoreUNet or GaussianEps (or register it in "
+                "xlatda.assimilate.diffusion.score_networks)"
+            )
+        return {
+            "net": {"kind": str(kind), "config": config},
+            "space": self.space,
+            "time_step": self.time_step,
+            "eta": self.eta,
+            "stat_shape": list(self.mean.shape),
+            "stat_dtype": _dtype_name(self.mean.dtype),
+        }
+
+    def forward(self, x: Tensor, t: Tensor | float) -> Tensor:
+        """ε of standardised windows ``x`` ``(..., *event_shape)`` at times ``t``."""
+        return self.net(x, t)
+
+    def standardize(self, x: Tensor) -> Tensor:
+        """``(x - mean) / std`` over trailing state dims, in the dtype of ``x``."""
+        return (x - self.mean.to(x)) / self.std.to(x)
+
+    def destandardize(self, u: Tensor) -> Tensor:
+        """Inverse of :meth:`standardize`."""
+        return u * self.std.to(u) + self.mean.to(u)
 
 
 # ---------------------------------------------------------------------------

@@ -1,0 +1,672 @@
+r"""Score-based (SLAMS) assimilation on xarray: train score priors, sample posteriors.
+
+:func:`fit_score` trains a diffusion prior over windows of ``window``
+consecutive states (METHODS.md §3):
+
+- ``space="latent"`` (SLAMS): windows of latent vectors of a
+  :class:`~xlatda.LatentModel` (encoded from a state Dataset, or given as a
+  latent Dataset ``z(..., time, latent)``), standardised per latent
+  component; an MLP ε-network (:class:`~xlatda.assimilate.diffusion.ScoreMLP`).
+  The result is a copy of the model with the prior in its ``score`` part,
+  which :meth:`~xlatda.LatentModel.save` stores with the rest.
+- ``space="physical"`` (the pixel-space baseline of SLAMS): windows of
+  normalised physical states on the Dataset's grid; a U-Net ε-network
+  (:class:`~xlatda.assimilate.diffusion.ScoreUNet`). The result is a
+  :class:`PixelScoreModel`.
+
+Either model then serves ``method="score"`` of :func:`xlatda.assimilate`
+(one observation time) and :func:`xlatda.cycle` (windows of observation
+times): the guided predictor-corrector sampler of
+:class:`~xlatda.assimilate.score.ScoreDA` draws ``members`` posterior samples
+of a window given every observation in it. The likelihood goes through the
+observation operator at the observation points: ``H o D`` (the decoder at
+the points, :meth:`~xlatda.LatentModel.decode_points`) in latent space, the
+interpolation ``H`` in physical space. Point, coarsened and sparsified
+observations, and several kinds at once (:func:`xlatda.obs.concat`), are
+therefore all assimilated together.
+
+**No background.** As in SLAMS, the prior is the score model itself: the
+analysis does not use a background state or a forecast model. ``state`` /
+``background`` only give the layout and the starting time (both may be
+``None`` with a latent model, whose layout is used). In :func:`xlatda.cycle`
+the windows are sampled independently; the ``background`` of the
+:class:`~xlatda.CycleResult` holds unconditioned draws of the same prior
+(the climatological ensemble the observations update), so innovation and
+spread diagnostics mean what they do for the other methods.
+
+Examples
+--------
+>>> import xlatda
+>>> ds = xlatda.datasets.lorenz96(n=8, steps=300, seed=0)
+>>> model = xlatda.fit(ds, encoder="pca", latent_dim=8, progress=False)
+>>> model = xlatda.fit_score(ds, model, window=3, epochs=2, hidden=32, depth=2,
+...                          progress=False)
+>>> model.score.window, model.score.time_step
+(3, {'value': 0.05, 'units': 'model'})
+>>> obs = xlatda.obs.sample_points(ds.isel(time=[200]), n=4, error_std=0.5, seed=1)
+>>> post = xlatda.assimilate(None, obs, model, method="score", members=5, steps=8)
+>>> dict(post.x.sizes)
+{'member': 5, 'k': 8}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time as _time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+
+from xlatda.assimilate.diffusion import (
+    CosineSchedule,
+    ScoreMLP,
+    ScorePrior,
+    ScoreUNet,
+    sliding_windows,
+)
+from xlatda.assimilate.diffusion import fit_score as _fit_windows
+from xlatda.assimilate.score import ScoreDA
+from xlatda.errors import ConfigError, ObservationError
+from xlatda.layout import CHANNEL_DIM, StateLayout, layout
+from xlatda.model import LatentModel
+from xlatda.normalize import Normalizer
+from xlatda.options import get_options, resolve_device, resolve_dtype
+
+__all__ = ["PixelScoreModel", "fit_score"]
+
+_F64 = torch.float64
+_SAMPLER_SETTINGS = ("steps", "corrections", "tau", "gamma")
+
+
+@dataclasses.dataclass(eq=False)
+class PixelScoreModel:
+    """A pixel-space score prior: windows of normalised physical states.
+
+    The baseline of SLAMS: the same diffusion prior and sampler as the latent
+    version, on the physical state itself. Made by
+    :func:`fit_score` with ``space="physical"``; used as ``model`` of
+    :func:`xlatda.assimilate` / :func:`xlatda.cycle` with ``method="score"``.
+
+    Attributes
+    ----------
+    layout : StateLayout
+        The training layout (grid, variables).
+    normalizer : Normalizer
+        Per-channel statistics: the network sees ``(x - mean) / std``.
+    score : xlatda.assimilate.diffusion.ScorePrior
+        The U-Net ε-network with window, time step and schedule.
+    history : dict
+        Training history.
+    model_id : str
+        Identity of the model.
+
+    Examples
+    --------
+    See :func:`fit_score`.
+    """
+
+    layout: StateLayout
+    normalizer: Normalizer
+    score: ScorePrior
+    history: dict[str, Any] = dataclasses.field(default_factory=dict)
+    model_id: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex[:16])
+
+    @property
+    def window(self) -> int:
+        """Consecutive states per window."""
+        return self.score.window
+
+    @property
+    def time_step(self) -> dict[str, Any] | None:
+        """Time between consecutive states of a window."""
+        return self.score.time_step
+
+    def require_score(self) -> ScorePrior:
+        """The score prior (always present)."""
+        return self.score
+
+    def to(self, device: Any = None, dtype: Any = None) -> PixelScoreModel:
+        """Move the network to ``device``/``dtype`` (in place); returns self."""
+        self.score.net.to(device=device, dtype=dtype)
+        self.score.to(device=device)
+        return self
+
+    def save(self, path: str | Path, *, overwrite: bool = False) -> None:
+        """Write to a zarr store (:func:`xlatda.io.save_model`); reopen with
+        :func:`xlatda.open_model`."""
+        from xlatda.io import save_model
+
+        save_model(self, path, overwrite=overwrite)
+
+    def __repr__(self) -> str:
+        return (f"PixelScoreModel(window={self.window}, variables={list(self.layout.variables)}, "
+                f"grid={self.layout.kind}{self.layout.spatial_shape}, "
+                f"net={getattr(self.score.net, 'kind', '?')!r})")
+
+
+# ---------------------------------------------------------------------------
+# training
+# ---------------------------------------------------------------------------
+def _uniform_step(values: np.ndarray, what: str) -> dict[str, Any] | None:
+    """The (uniform) spacing of a time axis as ``{"value", "units"}``."""
+    values = np.asarray(values)
+    if values.size < 2:
+        return None
+    if np.issubdtype(values.dtype, np.datetime64):
+        t = values.astype("datetime64[ns]").astype(np.int64).astype(float) / 1e9
+        units = "s"
+    elif values.dtype.kind in "fiu":
+        t, units = values.astype(float), "model"
+    else:
+        raise ConfigError(f"the time coordinate of {what} must be datetimes or numbers")
+    d = np.diff(t)
+    step = float(np.median(d))
+    if step <= 0 or np.any(np.abs(d - step) > 1e-6 * abs(step)):
+        raise ConfigError(
+            f"{what} must be equally spaced in time (windows are consecutive states); got "
+            f"spacings from {d.min()} to {d.max()}. Select a regular subset, e.g. "
+            "ds.isel(time=slice(None, None, k))"
+        )
+    return {"value": float(f"{step:.12g}"), "units": units}
+
+
+def _latent_trajectories(data: xr.Dataset, model: LatentModel):
+    from xlatda.api import LATENT_DIM, _check_latent, encode
+
+    if "z" in data.data_vars and LATENT_DIM in data["z"].dims:
+        z = _check_latent(data, model)
+    else:
+        z = encode(data, model)["z"]
+    tname = model.layout.axes.time or "time"
+    if tname not in z.dims:
+        raise ConfigError(
+            f"fit_score needs trajectories: a {tname!r} dimension along which windows of "
+            f"consecutive states are taken; got dims {z.dims}"
+        )
+    others = [d for d in z.dims if d not in (tname, LATENT_DIM)]
+    z = z.transpose(*others, tname, LATENT_DIM)
+    arr = np.asarray(z.values, dtype=np.float64)
+    n_t = z.sizes[tname]
+    return arr.reshape(-1, n_t, arr.shape[-1]), _uniform_step(z[tname].values, "the data")
+
+
+def _physical_trajectories(data: xr.Dataset, variables: Any):
+    L = layout(data, variables=variables)
+    tname = L.axes.time
+    if tname is None or tname not in data.dims:
+        raise ConfigError("fit_score needs trajectories: a time dimension in the data")
+    if L.member_dim is not None and L.member_dim in data.dims:
+        raise ConfigError(
+            f"space='physical' trains on trajectories; stack or select the {L.member_dim!r} "
+            "dimension first"
+        )
+    if L.kind == "points" or len(L.spatial_shape) not in (1, 2):
+        raise ConfigError("the pixel-space U-Net needs a 1-D or 2-D grid (not scattered points)")
+    others = [d for d in L.sample_dims if d != tname and d in data.dims]
+    stacked = L.stack(data).transpose(*others, tname, CHANNEL_DIM, *L.spatial_dims)
+    x = torch.from_numpy(np.ascontiguousarray(np.asarray(stacked.values, dtype=np.float64)))
+    n_t = data.sizes[tname]
+    x = x.reshape(-1, n_t, *x.shape[len(others) + 1:])
+    return L, x, _uniform_step(data[tname].values, "the data")
+
+
+def fit_score(
+    data: xr.Dataset | xr.DataArray,
+    model: LatentModel | None = None,
+    *,
+    window: int = 5,
+    space: str = "latent",
+    variables: Sequence[str] | None = None,
+    epochs: int = 200,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    hidden: int = 256,
+    depth: int = 3,
+    widths: Sequence[int] = (32, 64),
+    time_embedding: int = 64,
+    activation: str = "silu",
+    skip: bool = True,
+    eta: float = 1e-3,
+    val_fraction: float = 0.0,
+    patience: int | None = None,
+    weight_decay: float = 0.0,
+    device: Any = None,
+    dtype: Any = None,
+    seed: int = 0,
+    progress: bool | None = None,
+) -> LatentModel | PixelScoreModel:
+    r"""Train a score-based prior over windows of consecutive states (SLAMS).
+
+    Windows of ``window`` consecutive states are cut along time within each
+    trajectory (never across trajectories, members or other sample
+    dimensions), standardised, and an ε-network is trained on them with the
+    ε-prediction loss of the cosine VP-SDE
+    (:func:`xlatda.assimilate.diffusion.fit_score`).
+
+    Parameters
+    ----------
+    data : Dataset or DataArray
+        Training trajectories, equally spaced in time. For
+        ``space="latent"``: states on ``model``'s layout (encoded here), or
+        latents ``z(..., time, latent)`` from ``ds.lda.encode(model)``. For
+        ``space="physical"``: states on a 1-D or 2-D grid.
+    model : LatentModel, optional
+        The latent model (required for ``space="latent"``; not used for
+        ``space="physical"``).
+    window : int
+        States per window (SLAMS: 5, a Markov blanket of order 2). Analyses
+        can use up to this many consecutive observation times at once.
+    space : {"latent", "physical"}
+        Latent prior (MLP over the latent windows) or pixel-space baseline
+        (U-Net over normalised physical windows).
+    variables : list of str, optional
+        ``space="physical"``: state variables (default all on the grid).
+    epochs, batch_size, lr, val_fraction, patience, weight_decay :
+        Training settings (one noise level per window and per pass; the
+        loss is noisy, so prefer many epochs).
+    hidden, depth, time_embedding, activation, skip :
+        :class:`~xlatda.assimilate.diffusion.ScoreMLP` (latent space);
+        ``skip=True`` (default) lets the MLP learn the residual from the
+        exact ε of standard-normal windows, which keeps the sampler stable
+        with few training windows.
+    widths, time_embedding :
+        :class:`~xlatda.assimilate.diffusion.ScoreUNet` (physical space);
+        each grid size must be divisible by ``2 ** (len(widths) - 1)``.
+    eta : float
+        :math:`\eta` of the cosine schedule.
+    device, dtype, seed, progress :
+        Where and in which precision to train, seed of the weights and of
+        the training noise, progress bar (default: options).
+
+    Returns
+    -------
+    LatentModel or PixelScoreModel
+        ``space="latent"``: a copy of ``model`` (same encoder, dynamics and
+        ``model_id``, so existing latents still decode) with ``score`` set
+        and ``history["score"]`` recording the training; ``model`` itself is
+        not changed. ``space="physical"``: a :class:`PixelScoreModel`.
+        The prior records the window, the data time step (what a window
+        step stands for), :math:`\eta` and the standardisation.
+
+    Raises
+    ------
+    ConfigError
+        For settings out of range, unequally spaced times, trajectories
+        shorter than ``window``, or a missing model; before any training.
+
+    Notes
+    -----
+    Compute: ``epochs * M`` forward/backward passes of the network for
+    ``M`` windows. The latent windows are standardised per component (mean
+    and std over all training states), which the diffusion constants
+    (:math:`\eta`, :math:`\gamma`) assume; physical windows use the
+    per-channel normaliser.
+
+    Examples
+    --------
+    >>> import xlatda
+    >>> ds = xlatda.datasets.lorenz96(n=8, steps=200, seed=0)
+    >>> pca = xlatda.fit(ds, encoder="pca", latent_dim=4, progress=False)
+    >>> m = xlatda.fit_score(ds, pca, window=3, epochs=3, hidden=32, depth=2, progress=False)
+    >>> m.score is not None and pca.score is None
+    True
+    >>> len(m.history["score"]["train_loss"])
+    3
+    """
+    from xlatda.api import _jsonable
+
+    if isinstance(data, xr.DataArray):
+        data = data.to_dataset(name=data.name if data.name is not None else "data")
+    if not isinstance(data, xr.Dataset):
+        raise ConfigError(f"data must be an xarray Dataset, got {type(data).__name__}")
+    if not isinstance(window, (int, np.integer)) or window < 1:
+        raise ConfigError(f"window must be a positive integer, got {window!r}")
+    if epochs < 1 or batch_size < 1 or not lr > 0:
+        raise ConfigError(f"need epochs, batch_size, lr > 0, got {epochs}, {batch_size}, {lr}")
+    if space not in ("latent", "physical"):
+        raise ConfigError(f"space must be 'latent' or 'physical', got {space!r}")
+    if space == "latent" and not isinstance(model, LatentModel):
+        raise ConfigError(
+            "a latent score prior needs the LatentModel whose latents it models: "
+            "fit_score(ds, model) (or space='physical' for the pixel-space baseline)"
+        )
+    CosineSchedule(float(eta))  # refuses a bad eta before any work
+    dev = resolve_device(device)
+    tdtype = resolve_dtype(dtype)
+    progress = get_options()["progress"] if progress is None else progress
+
+    if space == "latent":
+        traj, step = _latent_trajectories(data, model)
+        flat = traj.reshape(-1, traj.shape[-1])
+        mean = flat.mean(0)
+        std = flat.std(0)
+        std = np.where(std > 0, std, 1.0)
+        u = torch.from_numpy((traj - mean) / std)
+        L, norm = None, None
+    else:
+        L, x, step = _physical_trajectories(data, variables)
+        norm = Normalizer.fit(x.flatten(0, 1), weights=torch.as_tensor(L.area_weights()))
+        u = norm.normalize(x.flatten(0, 1)).reshape(x.shape)
+        if torch.isnan(u).any():
+            raise ConfigError("the training states contain NaN; fill or mask them first")
+    n_t = u.shape[1]
+    if n_t < window:
+        raise ConfigError(
+            f"trajectories have {n_t} times, fewer than window={window}; use longer "
+            "trajectories or a smaller window"
+        )
+    if window > 1 and step is None:
+        raise ConfigError("windows of consecutive states need a time coordinate in the data")
+    windows = sliding_windows(u, int(window)).to(tdtype)
+    if space == "latent":
+        net = ScoreMLP(dim=u.shape[-1], window=int(window), hidden=hidden, depth=depth,
+                       time_embedding=time_embedding, activation=activation, seed=seed,
+                       skip=skip, device=dev, dtype=tdtype)
+        stats = {"mean": torch.from_numpy(mean), "std": torch.from_numpy(std)}
+    else:
+        net = ScoreUNet(channels=u.shape[2], grid=tuple(u.shape[3:]), window=int(window),
+                        widths=widths, time_embedding=time_embedding, seed=seed, device=dev,
+                        dtype=tdtype)
+        ones = (u.shape[2], *(1,) * (u.dim() - 3))
+        stats = {"mean": torch.zeros(ones, dtype=_F64), "std": torch.ones(ones, dtype=_F64)}
+    prior = ScorePrior(net, space=space, time_step=step, eta=float(eta), **stats)
+    start = _time.perf_counter()
+    hist = _fit_windows(net, windows, schedule=prior.schedule, epochs=int(epochs),
+                        batch_size=int(batch_size), lr=float(lr), weight_decay=weight_decay,
+                        seed=int(seed), device=dev, progress=progress, patience=patience,
+                        val_fraction=val_fraction)
+    prior.to(device=dev)
+    record = {**_jsonable(hist), "seconds": _time.perf_counter() - start,
+              "windows": int(windows.shape[0]), "window": int(window), "time_step": step,
+              "eta": float(eta)}
+    if space == "latent":
+        history = {**model.history, "score": record}
+        return dataclasses.replace(model, score=prior, history=history)
+    return PixelScoreModel(layout=StateLayout.from_dict(L.to_dict()), normalizer=norm,
+                           score=prior, history={"score": record})
+
+
+# ---------------------------------------------------------------------------
+# sampling
+# ---------------------------------------------------------------------------
+def _score_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(settings) - set(_SAMPLER_SETTINGS))
+    if unknown:
+        raise ConfigError(
+            f"method='score' takes the sampler settings {list(_SAMPLER_SETTINGS)}; unknown: "
+            f"{unknown}"
+        )
+    return dict(settings)
+
+
+def _require_score(model: Any) -> ScorePrior:
+    if isinstance(model, (LatentModel, PixelScoreModel)):
+        prior = model.require_score()
+    else:
+        raise ConfigError(
+            "method='score' needs a LatentModel with a score prior (xlatda.fit_score(ds, "
+            "model)) or a PixelScoreModel (xlatda.fit_score(ds, space='physical')); got "
+            f"{type(model).__name__}"
+        )
+    return prior
+
+
+def _check_space(model: Any, space: str | None) -> str:
+    want = "latent" if isinstance(model, LatentModel) else "physical"
+    if space is not None and space != want:
+        raise ConfigError(
+            f"method='score' with space={space!r} needs "
+            + ("a PixelScoreModel (fit_score(ds, space='physical'))" if space == "physical"
+               else "a LatentModel with a score prior (fit_score(ds, model))")
+            + f"; got {type(model).__name__}"
+        )
+    return want
+
+
+class _WindowSampler:
+    """Posterior windows of a score prior given observation tables at window positions."""
+
+    def __init__(self, model: Any, settings: dict[str, Any]) -> None:
+        self.model = model
+        self.prior = prior = _require_score(model)
+        self.latent = isinstance(model, LatentModel)
+        if self.latent and prior.space != "latent":
+            raise ConfigError("the LatentModel's score prior is not a latent prior")
+        try:
+            self.da = ScoreDA(net=prior, schedule=prior.schedule, **_score_settings(settings))
+        except TypeError as err:  # pragma: no cover - guarded by _score_settings
+            raise ConfigError(str(err)) from None
+        self.dtype = prior.net_dtype
+        self.device = prior.mean.device
+
+    @property
+    def window(self) -> int:
+        return self.prior.window
+
+    def generator(self, seed: int) -> torch.Generator:
+        return torch.Generator(device=self.device).manual_seed(int(seed))
+
+    def positions(self, times: Sequence[float]) -> list[int]:
+        """Window positions of observation times (centred in the window)."""
+        w = self.window
+        if len(times) == 1:
+            return [(w - 1) // 2]
+        step = (self.prior.time_step or {}).get("value")
+        if step is None:
+            raise ConfigError("the score prior has no time step; it cannot span several times")
+        rel = (np.asarray(times, float) - times[0]) / float(step)
+        pos = np.round(rel).astype(int)
+        if np.any(np.abs(rel - pos) > 1e-6) or pos[-1] > w - 1:
+            units = self.prior.time_step.get("units", "")
+            raise ObservationError(
+                f"the observation times of a window must lie on the score prior's time step "
+                f"({step} {units}) within {w} consecutive states; got offsets {rel.tolist()} "
+                "steps. Use window=k observation times that are whole steps apart and span at "
+                f"most {w - 1} steps (or fit_score with a larger window)"
+            )
+        return (pos + (w - 1 - int(pos[-1])) // 2).tolist()
+
+    def _observe(self, tables, positions):
+        prior = self.prior
+        nd = len(prior.event_shape)
+        if self.latent:
+            m = self.model
+            pts = [m.points_tensor(t.lat, t.lon, t.position) for t in tables]
+            chans = [t.channel for t in tables]
+
+            def observe(u: torch.Tensor) -> torch.Tensor:
+                z = prior.destandardize(u)
+                outs = []
+                for p, pt, ch in zip(positions, pts, chans):
+                    zj = z[..., p, :]
+                    v = m.decode_points(zj.reshape(-1, zj.shape[-1]), pt, ch)
+                    outs.append(v.reshape(*zj.shape[:-1], -1).to(u.dtype))
+                return torch.cat(outs, -1)
+
+            return observe
+        from xlatda.obs.operator import build_operator
+
+        L, norm = self.model.layout, self.model.normalizer
+        ops = [build_operator(L, t, dtype=self.dtype, device=self.device) for t in tables]
+
+        def observe_physical(u: torch.Tensor) -> torch.Tensor:
+            x = prior.destandardize(u)
+            outs = []
+            for p, op in zip(positions, ops):
+                xj = x.select(x.dim() - nd, p)  # (..., C, *S), normalised
+                xj = norm.denormalize(xj, channel_dim=xj.dim() - nd + 1)
+                outs.append(op(xj))
+            return torch.cat(outs, -1)
+
+        return observe_physical
+
+    def draw(self, members: int, tables, positions, gen: torch.Generator, prior_too: bool):
+        """Posterior (and prior) samples at ``positions``: lists of ``(N, n)`` float64."""
+        y = torch.cat([t.values for t in tables]).to(self.dtype)
+        r = torch.cat([t.error_std for t in tables]).to(self.dtype)
+        u = self.da.analyse(members, self._observe(tables, positions), y, r, generator=gen,
+                            device=self.device, dtype=self.dtype)
+        post = self._states(u, positions)
+        if not prior_too:
+            return post, None
+        u0 = self.da.sample(members, generator=gen, device=self.device, dtype=self.dtype)
+        return post, self._states(u0, positions)
+
+    def _states(self, u: torch.Tensor, positions) -> list[torch.Tensor]:
+        x = self.prior.destandardize(u.to(_F64))  # (N, W, *state)
+        out = []
+        for p in positions:
+            xj = x[:, p]
+            if not self.latent:
+                xj = self.model.normalizer.denormalize(xj, channel_dim=1)
+            out.append(xj.reshape(xj.shape[0], -1).cpu())
+        return out
+
+
+def _space(model: Any, kind: str):
+    from xlatda.cycle import _Latent, _Physical
+
+    if kind == "latent":
+        return _Latent(model, 0)
+    return _Physical(model.layout, None, "s", 0)
+
+
+def assimilate_score(state, obs, model, *, space, members, seed, settings) -> xr.Dataset:
+    """``xlatda.assimilate(..., method="score")`` (see :func:`xlatda.assimilate`)."""
+    from xlatda.cycle import _tfloat
+    from xlatda.obs.contract import to_tensors, validate
+
+    kind = _check_space(model, space)
+    sampler = _WindowSampler(model, settings)
+    if members is None or int(members) < 1:
+        raise ConfigError("method='score' draws members=N posterior samples; pass members=N")
+    L = model.layout
+    tval = None
+    if state is not None:
+        if isinstance(state, xr.DataArray):
+            state = state.to_dataset(name=state.name if state.name is not None else "data")
+        Ls = layout(state)
+        tname = Ls.axes.time
+        if tname is not None and tname in state.dims:
+            if state.sizes[tname] != 1:
+                raise ConfigError(
+                    f"assimilate takes one analysis time; select it with state.isel({tname}=i)"
+                )
+            state = state.isel({tname: 0})
+        if tname is not None and tname in state.coords:
+            tval = state[tname].values
+        L.check(state)
+    validate(obs, L)
+    table = to_tensors(obs, L)
+    if table.time is not None:
+        tv = np.unique(_tfloat(table.time))
+        if tv.size > 1:
+            raise ObservationError(
+                f"method='score' in assimilate analyses one time but the observations have "
+                f"{tv.size}; use xlatda.cycle(None, obs, model, method='score', window=k)"
+            )
+        if tval is None:
+            tval = table.time[0]
+    gen = sampler.generator(seed)
+    positions = sampler.positions([0.0])
+    post, _ = sampler.draw(int(members), [table], positions, gen, prior_too=False)
+    sp = _space(model, kind)
+    fields = sp.to_fields(post[0].to(_F64))
+    out = L.to_dataset(fields[None])
+    out = out.assign_coords({L.member_dim or "member": np.arange(fields.shape[0])})
+    tname = L.axes.time or "time"
+    if tval is not None:
+        out = out.assign_coords({tname: tval})
+    out.attrs["history"] = f"analysis by xlatda score (SLAMS) in {kind} space"
+    return out
+
+
+def cycle_score(background, obs, model, *, space, members, window, seed, progress, store,
+                settings):
+    """``xlatda.cycle(..., method="score")`` (see :func:`xlatda.cycle`)."""
+    from xlatda.cycle import (
+        _assemble,
+        _group_times,
+        _open_result,
+        _records,
+        _resume,
+        _tfloat,
+        _write,
+    )
+    from xlatda.obs.contract import to_tensors, validate
+
+    kind = _check_space(model, space)
+    sampler = _WindowSampler(model, settings)
+    if not isinstance(window, (int, np.integer)) or window < 1:
+        raise ConfigError(f"window must be a positive integer, got {window!r}")
+    if window > sampler.window:
+        raise ConfigError(
+            f"window={window} observation times exceed the score prior's window of "
+            f"{sampler.window} states; pass window <= {sampler.window} or fit_score with a "
+            "larger window"
+        )
+    if members < 1:
+        raise ConfigError(f"members must be positive, got {members}")
+    L = model.layout
+    tname = L.axes.time or "time"
+    t0 = None
+    if background is not None:
+        if isinstance(background, xr.DataArray):
+            background = background.to_dataset(
+                name=background.name if background.name is not None else "data")
+        if tname in background.dims:
+            if background.sizes[tname] != 1:
+                raise ConfigError(f"the background must be at one time; use .isel({tname}=0)")
+            background = background.isel({tname: 0})
+        L.check(background)
+        if tname in background.coords:
+            t0 = float(_tfloat(np.asarray(background[tname].values)))
+    validate(obs, L)
+    table = to_tensors(obs, L)
+    if table.time is None:
+        raise ObservationError("cycling needs observation times; add a 'time' coordinate")
+    tvals = _tfloat(table.time)
+    if t0 is not None and np.any(tvals < t0 - 1e-9):
+        raise ObservationError(
+            "some observations are earlier than the background; select obs after it"
+        )
+    groups = _group_times(tvals)
+    time_values = [table.time[g[0]] for g in groups]
+    step_groups = [groups[i:i + window] for i in range(0, len(groups), window)]
+    step_times = [time_values[i:i + window] for i in range(0, len(groups), window)]
+    positions = [sampler.positions([float(tvals[g[0]]) for g in sg]) for sg in step_groups]
+    sp = _space(model, kind)
+    done, _ = _resume(store, L, tname, [])
+    n_done = sum(1 for g in step_times if _tfloat(np.asarray(g[-1])) <= done + 1e-9) \
+        if done is not None else 0
+    progress = get_options()["progress"] if progress is None else progress
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(step_groups), initial=n_done, desc="cycle score", leave=False)
+    records: list[dict[str, Any]] = []
+    try:
+        for k in range(n_done, len(step_groups)):
+            gen = sampler.generator(int(seed) * 1_000_003 + k + 1)
+            subs = [table.select(g) for g in step_groups[k]]
+            post, prior = sampler.draw(int(members), subs, positions[k], gen, prior_too=True)
+            rec = [(b.to(_F64), a.to(_F64)) for b, a in zip(prior, post)]
+            recs = _records(sp, rec, subs, step_times[k], [])
+            records.extend(recs)
+            if store is not None:
+                _write(store, recs, L, tname, [], first=(k == 0))
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    if store is not None:
+        return _open_result(store)
+    return _assemble(records, L, tname, [])
+
