@@ -152,6 +152,26 @@ def _weighted_mse(pred: Tensor, target: Tensor, weight: Tensor) -> Tensor:
     return num / w.sum(dims).clamp_min(torch.finfo(pred.dtype).tiny)
 
 
+_SKETCH_SIZE = 4
+_SKETCH_TOL = 1e-4
+
+
+def _sketch(x: Tensor) -> Tensor:
+    """A few fixed quasi-random projections of each sample: ``(B, ...) -> (B, 4)``.
+
+    Used to recognise training snapshots in :meth:`SINR.encode`: equal fields
+    (up to rounding) give equal sketches, distinct snapshots differ by orders
+    of magnitude more than the tolerance. Computed in float64; the projection
+    weights are a deterministic function of the flat index (nothing stored).
+    """
+    flat = x.detach().reshape(x.shape[0], -1).to(torch.float64)
+    n = flat.shape[1]
+    idx = torch.arange(n, dtype=torch.float64, device=flat.device)
+    k = torch.arange(1, _SKETCH_SIZE + 1, dtype=torch.float64, device=flat.device)
+    proj = torch.cos(0.7548776662466927 * idx[:, None] * k + 0.5698402909980532 * k * k)
+    return flat @ proj / math.sqrt(max(1, n))
+
+
 def _autodecode(
     fn: Callable[[Tensor], Tensor],
     target: Tensor,
@@ -268,6 +288,11 @@ class SINR(Encoder):
         Defaults of the auto-decoding in :meth:`encode` / :meth:`encode_from`.
     code_init_std : float
         Standard deviation of the initial training codes.
+    reuse_codes : bool
+        Default of :meth:`encode`'s ``reuse_codes``: return the code learned
+        in :meth:`fit` for a field that is one of the training snapshots
+        instead of auto-decoding it again (encoding a training set of
+        ``N`` snapshots then costs nothing; e.g. before fitting dynamics).
 
     Attributes
     ----------
@@ -344,6 +369,7 @@ class SINR(Encoder):
         encode_steps: int = 300,
         encode_lr: float = 1e-2,
         code_init_std: float = 1e-2,
+        reuse_codes: bool = False,
     ) -> None:
         super().__init__(n_channels, spatial_shape, latent_dim, grid)
         for name, value, low in [
@@ -380,7 +406,11 @@ class SINR(Encoder):
             "encode_steps": int(encode_steps),
             "encode_lr": float(encode_lr),
             "code_init_std": float(code_init_std),
+            "reuse_codes": bool(reuse_codes),
         }
+        # codes learned for the training snapshots, and a sketch to recognise them
+        self._train_codes: Tensor | None = None
+        self._train_sketch: Tensor | None = None
         lat, lon = self._grid_points()
         self._grid_latlon = torch.stack([lat, lon], dim=-1)  # (P, 2) float64, CPU
         self._cache: dict[tuple[torch.dtype, torch.device], tuple[Tensor, Tensor]] = {}
@@ -743,6 +773,7 @@ class SINR(Encoder):
         lr: float | None = None,
         batch_size: int | None = None,
         progress: bool | None = None,
+        reuse_codes: bool | None = None,
     ) -> Tensor:
         """Encode fields on the training layout by auto-decoding.
 
@@ -760,6 +791,11 @@ class SINR(Encoder):
             budget, see Notes of the class).
         progress : bool, optional
             Progress bar over chunks (default from :func:`xlatda.get_options`).
+        reuse_codes : bool, optional
+            Samples equal (to rounding) to a snapshot of the last :meth:`fit`
+            get the code learned for that snapshot during training, without
+            auto-decoding; the others are auto-decoded. Default: the
+            ``reuse_codes`` of the config (False).
 
         Returns
         -------
@@ -776,11 +812,36 @@ class SINR(Encoder):
         target = x.detach().to(self._ref.device, self._ref.dtype).reshape(
             x.shape[0], self.n_channels, -1
         )
+        if reuse_codes is None:
+            reuse_codes = self.training_defaults["reuse_codes"]
+        known = self._training_match(target) if reuse_codes else None
         target, weight = self._mask(target, w)
-        z, _ = self._autodecode_batches(
-            target, weight, feats, None, steps, lr, batch_size, progress, "SINR encode"
-        )
+        if known is None or not bool((known >= 0).any()):
+            z, _ = self._autodecode_batches(
+                target, weight, feats, None, steps, lr, batch_size, progress, "SINR encode"
+            )
+            return z.to(x.device, x.dtype)
+        z = self._train_codes[known.clamp_min(0)].to(target.device, target.dtype)
+        todo = torch.nonzero(known < 0).reshape(-1)
+        if todo.numel():
+            w_todo = weight if weight.shape[0] == 1 else weight[todo]
+            z_new, _ = self._autodecode_batches(
+                target[todo], w_todo, feats, None, steps, lr, batch_size, progress,
+                "SINR encode",
+            )
+            z = z.index_copy(0, todo, z_new)
         return z.to(x.device, x.dtype)
+
+    def _training_match(self, target: Tensor) -> Tensor | None:
+        """Index of the training snapshot each sample equals (to rounding), else -1."""
+        if self._train_codes is None or self._train_sketch is None:
+            return None
+        sk = _sketch(torch.nan_to_num(target, nan=0.0))  # (B, K)
+        ref = self._train_sketch.to(sk.device)  # (N, K)
+        dist = (sk[:, None, :] - ref[None]).abs().amax(-1)  # (B, N)
+        best, idx = dist.min(-1)
+        scale = 1.0 + ref[idx].abs().amax(-1)
+        return torch.where(best <= _SKETCH_TOL * scale, idx, torch.full_like(idx, -1))
 
     def encode_from(
         self,
@@ -998,6 +1059,7 @@ class SINR(Encoder):
                     best, best_epoch, stale = score, epoch, 0
                     best_state = copy.deepcopy(self.state_dict())
                     best_state["code_mean"] = codes.weight.detach().mean(0).clone()
+                    best_codes = codes.weight.detach().clone()
                 else:
                     stale += 1
                 bar.set_postfix(
@@ -1008,6 +1070,8 @@ class SINR(Encoder):
             bar.close()
             if best_state is not None:
                 self.load_state_dict(best_state)
+                self._train_codes = best_codes
+                self._train_sketch = _sketch(x)  # x: the training fields, NaN -> 0
             self._mark_fitted()
             hist["best_epoch"] = best_epoch
             hist["epochs_run"] = len(hist["train_loss"])
