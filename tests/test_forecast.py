@@ -80,3 +80,13 @@ def test_lead_arguments(data, model):
         z.lda.evolve(model)
     with pytest.raises(ConfigError, match="increasing"):
         z.lda.evolve(model, lead=[0.2, 0.1])
+
+
+def test_fit_dynamics_trains_on_short_trajectories_with_val_fraction_zero():
+    ds = xlatda.datasets.lorenz96(n=8, steps=12, seed=0)
+    model = xlatda.fit(ds, encoder="pca", latent_dim=8, progress=False)
+    with pytest.raises(xlatda.errors.XlatdaError, match="val_fraction"):
+        xlatda.fit_dynamics(model, ds, window=6, epochs=1, uncertainty=None, progress=False)
+    fitted = xlatda.fit_dynamics(model, ds, window=6, epochs=2, val_fraction=0,
+                                 uncertainty=None, progress=False)
+    assert fitted.dynamics is not None

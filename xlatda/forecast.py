@@ -65,6 +65,7 @@ def fit_dynamics(
     epochs: int = 50,
     batch_size: int = 64,
     lr: float = 1e-3,
+    val_fraction: float = 0.1,
     seed: int = 0,
     device: Any = None,
     progress: bool | None = None,
@@ -87,6 +88,9 @@ def fit_dynamics(
         dynamics are conditioned on (LEVDA).
     window, epochs, batch_size, lr, seed, device, progress :
         Training settings (see :func:`xlatda.dynamics.training.fit_dynamics`).
+    val_fraction : float
+        Fraction of each trajectory's end held out for early stopping
+        (``0``: train on everything; short trajectories need it).
     **options :
         Architecture of the :class:`~xlatda.dynamics.LatentODE` (``width``,
         ``depth``, ``method``, ``step_size``, ...).
@@ -125,8 +129,8 @@ def fit_dynamics(
     dyn = LatentODE(model.latent_dim, n_params=len(params or ()), dt_unit=step["value"],
                     time_units=step["units"], seed=seed, dtype=model.dtype, **options)
     hist = _fit(dyn, traj.to(model.dtype), theta=None if theta is None else theta.to(model.dtype),
-                window=window, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                device=device, progress=progress)
+                window=window, epochs=epochs, batch_size=batch_size, lr=lr,
+                val_fraction=val_fraction, seed=seed, device=device, progress=progress)
     q = None
     if uncertainty is not None:
         with torch.no_grad():
