@@ -247,3 +247,39 @@ def test_jacobian_initial_ensemble_matches_b_z():
         obs = xlatda.obs.sample_points(truth.isel(time=slice(1, 3)), n=3, error_std=1.0)
         xlatda.cycle(truth.isel(time=0), obs, Lorenz96(n=10), members=4, init_std=1.0,
                      init="jacobian", progress=False)
+
+
+def test_parameter_of_the_initial_state_from_a_joint_prior():
+    """θ shifts the initial state; members drawn jointly with θ let the analysis find it.
+
+    Background members x_j = x* + (θ_j - θ*) (all sites), θ_j ~ N(0, 1), θ* = 0.7;
+    identity dynamics (dz/dt = 0, a LatentODE without parameters), all 8 sites observed
+    with error 0.1: the linear-Gaussian posterior of θ has mean ≈ θ* and std ≈ 0.1/√8.
+    """
+    truth = xlatda.datasets.lorenz96(n=8, steps=30, seed=0)
+    model = xlatda.fit(truth, encoder="pca", latent_dim=8, dynamics="ode", epochs=1,
+                       progress=False,
+                       dynamics_options={"width": 8, "depth": 1, "val_fraction": 0})
+    for p in model.dynamics.parameters():
+        p.data.zero_()  # dz/dt = 0: forecasts keep the state
+    assert model.dynamics.n_params == 0
+    rng = np.random.default_rng(1)
+    members, theta_true = 60, 0.7
+    theta = rng.normal(0.0, 1.0, members)
+    x0 = truth.x.isel(time=0).values
+    ens = x0[None] + (theta - theta_true)[:, None]
+    background = truth.isel(time=[0]).expand_dims(member=members).copy()
+    background["x"] = (("member", "time", "k"), ens[:, None, :])
+    t1 = truth.time.values[1]
+    obs = xr.Dataset({"x": ("obs", x0 + rng.normal(0, 0.1, 8), {"error_std": 0.1})},
+                     coords={"k": ("obs", np.arange(8.0)), "time": ("obs", np.repeat(t1, 8))})
+    res = xlatda.cycle(background.isel(time=0), obs, model, method="etkf",
+                       params={"shift": theta.tolist()}, noise=False, seed=0, progress=False)
+    np.testing.assert_allclose(res.parameters.theta_background.isel(time=0, param=0).values,
+                               theta)  # carried unchanged by dynamics that take no θ
+    post = res.parameters.theta.isel(time=0, param=0)
+    assert abs(float(post.mean()) - theta_true) < 3 * 0.1 / np.sqrt(8)
+    assert 0.7 * 0.1 / np.sqrt(8) < float(post.std()) < 1.4 * 0.1 / np.sqrt(8)
+    with pytest.raises(xlatda.errors.ConfigError, match="one value per member"):
+        xlatda.cycle(background.isel(time=0), obs, model, method="etkf",
+                     params={"shift": [0.0, 1.0]}, progress=False)

@@ -200,8 +200,9 @@ class _Latent(_Space):
         z, theta = self.split(s)
         zc = z.to(self.model.dtype)
         times = torch.tensor([0.0, tau], dtype=zc.dtype)
+        takes_theta = theta is not None and getattr(dyn, "n_params", 1) > 0
         with torch.no_grad():
-            out = dyn.evolve(zc, times, theta=None if theta is None else theta.to(zc.dtype))
+            out = dyn.evolve(zc, times, theta=theta.to(zc.dtype) if takes_theta else None)
         z1 = out[..., -1, :].to(_F64)
         q = self.model.model_error
         if noise and q is not None:
@@ -357,6 +358,31 @@ def _initial_ensemble(background: xr.Dataset, L: StateLayout, space: _Space, mem
     std = torch.as_tensor(np.asarray(init_std, float), dtype=_F64)
     noise = torch.randn((members, base.shape[-1]), generator=gen, dtype=_F64)
     return base + std * noise
+
+
+def _initial_theta(params: dict[str, Any], pnames: list[str], members: int,
+                   gen: torch.Generator) -> torch.Tensor:
+    """Initial parameter ensemble ``(members, P)``: drawn from (mean, std) or given."""
+    cols = []
+    for p in pnames:
+        spec = params[p]
+        if not isinstance(spec, tuple):  # one value per member
+            values = np.asarray(spec, dtype=float)
+            if values.shape != (members,):
+                raise ConfigError(
+                    f"params[{p!r}] has shape {values.shape}: give (prior mean, prior std) as "
+                    f"a tuple, or one value per member ({members},) as a list or array"
+                )
+            cols.append(torch.as_tensor(values, dtype=_F64))
+            continue
+        if len(spec) != 2 or not float(spec[1]) >= 0:
+            raise ConfigError(
+                f"params[{p!r}] must be (prior mean, prior std >= 0) or one value per member, "
+                f"got {spec!r}"
+            )
+        cols.append(float(spec[0]) + float(spec[1]) * torch.randn(members, generator=gen,
+                                                                   dtype=_F64))
+    return torch.stack(cols, -1)
 
 
 def _fields_dataset(L: StateLayout, x: torch.Tensor, tval: Any, tname: str,
@@ -553,8 +579,16 @@ def cycle(
         "4denvar" and "score": number of consecutive observation times per
         window.
     params : dict, optional
-        Unknown parameters to estimate with the state: ``{name: (prior mean,
-        prior std)}``, passed to the model as ``theta`` (LEVDA). Needs
+        Unknown parameters to estimate with the state (LEVDA's control
+        ``[z0; θ]``): ``{name: (prior mean, prior std)}`` (a tuple) draws θ
+        independently of the state; ``{name: values}`` (a list or array) gives
+        one value per member of an
+        ensemble background drawn jointly with them (e.g. members started from
+        initial conditions built from each member's θ, for parameters of the
+        initial state). θ is passed to the model as ``theta`` when its
+        dynamics take parameters (a LatentODE with ``n_params > 0``, a
+        physical model); otherwise it is carried unchanged by the forecast and
+        updated only through its ensemble correlation with the state. Needs
         "4denvar" or an ensemble method.
     seed : int
         Seed of every random draw; cycle ``k`` uses a generator seeded from
@@ -643,11 +677,7 @@ def cycle(
         ens = _initial_ensemble(background, L, sp, 1 if single else members, init_std, gen0,
                                 init)
         if pnames:
-            mean = torch.tensor([params[p][0] for p in pnames], dtype=_F64)
-            std = torch.tensor([params[p][1] for p in pnames], dtype=_F64)
-            theta = mean + std * torch.randn((ens.shape[0], len(pnames)), generator=gen0,
-                                             dtype=_F64)
-            ens = torch.cat([ens, theta], -1)
+            ens = torch.cat([ens, _initial_theta(params, pnames, ens.shape[0], gen0)], -1)
         t_cur = t0
     else:
         ens, t_cur = result_state
