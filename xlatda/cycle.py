@@ -198,12 +198,14 @@ class _Latent(_Space):
         step = (self.model.time_step or {"value": 1.0})["value"]
         tau = (t1 - t0) / step
         z, theta = self.split(s)
-        zc = z.to(self.model.dtype)
-        times = torch.tensor([0.0, tau], dtype=zc.dtype)
+        # Networks run on the model's device; the control vector stays on the
+        # CPU in float64 (the analysis kernels and CPU generators work there).
+        zc = z.to(device=self.model.device, dtype=self.model.dtype)
+        times = torch.tensor([0.0, tau], dtype=zc.dtype, device=zc.device)
         takes_theta = theta is not None and getattr(dyn, "n_params", 1) > 0
         with torch.no_grad():
-            out = dyn.evolve(zc, times, theta=theta.to(zc.dtype) if takes_theta else None)
-        z1 = out[..., -1, :].to(_F64)
+            out = dyn.evolve(zc, times, theta=theta.to(zc) if takes_theta else None)
+        z1 = out[..., -1, :].to("cpu", _F64)
         q = self.model.model_error
         if noise and q is not None:
             eps = q.sample((z1.shape[0],), generator=gen).to(_F64)
@@ -216,17 +218,18 @@ class _Latent(_Space):
     def observe(self, s, table):
         z, _ = self.split(s)
         pts = self.points(table)
-        return self.model.decode_points(z.to(self.model.dtype), pts, table.channel).to(_F64)
+        return self.model.decode_points(z.to(self.model.dtype), pts, table.channel).to(
+            "cpu", _F64)
 
     def to_fields(self, s):
         z, _ = self.split(s)
         with torch.no_grad():
-            return self.model.decode_tensor(z.to(self.model.dtype)).to(_F64)
+            return self.model.decode_tensor(z.to(self.model.dtype)).to("cpu", _F64)
 
     def from_fields(self, x: torch.Tensor) -> torch.Tensor:
         with torch.enable_grad():
             z = self.model.encode_tensor(x.to(self.model.dtype))
-        return z.detach().to(_F64)
+        return z.detach().to("cpu", _F64)
 
     def jacobian_perturbations(self, z: torch.Tensor, members: int, sigma_b: float,
                                gen: torch.Generator) -> torch.Tensor:
@@ -237,13 +240,13 @@ class _Latent(_Space):
         the latent perturbations that reproduce it best in least squares.
         """
         enc = self.model.encoder
-        z0 = z.reshape(-1)[: self.d].to(self.model.dtype)
+        z0 = z.reshape(-1)[: self.d].to(device=self.model.device, dtype=self.model.dtype)
 
         def dec(v):
             return enc.decode(v[None]).reshape(-1)
 
         with torch.enable_grad():
-            jac = torch.autograd.functional.jacobian(dec, z0).to(_F64)  # (CS, d)
+            jac = torch.autograd.functional.jacobian(dec, z0).to("cpu", _F64)  # (CS, d)
         pinv = torch.linalg.pinv(jac)  # (d, CS)
         eps = sigma_b * torch.randn((members, jac.shape[0]), generator=gen, dtype=_F64)
         return eps @ pinv.T

@@ -38,7 +38,7 @@ from xlatda._bridge import apply_torch
 from xlatda.api import LATENT_DIM, _as_dataset, _check_latent, decode, encode, latent_dataset
 from xlatda.errors import ConfigError, NotFittedError
 from xlatda.model import LatentModel
-from xlatda.options import get_options
+from xlatda.options import get_options, resolve_device
 
 __all__ = ["evolve", "fit_dynamics", "forecast"]
 
@@ -126,17 +126,22 @@ def fit_dynamics(
         theta = torch.as_tensor(np.stack(cols, -1))
     step = model.time_step or {"value": 1.0, "units": "model"}
     progress = get_options()["progress"] if progress is None else progress
+    # Dynamics live where the encoder does unless told otherwise.
+    dev = model.device if device is None else resolve_device(device)
     dyn = LatentODE(model.latent_dim, n_params=len(params or ()), dt_unit=step["value"],
-                    time_units=step["units"], seed=seed, dtype=model.dtype, **options)
+                    time_units=step["units"], seed=seed, dtype=model.dtype, device=dev,
+                    **options)
     hist = _fit(dyn, traj.to(model.dtype), theta=None if theta is None else theta.to(model.dtype),
                 window=window, epochs=epochs, batch_size=batch_size, lr=lr,
-                val_fraction=val_fraction, seed=seed, device=device, progress=progress)
+                val_fraction=val_fraction, seed=seed, device=dev, progress=progress)
     q = None
     if uncertainty is not None:
         with torch.no_grad():
-            res = residuals(dyn, traj.to(model.dtype),
-                            theta=None if theta is None else theta.to(model.dtype))
-        q = fit_model_error(res.reshape(-1, model.latent_dim), kind=uncertainty, seed=seed)
+            res = residuals(dyn, traj.to(device=dev, dtype=model.dtype),
+                            theta=None if theta is None else theta.to(device=dev,
+                                                                      dtype=model.dtype))
+        q = fit_model_error(res.reshape(-1, model.latent_dim).cpu(), kind=uncertainty,
+                            seed=seed).to(dev)
     history = dict(model.history)
     from xlatda.api import _jsonable
 

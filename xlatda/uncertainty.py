@@ -219,12 +219,14 @@ class ModelError(nn.Module):
     ) -> Tensor:
         """Draw ``ε ~ N(0, Q)`` of shape ``(*shape, d)`` with the given generator."""
         shape = (int(shape),) if isinstance(shape, int) else tuple(int(s) for s in shape)
+        # Draw on the generator's device (a CPU generator gives the same numbers
+        # whether Q lives on the CPU or a GPU), then move to Q's device.
         eps = torch.randn(
             (*shape, self.dim),
             generator=generator,
-            device=self.log_scale.device,
+            device=generator.device if generator is not None else self.log_scale.device,
             dtype=self.log_scale.dtype,
-        )
+        ).to(self.log_scale.device)
         with torch.no_grad():
             if self.kind != "cholesky":
                 return eps * self.log_scale.exp()
