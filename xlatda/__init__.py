@@ -5,9 +5,10 @@ and :class:`xarray.DataArray`. Nothing else global is changed at import.
 """
 
 from xlatda import accessor as _accessor  # noqa: F401  (registers .lda)
-from xlatda import datasets, errors, metrics, obs, plot
+from xlatda import batch, datasets, errors, metrics, obs, plot, streaming
 from xlatda._version import __version__
-from xlatda.api import decode, encode, fit
+from xlatda.api import decode, encode, encode_obs, fit
+from xlatda.batch import assimilate_cases
 from xlatda.cycle import CycleResult, assimilate, cycle
 from xlatda.errors import XlatdaError
 from xlatda.forecast import evolve, fit_dynamics, forecast
@@ -16,6 +17,7 @@ from xlatda.io import open_model
 from xlatda.layout import StateLayout, layout
 from xlatda.model import LatentModel
 from xlatda.options import get_options, set_options
+from xlatda.streaming import encode_to_zarr
 
 __all__ = [
     "CycleResult",
@@ -25,10 +27,14 @@ __all__ = [
     "XlatdaError",
     "__version__",
     "assimilate",
+    "assimilate_cases",
+    "batch",
     "cycle",
     "datasets",
     "decode",
     "encode",
+    "encode_obs",
+    "encode_to_zarr",
     "errors",
     "evolve",
     "fit",
@@ -42,4 +48,5 @@ __all__ = [
     "open_model",
     "plot",
     "set_options",
+    "streaming",
 ]

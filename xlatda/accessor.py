@@ -118,7 +118,7 @@ class _LdaBase:
 
         ``aux``: auxiliary inputs of a multimodal model (fitted with ``aux=``).
         For an observation Dataset (dimension ``obs``), encode the scattered
-        values instead (zero-shot for SINR; see :func:`xlatda.api.encode_obs`).
+        values instead (zero-shot for SINR; see :func:`xlatda.encode_obs`).
         """
         from xlatda import api
 
@@ -127,6 +127,15 @@ class _LdaBase:
                 raise ConfigError("aux is for encoding states; observation sets take no aux")
             return api.encode_obs(self._ds, model, device=device, dtype=dtype)
         return api.encode(self._ds, model, aux=aux, device=device, dtype=dtype)
+
+    def encode_to_zarr(self, model: Any, store: Any, **kwargs: Any) -> xr.Dataset:
+        """Stream this (lazy) Dataset's latents into a zarr store region by region.
+
+        Resumable after an interruption; see :func:`xlatda.streaming.encode_to_zarr`.
+        """
+        from xlatda.streaming import encode_to_zarr
+
+        return encode_to_zarr(self._ds, model, store, **kwargs)
 
     def decode(
         self, model: Any, *, at: xr.Dataset | None = None, device: Any = None, dtype: Any = None
