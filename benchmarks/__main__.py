@@ -3,6 +3,7 @@
     python -m benchmarks            # quick sizes (minutes)
     python -m benchmarks --full     # the sizes the issues' targets are stated for
     python -m benchmarks --only operators accessor
+    python -m benchmarks --append --collect sw_latent_da   # embed a standalone run's table
 
 Each ``benchmarks/bench_*.py`` module has ``main(quick=True) -> list[dict]``
 and writes its own table to ``benchmarks/out/``; this runner collects the
@@ -69,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
     parser.add_argument("--append", action="store_true",
                         help="add sections to an existing results file")
+    parser.add_argument("--collect", nargs="*", default=None,
+                        help="do not run: embed the tables these benchmarks last wrote to "
+                        "benchmarks/out/ (e.g. after a long standalone run)")
     args = parser.parse_args(argv)
     names = sorted(p.stem[len("bench_"):] for p in HERE.glob("bench_*.py"))
     if args.only:
@@ -84,6 +88,20 @@ def main(argv: list[str] | None = None) -> int:
                  *_environment(), "",
                  "Rerun with `python -m benchmarks` (`--full` for the issues' sizes). "
                  "Each section is one `benchmarks/bench_*.py`.", ""]
+    if args.collect is not None:
+        for name in args.collect or names:
+            mds = sorted((HERE / "out").glob(f"{name}*.md"))
+            if not mds:
+                parser.error(f"no benchmarks/out/{name}*.md to collect; run the benchmark first")
+            body = []
+            for md in mds:
+                stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(md.stat().st_mtime))
+                body += [f"From `benchmarks/out/{md.name}` (written {stamp}):", "",
+                         md.read_text().strip(), ""]
+            lines += [f"## {name}", "", *body]
+        args.out.write_text("\n".join(lines) + "\n")
+        print(f"wrote {args.out}")
+        return 0
     failed = 0
     for name in names:
         print(f"== {name}", flush=True)
