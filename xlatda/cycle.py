@@ -40,7 +40,15 @@ import numpy as np
 import torch
 import xarray as xr
 
-from xlatda.assimilate import EnsembleMethod, EnVar4D, ScoreDA, VAEVar, Var3D, get_method
+from xlatda.assimilate import (
+    EnsembleMethod,
+    EnVar4D,
+    ScoreDA,
+    VAE4DVar,
+    VAEVar,
+    Var3D,
+    get_method,
+)
 from xlatda.assimilate.covariance import Covariance, DiagonalCovariance
 from xlatda.assimilate.localization import GreatCircleDistance, IndexDistance
 from xlatda.errors import ConfigError, ObservationError
@@ -470,8 +478,8 @@ def assimilate(
                                 settings=settings)
     if isinstance(state, xr.DataArray):
         state = state.to_dataset(name=state.name if state.name is not None else "data")
-    if cls is EnVar4D:
-        raise ConfigError("'4denvar' assimilates a time window; use xlatda.cycle(..., window=k)")
+    if cls in (EnVar4D, VAE4DVar):
+        raise ConfigError(f"{method!r} assimilates a time window; use xlatda.cycle(..., window=k)")
     L = layout(state)
     tname = L.axes.time
     if tname in state.dims:
@@ -559,9 +567,14 @@ def cycle(
         ``method="score"``: a LatentModel with a score prior
         (:func:`xlatda.fit_score`) or a ``PixelScoreModel``.
     method : str
-        "etkf", "enkf", "denkf", "ensrf", "letkf", "3dvar", "4denvar" or
-        "score". ``"score"`` (SLAMS) draws ``members`` posterior samples of
-        each window of ``window`` consecutive observation times, which must
+        "etkf", "enkf", "denkf", "ensrf", "letkf", "3dvar", "4denvar",
+        "vaevar", "vae4dvar" or "score". ``"vaevar"`` / ``"vae4dvar"``
+        (physical space) take ``decoder=`` (a VAE trained on background
+        errors) and ``std=`` (their scale); ``"vae4dvar"`` minimises over
+        ``window`` observation times through the (differentiable) physical
+        model from the window's first time. ``"score"`` (SLAMS) draws
+        ``members`` posterior samples of each window of ``window`` consecutive
+        observation times, which must
         be whole multiples of the score prior's time step apart and span at
         most its window; windows are independent (no forecast), and the
         ``background`` of the result holds unconditioned prior draws.
@@ -579,7 +592,7 @@ def cycle(
     init : {"sigma", "jacobian"}
         How the initial ensemble is drawn (see ``init_std``).
     window : int
-        "4denvar" and "score": number of consecutive observation times per
+        "4denvar", "vae4dvar" and "score": number of consecutive observation times per
         window.
     params : dict, optional
         Unknown parameters to estimate with the state (LEVDA's control
@@ -639,9 +652,10 @@ def cycle(
             name=background.name if background.name is not None else "data")
     if window < 1:
         raise ConfigError(f"window must be a positive integer, got {window!r}")
-    if window > 1 and cls is not EnVar4D:
+    if window > 1 and cls not in (EnVar4D, VAE4DVar):
         raise ConfigError(
-            "window > 1 is for method='4denvar' or 'score'; filters analyse every time")
+            "window > 1 is for method='4denvar', 'vae4dvar' or 'score'; filters and 3D methods "
+            "analyse every time")
     L = layout(background)
     tname = L.axes.time
     if tname is None or tname not in background.coords:
@@ -672,7 +686,13 @@ def cycle(
         inst = cls(b=_b_cov(settings, n), **settings)
     else:
         inst = cls(**settings)
-    single = isinstance(inst, (Var3D, VAEVar))
+    single = isinstance(inst, (Var3D, VAEVar, VAE4DVar))
+    if isinstance(inst, (VAEVar, VAE4DVar)):
+        if not isinstance(sp, _Physical):
+            raise ConfigError(f"{method!r} analyses the physical state; use space='physical'")
+        if pnames:
+            raise ConfigError(f"{method!r} does not estimate parameters; use '4denvar' or an "
+                              "ensemble method with params=")
 
     done, result_state = _resume(store, L, tname, pnames)
     gen0 = torch.Generator().manual_seed(int(seed))
@@ -706,6 +726,8 @@ def cycle(
             times = [float(tvals[g[0]]) for g in step_groups[k]]
             if isinstance(inst, EnVar4D):
                 rec, ens, t_cur = _envar_window(inst, sp, ens, t_cur, times, subs, gen, noise)
+            elif isinstance(inst, VAE4DVar):
+                rec, ens, t_cur = _vae4dvar_window(inst, sp, ens, t_cur, times, subs, gen)
             else:
                 ens_b = sp.forecast(ens, t_cur, times[0], gen, noise)
                 if single:
@@ -728,9 +750,8 @@ def cycle(
     return _assemble(records, L, tname, pnames)
 
 
-def _envar_window(inst: EnVar4D, sp: _Space, ens, t_cur, times, subs, gen, noise):
-    # Background ensemble at the window start (first observation time).
-    ens0 = sp.forecast(ens, t_cur, times[0], gen, noise)
+def _window_obs(sp: _Space, times, subs, gen):
+    """Stacked observations of a window and ``forecast_obs(s0) -> (..., P)`` through it."""
     y = torch.cat([s.values for s in subs]).to(_F64)
     r = torch.cat([s.error_std for s in subs]).to(_F64)
 
@@ -744,26 +765,48 @@ def _envar_window(inst: EnVar4D, sp: _Space, ens, t_cur, times, subs, gen, noise
             outs.append(sp.observe(cur, sub))
         return torch.cat(outs, -1).reshape(*lead, -1)
 
-    res = inst.analyse(ens0, y, r, forecast_obs, generator=gen)
-    post = res.ensemble
+    return y, r, forecast_obs
+
+
+def _roll(sp: _Space, ens_b, ens_a, times, gen):
+    """Background and analysis from the window start through the window's times."""
     rec = []
-    cur_b, cur_a, tc = ens0, post, times[0]
-    for t in times:
-        cur_b = sp.forecast(cur_b, tc, t, gen, False)
-        cur_a = sp.forecast(cur_a, tc, t, gen, False)
-        tc = t
-        rec.append((cur_b, cur_a))
-    return rec, cur_a, times[-1]
+    cur_b, cur_a, tc = ens_b, ens_a, times[0]
+    with torch.no_grad():
+        for t in times:
+            cur_b = sp.forecast(cur_b, tc, t, gen, False)
+            cur_a = sp.forecast(cur_a, tc, t, gen, False)
+            tc = t
+            rec.append((cur_b, cur_a))
+    return rec, cur_a
+
+
+def _vae4dvar_window(inst: VAE4DVar, sp: _Space, ens, t_cur, times, subs, gen):
+    """4D VAE-Var over one window: the state at its start, through the physical model."""
+    xb0 = sp.forecast(ens, t_cur, times[0], gen, False).mean(0, keepdim=True)
+    y, r, forecast_obs = _window_obs(sp, times, subs, gen)
+    res = inst.analyse(xb0, y[None], r, forecast_obs)
+    rec, last = _roll(sp, xb0, res.mean.detach().to(_F64), times, gen)
+    return rec, last, times[-1]
+
+
+def _envar_window(inst: EnVar4D, sp: _Space, ens, t_cur, times, subs, gen, noise):
+    # Background ensemble at the window start (first observation time).
+    ens0 = sp.forecast(ens, t_cur, times[0], gen, noise)
+    y, r, forecast_obs = _window_obs(sp, times, subs, gen)
+    res = inst.analyse(ens0, y, r, forecast_obs, generator=gen)
+    rec, last = _roll(sp, ens0, res.ensemble, times, gen)
+    return rec, last, times[-1]
 
 
 def _records(sp: _Space, rec, subs, tlabels, pnames) -> list[dict[str, Any]]:
     out = []
     for (ens_b, ens_a), sub, tl in zip(rec, subs, tlabels):
         with torch.no_grad():
-            hb = sp.observe(ens_b, sub).mean(0)
-            ha_all = sp.observe(ens_a, sub)
-            ha = ha_all.mean(0)
-            spread = sp.observe(ens_b, sub).std(0) if ens_b.shape[0] > 1 else torch.zeros_like(hb)
+            hb_all = sp.observe(ens_b, sub)
+            hb = hb_all.mean(0)
+            ha = sp.observe(ens_a, sub).mean(0)
+            spread = hb_all.std(0) if ens_b.shape[0] > 1 else torch.zeros_like(hb)
         y = sub.values.to(_F64)
         entry = {
             "time": tl,
