@@ -64,6 +64,7 @@ _TARGET_BYTES = 64 * 2**20  # default region size: about this much source data
 
 # -- model and source references that travel to workers ------------------------------
 _MODEL_CACHE: dict[tuple[str, float], LatentModel] = {}
+_SOURCE_CACHE: dict[tuple[str, float], xr.Dataset] = {}
 _CACHE_LOCK = threading.Lock()
 
 
@@ -91,12 +92,22 @@ def _open_source(source: Any) -> xr.Dataset:
         path = Path(source)
         if not path.exists():
             raise ConfigError(f"no source store at {str(path)!r}; check the path")
+        # Opening reads every array's metadata (~20 ms); regions of one run share
+        # the (lazy, read-only) Dataset, opened once per process.
+        key = (os.path.abspath(str(path)), path.stat().st_mtime)
+        with _CACHE_LOCK:
+            if key in _SOURCE_CACHE:
+                return _SOURCE_CACHE[key]
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*consolidated metadata.*")
-                return xr.open_zarr(str(path), consolidated=None)
+                ds = xr.open_zarr(str(path), consolidated=None)
         except Exception as err:
             raise ConfigError(f"{str(path)!r} is not a zarr store xarray can open: {err}") from err
+        with _CACHE_LOCK:
+            _SOURCE_CACHE.clear()
+            _SOURCE_CACHE[key] = ds
+        return ds
     raise ConfigError(
         f"source must be a zarr store path or an xarray Dataset, got {type(source).__name__}"
     )
