@@ -80,7 +80,7 @@ from xlatda.options import get_options, resolve_device, resolve_dtype
 __all__ = ["PixelScoreModel", "fit_score"]
 
 _F64 = torch.float64
-_SAMPLER_SETTINGS = ("steps", "corrections", "tau", "gamma")
+_SAMPLER_SETTINGS = ("steps", "corrections", "tau", "gamma", "guide_clip")
 
 
 @dataclasses.dataclass(eq=False)
@@ -277,6 +277,7 @@ def fit_score(
     widths, time_embedding :
         :class:`~xlatda.assimilate.diffusion.ScoreUNet` (physical space);
         each grid size must be divisible by ``2 ** (len(widths) - 1)``.
+        ``skip`` preconditions the U-Net the same way.
     eta : float
         :math:`\eta` of the cosine schedule.
     device, dtype, seed, progress :
@@ -370,8 +371,8 @@ def fit_score(
         stats = {"mean": torch.from_numpy(mean), "std": torch.from_numpy(std)}
     else:
         net = ScoreUNet(channels=u.shape[2], grid=tuple(u.shape[3:]), window=int(window),
-                        widths=widths, time_embedding=time_embedding, seed=seed, device=dev,
-                        dtype=tdtype)
+                        widths=widths, time_embedding=time_embedding, skip=skip, seed=seed,
+                        device=dev, dtype=tdtype)
         ones = (u.shape[2], *(1,) * (u.dim() - 3))
         stats = {"mean": torch.zeros(ones, dtype=_F64), "std": torch.ones(ones, dtype=_F64)}
     prior = ScorePrior(net, space=space, time_step=step, eta=float(eta), **stats)

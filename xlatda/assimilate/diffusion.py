@@ -473,6 +473,10 @@ class ScoreUNet(nn.Module):
         Channels at each resolution level (finest first).
     time_embedding : int
         Fourier features of the time (even).
+    skip : bool
+        Precondition for standardised data as :class:`ScoreMLP` does: the
+        exact ε of standard-normal data plus :math:`\mu_t` times the U-Net
+        (keeps the denoised mean bounded at high noise).
     seed : int
         Seed of the weight initialisation (the global RNG is restored).
     device, dtype
@@ -505,11 +509,13 @@ class ScoreUNet(nn.Module):
         *,
         widths: Sequence[int] = (32, 64),
         time_embedding: int = 64,
+        skip: bool = False,
         seed: int = 0,
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        self.skip = bool(skip)
         grid = tuple(int(g) for g in grid)
         widths = tuple(int(w) for w in widths)
         if len(grid) not in (1, 2) or not widths or min(widths) < 1:
@@ -564,6 +570,7 @@ class ScoreUNet(nn.Module):
             "time_embedding": self.time_embedding,
             "seed": self.seed,
             "dtype": _dtype_name(next(self.parameters()).dtype),
+            **({"skip": True} if self.skip else {}),
         }
 
     def forward(self, x: Tensor, t: Tensor | float) -> Tensor:
@@ -575,7 +582,8 @@ class ScoreUNet(nn.Module):
                 f"{', '.join(map(str, self.event_shape))}), got {tuple(x.shape)}"
             )
         batch = x.shape[: x.dim() - nd]
-        t = _batch_times(t, x, nd).reshape(-1)
+        t_b = _batch_times(t, x, nd)
+        t = t_b.reshape(-1)
         h = x.reshape(-1, self.window * self.channels, *self.grid)
         emb = self.time_mlp(time_features(t, self.time_embedding))
         h = self.head(h)
@@ -591,7 +599,14 @@ class ScoreUNet(nn.Module):
                 h = nn.functional.interpolate(h, scale_factor=2.0, mode="nearest")
             h = block(torch.cat((h, skips.pop()), dim=1), emb)
         h = self.tail(nn.functional.silu(self.norm(h)))
-        return h.reshape(*batch, *self.event_shape)
+        out = h.reshape(*batch, *self.event_shape)
+        if self.skip:  # as ScoreMLP(skip=True): the exact ε of standard-normal data + μ_t U-Net
+            sched = CosineSchedule()
+            shape = (*t_b.shape, *(1,) * nd)
+            mu = sched.alpha(t_b.double()).to(x.dtype).reshape(shape)
+            sig = sched.sigma(t_b.double()).to(x.dtype).reshape(shape)
+            out = mu * out + sig / (mu**2 + sig**2) * x
+        return out
 
 
 @score_networks.register("gaussian_eps")
