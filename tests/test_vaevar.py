@@ -313,3 +313,24 @@ def test_cuda_float32():
     out = var.analyse(xb.float().to(dev), y.float().to(dev), r.float().to(dev), h.float().to(dev))
     assert out.mean.device.type == "cuda"
     torch.testing.assert_close(out.mean.cpu().double(), ref, atol=1e-3, rtol=1e-3)
+
+
+def test_centre_makes_w_zero_the_background():
+    """With centre=True the increment is D(w) - D(0): an affine decoder gives the BLUE
+    of its linear part (the constant D(0) no longer shifts the background)."""
+    torch.manual_seed(0)
+    n, k = 6, 6
+    a = torch.randn(n, k, dtype=torch.float64)
+    c = torch.randn(n, dtype=torch.float64)
+    xb = torch.randn(n, dtype=torch.float64)
+    h = torch.eye(n, dtype=torch.float64)[:3]
+    y = torch.randn(3, dtype=torch.float64)
+    var = VAEVar(decoder=lambda w: w @ a.T + c, std=1.0, latent_dim=k, centre=True, tol=1e-12)
+    out = var.analyse(xb[None], y[None], 0.5, h)
+    b = a @ a.T
+    gain = b @ h.T @ torch.linalg.inv(h @ b @ h.T + 0.25 * torch.eye(3, dtype=torch.float64))
+    expected = xb + gain @ (y - h @ xb)
+    torch.testing.assert_close(out.mean[0], expected, atol=1e-6, rtol=1e-6)
+    shifted = VAEVar(decoder=lambda w: w @ a.T + c, std=1.0, latent_dim=k, tol=1e-12)
+    assert not torch.allclose(shifted.analyse(xb[None], y[None], 0.5, h).mean[0], expected,
+                              atol=1e-3)

@@ -343,6 +343,7 @@ class _LatentVar:
     tol: float = 1e-6
     offset: Tensor | float | None = None
     latent_dim: int | None = None
+    centre: bool = False
 
     def __post_init__(self) -> None:
         decoder = self.decoder
@@ -466,6 +467,14 @@ class _LatentVar:
                 )
             return out.to(dtype=dtype, device=device) * std
 
+        if self.centre:  # x(0) = x_b: subtract the decoder's output at w = 0
+            with torch.no_grad():
+                d0 = increment(xb.new_zeros(k))
+            raw_increment = increment
+
+            def increment(w: Tensor) -> Tensor:
+                return raw_increment(w) - d0
+
         base = xb if offset is None else xb + offset
         lam = float(self.lam)
 
@@ -536,6 +545,11 @@ _SETTINGS_DOC = """
     latent_dim : int, optional
         :math:`k`; read from ``decoder.latent_dim`` (or its module's) when
         omitted.
+    centre : bool
+        Use :math:`D(w) - D(0)` as the increment shape, so that :math:`w = 0`
+        is the background itself. A trained VAE's :math:`D(0)` is rarely
+        exactly zero; in cycling, adding it at every analysis drifts the
+        state (``benchmarks/bench_sw_generative.py`` does this by hand).
 """
 
 
