@@ -67,3 +67,28 @@ def test_a_clip_that_never_binds_changes_nothing():
 def test_guide_clip_must_be_positive(clip):
     with pytest.raises(ConfigError, match="guide_clip"):
         ScoreDA(net=GaussianEps(torch.zeros(1, 2), torch.eye(2)), guide_clip=clip)
+
+
+def test_observation_gain_makes_the_sampler_independent_of_observation_units():
+    """y = c A x + e with σ_y = c σ: the posterior of x does not depend on c. With
+    obs_gain = c |A rows| the guided sampler gives the same samples for c = 1 and
+    c = 1e4; without gains the inflation γσ_t²/μ_t² is unit-blind and they differ."""
+    from xlatda.assimilate.score import observation_gain
+
+    d, p, sy = 4, 6, 0.3
+    g = torch.Generator().manual_seed(3)
+    a = torch.randn(p, d, generator=g, dtype=F64)
+    prior = GaussianEps(torch.zeros(1, d, dtype=F64), torch.eye(d, dtype=F64))
+    y = a @ torch.randn(d, generator=g, dtype=F64) + sy * torch.randn(p, generator=g, dtype=F64)
+
+    def draw(c, with_gain):
+        da = ScoreDA(net=prior, gamma=0.1, steps=32)
+        obs = lambda x0: c * (x0[..., 0, :] @ a.T)  # noqa: E731
+        gain = observation_gain(obs, (1, d), probes=20000, dtype=F64,
+                                generator=torch.Generator().manual_seed(5))
+        torch.testing.assert_close(gain, c * a.norm(dim=1), rtol=0.05, atol=0)
+        return da.analyse(64, obs, c * y, c * sy, obs_gain=gain if with_gain else None,
+                          generator=torch.Generator().manual_seed(1))
+
+    torch.testing.assert_close(draw(1e4, True), draw(1.0, True), rtol=1e-6, atol=1e-6)
+    assert not torch.allclose(draw(1e4, False), draw(1.0, False), atol=1e-3)

@@ -446,7 +446,8 @@ def assimilate(
         draw.
     **settings :
         The method's settings (``inflation=1.05``, ``radius=4``, ``b_std=``;
-        for ``"score"``: ``steps``, ``corrections``, ``tau``, ``gamma`` of
+        for ``"score"``: ``steps``, ``corrections``, ``tau``, ``gamma``,
+        ``guide_clip`` (default 1 here; ``None`` for the exact sampler) of
         :class:`~xlatda.assimilate.score.ScoreDA`).
 
     Returns

@@ -70,7 +70,7 @@ from xlatda.assimilate.diffusion import (
     sliding_windows,
 )
 from xlatda.assimilate.diffusion import fit_score as _fit_windows
-from xlatda.assimilate.score import ScoreDA
+from xlatda.assimilate.score import ScoreDA, observation_gain
 from xlatda.errors import ConfigError, ObservationError
 from xlatda.layout import CHANNEL_DIM, StateLayout, layout
 from xlatda.model import LatentModel
@@ -402,7 +402,9 @@ def _score_settings(settings: dict[str, Any]) -> dict[str, Any]:
             f"method='score' takes the sampler settings {list(_SAMPLER_SETTINGS)}; unknown: "
             f"{unknown}"
         )
-    return dict(settings)
+    # Many precise observations make the guided predictor stiff; a cap that
+    # binds only there keeps the sampler finite (None: the exact sampler).
+    return {"guide_clip": 1.0, **settings}
 
 
 def _require_score(model: Any) -> ScorePrior:
@@ -510,7 +512,13 @@ class _WindowSampler:
         """Posterior (and prior) samples at ``positions``: lists of ``(N, n)`` float64."""
         y = torch.cat([t.values for t in tables]).to(self.dtype)
         r = torch.cat([t.error_std for t in tables]).to(self.dtype)
-        u = self.da.analyse(members, self._observe(tables, positions), y, r, generator=gen,
+        observe = self._observe(tables, positions)
+        # The guidance inflates the observation-error variance by γ(σ_t/μ_t)² in
+        # standardised prior units; the gains carry that into observation units
+        # (physical units, through the decoder), observation by observation.
+        gain = observation_gain(observe, tuple(self.prior.event_shape), generator=gen,
+                                device=self.device, dtype=self.dtype)
+        u = self.da.analyse(members, observe, y, r, obs_gain=gain, generator=gen,
                             device=self.device, dtype=self.dtype)
         post = self._states(u, positions)
         if not prior_too:

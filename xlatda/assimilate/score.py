@@ -145,7 +145,7 @@ from xlatda.assimilate.var3d import _r_vector
 from xlatda.errors import ConfigError, ShapeError
 from xlatda.options import resolve_device, resolve_dtype
 
-__all__ = ["ScoreDA", "guided_eps"]
+__all__ = ["ScoreDA", "guided_eps", "observation_gain"]
 
 EpsFn = Callable[[Tensor, Tensor], Tensor]
 Observe = Callable[[Tensor], Tensor]
@@ -162,6 +162,7 @@ def guided_eps(
     y: Tensor | None = None,
     r_var: Tensor | None = None,
     gamma: float = 1e-2,
+    gain2: Tensor | None = None,
 ) -> Tensor:
     r"""The guided noise prediction :math:`\tilde\varepsilon(x_t, t)` (see module docstring).
 
@@ -185,6 +186,13 @@ def guided_eps(
         Observation-error variances :math:`\sigma_y^2`.
     gamma : float
         Variance inflation :math:`\gamma` of the guidance.
+    gain2 : Tensor, shape ``(*batch, 1, P)``, optional
+        Squared gains :math:`g_p^2 = (J J^\top)_{pp}`, :math:`J = \partial A /
+        \partial x_0`: the inflation of observation ``p`` is
+        :math:`\gamma (\sigma_t/\mu_t)^2 g_p^2`, the variance that
+        :math:`\operatorname{Cov}[x_0 \mid x_t] \approx \gamma
+        (\sigma_t/\mu_t)^2 I` gives :math:`A(x_0)` to first order. ``None``:
+        ones (``A`` reads the state itself, as in Rozet and Louppe).
 
     Returns
     -------
@@ -207,7 +215,8 @@ def guided_eps(
     >>> bool((e < 0).all())   # pushes the samples towards y = 1
     True
     """
-    eps, guide = _eps_guidance(eps_fn, x, t, schedule, event_ndim, observe, y, r_var, gamma)
+    eps, guide = _eps_guidance(eps_fn, x, t, schedule, event_ndim, observe, y, r_var, gamma,
+                               gain2)
     return eps if guide is None else eps - guide
 
 
@@ -221,6 +230,7 @@ def _eps_guidance(
     y: Tensor | None,
     r_var: Tensor | None,
     gamma: float,
+    gain2: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """The prior's ε and the guidance term ``sigma_t * grad log p(y | x_t)`` (detached)."""
     ts = torch.full(x.shape[: x.dim() - event_ndim], float(t), dtype=x.dtype, device=x.device)
@@ -241,10 +251,49 @@ def _eps_guidance(
                 f"observe must map windows (..., N, *event) = {tuple(x.shape)} to predicted "
                 f"observations (..., N, P) = {want}; it returned {got}"
             )
-        var = r_var + gamma * (sig / mu) ** 2
+        inflation = gamma * (sig / mu) ** 2
+        var = r_var + (inflation if gain2 is None else inflation * gain2)
         log_p = -0.5 * ((y - pred) ** 2 / var).sum()
         (grad,) = torch.autograd.grad(log_p, xg)
     return eps.detach(), sig * grad.detach()
+
+
+def observation_gain(
+    observe: Observe,
+    event_shape: tuple[int, ...],
+    *,
+    at: Tensor | None = None,
+    probes: int = 64,
+    step: float = 1e-2,
+    generator: torch.Generator | None = None,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+) -> Tensor:
+    r"""Gains :math:`g_p = \sqrt{(J J^\top)_{pp}}` of an observation operator, ``(P,)``.
+
+    :math:`J = \partial A / \partial x_0` at ``at`` (default: zeros, the mean
+    of a standardised prior), estimated as :math:`g_p^2 = \mathbb{E}_v[(J
+    v)_p^2]` with ``probes`` Gaussian directions :math:`v` and central
+    differences of ``step`` (two batched calls of ``observe``; exact in
+    expectation for linear ``A``). The guidance uses them to express its
+    variance inflation in observation units (``ScoreDA.analyse(...,
+    obs_gain=)``).
+
+    Examples
+    --------
+    >>> a = torch.tensor([[3.0, 4.0], [0.0, 1.0]])
+    >>> g = observation_gain(lambda x: x[..., 0, :] @ a.T, (1, 2), probes=4096,
+    ...                      generator=torch.Generator().manual_seed(0))
+    >>> [round(float(v), 1) for v in g]   # row norms of a: 5 and 1
+    [5.0, 1.0]
+    """
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype)
+    x0 = torch.zeros(event_shape, dtype=dt, device=dev) if at is None else at.to(dev, dt)
+    v = torch.randn((int(probes), *event_shape), generator=generator, dtype=dt, device=dev)
+    with torch.no_grad():
+        jv = (observe(x0 + step * v) - observe(x0 - step * v)) / (2.0 * step)
+    return jv.square().mean(0).sqrt()
 
 
 def _default_place(net: Any, y: Any) -> tuple[torch.device | None, torch.dtype | None]:
@@ -366,6 +415,7 @@ class ScoreDA:
         y: Tensor | None = None,
         r_std: Tensor | float | None = None,
         *,
+        obs_gain: Tensor | None = None,
         generator: torch.Generator | None = None,
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
@@ -386,6 +436,14 @@ class ScoreDA:
             Observations.
         r_std : float or Tensor, shape ``(P,)`` or ``(*batch, P)``
             Observation-error standard deviations :math:`\\sigma_y`.
+        obs_gain : Tensor, shape ``(P,)`` or ``(*batch, P)``, optional
+            :math:`g_p`, the size of observation ``p``'s response to a unit
+            change of the window (root of the diagonal of :math:`J J^\\top`,
+            :math:`J = \\partial A/\\partial x_0`), which converts the
+            guidance inflation :math:`\\gamma(\\sigma_t/\\mu_t)^2` into
+            observation units. Needed whenever ``A`` is not a plain reading
+            of the state (a decoder, physical units); :func:`observation_gain`
+            estimates it. ``None``: ones.
         generator : torch.Generator, optional
             All randomness (initial noise, Langevin noise); on ``device``.
         device, dtype
@@ -423,7 +481,16 @@ class ScoreDA:
             batch = torch.broadcast_shapes(y.shape[:-1], r.shape[:-1])
             y = y.expand(*batch, p).unsqueeze(-2)
             r_var = (r**2).expand(*batch, p).unsqueeze(-2)
-        return self._sample(int(members), batch, observe, y, r_var, generator, dev, dt)
+            gain2 = None
+            if obs_gain is not None:
+                g = torch.as_tensor(obs_gain, dtype=dt, device=dev)
+                if g.dim() == 0 or g.shape[-1] != p or not bool((g >= 0).all()):
+                    raise ShapeError(
+                        f"obs_gain must be non-negative and end in the number of observations "
+                        f"{p}, got shape {tuple(g.shape)}"
+                    )
+                gain2 = (g**2).expand(*batch, p).unsqueeze(-2).clone()
+        return self._sample(int(members), batch, observe, y, r_var, generator, dev, dt, gain2)
 
     def sample(
         self,
@@ -460,6 +527,7 @@ class ScoreDA:
         generator: torch.Generator | None,
         device: torch.device,
         dtype: torch.dtype,
+        gain2: Tensor | None = None,
     ) -> Tensor:
         if members < 1:
             raise ConfigError(f"members must be >= 1, got {members}")
@@ -469,7 +537,8 @@ class ScoreDA:
         tau = float(self.tau)
 
         def eps(x: Tensor, t: float) -> tuple[Tensor, Tensor | None]:
-            return _eps_guidance(self.net, x, t, sched, nd, observe, y, r_var, float(self.gamma))
+            return _eps_guidance(self.net, x, t, sched, nd, observe, y, r_var, float(self.gamma),
+                                 gain2)
 
         def noise() -> Tensor:
             return torch.randn(shape, generator=generator, dtype=dtype, device=device)
