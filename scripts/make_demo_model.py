@@ -4,11 +4,13 @@ Run from the repository root (about a few minutes on 2 CPU cores)::
 
     python scripts/make_demo_model.py            # writes xlatda/data/demo_sw.zarr
     python scripts/make_demo_model.py --check    # also prints forecast skill
+    python scripts/make_demo_model.py --score-only   # (re)fit only the score prior
 
 The data are generated here (no download): Galewsky-jet shallow water on a
 32 x 64 Gaussian grid, hourly, several trajectories with random jet speed and
 bump. The model is PCA (cos-lat weighted EOFs) + a neural ODE in latent space
-+ a diagonal model-error covariance. Everything is seeded: rerunning gives
++ a diagonal model-error covariance + a score prior over windows of 5 hourly
+latent states (SLAMS; :func:`xlatda.fit_score`). Everything is seeded: rerunning gives
 the same model up to floating-point summation order.
 """
 
@@ -38,6 +40,8 @@ SETTINGS = {
     "width": 256,
     "depth": 3,
     "window": 8,
+    "score_window": 5,
+    "score_epochs": 300,
 }
 
 
@@ -54,6 +58,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--check", action="store_true", help="print held-out forecast skill")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--score-only", action="store_true",
+                        help="keep the stored PCA, ODE and Q; (re)fit only the score prior")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     s = SETTINGS
@@ -61,12 +67,20 @@ def main(argv: list[str] | None = None) -> None:
     ds = training_data(s)
     print(f"data {dict(ds.sizes)} in {time.perf_counter() - t0:.1f} s")
     t0 = time.perf_counter()
-    model = xlatda.fit(
-        ds, encoder="pca", latent_dim=s["latent_dim"], dynamics="ode", uncertainty="diagonal",
-        epochs=s["epochs"], seed=s["seed"], progress=False, validation=None,
-        dynamics_options={"width": s["width"], "depth": s["depth"], "window": s["window"]},
-    )
-    print(f"fit {model} in {time.perf_counter() - t0:.1f} s")
+    if args.score_only:
+        model = xlatda.open_model(args.out)
+    else:
+        model = xlatda.fit(
+            ds, encoder="pca", latent_dim=s["latent_dim"], dynamics="ode",
+            uncertainty="diagonal", epochs=s["epochs"], seed=s["seed"], progress=False,
+            validation=None,
+            dynamics_options={"width": s["width"], "depth": s["depth"], "window": s["window"]},
+        )
+        print(f"fit {model} in {time.perf_counter() - t0:.1f} s")
+    t0 = time.perf_counter()
+    model = xlatda.fit_score(ds, model, window=s["score_window"], epochs=s["score_epochs"],
+                             seed=s["seed"], progress=False)
+    print(f"score prior in {time.perf_counter() - t0:.1f} s")
     model.history["settings"] = dict(s)
     model.save(args.out, overwrite=True)
     size = sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file())
