@@ -178,6 +178,19 @@ class Covariance:
         return f"{type(self).__name__}(n={self.n}, dtype={self.dtype})"
 
 
+def _apply(mat: Tensor, v: Tensor) -> Tensor:
+    """``mat @ v`` over the last dimension of ``v``.
+
+    For one matrix, ``v @ mat^T`` is a single matrix product for a whole batch
+    of vectors; ``mat @ v[..., None]`` would broadcast the matrix and read it
+    from memory once per vector (25x slower for 80 vectors of size 6144).
+    Batched matrices pair with the batch of ``v``.
+    """
+    if mat.dim() == 2:
+        return v @ mat.transpose(-1, -2)
+    return (mat @ v.unsqueeze(-1)).squeeze(-1)
+
+
 def _check_factor(factor: float) -> float:
     factor = float(factor)
     if not factor > 0 or not math.isfinite(factor):
@@ -389,13 +402,13 @@ class DenseCovariance(Covariance):
         return self.matrix.device
 
     def __matmul__(self, v: Tensor) -> Tensor:
-        return (self.matrix @ self._check(v).unsqueeze(-1)).squeeze(-1)
+        return _apply(self.matrix, self._check(v))
 
     def inv_matvec(self, v: Tensor) -> Tensor:
         return torch.cholesky_solve(self._check(v).unsqueeze(-1), self.chol).squeeze(-1)
 
     def sqrt_matvec(self, v: Tensor) -> Tensor:
-        return (self.chol @ self._check(v).unsqueeze(-1)).squeeze(-1)
+        return _apply(self.chol, self._check(v))
 
     def inv_sqrt_matvec(self, v: Tensor) -> Tensor:
         v = self._check(v).unsqueeze(-1)
