@@ -316,8 +316,8 @@ def _aux_stack(aux: xr.Dataset | xr.DataArray, ds: xr.Dataset, L: StateLayout,
             f"{dict(zip(La.spatial_dims, La.spatial_shape))}; regrid or rasterize it first"
         )
     a = La.stack(aux)
-    lead = [d for d in L.stack(ds).dims if d != CHANNEL_DIM and d not in L.spatial_dims]
-    alead = [d for d in a.dims if d != CHANNEL_DIM and d not in L.spatial_dims]
+    lead = list(L.lead_dims(ds))
+    alead = list(La.lead_dims(aux))
     if alead != lead or any(a.sizes[d] != ds.sizes[d] for d in lead):
         raise LayoutError(
             f"aux must have the state's sample dims {[(d, ds.sizes[d]) for d in lead]}, got "
@@ -361,18 +361,9 @@ def _with_aux(stacked: xr.DataArray, aux, ds: xr.Dataset, model: LatentModel, sp
         )
     chans = _aux_channels(a, np.asarray(spec["mean"]), np.asarray(spec["std"]),
                           stacked.dtype).transpose(*stacked.dims)
-    if is_lazy(stacked) and not is_lazy(chans):
-        chans = chans.chunk({d: stacked.chunksizes[d] for d in stacked.dims
-                             if d != CHANNEL_DIM and d not in model.layout.spatial_dims})
-    lazy = is_lazy(stacked) or is_lazy(chans)
-    axis = stacked.dims.index(CHANNEL_DIM)
-    if lazy:
-        import dask.array as dsa
-
-        both = dsa.concatenate([dsa.asarray(stacked.data), dsa.asarray(chans.data)], axis=axis)
-    else:
-        both = np.concatenate([stacked.data, chans.data], axis=axis)
-    combined = xr.DataArray(both, dims=stacked.dims, coords=stacked.coords)
+    # Positional, like the state (join="override"); lazy if either side is.
+    combined = xr.concat([stacked, chans], dim=CHANNEL_DIM, join="override", coords="minimal",
+                         compat="override")
     C = model.layout.n_channels
     enc = model.encoder
 

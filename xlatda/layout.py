@@ -221,8 +221,7 @@ class StateLayout:
         Lazy on dask-backed input. Sample dimensions are kept (not flattened).
         """
         self.check(ds)
-        sample = tuple(d for d in self.sample_dims if d in ds[self.variables[0]].dims)
-        lead = (*sample, *((self.member_dim,) if self._has_member(ds) else ()))
+        lead = self.lead_dims(ds)
         arrays = []
         for spec in self.specs:
             var = ds[spec.name].variable
@@ -315,6 +314,11 @@ class StateLayout:
         order = [n for n in base.data_vars if n in out.data_vars]
         order += [n for n in out.data_vars if n not in order]
         return out[order]
+
+    def lead_dims(self, ds: xr.Dataset) -> tuple[str, ...]:
+        """The leading dims of :meth:`stack`'s output: sample dims, then ``member``."""
+        sample = tuple(d for d in self.sample_dims if d in ds[self.variables[0]].dims)
+        return (*sample, *((self.member_dim,) if self._has_member(ds) else ()))
 
     def _has_member(self, ds: xr.Dataset) -> bool:
         return self.member_dim is not None and self.member_dim in ds[self.variables[0]].dims
