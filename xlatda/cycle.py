@@ -708,36 +708,58 @@ def cycle(
         ens = sp.from_fields(ens[0]) if not pnames else torch.cat(
             [sp.from_fields(ens[0]), ens[1]], -1)
 
-    progress = get_options()["progress"] if progress is None else progress
+    step_groups, step_times = _windows(groups, time_values, window)
+
+    def analyse_window(k: int, subs: list[ObservationTable]) -> list[dict[str, Any]]:
+        nonlocal ens, t_cur  # the ensemble carried from window to window
+        gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + k + 1)
+        times = [float(tvals[g[0]]) for g in step_groups[k]]
+        if isinstance(inst, EnVar4D):
+            rec, ens, t_cur = _envar_window(inst, sp, ens, t_cur, times, subs, gen, noise)
+        elif isinstance(inst, VAE4DVar):
+            rec, ens, t_cur = _vae4dvar_window(inst, sp, ens, t_cur, times, subs, gen)
+        else:
+            ens_b = sp.forecast(ens, t_cur, times[0], gen, noise)
+            if single:
+                ana = _analyse(inst, sp, ens_b.mean(0, keepdim=True), subs[0], gen, settings)
+            else:
+                ana = _analyse(inst, sp, ens_b, subs[0], gen, settings)
+            rec = [(ens_b, ana)]
+            ens, t_cur = ana, times[-1]
+        return _records(sp, rec, subs, step_times[k], pnames)
+
+    return _run_windows(analyse_window, table, step_groups, step_times, done, L, tname, pnames,
+                        store=store, progress=progress, desc=f"cycle {method}")
+
+
+def _windows(groups: list[np.ndarray], time_values: list[Any], window: int):
+    """Observation-time groups and their time labels, ``window`` times per analysis."""
     step_groups = [groups[i:i + window] for i in range(0, len(groups), window)]
     step_times = [time_values[i:i + window] for i in range(0, len(groups), window)]
-    n_done_steps = sum(1 for g in step_times if _tfloat(np.asarray(g[-1])) <= done + 1e-9) \
-        if done is not None else 0
+    return step_groups, step_times
+
+
+def _run_windows(analyse_window, table: ObservationTable, step_groups, step_times,
+                 done: float | None, L: StateLayout, tname: str, pnames, *, store,
+                 progress: bool | None, desc: str) -> CycleResult:
+    """Drive the analyses: skip the windows a resumed store holds, show progress,
+    write each window's records to the store, and assemble the result.
+
+    ``analyse_window(k, subs)`` analyses window ``k`` (its observation tables
+    ``subs``) and returns its records (see :func:`_records`).
+    """
+    n_done = 0 if done is None else sum(
+        1 for g in step_times if _tfloat(np.asarray(g[-1])) <= done + 1e-9)
+    progress = get_options()["progress"] if progress is None else progress
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(step_groups), initial=n_done_steps, desc=f"cycle {method}",
-                   leave=False)
+        bar = tqdm(total=len(step_groups), initial=n_done, desc=desc, leave=False)
     records: list[dict[str, Any]] = []
     try:
-        for k in range(n_done_steps, len(step_groups)):
-            gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + k + 1)
-            subs = [table.select(g) for g in step_groups[k]]
-            times = [float(tvals[g[0]]) for g in step_groups[k]]
-            if isinstance(inst, EnVar4D):
-                rec, ens, t_cur = _envar_window(inst, sp, ens, t_cur, times, subs, gen, noise)
-            elif isinstance(inst, VAE4DVar):
-                rec, ens, t_cur = _vae4dvar_window(inst, sp, ens, t_cur, times, subs, gen)
-            else:
-                ens_b = sp.forecast(ens, t_cur, times[0], gen, noise)
-                if single:
-                    ana = _analyse(inst, sp, ens_b.mean(0, keepdim=True), subs[0], gen, settings)
-                else:
-                    ana = _analyse(inst, sp, ens_b, subs[0], gen, settings)
-                rec = [(ens_b, ana)]
-                ens, t_cur = ana, times[-1]
-            recs = _records(sp, rec, subs, step_times[k], pnames)
+        for k in range(n_done, len(step_groups)):
+            recs = analyse_window(k, [table.select(g) for g in step_groups[k]])
             records.extend(recs)
             if store is not None:
                 _write(store, recs, L, tname, pnames, first=(k == 0))

@@ -598,15 +598,7 @@ def assimilate_score(state, obs, model, *, space, members, seed, settings) -> xr
 def cycle_score(background, obs, model, *, space, members, window, seed, progress, store,
                 settings):
     """``xlatda.cycle(..., method="score")`` (see :func:`xlatda.cycle`)."""
-    from xlatda.cycle import (
-        _assemble,
-        _group_times,
-        _open_result,
-        _records,
-        _resume,
-        _tfloat,
-        _write,
-    )
+    from xlatda.cycle import _group_times, _records, _resume, _run_windows, _tfloat, _windows
     from xlatda.obs.contract import to_tensors, validate
 
     kind = _check_space(model, space)
@@ -646,36 +638,17 @@ def cycle_score(background, obs, model, *, space, members, window, seed, progres
         )
     groups = _group_times(tvals)
     time_values = [table.time[g[0]] for g in groups]
-    step_groups = [groups[i:i + window] for i in range(0, len(groups), window)]
-    step_times = [time_values[i:i + window] for i in range(0, len(groups), window)]
+    step_groups, step_times = _windows(groups, time_values, window)
     positions = [sampler.positions([float(tvals[g[0]]) for g in sg]) for sg in step_groups]
     sp = _space(model, kind)
     done, _ = _resume(store, L, tname, [])
-    n_done = sum(1 for g in step_times if _tfloat(np.asarray(g[-1])) <= done + 1e-9) \
-        if done is not None else 0
-    progress = get_options()["progress"] if progress is None else progress
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(step_groups), initial=n_done, desc="cycle score", leave=False)
-    records: list[dict[str, Any]] = []
-    try:
-        for k in range(n_done, len(step_groups)):
-            gen = sampler.generator(int(seed) * 1_000_003 + k + 1)
-            subs = [table.select(g) for g in step_groups[k]]
-            post, prior = sampler.draw(int(members), subs, positions[k], gen, prior_too=True)
-            rec = [(b.to(_F64), a.to(_F64)) for b, a in zip(prior, post)]
-            recs = _records(sp, rec, subs, step_times[k], [])
-            records.extend(recs)
-            if store is not None:
-                _write(store, recs, L, tname, [], first=(k == 0))
-            if bar is not None:
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
-    if store is not None:
-        return _open_result(store)
-    return _assemble(records, L, tname, [])
+    def analyse_window(k: int, subs: list) -> list[dict[str, Any]]:
+        gen = sampler.generator(int(seed) * 1_000_003 + k + 1)
+        post, prior = sampler.draw(int(members), subs, positions[k], gen, prior_too=True)
+        rec = [(b.to(_F64), a.to(_F64)) for b, a in zip(prior, post)]
+        return _records(sp, rec, subs, step_times[k], [])
+
+    return _run_windows(analyse_window, table, step_groups, step_times, done, L, tname, [],
+                        store=store, progress=progress, desc="cycle score")
 
