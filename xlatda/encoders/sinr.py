@@ -94,7 +94,6 @@ import copy
 import hashlib
 import math
 import time
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -103,6 +102,7 @@ from tqdm.auto import tqdm
 
 from xlatda import sphere
 from xlatda.encoders.base import Encoder, encoders
+from xlatda.encoders.training import minimise_per_sample
 from xlatda.errors import ConfigError, ShapeError
 from xlatda.options import get_options, resolve_device, resolve_dtype
 
@@ -170,91 +170,6 @@ def _sketch(x: Tensor) -> Tensor:
     k = torch.arange(1, _SKETCH_SIZE + 1, dtype=torch.float64, device=flat.device)
     proj = torch.cos(0.7548776662466927 * idx[:, None] * k + 0.5698402909980532 * k * k)
     return flat @ proj / math.sqrt(max(1, n))
-
-
-def _autodecode(
-    fn: Callable[[Tensor], Tensor],
-    target: Tensor,
-    weight: Tensor,
-    z0: Tensor,
-    *,
-    steps: int,
-    lr: float,
-    plateau: int = 20,
-    factor: float = 0.5,
-    min_lr: float | None = None,
-    rel_tol: float = 1e-4,
-    betas: tuple[float, float] = (0.9, 0.999),
-    eps: float = 1e-8,
-) -> tuple[Tensor, Tensor]:
-    r"""Minimise a per-sample weighted MSE over latent vectors, all samples at once.
-
-    Adam on ``z (B, D)`` with a learning rate per sample that is halved when
-    that sample's loss has not improved by ``rel_tol`` (relative) for
-    ``plateau`` steps; a sample stops moving once its rate falls below
-    ``min_lr`` (default ``lr / 100``), and the loop ends when every sample has
-    stopped or after ``steps`` steps. The best ``z`` seen for each sample is
-    returned. Samples are independent: each sample's loss only depends on its
-    own ``z`` row, and Adam's statistics are elementwise, so the batch is
-    exactly ``B`` separate optimisations run as one tensor computation.
-
-    Parameters
-    ----------
-    fn : callable
-        ``z (B, D) -> prediction (B, *S)``, differentiable in ``z``.
-    target : Tensor
-        ``(B, *S)``, finite (put zeros where missing and zero weights there).
-    weight : Tensor
-        Broadcastable to ``(B, *S)``.
-    z0 : Tensor
-        ``(B, D)`` starting point.
-
-    Returns
-    -------
-    z : Tensor
-        ``(B, D)`` best latent vectors (detached).
-    loss : Tensor
-        ``(B,)`` their losses.
-    """
-    min_lr = lr / 100.0 if min_lr is None else min_lr
-    b1, b2 = betas
-    z = z0.detach().clone()
-    m = torch.zeros_like(z)
-    v = torch.zeros_like(z)
-    rate = torch.full((z.shape[0], 1), float(lr), dtype=z.dtype, device=z.device)
-    best_z = z.clone()
-    best = torch.full((z.shape[0],), math.inf, dtype=z.dtype, device=z.device)
-    ref = best.clone()  # loss level that counts as "improved" for the plateau test
-    stale = torch.zeros(z.shape[0], dtype=torch.long, device=z.device)
-    for t in range(1, int(steps) + 1):
-        with torch.enable_grad():
-            zz = z.requires_grad_(True)
-            loss = _weighted_mse(fn(zz), target, weight)
-            (grad,) = torch.autograd.grad(loss.sum(), zz)
-        z = z.detach()
-        loss = loss.detach()
-        better = loss < best
-        best = torch.where(better, loss, best)
-        best_z = torch.where(better[:, None], z, best_z)
-        improved = loss < ref * (1.0 - rel_tol)
-        ref = torch.where(improved, loss, ref)
-        stale = torch.where(improved, torch.zeros_like(stale), stale + 1)
-        cut = stale >= plateau
-        rate = torch.where(cut[:, None], rate * factor, rate)
-        stale = torch.where(cut, torch.zeros_like(stale), stale)
-        active = rate >= min_lr
-        if not bool(active.any()):
-            break
-        m.mul_(b1).add_(grad, alpha=1.0 - b1)
-        v.mul_(b2).addcmul_(grad, grad, value=1.0 - b2)
-        step = (m / (1.0 - b1**t)) / ((v / (1.0 - b2**t)).sqrt() + eps)
-        z = z - torch.where(active, rate, torch.zeros_like(rate)) * step
-    with torch.no_grad():
-        loss = _weighted_mse(fn(z), target, weight)
-    better = loss < best
-    best = torch.where(better, loss, best)
-    best_z = torch.where(better[:, None], z, best_z)
-    return best_z, best
 
 
 @encoders.register("sinr")
@@ -751,7 +666,10 @@ class SINR(Encoder):
             for i in bar:
                 t = target[i : i + step]
                 w = weight if weight.shape[0] == 1 else weight[i : i + step]
-                z, loss = _autodecode(fn, t, w, z0.expand(t.shape[0], -1), steps=steps, lr=lr)
+                z, loss = minimise_per_sample(
+                    lambda zz, t=t, w=w: _weighted_mse(fn(zz), t, w),
+                    z0.expand(t.shape[0], -1), steps=steps, lr=lr,
+                )
                 z_all.append(z)
                 loss_all.append(loss)
         if not z_all:

@@ -91,6 +91,7 @@ __all__ = [
     "area_weights",
     "autodecode",
     "check_grid",
+    "minimise_per_sample",
     "point_weights",
     "seeded",
     "train_module",
@@ -468,6 +469,84 @@ def train_module(
 # ---------------------------------------------------------------------------
 # auto-decoding
 # ---------------------------------------------------------------------------
+def minimise_per_sample(
+    losses: Callable[[Tensor], Tensor],
+    z0: Tensor,
+    *,
+    steps: int,
+    lr: float,
+    factor: float = 0.5,
+    patience: int = 20,
+    min_lr: float | None = None,
+    rel_tol: float = 1e-4,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    progress: bool | None = False,
+    desc: str = "autodecode",
+) -> tuple[Tensor, Tensor]:
+    """Adam on ``z (B, K)`` for a batch of independent per-sample losses.
+
+    ``losses(z) -> (B,)``, where row ``b`` depends on ``z[b]`` only; Adam's
+    statistics are elementwise, so the batch is ``B`` separate optimisations
+    run as one tensor computation. Each sample has its own learning rate,
+    multiplied by ``factor`` when its loss has not improved by the relative
+    amount ``rel_tol`` for ``patience`` steps; a sample whose rate falls below
+    ``min_lr`` (default ``lr / 100``) stops moving, and the loop ends when every
+    sample has stopped or after ``steps`` steps.
+
+    Returns
+    -------
+    best_z : Tensor
+        ``(B, K)``, the best ``z`` met for each sample (detached).
+    best : Tensor
+        ``(B,)``, their losses.
+    """
+    b1, b2 = betas
+    min_lr = lr / 100.0 if min_lr is None else float(min_lr)
+    with torch.inference_mode(False), torch.enable_grad():
+        z = z0.detach().contiguous().clone().requires_grad_(True)
+        B = z.shape[0]
+        m = torch.zeros_like(z)
+        v = torch.zeros_like(z)
+        rate = torch.full((B,), float(lr), dtype=z.dtype, device=z.device)
+        best_z = z.detach().clone()
+        best = torch.full((B,), math.inf, dtype=z.dtype, device=z.device)
+        ref = best.clone()  # the loss level a plateau test must beat
+        bad = torch.zeros(B, dtype=torch.long, device=z.device)
+        bar = tqdm(range(1, int(steps) + 1), desc=desc, leave=False,
+                   disable=not _resolve_progress(progress))
+        for t in bar:
+            per = losses(z)
+            (g,) = torch.autograd.grad(per.sum(), z)
+            with torch.no_grad():
+                per = per.detach()
+                better = per < best
+                best = torch.where(better, per, best)
+                best_z = torch.where(better[:, None], z, best_z)
+                improved = per < ref * (1.0 - rel_tol)
+                ref = torch.where(improved, per, ref)
+                bad = torch.where(improved, torch.zeros_like(bad), bad + 1)
+                plateau = bad >= patience
+                rate = torch.where(plateau, rate * factor, rate)
+                bad = torch.where(plateau, torch.zeros_like(bad), bad)
+                active = rate >= min_lr
+                if not bool(active.any()):
+                    break
+                m.mul_(b1).add_(g, alpha=1 - b1)
+                v.mul_(b2).addcmul_(g, g, value=1 - b2)
+                step = (m / (1 - b1**t)) / ((v / (1 - b2**t)).sqrt() + eps)
+                z.sub_((rate * active)[:, None] * step)
+            if t % 10 == 0:
+                bar.set_postfix(loss=f"{float(best.mean()):.4g}")
+        bar.close()
+        with torch.no_grad():
+            per = losses(z).detach()
+            better = per < best
+            best = torch.where(better, per, best)
+            best_z = torch.where(better[:, None], z.detach(), best_z)
+    return best_z, best
+
+
 def autodecode(
     decode_at_fn: Callable[[Tensor, Any, Any], Tensor],
     values: Tensor,
@@ -539,15 +618,11 @@ def autodecode(
     """
     if values.dim() != 2:
         raise ShapeError(f"values must be (batch, points), got {tuple(values.shape)}")
-    b1, b2 = betas
-    min_lr = lr / 100.0 if min_lr is None else float(min_lr)
     with torch.inference_mode(False), torch.enable_grad():
         values = values.detach().clone()
-        B = values.shape[0]
         z = z0.detach().clone().to(values.device)
         if z.dim() == 1:
-            z = z.expand(B, -1)
-        z = z.contiguous().clone().requires_grad_(True)
+            z = z.expand(values.shape[0], -1)
         w = None if weights is None else weights.detach().clone().to(values)
 
         def losses(zz: Tensor) -> Tensor:
@@ -559,48 +634,10 @@ def autodecode(
                 out = out + l2 * (zz**2).sum(-1)
             return out
 
-        m = torch.zeros_like(z)
-        v = torch.zeros_like(z)
-        rate = torch.full((B,), float(lr), dtype=z.dtype, device=z.device)
-        best_z = z.detach().clone()
-        best = torch.full((B,), math.inf, dtype=z.dtype, device=z.device)
-        ref = best.clone()  # the loss level a plateau test must beat
-        bad = torch.zeros(B, dtype=torch.long, device=z.device)
-        bar = tqdm(
-            range(1, steps + 1),
-            desc="autodecode",
-            leave=False,
-            disable=not _resolve_progress(progress),
+        best_z, best = minimise_per_sample(
+            losses, z, steps=steps, lr=lr, factor=factor, patience=patience, min_lr=min_lr,
+            rel_tol=rel_tol, betas=betas, eps=eps, progress=progress,
         )
-        for t in bar:
-            per = losses(z)
-            (g,) = torch.autograd.grad(per.sum(), z)
-            with torch.no_grad():
-                per = per.detach()
-                better = per < best
-                best = torch.where(better, per, best)
-                best_z = torch.where(better[:, None], z, best_z)
-                improved = per < ref * (1.0 - rel_tol)
-                ref = torch.where(improved, per, ref)
-                bad = torch.where(improved, torch.zeros_like(bad), bad + 1)
-                plateau = bad >= patience
-                rate = torch.where(plateau, rate * factor, rate)
-                bad = torch.where(plateau, torch.zeros_like(bad), bad)
-                active = rate >= min_lr
-                if not bool(active.any()):
-                    break
-                m.mul_(b1).add_(g, alpha=1 - b1)
-                v.mul_(b2).addcmul_(g, g, value=1 - b2)
-                step = (m / (1 - b1**t)) / ((v / (1 - b2**t)).sqrt() + eps)
-                z.sub_((rate * active)[:, None] * step)
-            if t % 10 == 0:
-                bar.set_postfix(loss=f"{float(best.mean()):.4g}")
-        bar.close()
-        with torch.no_grad():
-            per = losses(z).detach()
-            better = per < best
-            best = torch.where(better, per, best)
-            best_z = torch.where(better[:, None], z.detach(), best_z)
     if return_loss:
         return best_z, best
     return best_z
