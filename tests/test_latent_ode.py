@@ -23,17 +23,6 @@ from xlatda.dynamics.training import (
 )
 from xlatda.errors import ConfigError, ShapeError, UnknownNameError
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors: one torch thread is faster, and two threads thrash on a
-    # shared two-core machine (10x slower when other processes are busy).
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 F64 = torch.float64
 A_DAMPED = torch.tensor([[-0.1, 1.0], [-1.0, -0.1]], dtype=F64)  # damped rotation
 

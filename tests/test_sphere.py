@@ -26,14 +26,6 @@ from xlatda.sphere import (
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # These tensors are small: one thread is as fast as two, and it does not
-    # collapse when other processes oversubscribe the cores (OpenMP barriers).
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 C128 = torch.complex128
 

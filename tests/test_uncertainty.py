@@ -13,17 +13,6 @@ from xlatda.dynamics.physical import CallableModel, Lorenz96
 from xlatda.errors import ConfigError, ShapeError
 from xlatda.uncertainty import ModelError, fit_model_error, residuals
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors: one torch thread is faster, and two threads thrash on a
-    # shared two-core machine (10x slower when other processes are busy).
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 F64 = torch.float64
 M = 20000
 
