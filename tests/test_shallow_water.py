@@ -23,7 +23,6 @@ from xlatda.sphere import latitude_grid
 F64 = torch.float64
 
 
-
 DAY = 86400.0
 
 

@@ -26,7 +26,6 @@ from xlatda.sphere import (
 F64 = torch.float64
 
 
-
 C128 = torch.complex128
 
 
