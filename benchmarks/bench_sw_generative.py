@@ -290,7 +290,7 @@ def _part1(data: dict[str, Any], cfg: dict[str, Any], seed: int) -> dict[str, An
     _log(f"VAE trained in {info['vae_train_seconds']:.0f} s")
     info["vae_val_loss"] = float(hist["val_loss"][-1]) if hist.get("val_loss") else None
     dec = flat_decoder(vae)
-    with torch.no_grad():  # centre the decoder: w = 0 is the background itself
+    with torch.no_grad():  # reported; VAEVar(centre=True) removes it (w = 0 is the background)
         d0 = dec(torch.zeros(1, cfg["vae_latent"])).to(F64)[0]
     info["decoder_at_zero_rms"] = float(d0.pow(2).mean().sqrt())
 
@@ -315,7 +315,7 @@ def _part1(data: dict[str, Any], cfg: dict[str, Any], seed: int) -> dict[str, An
     _log(f"B candidates built in {info['b_build_seconds']:.0f} s")
 
     def vaevar(lam):
-        inst = VAEVar(decoder=dec, std=std_v, lam=lam, iterations=50, offset=-d0 * std_v)
+        inst = VAEVar(decoder=dec, std=std_v, lam=lam, iterations=50, centre=True)
         return lambda xb, y, h: inst.analyse(xb, y, SIGMA_O, h).mean
 
     # choose on validation
