@@ -85,8 +85,7 @@ def rasterize(obs: xr.Dataset, like: xr.Dataset | xr.DataArray) -> xr.Dataset:
     if L.kind == "latlon":
         cell = _cells_latlon(L, table.lat, table.lon)
     elif L.kind == "generic":
-        cell = np.clip(np.rint(np.asarray(table.position, float)).astype(int) % n_cells,
-                       0, n_cells - 1)
+        cell = np.rint(np.asarray(table.position, float)).astype(int) % n_cells
     else:
         cell = _cells_points(L, table.lat, table.lon)
     tname = L.axes.time
