@@ -52,10 +52,10 @@ from pathlib import Path
 
 import torch
 
-from xlatda.assimilate.ensemble import ETKF, DEnKF, EnKF, EnSRF
-from xlatda.assimilate.letkf import LETKF
-from xlatda.assimilate.localization import IndexDistance
 from xlatda.dynamics.physical import Lorenz96
+from xlatda.methods.ensemble import ETKF, DEnKF, EnKF, EnSRF
+from xlatda.methods.letkf import LETKF
+from xlatda.methods.localization import IndexDistance
 
 OUT = Path(__file__).resolve().parent / "out" / "lorenz96_filters.md"
 

@@ -35,10 +35,10 @@ from pathlib import Path
 
 import torch
 
-from xlatda.assimilate.covariance import Covariance, covariance_from_differences
-from xlatda.assimilate.envar4d import EnVar4D
-from xlatda.assimilate.var3d import Var3D
 from xlatda.dynamics.physical import Lorenz96
+from xlatda.methods.covariance import Covariance, covariance_from_differences
+from xlatda.methods.envar4d import EnVar4D
+from xlatda.methods.var3d import Var3D
 
 REFERENCE = {"3dvar": 0.41, "etkf": 0.18}  # METHODS.md section 5
 TARGET_3DVAR = 0.47

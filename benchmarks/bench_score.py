@@ -1,18 +1,18 @@
 r"""Benchmark: SLAMS score-based assimilation, cost and posterior accuracy against steps.
 
 1. **Cost**: wall time of one analysis
-   (:meth:`xlatda.assimilate.score.ScoreDA.analyse`) against the number of
-   predictor steps, for a :class:`~xlatda.assimilate.diffusion.ScoreMLP`
+   (:meth:`xlatda.methods.score.ScoreDA.analyse`) against the number of
+   predictor steps, for a :class:`~xlatda.methods.diffusion.ScoreMLP`
    (latent dim 64, window 5, hidden 256, depth 3, float32) and 32 members,
    with observations (16 of the 64 latent components at each of the 5 states,
    a linear operator; one backward pass per network call) and without
    (prior sampling). One Langevin correction per step, so ``2 * steps``
    network calls per analysis. Plus the training throughput of
-   :func:`~xlatda.assimilate.diffusion.fit_score` on the same network.
+   :func:`~xlatda.methods.diffusion.fit_score` on the same network.
 2. **Accuracy**: the Gaussian case of ``tests/test_score.py``: prior
    N(m, S) on a window of 2 states of dimension 2 (D = 4, prior standard
    deviations 0.9-1.2), two linear observations with error 0.3, the exact
-   ε of the prior (:class:`~xlatda.assimilate.diffusion.GaussianEps`). The
+   ε of the prior (:class:`~xlatda.methods.diffusion.GaussianEps`). The
    sampler's mean and standard deviations are compared with the exact
    (Kalman) posterior, for the guidance inflation gamma = 1e-2 (the papers')
    and 1e-1, with and without the Langevin corrector, for a typical
@@ -40,8 +40,8 @@ from typing import Any
 
 import torch
 
-from xlatda.assimilate.diffusion import GaussianEps, ScoreMLP, fit_score
-from xlatda.assimilate.score import ScoreDA
+from xlatda.methods.diffusion import GaussianEps, ScoreMLP, fit_score
+from xlatda.methods.score import ScoreDA
 
 OUT = Path(__file__).resolve().parent / "out"
 F64 = torch.float64

@@ -16,30 +16,30 @@ which every hyper-parameter is chosen, and held-out test trajectories
    spectral :class:`~xlatda.dynamics.shallow_water.ShallowWater` at T21
    (32 x 64, dt 900 s), i.e. an imperfect model (unresolved jet). Two
    background-error sets on the training truth: 1-h forecasts started from
-   the truth (:func:`~xlatda.assimilate.vaevar.background_errors`), and the
+   the truth (:func:`~xlatda.methods.vaevar.background_errors`), and the
    backgrounds of a 3DVar cycle with the same observation density (the
    errors a cycled analysis meets: larger, with the structure the analyses
    leave). The VAE (:class:`~xlatda.encoders.vae.VAE`, MLP) is trained on
-   the cycled errors, and :class:`~xlatda.assimilate.vaevar.VAEVar` analyses
+   the cycled errors, and :class:`~xlatda.methods.vaevar.VAEVar` analyses
    ``x_b + offset + (D(w) - D(0)) std`` (std: of those errors; offset: the
    mean 1-h error, the model's bias, for every method; the decoder is
    centred so that ``w = 0`` is the background: ``D(0)`` of a VAE is not
    zero, and adding it every hour drifts the cycle).
-   The 3DVar baseline (:class:`~xlatda.assimilate.var3d.Var3D`) gets a
+   The 3DVar baseline (:class:`~xlatda.methods.var3d.Var3D`) gets a
    static B (diagonal, or Gaussian correlations on the sphere per channel;
    in the full mode also the shrunk sample covariance,
-   :func:`~xlatda.assimilate.covariance.covariance_from_differences`) from
+   :func:`~xlatda.methods.covariance.covariance_from_differences`) from
    either error set; the B, its error set and its
    scale are chosen on the validation trajectories, as is VAE-Var's
    ``lam``. Start: each test trajectory starts from the other's state.
 2. **Score-based latent assimilation across coarsening** r in {4, 8, 16}: a
    whitened PCA (:class:`~xlatda.encoders.pca.PCA`) of the height+vorticity
-   states, a :class:`~xlatda.assimilate.diffusion.ScoreMLP` prior over windows
+   states, a :class:`~xlatda.methods.diffusion.ScoreMLP` prior over windows
    of 5 hourly latent states, observations = r x r block means of the true
    window (all 5 states) plus noise 0.1, guided through coarsen o decode
-   (:class:`~xlatda.assimilate.score.ScoreDA`, ``guide_clip=1`` against the
+   (:class:`~xlatda.methods.score.ScoreDA`, ``guide_clip=1`` against the
    stiffness of ~1000 precise observations per window). Pixel baseline: a
-   :class:`~xlatda.assimilate.diffusion.ScoreUNet` prior (with the same
+   :class:`~xlatda.methods.diffusion.ScoreUNet` prior (with the same
    skip preconditioning as the MLP) over the physical
    windows, the same sampler and the same observations. RMSE of the ensemble
    mean, spread-skill ratio, rank histogram of the truth among the members.
@@ -74,24 +74,24 @@ if __package__ in (None, ""):  # run as a script
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._sw_common import F64, Norm, fit_norm, rmse, trajectories
-from xlatda.assimilate.covariance import (
+from xlatda.dynamics.shallow_water import ShallowWater
+from xlatda.encoders.pca import PCA
+from xlatda.encoders.vae import VAE
+from xlatda.methods.covariance import (
     DenseCovariance,
     DiagonalCovariance,
     GaussianCorrelationCovariance,
     covariance_from_differences,
 )
-from xlatda.assimilate.diffusion import (
+from xlatda.methods.diffusion import (
     ScoreMLP,
     ScoreUNet,
     fit_score,
     sliding_windows,
 )
-from xlatda.assimilate.score import ScoreDA
-from xlatda.assimilate.vaevar import VAEVar, background_errors, flat_decoder
-from xlatda.assimilate.var3d import Var3D
-from xlatda.dynamics.shallow_water import ShallowWater
-from xlatda.encoders.pca import PCA
-from xlatda.encoders.vae import VAE
+from xlatda.methods.score import ScoreDA
+from xlatda.methods.vaevar import VAEVar, background_errors, flat_decoder
+from xlatda.methods.var3d import Var3D
 
 OUT = Path(__file__).resolve().parent / "out"
 

@@ -2,7 +2,7 @@
 
 Lorenz-96 (40 sites, forcing 8) is the truth; the forecast model is
 imperfect (forcing 7). A variational autoencoder is trained on normalised
-background errors (:func:`xlatda.assimilate.background_errors`: forecasts
+background errors (:func:`xlatda.methods.background_errors`: forecasts
 started from the truth), and ``method="vaevar"`` searches the analysis as
 ``x = x_b + D(w) * std`` (Xiao et al., ICLR 2025). The baselines are 3DVar
 with static covariances estimated from the same error samples: diagonal, and
@@ -31,9 +31,9 @@ import numpy as np
 import torch
 
 import xlatda
-from xlatda.assimilate import background_errors, covariance_from_differences
 from xlatda.dynamics import Lorenz96
 from xlatda.encoders import VAE
+from xlatda.methods import background_errors, covariance_from_differences
 
 QUICK = os.environ.get("XLATDA_QUICK") == "1"
 n, every, lead = 40, 2, 16  # observations every 2 model steps (0.1 time units)

@@ -9,7 +9,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xlatda.assimilate.covariance import (
+from xlatda.errors import ConfigError, ShapeError, XlatdaError
+from xlatda.methods.covariance import (
     Covariance,
     DenseCovariance,
     DiagonalCovariance,
@@ -17,7 +18,6 @@ from xlatda.assimilate.covariance import (
     ScaledIdentity,
     covariance_from_differences,
 )
-from xlatda.errors import ConfigError, ShapeError, XlatdaError
 
 F64 = torch.float64
 

@@ -210,7 +210,7 @@ def test_latent_cycle_beats_free_run():
 
 
 def test_vaevar_linear_decoder_equals_3dvar_on_xarray():
-    from xlatda.assimilate import DenseCovariance
+    from xlatda.methods import DenseCovariance
 
     ds = generic_ensemble(n=6).isel(member=0)
     obs = point_obs([1.0, 3.5, 5.0], [0.5, -1.0, 2.0], 0.5)

@@ -7,7 +7,9 @@ import math
 import pytest
 import torch
 
-from xlatda.assimilate.ensemble import (
+from xlatda.dynamics.physical import Lorenz96
+from xlatda.errors import ConfigError, ShapeError, UnknownNameError
+from xlatda.methods.ensemble import (
     ETKF,
     DEnKF,
     EnKF,
@@ -21,9 +23,7 @@ from xlatda.assimilate.ensemble import (
     relax_to_prior_perturbations,
     relax_to_prior_spread,
 )
-from xlatda.assimilate.registry import get_method, method_names
-from xlatda.dynamics.physical import Lorenz96
-from xlatda.errors import ConfigError, ShapeError, UnknownNameError
+from xlatda.methods.registry import get_method, method_names
 
 F64 = torch.float64
 

@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from xlatda.assimilate.envar4d import EnVar4D, envar4d_cost
-from xlatda.assimilate.registry import get_method
 from xlatda.dynamics.physical import Lorenz63, Lorenz96
 from xlatda.errors import ConfigError, ShapeError
+from xlatda.methods.envar4d import EnVar4D, envar4d_cost
+from xlatda.methods.registry import get_method
 
 F64 = torch.float64
 

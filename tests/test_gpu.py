@@ -107,8 +107,8 @@ def test_jacobian_initial_ensemble_on_device(l96, model):
 
 
 def test_letkf_kernel_on_device():
-    from xlatda.assimilate import LETKF
-    from xlatda.assimilate.localization import IndexDistance
+    from xlatda.methods import LETKF
+    from xlatda.methods.localization import IndexDistance
 
     gen = torch.Generator(device=DEVICE).manual_seed(0)
     ens = torch.randn(20, 40, device=DEVICE, dtype=torch.float64, generator=gen)
@@ -121,7 +121,7 @@ def test_letkf_kernel_on_device():
 
 
 def test_vaevar_kernel_on_device():
-    from xlatda.assimilate.vaevar import VAEVar
+    from xlatda.methods.vaevar import VAEVar
 
     g = torch.Generator().manual_seed(0)
     n, k = 12, 4
@@ -139,8 +139,8 @@ def test_vaevar_kernel_on_device():
 
 
 def test_score_da_on_device():
-    from xlatda.assimilate.diffusion import CosineSchedule, GaussianEps
-    from xlatda.assimilate.score import ScoreDA
+    from xlatda.methods.diffusion import CosineSchedule, GaussianEps
+    from xlatda.methods.score import ScoreDA
 
     net = GaussianEps(torch.zeros(1, 2, device=DEVICE), torch.eye(2, device=DEVICE))
     da = ScoreDA(net=net, schedule=CosineSchedule(), steps=8, event_shape=(1, 2))
@@ -175,7 +175,7 @@ def test_model_store_round_trip_on_device(l96, model, tmp_path):
 
 
 def test_physical_filters_on_device():
-    from xlatda.assimilate import ETKF
+    from xlatda.methods import ETKF
 
     gen = torch.Generator(device=DEVICE).manual_seed(0)
     ens = torch.randn(20, 40, device=DEVICE, dtype=torch.float64, generator=gen)

@@ -9,18 +9,18 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xlatda.assimilate.ensemble import etkf_update
-from xlatda.assimilate.letkf import LETKF, letkf_update
-from xlatda.assimilate.localization import (
+from xlatda.dynamics.physical import Lorenz96
+from xlatda.errors import ConfigError, ShapeError
+from xlatda.methods.ensemble import etkf_update
+from xlatda.methods.letkf import LETKF, letkf_update
+from xlatda.methods.localization import (
     GC_RADIUS_FACTOR,
     GreatCircleDistance,
     IndexDistance,
     gaspari_cohn,
     halfwidth,
 )
-from xlatda.assimilate.registry import get_method
-from xlatda.dynamics.physical import Lorenz96
-from xlatda.errors import ConfigError, ShapeError
+from xlatda.methods.registry import get_method
 
 F64 = torch.float64
 

@@ -20,7 +20,8 @@ import math
 import pytest
 import torch
 
-from xlatda.assimilate.diffusion import (
+from xlatda.errors import ConfigError, ShapeError
+from xlatda.methods.diffusion import (
     CosineSchedule,
     GaussianEps,
     ScoreMLP,
@@ -30,9 +31,8 @@ from xlatda.assimilate.diffusion import (
     score_networks,
     sliding_windows,
 )
-from xlatda.assimilate.registry import get_method
-from xlatda.assimilate.score import ScoreDA, guided_eps
-from xlatda.errors import ConfigError, ShapeError
+from xlatda.methods.registry import get_method
+from xlatda.methods.score import ScoreDA, guided_eps
 
 F64 = torch.float64
 EVENT = (2, 2)  # window 2, latent dim 2: D = 4

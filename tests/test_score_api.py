@@ -20,8 +20,8 @@ import torch
 import xarray as xr
 
 import xlatda
-from xlatda.assimilate.diffusion import GaussianEps, ScorePrior
 from xlatda.errors import ConfigError, NotFittedError, ObservationError
+from xlatda.methods.diffusion import GaussianEps, ScorePrior
 
 F64 = torch.float64
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from xlatda.assimilate.diffusion import GaussianEps
-from xlatda.assimilate.score import ScoreDA
 from xlatda.errors import ConfigError
+from xlatda.methods.diffusion import GaussianEps
+from xlatda.methods.score import ScoreDA
 
 F64 = torch.float64
 
@@ -73,7 +73,7 @@ def test_observation_gain_makes_the_sampler_independent_of_observation_units():
     """y = c A x + e with σ_y = c σ: the posterior of x does not depend on c. With
     obs_gain = c |A rows| the guided sampler gives the same samples for c = 1 and
     c = 1e4; without gains the inflation γσ_t²/μ_t² is unit-blind and they differ."""
-    from xlatda.assimilate.score import observation_gain
+    from xlatda.methods.score import observation_gain
 
     d, p, sy = 4, 6, 0.3
     g = torch.Generator().manual_seed(3)

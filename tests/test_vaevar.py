@@ -7,17 +7,17 @@ import pytest
 import torch
 from torch import nn
 
-from xlatda.assimilate.covariance import DenseCovariance
-from xlatda.assimilate.registry import get_method
-from xlatda.assimilate.vaevar import (
+from xlatda.errors import ConfigError, ShapeError
+from xlatda.methods.covariance import DenseCovariance
+from xlatda.methods.registry import get_method
+from xlatda.methods.vaevar import (
     VAE4DVar,
     VAEVar,
     background_errors,
     flat_decoder,
     vaevar_increment_covariance,
 )
-from xlatda.assimilate.var3d import Var3D
-from xlatda.errors import ConfigError, ShapeError
+from xlatda.methods.var3d import Var3D
 
 F64 = torch.float64
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from xlatda.assimilate.covariance import DenseCovariance, DiagonalCovariance
-from xlatda.assimilate.registry import get_method
-from xlatda.assimilate.var3d import Var3D, linear_matrix
 from xlatda.errors import ConfigError, ShapeError
+from xlatda.methods.covariance import DenseCovariance, DiagonalCovariance
+from xlatda.methods.registry import get_method
+from xlatda.methods.var3d import Var3D, linear_matrix
 
 F64 = torch.float64
 

@@ -253,7 +253,7 @@ def assimilate_cases(
     ConfigError
         For inconsistent inputs or unknown methods, before any work.
     """
-    from xlatda.assimilate import get_method
+    from xlatda.methods import get_method
 
     if isinstance(states, xr.DataArray):
         states = states.to_dataset(name=states.name if states.name is not None else "data")

@@ -51,7 +51,7 @@ def load_config(path: str | Path) -> dict[str, Any]:
     """
     import yaml
 
-    from xlatda.assimilate import method_names
+    from xlatda.methods import method_names
 
     path = Path(path)
     if not path.exists():

@@ -12,7 +12,7 @@ One code path serves every method and both spaces:
   ``H' = H o D``, the decoder evaluated at the observation points. The
   analysis is decoded back to the grid.
 
-Methods come from the registry in :mod:`xlatda.assimilate` ("etkf", "enkf",
+Methods come from the registry in :mod:`xlatda.methods` ("etkf", "enkf",
 "denkf", "ensrf", "letkf", "3dvar", "4denvar", "vaevar", "score").
 Observation times are arbitrary: each distinct observation time is an
 analysis time (or, for ``"4denvar"`` and ``"score"``, ``window`` consecutive
@@ -40,7 +40,9 @@ import numpy as np
 import torch
 import xarray as xr
 
-from xlatda.assimilate import (
+from xlatda.errors import ConfigError, ObservationError
+from xlatda.layout import StateLayout, layout
+from xlatda.methods import (
     EnsembleMethod,
     EnVar4D,
     ScoreDA,
@@ -49,10 +51,8 @@ from xlatda.assimilate import (
     Var3D,
     get_method,
 )
-from xlatda.assimilate.covariance import Covariance, DiagonalCovariance
-from xlatda.assimilate.localization import GreatCircleDistance, IndexDistance
-from xlatda.errors import ConfigError, ObservationError
-from xlatda.layout import StateLayout, layout
+from xlatda.methods.covariance import Covariance, DiagonalCovariance
+from xlatda.methods.localization import GreatCircleDistance, IndexDistance
 from xlatda.model import LatentModel
 from xlatda.obs.contract import ObservationTable, to_tensors, validate
 from xlatda.obs.operator import build_operator
@@ -311,7 +311,7 @@ def _b_cov(settings: dict[str, Any], n: int) -> Covariance:
     if "b" in settings:
         b = settings.pop("b")
         if not isinstance(b, Covariance):
-            raise ConfigError("b must be a covariance object from xlatda.assimilate.covariance")
+            raise ConfigError("b must be a covariance object from xlatda.methods.covariance")
         settings.pop("b_std", None)
         return b
     b_std = settings.pop("b_std", None)
@@ -448,7 +448,7 @@ def assimilate(
         The method's settings (``inflation=1.05``, ``radius=4``, ``b_std=``;
         for ``"score"``: ``steps``, ``corrections``, ``tau``, ``gamma``,
         ``guide_clip`` (default 1 here; ``None`` for the exact sampler) of
-        :class:`~xlatda.assimilate.score.ScoreDA`).
+        :class:`~xlatda.methods.score.ScoreDA`).
 
     Returns
     -------

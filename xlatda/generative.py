@@ -6,18 +6,18 @@ consecutive states (METHODS.md §3):
 - ``space="latent"`` (SLAMS): windows of latent vectors of a
   :class:`~xlatda.LatentModel` (encoded from a state Dataset, or given as a
   latent Dataset ``z(..., time, latent)``), standardised per latent
-  component; an MLP ε-network (:class:`~xlatda.assimilate.diffusion.ScoreMLP`).
+  component; an MLP ε-network (:class:`~xlatda.methods.diffusion.ScoreMLP`).
   The result is a copy of the model with the prior in its ``score`` part,
   which :meth:`~xlatda.LatentModel.save` stores with the rest.
 - ``space="physical"`` (the pixel-space baseline of SLAMS): windows of
   normalised physical states on the Dataset's grid; a U-Net ε-network
-  (:class:`~xlatda.assimilate.diffusion.ScoreUNet`). The result is a
+  (:class:`~xlatda.methods.diffusion.ScoreUNet`). The result is a
   :class:`PixelScoreModel`.
 
 Either model then serves ``method="score"`` of :func:`xlatda.assimilate`
 (one observation time) and :func:`xlatda.cycle` (windows of observation
 times): the guided predictor-corrector sampler of
-:class:`~xlatda.assimilate.score.ScoreDA` draws ``members`` posterior samples
+:class:`~xlatda.methods.score.ScoreDA` draws ``members`` posterior samples
 of a window given every observation in it. The likelihood goes through the
 observation operator at the observation points: ``H o D`` (the decoder at
 the points, :meth:`~xlatda.LatentModel.decode_points`) in latent space, the
@@ -62,17 +62,17 @@ import numpy as np
 import torch
 import xarray as xr
 
-from xlatda.assimilate.diffusion import (
+from xlatda.errors import ConfigError, ObservationError
+from xlatda.layout import CHANNEL_DIM, StateLayout, layout
+from xlatda.methods.diffusion import (
     CosineSchedule,
     ScoreMLP,
     ScorePrior,
     ScoreUNet,
     sliding_windows,
 )
-from xlatda.assimilate.diffusion import fit_score as _fit_windows
-from xlatda.assimilate.score import ScoreDA, observation_gain
-from xlatda.errors import ConfigError, ObservationError
-from xlatda.layout import CHANNEL_DIM, StateLayout, layout
+from xlatda.methods.diffusion import fit_score as _fit_windows
+from xlatda.methods.score import ScoreDA, observation_gain
 from xlatda.model import LatentModel
 from xlatda.normalize import Normalizer
 from xlatda.options import get_options, resolve_device, resolve_dtype
@@ -98,7 +98,7 @@ class PixelScoreModel:
         The training layout (grid, variables).
     normalizer : Normalizer
         Per-channel statistics: the network sees ``(x - mean) / std``.
-    score : xlatda.assimilate.diffusion.ScorePrior
+    score : xlatda.methods.diffusion.ScorePrior
         The U-Net ε-network with window, time step and schedule.
     history : dict
         Training history.
@@ -246,7 +246,7 @@ def fit_score(
     trajectory (never across trajectories, members or other sample
     dimensions), standardised, and an ε-network is trained on them with the
     ε-prediction loss of the cosine VP-SDE
-    (:func:`xlatda.assimilate.diffusion.fit_score`).
+    (:func:`xlatda.methods.diffusion.fit_score`).
 
     Parameters
     ----------
@@ -270,12 +270,12 @@ def fit_score(
         Training settings (one noise level per window and per pass; the
         loss is noisy, so prefer many epochs).
     hidden, depth, time_embedding, activation, skip :
-        :class:`~xlatda.assimilate.diffusion.ScoreMLP` (latent space);
+        :class:`~xlatda.methods.diffusion.ScoreMLP` (latent space);
         ``skip=True`` (default) lets the MLP learn the residual from the
         exact ε of standard-normal windows, which keeps the sampler stable
         with few training windows.
     widths, time_embedding :
-        :class:`~xlatda.assimilate.diffusion.ScoreUNet` (physical space);
+        :class:`~xlatda.methods.diffusion.ScoreUNet` (physical space);
         each grid size must be divisible by ``2 ** (len(widths) - 1)``.
         ``skip`` preconditions the U-Net the same way.
     eta : float

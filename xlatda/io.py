@@ -11,7 +11,7 @@ Layout of a store (a zarr v3 group)::
       model_error/<tensor name>
       score/<tensor name>         optional: the score prior of method="score"
 
-The score part (:class:`~xlatda.assimilate.diffusion.ScorePrior`) holds the
+The score part (:class:`~xlatda.methods.diffusion.ScorePrior`) holds the
 ε-network's weights and the latent standardisation as arrays; its config
 (network kind and constructor arguments, window, time step, schedule) is
 JSON. Stores written before it existed open unchanged.
@@ -69,7 +69,7 @@ def _module_class(part: str, kind: str) -> type:
 
         return dynamics.get(kind)
     if part == "score":
-        from xlatda.assimilate.diffusion import ScorePrior
+        from xlatda.methods.diffusion import ScorePrior
 
         if kind != ScorePrior.kind:
             raise ModelStoreError(f"unknown score part kind {kind!r}; expected 'score_prior'")

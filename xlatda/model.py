@@ -53,7 +53,7 @@ class LatentModel:
         Training histories (losses per epoch, times).
     model_id : str
         Identity written into latent Datasets' attrs.
-    score : xlatda.assimilate.diffusion.ScorePrior, optional
+    score : xlatda.methods.diffusion.ScorePrior, optional
         Score-based prior over windows of consecutive (standardised) latent
         states, for ``method="score"`` (train it with :func:`xlatda.fit_score`).
     """

@@ -1,118 +1,46 @@
-"""Assimilation kernels (tensors only): ensemble Kalman filters, LETKF,
-3DVar, 4DEnVar (LEVDA), VAE-Var and score-based posterior sampling (SLAMS),
-behind one name registry.
+"""Deprecated alias of :mod:`xlatda.methods` (removed in the next release).
 
-Look methods up by name with :func:`get_method`; an unknown name lists the
-known ones.
+The method kernels moved to :mod:`xlatda.methods` because this subpackage
+shared its name with the function :func:`xlatda.assimilate`, which made
+``import xlatda.assimilate.ensemble`` fail and ``help(xlatda.assimilate)``
+show the wrong object. Old import paths keep working for one release and
+warn with a :class:`DeprecationWarning`; importing this alias leaves
+``xlatda.assimilate`` callable as the function.
 """
 
-from xlatda.assimilate.covariance import (
-    Covariance,
-    DenseCovariance,
-    DiagonalCovariance,
-    GaussianCorrelationCovariance,
-    ScaledIdentity,
-    covariance_from_differences,
-)
-from xlatda.assimilate.diffusion import (
-    CosineSchedule,
-    GaussianEps,
-    ScoreMLP,
-    ScoreUNet,
-    eps_loss,
-    fit_score,
-    score_networks,
-    sliding_windows,
-    time_features,
-)
-from xlatda.assimilate.ensemble import (
-    ETKF,
-    DEnKF,
-    EnKF,
-    EnsembleMethod,
-    EnSRF,
-    denkf_update,
-    enkf_update,
-    ensrf_update,
-    etkf_update,
-    inflate,
-    random_rotation,
-    relax_to_prior_perturbations,
-    relax_to_prior_spread,
-)
-from xlatda.assimilate.envar4d import EnVar4D, EnVar4DResult, envar4d_cost
-from xlatda.assimilate.letkf import LETKF, letkf_update
-from xlatda.assimilate.localization import (
-    GC_RADIUS_FACTOR,
-    GreatCircleDistance,
-    IndexDistance,
-    Localization,
-    gaspari_cohn,
-    halfwidth,
-)
-from xlatda.assimilate.registry import get_method, method_names, methods
-from xlatda.assimilate.score import ScoreDA, guided_eps
-from xlatda.assimilate.vaevar import (
-    VAE4DVar,
-    VAEVar,
-    VAEVarResult,
-    background_errors,
-    flat_decoder,
-    vaevar_increment_covariance,
-)
-from xlatda.assimilate.var3d import Var3D, Var3DResult
+from __future__ import annotations
 
-__all__ = [
-    "ETKF",
-    "GC_RADIUS_FACTOR",
-    "LETKF",
-    "CosineSchedule",
-    "Covariance",
-    "DEnKF",
-    "DenseCovariance",
-    "DiagonalCovariance",
-    "EnKF",
-    "EnSRF",
-    "EnVar4D",
-    "EnVar4DResult",
-    "EnsembleMethod",
-    "GaussianCorrelationCovariance",
-    "GaussianEps",
-    "GreatCircleDistance",
-    "IndexDistance",
-    "Localization",
-    "ScaledIdentity",
-    "ScoreDA",
-    "ScoreMLP",
-    "ScoreUNet",
-    "VAE4DVar",
-    "VAEVar",
-    "VAEVarResult",
-    "Var3D",
-    "Var3DResult",
-    "background_errors",
-    "covariance_from_differences",
-    "denkf_update",
-    "enkf_update",
-    "ensrf_update",
-    "envar4d_cost",
-    "eps_loss",
-    "etkf_update",
-    "fit_score",
-    "flat_decoder",
-    "gaspari_cohn",
-    "get_method",
-    "guided_eps",
-    "halfwidth",
-    "inflate",
-    "letkf_update",
-    "method_names",
-    "methods",
-    "random_rotation",
-    "relax_to_prior_perturbations",
-    "relax_to_prior_spread",
-    "score_networks",
-    "sliding_windows",
-    "time_features",
-    "vaevar_increment_covariance",
-]
+import importlib
+import sys
+import types
+import warnings
+
+import xlatda.methods as _methods
+from xlatda.methods import *  # noqa: F403
+
+__all__ = list(_methods.__all__)
+
+warnings.warn(
+    "the subpackage xlatda.assimilate is now xlatda.methods; change "
+    "'from xlatda.assimilate.X import Y' to 'from xlatda.methods.X import Y' "
+    "(the alias goes in the next release)",
+    DeprecationWarning,
+    stacklevel=2,
+)
+
+_SUBMODULES = ("covariance", "diffusion", "ensemble", "envar4d", "letkf", "localization",
+               "registry", "score", "vaevar", "var3d")
+for _name in _SUBMODULES:
+    sys.modules[f"{__name__}.{_name}"] = importlib.import_module(f"xlatda.methods.{_name}")
+
+
+class _CallableAlias(types.ModuleType):
+    """Importing a submodule binds this alias as ``xlatda.assimilate``; calls reach the function."""
+
+    def __call__(self, *args, **kwargs):
+        from xlatda.cycle import assimilate
+
+        return assimilate(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableAlias

@@ -1,6 +1,6 @@
 r"""Score-based latent assimilation (SLAMS): posterior sampling with a diffusion prior.
 
-A diffusion model of windows of latent states (:mod:`xlatda.assimilate.diffusion`:
+A diffusion model of windows of latent states (:mod:`xlatda.methods.diffusion`:
 :math:`x_t = \mu_t x_0 + \sigma_t \varepsilon` with the cosine schedule
 :math:`\mu_t = \alpha(t)`, :math:`\sigma_t = \sqrt{1 - \mu_t^2 + \eta^2}`, and an
 ε-network :math:`\varepsilon_\phi(x_t, t) \approx -\sigma_t \nabla \log
@@ -118,7 +118,7 @@ A 2-D Gaussian prior N(0, I), the first component observed as 1 with error
 0.1: the posterior of that component is N(0.99, 0.0995^2).
 
 >>> import torch
->>> from xlatda.assimilate.diffusion import GaussianEps
+>>> from xlatda.methods.diffusion import GaussianEps
 >>> prior = GaussianEps(torch.zeros(1, 2, dtype=torch.float64),
 ...                     torch.eye(2, dtype=torch.float64))       # window 1, d = 2
 >>> da = ScoreDA(net=prior, steps=256)
@@ -139,10 +139,10 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from xlatda.assimilate.diffusion import CosineSchedule
-from xlatda.assimilate.registry import methods
-from xlatda.assimilate.var3d import _r_vector
 from xlatda.errors import ConfigError, ShapeError
+from xlatda.methods.diffusion import CosineSchedule
+from xlatda.methods.registry import methods
+from xlatda.methods.var3d import _r_vector
 from xlatda.options import resolve_device, resolve_dtype
 
 __all__ = ["ScoreDA", "guided_eps", "observation_gain"]
@@ -206,7 +206,7 @@ def guided_eps(
 
     Examples
     --------
-    >>> from xlatda.assimilate.diffusion import GaussianEps
+    >>> from xlatda.methods.diffusion import GaussianEps
     >>> prior = GaussianEps(torch.zeros(1, 2), torch.eye(2))
     >>> x = torch.zeros(1, 3, 1, 2)
     >>> e = guided_eps(prior, x, 0.5, schedule=CosineSchedule(), event_ndim=2,
@@ -319,9 +319,9 @@ class ScoreDA:
     ----------
     net : callable
         The prior's ε-network ``net(x_t: (..., *event), t: (...)) -> (...,
-        *event)``: a trained :class:`~xlatda.assimilate.diffusion.ScoreMLP` or
-        :class:`~xlatda.assimilate.diffusion.ScoreUNet`, the exact
-        :class:`~xlatda.assimilate.diffusion.GaussianEps`, or any callable.
+        *event)``: a trained :class:`~xlatda.methods.diffusion.ScoreMLP` or
+        :class:`~xlatda.methods.diffusion.ScoreUNet`, the exact
+        :class:`~xlatda.methods.diffusion.GaussianEps`, or any callable.
     schedule : CosineSchedule
         The schedule the network was trained with.
     steps : int
@@ -505,7 +505,7 @@ class ScoreDA:
 
         Examples
         --------
-        >>> from xlatda.assimilate.diffusion import GaussianEps
+        >>> from xlatda.methods.diffusion import GaussianEps
         >>> da = ScoreDA(net=GaussianEps(torch.zeros(2, 3), torch.eye(6)), steps=8)
         >>> da.sample(5, batch_shape=(2,)).shape
         torch.Size([2, 5, 2, 3])

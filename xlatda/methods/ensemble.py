@@ -108,7 +108,7 @@ ensemble Kalman filter. Mon. Wea. Rev. 132.
 Examples
 --------
 >>> import torch
->>> from xlatda.assimilate.ensemble import ETKF
+>>> from xlatda.methods.ensemble import ETKF
 >>> g = torch.Generator().manual_seed(0)
 >>> ens = torch.randn(20, 3, generator=g, dtype=torch.float64)   # (N, n)
 >>> H = torch.tensor([[1.0, 0.0, 0.0]], dtype=torch.float64)      # observe x0
@@ -128,8 +128,8 @@ from typing import Any, ClassVar, NamedTuple
 import torch
 from torch import Tensor
 
-from xlatda.assimilate.registry import methods
 from xlatda.errors import ConfigError, ShapeError
+from xlatda.methods.registry import methods
 
 __all__ = [
     "ETKF",
@@ -775,7 +775,7 @@ class EnsembleMethod:
         generator : torch.Generator, optional
             Randomness (perturbed observations, rotations).
         locations : Localization, optional
-            Only used by localised filters (:class:`~xlatda.assimilate.letkf.LETKF`).
+            Only used by localised filters (:class:`~xlatda.methods.letkf.LETKF`).
 
         Returns
         -------

@@ -113,9 +113,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from xlatda.assimilate.registry import methods
-from xlatda.assimilate.var3d import _minimise_lbfgs, _r_vector
 from xlatda.errors import ConfigError, ShapeError
+from xlatda.methods.registry import methods
+from xlatda.methods.var3d import _minimise_lbfgs, _r_vector
 
 __all__ = ["EnVar4D", "EnVar4DResult", "envar4d_cost"]
 

@@ -38,7 +38,7 @@ large-dimensional covariance matrices. J. Multivar. Anal.
 Examples
 --------
 >>> import torch
->>> from xlatda.assimilate.covariance import DenseCovariance
+>>> from xlatda.methods.covariance import DenseCovariance
 >>> B = DenseCovariance(torch.tensor([[2.0, 1.0], [1.0, 2.0]], dtype=torch.float64))
 >>> B @ torch.tensor([1.0, 0.0], dtype=torch.float64)
 tensor([2., 1.], dtype=torch.float64)

@@ -33,7 +33,7 @@ whose minimiser is :math:`\varepsilon^*(x_t, t) = -\sigma_t \nabla_{x_t}
 \log p_t(x_t)`: the score of the perturbed data is
 :math:`-\varepsilon_\phi / \sigma_t`, and Tweedie's formula gives the
 denoised mean :math:`\hat x_0 = \mathbb{E}[x_0 \mid x_t] = (x_t - \sigma_t
-\varepsilon^*)/\mu_t`. :mod:`xlatda.assimilate.score` samples from this
+\varepsilon^*)/\mu_t`. :mod:`xlatda.methods.score` samples from this
 model, conditioned on observations.
 
 Networks
@@ -620,7 +620,7 @@ class GaussianEps(nn.Module):
 
     evaluated with the eigendecomposition :math:`S = U \Lambda U^\top`. A
     closed-form stand-in for a trained network (tests, benchmarks) and a
-    Gaussian (climatological) prior for :class:`~xlatda.assimilate.score.ScoreDA`.
+    Gaussian (climatological) prior for :class:`~xlatda.methods.score.ScoreDA`.
 
     Parameters
     ----------
@@ -851,7 +851,7 @@ class ScorePrior(nn.Module):
             raise ConfigError(
                 f"the ε-network {type(self.net).__name__} has no registered kind/config, so it "
                 "cannot be stored; use ScoreMLP, ScoreUNet or GaussianEps (or register it in "
-                "xlatda.assimilate.diffusion.score_networks)"
+                "xlatda.methods.diffusion.score_networks)"
             )
         return {
             "net": {"kind": str(kind), "config": config},

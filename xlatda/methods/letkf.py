@@ -9,7 +9,7 @@ variance inflated by the inverse of a distance taper (R-localisation):
     r_{g,p} = r_p / \sqrt{\rho_{g,p}}, \qquad
     \rho_{g,p} = \mathrm{GC}(\mathrm{dist}(g, p);\ c).
 
-With the notation of :mod:`xlatda.assimilate.ensemble` (members as rows,
+With the notation of :mod:`xlatda.methods.ensemble` (members as rows,
 inflated anomalies :math:`X`, scaled observation anomalies :math:`S`,
 scaled innovation :math:`d`), the local quantities are
 :math:`S_g = S\,\mathrm{diag}(\rho_g)^{1/2}`,
@@ -32,7 +32,7 @@ LETKF is the global ETKF.
 
 The taper is the Gaspari-Cohn function with half-width
 :math:`c = 1.7386 \times` ``radius`` (the taper equals :math:`e^{-1/2}` at
-``radius``; see :mod:`xlatda.assimilate.localization`). Inflation (before),
+``radius``; see :mod:`xlatda.methods.localization`). Inflation (before),
 RTPP, RTPS and the optional random rotation (after, one rotation per batch
 element shared by all grid points so that the ensemble stays spatially
 coherent) are as in the global filters.
@@ -48,8 +48,8 @@ methods for the EnKF. Comput. Geosci. 15.
 Examples
 --------
 >>> import torch
->>> from xlatda.assimilate.letkf import LETKF
->>> from xlatda.assimilate.localization import IndexDistance
+>>> from xlatda.methods.letkf import LETKF
+>>> from xlatda.methods.localization import IndexDistance
 >>> g = torch.Generator().manual_seed(0)
 >>> ens = torch.randn(8, 40, generator=g, dtype=torch.float64)      # (N, n)
 >>> loc = IndexDistance(40, obs_positions=torch.arange(0, 40, 2))     # every 2nd point
@@ -68,16 +68,16 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from xlatda.assimilate.ensemble import (
+from xlatda.errors import ConfigError, ShapeError
+from xlatda.methods.ensemble import (
     EnsembleMethod,
     _check_settings,
     _etkf_transform,
     _finish,
     _prepare,
 )
-from xlatda.assimilate.localization import Localization, halfwidth
-from xlatda.assimilate.registry import methods
-from xlatda.errors import ConfigError, ShapeError
+from xlatda.methods.localization import Localization, halfwidth
+from xlatda.methods.registry import methods
 
 __all__ = ["LETKF", "letkf_update"]
 
@@ -117,7 +117,7 @@ def letkf_update(
         Localisation radius in the units of ``locations`` (index units, km);
         ``inf`` for none.
     inflation, rtps, rtpp, rotate, generator
-        As in :func:`~xlatda.assimilate.ensemble.etkf_update`.
+        As in :func:`~xlatda.methods.ensemble.etkf_update`.
 
     Returns
     -------
@@ -184,12 +184,12 @@ class LETKF(EnsembleMethod):
     radius : float
         Localisation radius, required, in the distance units of the
         ``locations`` passed to :meth:`analyse` (grid indices for
-        :class:`~xlatda.assimilate.localization.IndexDistance`, km for
-        :class:`~xlatda.assimilate.localization.GreatCircleDistance`); the
+        :class:`~xlatda.methods.localization.IndexDistance`, km for
+        :class:`~xlatda.methods.localization.GreatCircleDistance`); the
         taper is ``exp(-1/2)`` there and zero beyond ``3.48 * radius``.
         ``inf`` turns localisation off (global ETKF). Lorenz-96: 4.
     inflation, rtps, rtpp : float
-        See :class:`~xlatda.assimilate.ensemble.EnsembleMethod`.
+        See :class:`~xlatda.methods.ensemble.EnsembleMethod`.
     rotate : bool
         Random mean-preserving rotation of the analysis anomalies (one per
         batch element, shared by all grid points).

@@ -87,9 +87,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from xlatda.assimilate.registry import methods
-from xlatda.assimilate.var3d import _r_vector, linear_matrix
 from xlatda.errors import ConfigError, ShapeError
+from xlatda.methods.registry import methods
+from xlatda.methods.var3d import _r_vector, linear_matrix
 
 __all__ = [
     "VAE4DVar",
@@ -697,7 +697,7 @@ class VAE4DVar(_LatentVar):
             initial state through the (differentiable) forecast model and
             returns the predicted observations in the order of ``y``,
             batched over the leading dimensions (as for
-            :class:`~xlatda.assimilate.envar4d.EnVar4D`, but on states). A
+            :class:`~xlatda.methods.envar4d.EnVar4D`, but on states). A
             matrix stands for a linear model-and-observation map.
         w0 : Tensor, shape ``(k,)`` or ``(*batch, k)``, optional
             Starting latent vectors (default zero).

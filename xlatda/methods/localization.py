@@ -22,7 +22,7 @@ matrix for points on a line or in space. On a periodic line of length
 :math:`2c \le L/2` (the taper is then the periodisation of the line taper).
 
 **The "localisation radius".** Settings named ``radius`` (as in
-:class:`~xlatda.assimilate.letkf.LETKF`) follow the convention of Sakov's
+:class:`~xlatda.methods.letkf.LETKF`) follow the convention of Sakov's
 EnKF-Matlab and DAPPER: the radius is the distance at which the taper has
 fallen to :math:`e^{-1/2}` (where a Gaussian of standard deviation
 ``radius`` would be), so
@@ -61,7 +61,7 @@ methods for the EnKF. Comput. Geosci. 15.
 Examples
 --------
 >>> import torch
->>> from xlatda.assimilate.localization import IndexDistance, gaspari_cohn, halfwidth
+>>> from xlatda.methods.localization import IndexDistance, gaspari_cohn, halfwidth
 >>> gaspari_cohn(torch.tensor([0.0, 1.0, 2.0]), 1.0)
 tensor([1.0000, 0.2083, 0.0000])
 >>> round(float(gaspari_cohn(torch.tensor(4.0), halfwidth(4.0))), 4)  # exp(-1/2)

@@ -6,12 +6,12 @@ unknown name gives an :class:`~xlatda.errors.UnknownNameError` that lists
 the known ones.
 
 Looking a name up imports the built-in method modules first, so
-``get_method("etkf")`` works without importing :mod:`xlatda.assimilate.ensemble`
+``get_method("etkf")`` works without importing :mod:`xlatda.methods.ensemble`
 by hand.
 
 Examples
 --------
->>> from xlatda.assimilate.registry import get_method, method_names
+>>> from xlatda.methods.registry import get_method, method_names
 >>> "etkf" in method_names()
 True
 >>> get_method("ETKF").__name__
@@ -38,7 +38,7 @@ methods = Registry("assimilation method")
 def _load_builtins() -> None:
     # Importing the package imports every built-in method module, which
     # registers its classes here.
-    importlib.import_module("xlatda.assimilate")
+    importlib.import_module("xlatda.methods")
 
 
 def get_method(name: str) -> Any:

@@ -45,7 +45,7 @@ large scale optimization. Math. Program.
 Examples
 --------
 >>> import torch
->>> from xlatda.assimilate.covariance import ScaledIdentity
+>>> from xlatda.methods.covariance import ScaledIdentity
 >>> var = Var3D(b=ScaledIdentity(1.0, 2, dtype=torch.float64))
 >>> H = torch.tensor([[1.0, 0.0]], dtype=torch.float64)   # observe x[0]
 >>> out = var.analyse(torch.zeros(2, dtype=torch.float64),
@@ -63,9 +63,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from xlatda.assimilate.covariance import Covariance
-from xlatda.assimilate.registry import methods
 from xlatda.errors import ConfigError, ShapeError
+from xlatda.methods.covariance import Covariance
+from xlatda.methods.registry import methods
 
 __all__ = ["Var3D", "Var3DResult", "linear_matrix"]
 
@@ -263,7 +263,7 @@ class Var3D:
     ----------
     b : Covariance
         Background-error covariance :math:`B` of size ``n`` (see
-        :mod:`xlatda.assimilate.covariance`); it is moved to the dtype and
+        :mod:`xlatda.methods.covariance`); it is moved to the dtype and
         device of the background at each analysis.
     iterations : int
         Largest number of L-BFGS iterations (nonlinear ``h`` only).
@@ -279,7 +279,7 @@ class Var3D:
     A nonlinear operator (observing the square) goes through L-BFGS:
 
     >>> import torch
-    >>> from xlatda.assimilate.covariance import DiagonalCovariance
+    >>> from xlatda.methods.covariance import DiagonalCovariance
     >>> var = Var3D(b=DiagonalCovariance(torch.tensor([1.0, 1.0], dtype=torch.float64)))
     >>> xb = torch.tensor([[1.0, 1.0]], dtype=torch.float64)
     >>> out = var.analyse(xb, torch.tensor([[4.0]], dtype=torch.float64), 0.1,
@@ -296,7 +296,7 @@ class Var3D:
     def __post_init__(self) -> None:
         if not isinstance(self.b, Covariance):
             raise ConfigError(
-                f"b must be a Covariance (see xlatda.assimilate.covariance), got "
+                f"b must be a Covariance (see xlatda.methods.covariance), got "
                 f"{type(self.b).__name__}"
             )
         if int(self.iterations) < 1:
