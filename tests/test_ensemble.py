@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from xlatda.dynamics.physical import Lorenz96
-from xlatda.errors import ConfigError, ShapeError, UnknownNameError
+from xlatda.errors import AnalysisError, ConfigError, ShapeError, UnknownNameError, XlatdaError
 from xlatda.methods.ensemble import (
     ETKF,
     DEnKF,
@@ -186,14 +186,15 @@ def test_rtps_and_rtpp_algebra(update):
 
     plain = run()
     prior = inflate(ens, 1.2)
-    spread_f, spread_a = prior.std(-2), plain.std(-2)
+    # RTPS relaxes toward the un-inflated forecast spread (Whitaker & Hamill 2012)
+    spread_f, spread_a = ens.std(-2), plain.std(-2)
 
     full_rtps = run(rtps=1.0)
     torch.testing.assert_close(full_rtps.mean(-2), plain.mean(-2))
     torch.testing.assert_close(full_rtps.std(-2), spread_f)  # prior spread restored exactly
     half_rtps = run(rtps=0.5)
     torch.testing.assert_close(half_rtps.std(-2), 0.5 * (spread_f + spread_a))
-    torch.testing.assert_close(half_rtps, relax_to_prior_spread(prior, plain, 0.5))
+    torch.testing.assert_close(half_rtps, relax_to_prior_spread(ens, plain, 0.5))
 
     full_rtpp = run(rtpp=1.0)
     torch.testing.assert_close(full_rtpp.mean(-2), plain.mean(-2))
@@ -346,3 +347,205 @@ def test_lorenz96_etkf_twin_experiment(one_thread):
 def test_lorenz96_enkf_twin_experiment(one_thread):
     rmse = _twin(EnKF(inflation=1.06), n_members=30, cycles=200, seed=2)
     assert rmse < 0.4, rmse
+
+
+# -- robust square roots --------------------------------------------------------
+
+SQRT_FILTERS = [ETKF, EnSRF]
+
+
+def _check_kalman(ana, ens, H, y, r, *, rtol=1e-8):
+    ma, Pa, _, P = _kalman(ens, H, y, r)
+    mean, cov = _mean_cov(ana)
+    scale_m = float(P.diagonal(dim1=-2, dim2=-1).max().sqrt()) + 1.0
+    assert float((mean - ma).abs().max()) <= rtol * scale_m
+    assert float((cov - Pa).abs().max()) <= rtol * float(P.diagonal(dim1=-2, dim2=-1).max())
+
+
+@pytest.mark.parametrize("cls", SQRT_FILTERS)
+@pytest.mark.parametrize(("p", "n_members"), [(3, 10), (12, 5)])
+def test_repeated_eigenvalues_give_the_kalman_analysis(cls, p, n_members):
+    """Identical observations (S S^T of rank 1: N - 1 repeated eigenvalues of C)."""
+    ens, H, y, r = _problem((2,), n=4, p=p, n_members=n_members)
+    H = H[:1].expand(p, -1).contiguous()  # every observation sees the same combination
+    r = torch.ones(p, dtype=F64)
+    _check_kalman(cls().analyse(ens, ens @ H.T, y, r), ens, H, y, r)
+    # an exactly unobserved ensemble: C = I, every eigenvalue repeated
+    flat = torch.zeros_like(ens @ H.T)
+    torch.testing.assert_close(cls().analyse(ens, flat, y, r), ens)
+
+
+@pytest.mark.parametrize("cls", [ETKF, EnSRF, DEnKF])
+def test_rank_deficient_ensemble(cls):
+    """Anomalies in a 2-D subspace of a 6-D state with 10 members (singular P)."""
+    g = torch.Generator().manual_seed(4)
+    basis = torch.randn(2, 6, generator=g, dtype=F64)
+    ens = 1.0 + torch.randn(10, 2, generator=g, dtype=F64) @ basis
+    H = torch.randn(8, 6, generator=g, dtype=F64)
+    y = torch.randn(8, generator=g, dtype=F64)
+    r = torch.full((8,), 0.3, dtype=F64)
+    # y is far outside the ensemble's subspace: switch the gross-error check off
+    ana = cls(gross_error=None).analyse(ens, ens @ H.T, y, r)
+    ma, Pa, K, P = _kalman(ens, H, y, r)
+    mean, cov = _mean_cov(ana)
+    torch.testing.assert_close(mean, ma, rtol=0, atol=1e-9)
+    if cls is DEnKF:
+        Pa = Pa + 0.25 * K @ H @ P @ H.T @ K.mT
+    torch.testing.assert_close(cov, Pa, rtol=0, atol=1e-9)
+
+
+def _kalman_ensemble_space(ens, H, y, r):
+    """Kalman mean and covariance in 40-digit arithmetic (mpmath; torch depends on it).
+
+    With ``P = A^T A`` (A the anomalies over sqrt(N-1)) and ``S = A H^T R^-1/2``:
+    ``x_a = xbar + A^T (I + S S^T)^-1 S d``, ``P_a = A^T (I + S S^T)^-1 A``; exact
+    enough when ``H P H^T + R`` is too badly conditioned for float64 (tiny R).
+    """
+    mpmath = pytest.importorskip("mpmath")
+    mp = mpmath.mp.clone() if hasattr(mpmath.mp, "clone") else mpmath.mp
+    mp.dps = 40
+    n_members = ens.shape[-2]
+    to_mp = lambda t: mp.matrix(t.tolist())  # noqa: E731
+    E, Hm = to_mp(ens), to_mp(H)
+    mean = mp.matrix([[sum(E[j, i] for j in range(n_members)) / n_members
+                       for i in range(E.cols)]])
+    A = mp.matrix(n_members, E.cols)
+    for j in range(n_members):
+        for i in range(E.cols):
+            A[j, i] = (E[j, i] - mean[0, i]) / mp.sqrt(n_members - 1)
+    Rinv = mp.diag([1 / mp.mpf(v) for v in r.tolist()])
+    S = A * Hm.T * Rinv
+    d = (to_mp(y).T - mean * Hm.T) * Rinv  # (1, P)
+    Cinv = mp.inverse(mp.eye(n_members) + S * S.T)  # cond 1e12: ~28 digits left
+    ma = mean + (A.T * Cinv * S * d.T).T
+    Pa = A.T * Cinv * A
+    as_t = lambda m: torch.tensor(m.tolist(), dtype=F64)  # noqa: E731
+    return as_t(ma).reshape(-1), as_t(Pa)
+
+
+@pytest.mark.parametrize("cls", SQRT_FILTERS)
+@pytest.mark.parametrize("r_value", [1e-6, 1e6])
+@pytest.mark.parametrize(("p", "n_members"), [(3, 10), (12, 5)])
+def test_tiny_and_huge_observation_errors(cls, r_value, p, n_members):
+    ens, H, y, _ = _problem(n=4, p=p, n_members=n_members, seed=3)
+    r = torch.full((p,), r_value, dtype=F64)
+    y = (ens.mean(0) @ H.T) + 3.0 * r  # consistent innovations (no gross-error rejection)
+    ana = cls().analyse(ens, ens @ H.T, y, r)
+    assert torch.isfinite(ana).all()
+    ma, Pa = _kalman_ensemble_space(ens, H, y, r)
+    mean, cov = _mean_cov(ana)
+    prior_var = float(_mean_cov(ens)[1].diagonal().max())
+    assert float((mean - ma).abs().max()) < 1e-8 * (1.0 + prior_var)
+    assert float((cov - Pa).abs().max()) < 1e-8 * prior_var
+    if r_value > 1.0:  # almost nothing learnt: the prior comes back
+        torch.testing.assert_close(ana, ens, rtol=0, atol=1e-4)
+
+
+def test_float32_tiny_errors_do_not_crash():
+    ens, H, y, _ = _problem((2,), p=12, n_members=5, dtype=torch.float32)
+    r = torch.full((12,), 1e-4)
+    y = ens.mean(-2) @ H.T
+    for cls in (ETKF, EnSRF, DEnKF, EnKF):
+        ana = cls().analyse(ens, ens @ H.T, y, r, generator=torch.Generator().manual_seed(0))
+        assert ana.dtype == torch.float32 and torch.isfinite(ana).all(), cls
+
+
+def test_eigh_failure_falls_back_to_svd(monkeypatch):
+    ens, H, y, r = _problem((3,), p=5, n_members=8)
+    expected = etkf_update(ens, ens @ H.T, y, r)
+
+    def failing_eigh(*args, **kwargs):
+        raise torch.linalg.LinAlgError("linalg.eigh: The algorithm failed to converge")
+
+    monkeypatch.setattr(torch.linalg, "eigh", failing_eigh)
+    torch.testing.assert_close(etkf_update(ens, ens @ H.T, y, r), expected)
+    # the P < N path too
+    small = etkf_update(ens, ens @ H[:2].T, y[..., :2], r[:2])
+    monkeypatch.undo()
+    torch.testing.assert_close(small, etkf_update(ens, ens @ H[:2].T, y[..., :2], r[:2]))
+
+
+@pytest.mark.parametrize("cls", [ETKF, DEnKF, EnSRF, EnKF])
+def test_non_finite_forecast_raises_analysis_error(cls):
+    ens, H, y, r = _problem(p=4)
+    bad = ens.clone()
+    bad[3, 1] = math.nan
+    with pytest.raises(AnalysisError, match="non-finite") as info:
+        cls().analyse(bad, bad @ H.T, y, r, generator=torch.Generator().manual_seed(0))
+    assert isinstance(info.value, XlatdaError) and isinstance(info.value, ArithmeticError)
+    inf_hx = ens @ H.T
+    inf_hx[0, 0] = math.inf
+    with pytest.raises(AnalysisError, match="hx"):
+        cls().analyse(ens, inf_hx, y, r, generator=torch.Generator().manual_seed(0))
+    nan_y = y.clone()
+    nan_y[0] = math.nan
+    with pytest.raises(ConfigError, match="finite"):
+        cls().analyse(ens, ens @ H.T, nan_y, r, generator=torch.Generator().manual_seed(0))
+
+
+# -- parameters appended to the state ---------------------------------------------
+
+
+def _with_params(n_params=2, seed=6):
+    """Ensemble of [state (4); theta], observations of the state only."""
+    ens, H, y, r = _problem((2,), n=4 + n_params, p=3, n_members=9, seed=seed)
+    H[:, 4:] = 0.0
+    return ens, H, y, r
+
+
+@pytest.mark.parametrize("cls", [ETKF, DEnKF, EnSRF])
+def test_param_inflation_inflates_only_the_parameters(cls):
+    ens, H, y, r = _with_params()
+    ana = cls(inflation=1.1, param_inflation=1.5).analyse(ens, ens @ H.T, y, r, n_params=2)
+    # the same as inflating the parameter anomalies by 1.5 / 1.1 by hand first
+    mean = ens.mean(-2, keepdim=True)
+    manual = ens.clone()
+    manual[..., 4:] = mean[..., 4:] + (ens[..., 4:] - mean[..., 4:]) * (1.5 / 1.1)
+    torch.testing.assert_close(ana, cls(inflation=1.1).analyse(manual, manual @ H.T, y, r))
+    # default: the parameters get the state's inflation
+    torch.testing.assert_close(
+        cls(inflation=1.1).analyse(ens, ens @ H.T, y, r, n_params=2),
+        cls(inflation=1.1).analyse(ens, ens @ H.T, y, r),
+    )
+
+
+@pytest.mark.parametrize("cls", [ETKF, DEnKF, EnSRF])
+def test_param_rtps_restores_the_parameter_spread(cls):
+    ens, H, y, r = _with_params()
+    hx = ens @ H.T
+    plain = cls(inflation=1.2).analyse(ens, hx, y, r)
+    ana = cls(inflation=1.2, param_rtps=1.0).analyse(ens, hx, y, r, n_params=2)
+    torch.testing.assert_close(ana.mean(-2), plain.mean(-2))
+    torch.testing.assert_close(ana[..., :4], plain[..., :4])  # state untouched (rtps 0)
+    torch.testing.assert_close(ana[..., 4:].std(-2), ens[..., 4:].std(-2))  # un-inflated prior
+    half = cls(rtps=0.3, param_rtps=0.5).analyse(ens, hx, y, r, n_params=2)
+    torch.testing.assert_close(half[..., :4], cls(rtps=0.3).analyse(ens, hx, y, r)[..., :4])
+    torch.testing.assert_close(
+        half[..., 4:], relax_to_prior_spread(ens, cls().analyse(ens, hx, y, r), 0.5)[..., 4:]
+    )
+    with pytest.raises(ConfigError, match="n_params"):
+        cls().analyse(ens, hx, y, r, n_params=6)
+    with pytest.raises(ConfigError, match="param_rtps"):
+        cls(param_rtps=2.0)
+    with pytest.raises(ConfigError, match="param_inflation"):
+        cls(param_inflation="adaptive")
+
+
+def test_letkf_updates_parameters_with_all_observations():
+    from xlatda.methods.letkf import LETKF
+    from xlatda.methods.localization import IndexDistance
+
+    g = torch.Generator().manual_seed(2)
+    ens = torch.randn(8, 12 + 1, generator=g, dtype=F64)  # 12 grid points + 1 parameter
+    ens[:, 12] += 0.8 * ens[:, 3]  # a parameter correlated with the state
+    hx = ens[:, [1, 3, 8]] + 0.1 * ens[:, [12]]
+    y = torch.tensor([0.5, -0.2, 1.0], dtype=F64)
+    r = torch.full((3,), 0.5, dtype=F64)
+    loc = IndexDistance(12, obs_positions=[1.0, 3.0, 8.0])
+    ana = LETKF(radius=2.0, param_rtps=0.0).analyse(ens, hx, y, r, locations=loc, n_params=1)
+    glob = ETKF().analyse(ens, hx, y, r)
+    torch.testing.assert_close(ana[:, 12], glob[:, 12])  # the global transform
+    local = LETKF(radius=2.0).analyse(ens[:, :12], hx, y, r, locations=loc)
+    torch.testing.assert_close(ana[:, :12], local)
+    with pytest.raises(ShapeError, match="parameters"):
+        LETKF(radius=2.0).analyse(ens, hx, y, r, locations=loc, n_params=2)

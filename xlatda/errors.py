@@ -21,8 +21,10 @@ LayoutError - no latitude found; pass lat='name'
 from __future__ import annotations
 
 __all__ = [
+    "AnalysisError",
     "ConfigError",
     "DeviceError",
+    "FilterDivergenceWarning",
     "LayoutError",
     "ModelStoreError",
     "NotFittedError",
@@ -87,3 +89,25 @@ class ModelStoreError(XlatdaError, OSError):
 
 class DeviceError(XlatdaError, RuntimeError):
     """A torch device was asked for that is not available."""
+
+
+class AnalysisError(XlatdaError, ArithmeticError):
+    """An analysis cannot be computed (non-finite forecast or observations, overflow).
+
+    Raised instead of a raw ``torch.linalg`` failure when the numbers handed to
+    an assimilation kernel make the update meaningless: a diverged forecast
+    holding NaN or inf, or observation errors so small that the scaled
+    innovations overflow. The message says which quantity was bad and how
+    many values; drivers re-raise it naming the analysis time.
+    """
+
+
+class FilterDivergenceWarning(XlatdaError, RuntimeWarning):
+    """A cycling filter's innovation statistics left their consistent band.
+
+    Issued by :class:`xlatda.methods.consistency.DivergenceMonitor` when the
+    innovation chi-square or the spread/innovation ratio stays outside its
+    band for several analyses in a row: the ensemble no longer describes its
+    own error (usually under-dispersion; more inflation, members or a
+    working localisation help).
+    """

@@ -66,16 +66,34 @@ Stochastic EnKF (Burgers et al. 1998; Houtekamer & Mitchell 1998)
 
 After the update, optionally (in this order):
 
-- RTPP (Zhang et al. 2004): :math:`X_a \leftarrow (1-\alpha) X_a + \alpha X_f`;
+- RTPP (Zhang et al. 2004): :math:`X_a \leftarrow (1-\alpha) X_a + \alpha X_f`,
+  with :math:`X_f` the inflated forecast anomalies (those the update used);
 - RTPS (Whitaker & Hamill 2012): each variable's analysis anomalies are
-  scaled by :math:`\alpha\,\sigma_f/\sigma_a + 1 - \alpha`, so ``rtps=1``
-  restores the forecast spread exactly;
+  scaled by :math:`\alpha\,\sigma_f/\sigma_a + 1 - \alpha`, with
+  :math:`\sigma_f` the forecast spread *before* inflation (as in Whitaker &
+  Hamill, so ``rtps=1`` restores the un-inflated forecast spread exactly
+  and RTPS and inflation do not compound);
 - the random rotation of the ETKF.
 
-Here :math:`X_f` and :math:`\sigma_f` are the forecast anomalies and spread
-*after* inflation (those the update used). Every operation is batched over
-leading dimensions (no Python loop over members, observations or batch),
-works in float32 and float64 and on any device.
+Every operation is batched over leading dimensions (no Python loop over
+members, observations or batch), works in float32 and float64 and on any
+device.
+
+**Cycling** (:meth:`EnsembleMethod.step`): the filters return diagnostics
+(innovation chi-square, spread/innovation ratio, inflation, observations
+used and rejected; :mod:`xlatda.methods.consistency`) and a small method
+state, the adaptive inflation estimate of :mod:`xlatda.methods.inflation`
+(``inflation="adaptive"``). A gross-error background check (on by default,
+5 standard deviations) removes observations far from the forecast before
+the update. Parameters appended to the state (``n_params``) have their own
+inflation and RTPS (``param_inflation``, ``param_rtps``).
+
+**Robustness.** The square roots are computed from symmetrised matrices in
+float64 with eigenvalue floors and an SVD path for failures and
+ill-conditioned cases (:func:`etkf_transform`); the other ensemble-space
+factorisations run in float64 too. A
+forecast holding NaN or inf (a diverged filter) raises
+:class:`~xlatda.errors.AnalysisError`, never a raw ``torch.linalg`` error.
 
 Missing observations in a batch: give them ``r_std = inf`` (and any finite
 ``y``); their scaled anomalies and innovations are then zero and they have no
@@ -122,13 +140,26 @@ True
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor
 
-from xlatda.errors import ConfigError, ShapeError
+from xlatda.errors import AnalysisError, ConfigError, ShapeError
+from xlatda.methods.consistency import (
+    DEFAULT_GROSS_ERROR,
+    gross_error_mask,
+    innovation_chi2,
+    spread_ratio,
+)
+from xlatda.methods.inflation import (
+    ADAPTIVE,
+    DEFAULT_INFLATION_VAR,
+    adaptive_inflation,
+    check_inflation,
+)
 from xlatda.methods.registry import methods
 
 __all__ = [
@@ -137,9 +168,11 @@ __all__ = [
     "EnKF",
     "EnSRF",
     "EnsembleMethod",
+    "Prepared",
     "denkf_update",
     "enkf_update",
     "ensrf_update",
+    "etkf_transform",
     "etkf_update",
     "inflate",
     "random_rotation",
@@ -153,19 +186,23 @@ __all__ = [
 # --------------------------------------------------------------------------
 
 
-class _Prepared(NamedTuple):
+class Prepared(NamedTuple):
+    """Ensemble-space quantities of one analysis (see the module docstring).
+
+    A filter's :meth:`EnsembleMethod._analysis` receives them and returns the
+    analysis mean and anomalies.
+    """
+
     mean: Tensor  # (*batch, n) forecast mean
     X: Tensor  # (*batch, N, n) inflated anomalies / sqrt(N-1)
+    X0: Tensor  # (*batch, N, n) un-inflated anomalies / sqrt(N-1)
     S: Tensor  # (*batch, N, P) inflated, R^-1/2-scaled obs anomalies / sqrt(N-1)
-    d: Tensor  # (*batch, P) R^-1/2-scaled innovation of the mean
+    d: Tensor  # (*batch, P) R^-1/2-scaled innovation of the mean (0 where off)
     scale: float  # sqrt(N-1)
 
 
 def _check_settings(inflation: Any, rtps: Any, rtpp: Any) -> None:
-    if not (isinstance(inflation, (int, float)) and math.isfinite(inflation) and inflation > 0):
-        raise ConfigError(
-            f"inflation must be a positive finite number (1 = none), got {inflation!r}"
-        )
+    check_inflation(inflation)
     for name, value in (("rtps", rtps), ("rtpp", rtpp)):
         if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
             raise ConfigError(f"{name} must be a number in [0, 1] (0 = off), got {value!r}")
@@ -217,17 +254,24 @@ def _check_inputs(
     return hx, y_t, r_t
 
 
-def _prepare(ensemble: Tensor, hx: Tensor, y: Any, r_std: Any, inflation: float) -> _Prepared:
-    hx, y, r_std = _check_inputs(ensemble, hx, y, r_std)
-    n_members = ensemble.shape[-2]
-    scale = math.sqrt(n_members - 1)
-    mean = ensemble.mean(-2)
-    X = (ensemble - mean.unsqueeze(-2)) * (inflation / scale)
-    hmean = hx.mean(-2)
-    inv_r = torch.reciprocal(r_std)
-    S = (hx - hmean.unsqueeze(-2)) * (inv_r * (inflation / scale)).unsqueeze(-2)
-    d = (y - hmean) * inv_r
-    return _Prepared(mean, X, S, d, scale)
+def _require_finite(name: str, t: Tensor, hint: str) -> None:
+    bad = ~torch.isfinite(t)
+    if bool(bad.any()):
+        raise AnalysisError(
+            f"cannot compute the analysis: {name} holds {int(bad.sum())} non-finite "
+            f"value(s) out of {t.numel()}; {hint}"
+        )
+
+
+def _check_n_params(n_params: Any, n_state: int) -> int:
+    if not (isinstance(n_params, int) and not isinstance(n_params, bool)):
+        raise ConfigError(f"n_params must be an int (0 = no parameters), got {n_params!r}")
+    if not 0 <= n_params < n_state:
+        raise ConfigError(
+            f"n_params must lie in [0, {n_state - 1}] for a control vector of {n_state} "
+            f"values (the last n_params are parameters), got {n_params}"
+        )
+    return n_params
 
 
 def _plus_identity(M: Tensor) -> Tensor:
@@ -245,38 +289,127 @@ def _generator(generator: torch.Generator | None, device: torch.device) -> torch
     return g
 
 
-def _relax_spread(Xf: Tensor, Xa: Tensor, alpha: float) -> Tensor:
+def _relax_spread(Xf: Tensor, Xa: Tensor, alpha: float | Tensor) -> Tensor:
     sf = Xf.square().sum(-2, keepdim=True).sqrt()
     sa = Xa.square().sum(-2, keepdim=True).sqrt()
     factor = torch.where(sa > 0, 1.0 + alpha * (sf - sa) / torch.where(sa > 0, sa, 1.0), 1.0)
     return Xa * factor
 
 
-def _finish(
-    mean_a: Tensor,
-    Xa: Tensor,
-    Xf: Tensor,
-    scale: float,
-    *,
-    rtps: float,
-    rtpp: float,
-    rotate: bool,
-    generator: torch.Generator | None,
-) -> Tensor:
-    """Post-process the analysis anomalies and assemble the ensemble."""
-    if rtpp:
-        Xa = (1.0 - rtpp) * Xa + rtpp * Xf
-    if rtps:
-        Xa = _relax_spread(Xf, Xa, rtps)
-    if rotate:
-        Q = random_rotation(
-            Xa.shape[-2], Xa.shape[:-2], generator=generator, dtype=Xa.dtype, device=Xa.device
+#: Above this largest eigenvalue of ``C = I + S S^T``, eigenvalues near 1 carry
+#: absolute rounding errors of ``eps * lambda_max``: the ETKF transform is then
+#: recomputed from the SVD of ``S`` (accurate to ``eps * cond(S)``).
+_EIGH_CONDITION_LIMIT = 1e6
+
+
+def _symmetric_eig(M: Tensor) -> tuple[Tensor, Tensor] | None:
+    """Eigen-pairs (ascending) of the symmetric part of ``M`` in float64; None if eigh fails."""
+    A = M.to(torch.float64)
+    A = 0.5 * (A + A.mT)
+    _require_finite("the ensemble-space matrix", A, "the forecast has diverged")
+    try:
+        return torch.linalg.eigh(A)
+    except torch.linalg.LinAlgError:
+        return None
+
+
+def _etkf_transform_svd(S: Tensor, d: Tensor) -> tuple[Tensor, Tensor]:
+    """``w`` and ``C^-1/2`` from the thin SVD ``S = U diag(sigma) V^T`` (float64 in, out)."""
+    try:
+        U, sig, Vh = torch.linalg.svd(S, full_matrices=False)
+    except torch.linalg.LinAlgError as err:
+        raise AnalysisError(
+            f"cannot compute the analysis: neither eigh nor svd converged on the "
+            f"{tuple(S.shape[-2:])} scaled observation anomalies ({err}); check the forecast "
+            "ensemble and observation errors for extreme values"
+        ) from None
+    s2 = sig.square()
+    root = s2.add(1.0).sqrt()
+    g = -s2 / (root * (1.0 + root))  # (1 + sigma^2)^-1/2 - 1, stable
+    T = _plus_identity((U * g.unsqueeze(-2)) @ U.mT)
+    w = (U @ ((sig / root.square()).unsqueeze(-1) * (Vh @ d.unsqueeze(-1)))).squeeze(-1)
+    return w, T
+
+
+def _cholesky(M: Tensor) -> Tensor:
+    """Lower Cholesky factor of the symmetric part of an SPD ``M``, or a clear error."""
+    A = 0.5 * (M + M.mT)
+    _require_finite("the ensemble-space matrix", A, "the forecast has diverged")
+    L, info = torch.linalg.cholesky_ex(A)
+    if bool((info != 0).any()):
+        raise AnalysisError(
+            f"cannot compute the analysis: the {tuple(A.shape[-2:])} matrix I + S S^T is not "
+            "numerically positive definite (in float64); check the forecast ensemble and "
+            "observation errors for extreme values"
         )
-        Xa = Q @ Xa
-    return mean_a.unsqueeze(-2) + scale * Xa
+    return L
 
 
-def _mean_update(p: _Prepared, w: Tensor) -> Tensor:
+def etkf_transform(S: Tensor, d: Tensor) -> tuple[Tensor, Tensor]:
+    r"""Mean weights ``w`` (*batch, N) and symmetric transform ``C^-1/2`` (*batch, N, N).
+
+    ``C = I + S S^T``. One batched symmetric eigendecomposition of
+    ``S S^T + I`` (N x N) or, when P < N, of ``S^T S`` (P x P): with
+    ``S^T S = U diag(s) U^T``, ``C^-1/2 = I + S U diag(f(s)) U^T S^T``,
+    ``f(s) = ((1+s)^-1/2 - 1)/s = -1 / (sqrt(1+s) (1 + sqrt(1+s)))``
+    (stable at ``s = 0``), and ``w = S U diag(1/(1+s)) U^T d``.
+
+    Robust by construction: the matrix is symmetrised and factorised in
+    float64 (results cast back), its eigenvalues floored at their exact
+    bounds (``s >= 0``, ``lambda >= 1``), and repeated eigenvalues need no
+    special care (the functions applied to them are smooth). When ``eigh``
+    fails to converge, or ``C`` is so ill-conditioned (largest eigenvalue
+    above 1e6, e.g. tiny observation errors) that its eigenvalues near 1
+    lose accuracy, the transform comes from the thin SVD of ``S`` instead:
+    ``C^-1/2 = I + U diag((1+sigma^2)^-1/2 - 1) U^T``,
+    ``w = U diag(sigma/(1+sigma^2)) V^T d``. Only non-finite input raises
+    (:class:`~xlatda.errors.AnalysisError`).
+
+    Parameters
+    ----------
+    S : Tensor
+        Scaled observation anomalies ``(*batch, N, P)``.
+    d : Tensor
+        Scaled innovations ``(*batch, P)``.
+
+    Returns
+    -------
+    w : Tensor
+        ``(*batch, N)``, analysis mean ``xbar + w^T X``.
+    T : Tensor
+        ``(*batch, N, N)`` symmetric, analysis anomalies ``T X``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> S = torch.tensor([[1.0], [-1.0]], dtype=torch.float64); d = torch.tensor([1.0])
+    >>> w, T = etkf_transform(S, d)
+    >>> w
+    tensor([ 0.3333, -0.3333], dtype=torch.float64)
+    """
+    dtype = S.dtype
+    S64, d64 = S.to(torch.float64), d.to(torch.float64)
+    n_members, n_obs = S.shape[-2], S.shape[-1]
+    small = n_obs < n_members
+    eig = _symmetric_eig(S64.mT @ S64 if small else _plus_identity(S64 @ S64.mT))
+    if eig is None or float(eig[0][..., -1].max()) > _EIGH_CONDITION_LIMIT:
+        w, T = _etkf_transform_svd(S64, d64)
+    elif small:
+        s, U = eig
+        root = s.clamp_min(0.0).add(1.0).sqrt()  # sqrt(1 + s)
+        SU = S64 @ U
+        w = (SU @ ((U.mT @ d64.unsqueeze(-1)) / root.square().unsqueeze(-1))).squeeze(-1)
+        T = _plus_identity((SU * (-1.0 / (root * (1.0 + root))).unsqueeze(-2)) @ SU.mT)
+    else:
+        lam, V = eig
+        lam = lam.clamp_min(1.0)  # C >= I exactly; guard rounding
+        coef = V.mT @ (S64 @ d64.unsqueeze(-1))
+        w = (V @ (coef / lam.unsqueeze(-1))).squeeze(-1)
+        T = (V * lam.rsqrt().unsqueeze(-2)) @ V.mT
+    return w.to(dtype), T.to(dtype)
+
+
+def _mean_update(p: Prepared, w: Tensor) -> Tensor:
     return p.mean + (w.unsqueeze(-2) @ p.X).squeeze(-2)
 
 
@@ -439,34 +572,434 @@ def random_rotation(
     return O - (coef * v) @ (v.mT @ O)
 
 
+
+# --------------------------------------------------------------------------
+# the filters' analysis steps (mean and anomalies from the prepared quantities)
+# --------------------------------------------------------------------------
+
+
+def _etkf_analysis(p: Prepared) -> tuple[Tensor, Tensor]:
+    w, T = etkf_transform(p.S, p.d)
+    return _mean_update(p, w), T @ p.X
+
+
+def _denkf_analysis(p: Prepared) -> tuple[Tensor, Tensor]:
+    S, d = p.S.to(torch.float64), p.d.to(torch.float64)  # ensemble-space algebra in float64
+    L = _cholesky(_plus_identity(S @ S.mT))
+    Cinv = torch.cholesky_inverse(L)
+    w = (Cinv @ (S @ d.unsqueeze(-1))).squeeze(-1)
+    T = 0.5 * _plus_identity(Cinv)
+    return _mean_update(p, w.to(p.X.dtype)), T.to(p.X.dtype) @ p.X
+
+
+def _ensrf_analysis(p: Prepared) -> tuple[Tensor, Tensor]:
+    S, d = p.S.to(torch.float64), p.d.to(torch.float64)
+    L = _cholesky(_plus_identity(S.mT @ S))  # (*b, P, P)
+    w = (S @ torch.cholesky_solve(d.unsqueeze(-1), L)).squeeze(-1)
+    Z = torch.linalg.solve_triangular(L, S.mT, upper=False)  # L^-1 S^T
+    W = torch.linalg.solve_triangular(_plus_identity(L.clone()).mT, Z, upper=True)
+    T = _plus_identity(-(S @ W))
+    return _mean_update(p, w.to(p.X.dtype)), T.to(p.X.dtype) @ p.X
+
+
+def _enkf_analysis(
+    p: Prepared, centre: bool, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor]:
+    S, X = p.S, p.X
+    n_members, n_obs = S.shape[-2], S.shape[-1]
+    gen = _generator(generator, S.device)
+    eps = torch.randn(S.shape, generator=gen, dtype=S.dtype, device=S.device)
+    if centre:
+        eps = eps - eps.mean(-2, keepdim=True)
+    D = (eps - p.scale * S + p.d.unsqueeze(-2)).to(torch.float64)  # scaled member innovations
+    S64 = S.to(torch.float64)
+    if n_members <= n_obs:
+        L = _cholesky(_plus_identity(S64 @ S64.mT))
+        coef = torch.cholesky_solve(S64 @ D.mT, L).mT  # D S^T C^-1, (*b, N, N)
+        delta = coef.to(X.dtype) @ X
+    else:  # never form an N x N matrix when N is large
+        L = _cholesky(_plus_identity(S64.mT @ S64))
+        coef = torch.cholesky_solve(D.mT, L).mT  # D F^-1, (*b, N, P)
+        delta = coef.to(X.dtype) @ (S.mT @ X)
+    dbar = delta.mean(-2)
+    return p.mean + dbar, X + (delta - dbar.unsqueeze(-2)) / p.scale
+
+
+# --------------------------------------------------------------------------
+# the filters as registered method objects
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class EnsembleMethod:
+    """Settings shared by the ensemble filters (a frozen, keyword-only dataclass).
+
+    Parameters
+    ----------
+    inflation : float or "adaptive"
+        Multiplicative inflation of the forecast anomalies before the update
+        (1 = none), or ``"adaptive"``: the spatially (latent-) uniform
+        estimate of :mod:`xlatda.methods.inflation` (Miyoshi 2011), carried
+        between analyses in the ``state`` of :meth:`step`. Cycling drivers
+        should default to
+        :data:`~xlatda.methods.inflation.DEFAULT_CYCLE_INFLATION`.
+    rtps : float
+        Relaxation to prior spread after the update, in ``[0, 1]`` (0 = off),
+        toward the *un-inflated* forecast spread (Whitaker & Hamill 2012).
+    rtpp : float
+        Relaxation to (inflated) prior perturbations after the update, in
+        ``[0, 1]``.
+    inflation_var : float
+        Prior variance of the adaptive (variance) inflation estimate; sets
+        its temporal smoothing. Only used with ``inflation="adaptive"``.
+    max_inflation : float
+        Upper bound of the adaptive anomaly factor.
+    param_inflation : float, optional
+        Inflation of the parameter entries (the last ``n_params`` of the
+        control vector, see :meth:`step`); ``None``: the state's (the adaptive
+        estimate is made from the observations, i.e. for the state).
+    param_rtps : float, optional
+        RTPS of the parameter entries; ``None``: the state's ``rtps``.
+    gross_error : float or None
+        Background check: observations with
+        ``|y - H xbar| > gross_error * sqrt(diag(HPH^T) + r^2)`` (``P`` with
+        the prior inflation) are removed before the update and counted in
+        the diagnostics (``n_rejected``); ``None`` switches the check off.
+
+    Raises
+    ------
+    ConfigError
+        For a setting outside its range.
+    """
+
+    name: ClassVar[str] = ""
+    inflation: float | str = 1.0
+    rtps: float = 0.0
+    rtpp: float = 0.0
+    inflation_var: float = DEFAULT_INFLATION_VAR
+    max_inflation: float = 3.0
+    param_inflation: float | None = None
+    param_rtps: float | None = None
+    gross_error: float | None = DEFAULT_GROSS_ERROR
+
+    def __post_init__(self) -> None:
+        _check_settings(self.inflation, self.rtps, self.rtpp)
+        if not (isinstance(self.inflation_var, (int, float)) and self.inflation_var > 0):
+            raise ConfigError(
+                f"inflation_var must be a positive number, got {self.inflation_var!r}"
+            )
+        if not (isinstance(self.max_inflation, (int, float)) and self.max_inflation >= 1):
+            raise ConfigError(f"max_inflation must be a number >= 1, got {self.max_inflation!r}")
+        if self.param_inflation is not None:
+            if self.param_inflation == ADAPTIVE:
+                raise ConfigError(
+                    "param_inflation must be a positive number (adaptive inflation is estimated "
+                    "from the observations, i.e. for the state), got 'adaptive'"
+                )
+            check_inflation(self.param_inflation, "param_inflation")
+        pr = self.param_rtps
+        if pr is not None and not (isinstance(pr, (int, float)) and 0.0 <= pr <= 1.0):
+            raise ConfigError(f"param_rtps must be a number in [0, 1] or None, got {pr!r}")
+        g = self.gross_error
+        if g is not None and not (isinstance(g, (int, float)) and g > 0):
+            raise ConfigError(
+                f"gross_error must be a positive number of standard deviations or None, got {g!r}"
+            )
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether the inflation is estimated adaptively."""
+        return self.inflation == ADAPTIVE
+
+    def analyse(
+        self,
+        ensemble: Tensor,
+        hx: Tensor,
+        y: Tensor,
+        r_std: Tensor | float,
+        *,
+        generator: torch.Generator | None = None,
+        locations: Any = None,
+        n_params: int = 0,
+    ) -> Tensor:
+        """Analysis ensemble ``(*batch, N, n)`` from the forecast ensemble.
+
+        :meth:`step` without method state and diagnostics (an adaptive
+        inflation starts from its prior, 1, at every call).
+
+        Parameters
+        ----------
+        ensemble : Tensor
+            Forecast ensemble ``(*batch, N, n)`` (state or latent vectors).
+        hx : Tensor
+            Observation operator applied to every member ``(*batch, N, P)``
+            (for latent filters, ``H(D(z_j))``).
+        y : Tensor
+            Observations ``(*batch, P)`` or ``(P,)``.
+        r_std : Tensor or float
+            Observation-error standard deviations ``(*batch, P)``, ``(P,)``
+            or scalar.
+        generator : torch.Generator, optional
+            Randomness (perturbed observations, rotations).
+        locations : Localization, optional
+            Only used by localised filters (:class:`~xlatda.methods.letkf.LETKF`).
+        n_params : int
+            Number of parameters at the end of the control vector (see :meth:`step`).
+
+        Returns
+        -------
+        Tensor
+            Analysis ensemble ``(*batch, N, n)``, same dtype and device.
+        """
+        out, _, _ = self._run(
+            ensemble, hx, y, r_std, generator, locations, None, n_params, diagnose=False
+        )
+        return out
+
+    def step(
+        self,
+        ensemble: Tensor,
+        hx: Tensor,
+        y: Tensor,
+        r_std: Tensor | float,
+        *,
+        generator: torch.Generator | None = None,
+        locations: Any = None,
+        state: Mapping[str, Tensor] | None = None,
+        n_params: int = 0,
+    ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
+        """One analysis with diagnostics and method state (for cycling drivers).
+
+        Parameters
+        ----------
+        ensemble, hx, y, r_std, generator, locations
+            As in :meth:`analyse`.
+        state : mapping of str to Tensor, optional
+            The ``state`` returned by the previous analysis of this cycle
+            (``None`` at the first). With ``inflation="adaptive"`` it holds
+            ``inflation_mean`` and ``inflation_var``, the estimate of the
+            *variance* inflation factor (``(*batch,)`` tensors); otherwise it
+            is empty. Store it to resume a cycle exactly.
+        n_params : int
+            The last ``n_params`` entries of the control vector
+            ``[state; theta]`` are parameters: they get ``param_inflation``
+            and ``param_rtps`` (localised filters update them with all
+            observations).
+
+        Returns
+        -------
+        analysis : Tensor
+            ``(*batch, N, n)``.
+        diagnostics : dict of str to Tensor
+            ``(*batch,)`` tensors: ``chi2`` (normalised innovation
+            chi-square with the inflated forecast, see
+            :mod:`xlatda.methods.consistency`), ``spread_ratio``,
+            ``inflation`` (anomaly factor used), ``n_obs`` (observations
+            used), ``n_rejected`` (removed by the gross-error check).
+        state : dict of str to Tensor
+            To pass to the next analysis.
+
+        Examples
+        --------
+        >>> import torch
+        >>> g = torch.Generator().manual_seed(0)
+        >>> ens = torch.randn(10, 4, generator=g, dtype=torch.float64)
+        >>> y, r = torch.full((4,), 3.0, dtype=torch.float64), torch.ones(4, dtype=torch.float64)
+        >>> ana, diag, state = ETKF(inflation="adaptive").step(ens, ens, y, r)
+        >>> sorted(diag)
+        ['chi2', 'inflation', 'n_obs', 'n_rejected', 'spread_ratio']
+        >>> bool(state["inflation_mean"] > 1.0)   # innovations larger than the spread
+        True
+        """
+        return self._run(ensemble, hx, y, r_std, generator, locations, state, n_params, True)
+
+    def _run(self, ensemble, hx, y, r_std, generator, locations, state, n_params, diagnose):
+        hx, y, r_std = _check_inputs(ensemble, hx, y, r_std)
+        n_state = ensemble.shape[-1]
+        n_params = _check_n_params(n_params, n_state)
+        _require_finite(
+            "the forecast ensemble", ensemble, "the forecast has diverged or the initial "
+            "ensemble is not finite (more inflation, members or localisation help)"
+        )
+        _require_finite("hx (the observed forecast)", hx, "the forecast has diverged")
+        n_members = ensemble.shape[-2]
+        scale = math.sqrt(n_members - 1)
+        mean = ensemble.mean(-2)
+        X0 = (ensemble - mean.unsqueeze(-2)) / scale
+        hmean = hx.mean(-2)
+        inv_r = torch.reciprocal(r_std)
+        active = torch.isfinite(r_std).expand(hmean.shape)
+        if not bool(torch.isfinite(torch.where(active, y, 0.0)).all()):
+            raise ConfigError(
+                "y must be finite where r_std is finite (switch an observation off with "
+                "r_std=inf)"
+            )
+        S0 = (hx - hmean.unsqueeze(-2)) * (inv_r / scale).unsqueeze(-2)
+        d = torch.where(active, (y - hmean) * inv_r, 0.0)
+        _require_finite(
+            "the scaled observation anomalies", S0,
+            "observation errors r_std too small for this dtype? use float64",
+        )
+        # prior inflation (variance factor), batched
+        batch = hmean.shape[:-1]
+        like = {"dtype": ensemble.dtype, "device": ensemble.device}
+        if self.adaptive:
+            if state is not None and "inflation_mean" in state:
+                rho_b = torch.as_tensor(state["inflation_mean"], **like).expand(batch)
+            else:
+                rho_b = torch.ones(batch, **like)
+        else:
+            rho_b = torch.full(batch, float(self.inflation) ** 2, **like)
+        n_rejected = torch.zeros(batch, dtype=torch.int64, device=ensemble.device)
+        if self.gross_error is not None:
+            rejected = active & gross_error_mask(
+                S0 * rho_b.sqrt()[..., None, None], d, float(self.gross_error)
+            )
+            if bool(rejected.any()):
+                active = active & ~rejected
+                S0 = S0 * (~rejected).unsqueeze(-2)
+                d = torch.where(rejected, 0.0, d)
+            n_rejected = rejected.sum(-1)
+        new_state: dict[str, Tensor] = {}
+        if self.adaptive:
+            rho, var = adaptive_inflation(
+                S0, d, active.sum(-1), rho_b, float(self.inflation_var),
+                max_inflation=float(self.max_inflation),
+            )
+            new_state = {"inflation_mean": rho, "inflation_var": var}
+            lam = rho.sqrt()
+        else:
+            lam = torch.full(batch, float(self.inflation), **like)
+        S = S0 * lam[..., None, None]
+        factor = lam[..., None, None].expand(*batch, 1, n_state)
+        alpha = self.rtps
+        if n_params:
+            factor = factor.clone()
+            if self.param_inflation is not None:
+                factor[..., n_state - n_params:] = float(self.param_inflation)
+            if self.param_rtps is not None:
+                alpha = torch.full((n_state,), float(self.rtps), **like)
+                alpha[n_state - n_params:] = float(self.param_rtps)
+        X = X0 * factor
+        p = Prepared(mean, X, X0, S, d, scale)
+        mean_a, Xa = self._analysis(p, generator, locations, n_params)
+        if self.rtpp:
+            Xa = (1.0 - self.rtpp) * Xa + self.rtpp * X
+        if isinstance(alpha, Tensor) or alpha:
+            Xa = _relax_spread(X0, Xa, alpha)
+        if getattr(self, "rotate", False):
+            Q = random_rotation(
+                Xa.shape[-2], Xa.shape[:-2], generator=generator, dtype=Xa.dtype,
+                device=Xa.device,
+            )
+            Xa = Q @ Xa
+        analysis = mean_a.unsqueeze(-2) + scale * Xa
+        if not diagnose:
+            return analysis, {}, new_state
+        diagnostics = {
+            "chi2": innovation_chi2(S, d, active),
+            "spread_ratio": spread_ratio(S, d, r_std, active),
+            "inflation": lam,
+            "n_obs": active.sum(-1),
+            "n_rejected": n_rejected,
+        }
+        return analysis, diagnostics, new_state
+
+    def _analysis(
+        self, p: Prepared, generator: torch.Generator | None, locations: Any, n_params: int
+    ) -> tuple[Tensor, Tensor]:  # pragma: no cover
+        """Analysis mean ``(*batch, n)`` and anomalies ``(*batch, N, n)`` (over sqrt(N-1))."""
+        raise NotImplementedError
+
+
+@methods.register("etkf")
+@dataclass(frozen=True, kw_only=True)
+class ETKF(EnsembleMethod):
+    """Ensemble transform Kalman filter, symmetric square root (:func:`etkf_update`).
+
+    Parameters
+    ----------
+    inflation, rtps, rtpp, inflation_var, max_inflation, param_inflation, param_rtps, gross_error
+        See :class:`EnsembleMethod`.
+    rotate : bool
+        Random mean-preserving rotation of the analysis anomalies (Sakov &
+        Oke 2008b); needs ``generator`` for reproducibility.
+
+    Examples
+    --------
+    >>> ETKF(inflation=1.013, rotate=True).rotate
+    True
+    """
+
+    name: ClassVar[str] = "etkf"
+    rotate: bool = False
+
+    def _analysis(self, p, generator, locations, n_params):
+        return _etkf_analysis(p)
+
+
+@methods.register("denkf")
+@dataclass(frozen=True, kw_only=True)
+class DEnKF(EnsembleMethod):
+    """Deterministic EnKF of Sakov & Oke (2008a) (:func:`denkf_update`).
+
+    Examples
+    --------
+    >>> DEnKF(inflation=1.01).inflation
+    1.01
+    """
+
+    name: ClassVar[str] = "denkf"
+
+    def _analysis(self, p, generator, locations, n_params):
+        return _denkf_analysis(p)
+
+
+@methods.register("ensrf")
+@dataclass(frozen=True, kw_only=True)
+class EnSRF(EnsembleMethod):
+    """Serial square-root filter of Whitaker & Hamill (2002), batched (:func:`ensrf_update`).
+
+    Examples
+    --------
+    >>> EnSRF(rtps=0.5).rtps
+    0.5
+    """
+
+    name: ClassVar[str] = "ensrf"
+
+    def _analysis(self, p, generator, locations, n_params):
+        return _ensrf_analysis(p)
+
+
+@methods.register("enkf")
+@dataclass(frozen=True, kw_only=True)
+class EnKF(EnsembleMethod):
+    """Stochastic EnKF with perturbed observations (:func:`enkf_update`).
+
+    Parameters
+    ----------
+    inflation, rtps, rtpp, inflation_var, max_inflation, param_inflation, param_rtps, gross_error
+        See :class:`EnsembleMethod`.
+    centre_perturbations : bool
+        Centre the observation perturbations over the members.
+
+    Examples
+    --------
+    >>> EnKF(inflation=1.06).centre_perturbations
+    False
+    """
+
+    name: ClassVar[str] = "enkf"
+    centre_perturbations: bool = False
+
+    def _analysis(self, p, generator, locations, n_params):
+        return _enkf_analysis(p, self.centre_perturbations, generator)
+
+
 # --------------------------------------------------------------------------
 # the filters as functions
 # --------------------------------------------------------------------------
-
-
-def _etkf_transform(S: Tensor, d: Tensor) -> tuple[Tensor, Tensor]:
-    """Mean weights ``w`` (*batch, N) and symmetric transform ``C^-1/2`` (*batch, N, N).
-
-    One batched ``eigh`` of ``S S^T`` (N x N) or, when P < N, of ``S^T S``
-    (P x P): with ``S^T S = U diag(s) U^T``,
-    ``C^-1/2 = I + S U diag(f(s)) U^T S^T``, ``f(s) = ((1+s)^-1/2 - 1)/s``
-    ``= -1 / (sqrt(1+s) (1 + sqrt(1+s)))`` (stable at ``s = 0``), and
-    ``w = S U diag(1/(1+s)) U^T d``.
-    """
-    n_members, n_obs = S.shape[-2], S.shape[-1]
-    if n_obs < n_members:
-        s, U = torch.linalg.eigh(S.mT @ S)
-        root = s.clamp_min(0.0).add(1.0).sqrt()  # sqrt(1 + s)
-        SU = S @ U
-        w = (SU @ ((U.mT @ d.unsqueeze(-1)) / root.square().unsqueeze(-1))).squeeze(-1)
-        T = _plus_identity((SU * (-1.0 / (root * (1.0 + root))).unsqueeze(-2)) @ SU.mT)
-        return w, T
-    lam, V = torch.linalg.eigh(_plus_identity(S @ S.mT))
-    lam = lam.clamp_min(1.0)  # C >= I exactly; guard rounding
-    coef = V.mT @ (S @ d.unsqueeze(-1))
-    w = (V @ (coef / lam.unsqueeze(-1))).squeeze(-1)
-    T = (V * lam.rsqrt().unsqueeze(-2)) @ V.mT
-    return w, T
 
 
 def etkf_update(
@@ -514,9 +1047,12 @@ def etkf_update(
         If the shapes do not fit together.
     ConfigError
         For a non-float ensemble, non-positive ``r_std`` or bad settings.
+    AnalysisError
+        For a non-finite forecast (a diverged filter).
 
     Notes
     -----
+    Equal to ``ETKF(...).analyse(...)`` (with its default gross-error check).
     Cost ``O(N^2 (n + P) + min(N, P)^3)`` per batch element: one batched
     ``eigh`` of an ``N x N`` matrix, or of a ``P x P`` one when ``P < N``;
     memory ``O(N (n + P) + N^2)``.
@@ -529,19 +1065,8 @@ def etkf_update(
     >>> ana.mean(0), ana.var(0)  # Kalman: mean 1/3, variance 2/3
     (tensor([0.3333], dtype=torch.float64), tensor([0.6667], dtype=torch.float64))
     """
-    _check_settings(inflation, rtps, rtpp)
-    p = _prepare(ensemble, hx, y, r_std, inflation)
-    w, T = _etkf_transform(p.S, p.d)
-    return _finish(
-        _mean_update(p, w),
-        T @ p.X,
-        p.X,
-        p.scale,
-        rtps=rtps,
-        rtpp=rtpp,
-        rotate=rotate,
-        generator=generator,
-    )
+    method = ETKF(inflation=inflation, rtps=rtps, rtpp=rtpp, rotate=rotate)
+    return method.analyse(ensemble, hx, y, r_std, generator=generator)
 
 
 def denkf_update(
@@ -575,22 +1100,7 @@ def denkf_update(
     >>> ana.mean(0), ana.var(0)  # mean 1/3, variance 2/3 + 2/9
     (tensor([0.3333], dtype=torch.float64), tensor([0.8889], dtype=torch.float64))
     """
-    _check_settings(inflation, rtps, rtpp)
-    p = _prepare(ensemble, hx, y, r_std, inflation)
-    L = torch.linalg.cholesky(_plus_identity(p.S @ p.S.mT))
-    Cinv = torch.cholesky_inverse(L)
-    w = (Cinv @ (p.S @ p.d.unsqueeze(-1))).squeeze(-1)
-    T = 0.5 * _plus_identity(Cinv)
-    return _finish(
-        _mean_update(p, w),
-        T @ p.X,
-        p.X,
-        p.scale,
-        rtps=rtps,
-        rtpp=rtpp,
-        rotate=False,
-        generator=None,
-    )
+    return DEnKF(inflation=inflation, rtps=rtps, rtpp=rtpp).analyse(ensemble, hx, y, r_std)
 
 
 def ensrf_update(
@@ -627,24 +1137,7 @@ def ensrf_update(
     >>> ana.mean(0), ana.var(0)  # Kalman: mean 1/3, variance 2/3
     (tensor([0.3333], dtype=torch.float64), tensor([0.6667], dtype=torch.float64))
     """
-    _check_settings(inflation, rtps, rtpp)
-    p = _prepare(ensemble, hx, y, r_std, inflation)
-    S = p.S
-    L = torch.linalg.cholesky(_plus_identity(S.mT @ S))  # (*b, P, P)
-    w = (S @ torch.cholesky_solve(p.d.unsqueeze(-1), L)).squeeze(-1)
-    Z = torch.linalg.solve_triangular(L, S.mT, upper=False)  # L^-1 S^T
-    W = torch.linalg.solve_triangular(_plus_identity(L.clone()).mT, Z, upper=True)
-    T = _plus_identity(-(S @ W))
-    return _finish(
-        _mean_update(p, w),
-        T @ p.X,
-        p.X,
-        p.scale,
-        rtps=rtps,
-        rtpp=rtpp,
-        rotate=False,
-        generator=None,
-    )
+    return EnSRF(inflation=inflation, rtps=rtps, rtpp=rtpp).analyse(ensemble, hx, y, r_std)
 
 
 def enkf_update(
@@ -693,206 +1186,7 @@ def enkf_update(
     >>> round(float(ana[:, 0].var()), 1)   # Kalman: 1 * 1 / (1 + 1)
     0.5
     """
-    _check_settings(inflation, rtps, rtpp)
-    p = _prepare(ensemble, hx, y, r_std, inflation)
-    S, X = p.S, p.X
-    n_members, n_obs = S.shape[-2], S.shape[-1]
-    gen = _generator(generator, S.device)
-    eps = torch.randn(S.shape, generator=gen, dtype=S.dtype, device=S.device)
-    if centre_perturbations:
-        eps = eps - eps.mean(-2, keepdim=True)
-    D = eps - p.scale * S + p.d.unsqueeze(-2)  # (*b, N, P) scaled member innovations
-    if n_members <= n_obs:
-        L = torch.linalg.cholesky(_plus_identity(S @ S.mT))
-        delta = torch.cholesky_solve(S @ D.mT, L).mT @ X  # D S^T C^-1 X
-    else:  # never form an N x N matrix when N is large
-        L = torch.linalg.cholesky(_plus_identity(S.mT @ S))
-        delta = torch.cholesky_solve(D.mT, L).mT @ (S.mT @ X)  # D F^-1 S^T X
-    dbar = delta.mean(-2)
-    Xa = X + (delta - dbar.unsqueeze(-2)) / p.scale
-    return _finish(
-        p.mean + dbar, Xa, X, p.scale, rtps=rtps, rtpp=rtpp, rotate=False, generator=None
+    method = EnKF(
+        inflation=inflation, rtps=rtps, rtpp=rtpp, centre_perturbations=centre_perturbations
     )
-
-
-# --------------------------------------------------------------------------
-# the filters as registered method objects
-# --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, kw_only=True)
-class EnsembleMethod:
-    """Settings shared by the ensemble filters (a frozen, keyword-only dataclass).
-
-    Parameters
-    ----------
-    inflation : float
-        Multiplicative inflation of the forecast anomalies before the update
-        (1 = none).
-    rtps : float
-        Relaxation to prior spread after the update, in ``[0, 1]`` (0 = off).
-    rtpp : float
-        Relaxation to prior perturbations after the update, in ``[0, 1]``.
-
-    Raises
-    ------
-    ConfigError
-        For a setting outside its range.
-    """
-
-    name: ClassVar[str] = ""
-    inflation: float = 1.0
-    rtps: float = 0.0
-    rtpp: float = 0.0
-
-    def __post_init__(self) -> None:
-        _check_settings(self.inflation, self.rtps, self.rtpp)
-
-    def analyse(
-        self,
-        ensemble: Tensor,
-        hx: Tensor,
-        y: Tensor,
-        r_std: Tensor | float,
-        *,
-        generator: torch.Generator | None = None,
-        locations: Any = None,
-    ) -> Tensor:
-        """Analysis ensemble ``(*batch, N, n)`` from the forecast ensemble.
-
-        Parameters
-        ----------
-        ensemble : Tensor
-            Forecast ensemble ``(*batch, N, n)`` (state or latent vectors).
-        hx : Tensor
-            Observation operator applied to every member ``(*batch, N, P)``
-            (for latent filters, ``H(D(z_j))``).
-        y : Tensor
-            Observations ``(*batch, P)`` or ``(P,)``.
-        r_std : Tensor or float
-            Observation-error standard deviations ``(*batch, P)``, ``(P,)``
-            or scalar.
-        generator : torch.Generator, optional
-            Randomness (perturbed observations, rotations).
-        locations : Localization, optional
-            Only used by localised filters (:class:`~xlatda.methods.letkf.LETKF`).
-
-        Returns
-        -------
-        Tensor
-            Analysis ensemble ``(*batch, N, n)``, same dtype and device.
-        """
-        return self._update(ensemble, hx, y, r_std, generator, locations)
-
-    def _update(self, ensemble, hx, y, r_std, generator, locations):  # pragma: no cover
-        raise NotImplementedError
-
-
-@methods.register("etkf")
-@dataclass(frozen=True, kw_only=True)
-class ETKF(EnsembleMethod):
-    """Ensemble transform Kalman filter, symmetric square root (:func:`etkf_update`).
-
-    Parameters
-    ----------
-    inflation, rtps, rtpp : float
-        See :class:`EnsembleMethod`.
-    rotate : bool
-        Random mean-preserving rotation of the analysis anomalies (Sakov &
-        Oke 2008b); needs ``generator`` for reproducibility.
-
-    Examples
-    --------
-    >>> import torch
-    >>> ETKF(inflation=1.013, rotate=True)
-    ETKF(inflation=1.013, rtps=0.0, rtpp=0.0, rotate=True)
-    """
-
-    name: ClassVar[str] = "etkf"
-    rotate: bool = False
-
-    def _update(self, ensemble, hx, y, r_std, generator, locations):
-        return etkf_update(
-            ensemble,
-            hx,
-            y,
-            r_std,
-            inflation=self.inflation,
-            rtps=self.rtps,
-            rtpp=self.rtpp,
-            rotate=self.rotate,
-            generator=generator,
-        )
-
-
-@methods.register("denkf")
-@dataclass(frozen=True, kw_only=True)
-class DEnKF(EnsembleMethod):
-    """Deterministic EnKF of Sakov & Oke (2008a) (:func:`denkf_update`).
-
-    Examples
-    --------
-    >>> DEnKF(inflation=1.01)
-    DEnKF(inflation=1.01, rtps=0.0, rtpp=0.0)
-    """
-
-    name: ClassVar[str] = "denkf"
-
-    def _update(self, ensemble, hx, y, r_std, generator, locations):
-        return denkf_update(
-            ensemble, hx, y, r_std, inflation=self.inflation, rtps=self.rtps, rtpp=self.rtpp
-        )
-
-
-@methods.register("ensrf")
-@dataclass(frozen=True, kw_only=True)
-class EnSRF(EnsembleMethod):
-    """Serial square-root filter of Whitaker & Hamill (2002), batched (:func:`ensrf_update`).
-
-    Examples
-    --------
-    >>> EnSRF(rtps=0.5)
-    EnSRF(inflation=1.0, rtps=0.5, rtpp=0.0)
-    """
-
-    name: ClassVar[str] = "ensrf"
-
-    def _update(self, ensemble, hx, y, r_std, generator, locations):
-        return ensrf_update(
-            ensemble, hx, y, r_std, inflation=self.inflation, rtps=self.rtps, rtpp=self.rtpp
-        )
-
-
-@methods.register("enkf")
-@dataclass(frozen=True, kw_only=True)
-class EnKF(EnsembleMethod):
-    """Stochastic EnKF with perturbed observations (:func:`enkf_update`).
-
-    Parameters
-    ----------
-    inflation, rtps, rtpp : float
-        See :class:`EnsembleMethod`.
-    centre_perturbations : bool
-        Centre the observation perturbations over the members.
-
-    Examples
-    --------
-    >>> EnKF(inflation=1.06)
-    EnKF(inflation=1.06, rtps=0.0, rtpp=0.0, centre_perturbations=False)
-    """
-
-    name: ClassVar[str] = "enkf"
-    centre_perturbations: bool = False
-
-    def _update(self, ensemble, hx, y, r_std, generator, locations):
-        return enkf_update(
-            ensemble,
-            hx,
-            y,
-            r_std,
-            inflation=self.inflation,
-            rtps=self.rtps,
-            rtpp=self.rtpp,
-            centre_perturbations=self.centre_perturbations,
-            generator=generator,
-        )
+    return method.analyse(ensemble, hx, y, r_std, generator=generator)

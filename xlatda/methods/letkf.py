@@ -26,8 +26,10 @@ beyond the support :math:`2c` have :math:`\rho = 0` and are left out, so each
 local problem only holds the ``K`` nearest observations (``K`` the largest
 count within the support over all points, smaller counts padded with zero
 weight). All ``D`` local :math:`N \times N` eigendecompositions are one
-batched ``torch.linalg.eigh`` over a ``(*batch, D, N, N)`` tensor: no Python
-loop over grid points. With an infinite radius every :math:`\rho = 1` and the
+batched symmetric eigendecomposition over a ``(*batch, D, N, N)`` tensor
+(robust: float64, eigenvalue floor, SVD fallback; see
+:func:`~xlatda.methods.ensemble.etkf_transform`): no Python loop over grid
+points. With an infinite radius every :math:`\rho = 1` and the
 LETKF is the global ETKF.
 
 The taper is the Gaspari-Cohn function with half-width
@@ -63,23 +65,62 @@ Examples
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from xlatda.errors import ConfigError, ShapeError
-from xlatda.methods.ensemble import (
-    EnsembleMethod,
-    _check_settings,
-    _etkf_transform,
-    _finish,
-    _prepare,
-)
+from xlatda.methods.ensemble import EnsembleMethod, Prepared, etkf_transform
 from xlatda.methods.localization import Localization, halfwidth
 from xlatda.methods.registry import methods
 
 __all__ = ["LETKF", "letkf_update"]
+
+
+def _local_analysis(
+    p: Prepared, locations: Any, radius: float, n_params: int
+) -> tuple[Tensor, Tensor]:
+    """Analysis mean and anomalies: one local ETKF per grid point, batched."""
+    if not isinstance(locations, Localization):
+        raise ConfigError(
+            "the LETKF needs locations=<Localization> (e.g. IndexDistance(n) or "
+            f"GreatCircleDistance(...)) giving state-observation distances, got {locations!r}"
+        )
+    n_members, n_total = p.X.shape[-2], p.X.shape[-1]
+    n_state = n_total - n_params
+    n_obs = p.S.shape[-1]
+    if n_state != locations.n_state or n_obs != locations.n_obs:
+        extra = f" (plus {n_params} parameters)" if n_params else ""
+        raise ShapeError(
+            f"the ensemble has {n_state} state values{extra} and {n_obs} observations but "
+            f"{locations!r} describes {locations.n_state} state values "
+            f"({locations.channels} channels x {locations.n_points} points) and "
+            f"{locations.n_obs} observations"
+        )
+    c = halfwidth(radius)  # validates; inf stays inf
+    index, weight = locations.local_observations(c, dtype=p.X.dtype, device=p.X.device)
+    n_points, channels = locations.n_points, locations.channels
+    batch = p.X.shape[:-2]
+
+    sqrt_w = weight.sqrt()  # (D, K)
+    S_loc = p.S[..., index].transpose(-3, -2) * sqrt_w.unsqueeze(-2)  # (*b, D, N, K)
+    d_loc = p.d[..., index] * sqrt_w  # (*b, D, K)
+    w, T = etkf_transform(S_loc, d_loc)  # (*b, D, N), (*b, D, N, N)
+
+    # state laid out as (*b, D, N, channels) so that each domain's transform applies
+    Xs = p.X[..., :n_state]
+    Xp = Xs.reshape(*batch, n_members, channels, n_points).movedim(-1, -3)
+    dmean = (w.unsqueeze(-2) @ Xp).squeeze(-2)  # (*b, D, channels)
+    mean_a = p.mean[..., :n_state] + dmean.movedim(-2, -1).reshape(*batch, n_state)
+    Xa = (T @ Xp).movedim(-3, -1).reshape(*batch, n_members, n_state)
+    if n_params:  # global parameters: the unlocalised (global ETKF) transform
+        wg, Tg = etkf_transform(p.S, p.d)
+        Xt = p.X[..., n_state:]
+        mean_t = p.mean[..., n_state:] + (wg.unsqueeze(-2) @ Xt).squeeze(-2)
+        mean_a = torch.cat([mean_a, mean_t], -1)
+        Xa = torch.cat([Xa, Tg @ Xt], -1)
+    return mean_a, Xa
 
 
 def letkf_update(
@@ -133,45 +174,14 @@ def letkf_update(
 
     Notes
     -----
-    Memory ``O(D (N^2 + N K))`` per batch element for ``D`` grid points and
-    ``K`` local observations; compute ``O(D (N^3 + N^2 K))`` in one batched
+    Equal to ``LETKF(radius=radius, ...).analyse(...)``. Memory
+    ``O(D (N^2 + N K))`` per batch element for ``D`` grid points and ``K``
+    local observations; compute ``O(D (N^3 + N^2 K))`` in one batched
     ``eigh``. The local observation lists are computed once per
     ``locations`` object and radius and cached on it.
     """
-    _check_settings(inflation, rtps, rtpp)
-    if not isinstance(locations, Localization):
-        raise ConfigError(
-            "the LETKF needs locations=<Localization> (e.g. IndexDistance(n) or "
-            f"GreatCircleDistance(...)) giving state-observation distances, got {locations!r}"
-        )
-    p = _prepare(ensemble, hx, y, r_std, inflation)
-    n_members, n_state = p.X.shape[-2], p.X.shape[-1]
-    n_obs = p.S.shape[-1]
-    if n_state != locations.n_state or n_obs != locations.n_obs:
-        raise ShapeError(
-            f"the ensemble has {n_state} state values and {n_obs} observations but "
-            f"{locations!r} describes {locations.n_state} state values "
-            f"({locations.channels} channels x {locations.n_points} points) and "
-            f"{locations.n_obs} observations"
-        )
-    c = halfwidth(radius)  # validates; inf stays inf
-    index, weight = locations.local_observations(c, dtype=p.X.dtype, device=p.X.device)
-    n_points, channels = locations.n_points, locations.channels
-    batch = p.X.shape[:-2]
-
-    sqrt_w = weight.sqrt()  # (D, K)
-    S_loc = p.S[..., index].transpose(-3, -2) * sqrt_w.unsqueeze(-2)  # (*b, D, N, K)
-    d_loc = p.d[..., index] * sqrt_w  # (*b, D, K)
-    w, T = _etkf_transform(S_loc, d_loc)  # (*b, D, N), (*b, D, N, N)
-
-    # state laid out as (*b, D, N, channels) so that each domain's transform applies
-    Xp = p.X.reshape(*batch, n_members, channels, n_points).movedim(-1, -3)
-    dmean = (w.unsqueeze(-2) @ Xp).squeeze(-2)  # (*b, D, channels)
-    mean_a = p.mean + dmean.movedim(-2, -1).reshape(*batch, n_state)
-    Xa = (T @ Xp).movedim(-3, -1).reshape(*batch, n_members, n_state)
-    return _finish(
-        mean_a, Xa, p.X, p.scale, rtps=rtps, rtpp=rtpp, rotate=rotate, generator=generator
-    )
+    method = LETKF(radius=radius, inflation=inflation, rtps=rtps, rtpp=rtpp, rotate=rotate)
+    return method.analyse(ensemble, hx, y, r_std, generator=generator, locations=locations)
 
 
 @methods.register("letkf")
@@ -188,11 +198,20 @@ class LETKF(EnsembleMethod):
         :class:`~xlatda.methods.localization.GreatCircleDistance`); the
         taper is ``exp(-1/2)`` there and zero beyond ``3.48 * radius``.
         ``inf`` turns localisation off (global ETKF). Lorenz-96: 4.
-    inflation, rtps, rtpp : float
-        See :class:`~xlatda.methods.ensemble.EnsembleMethod`.
+    inflation, rtps, rtpp, inflation_var, max_inflation, param_inflation, param_rtps, gross_error
+        See :class:`~xlatda.methods.ensemble.EnsembleMethod`. An adaptive
+        inflation is one value for the whole domain (estimated from all
+        observations, un-localised); the gross-error check and the
+        diagnostics use all observations too.
     rotate : bool
         Random mean-preserving rotation of the analysis anomalies (one per
         batch element, shared by all grid points).
+
+    Notes
+    -----
+    With ``n_params > 0`` (:meth:`step`) the last ``n_params`` entries of the
+    control vector are global parameters without a position: they are
+    updated with the global (unlocalised) ETKF transform of all observations.
 
     Raises
     ------
@@ -201,8 +220,9 @@ class LETKF(EnsembleMethod):
 
     Examples
     --------
-    >>> LETKF(radius=4.0, inflation=1.04, rotate=True)
-    LETKF(inflation=1.04, rtps=0.0, rtpp=0.0, radius=4.0, rotate=True)
+    >>> m = LETKF(radius=4.0, inflation=1.04, rotate=True)
+    >>> m.radius, m.inflation, m.rotate
+    (4.0, 1.04, True)
     """
 
     name: ClassVar[str] = "letkf"
@@ -218,17 +238,5 @@ class LETKF(EnsembleMethod):
                 f"(e.g. LETKF(radius=4.0) for Lorenz-96 grid indices), got radius={r!r}"
             )
 
-    def _update(self, ensemble, hx, y, r_std, generator, locations):
-        return letkf_update(
-            ensemble,
-            hx,
-            y,
-            r_std,
-            locations,
-            radius=float(self.radius),
-            inflation=self.inflation,
-            rtps=self.rtps,
-            rtpp=self.rtpp,
-            rotate=self.rotate,
-            generator=generator,
-        )
+    def _analysis(self, p, generator, locations, n_params):
+        return _local_analysis(p, locations, float(self.radius), n_params)

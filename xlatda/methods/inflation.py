@@ -1,0 +1,171 @@
+r"""Adaptive multiplicative inflation: a spatially (latent-) uniform estimate from innovations.
+
+The estimate follows Miyoshi (2011), the Gaussian approximation of
+Anderson's (2009) Bayesian inflation applied to one inflation value for the
+whole state. In the scaled notation of :mod:`xlatda.methods.ensemble`
+(un-inflated scaled observation anomalies :math:`S_0` of shape
+:math:`N \times P`, scaled innovation :math:`d = R^{-1/2}(y - \bar h)`,
+:math:`p` active observations), a forecast covariance that is too small by
+the *variance* factor :math:`\rho` gives :math:`d \sim N(0, I_p + \rho\,G)`,
+:math:`G = S_0^\top S_0`, so that (Li, Kalnay & Miyoshi 2009, eq. 6)
+
+.. math::
+
+    \rho^o = \frac{d^\top d - p}{\operatorname{tr} G}, \qquad
+    \sigma_o^2 = \operatorname{var}(\rho^o)
+      = \frac{2\,\operatorname{tr}\big((I + \rho^b G)^2\big)}{(\operatorname{tr} G)^2}
+      = \frac{2\,(p + 2\rho^b \operatorname{tr} G + (\rho^b)^2 \lVert G\rVert_F^2)}
+             {(\operatorname{tr} G)^2},
+
+the observed estimate and its variance (Miyoshi 2011, eq. 11, evaluated at
+the prior mean; :math:`\lVert G\rVert_F = \lVert S_0 S_0^\top\rVert_F` costs
+:math:`O(N^2 P)`). It is combined with the prior estimate
+:math:`N(\rho^b, \sigma_b^2)` carried from the previous analysis:
+
+.. math::
+
+    \rho^a = \frac{\sigma_o^2 \rho^b + \sigma_b^2 \rho^o}{\sigma_b^2 + \sigma_o^2},
+    \qquad \sigma_a^2 = \frac{\sigma_b^2 \sigma_o^2}{\sigma_b^2 + \sigma_o^2}.
+
+As in Miyoshi (2011) the prior variance :math:`\sigma_b^2` is a fixed
+setting (it sets the time scale of the temporal smoothing: roughly
+:math:`\sigma_o^2/\sigma_b^2` analyses), the prior mean is the previous
+posterior mean (persistence), and :math:`\rho^a` is kept in
+``[1, max_inflation**2]`` (no deflation; Anderson 2009 bounds it the same
+way). The anomalies are multiplied by :math:`\sqrt{\rho^a}` before the
+update. Analyses without information (:math:`\operatorname{tr} G = 0` or no
+active observation) keep the prior estimate.
+
+References
+----------
+Anderson, J. L. (2009). Spatially and temporally varying adaptive covariance
+inflation for ensemble filters. Tellus A 61.
+Li, H., Kalnay, E., Miyoshi, T. (2009). Simultaneous estimation of covariance
+inflation and observation errors within an ensemble Kalman filter. Q. J. R.
+Meteorol. Soc. 135.
+Miyoshi, T. (2011). The Gaussian approach to adaptive covariance inflation and
+its implementation with the local ensemble transform Kalman filter. Mon. Wea.
+Rev. 139.
+
+Examples
+--------
+>>> import torch
+>>> sign = torch.tensor([[1.0], [-1.0], [1.0], [-1.0]], dtype=torch.float64)
+>>> S0 = 0.1 * sign.expand(4, 50)                     # small forecast spread
+>>> d = torch.full((50,), 1.5, dtype=torch.float64)   # innovations far larger than the spread
+>>> mean, var = adaptive_inflation(S0, d, torch.tensor(50.0), torch.tensor(1.0), 0.1)
+>>> bool(mean > 1.0), bool(var < 0.1)
+(True, True)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from xlatda.errors import ConfigError
+
+__all__ = [
+    "ADAPTIVE",
+    "DEFAULT_CYCLE_INFLATION",
+    "DEFAULT_CYCLE_SETTINGS",
+    "DEFAULT_INFLATION_VAR",
+    "adaptive_inflation",
+    "check_inflation",
+]
+
+#: The value of the ``inflation`` setting that asks for the adaptive estimate.
+ADAPTIVE = "adaptive"
+
+#: Inflation a cycling driver should use when the user sets none.
+DEFAULT_CYCLE_INFLATION = ADAPTIVE
+
+#: Prior variance of the (variance) inflation estimate: with it, the estimate
+#: averages over roughly ``sigma_o^2 / DEFAULT_INFLATION_VAR`` analyses
+#: (chosen on Lorenz-96 validation runs; see benchmarks/bench_lorenz96_filters.py).
+DEFAULT_INFLATION_VAR = 0.01
+
+#: Ensemble-filter settings a cycling driver should use when the user sets
+#: none (kernel defaults stay exact: no inflation, no relaxation).
+DEFAULT_CYCLE_SETTINGS: dict[str, Any] = {"inflation": DEFAULT_CYCLE_INFLATION}
+
+
+def check_inflation(value: Any, name: str = "inflation") -> None:
+    """Refuse an inflation setting that is neither a positive number nor ``"adaptive"``.
+
+    Examples
+    --------
+    >>> check_inflation("adaptive"); check_inflation(1.02)
+    >>> check_inflation(0.0)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    xlatda.errors.ConfigError: inflation must be a positive finite number ... got 0.0
+    """
+    if value == ADAPTIVE and isinstance(value, str):
+        return
+    if not (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    ):
+        raise ConfigError(
+            f"{name} must be a positive finite number (1 = none) or 'adaptive', got {value!r}"
+        )
+
+
+def adaptive_inflation(
+    S0: Tensor,
+    d: Tensor,
+    n_active: Tensor,
+    prior_mean: Tensor,
+    prior_var: float,
+    *,
+    max_inflation: float = 3.0,
+) -> tuple[Tensor, Tensor]:
+    """Posterior (mean, variance) of the variance-inflation factor (see module docs).
+
+    Parameters
+    ----------
+    S0 : Tensor
+        Un-inflated scaled observation anomalies ``(*batch, N, P)``
+        (``R^-1/2 (h_j - h_mean) / sqrt(N-1)``; switched-off observations are
+        zero columns).
+    d : Tensor
+        Scaled innovations ``(*batch, P)`` (zero where switched off).
+    n_active : Tensor
+        Number of active observations ``(*batch,)`` (or scalar).
+    prior_mean : Tensor
+        Prior estimate of the variance factor ``rho`` (``(*batch,)`` or scalar).
+    prior_var : float
+        Prior variance of ``rho`` (fixed, Miyoshi 2011), ``> 0``.
+    max_inflation : float
+        Largest *anomaly* factor allowed, ``rho <= max_inflation**2``.
+
+    Returns
+    -------
+    mean, var : Tensor
+        ``(*batch,)`` posterior mean (in ``[1, max_inflation**2]``) and variance.
+    """
+    if not (isinstance(prior_var, (int, float)) and prior_var > 0):
+        raise ConfigError(f"inflation_var must be a positive number, got {prior_var!r}")
+    batch = S0.shape[:-2]
+    like = {"dtype": S0.dtype, "device": S0.device}
+    rho_b = torch.as_tensor(prior_mean, **like).expand(batch)
+    p = torch.as_tensor(n_active, **like).expand(batch)
+    tr_g = S0.square().sum((-2, -1))
+    gram = S0 @ S0.mT
+    fro2 = gram.square().sum((-2, -1))
+    informative = (tr_g > 0) & (p > 0)
+    safe_tr = torch.where(informative, tr_g, 1.0)
+    rho_o = (d.square().sum(-1) - p) / safe_tr
+    var_o = 2.0 * (p + 2.0 * rho_b * tr_g + rho_b.square() * fro2) / safe_tr.square()
+    mean = (var_o * rho_b + prior_var * rho_o) / (prior_var + var_o)
+    var = prior_var * var_o / (prior_var + var_o)
+    mean = mean.clamp(1.0, float(max_inflation) ** 2)
+    mean = torch.where(informative, mean, rho_b)
+    var = torch.where(informative, var, torch.full_like(var, float(prior_var)))
+    return mean, var
