@@ -25,11 +25,15 @@ __all__ = [
     "ConfigError",
     "DeviceError",
     "FilterDivergenceWarning",
+    "KeywordError",
     "LayoutError",
     "ModelStoreError",
+    "NonFiniteError",
     "NotFittedError",
     "ObservationError",
     "ShapeError",
+    "StoreMismatchError",
+    "TimeSpanError",
     "UnitsError",
     "UnknownNameError",
     "VariableNotFoundError",
@@ -111,3 +115,27 @@ class FilterDivergenceWarning(XlatdaError, RuntimeWarning):
     own error (usually under-dispersion; more inflation, members or a
     working localisation help).
     """
+class KeywordError(XlatdaError, TypeError):
+    """A keyword (setting, option, store config key) is not one the callee takes.
+
+    The message names the keyword, the closest valid name and the valid ones
+    (see :func:`xlatda.validation.check_keywords`).
+    """
+
+
+class NonFiniteError(XlatdaError, ValueError):
+    """A state, background or field holds NaN or inf where finite values are needed.
+
+    The message names the variable and the first bad index (and time).
+    """
+
+
+class StoreMismatchError(ConfigError):
+    """A store holds another experiment or encoding than the one asked for.
+
+    Raised before any work, instead of resuming into (and mixing with) it.
+    """
+
+
+class TimeSpanError(ObservationError):
+    """Observation times lie absurdly far from the background for the model's time step."""

@@ -25,17 +25,39 @@ Zstd, so a round trip is bit-exact. Opening a store reads JSON and arrays
 only: it never unpickles and never runs code from the store; modules are
 rebuilt from registries by name, and unknown names are refused.
 
-Writes go to a temporary sibling folder that is renamed into place at the
-end, so an interrupted or failed save never leaves a half-written model at
-the target, and an existing model is replaced only with ``overwrite=True``.
+Integrity
+---------
+Every array's SHA-256 (of its dtype, shape and raw bytes) is stored in its
+part's config (``parts[part]["sha256"][key]``), and the SHA-256 of the whole
+``xlatda`` attribute (canonical JSON) in ``attrs["xlatda_sha256"]``. Opening
+a store verifies both, so a deleted chunk (which zarr would read as the fill
+value), a flipped byte in a chunk or an edited config value is refused with
+a :class:`~xlatda.errors.ModelStoreError` naming the part and array, never
+opened silently. Unknown parts, arrays and config keys are refused too (the
+message names the key and the known ones). Stores written before checksums
+existed open unchanged (only the structure is checked).
+
+Atomic saves
+------------
+A save writes the whole store to a hidden sibling ``.<name>.<pid>.<token>.tmp``
+(files flushed to disk), then, with ``overwrite=True``, renames the old model
+to ``.<name>.<pid>.<token>.old`` and the new one into place, and only then
+deletes the old one. Every intermediate state leaves either a readable model
+at the path or, if the process was killed between the two renames, the old
+model in the ``.old`` sibling: :func:`open_model` (and the next save) rename
+it back. Hidden ``.tmp``/``.old`` siblings left by killed saves (their process
+is gone) are removed by the next save to the same path. An interrupted or
+failed save thus never leaves a half-written model, and never no model, at
+the target; an existing model is replaced only with ``overwrite=True``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
-import tempfile
+import uuid
 import warnings
 from pathlib import Path
 from typing import Any
@@ -50,12 +72,17 @@ from xlatda.errors import ModelStoreError, XlatdaError
 from xlatda.layout import StateLayout
 from xlatda.model import LatentModel
 from xlatda.normalize import Normalizer
+from xlatda.validation import check_keywords
 
-__all__ = ["from_state", "open_model", "save_model", "to_state"]
+__all__ = ["array_sha256", "from_state", "meta_sha256", "open_model", "save_model", "to_state"]
 
 FORMAT = "xlatda-model/1"
 SCORE_FORMAT = "xlatda-score/1"
 _PARTS = ("encoder", "dynamics", "model_error", "score")
+CHECKSUM_ATTR = "xlatda_sha256"
+_META_KEYS = ("format", "model_id", "layout", "normalizer", "time_step", "history", "versions",
+              "parts")
+_SPEC_KEYS = ("kind", "config", "tensors", "sha256")
 
 
 def _module_class(part: str, kind: str) -> type:
@@ -100,7 +127,7 @@ def _compressor():
 
 def _write_module(group: zarr.Group, part: str, module: nn.Module) -> dict[str, Any]:
     sub = group.create_group(part)
-    names = []
+    names, sums = [], {}
     for name, tensor in module.state_dict().items():
         arr = tensor.detach().cpu().contiguous()
         if arr.dtype == torch.bfloat16:
@@ -110,13 +137,36 @@ def _write_module(group: zarr.Group, part: str, module: nn.Module) -> dict[str, 
         shape = values.shape if values.ndim else (1,)
         out = sub.create_array(key, shape=shape, dtype=values.dtype,
                                chunks=shape if values.size else (1,) * len(shape),
-                               compressors=[_compressor()], fill_value=None)
+                               compressors=[_compressor()], fill_value=None,
+                               config={"write_empty_chunks": True})
         out[...] = values.reshape(shape)
         out.attrs["scalar"] = values.ndim == 0
         names.append([name, key])
+        sums[key] = array_sha256(values.reshape(shape))
     config = module.config
     json.dumps(config)  # refuse what JSON cannot hold, before the rename
-    return {"kind": module.kind, "config": config, "tensors": names}
+    return {"kind": module.kind, "config": config, "tensors": names, "sha256": sums}
+
+
+def array_sha256(values: np.ndarray) -> str:
+    """SHA-256 of an array's dtype, shape and raw (C-order) bytes, as hex.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> array_sha256(np.zeros(3, "float32"))[:12]
+    '72b45b2e27d1'
+    """
+    values = np.ascontiguousarray(values)
+    h = hashlib.sha256(f"{values.dtype.str}|{list(values.shape)}|".encode())
+    h.update(values.tobytes())
+    return h.hexdigest()
+
+
+def meta_sha256(meta: dict[str, Any]) -> str:
+    """SHA-256 of a store's ``xlatda`` attribute as canonical JSON (sorted keys)."""
+    text = json.dumps(meta, sort_keys=True, separators=(",", ":"), allow_nan=True)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _parts_of(model: Any) -> tuple[str, ...]:
@@ -151,15 +201,26 @@ def save_model(model: Any, path: Any, *, overwrite: bool = False) -> None:
         the target is then left as it was.
     """
     target = Path(path)
+    parent = target.parent if str(target.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        _recover(target)
+        _clean_leftovers(target)
+    except XlatdaError:
+        raise
+    except OSError as err:
+        raise ModelStoreError(f"cannot write to {str(parent)!r}: {err}; check that the folder "
+                              "exists and is writable") from err
     if target.exists() and not overwrite:
         raise ModelStoreError(
             f"{str(target)!r} already exists; pass overwrite=True to replace it or choose "
             "another path"
         )
-    parent = target.parent if str(target.parent) else Path(".")
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent))
+    token = f"{os.getpid()}.{uuid.uuid4().hex[:8]}"
+    tmp = parent / f".{target.name}.{token}.tmp"
+    backup = parent / f".{target.name}.{token}.old"
     try:
+        tmp.mkdir()
         with warnings.catch_warnings():
             # numcodecs' zarr v3 codecs warn that they are not in the core spec.
             warnings.filterwarnings("ignore", message=".*Numcodecs codecs are not in the Zarr.*")
@@ -170,25 +231,108 @@ def save_model(model: Any, path: Any, *, overwrite: bool = False) -> None:
                 module = getattr(model, part)
                 if module is not None:
                     parts[part] = _write_module(group, part, module)
-            group.attrs["xlatda"] = _meta(model, parts)
+            meta = _meta(model, parts)
+            group.attrs.update({"xlatda": meta, CHECKSUM_ATTR: meta_sha256(meta)})
         built = tmp / "store"
+        _fsync_tree(built)
         if target.exists():
-            backup = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=parent))
-            os.replace(target, backup / "old")
+            os.replace(target, backup)  # from here to the next rename: recoverable
             try:
                 os.replace(built, target)
             except BaseException:
-                os.replace(backup / "old", target)
+                os.replace(backup, target)
                 raise
-            shutil.rmtree(backup, ignore_errors=True)
         else:
             os.replace(built, target)
+        _fsync_dir(parent)
     except XlatdaError:
         raise
     except Exception as err:
         raise ModelStoreError(f"could not write the model to {str(target)!r}: {err}") from err
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if target.exists():
+            shutil.rmtree(backup, ignore_errors=True)
+
+
+# -- atomic save helpers --------------------------------------------------------------
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    """Flush every file and folder under ``root`` to disk before it is renamed into place."""
+    for folder, _, files in os.walk(root):
+        for name in files:
+            fd = os.open(os.path.join(folder, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(folder))
+
+
+def _owner_alive(name: str) -> bool:
+    """Whether the process that made a hidden ``.<model>.<pid>.<token>.<suffix>`` still runs."""
+    bits = name.rsplit(".", 3)
+    try:
+        pid = int(bits[1])
+    except (IndexError, ValueError):
+        return False  # not ours (or an older xlatda's): no owner to wait for
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: alive, owned by someone else
+        return True
+    return True
+
+
+def _leftovers(target: Path, suffix: str) -> list[Path]:
+    parent = target.parent if str(target.parent) else Path(".")
+    if not parent.is_dir():
+        return []
+    prefix = f".{target.name}."
+    found = [p for p in parent.iterdir()
+             if p.name.startswith(prefix) and p.name.endswith(suffix) and p.is_dir()]
+    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def _recover(target: Path) -> bool:
+    """If a save was killed between its two renames, put the old model back at ``target``."""
+    if target.exists():
+        return False
+    for old in _leftovers(target, ".old"):
+        if _owner_alive(old.name):
+            continue
+        inner = old / "old"  # the layout of saves by xlatda before checksums
+        source = inner if inner.is_dir() and not (old / "zarr.json").exists() else old
+        if not (source / "zarr.json").exists():
+            continue
+        os.replace(source, target)
+        shutil.rmtree(old, ignore_errors=True)
+        return True
+    return False
+
+
+def _clean_leftovers(target: Path) -> None:
+    """Remove hidden ``.tmp``/``.old`` siblings of killed saves (their process is gone)."""
+    for leftover in (*_leftovers(target, ".tmp"), *_leftovers(target, ".old")):
+        if leftover.suffix == ".old" and not target.exists():
+            continue  # the only copy of a model; _recover did not take it (still owned)
+        if not _owner_alive(leftover.name):
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _meta(model: Any, parts: dict[str, Any]) -> dict[str, Any]:
@@ -270,23 +414,101 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"cannot store {type(obj).__name__} in the model config")
 
 
-def _read_module(group: zarr.Group, part: str, spec: dict[str, Any]) -> nn.Module:
-    cls = _module_class(part, spec["kind"])
-    module = cls(**spec["config"])
+def _store_error(target: str, what: str, fix: str = "") -> ModelStoreError:
+    fix = fix or ("the store is damaged; restore it from a copy or save the model again")
+    return ModelStoreError(f"model store {target!r}: {what}; {fix}")
+
+
+def _check_keys(given: Any, known: Any, *, target: str, where: str) -> None:
+    try:
+        check_keywords(given, known, where=where, kind="key")
+    except XlatdaError as err:
+        raise _store_error(target, str(err), "the store was edited or written by another "
+                           "xlatda version; save the model again") from None
+
+
+def _checked_spec(part: str, spec: Any, target: str) -> tuple[type, dict[str, Any]]:
+    """The class and config of a part, refusing unknown or missing keys."""
+    if not isinstance(spec, dict):
+        raise _store_error(target, f"the config of part {part!r} is not a mapping")
+    _check_keys(spec, _SPEC_KEYS, target=target, where=f"part {part!r}")
+    missing = [k for k in ("kind", "config", "tensors") if k not in spec]
+    if missing:
+        raise _store_error(target, f"part {part!r} lacks the config keys {missing}")
+    tensors = spec["tensors"]
+    if not isinstance(tensors, list) or not all(
+            isinstance(t, list) and len(t) == 2 and all(isinstance(x, str) for x in t)
+            for t in tensors):
+        raise _store_error(target, f"the tensor list of part {part!r} is malformed")
+    try:
+        cls = _module_class(part, spec["kind"])
+    except XlatdaError as err:
+        raise _store_error(target, f"part {part!r}: {err}") from None
+    config = spec["config"]
+    if not isinstance(config, dict):
+        raise _store_error(target, f"the config of part {part!r} is not a mapping")
+    _check_keys(config, cls, target=target, where=f"{part} {spec['kind']!r}")
+    return cls, config
+
+
+def _read_module(group: zarr.Group, part: str, spec: dict[str, Any], target: str) -> nn.Module:
+    cls, config = _checked_spec(part, spec, target)
+    try:
+        module = cls(**config)
+    except Exception as err:
+        raise _store_error(target, f"part {part!r} cannot be rebuilt from its config "
+                           f"({type(err).__name__}: {err})") from None
+    if part not in group or not isinstance(group[part], zarr.Group):
+        raise _store_error(target, f"the arrays of part {part!r} are missing")
     sub = group[part]
+    sums = spec.get("sha256")
+    keys = [key for _, key in spec["tensors"]]
+    extra = sorted(set(sub.keys()) - set(keys))
+    if extra:
+        raise _store_error(target, f"part {part!r} holds unknown arrays {extra}; known: "
+                           f"{sorted(keys)}")
     state = {}
     for name, key in spec["tensors"]:
+        if key not in sub:
+            raise _store_error(target, f"array {part}/{key} is missing")
         arr = sub[key]
-        values = np.asarray(arr[...])
+        # Stores with checksums write every chunk (even all-zero ones), so a chunk
+        # not on disk was lost; older stores skipped chunks equal to the fill value.
+        if sums is not None and arr.size and arr.nchunks_initialized < arr.nchunks:
+            lost = arr.nchunks - arr.nchunks_initialized
+            raise _store_error(target, f"array {part}/{key} has {lost}"
+                               f" of {arr.nchunks} chunks missing (it would read as the fill "
+                               f"value {arr.fill_value})")
+        try:
+            values = np.asarray(arr[...])
+        except Exception as err:
+            raise _store_error(target, f"array {part}/{key} cannot be read, a chunk is corrupt "
+                               f"({type(err).__name__}: {err})") from None
+        if sums is not None:
+            if key not in sums:
+                raise _store_error(target, f"array {part}/{key} has no checksum")
+            if array_sha256(values) != sums[key]:
+                raise _store_error(target, f"array {part}/{key} does not match its checksum "
+                                   "(its bytes changed after it was written)")
         if arr.attrs.get("scalar", False):
             values = values.reshape(())
         state[name] = torch.from_numpy(values.copy())
-    module.load_state_dict(state, strict=True)
+    try:
+        module.load_state_dict(state, strict=True)
+    except Exception as err:
+        raise _store_error(target, f"the weights of part {part!r} do not fit its config "
+                           f"({type(err).__name__}: {err})") from None
     return module
 
 
 def open_model(path: Any, *, device: Any = None) -> Any:
     """Open a model written by :meth:`LatentModel.save` (or ``PixelScoreModel.save``).
+
+    The store is verified before anything is built: the config's and every
+    array's checksum, every chunk present, no unknown part, array or key.
+    If a save to ``path`` was killed between its two renames (no model at
+    ``path``, the old one in a hidden ``.old`` sibling), the old model is
+    renamed back first.
 
     Parameters
     ----------
@@ -305,25 +527,69 @@ def open_model(path: Any, *, device: Any = None) -> Any:
     Raises
     ------
     ModelStoreError
-        If ``path`` is not an xlatda model store or names an unknown format.
+        If ``path`` is not an xlatda model store, names an unknown format,
+        or is damaged (checksum mismatch, missing chunk or array, unknown
+        part or key); the message says which.
+
+    Examples
+    --------
+    >>> import tempfile, xlatda
+    >>> ds = xlatda.datasets.lorenz96(n=8, steps=40, seed=0)
+    >>> model = xlatda.fit(ds, encoder="pca", latent_dim=4, progress=False)
+    >>> path = tempfile.mkdtemp() + "/m.zarr"
+    >>> model.save(path)
+    >>> open_model(path).model_id == model.model_id
+    True
     """
     target = Path(path)
+    name = str(target)
     if not target.exists():
-        raise ModelStoreError(f"no model store at {str(target)!r}; check the path")
+        try:
+            recovered = _recover(target)
+        except OSError as err:
+            raise ModelStoreError(f"no model store at {name!r}, and the copy left by an "
+                                  f"interrupted save cannot be restored: {err}") from err
+        if not recovered:
+            raise ModelStoreError(f"no model store at {name!r}; check the path")
     try:
-        group = zarr.open_group(str(target), mode="r")
-        meta = dict(group.attrs).get("xlatda")
+        group = zarr.open_group(name, mode="r")
+        attrs = dict(group.attrs)
+        meta = attrs.get("xlatda")
     except Exception as err:
-        raise ModelStoreError(f"{str(target)!r} is not a readable zarr group: {err}") from err
-    if not meta or meta.get("format") not in (FORMAT, SCORE_FORMAT):
+        raise ModelStoreError(f"{name!r} is not a readable zarr group: {err}") from err
+    if not isinstance(meta, dict) or meta.get("format") not in (FORMAT, SCORE_FORMAT):
+        fmt = meta.get("format") if isinstance(meta, dict) else None
         raise ModelStoreError(
-            f"{str(target)!r} is not an xlatda model store (format {meta and meta.get('format')!r},"
+            f"{name!r} is not an xlatda model store (format {fmt!r},"
             f" expected {FORMAT!r} or {SCORE_FORMAT!r})"
         )
+    _check_keys(meta, _META_KEYS, target=name, where="the model config")
+    parts_meta = meta.get("parts")
+    if not isinstance(parts_meta, dict):
+        raise _store_error(name, "the config has no 'parts' mapping")
+    known = ("score",) if meta["format"] == SCORE_FORMAT else _PARTS
+    _check_keys(parts_meta, known, target=name, where="the model parts")
+    for part, spec in parts_meta.items():
+        _checked_spec(part, spec, name)  # unknown keys named before the checksum
+    if CHECKSUM_ATTR in attrs and attrs[CHECKSUM_ATTR] != meta_sha256(meta):
+        raise _store_error(name, "the model config does not match its checksum (it was edited "
+                           "after it was written)")
+    folders = sorted(set(group.keys()) - set(parts_meta))
+    if folders:
+        raise _store_error(name, f"the store holds unknown parts {folders}; known: "
+                           f"{sorted(parts_meta)}")
+    if meta["format"] == FORMAT and "encoder" not in parts_meta:
+        raise _store_error(name, "the model has no encoder part")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*Numcodecs codecs are not in the Zarr.*")
-        parts = {p: _read_module(group, p, spec) for p, spec in meta["parts"].items()}
-    model = _assemble(meta, parts)
+        parts = {p: _read_module(group, p, spec, name) for p, spec in parts_meta.items()}
+    try:
+        model = _assemble(meta, parts)
+    except XlatdaError:
+        raise
+    except Exception as err:
+        raise _store_error(name, f"the model cannot be assembled ({type(err).__name__}: "
+                           f"{err})") from None
     if device is not None:
         model.to(device=device)
     return model

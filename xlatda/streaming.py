@@ -15,6 +15,24 @@ attribute become true. A killed run therefore leaves written regions marked
 and the store marked incomplete; running the same call again
 (``resume=True``) encodes only the regions not marked.
 
+The metadata write goes to a hidden sibling folder renamed into place, so a
+store either does not exist or holds its full record. The record holds a
+*fingerprint* of the source (variables, shapes, dtypes, a hash of the
+coordinates) and of the model (its id and a hash of its weights), and every
+region stores the SHA-256 of the source slab it was encoded from
+(``_xlatda_progress/sha256``). On resume, the written regions' hashes are
+checked against the source (all of them when they hold at most 64 MiB of
+source data, else 8 spread over them). A store holding another encoding (an
+interrupted run on another source, another model) is refused with a
+:class:`~xlatda.errors.StoreMismatchError` before any work, never resumed
+into a mix; ``resume=False`` replaces it.
+
+A region holding NaN or inf is refused with a
+:class:`~xlatda.errors.NonFiniteError` naming the variable and the sample,
+before its latents are written (the encoders have no mask for missing
+values; fill them first, as for :func:`xlatda.fit`). Regions written before
+stay marked, and the store stays incomplete.
+
 On a dask.distributed cluster (an active ``distributed.Client``, or
 ``client=``), regions are encoded in parallel by the workers: each task reads
 its slab from the source itself (a store path travels as a string), gets the
@@ -37,7 +55,9 @@ Examples
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 import threading
 import time as _time
 import uuid
@@ -50,16 +70,19 @@ import numpy as np
 import torch
 import xarray as xr
 
-from xlatda.errors import ConfigError, LayoutError
+from xlatda.errors import ConfigError, LayoutError, NonFiniteError, StoreMismatchError
 from xlatda.model import LatentModel
 from xlatda.options import get_options
 
-__all__ = ["encode_to_zarr", "stream_status"]
+__all__ = ["encode_to_zarr", "model_fingerprint", "region_sha256", "source_fingerprint",
+           "stream_status"]
 
 ATTR = "xlatda_stream"
 PROGRESS_GROUP = "_xlatda_progress"
 FORMAT = "xlatda-stream/1"
 _TARGET_BYTES = 64 * 2**20  # default region size: about this much source data
+_VERIFY_ALL_BYTES = 64 * 2**20  # on resume, written regions up to this size are all re-hashed
+_VERIFY_SAMPLES = 8  # else: this many, spread over them
 
 
 # -- model and source references that travel to workers ------------------------------
@@ -177,6 +200,48 @@ def _is_done(store: str, i: int) -> bool:
     return bool(zarr.open_array(f"{store}/{PROGRESS_GROUP}/done", mode="r")[i])
 
 
+def _write_sha(store: str, i: int, digest: str) -> None:
+    import zarr
+
+    arr = zarr.open_array(f"{store}/{PROGRESS_GROUP}/sha256", mode="r+")
+    arr[i] = np.frombuffer(bytes.fromhex(digest), dtype=np.uint8)
+
+
+def _read_sha(store: str, i: int) -> str | None:
+    import zarr
+
+    try:
+        row = np.asarray(zarr.open_array(f"{store}/{PROGRESS_GROUP}/sha256", mode="r")[i])
+    except Exception:
+        return None
+    return bytes(row.astype(np.uint8)).hex()
+
+
+def _verify_written(store: str, ds: xr.Dataset, dim: str, regions: list[tuple[int, int]],
+                    done: list[int]) -> None:
+    """Refuse a resume whose written regions were encoded from other data than ``ds``."""
+    if not done:
+        return
+    per_sample = sum(int(ds[v].nbytes) for v in ds.data_vars) / max(ds.sizes[dim], 1)
+    size = per_sample * sum(regions[i][1] - regions[i][0] for i in done)
+    if size <= _VERIFY_ALL_BYTES or len(done) <= _VERIFY_SAMPLES:
+        check = done
+    else:
+        pick = np.linspace(0, len(done) - 1, _VERIFY_SAMPLES).round().astype(int)
+        check = [done[i] for i in sorted(set(pick.tolist()))]
+    for i in check:
+        a, b = regions[i]
+        stored = _read_sha(store, i)
+        sub = ds.isel({dim: slice(a, b)}).load(scheduler="synchronous")
+        if stored != region_sha256(sub):
+            raise StoreMismatchError(
+                f"{store!r} holds latents of other data: region {i} ({dim} {a}:{b}) was encoded "
+                f"from a source whose content differs from this one ({len(done)} of "
+                f"{len(regions)} regions written); nothing was written. Remove the store, pass "
+                "another one, or resume=False to replace it"
+            )
+
+
 def _mark_done(store: str, i: int) -> None:
     import zarr
 
@@ -211,19 +276,106 @@ def _encode_region(
     sub = src if presliced else src.isel({dim: slice(a, b)})
     # Read this slab only, in this thread (no nested scheduler on workers).
     sub = sub.load(scheduler="synchronous")
+    _refuse_nonfinite(sub, dim, a)
+    digest = region_sha256(sub)
     z = encode(sub, _model_from(model_ref), device=device, dtype=dtype)
+    bad = ~np.isfinite(z["z"].values)
+    if bad.any():
+        first = int(np.argwhere(bad)[0][0])
+        raise NonFiniteError(
+            f"the encoder returned NaN/inf latents for finite input at {dim} index {a + first}; "
+            "check the model (e.g. open_model verifies its weights) and the input's range"
+        )
     out = z[["z"]]
     out = out.drop_vars(list(out.coords))
     out.attrs = {}
     out["z"].attrs = {}
     out.to_zarr(store, region={dim: slice(a, b)}, mode="r+", consolidated=False)
+    _write_sha(store, index, digest)
     _mark_done(store, index)
     return index
 
 
+def _refuse_nonfinite(sub: xr.Dataset, dim: str, offset: int) -> None:
+    for name, da in sub.data_vars.items():
+        values = np.asarray(da.values)
+        if values.dtype.kind not in "fc":
+            continue
+        bad = ~np.isfinite(values)
+        if not bad.any():
+            continue
+        first = np.unravel_index(int(np.flatnonzero(bad.ravel())[0]), bad.shape)
+        i = int(first[da.dims.index(dim)]) if dim in da.dims else 0
+        label = f" ({np.asarray(sub[dim].values)[i]})" if dim in sub.coords else ""
+        raise NonFiniteError(
+            f"source variable {str(name)!r} holds NaN/inf at {dim} index {offset + i}{label} "
+            f"({int(bad.sum())} values in this region); encoders need complete fields: fill "
+            "them (e.g. ds.fillna(...)) or drop those samples; regions before it stay written"
+        )
+
+
+# -- fingerprints ---------------------------------------------------------------------
+def _hash_array(h: Any, values: Any) -> None:
+    arr = np.ascontiguousarray(np.asarray(values))
+    if arr.dtype.kind == "O":
+        h.update(repr(arr.tolist()).encode())
+    else:
+        h.update(f"{arr.dtype.str}{list(arr.shape)}".encode())
+        h.update(arr.tobytes())
+
+
+def source_fingerprint(ds: xr.Dataset, dim: str) -> dict[str, Any]:
+    """Identity of a source's structure: variables, shapes, dims, dtypes and coordinates.
+
+    Its content is fingerprinted region by region as it is encoded
+    (:func:`region_sha256`), so this reads no data variable.
+
+    Examples
+    --------
+    >>> import xlatda
+    >>> ds = xlatda.datasets.lorenz96(n=8, steps=9, seed=0)
+    >>> fp = source_fingerprint(ds, "time")
+    >>> fp["variables"], fp["shapes"]
+    (['x'], {'x': [10, 8]})
+    >>> fp == source_fingerprint(ds.copy(deep=True), "time")
+    True
+    """
+    coords = hashlib.sha256()
+    for name in sorted(map(str, ds.coords)):
+        coords.update(name.encode())
+        _hash_array(coords, ds[name].values)
+    return {
+        "dim": dim,
+        "variables": sorted(map(str, ds.data_vars)),
+        "shapes": {str(v): [int(x) for x in ds[v].shape] for v in ds.data_vars},
+        "dims": {str(v): [str(d) for d in ds[v].dims] for v in ds.data_vars},
+        "dtypes": {str(v): str(ds[v].dtype) for v in ds.data_vars},
+        "coords_sha256": coords.hexdigest(),
+    }
+
+
+def region_sha256(sub: xr.Dataset) -> str:
+    """SHA-256 of a (loaded) source slab's data variables: names, dtypes, shapes, bytes."""
+    h = hashlib.sha256()
+    for name in sorted(map(str, sub.data_vars)):
+        h.update(name.encode())
+        _hash_array(h, sub[name].values)
+    return h.hexdigest()
+
+
+def model_fingerprint(model: LatentModel) -> dict[str, Any]:
+    """Identity of a model: its id and a SHA-256 of every weight of its encoder."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.encoder.state_dict().items()):
+        h.update(name.encode())
+        _hash_array(h, t.detach().cpu().numpy())
+    h.update(repr(model.normalizer.to_dict()).encode())
+    return {"model_id": model.model_id, "weights_sha256": h.hexdigest()}
+
+
 # -- the target store ----------------------------------------------------------------
 def _record(model: LatentModel, source: Any, dim: str, chunk: int, n: int, shape: tuple,
-            out_dtype: str) -> dict[str, Any]:
+            out_dtype: str, fingerprint: dict[str, Any]) -> dict[str, Any]:
     return {
         "format": FORMAT,
         "model_id": model.model_id,
@@ -233,25 +385,50 @@ def _record(model: LatentModel, source: Any, dim: str, chunk: int, n: int, shape
         "regions": int(n),
         "shape": [int(s) for s in shape],
         "dtype": out_dtype,
+        "fingerprint": fingerprint,
         "complete": False,
     }
 
 
 def _compatible(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     keys = ("model_id", "source", "dim", "chunk", "regions", "shape", "dtype")
-    return [k for k in keys if old.get(k) != new.get(k)]
+    diff = [k for k in keys if old.get(k) != new.get(k)]
+    old_fp = old.get("fingerprint")
+    if not isinstance(old_fp, dict):
+        return [*diff, "fingerprint (the store has none: written by an older xlatda)"]
+    for group in ("source", "model"):
+        a, b = old_fp.get(group) or {}, new["fingerprint"][group]
+        diff += [f"{group} {k}" for k in b if a.get(k) != b[k]]
+    return diff
 
 
 def _init_store(template: xr.Dataset, store: str, dim: str, chunk: int, n_regions: int) -> None:
+    """Write the metadata (and progress markers) to a hidden sibling, then rename it into place.
+
+    A kill leaves either no store (or the previous one) or a complete record.
+    """
     import zarr
 
-    enc_chunks = [chunk if d == dim else template.sizes[d] for d in template.z.dims]
-    template.to_zarr(store, mode="w", compute=False, zarr_format=3, consolidated=False,
-                     encoding={"z": {"chunks": enc_chunks}})
-    root = zarr.open_group(store, mode="a")
-    grp = root.require_group(PROGRESS_GROUP)
-    grp.create_array("done", shape=(n_regions,), chunks=(1,), dtype="uint8", fill_value=0,
-                     overwrite=True)
+    target = Path(store)
+    token = f"{os.getpid()}.{uuid.uuid4().hex[:8]}"
+    tmp = target.parent / f".{target.name}.{token}.tmp"
+    old = target.parent / f".{target.name}.{token}.old"
+    try:
+        enc_chunks = [chunk if d == dim else template.sizes[d] for d in template.z.dims]
+        template.to_zarr(str(tmp), mode="w", compute=False, zarr_format=3, consolidated=False,
+                         encoding={"z": {"chunks": enc_chunks}})
+        root = zarr.open_group(str(tmp), mode="a")
+        grp = root.require_group(PROGRESS_GROUP)
+        grp.create_array("done", shape=(n_regions,), chunks=(1,), dtype="uint8", fill_value=0,
+                         overwrite=True)
+        grp.create_array("sha256", shape=(n_regions, 32), chunks=(1, 32), dtype="uint8",
+                         fill_value=0, overwrite=True)
+        if target.exists():
+            os.replace(target, old)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _set_complete(store: str) -> None:
@@ -342,14 +519,22 @@ def encode_to_zarr(
     ------
     ConfigError
         Bad arguments, or a ``store`` holding something else (before any work).
+    StoreMismatchError
+        (a ConfigError) If ``store`` holds another encoding (another source,
+        model, ``dim`` or ``chunk``; see the fingerprint in the Notes) and
+        ``resume`` is True: nothing is written.
     LayoutError
         If the source does not match the model's layout.
+    NonFiniteError
+        If a region holds NaN or inf (named by variable and sample); the
+        regions before it stay written and the store incomplete.
 
     Notes
     -----
     The store's ``xlatda_stream`` attribute records the model id, source,
-    ``dim``, ``chunk`` and ``complete``; ``complete`` becomes true only after
-    every region is written and marked (see :func:`stream_status`).
+    ``dim``, ``chunk``, the fingerprint (:func:`source_fingerprint`,
+    :func:`model_fingerprint`) and ``complete``; ``complete`` becomes true
+    only after every region is written and marked (see :func:`stream_status`).
     """
     from xlatda.api import encode
 
@@ -382,8 +567,9 @@ def encode_to_zarr(
     template = encode(lazy, model_obj, device=device, dtype=dtype)
     coords = {k: v.load() for k, v in template.coords.items() if k != "latent"}
     template = _strip_encoding(template.assign_coords(coords)).chunk({dim: chunk})
+    fingerprint = {"source": source_fingerprint(ds, dim), "model": model_fingerprint(model_obj)}
     record = _record(model_obj, source, dim, chunk, len(regions), template.z.shape,
-                     str(template.z.dtype))
+                     str(template.z.dtype), fingerprint)
     template.attrs["history"] = (template.attrs.get("history", "") +
                                  f"; streamed by xlatda.streaming.encode_to_zarr from "
                                  f"{record['source']} in {len(regions)} regions of {chunk}")
@@ -401,13 +587,15 @@ def encode_to_zarr(
             ) from None
         diff = _compatible(status["record"], record)
         if diff:
-            raise ConfigError(
-                f"{store!r} holds another encoding (differs in {diff}); remove it, pass "
-                "another store, or resume=False to replace it"
+            state = "complete" if status["complete"] else (
+                f"interrupted, {status['done']} of {status['regions']} regions written")
+            raise StoreMismatchError(
+                f"{store!r} holds another encoding ({state}; differs in {diff}); nothing was "
+                "written. Remove it, pass another store, or resume=False to replace it"
             )
-        if PROGRESS_GROUP not in __import__("zarr").open_group(store, mode="r"):
-            _init_progress(store, len(regions))
         pending = status["pending"]
+        done = [i for i in range(len(regions)) if i not in set(pending)]
+        _verify_written(store, ds, dim, regions, done)
     else:
         _init_store(template, store, dim, chunk, len(regions))
 
@@ -451,14 +639,6 @@ def encode_to_zarr(
     if not status["complete"]:
         _set_complete(store)
     return xr.open_zarr(store, consolidated=False)
-
-
-def _init_progress(store: str, n: int) -> None:
-    import zarr
-
-    root = zarr.open_group(store, mode="a")
-    root.require_group(PROGRESS_GROUP).create_array(
-        "done", shape=(n,), chunks=(1,), dtype="uint8", fill_value=0, overwrite=True)
 
 
 def _run_on_client(cl, pending, regions, store, dim, src_ref, ds, model, device, dtype,

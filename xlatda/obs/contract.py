@@ -15,6 +15,19 @@ An observation set is an :class:`xarray.Dataset` with one dimension ``obs``:
 before any work is done; :func:`to_tensors` flattens a valid set into one
 entry per measured value (the "long" form kernels use).
 
+Garbage is refused, never dropped or assimilated silently: NaN marks "not
+measured", but ``inf`` values, values equal to the variable's undecoded
+``_FillValue``/``missing_value`` or of magnitude ``>= fill_threshold``
+(default 1e30: netCDF's default fill is 9.97e36), and values outside a
+CF ``valid_min``/``valid_max``/``valid_range`` (of the observations or the
+state) or outside ``bounds=`` are refused with the variable and the first
+obs index. Latitudes/longitudes with ``units`` in radians are refused (there
+is no silent conversion: convert with ``numpy.rad2deg`` and set
+``units="degrees_north"``/``"degrees_east"``); string times are refused (decode
+them first). Comparing observation times with the background and the
+model's time step is :func:`xlatda.validation.check_time_span`, and the
+background check of gross errors is :func:`xlatda.validation.gross_error_mask`.
+
 Examples
 --------
 >>> import numpy as np, xarray as xr, xlatda
@@ -168,7 +181,92 @@ def _location_names(obs: xr.Dataset, layout: StateLayout) -> dict[str, str | Non
     return {"lat": None, "lon": None, "position": dim}
 
 
-def validate(obs: xr.Dataset, layout: StateLayout, *, check_domain: bool = True) -> None:
+FILL_THRESHOLD = 1e30
+_RADIANS = ("radian", "radians", "rad")
+
+
+def _first_obs(mask: np.ndarray) -> str:
+    idx = np.flatnonzero(mask)
+    return f"{int(mask.sum())} observations (first at obs index {idx[:5].tolist()})"
+
+
+def _valid_range(attrs: dict[str, Any]) -> tuple[float, float]:
+    lo, hi = -np.inf, np.inf
+    if "valid_range" in attrs:
+        rng = np.asarray(attrs["valid_range"], dtype=float).ravel()
+        if rng.size == 2:
+            lo, hi = float(rng[0]), float(rng[1])
+    lo = float(attrs.get("valid_min", lo))
+    hi = float(attrs.get("valid_max", hi))
+    return lo, hi
+
+
+def _check_values(obs: xr.Dataset, name: str, values: np.ndarray, spec_attrs: dict[str, Any],
+                  fill_threshold: float | None, bounds: dict[str, Any] | None) -> None:
+    """Refuse inf, fill values and values outside the valid range of one variable."""
+    inf = np.isinf(values)
+    if inf.any():
+        raise ObservationError(
+            f"observations of {name!r} hold inf at {_first_obs(inf)}; inf is not a missing "
+            "value marker: set those entries to NaN (obs.where(np.isfinite(obs))) or drop them"
+        )
+    finite = np.isfinite(values)
+    attrs = {**obs[name].encoding, **obs[name].attrs}
+    for key in ("_FillValue", "missing_value"):
+        if key in attrs and attrs[key] is not None:
+            markers = np.atleast_1d(np.asarray(attrs[key], dtype=float))
+            hit = finite & np.isin(values, markers)
+            if hit.any():
+                raise ObservationError(
+                    f"observations of {name!r} equal their {key} {markers.tolist()} at "
+                    f"{_first_obs(hit)}: the file was not decoded; open it with "
+                    "xr.open_dataset(..., mask_and_scale=True) or xr.decode_cf(obs)"
+                )
+    if fill_threshold is not None:
+        huge = finite & (np.abs(values) >= float(fill_threshold))
+        if huge.any():
+            raise ObservationError(
+                f"observations of {name!r} reach {values[huge][0]:g} at {_first_obs(huge)}: "
+                "that looks like an undecoded fill value; decode the file (xr.decode_cf) or "
+                f"set those to NaN (or pass fill_threshold=None if |values| >= "
+                f"{float(fill_threshold):g} are real)"
+            )
+    lo, hi = _valid_range({**spec_attrs, **obs[name].attrs})
+    if bounds and name in bounds:
+        lo, hi = (float(b) for b in bounds[name])
+    out = finite & ((values < lo) | (values > hi))
+    if out.any():
+        raise ObservationError(
+            f"observations of {name!r} lie outside their valid range [{lo:g}, {hi:g}] at "
+            f"{_first_obs(out)} (e.g. {values[out][0]:g}); drop these gross errors or fix the "
+            "units (the range comes from bounds= or the CF valid_min/valid_max/valid_range "
+            "attributes)"
+        )
+
+
+def _check_angle_units(obs: xr.Dataset, locs: dict[str, str | None]) -> None:
+    for key in ("lat", "lon"):
+        name = locs.get(key)
+        if name is None:
+            continue
+        units = str(obs[name].attrs.get("units", "")).strip().lower()
+        if units in _RADIANS:
+            suffix = "north" if key == "lat" else "east"
+            raise UnitsError(
+                f"observation {key} coordinate {name!r} is in {units!r}; xlatda takes degrees: "
+                f"obs = obs.assign_coords({name}=(\"obs\", np.rad2deg(obs[{name!r}].values), "
+                f"{{\"units\": \"degrees_{suffix}\"}}))"
+            )
+
+
+def validate(
+    obs: xr.Dataset,
+    layout: StateLayout,
+    *,
+    check_domain: bool = True,
+    fill_threshold: float | None = FILL_THRESHOLD,
+    bounds: dict[str, tuple[float, float]] | None = None,
+) -> None:
     """Check an observation set against a state layout; raise before any work.
 
     Parameters
@@ -180,16 +278,38 @@ def validate(obs: xr.Dataset, layout: StateLayout, *, check_domain: bool = True)
     check_domain : bool
         Also refuse locations outside a regional grid (built through the
         operator, which is where the domain is known exactly).
+    fill_threshold : float or None
+        Values with ``|v| >= fill_threshold`` are taken for undecoded fill
+        values and refused (None: no such check).
+    bounds : dict, optional
+        ``{variable: (low, high)}``: plausible range of each variable
+        (overrides CF ``valid_min``/``valid_max``/``valid_range``); values
+        outside are refused as gross errors.
 
     Raises
     ------
     ObservationError
-        Wrong dims, empty set, NaN-only rows, missing or non-positive error
-        std, NaN or duplicate locations, unsortable times, outside points.
+        Wrong dims, empty set, NaN-only rows, inf values, fill values,
+        values outside the valid range, missing or non-positive error std,
+        NaN or duplicate locations, string or unsortable times, outside
+        points.
     VariableNotFoundError
         A data variable names no state variable.
     UnitsError
-        A variable's ``units`` attribute differs from the state's.
+        A variable's ``units`` attribute differs from the state's, or the
+        latitude/longitude are in radians.
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr, xlatda
+    >>> state = xlatda.datasets.lorenz96(n=8, steps=2, seed=0)
+    >>> obs = xr.Dataset({"x": ("obs", [1.0, 9.969e36], {"error_std": 1.0})},
+    ...                  coords={"k": ("obs", [0, 3]), "time": ("obs", [0.0, 0.0])})
+    >>> try:
+    ...     validate(obs, xlatda.layout(state))
+    ... except ValueError as err:
+    ...     print(str(err)[:61])
+    observations of 'x' reach 9.969e+36 at 1 observations (first
     """
     if not isinstance(obs, xr.Dataset):
         raise ObservationError(
@@ -220,6 +340,9 @@ def validate(obs: xr.Dataset, layout: StateLayout, *, check_domain: bool = True)
                 "convert them first (e.g. with pint-xarray) and set the units attribute"
             )
     values = np.stack([np.asarray(obs[n].values, dtype=float) for n in names])
+    for i, name in enumerate(names):
+        spec = next(s for s in layout.specs if s.name == name)
+        _check_values(obs, name, values[i], dict(spec.attrs), fill_threshold, bounds)
     measured = np.isfinite(values)
     empty = np.flatnonzero(~measured.any(0))
     if empty.size:
@@ -236,6 +359,7 @@ def validate(obs: xr.Dataset, layout: StateLayout, *, check_domain: bool = True)
                 f"got {std[bad][:3].tolist()} at {int(bad.sum())} observations"
             )
     locs = _location_names(obs, layout)
+    _check_angle_units(obs, locs)
     loc_arrays = [np.asarray(obs[v].values, dtype=float) for v in locs.values() if v]
     for arr, key in zip(loc_arrays, [k for k, v in locs.items() if v]):
         if not np.all(np.isfinite(arr)):
@@ -249,6 +373,13 @@ def validate(obs: xr.Dataset, layout: StateLayout, *, check_domain: bool = True)
     time = layout.axes.time
     tvals = _coord(obs, time) if time else _coord(obs, "time")
     if tvals is not None:
+        kind = np.asarray(tvals).dtype.kind
+        if kind in "USa" or (kind == "O" and tvals.size and isinstance(tvals.ravel()[0], str)):
+            raise ObservationError(
+                f"observation times are strings (e.g. {tvals.ravel()[0]!r}); decode them to "
+                "datetimes first: obs = obs.assign_coords(time=pandas.to_datetime(obs.time.values))"
+                " or xr.decode_cf(obs)"
+            )
         try:
             np.argsort(tvals)
         except TypeError as err:
