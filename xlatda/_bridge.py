@@ -24,18 +24,24 @@ Examples
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dask.array as dsa
 import numpy as np
 import torch
 import xarray as xr
 
+from xlatda._threads import thread_scope
 from xlatda.options import OPTIONS, resolve_device, resolve_dtype
 
-__all__ = ["apply_torch", "is_lazy"]
+if TYPE_CHECKING:
+    from xlatda.layout import StateLayout
+    from xlatda.normalize import Normalizer
+
+__all__ = ["apply_state", "apply_torch", "is_lazy"]
 
 
 def is_lazy(obj: xr.Dataset | xr.DataArray) -> bool:
@@ -54,12 +60,12 @@ class _Tokenized:
     token is both correct and free.
     """
 
-    def __init__(self, fn: Callable[[np.ndarray], np.ndarray]) -> None:
+    def __init__(self, fn: Callable[..., np.ndarray]) -> None:
         self.fn = fn
         self.token = uuid.uuid4().hex
 
-    def __call__(self, block: np.ndarray) -> np.ndarray:
-        return self.fn(block)
+    def __call__(self, *blocks: np.ndarray) -> np.ndarray:
+        return self.fn(*blocks)
 
     def __dask_tokenize__(self) -> str:
         return self.token
@@ -67,6 +73,26 @@ class _Tokenized:
 
 def _numpy_dtype(dtype: torch.dtype) -> np.dtype:
     return np.dtype(str(dtype).replace("torch.", ""))
+
+
+def _affine(x: torch.Tensor, norm: Normalizer, channel_axis: int, inverse: bool) -> None:
+    """Normalise (or denormalise) ``x`` in place along ``channel_axis``."""
+    shape = [1] * x.dim()
+    shape[channel_axis] = norm.n_channels
+    mean = norm.mean_as(x).reshape(shape)
+    std = norm.std_as(x).reshape(shape)
+    if inverse:
+        x.mul_(std).add_(mean)
+    else:
+        x.sub_(mean).div_(std)
+
+
+def _run(fn: Callable, x: torch.Tensor, grad: bool) -> torch.Tensor:
+    if grad:
+        with torch.enable_grad():
+            return fn(x)
+    with torch.inference_mode():
+        return fn(x)
 
 
 def apply_torch(
@@ -79,6 +105,7 @@ def apply_torch(
     device: Any = None,
     dtype: Any = None,
     grad: bool = False,
+    denormalize: Normalizer | None = None,
 ) -> xr.DataArray:
     """Apply a batched torch function over the non-core dimensions of ``da``.
 
@@ -100,6 +127,9 @@ def apply_torch(
     grad : bool
         Run with autograd enabled (for functions that optimise internally,
         e.g. auto-decoding); by default runs under ``inference_mode``.
+    denormalize : Normalizer, optional
+        Map the output back to physical units, in place, along the first
+        output core dim (channels): ``y * std + mean`` without a copy.
 
     Returns
     -------
@@ -108,37 +138,37 @@ def apply_torch(
 
     Notes
     -----
-    Per-block work only: memory is that of one chunk plus the model. Torch
-    threads inside each task follow the ``torch_threads`` option.
+    Per-block work only: memory is that of one chunk plus the model. On
+    NumPy input the call runs in a :func:`xlatda._threads.thread_scope`
+    sized by the input; inside dask tasks torch threads change only when
+    the ``torch_threads`` option is set.
     """
     dev = resolve_device(device)
     tdtype = resolve_dtype(dtype)
     out_np = _numpy_dtype(tdtype)
     in_core = list(in_core)
     out_core = list(out_core)
-    threads = OPTIONS["torch_threads"]
+    lazy = isinstance(da.data, dsa.Array)
+    # Inside dask tasks threads change only when the torch_threads option asks.
+    threads = OPTIONS["torch_threads"] if lazy else "option"
 
     def kernel(block: np.ndarray) -> np.ndarray:
-        if threads is not None:
-            torch.set_num_threads(threads)
         lead = block.shape[: block.ndim - len(in_core)]
-        batch = int(np.prod(lead)) if lead else 1
-        x = torch.from_numpy(np.ascontiguousarray(block)).reshape(batch, *block.shape[len(lead):])
-        x = x.to(device=dev, dtype=tdtype)
+        batch = math.prod(lead)
         if batch == 0:
             sizes = [out_sizes.get(d) if out_sizes and d in out_sizes else da.sizes[d]
                      for d in out_core]
             return np.zeros((*lead, *sizes), dtype=out_np)
-        if grad:
-            with torch.enable_grad():
-                y = fn(x)
-        else:
-            with torch.inference_mode():
-                y = fn(x)
-        y = y.detach().to("cpu", tdtype).numpy()
+        x = torch.from_numpy(np.ascontiguousarray(block)).reshape(batch, *block.shape[len(lead):])
+        x = x.to(device=dev, dtype=tdtype)
+        with thread_scope(block.size, threads=threads):
+            y = _run(fn, x, grad).detach()
+            if denormalize is not None:
+                _affine(y, denormalize, 1, inverse=True)
+            y = y.to("cpu", tdtype).numpy()
         return y.reshape(*lead, *y.shape[1:])
 
-    if isinstance(da.data, dsa.Array):
+    if lazy:
         kernel = _Tokenized(kernel)
         rechunk = {d: -1 for d in in_core if len(da.chunksizes.get(d, (1,))) > 1}
         if rechunk:
@@ -167,3 +197,139 @@ def apply_torch(
         else:
             keep[name] = coord
     return out.assign_coords(keep) if keep else out
+
+
+def apply_state(
+    ds: xr.Dataset,
+    layout: StateLayout,
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    out_core: Sequence[str],
+    out_sizes: dict[str, int],
+    normalizer: Normalizer | None = None,
+    device: Any = None,
+    dtype: Any = None,
+    grad: bool = False,
+) -> xr.DataArray:
+    """Stack (and normalise) the state variables of ``ds`` and apply ``fn``, in one pass.
+
+    The fused form of ``apply_torch(layout.stack(ds), ...)``: each block's
+    variables are written straight into one tensor ``(B, channel, *spatial)``
+    of the compute dtype, normalised in place, so the only copy is the one
+    the tensor needs. On dask input this is one task per chunk of the sample
+    dims (the spatial dims are joined inside the task).
+
+    Parameters
+    ----------
+    ds : Dataset
+        States on ``layout`` (checked first).
+    layout : StateLayout
+        Which variables, in which channel order, over which spatial dims.
+    fn : callable
+        ``fn(x)`` with ``x`` of shape ``(B, channel, *spatial)``, normalised
+        when ``normalizer`` is given, returns ``(B, *out_core sizes)``.
+    out_core, out_sizes :
+        Output core dims and their sizes.
+    normalizer : Normalizer, optional
+        Per-channel statistics to apply while stacking.
+    device, dtype, grad :
+        As for :func:`apply_torch`.
+
+    Returns
+    -------
+    DataArray
+        Dims ``(*layout.lead_dims(ds), *out_core)`` with the sample dims'
+        coordinates; dask-backed when any state variable is.
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr, xlatda
+    >>> ds = xr.Dataset({"a": (("time", "k"), np.ones((4, 3))),
+    ...                  "b": (("time", "k"), np.zeros((4, 3)))},
+    ...                 coords={"time": np.arange(4.0)}).chunk(time=2)
+    >>> L = xlatda.layout(ds)
+    >>> out = apply_state(ds, L, lambda x: x.sum((1, 2))[:, None], out_core=["s"],
+    ...                   out_sizes={"s": 1})
+    >>> out.data.npartitions, out.values[:, 0].tolist()
+    (2, [3.0, 3.0, 3.0, 3.0])
+    """
+    layout.check(ds)
+    dev = resolve_device(device)
+    tdtype = resolve_dtype(dtype)
+    out_np = _numpy_dtype(tdtype)
+    out_core = list(out_core)
+    lead = layout.lead_dims(ds)
+    spatial = layout.spatial_dims
+    variables = [ds.variables[spec.name] for spec in layout.specs]
+    orders = []
+    for spec, var in zip(layout.specs, variables, strict=True):
+        order = (*lead, *((layout.vertical_dim,) if spec.vertical else ()), *spatial)
+        if set(var.dims) != set(order):
+            from xlatda.errors import LayoutError
+
+            raise LayoutError(
+                f"variable {spec.name!r} has dims {var.dims}, expected {order}; "
+                "all state variables must share sample and spatial dimensions"
+            )
+        orders.append(tuple(var.dims.index(d) for d in order))
+    n_levels = layout.n_levels
+    widths = [n_levels if spec.vertical else 1 for spec in layout.specs]
+    n_channels = sum(widths)
+    out_shape = tuple(int(out_sizes[d]) for d in out_core)
+    lazy = any(isinstance(v.data, dsa.Array) for v in variables)
+    threads = OPTIONS["torch_threads"] if lazy else "option"
+
+    def kernel(*blocks: np.ndarray) -> np.ndarray:
+        first = np.transpose(blocks[0], orders[0])
+        lead_shape = first.shape[: len(lead)]
+        batch = math.prod(lead_shape)
+        if batch == 0:
+            return np.zeros((*lead_shape, *out_shape), dtype=out_np)
+        x = torch.empty((batch, n_channels, *first.shape[first.ndim - len(spatial):]),
+                        dtype=tdtype)
+        c = 0
+        for block, order, width in zip(blocks, orders, widths, strict=True):
+            src = torch.from_numpy(np.transpose(block, order)).reshape(batch, width, *x.shape[2:])
+            x[:, c:c + width].copy_(src)
+            c += width
+        x = x.to(dev)
+        with thread_scope(x.numel(), threads=threads):
+            if normalizer is not None:
+                _affine(x, normalizer, 1, inverse=False)
+            y = _run(fn, x, grad).detach().to("cpu", tdtype).numpy()
+        return y.reshape(*lead_shape, *out_shape)
+
+    coords = {d: ds.variables[d] for d in lead if d in ds.coords}
+    dims = (*lead, *out_core)
+    if not lazy:
+        return xr.DataArray(kernel(*(v.values for v in variables)), dims=dims, coords=coords)
+    # One blockwise task per chunk of the lead dims; core dims are joined in the task.
+    index = {d: f"i{k}" for k, d in enumerate(ds.dims)}
+    out_index = tuple(index[d] for d in lead) + tuple(f"o{k}" for k in range(len(out_core)))
+    args: list[Any] = []
+    for var in variables:
+        data = var.data if isinstance(var.data, dsa.Array) else dsa.from_array(
+            var.data, chunks=tuple(ds.chunksizes.get(d, var.shape[i])
+                                   for i, d in enumerate(var.dims)))
+        # Core dims whole in each block (a rechunk layer only where they are split),
+        # so each task gets its blocks as they are, without dask's concatenation copy.
+        split = {i: -1 for i, d in enumerate(var.dims) if d not in lead and len(data.chunks[i]) > 1}
+        if split:
+            data = data.rechunk(split)
+        args += [data, tuple(index[d] for d in var.dims)]
+
+    def task(*blocks: Any) -> np.ndarray:
+        unwrapped = []
+        for block in blocks:
+            while isinstance(block, list):  # one block along each core dim
+                block = block[0]
+            unwrapped.append(block)
+        return kernel(*unwrapped)
+
+    data = dsa.blockwise(
+        _Tokenized(task), out_index, *args,
+        new_axes={f"o{k}": n for k, n in enumerate(out_shape)},
+        concatenate=False, dtype=out_np, meta=np.empty((0,) * len(out_index), dtype=out_np),
+        name=f"xlatda-apply-state-{uuid.uuid4().hex}",
+    )
+    return xr.DataArray(data, dims=dims, coords=coords)

@@ -22,16 +22,94 @@ Examples
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import xarray as xr
 
-from xlatda import obs as _obs
+from xlatda._threads import decoded_size, size_of, with_thread_scope
 from xlatda.errors import ConfigError
-from xlatda.layout import StateLayout
-from xlatda.layout import layout as _layout
+
+if TYPE_CHECKING:
+    from xlatda.layout import StateLayout
+
+# The functions behind the methods are imported on first use: registering the
+# accessor (``import xlatda``) must not import torch.
 
 __all__ = ["DataArrayLdaAccessor", "DatasetLdaAccessor"]
+
+
+def _own_size(self: _LdaBase, *args: Any, **kwargs: Any) -> int | None:
+    return size_of(self._obj)
+
+
+def _decoded_size(self: _LdaBase, model: Any = None, *args: Any, **kwargs: Any) -> int | None:
+    return decoded_size(self._obj, model)
+
+
+def _encode_states(ds: xr.Dataset, model: Any, device: Any, dtype: Any) -> xr.Dataset:
+    """:func:`xlatda.encode` without auxiliary inputs, stacking and normalising in one copy.
+
+    Same result as ``xlatda.encode(ds, model)`` (tests check they are
+    identical); :func:`xlatda._bridge.apply_state` fuses the stack, the
+    normalisation and the encoder into one pass (one dask task per chunk).
+    """
+    from xlatda import api
+    from xlatda._bridge import apply_state
+    from xlatda.model import LatentModel
+    from xlatda.options import resolve_device, resolve_dtype
+
+    if not isinstance(model, LatentModel):
+        return api.encode(ds, model, device=device, dtype=dtype)
+    dev = model.device if device is None else resolve_device(device)
+    tdtype = model.dtype if dtype is None else resolve_dtype(dtype)
+    if dev != model.device or tdtype != model.dtype:
+        model.to(device=dev, dtype=tdtype)
+    z = apply_state(ds, model.layout, model.encoder.encode, normalizer=model.normalizer,
+                    out_core=[api.LATENT_DIM], out_sizes={api.LATENT_DIM: model.latent_dim},
+                    device=dev, dtype=tdtype,
+                    grad=bool(getattr(model.encoder, "encode_needs_grad", False)))
+    return api.latent_dataset(z, model, f"encoded by {model.encoder_kind}")
+
+
+def _decode_states(z: Any, model: Any, device: Any, dtype: Any) -> xr.Dataset:
+    """:func:`xlatda.decode` on the training layout, denormalising in place.
+
+    Same result as ``xlatda.decode(z, model)`` (tests check they are
+    identical); the decoder's output is mapped back to physical units in
+    place instead of through two new arrays, and becomes the Dataset's
+    variables without a further copy.
+    """
+    from xlatda import api
+    from xlatda._bridge import apply_torch
+    from xlatda.layout import CHANNEL_DIM
+    from xlatda.model import LatentModel
+    from xlatda.options import resolve_device, resolve_dtype
+
+    latent = z["z"] if isinstance(z, xr.Dataset) and "z" in z.data_vars else z
+    if (not isinstance(model, LatentModel) or not isinstance(latent, xr.DataArray)
+            or (isinstance(z, xr.Dataset) and z.attrs.get("xlatda_model_id", model.model_id)
+                != model.model_id)
+            or latent.sizes.get(api.LATENT_DIM) != model.latent_dim):
+        return api.decode(z, model, device=device, dtype=dtype)  # raises the right error
+    L = model.layout
+    dev = model.device if device is None else resolve_device(device)
+    tdtype = model.dtype if dtype is None else resolve_dtype(dtype)
+    if dev != model.device or tdtype != model.dtype:
+        model.to(device=dev, dtype=tdtype)
+    out_dtype = np.result_type(*[np.dtype(s.dtype) for s in L.specs])
+    sizes = {CHANNEL_DIM: L.n_channels, **dict(zip(L.spatial_dims, L.spatial_shape))}
+    fields = apply_torch(latent, model.encoder.decode, in_core=[api.LATENT_DIM],
+                         out_core=[CHANNEL_DIM, *L.spatial_dims], out_sizes=sizes,
+                         device=dev, dtype=tdtype, denormalize=model.normalizer)
+    if fields.dtype != out_dtype and out_dtype.kind == "f":
+        fields = fields.astype(out_dtype)
+    return L.unstack(fields)
+
+
+# Every method that runs torch work runs in a thread scope sized by the object
+# it is called on (see xlatda._threads: small problems run on one thread).
+_scoped = with_thread_scope(size=_own_size)
 
 
 class _LdaBase:
@@ -61,15 +139,20 @@ class _LdaBase:
     # -- layout --------------------------------------------------------
     def layout(self, **kwargs: Any) -> StateLayout:
         """The :class:`~xlatda.StateLayout` of this state (see :func:`xlatda.layout`)."""
-        return _layout(self._ds, **kwargs)
+        from xlatda.layout import layout
 
+        return layout(self._ds, **kwargs)
+
+    @_scoped
     def to_tensor(self, *, dtype: Any = None, device: Any = None, **layout_kwargs: Any):
         """Tensor ``(sample, [member,] channel, *spatial)``; computes dask data.
 
         See :meth:`xlatda.StateLayout.to_tensor`.
         """
+        from xlatda.layout import layout
+
         ds = self._ds
-        return _layout(ds, **layout_kwargs).to_tensor(ds, dtype=dtype, device=device)
+        return layout(ds, **layout_kwargs).to_tensor(ds, dtype=dtype, device=device)
 
     # -- observations --------------------------------------------------
     def sample_points(
@@ -84,34 +167,46 @@ class _LdaBase:
         kind: str | None = None,
     ) -> xr.Dataset:
         """Scattered noisy observations of this state (:func:`xlatda.obs.sample_points`)."""
-        return _obs.sample_points(self._ds, n, error_std, seed=seed, variables=variables,
-                                  times=times, noise=noise, kind=kind)
+        from xlatda.obs import sample_points
+
+        return sample_points(self._ds, n, error_std, seed=seed, variables=variables,
+                             times=times, noise=noise, kind=kind)
 
     def to_observations(
         self, error_std: float | dict[str, float] | None = None, *, kind: str | None = None
     ) -> xr.Dataset:
         """This gridded field (NaN gaps allowed) as points (:func:`xlatda.obs.from_grid`)."""
-        return _obs.from_grid(self._ds, error_std, kind=kind)
+        from xlatda.obs import from_grid
+
+        return from_grid(self._ds, error_std, kind=kind)
 
     def coarsen_obs(
         self, r: int, error_std: float | dict[str, float], *, seed: int | None = None
     ) -> xr.Dataset:
         """Block-mean observations (:func:`xlatda.obs.coarsen`)."""
-        return _obs.coarsen(self._ds, r, error_std, seed=seed)
+        from xlatda.obs import coarsen
+
+        return coarsen(self._ds, r, error_std, seed=seed)
 
     def sparsify_obs(
         self, g: int, error_std: float | dict[str, float], *, seed: int | None = None
     ) -> xr.Dataset:
         """Every g-th point as observations (:func:`xlatda.obs.sparsify`)."""
-        return _obs.sparsify(self._ds, g, error_std, seed=seed)
+        from xlatda.obs import sparsify
 
+        return sparsify(self._ds, g, error_std, seed=seed)
+
+    @_scoped
     def observe(self, obs: xr.Dataset) -> xr.Dataset:
         """This state seen through the observation operator (:func:`xlatda.obs.observe`)."""
         if not isinstance(obs, xr.Dataset):
             raise ConfigError(f"obs must be an observation Dataset, got {type(obs).__name__}")
-        return _obs.observe(self._ds, obs)
+        from xlatda.obs import observe
+
+        return observe(self._ds, obs)
 
     # -- latent models -------------------------------------------------
+    @_scoped
     def encode(self, model: Any, *, aux: Any = None, device: Any = None,
                dtype: Any = None) -> xr.Dataset:
         """Encode this state to latent vectors (:func:`xlatda.encode`).
@@ -126,8 +221,11 @@ class _LdaBase:
             if aux is not None:
                 raise ConfigError("aux is for encoding states; observation sets take no aux")
             return api.encode_obs(self._ds, model, device=device, dtype=dtype)
+        if aux is None:
+            return _encode_states(self._ds, model, device, dtype)
         return api.encode(self._ds, model, aux=aux, device=device, dtype=dtype)
 
+    @_scoped
     def encode_to_zarr(self, model: Any, store: Any, **kwargs: Any) -> xr.Dataset:
         """Stream this (lazy) Dataset's latents into a zarr store region by region.
 
@@ -137,14 +235,18 @@ class _LdaBase:
 
         return encode_to_zarr(self._ds, model, store, **kwargs)
 
+    @with_thread_scope(size=_decoded_size)
     def decode(
         self, model: Any, *, at: xr.Dataset | None = None, device: Any = None, dtype: Any = None
     ) -> xr.Dataset:
         """Decode latent vectors ``z`` back to fields (:func:`xlatda.decode`)."""
         from xlatda import api
 
+        if at is None:
+            return _decode_states(self._obj, model, device, dtype)
         return api.decode(self._obj, model, at=at, device=device, dtype=dtype)
 
+    @_scoped
     def evolve(
         self,
         model: Any,
@@ -162,6 +264,7 @@ class _LdaBase:
         return evolve(self._obj, model, steps=steps, lead=lead, members=members, noise=noise,
                       theta=theta, seed=seed)
 
+    @_scoped
     def forecast(
         self,
         model: Any,
@@ -180,6 +283,7 @@ class _LdaBase:
                                    noise=noise, theta=theta, seed=seed))
 
     # -- assimilation --------------------------------------------------
+    @_scoped
     def assimilate(
         self,
         obs: xr.Dataset,

@@ -28,6 +28,7 @@ import torch
 import xarray as xr
 
 from xlatda._bridge import apply_torch, is_lazy
+from xlatda._threads import decoded_size, with_thread_scope
 from xlatda.errors import ConfigError, LayoutError
 from xlatda.layout import CHANNEL_DIM, StateLayout, layout
 from xlatda.model import LatentModel
@@ -61,6 +62,7 @@ def _time_step(ds: xr.Dataset, L: StateLayout) -> dict[str, Any] | None:
     return None
 
 
+@with_thread_scope
 def fit(
     ds: xr.Dataset | xr.DataArray,
     *,
@@ -253,6 +255,7 @@ def _needs_grad(model: LatentModel) -> bool:
     return bool(getattr(model.encoder, "encode_needs_grad", False))
 
 
+@with_thread_scope
 def encode(
     ds: xr.Dataset | xr.DataArray,
     model: LatentModel,
@@ -458,6 +461,7 @@ def _check_latent(z: xr.Dataset | xr.DataArray, model: LatentModel) -> xr.DataAr
     return da
 
 
+@with_thread_scope(size=decoded_size)
 def decode(
     z: xr.Dataset | xr.DataArray,
     model: LatentModel,

@@ -45,16 +45,18 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import dask.array as dsa
 import numpy as np
-import torch
 import xarray as xr
 
 from xlatda.cf import Axes, find_axes
 from xlatda.errors import LayoutError, ShapeError, VariableNotFoundError
+
+if TYPE_CHECKING:  # torch and dask are imported where tensors or dask arrays are made
+    import torch
 
 __all__ = ["CHANNEL_DIM", "StateLayout", "layout"]
 
@@ -209,7 +211,7 @@ class StateLayout:
                 )
             if dim in ds.coords and dim in self.template.coords:
                 a, b = ds[dim].values, self.template[dim].values
-                if a.dtype.kind == "f" and not np.allclose(a, b):
+                if a.dtype.kind == "f" and not (np.array_equal(a, b) or np.allclose(a, b)):
                     raise LayoutError(
                         f"coordinate {dim!r} differs from the layout's; "
                         "use ds.interp or ds.reindex to put the data on the layout's grid"
@@ -239,8 +241,11 @@ class StateLayout:
             np.float32, *[a.dtype for a in arrays]
         )
         arrays = [a.astype(out_dtype, copy=False) for a in arrays]
-        lazy = any(isinstance(a, dsa.Array) for a in arrays)
-        data = (dsa.concatenate if lazy else np.concatenate)(arrays, axis=len(lead))
+        dsa = sys.modules.get("dask.array")  # a dask array exists only once dask is imported
+        if dsa is not None and any(isinstance(a, dsa.Array) for a in arrays):
+            data = dsa.concatenate(arrays, axis=len(lead))
+        else:
+            data = np.concatenate(arrays, axis=len(lead))
         coords = {d: ds[d].variable for d in lead if d in ds.coords}
         return xr.DataArray(data, dims=(*lead, CHANNEL_DIM, *self.spatial_dims), coords=coords)
 
@@ -290,30 +295,33 @@ class StateLayout:
             piece.encoding = copy.deepcopy(spec.encoding)
             variables[spec.name] = piece
         base = self.template if like is None else like
-        out = xr.Dataset(attrs=copy.deepcopy(self.template.attrs))
+        # Build coordinates and variables as plain dicts, then one Dataset: each
+        # assign_coords or __setitem__ would realign every index (milliseconds).
+        sizes = {**self.sizes, **dict(stacked.sizes)}
+        coords: dict[Any, xr.Variable] = {}
         for name, coord in base.coords.items():
             if name in lead and coord.ndim == 0:
                 continue  # a scalar coordinate that is now a dimension of the data
             if all(d not in lead or base.sizes[d] == stacked.sizes[d] for d in coord.dims):
                 if all(d in lead or d in self.template.dims or d in self.sizes
                        for d in coord.dims):
-                    out = out.assign_coords({name: coord.variable.copy()})
+                    coords[name] = coord.variable.copy()
         for name, coord in stacked.coords.items():
             if coord.dims and set(coord.dims) <= set(lead):
-                out = out.assign_coords({name: coord.variable})
-        for name, var in variables.items():
-            out[name] = var
+                coords[name] = coord.variable
+        data_vars: dict[Any, xr.Variable] = dict(variables)
         # Auxiliary data variables (bounds, masks) and the template's order.
         for name, aux in base.data_vars.items():
             if name in self.variables:
                 continue
-            fits = all(out.sizes.get(d) == base.sizes[d] for d in aux.dims if d in lead)
+            fits = all(sizes.get(d) == base.sizes[d] for d in aux.dims if d in lead)
             known = all(d in lead or d in self.template.dims for d in aux.dims)
             if fits and known:
-                out[name] = aux.variable.copy()
-        order = [n for n in base.data_vars if n in out.data_vars]
-        order += [n for n in out.data_vars if n not in order]
-        return out[order]
+                data_vars[name] = aux.variable.copy()
+        order = [n for n in base.data_vars if n in data_vars]
+        order += [n for n in data_vars if n not in order]
+        return xr.Dataset({n: data_vars[n] for n in order}, coords=coords,
+                          attrs=copy.deepcopy(self.template.attrs))
 
     def lead_dims(self, ds: xr.Dataset) -> tuple[str, ...]:
         """The leading dims of :meth:`stack`'s output: sample dims, then ``member``."""
@@ -340,6 +348,8 @@ class StateLayout:
         n_sample = int(np.prod([stacked.sizes[d] for d in lead])) if lead else 1
         values = np.asarray(stacked.values)
         values = values.reshape((n_sample, *values.shape[len(lead):]))
+        import torch
+
         tensor = torch.from_numpy(np.ascontiguousarray(values))
         return tensor.to(device=device, dtype=dtype)
 

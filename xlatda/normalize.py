@@ -88,6 +88,14 @@ class Normalizer:
         var = (w * (vals - mean[:, None]) ** 2).sum(1) / total
         return cls(mean.numpy(), var.sqrt().numpy())
 
+    def mean_as(self, x: Tensor) -> Tensor:
+        """Channel means ``(C,)`` in ``x``'s dtype and on its device."""
+        return self._mean.to(device=x.device, dtype=x.dtype)
+
+    def std_as(self, x: Tensor) -> Tensor:
+        """Channel standard deviations ``(C,)`` in ``x``'s dtype and on its device."""
+        return self._std.to(device=x.device, dtype=x.dtype)
+
     def _shape(self, x: Tensor, channel_dim: int) -> tuple[Tensor, Tensor]:
         n = self.n_channels
         if x.shape[channel_dim] != n:

@@ -18,28 +18,43 @@ True
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
+import sys
+from typing import TYPE_CHECKING, Any
 
 from xlatda.errors import ConfigError, DeviceError
 
+if TYPE_CHECKING:  # torch is imported only when a device or dtype is resolved
+    import torch
+
 __all__ = ["get_options", "resolve_device", "resolve_dtype", "set_options"]
 
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+_DTYPE_NAMES = ("float32", "float64")
 
 _DEFAULTS: dict[str, Any] = {
     "progress": True,
     "device": "cpu",
     "dtype": "float32",
     "torch_threads": None,
+    "threads": "auto",
 }
+
+
+def _is_torch(value: Any, name: str) -> bool:
+    # A torch object can only exist once torch is imported: no import needed here.
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, getattr(torch, name))
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
 
 _VALIDATORS = {
     "progress": lambda v: isinstance(v, bool),
-    "device": lambda v: isinstance(v, (str, torch.device)),
-    "dtype": lambda v: v in _DTYPES or v in _DTYPES.values(),
-    "torch_threads": lambda v: v is None or (isinstance(v, int) and v > 0),
+    "device": lambda v: isinstance(v, str) or _is_torch(v, "device"),
+    "dtype": lambda v: v in _DTYPE_NAMES or (_is_torch(v, "dtype") and str(v)[6:] in _DTYPE_NAMES),
+    "torch_threads": lambda v: v is None or _positive_int(v),
+    "threads": lambda v: v is None or v == "auto" or _positive_int(v),
 }
 
 _HELP = {
@@ -47,6 +62,7 @@ _HELP = {
     "device": "a torch device string such as 'cpu' or 'cuda:0'",
     "dtype": "'float32' or 'float64'",
     "torch_threads": "None or a positive int",
+    "threads": "'auto', a positive int, or None (leave torch's setting alone)",
 }
 
 OPTIONS: dict[str, Any] = dict(_DEFAULTS)
@@ -70,6 +86,12 @@ class set_options:
         Default torch dtype where a function is called with ``dtype=None``.
     torch_threads : int or None
         Threads torch may use inside each dask task (None: torch's default).
+    threads : "auto" or int or None
+        Intra-op torch threads while a public function runs (see
+        :mod:`xlatda._threads`): ``"auto"`` (default) runs small problems on
+        one thread, so OpenMP threads never spin-wait on tiny tensors, and
+        leaves large ones to torch's setting; an int sets exactly that many;
+        ``None`` leaves torch's setting alone. Restored when the call returns.
 
     Raises
     ------
@@ -105,6 +127,8 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     DeviceError
         If CUDA is asked for and none is available.
     """
+    import torch
+
     dev = torch.device(OPTIONS["device"] if device is None else device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise DeviceError(
@@ -116,12 +140,15 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
     """Turn ``dtype`` (or the option default) into a torch floating dtype."""
+    import torch
+
     value = OPTIONS["dtype"] if dtype is None else dtype
+    dtypes = {"float32": torch.float32, "float64": torch.float64}
     if isinstance(value, torch.dtype):
-        if value not in _DTYPES.values():
+        if value not in dtypes.values():
             raise ConfigError(f"dtype must be float32 or float64, got {value}")
         return value
     try:
-        return _DTYPES[str(value)]
+        return dtypes[str(value)]
     except KeyError:
         raise ConfigError(f"dtype must be 'float32' or 'float64', got {value!r}") from None
