@@ -27,6 +27,7 @@ __all__ = [
     "ModelStoreError",
     "NotFittedError",
     "ObservationError",
+    "OutOfDistributionWarning",
     "ShapeError",
     "UnitsError",
     "UnknownNameError",
@@ -87,3 +88,14 @@ class ModelStoreError(XlatdaError, OSError):
 
 class DeviceError(XlatdaError, RuntimeError):
     """A torch device was asked for that is not available."""
+
+
+class OutOfDistributionWarning(XlatdaError, UserWarning):
+    """Latent states far outside the distribution of the training codes.
+
+    Issued (with :func:`warnings.warn`) when a forecast or analysis leaves the
+    latent prior by more than a Mahalanobis-distance threshold: the decoder
+    and the dynamics are then extrapolating and their output should not be
+    trusted. Silence it with ``warnings.simplefilter("ignore",
+    xlatda.errors.OutOfDistributionWarning)``.
+    """

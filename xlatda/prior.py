@@ -55,7 +55,71 @@ from torch import Tensor, nn
 
 from xlatda.errors import ConfigError, ShapeError
 
-__all__ = ["LatentPrior", "shrinkage_intensity"]
+__all__ = ["LatentPrior", "check_in_distribution", "ood_threshold", "shrinkage_intensity"]
+
+#: Tail probability of the default out-of-distribution threshold (per state).
+OOD_TAIL = 1e-6
+
+
+def ood_threshold(latent_dim: int, tail: float = OOD_TAIL) -> float:
+    """Mahalanobis distance beyond which a code counts as out of distribution.
+
+    The square root of the ``1 - tail`` quantile of the chi-squared
+    distribution with ``latent_dim`` degrees of freedom (the distribution of
+    the squared distance of Gaussian draws from their own mean), so a code
+    drawn from the prior crosses it with probability ``tail``.
+
+    Examples
+    --------
+    >>> round(ood_threshold(32), 2)
+    9.23
+    """
+    from scipy.stats import chi2
+
+    return float(math.sqrt(chi2.isf(float(tail), int(latent_dim))))
+
+
+def check_in_distribution(z: Tensor, prior: LatentPrior | None, *, where: str = "forecast",
+                          threshold: float | None = None, stacklevel: int = 2) -> Tensor | None:
+    """Warn (:class:`~xlatda.errors.OutOfDistributionWarning`) for codes far from the prior.
+
+    Parameters
+    ----------
+    z : Tensor
+        ``(..., d)`` codes.
+    prior : LatentPrior or None
+        The model's prior (None: nothing is checked).
+    where : str
+        What the codes are, for the message ("forecast", "analysis at ...").
+    threshold : float, optional
+        Mahalanobis distance; default :func:`ood_threshold`.
+
+    Returns
+    -------
+    Tensor or None
+        The distances ``(...)`` (None without a prior).
+    """
+    import warnings
+
+    from xlatda.errors import OutOfDistributionWarning
+
+    if prior is None:
+        return None
+    with torch.no_grad():
+        dist = prior.mahalanobis(z.detach())
+    limit = ood_threshold(prior.latent_dim) if threshold is None else float(threshold)
+    bad = ~(dist <= limit)  # NaN counts as out of distribution
+    if bool(bad.any()):
+        worst = float(torch.nan_to_num(dist, nan=float("inf")).max())
+        warnings.warn(
+            f"{int(bad.sum())} of {bad.numel()} latent states of the {where} lie beyond "
+            f"Mahalanobis distance {limit:.3g} of the training codes (largest {worst:.3g}; "
+            f"{limit:.3g} is exceeded by a training-like code with probability {OOD_TAIL:g}): "
+            "the dynamics/decoder are extrapolating. Shorten the lead, assimilate more often, "
+            "or train on data covering these states",
+            OutOfDistributionWarning, stacklevel=stacklevel,
+        )
+    return dist
 
 
 def shrinkage_intensity(codes: Tensor) -> float:
