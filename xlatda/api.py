@@ -160,14 +160,17 @@ def fit(
     weights = torch.as_tensor(L.area_weights())
     norm = Normalizer.fit(x, weights=weights)
     xn = norm.normalize(x).to(tdtype)
-    if torch.isnan(xn).any():
-        raise LayoutError(
-            "training fields contain NaN; fill or mask them first (e.g. ds.fillna(0) on a "
-            "land/sea mask) — encoders are trained on complete fields"
-        )
+    missing = _fixed_mask(xn)
+    if missing is not None:
+        xn = xn.masked_fill(torch.as_tensor(missing), 0.0)
     x_val = None
     if isinstance(validation, xr.Dataset):
         x_val = norm.normalize(L.to_tensor(validation, dtype=torch.float64)).to(tdtype)
+        if missing is not None:
+            x_val = x_val.masked_fill(torch.as_tensor(missing), 0.0)
+        if torch.isnan(x_val).any():
+            raise LayoutError("the validation fields have NaN where the training fields have "
+                              "values; give them the training data's land/sea mask")
         x_train = xn
     elif validation:
         if not 0 < float(validation) < 1:
@@ -212,14 +215,48 @@ def fit(
     history = {"encoder": _jsonable(hist), "encoder_seconds": _time.perf_counter() - start}
     model = LatentModel(
         layout=StateLayout.from_dict(L.to_dict()), normalizer=norm, encoder=enc,
-        time_step=_time_step(ds, L), history=history,
+        time_step=_time_step(ds, L), history=history, missing=missing,
     )
+    model.prior = _fit_prior(model, xn.to(dev))
+    history["prior"] = {"shrinkage": model.prior.shrinkage, "n_samples": model.prior.n_samples}
     if dynamics is not None:
         from xlatda.forecast import fit_dynamics
 
         model = fit_dynamics(model, ds, uncertainty=uncertainty, epochs=epochs, seed=seed,
                              device=dev, progress=progress, **(dynamics_options or {}))
     return model
+
+
+def _fixed_mask(xn: torch.Tensor) -> np.ndarray | None:
+    """The NaN mask shared by every sample ``(C, *spatial)``, or None; refuses varying NaN."""
+    nan = torch.isnan(xn)
+    if not nan.any():
+        return None
+    first = nan[0]
+    if not bool((nan == first).all()):
+        n_bad = int((nan.any(0) & ~nan.all(0)).sum())
+        raise LayoutError(
+            f"training fields have NaN at {n_bad} grid points that are valid in other samples; "
+            "a fixed mask (e.g. sea points NaN in every sample) is handled, gaps that move "
+            "between samples are not: fill them first (ds.interpolate_na / ds.fillna)"
+        )
+    if bool(first.all()):
+        raise LayoutError("training fields are NaN everywhere; check the variable and period")
+    return first.cpu().numpy()
+
+
+def _fit_prior(model: LatentModel, xn: torch.Tensor, batch: int = 256):
+    """The latent prior of the (normalised, mask-filled) training fields' codes."""
+    from xlatda.prior import LatentPrior
+
+    enc = model.encoder
+    rows = []
+    ctx = torch.enable_grad() if _needs_grad(model) else torch.no_grad()
+    with ctx:
+        for chunk in xn.split(batch):
+            rows.append(enc.encode(chunk).detach())
+    codes = torch.cat(rows).to(torch.float64)
+    return LatentPrior.fit(codes).to(device=model.device, dtype=model.dtype)
 
 
 def _jsonable(hist: Any) -> Any:
@@ -381,33 +418,84 @@ def encode_obs(
     obs: xr.Dataset,
     model: LatentModel,
     *,
+    prior: bool | None = None,
+    samples: int | None = None,
+    iterations: int | None = None,
+    seed: int = 0,
     device: Any = None,
     dtype: Any = None,
 ) -> xr.Dataset:
-    """Encode scattered observations to latent vectors (one per observation time).
+    r"""Encode scattered observations to latent vectors (one per observation time).
+
+    By default the estimate is Bayesian: the posterior mean of the code under
+    the model's latent prior :math:`\mathcal N(\mu, B)` (``model.prior``,
+    fitted by :func:`xlatda.fit`) and the observation errors
+    :math:`R = \mathrm{diag}(\sigma_o^2)`,
+
+    .. math::
+
+        \hat z = \arg\min_z \tfrac12 (z-\mu)^\top B^{-1}(z-\mu)
+        + \tfrac12 (y - h(z))^\top R^{-1} (y - h(z)),
+
+    with :math:`h` the decoder at the observation points. For PCA (an affine
+    :math:`h(z) = Hz + c`) this is the closed-form BLUE
+    :math:`\hat z = \mu + BH^\top(HBH^\top + R)^{-1}(y - H\mu - c)`; for
+    nonlinear decoders it is found by Gauss–Newton iterations from the prior
+    mean (the posterior covariance is then the Laplace approximation). A few
+    observations therefore never overfit: where they say little, the code
+    stays near the climatological mean.
 
     Parameters
     ----------
     obs : Dataset
         An observation set on the model's variables (see :mod:`xlatda.obs`).
     model : LatentModel
-        A fitted model. SINR fits its code to the values at their own points
-        (zero-shot: any points, any grid); PCA solves weighted least squares;
-        other encoders fit ``z`` through their decoder at the points.
+        A fitted model.
+    prior : bool, optional
+        ``True``: the Bayesian estimate (needs ``model.prior``); ``False``: the
+        old unregularised fit (SINR: zero-shot code; PCA: weighted least
+        squares; other encoders: auto-decoding); ``None`` (default): Bayesian
+        when the model has a prior (models saved before priors existed have
+        none).
+    samples : int, optional
+        Also draw this many codes from the (Gaussian / Laplace) posterior:
+        variable ``z_samples(time, member, latent)``. Needs the prior.
+    iterations : int, optional
+        Gauss–Newton iterations (default 1 for PCA, where one is exact, and
+        8 for nonlinear decoders; stops early once the step is negligible).
+    seed : int
+        Seed of the posterior draws (a local ``torch.Generator``).
     device, dtype :
         Compute device and dtype (default: the model's).
 
     Returns
     -------
     Dataset
-        ``z(time, latent)`` (or ``z(latent)`` for observations without time).
+        ``z(time, latent)`` (or ``z(latent)`` for observations without time);
+        with the prior also ``z_std(time, latent)``, the posterior standard
+        deviations, and with ``samples`` the draws ``z_samples``.
+
+    Raises
+    ------
+    NotFittedError
+        ``prior=True`` or ``samples`` on a model without a prior.
 
     Notes
     -----
     Eager: observation sets are small. Points of different times differ, so
-    each time is one (batched-over-nothing) fit; times sharing the same
-    points could be batched, which is left for later.
+    each time is one fit (a ``(P, d)`` Jacobian and a ``d x d`` solve).
+
+    Examples
+    --------
+    >>> import xlatda
+    >>> ds = xlatda.datasets.lorenz96(n=16, steps=200, seed=0)
+    >>> model = xlatda.fit(ds, encoder="pca", latent_dim=8, progress=False)
+    >>> obs = xlatda.obs.sample_points(ds.isel(time=[150]), n=3, error_std=1.0, seed=0)
+    >>> z = xlatda.encode_obs(obs, model, samples=5)
+    >>> z.z.dims, z.z_samples.dims
+    (('time', 'latent'), ('time', 'member', 'latent'))
     """
+    from xlatda.errors import NotFittedError
     from xlatda.obs.contract import to_tensors, validate
 
     L = model.layout
@@ -416,26 +504,113 @@ def encode_obs(
     if device is not None or dtype is not None:
         model.to(device=resolve_device(device) if device is not None else None,
                  dtype=resolve_dtype(dtype) if dtype is not None else None)
+    use_prior = model.prior is not None if prior is None else bool(prior)
+    if (use_prior or samples) and model.prior is None:
+        raise NotFittedError(
+            "this model has no latent prior (saved before priors existed): pass prior=False "
+            "for the least-squares code, or refit the model with xlatda.fit"
+        )
+    if samples is not None and (int(samples) < 1 or not use_prior):
+        raise ConfigError(f"samples must be a positive integer with the prior, got {samples!r}")
     if table.time is None:
         groups, labels = [np.arange(len(table))], None
     else:
         t = np.asarray(table.time)
         labels, inverse = np.unique(t, return_inverse=True)
         groups = [np.flatnonzero(inverse == i) for i in range(len(labels))]
-    codes = []
+    gen = torch.Generator().manual_seed(int(seed))
+    codes, stds, draws = [], [], []
     for g in groups:
         sub = table.select(g)
         pts = model.points_tensor(sub.lat, sub.lon, sub.position)
+        if use_prior:
+            mean, chol = _posterior(model, sub, pts, iterations)
+            codes.append(mean.cpu().numpy())
+            stds.append((chol**2).sum(-1).sqrt().cpu().numpy())
+            if samples is not None:
+                eps = torch.randn(int(samples), mean.shape[0], generator=gen, dtype=mean.dtype)
+                draws.append((mean + eps.to(mean.device) @ chol.T).cpu().numpy())
+            continue
         with torch.enable_grad():
             z = model.encode_points(sub.values[None].to(model.dtype), pts, sub.channel)
         codes.append(z.detach().cpu().numpy()[0])
-    arr = np.stack(codes)
     tname = L.axes.time or "time"
-    if labels is None:
-        da = xr.DataArray(arr[0], dims=[LATENT_DIM])
-    else:
-        da = xr.DataArray(arr, dims=[tname, LATENT_DIM], coords={tname: labels})
-    return latent_dataset(da, model, f"encoded from {len(table)} observations")
+
+    def wrap(rows: list, dims: list[str]) -> xr.DataArray:
+        arr = np.stack(rows)
+        if labels is None:
+            return xr.DataArray(arr[0], dims=dims)
+        return xr.DataArray(arr, dims=[tname, *dims], coords={tname: labels})
+
+    out = latent_dataset(wrap(codes, [LATENT_DIM]), model,
+                         f"encoded from {len(table)} observations"
+                         + (" (posterior mean under the latent prior)" if use_prior else ""))
+    if use_prior:
+        out["z_std"] = wrap(stds, [LATENT_DIM])
+        out["z_std"].attrs = {"long_name": "posterior standard deviation of the latent state",
+                              "units": "1"}
+    if draws:
+        out["z_samples"] = wrap(draws, ["member", LATENT_DIM])
+        out["z_samples"].attrs = {"long_name": "posterior draws of the latent state",
+                                  "units": "1"}
+    return out
+
+
+def _posterior(model: LatentModel, sub, pts: torch.Tensor,
+               iterations: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gauss–Newton posterior mean and covariance factor of one observation time.
+
+    Works in the whitened control variable ``z = mu + S v`` (``S`` the prior's
+    factor): each step solves ``(I + G^T G) v = G^T e`` with
+    ``G = R^{-1/2} J S``, exactly the BLUE when the decoder is affine.
+    """
+    prior = model.prior
+    dt = model.dtype
+    mu = prior.mean.to(device=model.device, dtype=dt)
+    S = prior.scale.to(device=model.device, dtype=dt)
+    y = sub.values.to(device=model.device, dtype=dt)
+    r_inv = 1.0 / sub.error_std.to(device=model.device, dtype=dt)
+    channel = sub.channel
+
+    def h(z: torch.Tensor) -> torch.Tensor:
+        return model.decode_points(z[None], pts, channel)[0]
+
+    linear = hasattr(model.encoder, "linear_map")
+    n_iter = (1 if linear else 8) if iterations is None else int(iterations)
+    if n_iter < 1:
+        raise ConfigError(f"iterations must be a positive integer, got {iterations!r}")
+    v = torch.zeros(S.shape[1], dtype=dt, device=mu.device)
+    eye = torch.eye(S.shape[1], dtype=dt, device=mu.device)
+
+    def cost(v_: torch.Tensor) -> float:
+        with torch.no_grad():
+            return float(0.5 * (v_ @ v_) + 0.5 * (((y - h(mu + S @ v_)) * r_inv) ** 2).sum())
+
+    chol = None
+    for _ in range(n_iter):
+        z = (mu + S @ v).detach()
+        with torch.enable_grad():
+            J = torch.autograd.functional.jacobian(h, z, vectorize=True)
+        with torch.no_grad():
+            G = (J @ S) * r_inv[:, None]
+            e = (y - h(z)) * r_inv + G @ v
+            chol = torch.linalg.cholesky(eye + G.T @ G)
+            v_new = torch.cholesky_solve((G.T @ e)[:, None], chol)[:, 0]
+        if linear:
+            v = v_new
+            break
+        step, c0 = v_new - v, cost(v)
+        for _halving in range(6):  # backtrack if the linearisation overshoots
+            if cost(v + step) <= c0:
+                break
+            step = step / 2
+        v = v + step
+        if float(step.norm()) < 1e-6 * (1.0 + float(v.norm())):
+            break
+    with torch.no_grad():
+        # Posterior covariance S (I + G^T G)^{-1} S^T = (S C^{-T})(S C^{-T})^T.
+        factor = torch.linalg.solve_triangular(chol, S.T, upper=False).T
+        return (mu + S @ v).detach(), factor
 
 
 def _check_latent(z: xr.Dataset | xr.DataArray, model: LatentModel) -> xr.DataArray:
@@ -509,6 +684,9 @@ def decode(
                              device=dev, dtype=tdtype)
         if fields.dtype != out_dtype and out_dtype.kind == "f":
             fields = fields.astype(out_dtype)
+        if model.missing is not None:
+            keep = xr.DataArray(~model.missing, dims=[CHANNEL_DIM, *L.spatial_dims])
+            fields = fields.where(keep)
         return L.unstack(fields)
     return _decode_at(da, model, at, dev, tdtype)
 

@@ -31,6 +31,7 @@ __all__ = [
     "NonFiniteError",
     "NotFittedError",
     "ObservationError",
+    "OutOfDistributionWarning",
     "ShapeError",
     "StoreMismatchError",
     "TimeSpanError",
@@ -115,6 +116,8 @@ class FilterDivergenceWarning(XlatdaError, RuntimeWarning):
     own error (usually under-dispersion; more inflation, members or a
     working localisation help).
     """
+
+
 class KeywordError(XlatdaError, TypeError):
     """A keyword (setting, option, store config key) is not one the callee takes.
 
@@ -139,3 +142,14 @@ class StoreMismatchError(ConfigError):
 
 class TimeSpanError(ObservationError):
     """Observation times lie absurdly far from the background for the model's time step."""
+
+
+class OutOfDistributionWarning(XlatdaError, UserWarning):
+    """Latent states far outside the distribution of the training codes.
+
+    Issued (with :func:`warnings.warn`) when a forecast or analysis leaves the
+    latent prior by more than a Mahalanobis-distance threshold: the decoder
+    and the dynamics are then extrapolating and their output should not be
+    trusted. Silence it with ``warnings.simplefilter("ignore",
+    xlatda.errors.OutOfDistributionWarning)``.
+    """

@@ -39,6 +39,7 @@ from xlatda.api import LATENT_DIM, _as_dataset, _check_latent, decode, encode, l
 from xlatda.errors import ConfigError, NotFittedError
 from xlatda.model import LatentModel
 from xlatda.options import get_options, resolve_device
+from xlatda.prior import check_in_distribution
 
 __all__ = ["evolve", "fit_dynamics", "forecast"]
 
@@ -81,7 +82,10 @@ def fit_dynamics(
         Training trajectories: a time dimension, optionally a ``trajectory``
         (or other sample) dimension; windows never cross trajectories.
     uncertainty : {"scalar", "diagonal", "cholesky", None}
-        Model-error covariance to fit on one-step residuals.
+        Model-error covariance to fit on one-step residuals of the held-out
+        final segment of each trajectory (the validation segment of
+        ``val_fraction``; in-sample residuals only when there is none,
+        recorded in ``model.history["model_error"]``).
     params : list of str, optional
         Names of per-trajectory parameters in ``ds`` (data variables or
         coordinates over the non-time sample dims, e.g. ``jet_speed``) the
@@ -135,17 +139,29 @@ def fit_dynamics(
                 window=window, epochs=epochs, batch_size=batch_size, lr=lr,
                 val_fraction=val_fraction, seed=seed, device=dev, progress=progress)
     q = None
+    q_info: dict[str, Any] = {}
     if uncertainty is not None:
+        # Q from residuals the dynamics were not trained on: the held-out final
+        # segment of every trajectory (the one early stopping scored). In-sample
+        # residuals under-estimate the forecast error of a flexible model.
+        n_val = round(val_fraction * traj.shape[1]) if val_fraction else 0
+        held_out = n_val >= 2 and n_val >= window and traj.shape[1] - n_val >= window
+        segment = traj[:, -n_val:] if held_out else traj
         with torch.no_grad():
-            res = residuals(dyn, traj.to(device=dev, dtype=model.dtype),
+            res = residuals(dyn, segment.to(device=dev, dtype=model.dtype),
                             theta=None if theta is None else theta.to(device=dev,
                                                                       dtype=model.dtype))
         q = fit_model_error(res.reshape(-1, model.latent_dim).cpu(), kind=uncertainty,
                             seed=seed).to(dev)
+        q_info = {"fitted_on": "held-out final segment" if held_out else "training (in-sample)",
+                  "n_residuals": int(res.shape[0]),
+                  "mean_variance": float(torch.diagonal(q.covariance()).mean())}
     history = dict(model.history)
     from xlatda.api import _jsonable
 
     history["dynamics"] = _jsonable(hist)
+    if q_info:
+        history["model_error"] = q_info
     history["parameters"] = list(params or ())
     return dataclasses.replace(model, dynamics=dyn, model_error=q, history=history)
 
@@ -191,6 +207,7 @@ def evolve(
     noise: bool = False,
     theta: Any = None,
     seed: int = 0,
+    check: bool = True,
 ) -> xr.Dataset:
     """Integrate latent vectors forward in time.
 
@@ -215,6 +232,11 @@ def evolve(
         Parameters for parameter-conditioned dynamics, shape ``(n_params,)``.
     seed : int
         Seed of the model noise (each initial state gets its own stream).
+    check : bool
+        Warn (:class:`~xlatda.errors.OutOfDistributionWarning`) when evolved
+        states leave the training codes' distribution (Mahalanobis distance
+        under ``model.prior`` beyond :func:`xlatda.prior.ood_threshold`);
+        checked where the states are computed (at compute time for dask).
 
     Returns
     -------
@@ -241,7 +263,14 @@ def evolve(
     q = model.model_error
     d = model.latent_dim
 
+    prior = model.prior if check else None
+
     def fn(x: torch.Tensor) -> torch.Tensor:  # (B, d[+1]) -> (B, T, d)
+        out = _integrate(x)
+        check_in_distribution(out, prior, where="forecast", stacklevel=3)
+        return out
+
+    def _integrate(x: torch.Tensor) -> torch.Tensor:
         times = torch.as_tensor(tau, dtype=x.dtype, device=x.device)
         thb = None if th is None else th.to(x)
         if not noise:
@@ -298,6 +327,7 @@ def forecast(
     noise: bool = False,
     theta: Any = None,
     seed: int = 0,
+    check: bool = True,
 ) -> xr.Dataset:
     """Forecast fields: encode ``ds``, evolve the latents, decode.
 
@@ -308,7 +338,7 @@ def forecast(
     """
     z = encode(ds, model)
     fc = evolve(z, model, steps=steps, lead=lead, members=members, noise=noise, theta=theta,
-                seed=seed)
+                seed=seed, check=check)
     out = decode(fc, model)
     if "valid_time" in fc.coords:
         out = out.assign_coords(valid_time=fc.valid_time)

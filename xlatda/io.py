@@ -10,6 +10,7 @@ Layout of a store (a zarr v3 group)::
       dynamics/<tensor name>
       model_error/<tensor name>
       score/<tensor name>         optional: the score prior of method="score"
+      prior/<tensor name>         optional: the latent prior (mean, scale)
 
 The score part (:class:`~xlatda.methods.diffusion.ScorePrior`) holds the
 ε-network's weights and the latent standardisation as arrays; its config
@@ -78,7 +79,7 @@ __all__ = ["array_sha256", "from_state", "meta_sha256", "open_model", "save_mode
 
 FORMAT = "xlatda-model/1"
 SCORE_FORMAT = "xlatda-score/1"
-_PARTS = ("encoder", "dynamics", "model_error", "score")
+_PARTS = ("encoder", "dynamics", "model_error", "score", "prior")
 CHECKSUM_ATTR = "xlatda_sha256"
 _META_KEYS = ("format", "model_id", "layout", "normalizer", "time_step", "history", "versions",
               "parts")
@@ -95,6 +96,12 @@ def _module_class(part: str, kind: str) -> type:
         from xlatda.dynamics import dynamics
 
         return dynamics.get(kind)
+    if part == "prior":
+        from xlatda.prior import LatentPrior
+
+        if kind != LatentPrior.kind:
+            raise ModelStoreError(f"unknown prior part kind {kind!r}; expected 'gaussian'")
+        return LatentPrior
     if part == "score":
         from xlatda.methods.diffusion import ScorePrior
 
@@ -347,6 +354,10 @@ def _meta(model: Any, parts: dict[str, Any]) -> dict[str, Any]:
         "versions": _versions(),
         "parts": parts,
     }
+    missing = getattr(model, "missing", None)
+    if missing is not None:
+        meta["missing"] = {"shape": list(missing.shape),
+                           "index": np.flatnonzero(missing).tolist()}
     return json.loads(json.dumps(meta, default=_json_default))
 
 
@@ -403,7 +414,17 @@ def _assemble(meta: dict[str, Any], parts: dict[str, nn.Module]) -> Any:
         history=meta.get("history", {}),
         model_id=meta["model_id"],
         score=parts.get("score"),
+        prior=parts.get("prior"),
+        missing=_missing(meta.get("missing")),
     )
+
+
+def _missing(spec: dict[str, Any] | None) -> np.ndarray | None:
+    if not spec:
+        return None
+    out = np.zeros(int(np.prod(spec["shape"])), dtype=bool)
+    out[np.asarray(spec["index"], dtype=np.int64)] = True
+    return out.reshape(spec["shape"])
 
 
 def _json_default(obj: Any) -> Any:

@@ -56,6 +56,15 @@ class LatentModel:
     score : xlatda.methods.diffusion.ScorePrior, optional
         Score-based prior over windows of consecutive (standardised) latent
         states, for ``method="score"`` (train it with :func:`xlatda.fit_score`).
+    prior : xlatda.prior.LatentPrior, optional
+        Gaussian distribution (mean, covariance factor) of the training
+        codes, fitted by :func:`xlatda.fit`: the prior of
+        :func:`xlatda.encode_obs` and the climatological background of latent
+        assimilation. ``None`` for models saved before it existed.
+    missing : ndarray of bool, optional
+        ``(C, *spatial)``: grid points missing in every training field (a
+        fixed land or sea mask). The encoder saw them filled with the channel
+        mean; :func:`xlatda.decode` sets them back to NaN.
     """
 
     layout: StateLayout
@@ -67,6 +76,8 @@ class LatentModel:
     history: dict[str, Any] = field(default_factory=dict)
     model_id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
     score: nn.Module | None = None
+    prior: nn.Module | None = None
+    missing: np.ndarray | None = None
 
     # -- properties ----------------------------------------------------
     @property
@@ -96,7 +107,7 @@ class LatentModel:
 
     def to(self, device: Any = None, dtype: Any = None) -> LatentModel:
         """Move every module to ``device``/``dtype`` (in place); returns self."""
-        for mod in (self.encoder, self.dynamics, self.model_error):
+        for mod in (self.encoder, self.dynamics, self.model_error, self.prior):
             if mod is not None:
                 mod.to(device=device, dtype=dtype)
         if self.score is not None:  # the standardisation stays float64
@@ -113,6 +124,15 @@ class LatentModel:
             )
         return self.dynamics
 
+    def require_prior(self) -> nn.Module:
+        """The latent prior, or a clear error if the model has none."""
+        if self.prior is None:
+            raise NotFittedError(
+                "this model has no latent prior (it was saved before priors existed); refit it "
+                "with xlatda.fit, or attach one: model.prior = xlatda.prior.LatentPrior.fit(codes)"
+            )
+        return self.prior
+
     def require_score(self) -> nn.Module:
         """The score prior, or a clear error if the model has none."""
         if self.score is None:
@@ -128,7 +148,10 @@ class LatentModel:
 
     def encode_tensor(self, x: Tensor) -> Tensor:
         """Physical fields ``(B, C, *spatial)`` -> latents ``(B, latent)``."""
-        return self.encoder.encode(self.normalizer.normalize(self._cast(x)))
+        xn = self.normalizer.normalize(self._cast(x))
+        if self.missing is not None:  # the fixed mask, filled as in training
+            xn = xn.masked_fill(torch.as_tensor(self.missing, device=xn.device), 0.0)
+        return self.encoder.encode(xn)
 
     def decode_tensor(self, z: Tensor) -> Tensor:
         """Latents ``(B, latent)`` -> physical fields ``(B, C, *spatial)``."""
@@ -188,6 +211,10 @@ class LatentModel:
             parts.append(f"dynamics={kind!r}")
         if self.model_error is not None:
             parts.append(f"model_error={getattr(self.model_error, 'kind', 'yes')!r}")
+        if self.prior is not None:
+            parts.append(f"prior={self.prior.kind!r}")
+        if self.missing is not None:
+            parts.append(f"missing={int(self.missing.sum())}")
         if self.score is not None:
             kind = getattr(getattr(self.score, "net", None), "kind", "yes")
             parts.append(f"score={kind!r}(window={getattr(self.score, 'window', '?')})")

@@ -8,14 +8,18 @@ from xlatda.obs.observe import observe
 from xlatda.obs.operator import build_operator, spatial_matrix, time_weights
 from xlatda.obs.raster import rasterize
 from xlatda.obs.sampling import coarsen, concat, from_grid, sample_points, sparsify
+from xlatda.obs.tables import from_dataframe, from_stations, parse_times
 
 __all__ = [
     "ObservationTable",
     "build_operator",
     "coarsen",
     "concat",
+    "from_dataframe",
     "from_grid",
+    "from_stations",
     "observe",
+    "parse_times",
     "rasterize",
     "sample_points",
     "sparsify",
