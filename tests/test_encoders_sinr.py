@@ -310,3 +310,139 @@ def test_point_harmonics_are_cached(small):
     for k in range(10):
         enc.decode_at(z, pts + k, ch)
     assert len(enc._point_cache) <= 4
+
+
+# ---------------------------------------------------------------- the affine solver
+def _trained(depth: int = 3, dtype: str = "float64"):
+    grid = latlon_grid(8, 16)
+    x = sh_fields(10, 2, grid, seed=11)
+    if dtype == "float64":
+        x = x.double()
+    enc = SINR(2, (8, 16), 12, grid, hidden=8, depth=depth, max_freq=2, seed=2)
+    enc.fit(x, epochs=20, batch_size=5, lr_weights=2e-2, lr_codes=2e-2, dtype=dtype,
+            progress=False)
+    return enc, x
+
+
+@pytest.mark.parametrize("depth", [0, 1, 3])
+def test_decoder_is_exactly_affine_with_the_adjoint_jacobian(depth):
+    enc, _ = _trained(depth)
+    gen = torch.Generator().manual_seed(0)
+    pts = torch.stack([torch.rand(7, generator=gen, dtype=torch.float64) * 170 - 85,
+                       torch.rand(7, generator=gen, dtype=torch.float64) * 360], -1)
+    ch = torch.tensor([0, 1, 1, 0, 1, 0, 0])
+    offset, matrix = enc.affine_map(pts, ch)
+    enc.affine_decode = False  # the network itself
+    try:
+        z0 = torch.randn(12, generator=gen, dtype=torch.float64)
+        jac = torch.autograd.functional.jacobian(lambda z: enc.decode_at(z[None], pts, ch)[0], z0)
+        torch.testing.assert_close(matrix, jac, rtol=1e-10, atol=1e-12)
+        z = 3.0 * torch.randn(5, 12, generator=gen, dtype=torch.float64)
+        net = enc.decode_at(z, pts, ch)
+        grid_net = enc.decode(z)
+    finally:
+        enc.affine_decode = True
+    torch.testing.assert_close(offset + z @ matrix.T, net, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(enc.decode_at(z, pts, ch), net, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(enc.decode(z), grid_net, rtol=1e-10, atol=1e-10)
+    # each value depends on its own channel's code only
+    k = enc.code_dim
+    for p, c in enumerate(ch.tolist()):
+        assert bool((matrix[p, : c * k] == 0).all()) and bool((matrix[p, (c + 1) * k :] == 0).all())
+
+
+def test_solve_is_the_least_squares_minimum_and_beats_adam():
+    enc, x = _trained()
+    w = torch.cos(torch.deg2rad(torch.tensor(enc.grid["lat"], dtype=torch.float64)))
+    w = (w / w.mean())[:, None]
+    target = x + 0.3 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1),
+                                   dtype=x.dtype)  # off the decoder's range
+
+    def loss(z):
+        return ((enc.decode(z) - target) ** 2 * w).mean((1, 2, 3))
+
+    z = enc.encode(target)
+    za = enc.encode(target, method="adam", steps=300, lr=5e-2, progress=False)
+    assert bool((loss(z) <= loss(za) + 1e-12).all())
+    # the weighted normal equations hold: J^T W r = 0 for each sample
+    offset, matrix = enc.affine_map()
+    r = (offset + z @ matrix.T - target.reshape(10, -1)) * w.expand(8, 16).repeat(2, 1).reshape(-1)
+    grad = r @ matrix
+    assert float(grad.abs().max()) < 1e-9 * float(matrix.abs().max() * target.abs().max())
+
+
+def test_solve_recovers_codes_from_scattered_points_and_handles_gaps():
+    enc, _ = _trained()
+    gen = torch.Generator().manual_seed(3)
+    z_true = enc.code_mean + enc.code_scale * torch.randn(4, 12, generator=gen,
+                                                          dtype=torch.float64)
+    pts = torch.stack([torch.rand(60, generator=gen, dtype=torch.float64) * 170 - 85,
+                       torch.rand(60, generator=gen, dtype=torch.float64) * 360], -1)
+    ch = torch.arange(60) % 2
+    vals = enc.decode_at(z_true, pts, ch)
+    torch.testing.assert_close(enc.encode_from(vals, pts, ch), z_true, rtol=0, atol=1e-8)
+    # missing values per sample: the same as dropping those points
+    vm = vals.clone()
+    vm[1, :10] = float("nan")
+    z_m = enc.encode_from(vm, pts, ch)
+    torch.testing.assert_close(z_m[1:2], enc.encode_from(vals[1:2, 10:], pts[10:], ch[10:]))
+    torch.testing.assert_close(z_m[0], z_true[0], rtol=0, atol=1e-8)
+    # a channel without observations keeps the mean code (ridge > 0 or not)
+    only0 = ch == 0
+    for ridge in (0.0, 1e-3):
+        z0 = enc.encode_from(vals[:, only0], pts[only0], ch[only0], ridge=ridge)
+        torch.testing.assert_close(z0[:, 6:], enc.code_mean[6:].expand(4, -1))
+
+
+def test_ridge_is_the_map_estimate():
+    enc, _ = _trained()
+    gen = torch.Generator().manual_seed(4)
+    pts = torch.stack([torch.rand(9, generator=gen, dtype=torch.float64) * 170 - 85,
+                       torch.rand(9, generator=gen, dtype=torch.float64) * 360], -1)
+    ch = torch.zeros(9, dtype=torch.long)
+    vals = torch.randn(2, 9, generator=gen, dtype=torch.float64)
+    wts = torch.rand(9, generator=gen, dtype=torch.float64) + 0.5
+    rho = 0.05
+    z = enc.encode_from(vals, pts, ch, ridge=rho, weights=wts)
+    # closed form of  sum w r^2 / sum w + rho / (K C) |(a - mean) / s|^2  for channel 0
+    offset, matrix = enc.affine_map(pts, ch)
+    a = matrix[:, :6]
+    mean, s = enc.code_mean[:6], enc.code_scale[:6]
+    wn = wts / wts.mean()
+    lhs = (a.T * wn) @ a / wn.sum() + rho / 12 * torch.diag(1 / s**2)
+    rhs = ((vals - offset) * wn) @ a / wn.sum() + rho / 12 * mean / s**2
+    torch.testing.assert_close(z[:, :6], torch.linalg.solve(lhs, rhs.T).T)
+    torch.testing.assert_close(z[:, 6:], enc.code_mean[6:].expand(2, -1))
+
+
+def test_training_codes_by_index():
+    enc, x = _trained()
+    codes = enc.train_codes
+    assert codes.shape == (10, 12)
+    idx = torch.tensor([3, -1, 0])
+    fields = torch.cat([x[3:4], x[5:6] + 0.1, x[:1]])
+    z = enc.encode(fields, training_index=idx)
+    torch.testing.assert_close(z[0], codes[3])
+    torch.testing.assert_close(z[2], codes[0])
+    torch.testing.assert_close(z[1], enc.encode(fields[1:2])[0])
+    # not used unless asked: a plain encode solves for the code
+    assert not torch.equal(enc.encode(x[3:4])[0], codes[3])
+    with pytest.raises(ShapeError, match="training_index"):
+        enc.encode(fields, training_index=torch.tensor([0, 10, 1]))
+    rebuilt = SINR(**enc.config)
+    rebuilt.load_state_dict(enc.state_dict())
+    assert rebuilt.train_codes is None
+    with pytest.raises(ConfigError, match="training_index"):
+        rebuilt.encode(fields, training_index=idx)
+
+
+def test_method_errors_and_adam_option(small):
+    enc, x, _ = small
+    with pytest.raises(ConfigError, match="method"):
+        enc.encode(x[:1], method="lbfgs")
+    with pytest.raises(ConfigError, match="encode_method"):
+        SINR(2, (8, 16), 16, enc.grid, encode_method="newton", **TINY)
+    with pytest.raises(ConfigError, match="ridge"):
+        enc.encode(x[:1], ridge=-1.0)
+    z = enc.encode(x[:2], method="adam", steps=5, progress=False)
+    assert z.shape == (2, 16)

@@ -43,19 +43,46 @@ Every decoded field is a finite sum of spherical harmonics of degree
 weights (the top-degree Gaunt coefficient of sectoral harmonics is non-zero).
 With the paper's ``F = 8``, ``L = 8``: :math:`D_{\max} = 108`.
 
-**Encoder = auto-decoding.** There is no encoder network:
+**The decoder is affine in the code.** The network has no activation
+function: the code enters by the shift :math:`S_l a_c`, and the only products
+are with the filters :math:`g_l(p)`, which depend on position alone. By
+induction every :math:`h_l` is affine in :math:`a_c`, hence
 
 .. math::
 
-    E(x) = \arg\min_z \frac{\sum_p w_p (D(z; p) - x_p)^2}{\sum_p w_p},
+    u_c(p) = d_c(p) + J_c(p)\, a_c
+
+*exactly*, for any weights (:meth:`SINR.affine_map`). :math:`d` is one
+forward pass at code zero; :math:`J(p) = \sum_l S_l^\top \lambda_l(p)` with
+the adjoints :math:`\lambda_L = w_{L,c} \odot g_L`,
+:math:`\lambda_l = g_l \odot (w_{l,c} + W_{l+1}^\top \lambda_{l+1})`: one
+backward pass gives the Jacobian at every point at once, since each point's
+output depends only on its own hidden states. (So a SINR decoder spans, per
+channel, an affine subspace of dimension ``code_dim`` of band-limited
+fields: a learned, mesh-free basis, comparable to PCA per channel.)
+
+**Encoder.** LAINR's encoder is auto-decoding,
+
+.. math::
+
+    E(x) = \arg\min_z \frac{\sum_p w_p (D(z; p) - x_p)^2}{\sum_p w_p}
+           + \frac{\rho}{K C} \sum_c \lVert (a_c - \bar a_c) / s_c \rVert^2,
     \qquad w_p \propto \cos(\mathrm{lat}_p),
 
-found by Adam on :math:`z` alone (decoder frozen), from the mean training
-code, with a per-sample reduce-on-plateau learning rate and the best
-:math:`z` of every sample kept. It works at whatever points :math:`x` is
-given (``encode_from``: "zero-shot" encoding of scattered observations).
+(:math:`\bar a, s`: mean and spread of the training codes; :math:`\rho` =
+``encode_ridge``, default 0). With an affine decoder this is a weighted linear
+least-squares problem per sample and channel: ``method="solve"`` (default)
+solves it exactly by a ``K x K`` Cholesky factorisation per channel shared
+by the whole batch (Gauss-Newton converges in one step), which is the
+global minimum, so its misfit is never above that of any iterative
+optimiser. ``method="adam"`` keeps the paper's iterative auto-decoding
+(Adam on :math:`z` from the mean training code, per-sample reduce-on-plateau,
+best :math:`z` kept). Both work at whatever points :math:`x` is given
+(``encode_from``: "zero-shot" encoding of scattered observations).
 Training optimises one code per training snapshot (an embedding table, sparse
-Adam) jointly with the decoder weights (dense Adam), with two learning rates.
+Adam) jointly with the decoder weights (dense Adam), with two learning rates;
+the codes of the training snapshots are kept, by index (``train_codes``,
+``encode(x, training_index=...)``).
 
 Shapes: ``x (B, C, *spatial)``; ``z (B, C * code_dim)``; ``points (P, 2)``
 latitude/longitude in degrees; ``channel (P,)``; ``values (B, P)``.
@@ -108,6 +135,12 @@ from xlatda.options import get_options, resolve_device, resolve_dtype
 
 __all__ = ["SINR", "sinr_max_degree"]
 
+#: Encoders of :meth:`SINR.encode` / :meth:`SINR.encode_from`.
+_METHODS = ("solve", "adam")
+#: Points whose affine maps are computed at once (float64 activations of
+#: ``(chunk, hidden)`` per layer).
+_AFFINE_CHUNK = 8192
+
 # Elements of one (sample, channel, point, hidden) activation that a chunk of
 # decoding / auto-decoding may hold at once (float32: 4 bytes each).
 _CHUNK_ELEMENTS = 2**24
@@ -137,6 +170,20 @@ def sinr_max_degree(max_freq: int, depth: int) -> int:
     """
     f, d = int(max_freq), int(depth)
     return (d + 1) * f + d * (d + 1) // 2
+
+
+def _code_scale(codes: Tensor) -> Tensor:
+    """Spread of the training codes per element, ``(latent_dim,)``: the ridge's units.
+
+    The standard deviation over the snapshots, floored at 1e-3 of its mean
+    (and 1 with a single snapshot, where there is no spread to measure).
+    """
+    codes = codes.detach()
+    if codes.shape[0] < 2:
+        return torch.ones_like(codes[0])
+    std = codes.std(0)
+    floor = 1e-3 * float(std.mean()) + torch.finfo(codes.dtype).tiny
+    return std.clamp_min(floor)
 
 
 def _weighted_mse(pred: Tensor, target: Tensor, weight: Tensor) -> Tensor:
@@ -262,6 +309,10 @@ class SINR(Encoder):
     """
 
     kind = "sinr"
+    #: Decode through the cached affine form ``d + J z`` (exact; differentiable
+    #: in ``z`` but not in the weights). Set ``False`` to run the network, e.g.
+    #: to differentiate a decode with respect to the decoder's weights.
+    affine_decode: bool = True
 
     def __init__(
         self,
@@ -285,6 +336,8 @@ class SINR(Encoder):
         encode_lr: float = 1e-2,
         code_init_std: float = 1e-2,
         reuse_codes: bool = False,
+        encode_method: str = "solve",
+        encode_ridge: float = 0.0,
     ) -> None:
         super().__init__(n_channels, spatial_shape, latent_dim, grid)
         for name, value, low in [
@@ -307,6 +360,12 @@ class SINR(Encoder):
                 f"latent_dim = n_channels * code_dim (e.g. "
                 f"{self.n_channels * max(1, self.latent_dim // self.n_channels)})"
             )
+        if encode_method not in _METHODS:
+            raise ConfigError(
+                f"encode_method must be one of {_METHODS}, got {encode_method!r}"
+            )
+        if not float(encode_ridge) >= 0.0:
+            raise ConfigError(f"encode_ridge must be >= 0, got {encode_ridge!r}")
         self.hidden, self.depth, self.max_freq = int(hidden), int(depth), int(max_freq)
         self.code_dim = self.latent_dim // self.n_channels
         self.seed = int(seed)
@@ -322,6 +381,8 @@ class SINR(Encoder):
             "encode_lr": float(encode_lr),
             "code_init_std": float(code_init_std),
             "reuse_codes": bool(reuse_codes),
+            "encode_method": str(encode_method),
+            "encode_ridge": float(encode_ridge),
         }
         # codes learned for the training snapshots, and a sketch to recognise them
         self._train_codes: Tensor | None = None
@@ -330,6 +391,7 @@ class SINR(Encoder):
         self._grid_latlon = torch.stack([lat, lon], dim=-1)  # (P, 2) float64, CPU
         self._cache: dict[tuple[torch.dtype, torch.device], tuple[Tensor, Tensor]] = {}
         self._point_cache: dict[tuple, Tensor] = {}
+        self._affine_cache: dict[tuple, tuple[Tensor, Tensor]] = {}
 
         n_sh, h = 2 * self.max_freq + 1, self.hidden
         self.filters = nn.ModuleList(nn.Linear(n_sh, h) for _ in range(self.depth + 1))
@@ -340,7 +402,15 @@ class SINR(Encoder):
         self.head_weight = nn.Parameter(torch.empty(self.depth + 1, self.n_channels, h))
         self.head_bias = nn.Parameter(torch.zeros(self.n_channels))
         self.register_buffer("code_mean", torch.zeros(self.latent_dim))
+        self.register_buffer("code_scale", torch.ones(self.latent_dim))
+        self._register_load_state_dict_pre_hook(self._fill_missing_buffers)
         self._init_weights()
+
+    def _fill_missing_buffers(self, state_dict, prefix, *args, **kwargs) -> None:
+        # models saved before ``code_scale`` existed load with unit scales
+        key = prefix + "code_scale"
+        if key not in state_dict:
+            state_dict[key] = torch.ones_like(self.code_scale)
 
     # ------------------------------------------------------------ set-up
     def _grid_points(self) -> tuple[Tensor, Tensor]:
@@ -534,6 +604,236 @@ class SINR(Encoder):
     def _chunk(self, n_points: int, per_point: int) -> int:
         return max(1, _CHUNK_ELEMENTS // max(1, n_points * per_point * self.hidden))
 
+    # ------------------------------------------------------------ affine structure
+    def _weights_version(self) -> tuple:
+        """Identity and in-place version of every parameter (keys the affine caches)."""
+        return tuple((p.data_ptr(), p._version) for p in self.parameters())
+
+    def _affine(self, feats: Tensor, channel: Tensor) -> tuple[Tensor, Tensor]:
+        r"""The exact affine form of the decoder at points: ``D(z; p) = d(p) + J(p) a_c``.
+
+        The network has no activation function: ``h_l`` is multiplied by the
+        code-independent filter ``g_l(p)`` only, so every ``h_l`` and the
+        output are affine in the code. ``d`` is the output at code zero (one
+        forward pass, the same hidden states for every channel) and ``J`` the
+        per-point gradient, from the adjoint recursion
+
+        .. math::
+
+            \lambda_L = w_{L,c} \odot g_L, \quad
+            \lambda_l = g_l \odot (w_{l,c} + W_{l+1}^\top \lambda_{l+1}), \quad
+            J(p) = \sum_{l=1}^{L} S_l^\top \lambda_l(p)
+
+        (one backward pass for all points at once: each point's output
+        depends on its own hidden states only).
+
+        ``feats (Q, L+1, 2F+1)``, ``channel (Q,)``; returns ``d (Q,)`` and
+        ``J (Q, code_dim)`` in float64 on the module's device (no gradient).
+        """
+        f64 = torch.float64
+        n = feats.shape[0]
+        offs, jacs = [], []
+        with torch.inference_mode(False), torch.no_grad():
+            fw = [(lin.weight.to(f64), lin.bias.to(f64)) for lin in self.filters]
+            lw = [(lin.weight.to(f64), lin.bias.to(f64)) for lin in self.layers]
+            sw = [mod.weight.to(f64) for mod in self.modulations]  # (H, K) each
+            heads_all = self.head_weight.to(f64)  # (L+1, C, H)
+            bias_all = self.head_bias.to(f64)
+            for i in range(0, n, _AFFINE_CHUNK):
+                ft = feats[i : i + _AFFINE_CHUNK].to(f64)
+                ch = channel[i : i + _AFFINE_CHUNK]
+                g = [torch.addmm(b, ft[:, l], w.t()) for l, (w, b) in enumerate(fw)]
+                heads = heads_all[:, ch]  # (L+1, q, H)
+                h = g[0]
+                off = (h * heads[0]).sum(-1) + bias_all[ch]
+                for l in range(1, self.depth + 1):
+                    w, b = lw[l - 1]
+                    h = torch.addmm(b, h, w.t()) * g[l]
+                    off = off + (h * heads[l]).sum(-1)
+                jac = ft.new_zeros(ft.shape[0], self.code_dim)
+                lam = None
+                for l in range(self.depth, 0, -1):
+                    back = heads[l] if lam is None else heads[l] + lam @ lw[l][0]
+                    lam = g[l] * back
+                    jac = jac + lam @ sw[l - 1]
+                offs.append(off)
+                jacs.append(jac)
+        if not offs:
+            z = feats.new_zeros(0, dtype=f64)
+            return z, z.reshape(0, 1).expand(0, self.code_dim)
+        return torch.cat(offs), torch.cat(jacs)
+
+    def _grid_affine(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Affine maps on the training layout, cached until the weights change.
+
+        Returns ``d (C P,)``, ``J (C P, K)`` (float64), the channel of each
+        row ``(C P,)`` and the cos-lat weights ``(C P,)``, channel-major (the
+        order of ``x.reshape(B, -1)``).
+        """
+        key = ("grid", self._ref.dtype, self._ref.device, self._weights_version())
+        hit = self._affine_cache.get(key)
+        if hit is None:
+            feats, w = self._grid_cache()
+            p = feats.shape[0]
+            channel = torch.arange(self.n_channels, device=feats.device).repeat_interleave(p)
+            off, jac = self._affine(feats.repeat(self.n_channels, 1, 1), channel)
+            hit = (off, jac, channel, w.repeat(self.n_channels))
+            self._affine_cache = {k: v for k, v in self._affine_cache.items() if k[0] != "grid"}
+            self._affine_cache[key] = hit
+        return hit
+
+    def _points_affine(self, points: Tensor, channel: Tensor) -> tuple[Tensor, Tensor]:
+        """Affine maps at scattered points, cached for the last few point sets."""
+        pts = points.detach().to("cpu", torch.float64).contiguous()
+        ch = channel.detach().to("cpu", torch.long).contiguous()
+        digest = hashlib.sha1(pts.numpy().tobytes() + ch.numpy().tobytes()).hexdigest()
+        key = ("points", digest, self._ref.dtype, self._ref.device, self._weights_version())
+        hit = self._affine_cache.pop(key, None)
+        if hit is None:
+            hit = self._affine(self._point_features(points), channel.to(self._ref.device))
+        self._affine_cache[key] = hit
+        pts_keys = [k for k in self._affine_cache if k[0] == "points"]
+        for k in pts_keys[: max(0, len(pts_keys) - _POINT_CACHE_SIZE)]:
+            del self._affine_cache[k]
+        return hit
+
+    def _solve_codes(
+        self,
+        off: Tensor,
+        jac: Tensor,
+        channel: Tensor,
+        target: Tensor,
+        weight: Tensor,
+        ridge: float,
+    ) -> tuple[Tensor, Tensor]:
+        r"""Exact minimiser of the weighted misfit plus a ridge towards the mean code.
+
+        Per sample and channel ``c`` (the channels decouple: each has its own
+        code), with ``u = (a_c - \bar a_c) / s_c`` (``s`` = ``code_scale``,
+        the spread of the training codes):
+
+        .. math::
+
+            \min_u \frac{\sum_p w_p (d_p + J_p (\bar a_c + s_c u) - x_p)^2}{\sum_p w_p}
+            + \frac{\rho}{K C} \lVert u \rVert^2,
+
+        a ``K x K`` Cholesky solve per channel (per sample as well when missing
+        values make the weights differ between samples). ``off, jac`` from
+        :meth:`_affine`; ``target (B, Q)`` with NaN for missing values;
+        ``weight (Q,)``. Returns ``z (B, latent_dim)`` in the module's dtype
+        and the weighted MSE of each sample ``(B,)`` (without the ridge term).
+        """
+        f64 = torch.float64
+        k, c = self.code_dim, self.n_channels
+        with torch.inference_mode(False), torch.no_grad():
+            x = target.detach().to(f64)
+            finite = torch.isfinite(x)
+            x = torch.where(finite, x, torch.zeros_like(x))
+            w = weight.detach().to(f64)
+            shared = bool(finite.all())
+            wb = w.expand_as(x) if shared else w * finite  # (B, Q)
+            mean = self.code_mean.detach().to(f64).reshape(c, k)
+            scale = self.code_scale.detach().to(f64).reshape(c, k)
+            js = jac * scale[channel]  # (Q, K): the Jacobian in scaled units u
+            base = off + (jac * mean[channel]).sum(-1)  # decoded at the mean code
+            resid = x - base
+            wsum = wb.sum(-1).clamp_min(torch.finfo(f64).tiny)  # (B,)
+            eye = torch.eye(k, dtype=f64, device=x.device)
+            reg = float(ridge) / (k * c)
+            u = x.new_zeros(x.shape[0], c, k)
+            for ci in range(c):
+                rows = torch.nonzero(channel == ci).reshape(-1)
+                if rows.numel() == 0:
+                    continue
+                jc = js[rows]  # (q, K)
+                if shared:
+                    gram = (jc.t() * w[rows]) @ jc / wsum[0]  # (K, K)
+                    rhs = (resid[:, rows] * w[rows]) @ jc / wsum[:, None]  # (B, K)
+                    u[:, ci] = self._spd_solve(gram + reg * eye, rhs.t(), ridge).t()
+                else:
+                    wc = wb[:, rows]  # (B, q)
+                    gram = torch.einsum("bq,qk,ql->bkl", wc, jc, jc) / wsum[:, None, None]
+                    rhs = (resid[:, rows] * wc) @ jc / wsum[:, None]
+                    u[:, ci] = self._spd_solve(gram + reg * eye, rhs[..., None], ridge)[..., 0]
+            a = mean + scale * u  # (B, C, K)
+            pred = self._affine_decode(off, jac, channel, a)
+            loss = (wb * (pred - x) ** 2).sum(-1) / wsum
+        return a.reshape(x.shape[0], -1).to(self._ref.dtype), loss.to(self._ref.dtype)
+
+    def _affine_decode(self, off: Tensor, jac: Tensor, channel: Tensor, a: Tensor) -> Tensor:
+        """``d + J a_c`` at every row: ``a (B, C, K)`` -> ``(B, Q)``, one matmul per channel.
+
+        Differentiable in ``a`` (not in the weights: ``d`` and ``J`` are constants).
+        """
+        out = off.to(a.dtype).expand(a.shape[0], -1)
+        for ci in range(self.n_channels):
+            rows = torch.nonzero(channel == ci).reshape(-1)
+            if rows.numel():
+                part = out[:, rows] + a[:, ci] @ jac[rows].to(a.dtype).t()
+                out = out.index_copy(1, rows, part)
+        return out
+
+    def affine_map(
+        self, points: Tensor | None = None, channel: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """The decoder as the affine map it is: ``D(z) = offset + matrix @ z``.
+
+        SINR's network multiplies hidden states by position-only filters and
+        adds the code's shift before each product, with no activation
+        function, so every output is affine in the code (exactly, for any
+        weights); each value depends on the code of its own channel only.
+
+        Parameters
+        ----------
+        points, channel : Tensor, optional
+            ``(P, 2)`` latitude/longitude in degrees and ``(P,)`` channels;
+            default: the training layout (rows ordered as
+            ``x.reshape(B, -1)``, i.e. channel-major).
+
+        Returns
+        -------
+        offset : Tensor
+            ``(P,)``, the decoded values at ``z = 0``.
+        matrix : Tensor
+            ``(P, latent_dim)``, block-sparse: row ``p`` is zero outside the
+            code of ``channel[p]``. In the module's dtype and device.
+
+        Examples
+        --------
+        >>> import torch
+        >>> grid = {"kind": "points", "lat": [0.0, 45.0, -45.0], "lon": [0.0, 90.0, 200.0]}
+        >>> enc = SINR(1, (3,), latent_dim=2, grid=grid, hidden=4, depth=2, max_freq=1)
+        >>> _ = enc.fit(torch.randn(2, 1, 3), epochs=1, progress=False)
+        >>> offset, matrix = enc.affine_map()
+        >>> z = torch.randn(4, 2)
+        >>> torch.allclose(enc.decode(z).reshape(4, -1), offset + z @ matrix.T, atol=1e-5)
+        True
+        """
+        self._require_fitted()
+        if points is None:
+            off, jac, channel, _ = self._grid_affine()
+        else:
+            if channel is None:
+                raise ShapeError("affine_map(points, channel): channel is required with points")
+            points, channel = self._check_points(points, channel)
+            off, jac = self._points_affine(points, channel)
+        k = self.code_dim
+        cols = channel[:, None] * k + torch.arange(k, device=channel.device)
+        matrix = jac.new_zeros(jac.shape[0], self.latent_dim).scatter(1, cols, jac)
+        return off.to(self._ref.dtype), matrix.to(self._ref.dtype)
+
+    @staticmethod
+    def _spd_solve(gram: Tensor, rhs: Tensor, ridge: float) -> Tensor:
+        """Solve ``gram @ u = rhs`` for symmetric positive (semi-)definite ``gram``.
+
+        Cholesky when it succeeds; a singular system (``ridge = 0`` and too
+        few points for the code) gets the minimum-norm least-squares solution.
+        """
+        chol, info = torch.linalg.cholesky_ex(gram)
+        if ridge > 0 and not bool((info != 0).any()):
+            return torch.cholesky_solve(rhs, chol)
+        return torch.linalg.pinv(gram, hermitian=True) @ rhs
+
     # ------------------------------------------------------------ protocol
     def decode(self, z: Tensor) -> Tensor:
         """Decode latent vectors on the training layout.
@@ -555,8 +855,12 @@ class SINR(Encoder):
         """
         self._require_fitted()
         self._check_latent(z)
-        feats, _ = self._grid_cache()
         zz = z.to(self._ref.device, self._ref.dtype)
+        if self.affine_decode:
+            off, jac, channel, _ = self._grid_affine()
+            out = self._affine_decode(off, jac, channel, self._codes(zz))
+            return out.reshape(-1, self.n_channels, *self.spatial_shape).to(z.device, z.dtype)
+        feats, _ = self._grid_cache()
         filt = self._filters(feats)
         step = self._chunk(feats.shape[0], self.n_channels)
         parts = [
@@ -613,8 +917,11 @@ class SINR(Encoder):
         self._require_fitted()
         self._check_latent(z)
         points, channel = self._check_points(points, channel)
-        feats = self._point_features(points)
         zz = z.to(self._ref.device, self._ref.dtype)
+        if self.affine_decode:
+            off, jac = self._points_affine(points, channel)
+            return self._affine_decode(off, jac, channel, self._codes(zz)).to(z.device, z.dtype)
+        feats = self._point_features(points)
         filt = self._filters(feats)
         step = self._chunk(feats.shape[0], 1)
         parts = [
@@ -683,37 +990,70 @@ class SINR(Encoder):
             return target, weight.unsqueeze(0)
         return torch.where(finite, target, torch.zeros_like(target)), weight * finite
 
+    def _method(self, method: str | None) -> str:
+        method = self.training_defaults["encode_method"] if method is None else str(method)
+        if method not in _METHODS:
+            raise ConfigError(f"method must be one of {_METHODS}, got {method!r}")
+        return method
+
+    def _ridge(self, ridge: float | None) -> float:
+        ridge = self.training_defaults["encode_ridge"] if ridge is None else float(ridge)
+        if not ridge >= 0.0:
+            raise ConfigError(f"ridge must be >= 0, got {ridge!r}")
+        return ridge
+
     def encode(
         self,
         x: Tensor,
         *,
+        method: str | None = None,
+        ridge: float | None = None,
+        training_index: Tensor | None = None,
         steps: int | None = None,
         lr: float | None = None,
         batch_size: int | None = None,
         progress: bool | None = None,
         reuse_codes: bool | None = None,
     ) -> Tensor:
-        """Encode fields on the training layout by auto-decoding.
+        """Encode fields on the training layout.
 
         Parameters
         ----------
         x : Tensor
             ``(B, C, *spatial_shape)``; NaN marks missing values (ignored).
+        method : {"solve", "adam"}, optional
+            ``"solve"`` (default of the config): the exact minimiser of the
+            cos-lat weighted misfit (plus ``ridge``), by one ``K x K``
+            linear solve per channel; the decoder is affine in the code (see
+            :meth:`affine_map`), so this *is* the converged Gauss-Newton
+            iterate (Gauss-Newton converges in one step). ``"adam"``: the
+            auto-decoding of the paper (Adam on ``z`` from the mean code,
+            ``steps``, ``lr``).
+        ridge : float, optional
+            ``rho`` of the ridge term towards the mean training code in
+            units of the training codes' spread (see :meth:`encode_from`);
+            default ``encode_ridge`` of the config. ``"solve"`` only.
+        training_index : LongTensor, optional
+            ``(B,)``: sample ``b`` is the training snapshot
+            ``training_index[b]`` of the last :meth:`fit` (``-1``: not a
+            training snapshot) and gets its code :attr:`train_codes` from
+            training without being encoded. Explicit, by index; the others
+            are encoded.
         steps : int, optional
-            Most Adam steps (default: the ``encode_steps`` of the config).
+            ``"adam"``: most Adam steps (default ``encode_steps``).
         lr : float, optional
-            Initial learning rate (default ``encode_lr``); halved per sample
-            on a 20-step plateau, and a sample stops at ``lr / 100``.
+            ``"adam"``: initial learning rate (default ``encode_lr``); halved
+            per sample on a 20-step plateau, and a sample stops at ``lr / 100``.
         batch_size : int, optional
-            Samples optimised together (default: as many as fit the memory
-            budget, see Notes of the class).
+            ``"adam"``: samples optimised together (default: as many as fit
+            the memory budget, see Notes of the class).
         progress : bool, optional
-            Progress bar over chunks (default from :func:`xlatda.get_options`).
+            ``"adam"``: progress bar over chunks (default from
+            :func:`xlatda.get_options`).
         reuse_codes : bool, optional
-            Samples equal (to rounding) to a snapshot of the last :meth:`fit`
-            get the code learned for that snapshot during training, without
-            auto-decoding; the others are auto-decoded. Default: the
-            ``reuse_codes`` of the config (False).
+            Deprecated heuristic kept for compatibility: samples equal (to
+            rounding, by a fingerprint) to a training snapshot get its code.
+            Prefer ``training_index``. Default ``reuse_codes`` of the config.
 
         Returns
         -------
@@ -722,33 +1062,70 @@ class SINR(Encoder):
 
         Raises
         ------
-        NotFittedError, ShapeError
+        NotFittedError, ShapeError, ConfigError
         """
         self._require_fitted()
         self._check_fields(x)
-        feats, w = self._grid_cache()
+        method, ridge = self._method(method), self._ridge(ridge)
         target = x.detach().to(self._ref.device, self._ref.dtype).reshape(
             x.shape[0], self.n_channels, -1
         )
-        if reuse_codes is None:
-            reuse_codes = self.training_defaults["reuse_codes"]
-        known = self._training_match(target) if reuse_codes else None
-        target, weight = self._mask(target, w)
+        known = None
+        if training_index is not None:
+            known = self._check_training_index(training_index, x.shape[0])
+        else:
+            if reuse_codes is None:
+                reuse_codes = self.training_defaults["reuse_codes"]
+            known = self._training_match(target) if reuse_codes else None
+
+        def run(t: Tensor) -> Tensor:
+            if method == "solve":
+                off, jac, channel, w = self._grid_affine()
+                return self._solve_codes(off, jac, channel, t.reshape(t.shape[0], -1), w,
+                                         ridge)[0]
+            feats, w = self._grid_cache()
+            tt, weight = self._mask(t, w)
+            return self._autodecode_batches(
+                tt, weight, feats, None, steps, lr, batch_size, progress, "SINR encode"
+            )[0]
+
         if known is None or not bool((known >= 0).any()):
-            z, _ = self._autodecode_batches(
-                target, weight, feats, None, steps, lr, batch_size, progress, "SINR encode"
-            )
-            return z.to(x.device, x.dtype)
+            return run(target).to(x.device, x.dtype)
         z = self._train_codes[known.clamp_min(0)].to(target.device, target.dtype)
         todo = torch.nonzero(known < 0).reshape(-1)
         if todo.numel():
-            w_todo = weight if weight.shape[0] == 1 else weight[todo]
-            z_new, _ = self._autodecode_batches(
-                target[todo], w_todo, feats, None, steps, lr, batch_size, progress,
-                "SINR encode",
-            )
-            z = z.index_copy(0, todo, z_new)
+            z = z.index_copy(0, todo, run(target[todo]))
         return z.to(x.device, x.dtype)
+
+    @property
+    def train_codes(self) -> Tensor | None:
+        """Codes learned by the last :meth:`fit`, ``(N, latent_dim)``, aligned with ``x_train``.
+
+        ``None`` before fitting and after loading a state dict (the codes
+        belong to the training run, not to the model).
+        """
+        return self._train_codes
+
+    def _check_training_index(self, index: Tensor, n: int) -> Tensor:
+        if self._train_codes is None:
+            raise ConfigError(
+                "training_index needs the codes of the last fit(), but this model has none "
+                "(not fitted in this session, or loaded from a state dict); encode without "
+                "training_index"
+            )
+        index = torch.as_tensor(index)
+        if index.shape != (n,) or index.is_floating_point():
+            raise ShapeError(
+                f"training_index must be an integer tensor of shape ({n},), got "
+                f"{tuple(index.shape)} {index.dtype}"
+            )
+        m = self._train_codes.shape[0]
+        if index.numel() and (int(index.max()) >= m or int(index.min()) < -1):
+            raise ShapeError(
+                f"training_index values must lie in [-1, {m - 1}] (the fit had {m} "
+                f"snapshots; -1 = encode), got range [{int(index.min())}, {int(index.max())}]"
+            )
+        return index.to(self._train_codes.device, torch.long)
 
     def _training_match(self, target: Tensor) -> Tensor | None:
         """Index of the training snapshot each sample equals (to rounding), else -1."""
@@ -767,15 +1144,28 @@ class SINR(Encoder):
         points: Tensor,
         channel: Tensor,
         *,
+        method: str | None = None,
+        ridge: float | None = None,
+        weights: Tensor | None = None,
         steps: int | None = None,
         lr: float | None = None,
         batch_size: int | None = None,
         progress: bool | None = None,
     ) -> Tensor:
-        """Encode scattered values at arbitrary points ("zero-shot") by auto-decoding.
+        r"""Encode scattered values at arbitrary points ("zero-shot").
 
         The misfit is weighted by ``cos(lat)`` of the points (normalised to
-        mean 1), like the training loss.
+        mean 1), like the training loss, or by ``weights``. With
+        ``method="solve"`` the code is the exact minimiser of
+
+        .. math::
+
+            \frac{\sum_p w_p (D(z; p) - y_p)^2}{\sum_p w_p}
+            + \frac{\rho}{K C} \sum_c \lVert (a_c - \bar a_c) / s_c \rVert^2
+
+        (``\bar a``, ``s``: mean and spread of the training codes; ``rho`` =
+        ``ridge``), a MAP estimate with a Gaussian prior on the code. A
+        channel with no observed point keeps its mean code (for ``rho > 0``).
 
         Parameters
         ----------
@@ -785,8 +1175,13 @@ class SINR(Encoder):
             ``(P, 2)`` latitude, longitude in degrees.
         channel : LongTensor
             ``(P,)`` channel of each value.
-        steps, lr, batch_size, progress
+        method, ridge
             As in :meth:`encode`.
+        weights : Tensor, optional
+            ``(P,)`` non-negative point weights instead of ``cos(lat)``
+            (e.g. inverse observation-error variances).
+        steps, lr, batch_size, progress
+            As in :meth:`encode` (``"adam"`` only).
 
         Returns
         -------
@@ -795,20 +1190,33 @@ class SINR(Encoder):
 
         Raises
         ------
-        NotFittedError, ShapeError
+        NotFittedError, ShapeError, ConfigError
         """
         self._require_fitted()
+        method, ridge = self._method(method), self._ridge(ridge)
         points, channel = self._check_points(points, channel)
         if values.dim() != 2 or values.shape[1] != points.shape[0]:
             raise ShapeError(
                 f"values must be (B, P) with P = {points.shape[0]} points, "
                 f"got {tuple(values.shape)}"
             )
-        feats = self._point_features(points)
-        lat = points[:, 0].to(self._ref.device, self._ref.dtype)
-        w = torch.cos(torch.deg2rad(lat)).clamp_min(0.0)
+        if weights is None:
+            lat = points[:, 0].to(self._ref.device, self._ref.dtype)
+            w = torch.cos(torch.deg2rad(lat)).clamp_min(0.0)
+        else:
+            w = torch.as_tensor(weights).to(self._ref.device, self._ref.dtype)
+            if w.shape != (points.shape[0],) or bool((w < 0).any()):
+                raise ShapeError(
+                    f"weights must be non-negative of shape ({points.shape[0]},), got "
+                    f"{tuple(w.shape)}"
+                )
         w = w / w.mean().clamp_min(torch.finfo(w.dtype).tiny)
         target = values.detach().to(self._ref.device, self._ref.dtype)
+        if method == "solve":
+            off, jac = self._points_affine(points, channel)
+            z, _ = self._solve_codes(off, jac, channel, target, w, ridge)
+            return z.to(values.device, values.dtype)
+        feats = self._point_features(points)
         target, weight = self._mask(target, w)
         z, _ = self._autodecode_batches(
             target, weight, feats, channel, steps, lr, batch_size, progress, "SINR encode_from"
@@ -919,6 +1327,7 @@ class SINR(Encoder):
             xv = wv = None
             if x_val is not None:
                 xv = x_val.detach().to(dev, dt).reshape(x_val.shape[0], self.n_channels, n_pts)
+                x_val_flat = xv.reshape(xv.shape[0], -1)  # NaN kept: missing values
                 xv, wv = self._mask(xv, w)
 
             gen = torch.Generator().manual_seed(seed)
@@ -966,9 +1375,16 @@ class SINR(Encoder):
                 if xv is not None:
                     with torch.no_grad():
                         self.code_mean.copy_(codes.weight.mean(0))
-                    _, vl = self._autodecode_batches(
-                        xv, wv, feats, None, val_steps, None, None, False, "SINR validate"
-                    )
+                        self.code_scale.copy_(_code_scale(codes.weight))
+                    if self.training_defaults["encode_method"] == "solve":
+                        off, jac, chan, wg = self._grid_affine()
+                        _, vl = self._solve_codes(
+                            off, jac, chan, x_val_flat, wg, self.training_defaults["encode_ridge"]
+                        )
+                    else:
+                        _, vl = self._autodecode_batches(
+                            xv, wv, feats, None, val_steps, None, None, False, "SINR validate"
+                        )
                     score = float(vl.mean())
                     hist["val_loss"].append(score)
                 else:
@@ -977,6 +1393,7 @@ class SINR(Encoder):
                     best, best_epoch, stale = score, epoch, 0
                     best_state = copy.deepcopy(self.state_dict())
                     best_state["code_mean"] = codes.weight.detach().mean(0).clone()
+                    best_state["code_scale"] = _code_scale(codes.weight.detach())
                     best_codes = codes.weight.detach().clone()
                 else:
                     stale += 1
