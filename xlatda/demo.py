@@ -36,7 +36,7 @@ from xlatda.io import open_model
 from xlatda.model import LatentModel
 from xlatda.obs import sample_points
 
-__all__ = ["DemoResult", "demo_model_path", "run_demo"]
+__all__ = ["DemoResult", "demo_model_path", "normalised_rmse", "normalised_spread", "run_demo"]
 
 
 def demo_model_path() -> Path:
@@ -68,7 +68,7 @@ class DemoResult:
         return "\n".join(lines)
 
 
-def _normalised_rmse(fields: xr.Dataset, truth: xr.Dataset, model: LatentModel) -> xr.DataArray:
+def normalised_rmse(fields: xr.Dataset, truth: xr.Dataset, model: LatentModel) -> xr.DataArray:
     """cos-lat weighted RMSE over space and variables, in units of each variable's std."""
     lat = model.layout.axes.lat
     w = np.cos(np.deg2rad(truth[lat]))
@@ -80,7 +80,7 @@ def _normalised_rmse(fields: xr.Dataset, truth: xr.Dataset, model: LatentModel) 
     return np.sqrt(total / len(model.layout.variables))
 
 
-def _normalised_spread(ens: xr.Dataset, model: LatentModel) -> xr.DataArray:
+def normalised_spread(ens: xr.Dataset, model: LatentModel) -> xr.DataArray:
     lat = model.layout.axes.lat
     w = np.cos(np.deg2rad(ens[lat]))
     total = 0
@@ -176,13 +176,13 @@ def run_demo(
                     seed=seed, progress=progress, **kwargs)
         label = f"latent {method}"
         means[label] = res.analysis.mean("member")[list(L.variables)]
-        spread = (_normalised_spread(res.analysis, model).mean().item()
+        spread = (normalised_spread(res.analysis, model).mean().item()
                   if res.analysis.sizes["member"] > 1 else np.nan)
         records[label] = {"seconds": time.perf_counter() - t, "spread": spread}
         say(f"{label}: done in {records[label]['seconds']:.1f} s")
 
     names = list(means)
-    rmse_t = xr.concat([_normalised_rmse(means[m], truth.sel(time=means[m].time), model)
+    rmse_t = xr.concat([normalised_rmse(means[m], truth.sel(time=means[m].time), model)
                         for m in names], dim=xr.DataArray(names, dims="run", name="run"))
     scores = xr.Dataset(
         {"rmse": rmse_t.mean("time"),

@@ -38,7 +38,16 @@ from xlatda import metrics
 from xlatda.cf import find_axes, is_datetime
 from xlatda.errors import ConfigError, LayoutError, VariableNotFoundError
 
-__all__ = ["latent_trajectory", "maps", "rank_histogram", "rmse_spread", "spread_skill"]
+__all__ = [
+    "analysis_maps",
+    "experiment_figure",
+    "latent_trajectory",
+    "maps",
+    "rank_histogram",
+    "rmse_spread",
+    "score_series",
+    "spread_skill",
+]
 
 XArray = xr.DataArray | xr.Dataset
 _ERROR_SUFFIX = "_error_std"
@@ -89,17 +98,58 @@ def _cartopy_crs(projection: Any):
     return projection
 
 
+_DEGREE_UNITS = {  # CF spellings of degrees, as printed on axes
+    "degrees_north": "°N", "degree_north": "°N", "degrees_n": "°N", "degree_n": "°N",
+    "degreesn": "°N", "degrees_east": "°E", "degree_east": "°E", "degrees_e": "°E",
+    "degree_e": "°E", "degreese": "°E", "degrees": "°", "degree": "°",
+}
+
+
+def _pretty_units(units: Any) -> str:
+    """Units as printed: CF degrees as ``°N``/``°E``, the rest as they are."""
+    return _DEGREE_UNITS.get(str(units).strip().lower(), str(units))
+
+
 def _label(da: xr.DataArray, name: Hashable | None = None) -> str:
-    """``long name [units]`` from CF attributes (units left out when absent)."""
+    """``long name [units]`` from CF attributes (units left out when absent).
+
+    Degrees print as ``°N``/``°E`` (``latitude [°N]``, not ``degrees_north``).
+    """
     text = da.attrs.get("long_name") or da.attrs.get("standard_name") or name or da.name
     text = str(text) if text is not None else "value"
     units = da.attrs.get("units")
-    return f"{text} [{units}]" if units not in (None, "") else text
+    return f"{text} [{_pretty_units(units)}]" if units not in (None, "") else text
 
 
 def _units_suffix(da: xr.DataArray) -> str:
     units = da.attrs.get("units")
-    return f" [{units}]" if units not in (None, "") else ""
+    return f" [{_pretty_units(units)}]" if units not in (None, "") else ""
+
+
+def _time_axis(ax: Any, values: Any) -> None:
+    """Date ticks that do not overlap and show the year (``ConciseDateFormatter``)."""
+    if np.asarray(values).dtype.kind != "M":
+        return
+    import matplotlib.dates as mdates
+
+    locator = mdates.AutoDateLocator(minticks=3, maxticks=7)
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, show_offset=True))
+
+
+def _log_or_linear(ax: Any, values: Any) -> None:
+    """Log y axis with labelled 1-2-5 ticks when the values span > 20x, else linear from 0."""
+    v = np.asarray(values, float)
+    v = v[np.isfinite(v) & (v > 0)]
+    if v.size and v.max() / v.min() > 20:
+        from matplotlib.ticker import LogFormatterSciNotation, LogLocator, NullFormatter
+
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(LogFormatterSciNotation(labelOnlyBase=False))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+    else:
+        ax.set_ylim(bottom=0, top=1.05 * float(v.max()) if v.size else None)
 
 
 def _state_names(ds: xr.Dataset) -> list[str]:
@@ -764,6 +814,7 @@ def rmse_spread(
                 label=f"{role} spread (mean {float(spr.mean()):.3g})")
     ax.set_ylim(bottom=0)
     ax.set_xlabel(_label(series[0][1], tname))
+    _time_axis(ax, series[0][1].values)
     ax.set_ylabel("RMSE, spread" + units)
     ax.set_title(f"RMSE and spread: {label}")
     ax.legend(loc="best", fontsize="small")
@@ -1029,4 +1080,321 @@ def latent_trajectory(
     ax.set_title(title)
     ax.legend(loc="best", fontsize="small")
     ax.grid(alpha=0.3)
+    return fig
+
+
+# --------------------------------------------------------------------------
+# publication figures: every variable, every role; scores over time
+# --------------------------------------------------------------------------
+
+
+def _at_time(da: xr.DataArray, t: Any, member_dim: str) -> xr.DataArray:
+    tname = _time_dim(da)
+    if tname is not None:
+        da = da.sel({tname: t}, method="nearest")
+    if member_dim in da.dims:
+        da = da.mean(member_dim, keep_attrs=True)
+    return da
+
+
+def analysis_maps(
+    truth: xr.Dataset | None,
+    background: xr.Dataset | None,
+    analysis: xr.Dataset,
+    obs: xr.Dataset | None = None,
+    *,
+    variables: list[str] | None = None,
+    time: Any = None,
+    member_dim: str = "member",
+    cmap: str = "viridis",
+    diff_cmap: str = "RdBu_r",
+    projection: Any = None,
+    coastlines: bool = True,
+    fig: Any = None,
+):
+    """Maps of truth, background, analysis and error (or increment) for every variable.
+
+    One row per variable, columns truth / background / analysis / analysis −
+    truth (the analysis error; without a truth: analysis − background, the
+    increment). The three state panels of a row share one colour scale and
+    one colour bar beside them; the error panel has its own symmetric one.
+    Observation locations at the drawn time are marked on every panel.
+    Ensembles are drawn as their mean. Regional maps keep degrees square
+    (aspect ``1 / cos(mean latitude)``); with cartopy installed they are
+    drawn on ``PlateCarree`` with coastlines, otherwise on plain axes
+    labelled ``longitude [°E]`` / ``latitude [°N]``.
+
+    Parameters
+    ----------
+    truth, background : Dataset or None
+        Verifying data and forecast (with or without time and member dims).
+    analysis : Dataset
+        The analysis (ensemble or mean) on a latitude/longitude grid.
+    obs : Dataset, optional
+        Observation set; its locations nearest in time to ``time`` are shown.
+    variables : list of str, optional
+        Default: every data variable of the analysis.
+    time : label, optional
+        Time drawn (nearest); default the last analysis time.
+    member_dim, cmap, diff_cmap, projection, coastlines :
+        As in :func:`maps`.
+    fig : Figure or SubFigure, optional
+        Where to draw (a new constrained-layout figure by default).
+
+    Returns
+    -------
+    matplotlib.figure.Figure or SubFigure
+        ``axes`` hold the panels row by row, then the colour bars.
+
+    Raises
+    ------
+    ConfigError
+        The analysis is not on a latitude/longitude grid.
+
+    Examples
+    --------
+    >>> import matplotlib; matplotlib.use("Agg")
+    >>> import numpy as np, xarray as xr, xlatda.plot
+    >>> lat = xr.DataArray([50.0, 51.0, 52.0], dims="lat", attrs={"units": "degrees_north"})
+    >>> lon = xr.DataArray([0.0, 1.0, 2.0, 3.0], dims="lon", attrs={"units": "degrees_east"})
+    >>> ds = xr.Dataset({"t": (("lat", "lon"), np.ones((3, 4)), {"units": "K"})},
+    ...                 coords={"lat": lat, "lon": lon})
+    >>> fig = xlatda.plot.analysis_maps(ds, ds * 0.9, ds * 1.1)
+    >>> [ax.get_title() for ax in fig.axes[:4]]
+    ['t: truth [K]', 't: background [K]', 't: analysis [K]', 't: analysis − truth [K]']
+    >>> fig.axes[0].get_ylabel(), fig.axes[0].get_xlabel()
+    ('latitude [°N]', 'longitude [°E]')
+    """
+    plt = _pyplot()
+    from matplotlib.colors import Normalize
+
+    variables = variables or _state_names(analysis)
+    first = analysis[variables[0]]
+    try:
+        axes = find_axes(first)
+    except LayoutError:
+        axes = None
+    if axes is None or axes.lat is None or axes.lon is None:
+        raise ConfigError(
+            f"analysis_maps draws latitude/longitude grids; {variables[0]!r} has dims "
+            f"{list(first.dims)}: use xlatda.plot.maps for other layouts")
+    lat, lon = axes.lat, axes.lon
+    tname = _time_dim(first)
+    if time is None and tname is not None:
+        time = first[tname].values[-1]
+    roles = [("truth", truth), ("background", background), ("analysis", analysis)]
+    roles = [(r, d) for r, d in roles if d is not None]
+    err_role = "analysis − truth" if truth is not None else (
+        "analysis − background" if background is not None else None)
+    ncols = len(roles) + (err_role is not None)
+    nrows = len(variables)
+    crs = _cartopy_crs(projection)
+    lat_v = np.asarray(first[lat].values, float)
+    lon_v = np.asarray(first[lon].values, float)
+    lat_span = float(np.ptp(lat_v)) or 1.0
+    lon_span = float(np.ptp(lon_v)) or 1.0
+    aspect = 1.0 / max(np.cos(np.deg2rad(np.mean(lat_v))), 0.2)
+    height = float(np.clip(lat_span * aspect / lon_span, 0.3, 1.5))
+    if fig is None:
+        fig = plt.figure(figsize=(3.6 * ncols + 1.2, (3.1 * height + 0.9) * nrows + 0.5),
+                         layout="constrained")
+    kw = {"projection": crs} if crs is not None else {}
+    transform = {}
+    if crs is not None:
+        import cartopy.crs as ccrs
+
+        transform = {"transform": ccrs.PlateCarree()}
+    panels = np.empty((nrows, ncols), dtype=object)
+    for i in range(nrows):
+        for j in range(ncols):
+            panels[i, j] = fig.add_subplot(nrows, ncols, i * ncols + j + 1, **kw)
+    locs = None
+    if obs is not None and "obs" in obs.dims:
+        sub = obs
+        if time is not None and "time" in obs.coords:
+            ot = _as_float(obs["time"].values)
+            t0 = _as_float([time])[0]
+            nearest = ot[np.argmin(np.abs(ot - t0))] if ot.size else t0
+            sub = obs.isel(obs=np.flatnonzero(ot == nearest))
+        olat, olon = _obs_locations(sub, lat, lon)
+        locs = (olat, _wrap_lon(olon, lon_v))
+    for i, v in enumerate(variables):
+        fields = {r: _at_time(d[v], time, member_dim) for r, d in roles}
+        if err_role is not None:
+            other = fields["truth"] if truth is not None else fields["background"]
+            err = fields["analysis"] - other
+        state_norm, _ = _norms(fields, None)
+        amp = float(np.nanmax(np.abs(err.values))) if err_role is not None else 1.0
+        err_norm = Normalize(-(amp or 1.0), amp or 1.0)
+        units = _units_suffix(analysis[v])
+        row = [*fields.items()] + ([(err_role, err)] if err_role is not None else [])
+        for j, (role, da) in enumerate(row):
+            ax = panels[i, j]
+            is_err = role == err_role
+            values = da.transpose(first[lat].dims[0], first[lon].dims[0]).values
+            mesh = ax.pcolormesh(lon_v, lat_v, values, shading="auto",
+                                 cmap=diff_cmap if is_err else cmap,
+                                 norm=err_norm if is_err else state_norm, **transform)
+            if locs is not None:
+                ax.scatter(locs[1], locs[0], s=14, facecolors="none", edgecolors="k",
+                           linewidths=0.7, zorder=3,
+                           label=f"{locs[0].size} observation locations", **transform)
+            ax.set_title(f"{v}: {role}{units}", fontsize="medium")
+            if crs is not None:
+                if coastlines:
+                    ax.coastlines(linewidth=0.6)
+                gl = ax.gridlines(draw_labels=True, linewidth=0.3, alpha=0.5)
+                gl.top_labels = gl.right_labels = False
+            else:
+                ax.set_aspect(aspect)
+                ax.set_xlim(lon_v.min(), lon_v.max())
+                ax.set_ylim(lat_v.min(), lat_v.max())
+                ax.set_xlabel(_label(first[lon], lon))
+                ax.set_ylabel(_label(first[lat], lat) if j == 0 else "")
+                ax.grid(alpha=0.25, linewidth=0.5)
+            if is_err:
+                fig.colorbar(mesh, ax=ax, shrink=0.85, label="Δ " + _label(analysis[v], v))
+            elif j == len(fields) - 1:
+                fig.colorbar(mesh, ax=list(panels[i, :len(fields)]), shrink=0.85,
+                             label=_label(analysis[v], v))
+    if locs is not None:
+        panels[0, 0].legend(loc="lower left", fontsize="x-small", framealpha=0.8)
+    if time is not None:
+        fig.suptitle(f"{_format_time(np.asarray(time))}" + (
+            " UTC" if np.asarray(time).dtype.kind == "M" else ""), fontsize="medium")
+    return fig
+
+
+def score_series(
+    scores: xr.Dataset | xr.DataArray,
+    variable: str | None = None,
+    *,
+    ax: Any = None,
+    ylabel: str | None = None,
+    highlight: str | None = None,
+):
+    """RMSE over time of every run (solid) and ensemble spread where there is one (dashed).
+
+    Parameters
+    ----------
+    scores : Dataset or DataArray
+        A scores Dataset of ``xlatda run`` (variables ``<variable>_rmse`` and
+        ``<variable>_spread`` with dims ``(run, time)``) or one DataArray
+        ``(run, time)``.
+    variable : str, optional
+        The variable of a scores Dataset (default: the first ``*_rmse``).
+    ax : matplotlib.axes.Axes, optional
+    ylabel : str, optional
+        Default from the RMSE's units.
+    highlight : str, optional
+        A run drawn thicker.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Notes
+    -----
+    Date axes use ``ConciseDateFormatter`` (no overlapping labels, the year
+    in the offset); values spanning more than a factor 20 get a log axis with
+    labelled 1-2-5 ticks.
+
+    Examples
+    --------
+    >>> import matplotlib; matplotlib.use("Agg")
+    >>> import numpy as np, pandas as pd, xarray as xr, xlatda.plot
+    >>> t = pd.date_range("2019-03-22", periods=48, freq="h")
+    >>> rmse = xr.DataArray(np.ones((2, 48)), dims=("run", "time"),
+    ...                     coords={"run": ["analysis", "background"], "time": t})
+    >>> fig = xlatda.plot.score_series(rmse, ylabel="RMSE [K]")
+    >>> [line.get_label() for line in fig.axes[0].get_lines()]
+    ['analysis (1)', 'background (1)']
+    """
+    plt = _pyplot()
+    spread = None
+    if isinstance(scores, xr.Dataset):
+        if variable is None:
+            names = [str(v)[:-5] for v in scores.data_vars if str(v).endswith("_rmse")]
+            if not names:
+                raise VariableNotFoundError("scores has no <variable>_rmse variable")
+            variable = names[0]
+        rmse = scores[f"{variable}_rmse"]
+        spread = scores.get(f"{variable}_spread")
+    else:
+        rmse = scores
+    if "run" not in rmse.dims:
+        rmse = rmse.expand_dims(run=[rmse.name or "run"])
+    tname = next((d for d in rmse.dims if d != "run"), None)
+    fig, ax = _new_axes(plt, ax, figsize=(8.0, 3.6))
+    times = rmse[tname].values
+    for i, run in enumerate(rmse.run.values):
+        series = rmse.sel(run=run)
+        colour = f"C{i}"
+        mean = float(np.sqrt(np.nanmean(np.asarray(series.values, float) ** 2)))
+        ax.plot(times, series.values, color=colour, lw=2.2 if run == highlight else 1.3,
+                label=f"{run} ({mean:.3g})")
+        if spread is not None and np.isfinite(spread.sel(run=run).values).any():
+            ax.plot(times, spread.sel(run=run).values, color=colour, lw=1.0, ls="--",
+                    label=f"{run} spread")
+    _log_or_linear(ax, np.concatenate([np.ravel(rmse.values)] + (
+        [np.ravel(spread.values)] if spread is not None else [])))
+    _time_axis(ax, times)
+    ax.set_xlabel(_label(rmse[tname], tname) if tname in rmse.coords else str(tname))
+    units = rmse.attrs.get("units")
+    ax.set_ylabel(ylabel or ("RMSE" + (f" [{_pretty_units(units)}]" if units else "")))
+    title = "RMSE against the verifying data (legend: RMS over time)"
+    ax.set_title(f"{variable}: {title}" if variable else title, fontsize="medium")
+    ax.legend(ncols=2 if rmse.sizes["run"] > 3 else 1, fontsize="small", loc="best")
+    ax.grid(alpha=0.3, which="both")
+    return fig
+
+
+def experiment_figure(truth, background, analysis, obs, scores, *, title: str = "",
+                      time: Any = None):
+    """One figure of an experiment: :func:`analysis_maps` above, :func:`score_series` below.
+
+    Parameters are those of the two functions; ``scores`` is the scores
+    Dataset of ``xlatda run`` (one score panel per variable).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    plt = _pyplot()
+    variables = _state_names(analysis)
+    grid = True
+    try:
+        axes = find_axes(analysis[variables[0]])
+        grid = axes.lat is not None and axes.lon is not None
+    except LayoutError:
+        grid = False
+    ncols = 4 if truth is not None and background is not None else 3
+    width = 3.6 * ncols + 1.2
+    n_score = len(variables)
+    top_h = (3.6 * len(variables) + 0.5) if grid else 4.5
+    fig = plt.figure(figsize=(width, top_h + 3.4 * n_score), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[top_h, 3.4 * n_score])
+    if grid:
+        analysis_maps(truth, background, analysis, obs, variables=variables, time=time,
+                      fig=top)
+    else:
+        tname = _time_dim(analysis[variables[0]])
+        t = analysis[tname].values[-1] if time is None and tname else time
+        ax = top.subplots()
+        for role, d in (("truth", truth), ("background", background), ("analysis", analysis)):
+            if d is None:
+                continue
+            da = _at_time(d[variables[0]], t, "member")
+            ax.plot(np.asarray(da[da.dims[0]].values), da.values, label=role,
+                    **_ROLE_STYLE[role])
+        ax.set_xlabel(str(analysis[variables[0]].dims[-1]))
+        ax.set_ylabel(_label(analysis[variables[0]], variables[0]))
+        ax.set_title(f"{variables[0]} at {_format_time(np.asarray(t))}")
+        ax.legend(fontsize="small")
+        ax.grid(alpha=0.3)
+    axs = bottom.subplots(n_score, 1, squeeze=False)[:, 0]
+    for ax, v in zip(axs, variables):
+        score_series(scores, v, ax=ax, highlight="analysis")
+    if title:
+        fig.suptitle(title)
     return fig
