@@ -81,6 +81,10 @@ __all__ = ["PixelScoreModel", "fit_score"]
 
 _F64 = torch.float64
 _SAMPLER_SETTINGS = ("steps", "corrections", "tau", "gamma", "guide_clip")
+_SPAN_SETTINGS = ("joint", "block")
+#: Error std (standardised prior units) of the pseudo-observations that tie a
+#: block of a long span to the states it shares with the block before it.
+OVERLAP_STD = 0.05
 
 
 @dataclasses.dataclass(eq=False)
@@ -396,12 +400,13 @@ def fit_score(
 # sampling
 # ---------------------------------------------------------------------------
 def _score_settings(settings: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(settings) - set(_SAMPLER_SETTINGS))
+    unknown = sorted(set(settings) - set(_SAMPLER_SETTINGS) - set(_SPAN_SETTINGS))
     if unknown:
         raise ConfigError(
-            f"method='score' takes the sampler settings {list(_SAMPLER_SETTINGS)}; unknown: "
-            f"{unknown}"
+            f"method='score' takes the sampler settings "
+            f"{list(_SAMPLER_SETTINGS + _SPAN_SETTINGS)}; unknown: {unknown}"
         )
+    settings = {k: v for k, v in settings.items() if k not in _SPAN_SETTINGS}
     # Many precise observations make the guided predictor stiff; a cap that
     # binds only there keeps the sampler finite (None: the exact sampler).
     return {"guide_clip": 1.0, **settings}
@@ -444,6 +449,15 @@ class _WindowSampler:
             self.da = ScoreDA(net=prior, schedule=prior.schedule, **_score_settings(settings))
         except TypeError as err:  # pragma: no cover - guarded by _score_settings
             raise ConfigError(str(err)) from None
+        self.settings = _score_settings(settings)
+        self.joint = bool(settings.get("joint", True))
+        block = settings.get("block", 64)
+        if not isinstance(block, (int, np.integer)) or block < 2 * self.window - 1:
+            raise ConfigError(
+                f"block (states sampled jointly) must be an integer >= 2 * window - 1 = "
+                f"{2 * self.window - 1}, got {block!r}"
+            )
+        self.block = int(block)
         self.dtype = prior.net_dtype
         self.device = prior.mean.device
 
@@ -474,8 +488,116 @@ class _WindowSampler:
             )
         return (pos + (w - 1 - int(pos[-1])) // 2).tolist()
 
-    def _observe(self, tables, positions):
-        prior = self.prior
+    def states(self, times: Sequence[float]) -> list[int]:
+        """Trajectory state of each observation time: whole time steps from the first."""
+        if len(times) == 1:
+            return [0]
+        step = (self.prior.time_step or {}).get("value")
+        if step is None:
+            raise ConfigError("the score prior has no time step; it cannot span several times")
+        rel = (np.asarray(times, float) - times[0]) / float(step)
+        pos = np.round(rel).astype(int)
+        bad = np.abs(rel - pos) > 1e-6
+        if np.any(bad):
+            units = self.prior.time_step.get("units", "")
+            raise ObservationError(
+                f"the observation times must lie on the score prior's time step ({step} "
+                f"{units}): {int(bad.sum())} of {len(times)} are off it (offsets "
+                f"{rel[bad][:5].tolist()} steps from the first). Select times that are whole "
+                "steps apart"
+            )
+        return pos.tolist()
+
+    def blocks(self, n_states: int) -> list[tuple[int, int]]:
+        """``(start, end)`` of the blocks sampled one after the other (see :func:`cycle_score`)."""
+        w, size = self.window, self.block
+        if n_states <= size:
+            return [(0, n_states)]
+        out = [(0, size)]
+        while out[-1][1] < n_states:
+            start = min(out[-1][1] - (w - 1), n_states - w)
+            out.append((start, min(start + size, n_states)))
+        return out
+
+    def draw_block(self, members: int, tables, positions, length: int, gen: torch.Generator,
+                   cond: torch.Tensor | None = None) -> torch.Tensor:
+        """Standardised samples ``(N, length, *state)`` of a block of the trajectory.
+
+        ``tables`` are observed at block states ``positions``; ``cond``
+        ``(N, c, *state)`` (standardised) fixes the first ``c`` states per
+        member through pseudo-observations of error :data:`OVERLAP_STD`.
+        """
+        prior = self.prior.trajectory(max(length, self.window))
+        da = ScoreDA(net=prior, schedule=prior.schedule, **self.settings)
+        nd = len(prior.event_shape)
+        kw = dict(generator=gen, device=self.device, dtype=self.dtype)
+        if not tables and cond is None:
+            return da.sample(members, **kw)
+        observe = self._observe(tables, positions, prior) if tables else None
+        if tables:
+            y = torch.cat([t.values for t in tables]).to(self.dtype).to(self.device)
+            r = torch.cat([t.error_std for t in tables]).to(self.dtype).to(self.device)
+            # The guidance inflates the observation-error variance by γ(σ_t/μ_t)² in
+            # standardised prior units; the gains carry that into observation units
+            # (physical units, through the decoder), observation by observation.
+            gain = observation_gain(observe, tuple(prior.event_shape), generator=gen,
+                                    device=self.device, dtype=self.dtype)
+        if cond is None:
+            return da.analyse(members, observe, y, r, obs_gain=gain, **kw)
+        c = cond.shape[1]
+        yc = cond.to(self.dtype).flatten(1)
+        rc = torch.full_like(yc, OVERLAP_STD)
+
+        def observe_cond(u: torch.Tensor) -> torch.Tensor:
+            fixed = u.narrow(u.dim() - nd, 0, c).flatten(u.dim() - nd)
+            return fixed if observe is None else torch.cat((observe(u), fixed), -1)
+
+        if observe is not None:
+            yc = torch.cat((y.expand(members, -1), yc), -1)
+            rc = torch.cat((r.expand(members, -1), rc), -1)
+            gc = torch.cat((gain, torch.ones(yc.shape[1] - gain.shape[0], dtype=gain.dtype,
+                                              device=gain.device)))
+        else:
+            gc = None
+        # one batch element per member: each is conditioned on its own overlap
+        return da.analyse(1, observe_cond, yc, rc, obs_gain=gc, **kw)[:, 0]
+
+    def draw_span(self, members: int, tables, states, seed: int, prior_too: bool):
+        """Samples of the trajectory through every observation, block by block.
+
+        Yields, block after block, ``{state: (posterior, prior)}`` of the
+        states the block completes (each ``(N, n)`` float64; ``prior`` is
+        ``None`` without ``prior_too``).
+        """
+        n_states = int(states[-1]) + 1
+        w = self.window
+        if n_states < w:  # a short span is centred in one window
+            shift = (w - n_states) // 2
+            states, n_states = [s + shift for s in states], w
+        blocks = self.blocks(n_states)
+        prev_post = prev_prior = None
+        for b, (start, end) in enumerate(blocks):
+            gen = self.generator(int(seed) * 1_000_003 + b + 1)
+            inside = [i for i, s in enumerate(states) if start <= s < end]
+            subs = [tables[i] for i in inside]
+            pos = [states[i] - start for i in inside]
+            c = 0 if b == 0 else blocks[b - 1][1] - start
+            cond = None if b == 0 else prev_post[:, -c:]
+            u = self.draw_block(members, subs, pos, end - start, gen, cond)
+            u0 = None
+            if prior_too:
+                cond0 = None if b == 0 else prev_prior[:, -c:]
+                u0 = self.draw_block(members, [], [], end - start, gen, cond0)
+            prev_post, prev_prior = u, u0
+            done = end if b == len(blocks) - 1 else blocks[b + 1][0]
+            keep = [i for i in inside if states[i] < done]
+            sel = [states[i] - start for i in keep]
+            post = self._states(u, sel)
+            prior = self._states(u0, sel) if prior_too else [None] * len(sel)
+            yield {states[i]: (a, p) for i, a, p in zip(keep, post, prior)}
+
+    def _observe(self, tables, positions, prior=None):
+        prior = self.prior if prior is None else prior
         nd = len(prior.event_shape)
         if self.latent:
             m = self.model
@@ -605,7 +727,7 @@ def cycle_score(background, obs, model, *, space, members, window, seed, progres
     sampler = _WindowSampler(model, settings)
     if not isinstance(window, (int, np.integer)) or window < 1:
         raise ConfigError(f"window must be a positive integer, got {window!r}")
-    if window > sampler.window:
+    if not sampler.joint and window > sampler.window:
         raise ConfigError(
             f"window={window} observation times exceed the score prior's window of "
             f"{sampler.window} states; pass window <= {sampler.window} or fit_score with a "
@@ -639,8 +761,25 @@ def cycle_score(background, obs, model, *, space, members, window, seed, progres
     groups = _group_times(tvals)
     time_values = [table.time[g[0]] for g in groups]
     step_groups, step_times = _windows(groups, time_values, window)
-    positions = [sampler.positions([float(tvals[g[0]]) for g in sg]) for sg in step_groups]
     sp = _space(model, kind)
+    if sampler.joint:
+        states = sampler.states([float(tvals[g[0]]) for g in groups])
+        first = [0, *np.cumsum([len(sg) for sg in step_groups]).tolist()]
+        span = sampler.draw_span(int(members), [table.select(g) for g in groups], states,
+                                 int(seed), prior_too=True)
+        ready: dict[int, tuple] = {}
+
+        def analyse_span(k: int, subs: list) -> list[dict[str, Any]]:
+            want = states[first[k]:first[k + 1]]
+            while not all(s in ready for s in want):
+                ready.update(next(span))
+            rec = [(ready[s][1].to(_F64), ready.pop(s)[0].to(_F64)) for s in want]
+            return _records(sp, rec, subs, step_times[k], [])
+
+        done, _ = _resume(store, L, tname, [])
+        return _run_windows(analyse_span, table, step_groups, step_times, done, L, tname, [],
+                            store=store, progress=progress, desc="cycle score")
+    positions = [sampler.positions([float(tvals[g[0]]) for g in sg]) for sg in step_groups]
     done, _ = _resume(store, L, tname, [])
 
     def analyse_window(k: int, subs: list) -> list[dict[str, Any]]:

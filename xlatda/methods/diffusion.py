@@ -101,9 +101,11 @@ from xlatda.options import resolve_device, resolve_dtype
 __all__ = [
     "CosineSchedule",
     "GaussianEps",
+    "MarkovScore",
     "ScoreMLP",
     "ScorePrior",
     "ScoreUNet",
+    "blanket_windows",
     "eps_loss",
     "fit_score",
     "score_networks",
@@ -709,6 +711,156 @@ class GaussianEps(nn.Module):
         return (coords @ self.evecs.T).reshape(x.shape)
 
 
+def blanket_windows(length: int, window: int) -> tuple[Tensor, Tensor]:
+    r"""Which window and which of its states give each state's score in a composed trajectory.
+
+    The Markov-blanket rule of score-based data assimilation (Rozet and
+    Louppe 2023, §3.2 and their ``MCScoreNet(order=k)``): a trajectory of
+    ``length`` states is cut into its ``length - window + 1`` overlapping
+    windows of ``window`` consecutive states (stride 1); state ``i`` takes
+    its score from the window whose centre it is,
+
+    .. math:: j(i) = \min\big(\max(i - c, 0),\; L - w\big), \qquad
+              c = \lfloor (w - 1)/2 \rfloor,
+
+    at position :math:`i - j(i)` of that window: the windows are centred on
+    their state and clamped at the ends, where the first (last) window
+    gives the first (last) :math:`c` states. For an odd ``window = 2k + 1``
+    this is SDA's rule for a Markov blanket of order ``k``.
+
+    Parameters
+    ----------
+    length : int
+        States ``L`` of the trajectory, ``L >= window``.
+    window : int
+        States ``w`` of a window.
+
+    Returns
+    -------
+    start, offset : Tensor, Tensor
+        Integer tensors of shape ``(L,)``: window index :math:`j(i)` and
+        position :math:`i - j(i)`.
+
+    Examples
+    --------
+    >>> start, offset = blanket_windows(7, 3)
+    >>> start.tolist(), offset.tolist()
+    ([0, 0, 1, 2, 3, 4, 4], [0, 1, 1, 1, 1, 1, 2])
+    """
+    length, window = int(length), int(window)
+    if window < 1 or length < window:
+        raise ConfigError(
+            f"a composed trajectory needs length >= window >= 1, got length={length}, "
+            f"window={window}"
+        )
+    i = torch.arange(length)
+    start = (i - (window - 1) // 2).clamp(0, length - window)
+    return start, i - start
+
+
+@score_networks.register("markov_score")
+class MarkovScore(nn.Module):
+    r"""The score of a whole trajectory composed from a local score over windows.
+
+    A local ε-network over windows of ``w`` consecutive states (trained on
+    windows cut from trajectories, :func:`sliding_windows`) is evaluated on
+    every window of a trajectory of ``length`` states at once, and state
+    :math:`i`'s ε is taken from the window centred on it
+    (:func:`blanket_windows`):
+
+    .. math:: \varepsilon(x_{1:L}, t)_i = \varepsilon_\phi\big(
+              x_{j(i)+1 : j(i)+w}, t\big)_{i - j(i)} .
+
+    ε is :math:`-\sigma_t` times the score, so this is the composition of
+    the scores. It is exact when the trajectory is a Markov chain of order
+    :math:`k \le \lfloor (w-1)/2 \rfloor` and :math:`t \to 0` (state
+    :math:`i`'s score depends only on its Markov blanket, which its window
+    holds); at larger noise the perturbed trajectory is only approximately
+    Markov, which is the approximation of score-based data assimilation
+    (Rozet and Louppe 2023). A trajectory of ``length == window`` gives
+    back the local network itself.
+
+    Parameters
+    ----------
+    net : torch.nn.Module or dict
+        The local ε-network, with ``event_shape = (window, *state)``, or
+        ``{"kind": ..., "config": ...}`` to rebuild one from
+        :data:`score_networks`.
+    length : int
+        States of the trajectory, ``>= window``.
+
+    Attributes
+    ----------
+    event_shape : tuple of int
+        ``(length, *state)``.
+    window : int
+        The local window.
+
+    Notes
+    -----
+    Compute: one call of ``net`` on ``length - window + 1`` windows per
+    trajectory, i.e. about ``window`` times the cost of cutting the
+    trajectory into disjoint windows.
+
+    Examples
+    --------
+    >>> local = GaussianEps(torch.zeros(3, 2), torch.eye(6))
+    >>> traj = MarkovScore(local, length=10)
+    >>> traj.event_shape
+    (10, 2)
+    >>> x = torch.randn(4, 10, 2, generator=torch.Generator().manual_seed(0))
+    >>> traj(x, 0.5).shape
+    torch.Size([4, 10, 2])
+    >>> torch.allclose(traj(x, 0.5), GaussianEps(torch.zeros(10, 2), torch.eye(20))(x, 0.5))
+    True
+    """
+
+    kind = "markov_score"
+
+    def __init__(self, net: nn.Module | dict[str, Any], length: int) -> None:
+        super().__init__()
+        if isinstance(net, dict):
+            net = score_networks.get(str(net["kind"]))(**net["config"])
+        event = getattr(net, "event_shape", None)
+        if event is None or len(event) < 1:
+            raise ConfigError(
+                f"net must be a local ε-network with event_shape (window, *state), got "
+                f"{type(net).__name__}"
+            )
+        self.net = net
+        self.window = int(event[0])
+        self.length = int(length)
+        start, offset = blanket_windows(self.length, self.window)
+        self.register_buffer("start", start, persistent=False)
+        self.register_buffer("offset", offset, persistent=False)
+        self.event_shape = (self.length, *(int(s) for s in event[1:]))
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """JSON-serialisable constructor arguments: ``type(m)(**m.config)`` rebuilds ``m``."""
+        return {"net": {"kind": str(self.net.kind), "config": self.net.config},
+                "length": self.length}
+
+    def forward(self, x: Tensor, t: Tensor | float) -> Tensor:
+        """ε of trajectories ``x`` ``(..., length, *state)`` at ``t`` (scalar or ``(...)``)."""
+        nd = len(self.event_shape)
+        if tuple(x.shape[x.dim() - nd:]) != self.event_shape:
+            raise ShapeError(
+                f"MarkovScore expects trajectories (..., length, *state) = (..., "
+                f"{', '.join(map(str, self.event_shape))}), got {tuple(x.shape)}"
+            )
+        if self.length == self.window:
+            return self.net(x, t)
+        batch = x.shape[: x.dim() - nd]
+        n_w = self.length - self.window + 1
+        t_b = _batch_times(t, x, nd).reshape(-1, 1).expand(-1, n_w)
+        flat = x.reshape(-1, *self.event_shape)
+        wins = flat.unfold(1, self.window, 1).movedim(-1, 2)  # (B, n_w, w, *state)
+        eps = self.net(wins, t_b)
+        out = eps[:, self.start, self.offset]  # (B, L, *state)
+        return out.reshape(*batch, *self.event_shape)
+
+
 class ScorePrior(nn.Module):
     r"""A trained ε-network with the standardisation and time step of its windows.
 
@@ -865,6 +1017,25 @@ class ScorePrior(nn.Module):
     def forward(self, x: Tensor, t: Tensor | float) -> Tensor:
         """ε of standardised windows ``x`` ``(..., *event_shape)`` at times ``t``."""
         return self.net(x, t)
+
+    def trajectory(self, length: int) -> ScorePrior:
+        """This prior composed over trajectories of ``length >= window`` states.
+
+        The network becomes :class:`MarkovScore` ``(net, length)``; the
+        standardisation (per state), space, time step and schedule are
+        shared (the buffers are the same tensors). ``length == window``
+        returns ``self``.
+
+        Examples
+        --------
+        >>> prior = ScorePrior(ScoreMLP(dim=2, window=3, hidden=8, depth=1))
+        >>> prior.trajectory(12).event_shape
+        (12, 2)
+        """
+        if int(length) == self.window:
+            return self
+        return ScorePrior(MarkovScore(self.net, int(length)), mean=self.mean, std=self.std,
+                          space=self.space, time_step=self.time_step, eta=self.eta)
 
     def standardize(self, x: Tensor) -> Tensor:
         """``(x - mean) / std`` over trailing state dims, in the dtype of ``x``."""

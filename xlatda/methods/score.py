@@ -140,7 +140,7 @@ import torch
 from torch import Tensor, nn
 
 from xlatda.errors import ConfigError, ShapeError
-from xlatda.methods.diffusion import CosineSchedule
+from xlatda.methods.diffusion import CosineSchedule, MarkovScore, blanket_windows
 from xlatda.methods.registry import methods
 from xlatda.methods.var3d import _r_vector
 from xlatda.options import resolve_device, resolve_dtype
@@ -350,6 +350,17 @@ class ScoreDA:
         observations.
     event_shape : tuple of int, optional
         Shape of one sample; default ``net.event_shape``.
+    blanket : int, optional
+        Number of consecutive states (along the first event axis) over which
+        the corrector measures the guidance's strength :math:`\lVert
+        \sigma_s \nabla \log p_s(y \mid x)\rVert^2`: state :math:`i`'s
+        step uses the sum over the window that gives its score
+        (:func:`~xlatda.methods.diffusion.blanket_windows`), so that the
+        step of a long trajectory does not shrink with its length (the
+        curvature the guidance adds is local in time). Default: the window
+        of a composed :class:`~xlatda.methods.diffusion.MarkovScore` (also
+        inside a :class:`~xlatda.methods.diffusion.ScorePrior`), else the
+        whole event (one step per sample, the rule of the module docstring).
 
     Raises
     ------
@@ -379,6 +390,7 @@ class ScoreDA:
     gamma: float = 1e-2
     guide_clip: float | None = None
     event_shape: Sequence[int] | None = None
+    blanket: int | None = None
 
     def __post_init__(self) -> None:
         if not callable(self.net):
@@ -406,6 +418,19 @@ class ScoreDA:
                 "event_shape attribute"
             )
         object.__setattr__(self, "event_shape", tuple(int(s) for s in shape))
+        blanket = self.blanket
+        if blanket is None:
+            inner = self.net
+            while not isinstance(inner, MarkovScore) and isinstance(
+                    getattr(inner, "net", None), nn.Module):
+                inner = inner.net
+            blanket = inner.window if isinstance(inner, MarkovScore) else self.event_shape[0]
+        if not 1 <= int(blanket) <= self.event_shape[0]:
+            raise ConfigError(
+                f"blanket must be in [1, {self.event_shape[0]}] (states of a sample), got "
+                f"{blanket}"
+            )
+        object.__setattr__(self, "blanket", int(blanket))
 
     # -- public --------------------------------------------------------
     def analyse(
@@ -549,6 +574,22 @@ class ScoreDA:
             size *= n_i
         clip = None if self.guide_clip is None else float(self.guide_clip) * size**0.5
 
+        n_states = self.event_shape[0]
+        if self.blanket < n_states:
+            start, _ = blanket_windows(n_states, self.blanket)
+            start = start.to(device)
+            state_dims = tuple(range(-nd + 1, 0))
+            pad = (1,) * (nd - 1)
+
+        def strength(guide: Tensor) -> Tensor:
+            """Squared guidance norm over each state's blanket (the whole event by default)."""
+            if self.blanket == n_states:
+                return guide.square().sum(event_dims, keepdim=True)
+            per = guide.square().sum(state_dims) if state_dims else guide.square()
+            csum = torch.nn.functional.pad(per.cumsum(-1), (1, 0))
+            win = csum[..., self.blanket:] - csum[..., :-self.blanket]  # (..., n_windows)
+            return win[..., start].reshape(*per.shape, *pad)
+
         def capped(guide: Tensor) -> Tensor:
             if clip is None:
                 return guide
@@ -573,6 +614,6 @@ class ScoreDA:
                         delta: Tensor | float = tau
                     else:
                         e = e - guide
-                        delta = tau / (1.0 + guide.square().sum(event_dims, keepdim=True))
+                        delta = tau / (1.0 + strength(guide))
                     x = x - (delta * s) * e + (2.0 * delta) ** 0.5 * s * noise()
         return x.detach()
