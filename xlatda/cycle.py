@@ -103,6 +103,20 @@ def _tfloat(values: Any) -> np.ndarray:
     return arr.astype(float)
 
 
+def _table_key(table: ObservationTable) -> str:
+    """Hash of what an observation operator depends on: places and channels."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for part in (table.lat, table.lon, table.position, table.channel):
+        if part is None:
+            h.update(b"-")
+        else:
+            arr = np.ascontiguousarray(np.asarray(part))
+            h.update(str(arr.dtype).encode() + str(arr.shape).encode() + arr.tobytes())
+    return h.hexdigest()
+
+
 # -- the two spaces -------------------------------------------------------------
 class _Space:
     """Forecast, observe and convert, for one space (tensors ``(N, n)``)."""
@@ -145,7 +159,7 @@ class _Physical(_Space):
             return s[..., : self.n_state], s[..., self.n_state:]
         return s, None
 
-    def forecast(self, s, t0, t1, gen, noise):
+    def forecast(self, s, t0, t1, gen, noise, grad=False):
         if t1 == t0:
             return s
         if self.model is None:
@@ -169,7 +183,7 @@ class _Physical(_Space):
         return out if theta is None else torch.cat([out, theta], -1)
 
     def operator(self, table: ObservationTable):
-        key = id(table)
+        key = _table_key(table)  # by content: id() of a freed table is reused
         if key not in self._ops:
             self._ops = {key: build_operator(self.layout, table)}
         return self._ops[key]
@@ -199,7 +213,7 @@ class _Latent(_Space):
             return s[..., : self.d], s[..., self.d:]
         return s, None
 
-    def forecast(self, s, t0, t1, gen, noise):
+    def forecast(self, s, t0, t1, gen, noise, grad=False):
         if t1 == t0:
             return s
         dyn = self.model.require_dynamics()
@@ -211,7 +225,7 @@ class _Latent(_Space):
         zc = z.to(device=self.model.device, dtype=self.model.dtype)
         times = torch.tensor([0.0, tau], dtype=zc.dtype, device=zc.device)
         takes_theta = theta is not None and getattr(dyn, "n_params", 1) > 0
-        with torch.no_grad():
+        with torch.set_grad_enabled(grad):
             out = dyn.evolve(zc, times, theta=theta.to(zc) if takes_theta else None)
         z1 = out[..., -1, :].to("cpu", _F64)
         q = self.model.model_error
@@ -253,8 +267,9 @@ class _Latent(_Space):
         def dec(v):
             return enc.decode(v[None]).reshape(-1)
 
-        with torch.enable_grad():
-            jac = torch.autograd.functional.jacobian(dec, z0).to("cpu", _F64)  # (CS, d)
+        with torch.enable_grad():  # forward mode: d JVPs, vectorised (d << CS outputs)
+            jac = torch.autograd.functional.jacobian(
+                dec, z0, vectorize=True, strategy="forward-mode").to("cpu", _F64)  # (CS, d)
         pinv = torch.linalg.pinv(jac)  # (d, CS)
         eps = sigma_b * torch.randn((members, jac.shape[0]), generator=gen, dtype=_F64)
         return eps @ pinv.T
@@ -783,7 +798,7 @@ def _window_obs(sp: _Space, times, subs, gen):
         flat = s.reshape(-1, s.shape[-1])
         outs, cur, tc = [], flat, times[0]
         for t, sub in zip(times, subs):
-            cur = sp.forecast(cur, tc, t, gen, False)
+            cur = sp.forecast(cur, tc, t, gen, False, grad=torch.is_grad_enabled())
             tc = t
             outs.append(sp.observe(cur, sub))
         return torch.cat(outs, -1).reshape(*lead, -1)
