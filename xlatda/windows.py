@@ -18,6 +18,7 @@ array([3600., 7200.])
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,6 +68,10 @@ class ObservationWindow:
         The observation times as given (datetime64 or numbers).
     seed : int
         Seed of the window's random draws (:func:`window_seed`).
+    cycling : bool
+        Part of a cycle (False for a single :func:`xlatda.assimilate`
+        analysis, where only the analysis is used: methods may skip work
+        that only feeds the background diagnostics).
     """
 
     index: int
@@ -74,6 +79,7 @@ class ObservationWindow:
     times: list[float]
     labels: list[Any]
     seed: int
+    cycling: bool = True
 
     def __len__(self) -> int:
         return len(self.tables)
@@ -81,6 +87,19 @@ class ObservationWindow:
     def generator(self, device: Any = None) -> torch.Generator:
         """A fresh generator seeded with :attr:`seed` (on ``device``)."""
         return torch.Generator(device=device or "cpu").manual_seed(self.seed)
+
+    def digest(self) -> bytes:
+        """SHA-1 of the window's observations (values, errors, places, channels, times)."""
+        h = hashlib.sha1()
+        for t in self.tables:
+            for part in (t.values, t.error_std, t.channel, t.lat, t.lon, t.position, t.time):
+                if part is None:
+                    h.update(b"-")
+                    continue
+                arr = part.numpy() if isinstance(part, torch.Tensor) else np.asarray(part)
+                arr = np.ascontiguousarray(arr)
+                h.update(f"{arr.dtype}{arr.shape}".encode() + arr.tobytes())
+        return h.digest()
 
     def stacked(self, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
         """Observation values and error stds of all times, concatenated ``(P,)``."""
