@@ -228,14 +228,15 @@ def test_vaevar_linear_decoder_equals_3dvar_on_xarray():
 
 
 def test_jacobian_initial_ensemble_matches_b_z():
-    from xlatda.cycle import _Latent
+    from xlatda.initial import jacobian_perturbations
+    from xlatda.spaces import LatentSpace
 
     truth = xlatda.datasets.lorenz96(n=10, steps=200, seed=4)
     model = xlatda.fit(truth, encoder="pca", latent_dim=4, progress=False, dtype="float64")
-    space = _Latent(model, 0)
+    space = LatentSpace(model, 0)
     z = space.from_fields(model.layout.to_tensor(truth.isel(time=[0]), dtype=torch.float64))
     gen = torch.Generator().manual_seed(0)
-    pert = space.jacobian_perturbations(z, 20000, 0.3, gen)
+    pert = jacobian_perturbations(space, z, 20000, 0.3, gen)
     # Linear decoder: J is the EOF matrix, so B_z = 0.09 J⁺ J⁺ᵀ exactly.
     jac = torch.autograd.functional.jacobian(
         lambda v: model.encoder.decode(v[None]).reshape(-1), z[0])

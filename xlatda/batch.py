@@ -54,7 +54,6 @@ from xlatda.options import get_options
 
 __all__ = ["assimilate_cases", "case_seed", "stack_obs"]
 
-_SINGLE = ("3dvar", "vaevar")
 
 
 def case_seed(seed: int, index: int) -> int:
@@ -175,7 +174,8 @@ def _history(method: str) -> str:
     return f"analysis by xlatda {method}, one per case (xlatda.batch.assimilate_cases)"
 
 
-def _template(states: xr.Dataset, dim: str, method: str, members: int | None) -> xr.Dataset:
+def _template(states: xr.Dataset, dim: str, method: str, members: int | None,
+              single: bool) -> xr.Dataset:
     """Structure of the result, built without computing anything."""
     state0 = states.isel({dim: 0}, drop=True)
     L = layout(state0)
@@ -185,7 +185,7 @@ def _template(states: xr.Dataset, dim: str, method: str, members: int | None) ->
         L = layout(state0)
     n_member = state0.sizes.get(L.member_dim, members)
     shape = (L.n_channels, *L.spatial_shape)
-    if method in _SINGLE:
+    if single:
         one = L.to_dataset(torch.zeros((1, *shape), dtype=torch.float64))
     else:
         one = L.to_dataset(torch.zeros((1, int(n_member), *shape), dtype=torch.float64))
@@ -253,7 +253,9 @@ def assimilate_cases(
     ConfigError
         For inconsistent inputs or unknown methods, before any work.
     """
+    import xlatda.methods.adapters  # noqa: F401  (registers the built-in adapters)
     from xlatda.methods import get_method
+    from xlatda.methods.protocol import adapter_for
 
     if isinstance(states, xr.DataArray):
         states = states.to_dataset(name=states.name if states.name is not None else "data")
@@ -267,13 +269,14 @@ def assimilate_cases(
             f"obs have {obs.sizes[dim]} cases along {dim!r} but states have {n}; give one "
             "observation set per case"
         )
-    get_method(method)  # unknown names are refused here
-    if method not in ("etkf", "enkf", "denkf", "ensrf", "letkf", *_SINGLE):
+    proto = adapter_for(get_method(method))  # unknown names are refused here
+    if proto is None or not proto.one_time or not proto.needs_background:
         raise ConfigError(
-            f"{method!r} does not make single analyses; assimilate_cases takes etkf, enkf, "
-            "denkf, ensrf, letkf, 3dvar or vaevar (use xlatda.cycle for windows)"
+            f"{method!r} does not make single analyses of a background; assimilate_cases takes "
+            "etkf, enkf, denkf, ensrf, letkf, 3dvar or vaevar (use xlatda.cycle for windows)"
         )
-    if method not in _SINGLE and "member" not in states.dims and (
+    single = not proto.ensemble
+    if not single and "member" not in states.dims and (
             members is None or members < 2 or init_std is None):
         raise ConfigError(
             f"{method!r} needs an ensemble: give the states a 'member' dim or pass members=N "
@@ -301,6 +304,6 @@ def assimilate_cases(
         obs = obs.expand_dims({dim: n})
     obs = obs.chunk({d: (chunks if d == dim else -1) for d in obs.dims})
     index = index.chunk({dim: chunks})
-    template = _template(states, dim, method, members)
+    template = _template(states, dim, method, members, single)
     return xr.map_blocks(_analyse_block, states, args=[obs, index], kwargs=kwargs,
                          template=template)

@@ -72,12 +72,14 @@ from xlatda.methods.diffusion import (
     sliding_windows,
 )
 from xlatda.methods.diffusion import fit_score as _fit_windows
+from xlatda.methods.protocol import CycleMethod, WindowAnalysis, adapts
 from xlatda.methods.score import ScoreDA, observation_gain
 from xlatda.model import LatentModel
 from xlatda.normalize import Normalizer
 from xlatda.options import get_options, resolve_device, resolve_dtype
+from xlatda.windows import float_times
 
-__all__ = ["PixelScoreModel", "fit_score"]
+__all__ = ["PixelScoreModel", "ScoreWindows", "fit_score"]
 
 _F64 = torch.float64
 _SAMPLER_SETTINGS = ("steps", "corrections", "tau", "gamma", "guide_clip")
@@ -659,135 +661,80 @@ class _WindowSampler:
         return out
 
 
-def _space(model: Any, kind: str):
-    from xlatda.cycle import _Latent, _Physical
+@adapts(ScoreDA)
+class ScoreWindows(CycleMethod):
+    """The cycling adapter of :class:`~xlatda.methods.score.ScoreDA` (SLAMS).
 
-    if kind == "latent":
-        return _Latent(model, 0)
-    return _Physical(model.layout, None, "s", 0)
+    Each window is sampled afresh from the score prior given its
+    observations (no forecast, no background); the background of each
+    analysis is an unconditioned draw of the same prior.
+    """
 
+    forecasts = False
+    needs_background = False
+    windowed = True
+    estimates_parameters = False
 
-def assimilate_score(state, obs, model, *, space, members, seed, settings) -> xr.Dataset:
-    """``xlatda.assimilate(..., method="score")`` (see :func:`xlatda.assimilate`)."""
-    from xlatda.cycle import _tfloat
-    from xlatda.obs.contract import to_tensors, validate
+    def __init__(self, model: Any, members: int, settings: dict[str, Any]) -> None:
+        self.sampler = _WindowSampler(model, settings)
+        self.members = int(members)
+        self.positions: dict[int, list[int]] = {}
+        self.span = None
 
-    kind = _check_space(model, space)
-    sampler = _WindowSampler(model, settings)
-    if members is None or int(members) < 1:
-        raise ConfigError("method='score' draws members=N posterior samples; pass members=N")
-    L = model.layout
-    tval = None
-    if state is not None:
-        if isinstance(state, xr.DataArray):
-            state = state.to_dataset(name=state.name if state.name is not None else "data")
-        Ls = layout(state)
-        tname = Ls.axes.time
-        if tname is not None and tname in state.dims:
-            if state.sizes[tname] != 1:
+    @classmethod
+    def choose_space(cls, model: Any, space: str | None) -> str:
+        kind = _check_space(model, space)
+        _require_score(model)
+        return kind
+
+    @classmethod
+    def build(cls, kernel, settings, *, space, members):
+        if members is None or int(members) < 1:
+            raise ConfigError(
+                f"method='score' draws members=N posterior samples; pass members=N, got {members}")
+        return cls(space.model, int(members), settings)
+
+    def prepare(self, windows) -> None:
+        self.span = None
+        if self.sampler.joint and windows and windows[0].cycling:
+            # One posterior trajectory over the whole observed span (SDA's composed
+            # score), produced in overlapping blocks and handed out window by window.
+            self.states = self.sampler.states([t for w in windows for t in w.times])
+            starts = np.cumsum([0, *[len(w) for w in windows]]).tolist()
+            self.first = {w.index: (starts[i], starts[i + 1]) for i, w in enumerate(windows)}
+            tables = [t for w in windows for t in w.tables]
+            self.span = self.sampler.draw_span(self.members, tables, self.states,
+                                               windows[0].seed, prior_too=True)
+            self.ready: dict[int, tuple] = {}
+        else:
+            if windows and max(len(w) for w in windows) > self.sampler.window:
+                w = max(len(w) for w in windows)
                 raise ConfigError(
-                    f"assimilate takes one analysis time; select it with state.isel({tname}=i)"
+                    f"window={w} observation times exceed the score prior's window of "
+                    f"{self.sampler.window} states; pass window <= {self.sampler.window} or "
+                    "fit_score with a larger window"
                 )
-            state = state.isel({tname: 0})
-        if tname is not None and tname in state.coords:
-            tval = state[tname].values
-        L.check(state)
-    validate(obs, L)
-    table = to_tensors(obs, L)
-    if table.time is not None:
-        tv = np.unique(_tfloat(table.time))
-        if tv.size > 1:
-            raise ObservationError(
-                f"method='score' in assimilate analyses one time but the observations have "
-                f"{tv.size}; use xlatda.cycle(None, obs, model, method='score', window=k)"
-            )
-        if tval is None:
-            tval = table.time[0]
-    gen = sampler.generator(seed)
-    positions = sampler.positions([0.0])
-    post, _ = sampler.draw(int(members), [table], positions, gen, prior_too=False)
-    sp = _space(model, kind)
-    fields = sp.to_fields(post[0].to(_F64))
-    out = L.to_dataset(fields[None])
-    out = out.assign_coords({L.member_dim or "member": np.arange(fields.shape[0])})
-    tname = L.axes.time or "time"
-    if tval is not None:
-        out = out.assign_coords({tname: tval})
-    out.attrs["history"] = f"analysis by xlatda score (SLAMS) in {kind} space"
-    return out
+            self.positions = {w.index: self.sampler.positions(w.times) for w in windows}
 
-
-def cycle_score(background, obs, model, *, space, members, window, seed, progress, store,
-                settings):
-    """``xlatda.cycle(..., method="score")`` (see :func:`xlatda.cycle`)."""
-    from xlatda.cycle import _group_times, _records, _resume, _run_windows, _tfloat, _windows
-    from xlatda.obs.contract import to_tensors, validate
-
-    kind = _check_space(model, space)
-    sampler = _WindowSampler(model, settings)
-    if not isinstance(window, (int, np.integer)) or window < 1:
-        raise ConfigError(f"window must be a positive integer, got {window!r}")
-    if not sampler.joint and window > sampler.window:
-        raise ConfigError(
-            f"window={window} observation times exceed the score prior's window of "
-            f"{sampler.window} states; pass window <= {sampler.window} or fit_score with a "
-            "larger window"
-        )
-    if members < 1:
-        raise ConfigError(f"members must be positive, got {members}")
-    L = model.layout
-    tname = L.axes.time or "time"
-    t0 = None
-    if background is not None:
-        if isinstance(background, xr.DataArray):
-            background = background.to_dataset(
-                name=background.name if background.name is not None else "data")
-        if tname in background.dims:
-            if background.sizes[tname] != 1:
-                raise ConfigError(f"the background must be at one time; use .isel({tname}=0)")
-            background = background.isel({tname: 0})
-        L.check(background)
-        if tname in background.coords:
-            t0 = float(_tfloat(np.asarray(background[tname].values)))
-    validate(obs, L)
-    table = to_tensors(obs, L)
-    if table.time is None:
-        raise ObservationError("cycling needs observation times; add a 'time' coordinate")
-    tvals = _tfloat(table.time)
-    if t0 is not None and np.any(tvals < t0 - 1e-9):
-        raise ObservationError(
-            "some observations are earlier than the background; select obs after it"
-        )
-    groups = _group_times(tvals)
-    time_values = [table.time[g[0]] for g in groups]
-    step_groups, step_times = _windows(groups, time_values, window)
-    sp = _space(model, kind)
-    if sampler.joint:
-        states = sampler.states([float(tvals[g[0]]) for g in groups])
-        first = [0, *np.cumsum([len(sg) for sg in step_groups]).tolist()]
-        span = sampler.draw_span(int(members), [table.select(g) for g in groups], states,
-                                 int(seed), prior_too=True)
-        ready: dict[int, tuple] = {}
-
-        def analyse_span(k: int, subs: list) -> list[dict[str, Any]]:
-            want = states[first[k]:first[k + 1]]
-            while not all(s in ready for s in want):
-                ready.update(next(span))
-            rec = [(ready[s][1].to(_F64), ready.pop(s)[0].to(_F64)) for s in want]
-            return _records(sp, rec, subs, step_times[k], [])
-
-        done, _ = _resume(store, L, tname, [])
-        return _run_windows(analyse_span, table, step_groups, step_times, done, L, tname, [],
-                            store=store, progress=progress, desc="cycle score")
-    positions = [sampler.positions([float(tvals[g[0]]) for g in sg]) for sg in step_groups]
-    done, _ = _resume(store, L, tname, [])
-
-    def analyse_window(k: int, subs: list) -> list[dict[str, Any]]:
-        gen = sampler.generator(int(seed) * 1_000_003 + k + 1)
-        post, prior = sampler.draw(int(members), subs, positions[k], gen, prior_too=True)
-        rec = [(b.to(_F64), a.to(_F64)) for b, a in zip(prior, post)]
-        return _records(sp, rec, subs, step_times[k], [])
-
-    return _run_windows(analyse_window, table, step_groups, step_times, done, L, tname, [],
-                        store=store, progress=progress, desc="cycle score")
-
+    def analyse(self, space, ensemble, window, *, generator, state):
+        table = window.tables[0]
+        if len(window) == 1 and table.time is not None:
+            tv = np.unique(float_times(table.time))
+            if tv.size > 1:
+                raise ObservationError(
+                    f"method='score' in assimilate analyses one time but the observations have "
+                    f"{tv.size}; use xlatda.cycle(None, obs, model, method='score', window=k)"
+                )
+        if self.span is not None and window.index in self.first:
+            lo, hi = self.first[window.index]
+            want = self.states[lo:hi]
+            while not all(k in self.ready for k in want):
+                self.ready.update(next(self.span))
+            steps = [(self.ready[k][1].to(_F64), self.ready.pop(k)[0].to(_F64)) for k in want]
+            return WindowAnalysis(steps, {}, state)
+        positions = self.positions.get(window.index) or self.sampler.positions(window.times)
+        gen = self.sampler.generator(window.seed)
+        post, prior = self.sampler.draw(self.members, window.tables, positions, gen,
+                                        prior_too=window.cycling)
+        prior = prior or post  # one analysis only: no background draws are made
+        return WindowAnalysis([(b.to(_F64), a.to(_F64)) for b, a in zip(prior, post)], {}, state)

@@ -114,8 +114,10 @@ import torch
 from torch import Tensor
 
 from xlatda.errors import ConfigError, ShapeError
+from xlatda.methods.ensemble import random_rotation
+from xlatda.methods.lbfgs import minimise_batched_lbfgs
 from xlatda.methods.registry import methods
-from xlatda.methods.var3d import _minimise_lbfgs, _r_vector
+from xlatda.methods.var3d import observation_std
 
 __all__ = ["EnVar4D", "EnVar4DResult", "envar4d_cost"]
 
@@ -180,7 +182,7 @@ def envar4d_cost(
     1.0
     """
     p = y.shape[-1]
-    r = _r_vector(r_std, p, y)
+    r = observation_std(r_std, p, y)
     s = _control(w, mean, anomalies)
     pred = _predict(forecast_obs, s.unsqueeze(-2), p).squeeze(-2)
     return 0.5 * (w**2).sum(-1) + 0.5 * (((y - pred) / r) ** 2).sum(-1)
@@ -220,22 +222,6 @@ def _sym_pow(mat: Tensor) -> tuple[Tensor, Tensor]:
     evals = evals.clamp_min(torch.finfo(mat.dtype).tiny)
     vt = evecs.transpose(-1, -2)
     return (evecs * evals.rsqrt().unsqueeze(-2)) @ vt, (evecs * evals.sqrt().unsqueeze(-2)) @ vt
-
-
-def _random_rotation(
-    batch: tuple[int, ...], n: int, generator: torch.Generator | None, like: Tensor
-) -> Tensor:
-    """Random orthogonal ``(*batch, N, N)`` matrices that keep the vector of ones."""
-    # Orthonormal basis of the complement of the ones vector.
-    ones = torch.ones(n, 1, dtype=like.dtype, device=like.device) / math.sqrt(n)
-    basis, _ = torch.linalg.qr(torch.cat((ones, torch.eye(n, dtype=like.dtype)[:, :-1]), 1))
-    u = basis[:, 1:]  # (N, N-1)
-    gauss = torch.randn(
-        (*batch, n - 1, n - 1), generator=generator, dtype=like.dtype, device=like.device
-    )
-    q, rr = torch.linalg.qr(gauss)
-    q = q * torch.sign(torch.diagonal(rr, dim1=-2, dim2=-1)).unsqueeze(-2)  # Haar measure
-    return ones @ ones.T + u @ q @ u.T
 
 
 @methods.register("4denvar")
@@ -354,7 +340,7 @@ class EnVar4D:
         if y.dim() < 1:
             raise ShapeError("y must have shape (*batch, P)")
         p = y.shape[-1]
-        r = _r_vector(r_std, p, ens)
+        r = observation_std(r_std, p, ens)
         n_mem = ens.shape[-2]
         batch = torch.broadcast_shapes(ens.shape[:-2], y.shape[:-1], r.shape[:-1])
         ens = ens.expand(*batch, *ens.shape[-2:])
@@ -371,19 +357,23 @@ class EnVar4D:
                     mean, anom, y, r, forecast_obs, batch
                 )
             else:
-                w, costs, iters, converged = _minimise_lbfgs(
+                w, costs, iters, conv = minimise_batched_lbfgs(
                     lambda w_: envar4d_cost(w_, mean, anom, y, r, forecast_obs),
                     mean.new_zeros(*batch, n_mem),
-                    iterations=self.iterations,
-                    tol=self.tol,
-                    history_size=self.history_size,
+                    iterations=int(self.iterations),
+                    tol=float(self.tol),
+                    history_size=int(self.history_size),
+                    h0=1.0,
+                    eps=torch.finfo(mean.dtype).eps,
                 )
+                converged = bool(conv.all())
                 with torch.no_grad():
                     _, _, hess, _ = self._evaluate(w, mean, anom, eye, eye, y, r, forecast_obs)
             with torch.no_grad():
                 transform, _ = _sym_pow(hess)
                 if self.rotate:
-                    transform = transform @ _random_rotation(batch, n_mem, generator, ens)
+                    transform = transform @ random_rotation(
+                        n_mem, batch, generator=generator, dtype=ens.dtype, device=ens.device)
                 s_star = _control(w, mean, anom)
                 post = s_star.unsqueeze(-2) + math.sqrt(n_mem - 1) * (
                     transform.transpose(-1, -2) @ anom

@@ -88,8 +88,9 @@ import torch
 from torch import Tensor, nn
 
 from xlatda.errors import ConfigError, ShapeError
+from xlatda.methods.lbfgs import minimise_batched_lbfgs
 from xlatda.methods.registry import methods
-from xlatda.methods.var3d import _r_vector, linear_matrix
+from xlatda.methods.var3d import linear_matrix, observation_std
 
 __all__ = [
     "VAE4DVar",
@@ -182,123 +183,6 @@ def _reference_tensor(module: nn.Module | None) -> Tensor | None:
         if t.is_floating_point():
             return t
     return None
-
-
-# -- batched L-BFGS -------------------------------------------------------------
-def _value_and_grad(fun: Callable[[Tensor], Tensor], w: Tensor) -> tuple[Tensor, Tensor]:
-    """Costs ``(*batch,)`` and their gradients ``(*batch, k)`` at ``w`` (w only: the
-    decoder's weights get no ``.grad``)."""
-    with torch.enable_grad():
-        w_ = w.detach().requires_grad_(True)
-        f = fun(w_)
-        (g,) = torch.autograd.grad(f.sum(), w_)
-    return f.detach(), g.detach()
-
-
-def _two_loop(g: Tensor, hist: list[tuple[Tensor, Tensor, Tensor]], gamma: Tensor) -> Tensor:
-    """L-BFGS direction ``-H g`` per batch element; pairs with ``rho = 0`` are no-ops."""
-    q = g
-    alphas = []
-    for s, y, rho in reversed(hist):
-        a = rho * (s * q).sum(-1)
-        q = q - a.unsqueeze(-1) * y
-        alphas.append(a)
-    r = gamma.unsqueeze(-1) * q
-    for (s, y, rho), a in zip(hist, reversed(alphas)):
-        b = rho * (y * r).sum(-1)
-        r = r + (a - b).unsqueeze(-1) * s
-    return -r
-
-
-def _minimise_batched_lbfgs(
-    fun: Callable[[Tensor], Tensor],
-    w0: Tensor,
-    *,
-    iterations: int,
-    tol: float,
-    history_size: int,
-    h0: float,
-    eps: float,
-    max_line_search: int = 30,
-    patience: int = 3,
-) -> tuple[Tensor, Tensor, int, Tensor]:
-    """Minimise independent costs ``fun(w) -> (*batch,)``, one L-BFGS per batch element.
-
-    The Armijo condition allows a rounding slack of ``10 eps max(|J|, 1)``,
-    so that steps keep being taken (driven by the gradient, which stays
-    accurate) when cost differences fall below the precision of ``J``. An
-    element stops (converged) when the largest entry of its gradient falls
-    to ``tol``; when its cost has not decreased by more than that slack for
-    ``patience`` iterations in a row, or the line search finds no acceptable
-    step (precision floor); or else after ``iterations`` iterations.
-
-    Returns
-    -------
-    w (*batch, k), cost history (K, *batch) starting at ``w0``, iterations
-    done (the most over the batch), converged (*batch,) bool.
-    """
-    c1 = 1e-4
-    w = w0.detach().clone()
-    f, g = _value_and_grad(fun, w)
-    batch = w.shape[:-1]
-    f = f.expand(batch).clone()
-    converged = g.abs().amax(-1) <= tol
-    active = ~converged
-    gamma = torch.full(batch, h0, dtype=w.dtype, device=w.device)
-    flat = torch.zeros(batch, dtype=torch.long, device=w.device)
-    hist: list[tuple[Tensor, Tensor, Tensor]] = []
-    costs = [f.clone()]
-    done = 0
-    for _ in range(iterations):
-        if not bool(active.any()):
-            break
-        d = _two_loop(g, hist, gamma)
-        gd = (g * d).sum(-1)
-        ascent = active & ~(gd < 0)
-        if bool(ascent.any()):  # lost descent: forget the memory, steepest descent
-            hist = [(s, y, torch.where(ascent, 0.0, rho)) for s, y, rho in hist]
-            gamma = torch.where(ascent, h0, gamma)
-            d = torch.where(ascent.unsqueeze(-1), -h0 * g, d)
-            gd = (g * d).sum(-1)
-        slack = 10.0 * eps * f.abs().clamp_min(1.0)
-        alpha = torch.where(active, 1.0, 0.0).to(w.dtype)
-        settled = ~active
-        w_new, f_new, g_new = w.clone(), f.clone(), g.clone()
-        for _ in range(max_line_search):
-            ft, gt = _value_and_grad(fun, w + alpha.unsqueeze(-1) * d)
-            ok = ~settled & torch.isfinite(ft) & (ft <= f + c1 * alpha * gd + slack)
-            w_new = torch.where(ok.unsqueeze(-1), w + alpha.unsqueeze(-1) * d, w_new)
-            f_new = torch.where(ok, ft, f_new)
-            g_new = torch.where(ok.unsqueeze(-1), gt, g_new)
-            settled = settled | ok
-            if bool(settled.all()):
-                break
-            # Minimiser of the quadratic through f, f'(0) = gd and f(alpha), kept in
-            # [0.1, 0.5] alpha; halve if the trial was not finite.
-            curv = 2.0 * (ft - f - alpha * gd)
-            quad = -gd * alpha**2 / curv
-            quad = torch.where(torch.isfinite(quad) & (curv > 0), quad, 0.5 * alpha)
-            quad = torch.minimum(torch.maximum(quad, 0.1 * alpha), 0.5 * alpha)
-            alpha = torch.where(settled, alpha, quad)
-        stalled = active & ~settled
-        s = w_new - w
-        yv = g_new - g
-        sy = (s * yv).sum(-1)
-        good = active & settled & (sy > eps * s.norm(dim=-1) * yv.norm(dim=-1)) & (sy > 0)
-        rho = torch.where(good, 1.0 / torch.where(good, sy, 1.0), 0.0)
-        hist.append((s, yv, rho))
-        if len(hist) > history_size:
-            hist.pop(0)
-        yy = (yv * yv).sum(-1)
-        gamma = torch.where(good, sy / torch.where(good, yy, 1.0), gamma)
-        flat = torch.where(f - f_new <= slack, flat + 1, 0)
-        w, f, g = w_new, f_new, g_new
-        done += 1
-        costs.append(f.clone())
-        now = active & ((g.abs().amax(-1) <= tol) | stalled | (flat >= patience))
-        converged = converged | now
-        active = active & ~now
-    return w, torch.stack(costs), done, converged
 
 
 # -- result and methods ------------------------------------------------------------
@@ -426,7 +310,7 @@ class _LatentVar:
         offset = None if self.offset is None else self.offset.to(dtype=dtype, device=device).clone()
         if offset is not None and offset.dim() == 1 and offset.shape[0] != n:
             raise ShapeError(f"offset has {offset.shape[0]} values but the background has {n}")
-        r = _r_vector(r_std, p, xb).clone()
+        r = observation_std(r_std, p, xb).clone()
         batch = torch.broadcast_shapes(xb.shape[:-1], y.shape[:-1], r.shape[:-1])
 
         hmat = linear_matrix(op)
@@ -492,7 +376,7 @@ class _LatentVar:
             if w_start.shape[-1:] != (k,):
                 raise ShapeError(f"w0 must end in the latent size {k}, got {tuple(w_start.shape)}")
             w_start = w_start.expand(*batch, k).clone()
-        w, cost, iters, conv = _minimise_batched_lbfgs(
+        w, cost, iters, conv = minimise_batched_lbfgs(
             fun,
             w_start,
             iterations=int(self.iterations),
@@ -936,7 +820,7 @@ def vaevar_increment_covariance(
     hmat = hmat.to(dtype=jac.dtype, device=jac.device)
     if hmat.shape[-1] != n:
         raise ShapeError(f"h has shape {tuple(hmat.shape)} but the state has {n} values")
-    r = _r_vector(r_std, hmat.shape[-2], jac)
+    r = observation_std(r_std, hmat.shape[-2], jac)
     g = (hmat @ ell) / r.unsqueeze(-1)  # (..., P, k)
     info = lam * torch.eye(k, dtype=jac.dtype, device=jac.device) + g.transpose(-1, -2) @ g
     chol = torch.linalg.cholesky(info)

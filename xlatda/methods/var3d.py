@@ -30,8 +30,9 @@ with analysis covariance :math:`A = (B^{-1} + H^\top R^{-1} H)^{-1}
 
 which is well conditioned, and is minimised from :math:`v = 0` by L-BFGS
 with gradients from autograd through ``h`` (no adjoint code). All batch
-elements are minimised together in one tensor (their costs are summed;
-the problems are independent, so the sum's minimiser is theirs).
+elements are minimised together in one tensor, each by its own L-BFGS
+(memory, line search and stopping rule per element,
+:func:`xlatda.methods.lbfgs.minimise_batched_lbfgs`).
 
 References
 ----------
@@ -65,9 +66,10 @@ from torch import Tensor
 
 from xlatda.errors import ConfigError, ShapeError
 from xlatda.methods.covariance import Covariance
+from xlatda.methods.lbfgs import minimise_batched_lbfgs
 from xlatda.methods.registry import methods
 
-__all__ = ["Var3D", "Var3DResult", "linear_matrix"]
+__all__ = ["Var3D", "Var3DResult", "linear_matrix", "observation_std"]
 
 
 def linear_matrix(h: Any) -> Tensor | None:
@@ -89,8 +91,16 @@ def linear_matrix(h: Any) -> Tensor | None:
     return mat
 
 
-def _r_vector(r_std: Tensor | float, p: int, like: Tensor) -> Tensor:
-    """Observation-error standard deviations as a tensor ``(..., P)``."""
+def observation_std(r_std: Tensor | float, p: int, like: Tensor) -> Tensor:
+    """Observation-error standard deviations as a tensor ``(..., P)``.
+
+    Raises
+    ------
+    ShapeError
+        If ``r_std`` is neither a scalar nor ends in ``p``.
+    ConfigError
+        If some value is not positive.
+    """
     r = torch.as_tensor(r_std, dtype=like.dtype, device=like.device)
     if r.dim() == 0:
         r = r.expand(p)
@@ -103,6 +113,9 @@ def _r_vector(r_std: Tensor | float, p: int, like: Tensor) -> Tensor:
     if not bool((r > 0).all()):
         raise ConfigError("r_std must be positive for every observation")
     return r
+
+
+_r_vector = observation_std  # the old private name, still imported by methods.score
 
 
 @dataclass(frozen=True)
@@ -131,71 +144,6 @@ class Var3DResult:
     iterations: int
     cost: Tensor
     converged: bool
-
-
-def _minimise_lbfgs(
-    fun: Callable[[Tensor], Tensor],
-    v0: Tensor,
-    *,
-    iterations: int,
-    tol: float,
-    history_size: int,
-) -> tuple[Tensor, Tensor, int, bool]:
-    """Minimise the batched cost ``fun(v) -> (*batch,)`` from ``v0`` by L-BFGS.
-
-    The batch costs are summed into one objective. Stops (converged) when
-    the largest gradient entry falls to ``tol`` or when the cost stops
-    decreasing at machine precision, or else after ``iterations`` iterations.
-
-    Returns
-    -------
-    v, cost_history (K, *batch), iterations done, converged
-    """
-    with torch.inference_mode(False), torch.enable_grad():
-        v = v0.detach().clone().requires_grad_(True)
-        opt = torch.optim.LBFGS(
-            [v],
-            lr=1.0,
-            max_iter=1,
-            max_eval=26,  # one iteration per step() call, line search up to 25 evaluations
-            history_size=history_size,
-            tolerance_grad=tol,
-            tolerance_change=0.0,
-            line_search_fn="strong_wolfe",
-        )
-        evals: list[tuple[Tensor, float]] = []
-
-        def closure() -> Tensor:
-            opt.zero_grad()
-            cost = fun(v)
-            total = cost.sum()
-            total.backward()
-            evals.append((cost.detach().clone(), float(v.grad.abs().max())))
-            return total
-
-        history: list[Tensor] = []
-        converged = False
-        done = 0
-        eps = torch.finfo(v.dtype).eps
-        for _ in range(iterations):
-            start = len(evals)
-            opt.step(closure)
-            cost, gmax = evals[start]
-            history.append(cost)
-            if gmax <= tol:
-                converged = True
-                break
-            done += 1
-            if len(history) >= 2:
-                prev, now = float(history[-2].sum()), float(cost.sum())
-                if abs(prev - now) <= 10 * eps * max(abs(now), 1.0):
-                    converged = True  # no decrease left at machine precision
-                    break
-        if not converged:
-            with torch.no_grad():
-                cost = fun(v).detach()
-            history.append(cost)
-    return v.detach(), torch.stack(history), done, converged
 
 
 def _blue(
@@ -356,10 +304,9 @@ class Var3D:
         The observation-space form costs :math:`O(P^3 + P^2 n)` plus ``P``
         products with ``B``, the state-space form :math:`O(n^3 + n^2 P)`;
         both hold an ``(P, n)`` dense copy of ``H``. In the nonlinear case
-        one L-BFGS (one memory, one line search) runs on the sum of the
-        batch's costs: the problems are independent, but many strongly
-        different, ill-conditioned ones together need more iterations than
-        each alone.
+        every batch element runs its own L-BFGS (one ``h`` call on the whole
+        batch per line-search trial), so differently scaled problems do not
+        slow each other down.
         """
         xb = torch.as_tensor(xb)
         if not xb.is_floating_point():
@@ -370,7 +317,7 @@ class Var3D:
             raise ShapeError(f"b has size {self.b.n} but the background has {n} values")
         b = self.b.to(dtype=xb.dtype, device=xb.device)
         p = y.shape[-1]
-        r = _r_vector(r_std, p, xb)
+        r = observation_std(r_std, p, xb)
         hmat = linear_matrix(h)
         if hmat is not None:
             hmat = hmat.to(dtype=xb.dtype, device=xb.device)
@@ -406,9 +353,10 @@ class Var3D:
                 return 0.5 * (v**2).sum(-1) + 0.5 * (((y_ - pred) / r_) ** 2).sum(-1)
 
             v0 = xb_.new_zeros(*batch, n)
-            v, cost, iters, converged = _minimise_lbfgs(
-                fun, v0, iterations=self.iterations, tol=self.tol, history_size=self.history_size
-            )
+            v, cost, iters, conv = minimise_batched_lbfgs(
+                fun, v0, iterations=int(self.iterations), tol=float(self.tol),
+                history_size=int(self.history_size), h0=1.0, eps=torch.finfo(xb.dtype).eps)
+            converged = bool(conv.all())
             xa = xb_ + b.sqrt_matvec(v)
             cov = None
             if covariance:

@@ -1,0 +1,246 @@
+"""Cycling adapters of the built-in kernels (the :mod:`~xlatda.methods.protocol`).
+
+Each adapter wraps a kernel (its signature untouched) behind
+``analyse(space, ensemble, window, *, generator, state)``:
+
+- :class:`EnsembleFilter`: ETKF, EnKF, DEnKF, EnSRF (any
+  :class:`~xlatda.methods.ensemble.EnsembleMethod`); :class:`LocalFilter`
+  adds the localisation distances of the space (LETKF);
+- :class:`ThreeDVar`: 3DVar, with ``b=`` / ``b_std=`` or the model's latent
+  prior as B;
+- :class:`VAEVarAnalysis`, :class:`VAE4DVarWindow`: VAE-Var in 3D and 4D
+  (physical space);
+- :class:`EnVarWindow`: 4DEnVar / LEVDA over a window.
+
+The score-based method's adapter lives with its sampler in
+:mod:`xlatda.generative`.
+
+Ensemble kernels return the analysis ensemble; if one returns more (a
+tuple ``(ensemble, diagnostics[, state])``, or an object with ``ensemble``
+/ ``analysis``, ``diagnostics`` and ``state`` attributes), the diagnostics
+and state are forwarded, and a kernel whose ``analyse`` takes ``state=``
+receives the state it returned at the previous analysis.
+
+Examples
+--------
+>>> from xlatda.methods.protocol import adapter_for
+>>> from xlatda.methods import ETKF, LETKF, Var3D
+>>> adapter_for(ETKF).__name__, adapter_for(LETKF).__name__, adapter_for(Var3D).__name__
+('EnsembleFilter', 'LocalFilter', 'ThreeDVar')
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import numpy as np
+import torch
+
+from xlatda.errors import ConfigError
+from xlatda.methods.covariance import Covariance, DiagonalCovariance
+from xlatda.methods.ensemble import EnsembleMethod
+from xlatda.methods.envar4d import EnVar4D
+from xlatda.methods.letkf import LETKF
+from xlatda.methods.protocol import CycleMethod, WindowAnalysis, adapts
+from xlatda.methods.vaevar import VAE4DVar, VAEVar
+from xlatda.methods.var3d import Var3D
+
+__all__ = ["EnVarWindow", "EnsembleFilter", "LocalFilter", "ThreeDVar", "VAE4DVarWindow",
+           "VAEVarAnalysis", "background_covariance", "unpack_kernel_result"]
+
+_F64 = torch.float64
+
+
+def _make(kernel: type, settings: dict[str, Any]) -> Any:
+    try:
+        return kernel(**settings)
+    except TypeError as err:  # an unknown setting: name the method
+        raise ConfigError(f"{kernel.__name__}: {err}") from None
+
+
+def unpack_kernel_result(out: Any, state: dict[str, torch.Tensor]):
+    """``(ensemble, diagnostics, state)`` from what an ensemble kernel returned."""
+    if isinstance(out, torch.Tensor):
+        return out, {}, state
+    if isinstance(out, tuple):
+        ens = out[0]
+        diag = dict(out[1]) if len(out) > 1 and out[1] is not None else {}
+        new_state = dict(out[2]) if len(out) > 2 and out[2] is not None else state
+        return ens, diag, new_state
+    ens = getattr(out, "ensemble", None)
+    if ens is None:
+        ens = getattr(out, "analysis", None)
+    if not isinstance(ens, torch.Tensor):
+        raise ConfigError(
+            f"the ensemble kernel returned {type(out).__name__}; expected a Tensor, a tuple "
+            "(ensemble, diagnostics[, state]) or an object with .ensemble"
+        )
+    diag = dict(getattr(out, "diagnostics", None) or {})
+    new_state = getattr(out, "state", None)
+    return ens, diag, state if new_state is None else dict(new_state)
+
+
+@adapts(EnsembleMethod)
+class EnsembleFilter(CycleMethod):
+    """An ensemble Kalman filter kernel analysing one observation time."""
+
+    localised = False
+
+    def __init__(self, kernel: Any) -> None:
+        self.kernel = kernel
+        try:
+            params = inspect.signature(kernel.analyse).parameters
+        except (TypeError, ValueError):  # pragma: no cover - builtins
+            params = {}
+        self._takes_state = "state" in params
+
+    @classmethod
+    def build(cls, kernel, settings, *, space, members):
+        return cls(_make(kernel, settings))
+
+    def analyse(self, space, ensemble, window, *, generator, state):
+        table = window.tables[0]
+        hx = space.observe(ensemble, table)
+        y, r = table.values.to(_F64), table.error_std.to(_F64)
+        locations = space.locations(table) if self.localised else None
+        extra = {"state": state} if self._takes_state else {}
+        out = self.kernel.analyse(ensemble, hx, y, r, generator=generator, locations=locations,
+                                  **extra)
+        ana, diag, new_state = unpack_kernel_result(out, state)
+        return WindowAnalysis([(ensemble, ana)], diag, new_state, [hx])
+
+
+@adapts(LETKF)
+class LocalFilter(EnsembleFilter):
+    """A localised ensemble filter: the space gives the distances (physical space only)."""
+
+    localised = True
+    spaces = ("physical",)
+
+
+def background_covariance(settings: dict[str, Any], space: Any) -> Covariance:
+    """B from ``b=`` (a Covariance), ``b_std=`` (diagonal) or the space's prior.
+
+    ``b`` and ``b_std`` are removed from ``settings``.
+    """
+    b = settings.pop("b", None)
+    b_std = settings.pop("b_std", None)
+    if b is not None:
+        if not isinstance(b, Covariance):
+            raise ConfigError("b must be a covariance object from xlatda.methods.covariance")
+        return b
+    n = space.n_state + space.n_params
+    if b_std is None:
+        prior = space.prior_covariance() if space.n_params == 0 else None
+        if prior is not None:
+            return prior
+        raise ConfigError(
+            "3dvar needs a background-error covariance: pass b_std=<float or array, the "
+            f"background-error standard deviation in {space.units()}> (diagonal B) or "
+            "b=<Covariance>" + (", or use a model with a latent prior (model.prior)"
+                                if space.kind == "latent" else "")
+        )
+    std = np.asarray(b_std, float)
+    if not np.all(np.isfinite(std)) or np.any(std <= 0):
+        raise ConfigError(f"b_std must be positive and finite, got {b_std!r}")
+    var = torch.as_tensor(np.broadcast_to(std**2, (n,)).copy(), dtype=_F64)
+    return DiagonalCovariance(var)
+
+
+class _SingleState(CycleMethod):
+    """A variational analysis of one state (the background mean)."""
+
+    ensemble = False
+
+    def __init__(self, kernel: Any) -> None:
+        self.kernel = kernel
+
+    def _operator(self, space, table):
+        h = space.linear_operator(table)
+        if h is None:
+            def h(s):
+                return space.observe(s, table)
+        return h
+
+    def analyse(self, space, ensemble, window, *, generator, state):
+        table = window.tables[0]
+        xb = ensemble.mean(0, keepdim=True)
+        res = self.kernel.analyse(xb, table.values.to(_F64)[None], table.error_std.to(_F64),
+                                  self._operator(space, table))
+        diag = {"iterations": torch.tensor(float(res.iterations), dtype=_F64),
+                "converged": torch.tensor(float(res.converged), dtype=_F64)}
+        return WindowAnalysis([(ensemble, res.mean.detach().to(_F64))], diag, state)
+
+
+@adapts(Var3D)
+class ThreeDVar(_SingleState):
+    """3DVar of the background mean with a static B."""
+
+    @classmethod
+    def build(cls, kernel, settings, *, space, members):
+        settings = dict(settings)
+        return cls(_make(kernel, {"b": background_covariance(settings, space), **settings}))
+
+
+@adapts(VAEVar)
+class VAEVarAnalysis(_SingleState):
+    """3D VAE-Var of the background mean (physical space)."""
+
+    spaces = ("physical",)
+    estimates_parameters = False
+
+    @classmethod
+    def build(cls, kernel, settings, *, space, members):
+        return cls(_make(kernel, settings))
+
+
+@adapts(VAE4DVar)
+class VAE4DVarWindow(CycleMethod):
+    """4D VAE-Var over a window, through the (differentiable) physical model."""
+
+    ensemble = False
+    windowed = True
+    one_time = False
+    spaces = ("physical",)
+    estimates_parameters = False
+
+    def __init__(self, kernel: Any) -> None:
+        self.kernel = kernel
+
+    @classmethod
+    def build(cls, kernel, settings, *, space, members):
+        return cls(_make(kernel, settings))
+
+    def analyse(self, space, ensemble, window, *, generator, state):
+        xb0 = ensemble.mean(0, keepdim=True)
+        y, r = window.stacked()
+        h = space.forecast_observe(window.times, window.tables, generator)
+        res = self.kernel.analyse(xb0, y[None], r, h)
+        steps = space.roll(xb0, res.mean.detach().to(_F64), window.times, generator)
+        diag = {"iterations": torch.tensor(float(res.iterations), dtype=_F64)}
+        return WindowAnalysis(steps, diag, state)
+
+
+@adapts(EnVar4D)
+class EnVarWindow(CycleMethod):
+    """4DEnVar / LEVDA over a window: the ensemble at its start, rolled through it."""
+
+    windowed = True
+    one_time = False
+
+    def __init__(self, kernel: Any) -> None:
+        self.kernel = kernel
+
+    @classmethod
+    def build(cls, kernel, settings, *, space, members):
+        return cls(_make(kernel, settings))
+
+    def analyse(self, space, ensemble, window, *, generator, state):
+        y, r = window.stacked()
+        h = space.forecast_observe(window.times, window.tables, generator)
+        res = self.kernel.analyse(ensemble, y, r, h, generator=generator)
+        steps = space.roll(ensemble, res.ensemble.to(_F64), window.times, generator)
+        diag = {"iterations": torch.tensor(float(res.iterations), dtype=_F64),
+                "converged": torch.tensor(float(res.converged), dtype=_F64)}
+        return WindowAnalysis(steps, diag, state)

@@ -1,0 +1,388 @@
+"""State spaces of assimilation: where the control vector lives and how it moves.
+
+A state space turns the control vectors of an assimilation (tensors
+``(N, n)``: ``N`` members, ``n`` control values, float64 on the CPU) into
+forecasts, predicted observations and fields on the state layout:
+
+- :class:`PhysicalSpace`: the control vector is the state itself (all
+  channels and grid points, flattened channel first); forecasts come from a
+  physical model (:mod:`xlatda.dynamics.physical`: Lorenz-96, shallow water,
+  anything with ``dt``, ``state_shape`` and ``step``); the observation
+  operator is the sparse interpolation ``H`` of the layout at the
+  observation places.
+- :class:`LatentSpace`: the control vector is the latent vector of a
+  :class:`~xlatda.LatentModel`; forecasts come from its latent dynamics
+  (plus model noise from its learned Q); the observation operator is
+  ``H' = H o D``, the decoder evaluated at the observation points.
+
+Unknown parameters estimated with the state ride at the end of the control
+vector (``[x; θ]`` or ``[z; θ]``, ``n_params`` values): forecasts pass them
+to the model as ``theta`` and carry them unchanged.
+
+Every method of :func:`xlatda.cycle` and :func:`xlatda.assimilate` sees the
+state only through this interface (``forecast``, ``observe``, ``to_fields``,
+``from_fields``), so a method written for one space runs in the other.
+
+Examples
+--------
+>>> import torch, xlatda
+>>> from xlatda.dynamics.physical import Lorenz96
+>>> ds = xlatda.datasets.lorenz96(n=8, steps=2, seed=0).isel(time=0)
+>>> space = PhysicalSpace(xlatda.layout(ds), Lorenz96(n=8))
+>>> s = space.from_fields(space.layout.to_tensor(ds, dtype=torch.float64)[None])
+>>> s.shape
+torch.Size([1, 8])
+>>> g = torch.Generator().manual_seed(0)
+>>> space.forecast(s, 0.0, 0.1, generator=g, noise=False).shape   # two model steps
+torch.Size([1, 8])
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from xlatda.errors import ConfigError, ObservationError
+from xlatda.layout import StateLayout
+from xlatda.methods.covariance import Covariance
+from xlatda.methods.localization import GreatCircleDistance, IndexDistance
+from xlatda.model import LatentModel
+from xlatda.obs.contract import ObservationTable
+from xlatda.obs.operator import build_operator
+
+__all__ = ["LatentSpace", "PhysicalSpace", "StateSpace", "space_for", "table_key"]
+
+_F64 = torch.float64
+
+
+def table_key(table: ObservationTable) -> str:
+    """Hash of what an observation operator depends on: places and channels.
+
+    Two tables with equal keys have the same operator; the key never depends
+    on object identity (``id()`` of a freed table is reused by Python).
+    """
+    h = hashlib.sha1()
+    for part in (table.lat, table.lon, table.position, table.channel):
+        if part is None:
+            h.update(b"-")
+        else:
+            arr = np.ascontiguousarray(np.asarray(part))
+            h.update(f"{arr.dtype}{arr.shape}".encode() + arr.tobytes())
+    return h.hexdigest()
+
+
+class StateSpace:
+    """Forecast, observe and convert control vectors ``(N, n)`` of one space.
+
+    Attributes
+    ----------
+    kind : str
+        ``"physical"`` or ``"latent"``.
+    layout : StateLayout
+        The layout of the fields.
+    n_params : int
+        Parameters at the end of the control vector.
+    n_state : int
+        Control values before the parameters.
+    """
+
+    kind: str = ""
+    layout: StateLayout
+    n_params: int = 0
+    n_state: int = 0
+
+    def split(self, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(state part, parameters or None)`` of control vectors ``s``."""
+        if self.n_params:
+            return s[..., : self.n_state], s[..., self.n_state:]
+        return s, None
+
+    def forecast(self, s: torch.Tensor, t0: float, t1: float, *, generator: torch.Generator,
+                 noise: bool, grad: bool = False) -> torch.Tensor:
+        """Control vectors at ``t1`` from ``s`` at ``t0`` (times as floats).
+
+        ``noise`` adds the model's stochastic error where it has one
+        (``generator`` draws it); ``grad`` keeps the autograd graph so a cost
+        can be differentiated through the dynamics.
+        """
+        raise NotImplementedError  # pragma: no cover
+
+    def observe(self, s: torch.Tensor, table: ObservationTable) -> torch.Tensor:
+        """Predicted observations ``(N, P)`` of control vectors ``(N, n)``."""
+        raise NotImplementedError  # pragma: no cover
+
+    def to_fields(self, s: torch.Tensor) -> torch.Tensor:
+        """Fields ``(N, C, *spatial)`` of control vectors (parameters dropped)."""
+        raise NotImplementedError  # pragma: no cover
+
+    def from_fields(self, x: torch.Tensor) -> torch.Tensor:
+        """Control vectors ``(N, n_state)`` (float64, CPU) of fields ``(N, C, *spatial)``."""
+        raise NotImplementedError  # pragma: no cover
+
+    def linear_operator(self, table: ObservationTable) -> Any:
+        """The observation operator as a linear map (with ``.matrix``), or None."""
+        return None
+
+    def locations(self, table: ObservationTable) -> Any:
+        """Distances between state and observation places (for localisation)."""
+        raise ConfigError(
+            f"localisation by distance needs places, which the {self.kind} control vector "
+            "does not have; use a global filter ('etkf', 'enkf', 'denkf', 'ensrf') here"
+        )
+
+    def prior_covariance(self) -> Covariance | None:
+        """A climatological covariance of the control vector, if the model has one."""
+        return None
+
+    def units(self) -> str:
+        """What the control vector's units are, for messages."""
+        return "the state's physical units"
+
+    # -- windows ---------------------------------------------------------------
+    def forecast_observe(self, times: list[float], tables: list[ObservationTable],
+                         generator: torch.Generator):
+        """``h(s0) -> (..., P)``: roll controls from ``times[0]`` through the window
+        (no model noise) and stack the predicted observations over its times.
+
+        Differentiable when called with autograd enabled (the forecast keeps
+        the graph then).
+        """
+
+        def forecast_obs(s: torch.Tensor) -> torch.Tensor:
+            lead = s.shape[:-1]
+            cur, tc, outs = s.reshape(-1, s.shape[-1]), times[0], []
+            grad = torch.is_grad_enabled()
+            for t, sub in zip(times, tables):
+                cur = self.forecast(cur, tc, t, generator=generator, noise=False, grad=grad)
+                tc = t
+                outs.append(self.observe(cur, sub))
+            return torch.cat(outs, -1).reshape(*lead, -1)
+
+        return forecast_obs
+
+    def roll(self, ens_b: torch.Tensor, ens_a: torch.Tensor, times: list[float],
+             generator: torch.Generator) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Background and analysis from the window start at each of its times."""
+        out, cur_b, cur_a, tc = [], ens_b, ens_a, times[0]
+        with torch.no_grad():
+            for t in times:
+                cur_b = self.forecast(cur_b, tc, t, generator=generator, noise=False)
+                cur_a = self.forecast(cur_a, tc, t, generator=generator, noise=False)
+                tc = t
+                out.append((cur_b, cur_a))
+        return out
+
+
+class PhysicalSpace(StateSpace):
+    """The state itself is the control vector (see the module docstring).
+
+    Parameters
+    ----------
+    layout : StateLayout
+        Layout of the state.
+    model : physical model, optional
+        Forecast model with ``dt``, ``state_shape`` and ``step(x, dt, theta)``;
+        ``None`` for methods that do not forecast.
+    n_params : int
+        Parameters appended to the control vector.
+    """
+
+    kind = "physical"
+
+    def __init__(self, layout: StateLayout, model: Any = None, n_params: int = 0) -> None:
+        self.layout = layout
+        self.model = model
+        self.n_params = int(n_params)
+        self.shape = (layout.n_channels, *layout.spatial_shape)
+        self.n_state = int(np.prod(self.shape))
+        want_shape = getattr(model, "state_shape", None)
+        if want_shape is not None and int(np.prod(want_shape)) != self.n_state:
+            raise ConfigError(
+                f"the physical model's state has {int(np.prod(want_shape))} values "
+                f"({want_shape}) but the state layout has {self.n_state} ({self.shape}); give "
+                "the Dataset every prognostic variable of the model (e.g. shallow water needs "
+                "height, vorticity and divergence)"
+            )
+        self._ops: dict[str, Any] = {}
+
+    def forecast(self, s, t0, t1, *, generator, noise, grad=False):
+        if t1 == t0:
+            return s
+        if self.model is None or not callable(getattr(self.model, "step", None)):
+            raise ConfigError(
+                "cycling in physical space needs a forecast model: pass model=a physical "
+                "model (e.g. xlatda.dynamics.physical.Lorenz96()) or a LatentModel"
+            )
+        x, theta = self.split(s)
+        dt = self.model.dt
+        n_steps = (t1 - t0) / dt
+        steps = round(n_steps)
+        if steps < 1 or abs(n_steps - steps) > 1e-6 * max(1.0, n_steps):
+            raise ObservationError(
+                f"the time between analyses ({t1 - t0}) is not a whole number of model steps "
+                f"(dt={dt}); use observation times on the model's step or set the model's dt"
+            )
+        with torch.set_grad_enabled(grad or torch.is_grad_enabled()):
+            xs = x.reshape(x.shape[0], *self.model.state_shape)
+            for _ in range(steps):
+                xs = self.model.step(xs, dt, theta)
+        out = xs.reshape(x.shape[0], -1)
+        return out if theta is None else torch.cat([out, theta], -1)
+
+    def operator(self, table: ObservationTable) -> Any:
+        """The interpolation operator at the table's places (built once per place set)."""
+        key = table_key(table)
+        op = self._ops.get(key)
+        if op is None:
+            if len(self._ops) >= 64:
+                self._ops.clear()
+            op = self._ops[key] = build_operator(self.layout, table)
+        return op
+
+    def observe(self, s, table):
+        x, _ = self.split(s)
+        return self.operator(table)(x.reshape(x.shape[0], *self.shape))
+
+    def linear_operator(self, table):
+        return self.operator(table) if self.n_params == 0 else None
+
+    def to_fields(self, s):
+        x, _ = self.split(s)
+        return x.reshape(x.shape[0], *self.shape)
+
+    def from_fields(self, x):
+        return x.reshape(x.shape[0], -1).to(_F64)
+
+    def locations(self, table):
+        L, C = self.layout, self.layout.n_channels
+        if L.kind == "generic":
+            return IndexDistance(int(np.prod(L.spatial_shape)), table.position, periodic=True,
+                                 channels=C)
+        if L.kind == "latlon":
+            glat, glon = np.meshgrid(L.lat, L.lon, indexing="ij")
+            if L.spatial_dims[0] != L.axes.lat:
+                glat, glon = glat.T, glon.T
+            return GreatCircleDistance(glat.ravel(), glon.ravel(), table.lat, table.lon,
+                                       channels=C)
+        return GreatCircleDistance(L.lat, L.lon, table.lat, table.lon, channels=C)
+
+
+class LatentSpace(StateSpace):
+    """The latent vector of a LatentModel is the control vector (see the module docstring).
+
+    Parameters
+    ----------
+    model : LatentModel
+        The latent model (its dynamics are needed only to forecast).
+    n_params : int
+        Parameters appended to the control vector.
+    """
+
+    kind = "latent"
+
+    def __init__(self, model: LatentModel, n_params: int = 0) -> None:
+        self.layout = model.layout
+        self.model = model
+        self.n_params = int(n_params)
+        self.n_state = self.d = model.latent_dim
+
+    def forecast(self, s, t0, t1, *, generator, noise, grad=False):
+        if t1 == t0:
+            return s
+        dyn = self.model.require_dynamics()
+        step = (self.model.time_step or {"value": 1.0})["value"]
+        tau = (t1 - t0) / step
+        z, theta = self.split(s)
+        # Networks run on the model's device; the control vector stays on the
+        # CPU in float64 (the analysis kernels and CPU generators work there).
+        zc = z.to(device=self.model.device, dtype=self.model.dtype)
+        times = torch.tensor([0.0, tau], dtype=zc.dtype, device=zc.device)
+        takes_theta = theta is not None and getattr(dyn, "n_params", 1) > 0
+        with torch.set_grad_enabled(grad):
+            out = dyn.evolve(zc, times, theta=theta.to(zc) if takes_theta else None)
+        z1 = out[..., -1, :].to("cpu", _F64)
+        q = self.model.model_error
+        if noise and q is not None:
+            eps = q.sample((z1.shape[0],), generator=generator).to(_F64)
+            z1 = z1 + math.sqrt(tau) * eps
+        return z1 if theta is None else torch.cat([z1, theta], -1)
+
+    def points(self, table: ObservationTable) -> torch.Tensor:
+        """The table's places as the encoder's point tensor."""
+        return self.model.points_tensor(table.lat, table.lon, table.position)
+
+    def observe(self, s, table):
+        z, _ = self.split(s)
+        return self.model.decode_points(z.to(self.model.dtype), self.points(table),
+                                        table.channel).to("cpu", _F64)
+
+    def to_fields(self, s):
+        z, _ = self.split(s)
+        with torch.no_grad():
+            return self.model.decode_tensor(z.to(self.model.dtype)).to("cpu", _F64)
+
+    def from_fields(self, x):
+        with torch.enable_grad():
+            z = self.model.encode_tensor(x.to(self.model.dtype))
+        return z.detach().to("cpu", _F64)
+
+    def prior_covariance(self):
+        prior = getattr(self.model, "prior", None)
+        return None if prior is None else prior.covariance()
+
+    def units(self):
+        return ("latent units (the scale of the model's latent vectors z, e.g. "
+                "ds.lda.encode(model).z.std('time'))")
+
+    def decoder_jacobian(self, z: torch.Tensor) -> torch.Tensor:
+        """Jacobian ``(C*S, d)`` of the (normalised) decoder at one latent ``z``.
+
+        Built in forward mode, ``d`` vectorised JVPs (``d`` is much smaller
+        than the number of outputs); reverse mode if the decoder has no
+        forward-mode derivative.
+        """
+        enc = self.model.encoder
+        z0 = z.reshape(-1)[: self.d].to(device=self.model.device, dtype=self.model.dtype)
+
+        def dec(v):
+            return enc.decode(v[None]).reshape(-1)
+
+        jacobian = torch.autograd.functional.jacobian
+        with torch.enable_grad():
+            try:
+                jac = jacobian(dec, z0, vectorize=True, strategy="forward-mode")
+            except (NotImplementedError, RuntimeError):
+                jac = jacobian(dec, z0, vectorize=True)
+        return jac.to("cpu", _F64)
+
+
+def space_for(layout: StateLayout, model: Any, space: str | None, n_params: int = 0
+              ) -> StateSpace:
+    """The state space for ``model``: latent for a LatentModel, else physical.
+
+    Raises
+    ------
+    ConfigError
+        For an unknown ``space`` or a model that does not fit it.
+    """
+    if space is None:
+        space = "latent" if isinstance(model, LatentModel) else "physical"
+    if space == "latent":
+        if not isinstance(model, LatentModel):
+            raise ConfigError(
+                "space='latent' needs a LatentModel (xlatda.fit or xlatda.open_model); got "
+                f"{type(model).__name__}"
+            )
+        return LatentSpace(model, n_params)
+    if space != "physical":
+        raise ConfigError(f"space must be 'latent' or 'physical', got {space!r}")
+    if isinstance(model, LatentModel):
+        raise ConfigError(
+            "space='physical' forecasts with a physical model; pass one (e.g. "
+            "xlatda.dynamics.physical.Lorenz96()) or use space='latent' with this LatentModel"
+        )
+    return PhysicalSpace(layout, model, n_params)
