@@ -44,6 +44,7 @@ from xlatda.cycle_store import fingerprint, open_result, resume, write_window
 from xlatda.errors import ConfigError, ObservationError
 from xlatda.initial import initial_ensemble, initial_parameters
 from xlatda.layout import layout
+from xlatda.methods.inflation import cycle_defaults
 from xlatda.methods.protocol import adapter_for
 from xlatda.methods.registry import get_method
 from xlatda.obs.contract import to_tensors, validate
@@ -346,6 +347,7 @@ def cycle(background: xr.Dataset | xr.DataArray | None, obs: xr.Dataset, model: 
         )
     pnames = list(params or {})
     sp = space_for(L, model, kind, len(pnames))
+    settings = cycle_defaults(method, settings)
     inst = proto.build(kernel, dict(settings), space=sp, members=members)
     _check(proto, method, sp, int(window), len(pnames))
     windows = plan_windows(table, int(window), int(seed))

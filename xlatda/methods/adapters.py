@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from xlatda.errors import ConfigError
+from xlatda.methods.consistency import DivergenceMonitor
 from xlatda.methods.covariance import Covariance, DiagonalCovariance
 from xlatda.methods.ensemble import EnsembleMethod
 from xlatda.methods.envar4d import EnVar4D
@@ -89,6 +90,7 @@ class EnsembleFilter(CycleMethod):
 
     def __init__(self, kernel: Any) -> None:
         self.kernel = kernel
+        self.monitor = DivergenceMonitor()
         try:
             params = inspect.signature(kernel.analyse).parameters
         except (TypeError, ValueError):  # pragma: no cover - builtins
@@ -104,10 +106,27 @@ class EnsembleFilter(CycleMethod):
         hx = space.observe(ensemble, table)
         y, r = table.values.to(_F64), table.error_std.to(_F64)
         locations = space.locations(table) if self.localised else None
+        if hasattr(self.kernel, "step"):
+            return self._step(space, ensemble, hx, y, r, window, locations, generator, state)
         extra = {"state": state} if self._takes_state else {}
         out = self.kernel.analyse(ensemble, hx, y, r, generator=generator, locations=locations,
                                   **extra)
         ana, diag, new_state = unpack_kernel_result(out, state)
+        return WindowAnalysis([(ensemble, ana)], diag, new_state, [hx])
+
+    def _step(self, space, ensemble, hx, y, r, window, locations, generator, state):
+        # The kernel's own state (adaptive inflation) and the divergence
+        # monitor's counts travel in one dict, stored with every analysis.
+        kstate = {k: v for k, v in state.items() if not k.startswith("monitor_")}
+        ana, diag, kstate = self.kernel.step(ensemble, hx, y, r, generator=generator,
+                                             locations=locations, state=kstate or None,
+                                             n_params=space.n_params)
+        mstate = None
+        if "monitor_count" in state:
+            mstate = {"count": state["monitor_count"], "warned": state["monitor_warned"]}
+        m = self.monitor.update(diag, mstate, where=f"analysis {window.index}, "
+                                                    f"time {window.labels[0]}")
+        new_state = {**kstate, "monitor_count": m["count"], "monitor_warned": m["warned"]}
         return WindowAnalysis([(ensemble, ana)], diag, new_state, [hx])
 
 
