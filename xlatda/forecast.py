@@ -3,7 +3,7 @@
 ``fit_dynamics(model, ds)``
     encodes the training trajectories and trains a :class:`LatentODE`
     (optionally conditioned on per-trajectory parameters) and the
-    model-error covariance ``Q`` of its one-step residuals;
+    model-error covariance ``Q`` on held-out multi-step residuals;
 ``evolve(z, model, steps=... | lead=...)``
     integrates latent vectors forward, adding a ``lead`` dimension (and a
     ``valid_time`` coordinate); ensembles with model noise from ``Q``;
@@ -67,6 +67,7 @@ def fit_dynamics(
     batch_size: int = 64,
     lr: float = 1e-3,
     val_fraction: float = 0.1,
+    q_horizon: int | None = None,
     seed: int = 0,
     device: Any = None,
     progress: bool | None = None,
@@ -82,10 +83,14 @@ def fit_dynamics(
         Training trajectories: a time dimension, optionally a ``trajectory``
         (or other sample) dimension; windows never cross trajectories.
     uncertainty : {"scalar", "diagonal", "cholesky", None}
-        Model-error covariance to fit on one-step residuals of the held-out
-        final segment of each trajectory (the validation segment of
-        ``val_fraction``; in-sample residuals only when there is none,
-        recorded in ``model.history["model_error"]``).
+        Model-error covariance ``Q`` (per data time step), fitted on the
+        held-out final segment of each trajectory (the validation segment of
+        ``val_fraction``; in-sample only when there is none, as recorded in
+        ``model.history["model_error"]``) from roll-outs of 1 to
+        ``q_horizon`` steps, each residual scaled by ``1/sqrt(lead)`` (see
+        :func:`xlatda.uncertainty.rollout_residuals`): ``tau * Q`` then
+        matches the held-out forecast error after ``tau`` steps on average
+        over the leads, also when errors grow faster than a random walk.
     params : list of str, optional
         Names of per-trajectory parameters in ``ds`` (data variables or
         coordinates over the non-time sample dims, e.g. ``jet_speed``) the
@@ -93,8 +98,11 @@ def fit_dynamics(
     window, epochs, batch_size, lr, seed, device, progress :
         Training settings (see :func:`xlatda.dynamics.training.fit_dynamics`).
     val_fraction : float
-        Fraction of each trajectory's end held out for early stopping
-        (``0``: train on everything; short trajectories need it).
+        Fraction of each trajectory's end held out for early stopping and
+        for ``Q`` (``0``: train on everything; short trajectories need it).
+    q_horizon : int, optional
+        Longest roll-out (in data steps) ``Q`` is fitted on; default
+        ``window - 1``, the training roll-out length (1: one-step residuals).
     **options :
         Architecture of the :class:`~xlatda.dynamics.LatentODE` (``width``,
         ``depth``, ``method``, ``step_size``, ...).
@@ -106,7 +114,7 @@ def fit_dynamics(
     """
     from xlatda.dynamics.latent_ode import LatentODE
     from xlatda.dynamics.training import fit_dynamics as _fit
-    from xlatda.uncertainty import fit_model_error, residuals
+    from xlatda.uncertainty import fit_model_error, rollout_residuals
 
     if uncertainty not in (None, "scalar", "diagonal", "cholesky"):
         raise ConfigError(f"uncertainty must be scalar, diagonal, cholesky or None, got "
@@ -147,15 +155,16 @@ def fit_dynamics(
         n_val = round(val_fraction * traj.shape[1]) if val_fraction else 0
         held_out = n_val >= 2 and n_val >= window and traj.shape[1] - n_val >= window
         segment = traj[:, -n_val:] if held_out else traj
-        with torch.no_grad():
-            res = residuals(dyn, segment.to(device=dev, dtype=model.dtype),
-                            theta=None if theta is None else theta.to(device=dev,
-                                                                      dtype=model.dtype))
+        horizon = max(1, window - 1) if q_horizon is None else int(q_horizon)
+        th = None if theta is None else theta.to(device=dev, dtype=model.dtype)
+        res, per_lead = rollout_residuals(dyn, segment.to(device=dev, dtype=model.dtype),
+                                          horizon, theta=th)
         q = fit_model_error(res.reshape(-1, model.latent_dim).cpu(), kind=uncertainty,
                             seed=seed).to(dev)
         q_info = {"fitted_on": "held-out final segment" if held_out else "training (in-sample)",
-                  "n_residuals": int(res.shape[0]),
-                  "mean_variance": float(torch.diagonal(q.covariance()).mean())}
+                  "horizon": int(per_lead.numel()), "n_residuals": int(res.shape[0]),
+                  "mean_variance": float(torch.diagonal(q.covariance()).mean()),
+                  "mse_per_lead": [float(v) for v in per_lead]}
     history = dict(model.history)
     from xlatda.api import _jsonable
 

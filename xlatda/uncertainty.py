@@ -62,7 +62,7 @@ from torch import Tensor, nn
 from xlatda.errors import ConfigError, ShapeError
 from xlatda.options import resolve_device, resolve_dtype
 
-__all__ = ["ModelError", "fit_model_error", "residuals"]
+__all__ = ["ModelError", "fit_model_error", "residuals", "rollout_residuals"]
 
 _KINDS = ("scalar", "diagonal", "cholesky")
 _SOLVERS = ("auto", "closed_form", "adam", "lbfgs")
@@ -488,3 +488,75 @@ def residuals(
                 thc = None if th_all is None else th_all[chunk]
                 out[chunk] = model.step(z0[chunk], dt, thc)
     return out - z1
+
+
+def rollout_residuals(
+    model: Any,
+    trajectories: Tensor,
+    horizon: int,
+    *,
+    theta: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    r"""Residuals of roll-outs of 1 to ``horizon`` steps, scaled to one step.
+
+    From every snapshot :math:`z_s` of each trajectory the model is rolled
+    out :math:`k = 1, \dots, K` steps (``times = 0, 1, ..., K`` in the model's
+    step units) and compared with :math:`z_{s+k}` where it exists. Each
+    residual is divided by :math:`\sqrt{k}`: a forecast whose error grows
+    like a random walk with per-step covariance :math:`Q` (what a cycle
+    assumes when it adds :math:`\sqrt{\tau}\,\varepsilon`,
+    :math:`\varepsilon \sim \mathcal N(0, Q)`, after a lead :math:`\tau`) gives
+    scaled residuals of covariance :math:`Q` at every lead. Errors that grow
+    faster (systematic errors such as a missed diurnal cycle) raise the
+    estimate above the one-step residuals' covariance, so ensembles cycled
+    over several steps are not made over-confident by it.
+
+    Parameters
+    ----------
+    model : LatentODE or anything with ``evolve(z0, times, theta)``
+        The dynamics.
+    trajectories : Tensor
+        ``(n_traj, T, d)`` codes (held-out ones: not those the model was
+        trained on).
+    horizon : int
+        Largest lead ``K`` (``>= 1``; capped at ``T - 1``).
+    theta : Tensor, optional
+        ``(n_traj, n_params)``.
+
+    Returns
+    -------
+    rows : Tensor
+        ``(M, d)`` scaled residuals, all leads pooled.
+    per_lead : Tensor
+        ``(K,)`` mean squared (unscaled) residual per lead, averaged over ``d``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from xlatda.dynamics.latent_ode import LatentODE
+    >>> ode = LatentODE(2, width=8, depth=1, seed=0)
+    >>> rows, per_lead = rollout_residuals(ode, torch.randn(1, 12, 2), horizon=3)
+    >>> rows.shape, per_lead.shape
+    (torch.Size([30, 2]), torch.Size([3]))
+    """
+    z = torch.as_tensor(trajectories)
+    if z.dim() != 3:
+        raise ShapeError(f"trajectories must be (n_traj, T, d), got {tuple(z.shape)}")
+    n, T, d = z.shape
+    K = min(int(horizon), T - 1)
+    if K < 1:
+        raise ShapeError(f"roll-out residuals need trajectories of 2 or more snapshots, got {T}")
+    starts = z[:, :-1].reshape(-1, d)
+    th = None
+    if theta is not None:
+        th = torch.as_tensor(theta).to(z)[:, None, :].expand(n, T - 1, -1).reshape(n * (T - 1),
+                                                                                 -1)
+    times = torch.arange(K + 1, dtype=z.dtype, device=z.device)
+    with torch.no_grad():
+        pred = model.evolve(starts, times, theta=th).reshape(n, T - 1, K + 1, d)
+    rows, per_lead = [], []
+    for k in range(1, K + 1):
+        r = pred[:, : T - k, k] - z[:, k:]  # starts s = 0..T-k-1 have a truth at s + k
+        per_lead.append(r.pow(2).mean())
+        rows.append(r.reshape(-1, d) / k**0.5)
+    return torch.cat(rows), torch.stack(per_lead)
