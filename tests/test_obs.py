@@ -190,3 +190,21 @@ def test_bad_error_std_argument():
         xlatda.obs.sample_points(global_state(), n=3, error_std=-1.0)
     with pytest.raises(ConfigError, match="one per variable"):
         xlatda.obs.sample_points(global_state(), n=3, error_std={"h": 1.0})
+
+
+@pytest.mark.parametrize("values, attrs, match", [
+    ([1.0, np.inf], {}, "inf"),
+    ([1.0, 9.969e36], {}, "fill value"),
+    ([1.0, -999.0], {"_FillValue": -999.0}, "_FillValue"),
+    ([1.0, 1e9], {"valid_max": 1e4}, "valid range"),
+])
+def test_garbage_values_are_refused(values, attrs, match):
+    import xlatda
+    from xlatda.errors import ObservationError
+    from xlatda.obs.contract import validate
+
+    state = xlatda.datasets.lorenz96(n=8, steps=2, seed=0)
+    obs = xr.Dataset({"x": ("obs", values, {"error_std": 1.0, **attrs})},
+                     coords={"k": ("obs", [0, 3]), "time": ("obs", [0.0, 0.0])})
+    with pytest.raises(ObservationError, match=match):
+        validate(obs, xlatda.layout(state))

@@ -161,3 +161,23 @@ def test_accessor_streams_a_lazy_dataset(data, model, tmp_path):
     assert stream_status(tmp_path / "acc.zarr")["complete"]
     np.testing.assert_allclose(out.z.values, data.lda.encode(model).z.values, rtol=1e-6,
                                atol=1e-6)
+
+
+def test_interrupted_store_refuses_another_source(data, model, tmp_path):
+    from xlatda.errors import StoreMismatchError
+
+    store = tmp_path / "z.zarr"
+    other = data.copy(deep=True)
+    other["x"] = other.x + 1.0
+    bad = data.copy(deep=True)
+    bad["x"][50, 0] = np.nan  # stops the run after regions 0..2 (chunk 16)
+    with pytest.raises(xlatda.errors.NonFiniteError, match="time index 50"):
+        encode_to_zarr(bad, model, store, chunk=16, progress=False, client=False)
+    status = stream_status(store)
+    assert status["done"] == 3 and not status["complete"]
+    with pytest.raises(StoreMismatchError, match="other data"):
+        encode_to_zarr(other, model, store, chunk=16, progress=False, client=False)
+    out = encode_to_zarr(other, model, store, chunk=16, progress=False, client=False,
+                         resume=False)
+    np.testing.assert_allclose(out.z.values, other.lda.encode(model).z.values, rtol=1e-6,
+                               atol=1e-6)
