@@ -1,0 +1,362 @@
+"""xlatda's public ``xlatda.cycle`` side by side with DAPPER, same truth, same observations.
+
+Lorenz-96 in the Sakov & Oke (2008) setting (40 sites, F = 8, RK4 with
+dt = 0.05, every site observed every step with R = I): the truth and the
+observations are made once here (``xlatda.datasets.lorenz96`` plus N(0, 1)
+noise) and handed to DAPPER as arrays through an ``.npz`` file. DAPPER
+(PyPI ``dapper`` 1.7.1) runs in its own virtual environment,
+``benchmarks/.dapper-venv`` (git-ignored; its pins differ from ours),
+driven by a subprocess (``benchmarks/dapper_driver.py``). Both start from
+the true initial state perturbed with std 1 and score the analysis-mean RMSE
+over the sites, averaged over the cycles after the burn-in.
+
+Methods and settings (published tunings, DAPPER's ``mods/Lorenz96/sakov2008``):
+
+=======  ===  =============================  ===================================
+xlatda   N    xlatda settings                DAPPER
+=======  ===  =============================  ===================================
+etkf     24   inflation 1.013                EnKF('Sqrt', N=24, infl=1.013, rot)
+denkf    40   inflation 1.01                 EnKF('DEnKF', N=40, infl=1.01)
+enkf     40   inflation 1.06                 EnKF('PertObs', N=40, infl=1.06)
+letkf    7    inflation 1.04, radius 4       LETKF(N=7, infl=1.04, loc_rad=4, rot)
+3dvar    1    b_std 0.5 (B = 0.25 I)         Var3D(B='eye', xB=0.25)
+=======  ===  =============================  ===================================
+
+Speed: cycles per second of the whole call (``xlatda.cycle`` with
+``progress=False``; DAPPER's ``xp.assimilate`` with its statistics, live
+plotting off). The xlatda side runs in this process with torch's default
+thread settings (the script changes none before the ``xlatda.cycle``
+calls: the library's own thread policy applies), as a user would call it.
+The "kernel" column is the same filter written as a bare tensor loop
+(``Lorenz96.step`` + ``method.analyse``) on one torch thread, the
+reference of the ``>= 0.6x kernel`` target.
+
+Shallow water (``--sw``): the shipped demo latent model (32 x 64 grid,
+latent 48), latent ETKF with N = 32, 256 observation locations per hour
+(height and vorticity): milliseconds per analysis cycle through
+``xlatda.cycle`` against the bare kernel loop (latent ODE forecast +
+``decode_points`` at the observations + ``ETKF.analyse``).
+
+Setup once (about 600 MB)::
+
+    python -m venv benchmarks/.dapper-venv
+    benchmarks/.dapper-venv/bin/pip install dapper==1.7.1
+
+(or ``--setup``). Run::
+
+    python benchmarks/bench_vs_dapper.py [--cycles 1000] [--burn-in 200] [--sw] [--scoped]
+
+writes ``benchmarks/out/vs_dapper.md``. ``--no-dapper`` runs the xlatda side
+alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "out" / "vs_dapper.md"
+VENV = HERE / ".dapper-venv"
+DT = 0.05
+R_STD = 1.0
+INIT_STD = 1.0
+
+#: label, xlatda method, members, xlatda settings, DAPPER method, DAPPER keywords
+RUNS = [
+    ("ETKF", "etkf", 24, {"inflation": 1.013}, "EnKF",
+     {"upd_a": "Sqrt", "N": 24, "infl": 1.013, "rot": True}),
+    ("DEnKF", "denkf", 40, {"inflation": 1.01}, "EnKF",
+     {"upd_a": "DEnKF", "N": 40, "infl": 1.01}),
+    ("EnKF", "enkf", 40, {"inflation": 1.06}, "EnKF",
+     {"upd_a": "PertObs", "N": 40, "infl": 1.06}),
+    ("LETKF", "letkf", 7, {"inflation": 1.04, "radius": 4}, "LETKF",
+     {"N": 7, "infl": 1.04, "loc_rad": 4, "rot": True}),
+    ("3DVar", "3dvar", 1, {"b_std": 0.5}, "Var3D", {"B": "eye", "xB": 0.25}),
+]
+#: runs with speed targets (>= 5x DAPPER at equal or lower RMSE)
+TARGETS = ("DEnKF", "EnKF", "LETKF")
+
+
+def setup_venv() -> Path:
+    """Create ``benchmarks/.dapper-venv`` with DAPPER 1.7.1 (needs the package index)."""
+    python = VENV / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "dapper==1.7.1"], check=True)
+    return python
+
+
+def make_data(cycles: int, seed: int):
+    """Truth ``(cycles + 1, 40)`` and observations at steps 1..cycles (xarray and numpy)."""
+    import xarray as xr
+
+    import xlatda
+
+    truth = xlatda.datasets.lorenz96(n=40, steps=cycles, seed=seed)
+    rng = np.random.default_rng(seed)
+    xx = truth.x.values.astype(float)
+    yy = xx[1:] + R_STD * rng.normal(size=xx[1:].shape)
+    k = np.tile(np.arange(40.0), cycles)
+    t = np.repeat(truth.time.values[1:], 40)
+    obs = xr.Dataset({"x": ("obs", yy.ravel(), {"error_std": R_STD})},
+                     coords={"k": ("obs", k), "time": ("obs", t)})
+    return truth, obs, xx, yy
+
+
+def _rmse(mean: np.ndarray, xx: np.ndarray, burn: int) -> float:
+    return float(np.sqrt(((mean - xx) ** 2).mean(-1))[burn:].mean())
+
+
+def run_xlatda(truth, obs, xx, burn: int, seed: int, scoped: bool = False) -> dict[str, dict]:
+    """``xlatda.cycle`` for every run, torch threads as the process has them.
+
+    ``scoped``: call it inside ``xlatda._threads.thread_scope`` (what the
+    public function does itself once ``cycle.py`` carries the
+    ``@with_thread_scope`` line; for measuring before that line is merged).
+    """
+    import contextlib
+
+    import xlatda
+    from xlatda._threads import thread_scope
+    from xlatda.dynamics.physical import Lorenz96
+
+    rows = {}
+    cycles = xx.shape[0] - 1
+    for label, method, members, settings, *_ in RUNS:
+        scope = thread_scope(members * 40) if scoped else contextlib.nullcontext()
+        t0 = time.perf_counter()
+        with scope:
+            res = xlatda.cycle(truth.isel(time=0), obs, Lorenz96(), method=method,
+                               members=members, init_std=INIT_STD, seed=seed, progress=False,
+                               **settings)
+        seconds = time.perf_counter() - t0
+        mean = res.analysis.x.mean("member").transpose("time", ...).values
+        rows[label] = {"rmse": _rmse(mean, xx[1:], burn), "cycles_per_s": cycles / seconds}
+        print(f"xlatda{' (scoped)' if scoped else ''} {label:<6} RMSE {rows[label]['rmse']:.3f} "
+              f"{rows[label]['cycles_per_s']:.0f} cycles/s", flush=True)
+    return rows
+
+
+def run_kernels(xx, yy, burn: int, seed: int) -> dict[str, dict]:
+    """The same filters as bare tensor loops on one torch thread (the kernel-level rate)."""
+    import torch
+
+    from xlatda.dynamics.physical import Lorenz96
+    from xlatda.methods.ensemble import ETKF, DEnKF, EnKF
+    from xlatda.methods.letkf import LETKF
+    from xlatda.methods.localization import IndexDistance
+
+    methods = {"ETKF": ETKF(inflation=1.013), "DEnKF": DEnKF(inflation=1.01),
+               "EnKF": EnKF(inflation=1.06), "LETKF": LETKF(inflation=1.04, radius=4.0)}
+    model = Lorenz96(n=40, forcing=8.0, dt=DT)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    rows = {}
+    try:
+        with torch.inference_mode():
+            y_all = torch.as_tensor(yy)
+            r_std = torch.full((40,), R_STD, dtype=torch.float64)
+            locations = IndexDistance(40)
+            for label, _, members, *_ in RUNS:
+                if label not in methods:
+                    continue
+                g = torch.Generator().manual_seed(seed)
+                x0 = torch.as_tensor(xx[0])
+                ens = x0 + INIT_STD * torch.randn(members, 40, generator=g, dtype=torch.float64)
+                means = torch.empty(len(yy), 40, dtype=torch.float64)
+                start = time.perf_counter()
+                for k in range(len(yy)):
+                    ens = model.step(ens, DT)
+                    ens = methods[label].analyse(ens, ens, y_all[k], r_std, generator=g,
+                                                 locations=locations)
+                    means[k] = ens.mean(0)
+                seconds = time.perf_counter() - start
+                rows[label] = {"rmse": _rmse(means.numpy(), xx[1:], burn),
+                               "cycles_per_s": len(yy) / seconds}
+    finally:
+        torch.set_num_threads(before)
+    return rows
+
+
+def run_dapper(xx, yy, burn: int, seed: int, python: Path) -> dict[str, dict]:
+    """DAPPER on the same arrays, in its own environment (a subprocess)."""
+    spec = {"dt": DT, "r_std": R_STD, "init_std": INIT_STD, "burn_in": burn, "seed": seed,
+            "runs": [{"label": r[0], "dapper": r[4], "dapper_kwargs": r[5]} for r in RUNS]}
+    with tempfile.TemporaryDirectory() as tmp:
+        data, spec_path = Path(tmp) / "l96.npz", Path(tmp) / "spec.json"
+        np.savez(data, xx=xx, yy=yy)
+        spec_path.write_text(json.dumps(spec))
+        proc = subprocess.run([str(python), str(HERE / "dapper_driver.py"), str(data),
+                               str(spec_path)], capture_output=True, text=True, check=False,
+                              cwd=tmp, env={"MPLBACKEND": "Agg", "PATH": "/usr/bin:/bin"})
+    if proc.returncode != 0:
+        raise RuntimeError(f"the DAPPER run failed:\n{proc.stderr[-3000:]}")
+    rows = {}
+    for line in proc.stdout.splitlines():
+        if line.startswith("{"):
+            row = json.loads(line)
+            rows[row["label"]] = row
+            print(f"DAPPER {row['label']:<6} RMSE {row['rmse']:.3f} "
+                  f"{row['cycles_per_s']:.0f} cycles/s", flush=True)
+    return rows
+
+
+def shallow_water(hours: int, seed: int = 1, scoped: bool = False) -> dict[str, float]:
+    """Latent ETKF on the demo model: ms per analysis, ``xlatda.cycle`` vs the kernel loop."""
+    import torch
+
+    import xlatda
+    from xlatda.datasets import shallow_water as sw_data
+    from xlatda.demo import demo_model_path
+    from xlatda.methods.ensemble import ETKF
+    from xlatda.obs import sample_points
+    from xlatda.obs.contract import to_tensors
+
+    model = xlatda.open_model(demo_model_path())
+    L = model.layout
+    nlat, nlon = L.spatial_shape
+    spinup = float(model.history.get("settings", {}).get("spinup_hours", 72))
+    both = sw_data(nlat=nlat, nlon=nlon, hours=hours, trajectories=2, seed=10_000 + seed,
+                   spinup_hours=spinup, progress=False)
+    truth = both.isel(trajectory=0, drop=True)
+    background = both.isel(trajectory=1, drop=True).isel(time=0)
+    background = background.assign_coords(time=truth.time[0])
+    std = {v: 0.1 * float(model.normalizer.std[i]) for i, v in enumerate(L.variables)}
+    obs = sample_points(truth.isel(time=slice(1, None)), n=256, error_std=std, seed=seed)
+    members = 32
+
+    def public():
+        if scoped:
+            from xlatda._threads import thread_scope
+
+            with thread_scope(members * model.latent_dim):
+                return xlatda.cycle(background, obs, model, method="etkf", members=members,
+                                    init_std=0.5, seed=seed, progress=False, inflation=1.05)
+        return xlatda.cycle(background, obs, model, method="etkf", members=members,
+                            init_std=0.5, seed=seed, progress=False, inflation=1.05)
+
+    public()  # warm-up
+    t0 = time.perf_counter()
+    public()
+    cycle_ms = (time.perf_counter() - t0) / hours * 1e3
+
+    # Kernel loop: the same work on tensors (forecast, observe, analyse).
+    table = to_tensors(obs, L)
+    times = np.asarray(table.time)
+    labels = np.unique(times)
+    groups = [np.flatnonzero(times == t) for t in labels]
+    dyn = model.require_dynamics()
+    etkf = ETKF(inflation=1.05)
+    g = torch.Generator().manual_seed(seed)
+    with torch.inference_mode():
+        x0 = torch.as_tensor(background.lda.to_tensor()).to(model.dtype)
+        z = model.encode_tensor(x0).to(torch.float64)
+        ens = z + 0.5 * torch.randn(members, z.shape[-1], generator=g, dtype=torch.float64)
+        pts = [(model.points_tensor(table.lat[i], table.lon[i]), table.channel[i],
+                table.values[i].to(torch.float64), table.error_std[i].to(torch.float64))
+               for i in groups]
+        tau = torch.tensor([0.0, 1.0], dtype=model.dtype)
+
+        def kernel():
+            e = ens
+            for p, ch, y, r in pts:
+                e = dyn.evolve(e.to(model.dtype), tau)[..., -1, :].to(torch.float64)
+                hx = model.decode_points(e.to(model.dtype), p, ch).to(torch.float64)
+                e = etkf.analyse(e, hx, y, r, generator=g)
+            return e
+
+        kernel()
+        t0 = time.perf_counter()
+        kernel()
+        kernel_ms = (time.perf_counter() - t0) / len(pts) * 1e3
+    return {"cycle_ms": cycle_ms, "kernel_ms": kernel_ms, "analyses": len(pts),
+            "latent": model.latent_dim, "obs_per_hour": 256}
+
+
+def _write(rows_x, rows_k, rows_d, sw, cycles, burn, threads, dapper_note, scoped,
+           out: Path = OUT) -> str:
+    lines = [f"Lorenz-96, {cycles} cycles (RMSE after {burn}), same truth and observations; "
+             f"xlatda with torch's default threads ({threads}) in a fresh process; kernel "
+             "loops on 1 thread. " + dapper_note
+             + (" xlatda.cycle was run inside thread_scope by this script (it does not carry "
+                "@with_thread_scope yet): the figures the one-line change gives." if scoped
+                else ""), "",
+             "| method | N | xlatda RMSE | xlatda cycles/s | kernel cycles/s | cycle / kernel "
+             "| DAPPER RMSE | DAPPER cycles/s | xlatda / DAPPER | target |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for label, _, members, *_ in RUNS:
+        x, k, d = rows_x[label], rows_k.get(label), rows_d.get(label)
+        ratio_k = f"{x['cycles_per_s'] / k['cycles_per_s']:.2f}" if k else "–"
+        speedup = f"{x['cycles_per_s'] / d['cycles_per_s']:.1f}x" if d else "–"
+        target = "–"
+        if label in TARGETS and d and k:
+            ok = (x["cycles_per_s"] >= 5 * d["cycles_per_s"] and x["rmse"] <= d["rmse"] + 0.005
+                  and x["cycles_per_s"] >= 0.6 * k["cycles_per_s"])
+            target = "met" if ok else "not met"
+        kernel = f"{k['cycles_per_s']:.0f}" if k else "–"
+        dapper = f"{d['rmse']:.3f} | {d['cycles_per_s']:.0f}" if d else "– | –"
+        lines.append(f"| {label} | {members} | {x['rmse']:.3f} | {x['cycles_per_s']:.0f} | "
+                     f"{kernel} | {ratio_k} | {dapper} | {speedup} | {target} |")
+    if sw:
+        lines += ["", f"Shallow water, demo latent model (latent {sw['latent']}), latent ETKF "
+                  f"N = 32, {sw['obs_per_hour']} locations per hour x 2 fields, "
+                  f"{sw['analyses']} analyses:", "",
+                  "| path | ms per analysis | rate vs kernel |", "|---|---|---|",
+                  f"| xlatda.cycle | {sw['cycle_ms']:.1f} | "
+                  f"{sw['kernel_ms'] / sw['cycle_ms']:.2f} |",
+                  f"| kernel loop | {sw['kernel_ms']:.1f} | 1.00 |"]
+    text = "\n".join(lines) + "\n"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> str:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--cycles", type=int, default=1000)
+    p.add_argument("--burn-in", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sw", action="store_true", help="also the shallow-water latent ETKF")
+    p.add_argument("--sw-hours", type=int, default=24)
+    p.add_argument("--no-dapper", action="store_true")
+    p.add_argument("--out", default=OUT.name, help="table file under benchmarks/out/")
+    p.add_argument("--scoped", action="store_true",
+                   help="run xlatda.cycle inside thread_scope when it does not do so itself")
+    p.add_argument("--setup", action="store_true", help="create the DAPPER venv if missing")
+    p.add_argument("--dapper-python", default=str(VENV / "bin" / "python"))
+    a = p.parse_args(argv)
+    truth, obs, xx, yy = make_data(a.cycles, a.seed)
+    import torch
+
+    import xlatda  # imported by xlatda above; its thread setting is left as it is
+
+    threads = torch.get_num_threads()
+    scoped = a.scoped and not hasattr(xlatda.cycle, "__wrapped__")
+    rows_x = run_xlatda(truth, obs, xx, a.burn_in, a.seed, scoped=scoped)
+    rows_k = run_kernels(xx, yy, a.burn_in, a.seed)
+    rows_d, note = {}, "DAPPER 1.7.1 in benchmarks/.dapper-venv (subprocess, NumPy defaults)."
+    if not a.no_dapper:
+        python = setup_venv() if a.setup else Path(a.dapper_python)
+        if python.exists():
+            rows_d = run_dapper(xx, yy, a.burn_in, a.seed, python)
+        else:
+            note = f"DAPPER not run: {python} is missing (see --setup)."
+    else:
+        note = "DAPPER not run (--no-dapper)."
+    sw = shallow_water(a.sw_hours, scoped=scoped) if a.sw else None
+    text = _write(rows_x, rows_k, rows_d, sw, a.cycles, a.burn_in, threads, note, scoped,
+                  OUT.parent / a.out)
+    print(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()
