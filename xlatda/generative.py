@@ -25,14 +25,39 @@ interpolation ``H`` in physical space. Point, coarsened and sparsified
 observations, and several kinds at once (:func:`xlatda.obs.concat`), are
 therefore all assimilated together.
 
+**Whole trajectories** (score-based data assimilation, Rozet and Louppe
+2023; SLAMS). The prior is trained on windows of ``w`` states, but
+:func:`xlatda.cycle` samples one continuous trajectory through every
+observation: the observation times must lie on the prior's time step, the
+states from the first to the last observation time form a trajectory of
+``L`` states (a span shorter than ``w`` is centred in one window), and the
+local score is composed over it by the Markov-blanket rule
+(:class:`~xlatda.methods.diffusion.MarkovScore`: state ``i``'s score from
+the window centred on it, clamped at the ends), so that every posterior
+sample is one trajectory drawn jointly given all the observations. Spans
+longer than ``block`` states (sampler setting, default 64) are sampled in
+blocks of ``block`` states one after the other: block ``b + 1`` starts
+``2 (w - 1)`` states before the end of block ``b`` (the last block is moved
+back to hold ``block`` states); its first ``w - 1`` states are block
+``b``'s samples, kept by replacement
+(:meth:`~xlatda.methods.score.ScoreDA.analyse` ``known=``), the next
+``w - 1`` are sampled again now that they see the observations beyond block
+``b``; block ``b`` gives the states before that point, block ``b + 1`` the
+rest. ``joint=False`` restores the independent windows of ``window``
+observation times (each centred in one prior window, knowing nothing of
+the others).
+
 **No background.** As in SLAMS, the prior is the score model itself: the
 analysis does not use a background state or a forecast model. ``state`` /
 ``background`` only give the layout and the starting time (both may be
 ``None`` with a latent model, whose layout is used). In :func:`xlatda.cycle`
-the windows are sampled independently; the ``background`` of the
-:class:`~xlatda.CycleResult` holds unconditioned draws of the same prior
-(the climatological ensemble the observations update), so innovation and
-spread diagnostics mean what they do for the other methods.
+``window`` groups the observation times of each record (and checkpoint of
+a ``store``); the ``background`` of the :class:`~xlatda.CycleResult` holds
+unconditioned draws of the same prior (the climatological ensemble the
+observations update, composed over the same blocks), so innovation and
+spread diagnostics mean what they do for the other methods. A store resumed
+with more observations keeps the analyses it holds, which did not see the
+new observations.
 
 Examples
 --------
@@ -84,9 +109,6 @@ __all__ = ["PixelScoreModel", "ScoreWindows", "fit_score"]
 _F64 = torch.float64
 _SAMPLER_SETTINGS = ("steps", "corrections", "tau", "gamma", "guide_clip")
 _SPAN_SETTINGS = ("joint", "block")
-#: Error std (standardised prior units) of the pseudo-observations that tie a
-#: block of a long span to the states it shares with the block before it.
-OVERLAP_STD = 0.05
 
 
 @dataclasses.dataclass(eq=False)
@@ -510,15 +532,19 @@ class _WindowSampler:
             )
         return pos.tolist()
 
-    def blocks(self, n_states: int) -> list[tuple[int, int]]:
-        """``(start, end)`` of the blocks sampled one after the other (see :func:`cycle_score`)."""
+    def blocks(self, n_states: int) -> list[tuple[int, int, int]]:
+        """``(start, known, end)`` of the blocks sampled one after the other.
+
+        A block holds states ``[start, end)``; its first ``known`` states are
+        taken from the block before (see :func:`cycle_score` for the rule).
+        """
         w, size = self.window, self.block
         if n_states <= size:
-            return [(0, n_states)]
-        out = [(0, size)]
-        while out[-1][1] < n_states:
-            start = min(out[-1][1] - (w - 1), n_states - w)
-            out.append((start, min(start + size, n_states)))
+            return [(0, 0, n_states)]
+        out = [(0, 0, size)]
+        while out[-1][2] < n_states:
+            start = min(out[-1][2] - 2 * (w - 1), n_states - size)
+            out.append((start, w - 1, min(start + size, n_states)))
         return out
 
     def draw_block(self, members: int, tables, positions, length: int, gen: torch.Generator,
@@ -527,14 +553,14 @@ class _WindowSampler:
 
         ``tables`` are observed at block states ``positions``; ``cond``
         ``(N, c, *state)`` (standardised) fixes the first ``c`` states per
-        member through pseudo-observations of error :data:`OVERLAP_STD`.
+        member (by replacement, ``ScoreDA.analyse(known=)``).
         """
         prior = self.prior.trajectory(max(length, self.window))
         da = ScoreDA(net=prior, schedule=prior.schedule, **self.settings)
-        nd = len(prior.event_shape)
         kw = dict(generator=gen, device=self.device, dtype=self.dtype)
         if not tables and cond is None:
             return da.sample(members, **kw)
+        y = r = gain = None
         observe = self._observe(tables, positions, prior) if tables else None
         if tables:
             y = torch.cat([t.values for t in tables]).to(self.dtype).to(self.device)
@@ -544,25 +570,9 @@ class _WindowSampler:
             # (physical units, through the decoder), observation by observation.
             gain = observation_gain(observe, tuple(prior.event_shape), generator=gen,
                                     device=self.device, dtype=self.dtype)
-        if cond is None:
-            return da.analyse(members, observe, y, r, obs_gain=gain, **kw)
-        c = cond.shape[1]
-        yc = cond.to(self.dtype).flatten(1)
-        rc = torch.full_like(yc, OVERLAP_STD)
-
-        def observe_cond(u: torch.Tensor) -> torch.Tensor:
-            fixed = u.narrow(u.dim() - nd, 0, c).flatten(u.dim() - nd)
-            return fixed if observe is None else torch.cat((observe(u), fixed), -1)
-
-        if observe is not None:
-            yc = torch.cat((y.expand(members, -1), yc), -1)
-            rc = torch.cat((r.expand(members, -1), rc), -1)
-            gc = torch.cat((gain, torch.ones(yc.shape[1] - gain.shape[0], dtype=gain.dtype,
-                                              device=gain.device)))
-        else:
-            gc = None
-        # one batch element per member: each is conditioned on its own overlap
-        return da.analyse(1, observe_cond, yc, rc, obs_gain=gc, **kw)[:, 0]
+        if not tables:
+            return da.analyse(members, known=cond, **kw)
+        return da.analyse(members, observe, y, r, obs_gain=gain, known=cond, **kw)
 
     def draw_span(self, members: int, tables, states, seed: int, prior_too: bool):
         """Samples of the trajectory through every observation, block by block.
@@ -577,22 +587,25 @@ class _WindowSampler:
             shift = (w - n_states) // 2
             states, n_states = [s + shift for s in states], w
         blocks = self.blocks(n_states)
-        prev_post = prev_prior = None
-        for b, (start, end) in enumerate(blocks):
+        prev = None
+        for b, (start, c, end) in enumerate(blocks):
             gen = self.generator(int(seed) * 1_000_003 + b + 1)
-            inside = [i for i, s in enumerate(states) if start <= s < end]
+            # observations of the states this block samples (not of the known ones)
+            inside = [i for i, s in enumerate(states) if start + c <= s < end]
             subs = [tables[i] for i in inside]
             pos = [states[i] - start for i in inside]
-            c = 0 if b == 0 else blocks[b - 1][1] - start
-            cond = None if b == 0 else prev_post[:, -c:]
+            cond = cond0 = None
+            if prev is not None:
+                p_start, p_post, p_prior = prev
+                cond = p_post[:, start - p_start:start - p_start + c]
+                if prior_too:
+                    cond0 = p_prior[:, start - p_start:start - p_start + c]
             u = self.draw_block(members, subs, pos, end - start, gen, cond)
-            u0 = None
-            if prior_too:
-                cond0 = None if b == 0 else prev_prior[:, -c:]
-                u0 = self.draw_block(members, [], [], end - start, gen, cond0)
-            prev_post, prev_prior = u, u0
-            done = end if b == len(blocks) - 1 else blocks[b + 1][0]
-            keep = [i for i in inside if states[i] < done]
+            u0 = self.draw_block(members, [], [], end - start, gen, cond0) if prior_too else None
+            prev = (start, u, u0)
+            # this block's states up to the first the next block samples itself
+            upto = end if b == len(blocks) - 1 else blocks[b + 1][0] + blocks[b + 1][1]
+            keep = [i for i in inside if states[i] < upto]
             sel = [states[i] - start for i in keep]
             post = self._states(u, sel)
             prior = self._states(u0, sel) if prior_too else [None] * len(sel)

@@ -82,7 +82,7 @@ SCORE_FORMAT = "xlatda-score/1"
 _PARTS = ("encoder", "dynamics", "model_error", "score", "prior")
 CHECKSUM_ATTR = "xlatda_sha256"
 _META_KEYS = ("format", "model_id", "layout", "normalizer", "time_step", "history", "versions",
-              "parts")
+              "parts", "missing")
 _SPEC_KEYS = ("kind", "config", "tensors", "sha256")
 
 

@@ -441,6 +441,7 @@ class ScoreDA:
         r_std: Tensor | float | None = None,
         *,
         obs_gain: Tensor | None = None,
+        known: Tensor | None = None,
         generator: torch.Generator | None = None,
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
@@ -469,6 +470,17 @@ class ScoreDA:
             observation units. Needed whenever ``A`` is not a plain reading
             of the state (a decoder, physical units); :func:`observation_gain`
             estimates it. ``None``: ones.
+        known : Tensor, shape ``(..., N, c, *event_shape[1:])``, optional
+            The first ``c`` states, known per sample (the overlap with a
+            block already sampled): sampling is conditioned on them by
+            replacement (Song et al. 2021, imputation): after every update
+            the known states are set to their noised values
+            :math:`\\mu_s x_{\\rm known} + \\sigma_s z`, a fresh draw of the
+            forward process, and the other states move under the composed
+            score given them. Returned as given. Approximate: on the AR(1)
+            case of ``tests/test_score.py`` (4 known of 12 states) the
+            conditional mean is off by up to 0.15 prior std and the
+            conditional variances by up to 17 %.
         generator : torch.Generator, optional
             All randomness (initial noise, Langevin noise); on ``device``.
         device, dtype
@@ -493,8 +505,20 @@ class ScoreDA:
         dev0, dt0 = _default_place(self.net, y)
         dev = resolve_device(device if device is not None else dev0)
         dt = resolve_dtype(dtype if dtype is not None else dt0)
+        if known is not None:
+            known = torch.as_tensor(known, dtype=dt, device=dev)
+            nd = len(self.event_shape)
+            if (known.dim() < nd + 1 or tuple(known.shape[known.dim() - nd + 1:])
+                    != self.event_shape[1:] or not 1 <= known.shape[known.dim() - nd]
+                    < self.event_shape[0] or known.shape[known.dim() - nd - 1] != members):
+                raise ShapeError(
+                    f"known must be (..., N={members}, c, *state) with state "
+                    f"{self.event_shape[1:]} and 1 <= c < {self.event_shape[0]}, got "
+                    f"{tuple(known.shape)}"
+                )
         if y is None:
-            return self._sample(int(members), (), None, None, None, generator, dev, dt)
+            return self._sample(int(members), (), None, None, None, generator, dev, dt,
+                                known=known)
         if r_std is None:
             raise ConfigError("r_std (observation-error standard deviations) is required with y")
         with torch.inference_mode(False):
@@ -515,7 +539,8 @@ class ScoreDA:
                         f"{p}, got shape {tuple(g.shape)}"
                     )
                 gain2 = (g**2).expand(*batch, p).unsqueeze(-2).clone()
-        return self._sample(int(members), batch, observe, y, r_var, generator, dev, dt, gain2)
+        return self._sample(int(members), batch, observe, y, r_var, generator, dev, dt, gain2,
+                            known=known)
 
     def sample(
         self,
@@ -553,17 +578,23 @@ class ScoreDA:
         device: torch.device,
         dtype: torch.dtype,
         gain2: Tensor | None = None,
+        known: Tensor | None = None,
     ) -> Tensor:
         if members < 1:
             raise ConfigError(f"members must be >= 1, got {members}")
         shape = (*batch, members, *self.event_shape)
         nd = len(self.event_shape)
+        if known is not None:
+            c = known.shape[known.dim() - nd]
+            batch = tuple(torch.broadcast_shapes(batch, known.shape[:known.dim() - nd - 1]))
+            shape = (*batch, members, *self.event_shape)
+            known = known.expand(*batch, members, *known.shape[known.dim() - nd:])
         sched = self.schedule
         tau = float(self.tau)
 
         def eps(x: Tensor, t: float) -> tuple[Tensor, Tensor | None]:
-            return _eps_guidance(self.net, x, t, sched, nd, observe, y, r_var, float(self.gamma),
-                                 gain2)
+            return _eps_guidance(self.net, x, t, sched, nd, observe, y, r_var,
+                                 float(self.gamma), gain2)
 
         def noise() -> Tensor:
             return torch.randn(shape, generator=generator, dtype=dtype, device=device)
@@ -599,14 +630,22 @@ class ScoreDA:
         times = [1.0 - i / int(self.steps) for i in range(int(self.steps) + 1)]
         mus = [float(sched.alpha(t)) for t in times]
         sigmas = [float(sched.sigma(t)) for t in times]
+        def replace(x: Tensor, i: int) -> Tensor:
+            if known is None:
+                return x
+            z = torch.randn(known.shape, generator=generator, dtype=dtype, device=device)
+            head = mus[i] * known + sigmas[i] * z
+            return torch.cat((head, x.narrow(x.dim() - nd, c, x.shape[x.dim() - nd] - c)),
+                             x.dim() - nd)
+
         with torch.inference_mode(False):
-            x = noise()
+            x = replace(noise(), 0)
             for i in range(int(self.steps)):
                 e, guide = eps(x, times[i])
                 if guide is not None:
                     e = e - capped(guide)
                 ratio = mus[i + 1] / mus[i]
-                x = ratio * x + (sigmas[i + 1] - ratio * sigmas[i]) * e
+                x = replace(ratio * x + (sigmas[i + 1] - ratio * sigmas[i]) * e, i + 1)
                 s = sigmas[i + 1]
                 for _ in range(int(self.corrections)):
                     e, guide = eps(x, times[i + 1])
@@ -616,4 +655,9 @@ class ScoreDA:
                         e = e - guide
                         delta = tau / (1.0 + strength(guide))
                     x = x - (delta * s) * e + (2.0 * delta) ** 0.5 * s * noise()
+                    x = replace(x, i + 1)
+        if known is not None:
+            x = replace(x, int(self.steps))  # at t = 0: mu = 1, sigma = eta
+            x = torch.cat((known, x.narrow(x.dim() - nd, c, x.shape[x.dim() - nd] - c)),
+                          x.dim() - nd)
         return x.detach()
