@@ -109,7 +109,7 @@ def test_maps_grid_four_panels(grid, tmp_path):
     lims = [ax.collections[0].get_clim() for ax in panels]
     assert lims[0] == lims[1] == lims[2]
     assert lims[3][0] == pytest.approx(-lims[3][1])
-    assert panels[0].get_xlabel() == "longitude [degrees_east]"
+    assert panels[0].get_xlabel() == "longitude [°E]"
     saved(fig, tmp_path)
 
 
@@ -131,7 +131,7 @@ def test_maps_without_cartopy(grid, monkeypatch):
     monkeypatch.setitem(sys.modules, "cartopy.crs", None)
     truth, *_ = grid
     fig = plot.maps(truth=truth)  # projection=None falls back to plain axes
-    assert len(fig.axes) == 2 and fig.axes[0].get_ylabel() == "latitude [degrees_north]"
+    assert len(fig.axes) == 2 and fig.axes[0].get_ylabel() == "latitude [°N]"
     with pytest.raises(ImportError, match="cartopy"):
         plot.maps(truth=truth, projection=True)
 
