@@ -64,7 +64,7 @@ def test_a_method_registered_by_the_user_cycles_and_resumes(tmp_path):
     resumed = xlatda.cycle(truth.isel(time=0), obs, Lorenz96(n=8), store=store, **kw)
     np.testing.assert_array_equal(resumed.diagnostics["count"].values, np.arange(1.0, 11.0))
     np.testing.assert_array_equal(resumed.analysis.x.values, res.analysis.x.values)
-    with pytest.raises(ConfigError, match="weight|unexpected"):
+    with pytest.raises(ConfigError, match=r"weight|unexpected"):
         xlatda.cycle(truth.isel(time=0), obs, Lorenz96(n=8), method="test-nudge", members=5,
                      init_std=0.5, progress=False, wieght=0.3)
 
@@ -286,5 +286,5 @@ def test_climatology_is_the_default_initial_ensemble_with_a_prior(latent_l96):
     with_prior = xlatda.assimilate(bg, obs, model, method="3dvar")
     explicit = xlatda.assimilate(bg, obs, model, method="3dvar", b=DenseCovariance(cov))
     np.testing.assert_array_equal(with_prior.x.values, explicit.x.values)
-    with pytest.raises(ConfigError, match="b_std=.*latent units"):
+    with pytest.raises(ConfigError, match=r"b_std=.*latent units"):
         xlatda.assimilate(bg, obs, latent_l96[1], method="3dvar")
