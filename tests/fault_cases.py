@@ -1030,9 +1030,11 @@ _CYCLE = {
     "nan-background-etkf": (lambda: _cycle(background=_nan_bg()), NonFiniteError,
                             "background"),
 }
+# Refused by the cycle driver since the cycle-core merge; the rest still wait for the checks.
+_CYCLE_DONE = {"init-std--0.5", "b-std--1"}
 for _name, (_fn, _exc, _match) in _CYCLE.items():
     add("cycle", _name, (lambda f, e, m: lambda tmp: expect(e, f, m))(_fn, _exc, _match),
-        xfail=CYCLE_XFAIL)
+        xfail=None if _name in _CYCLE_DONE else CYCLE_XFAIL)
 add("cycle", "store-reused-by-another-experiment", _cycle_reuse, xfail=CYCLE_XFAIL)
 
 
@@ -1043,4 +1045,4 @@ def _cycle_ok(tmp: Path) -> str:
     return "identical (with and without a store)"
 
 
-add("cycle", "store-same-as-no-store", _cycle_ok, xfail=CYCLE_XFAIL)
+add("cycle", "store-same-as-no-store", _cycle_ok)

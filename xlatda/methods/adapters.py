@@ -106,7 +106,8 @@ class EnsembleFilter(CycleMethod):
         hx = space.observe(ensemble, table)
         y, r = table.values.to(_F64), table.error_std.to(_F64)
         locations = space.locations(table) if self.localised else None
-        if hasattr(self.kernel, "step"):
+        # A kernel that overrides analyse (a user's subclass) is called through it.
+        if type(self.kernel).analyse is EnsembleMethod.analyse:
             return self._step(space, ensemble, hx, y, r, window, locations, generator, state)
         extra = {"state": state} if self._takes_state else {}
         out = self.kernel.analyse(ensemble, hx, y, r, generator=generator, locations=locations,
