@@ -39,6 +39,7 @@ import xarray as xr
 # Imported for their registrations: the adapters of the built-in kernels and of score.
 import xlatda.generative
 import xlatda.methods.adapters  # noqa: F401
+from xlatda._threads import with_thread_scope
 from xlatda.cycle_records import AnalysisError, CycleRecorder, CycleResult, check_finite
 from xlatda.cycle_store import fingerprint, open_result, resume, write_window
 from xlatda.errors import ConfigError, ObservationError
@@ -129,6 +130,7 @@ def _model_identity(model: Any) -> Any:
 
 
 # -- public functions ---------------------------------------------------------
+@with_thread_scope
 def assimilate(state: xr.Dataset | xr.DataArray | None, obs: xr.Dataset, model: Any = None, *,
                method: str = "etkf", space: str | None = None, members: int | None = None,
                init_std: Any = None, seed: int = 0, **settings: Any) -> xr.Dataset:
@@ -232,6 +234,7 @@ def assimilate(state: xr.Dataset | xr.DataArray | None, obs: xr.Dataset, model: 
     return out
 
 
+@with_thread_scope
 def cycle(background: xr.Dataset | xr.DataArray | None, obs: xr.Dataset, model: Any, *,
           method: str = "etkf", space: str | None = None, members: int = 20,
           init_std: Any = None, init: str | None = None, window: int = 1,
