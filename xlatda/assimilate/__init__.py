@@ -11,6 +11,7 @@ warn with a :class:`DeprecationWarning`; importing this alias leaves
 from __future__ import annotations
 
 import importlib
+import pkgutil
 import sys
 import types
 import warnings
@@ -28,9 +29,8 @@ warnings.warn(
     stacklevel=2,
 )
 
-_SUBMODULES = ("covariance", "diffusion", "ensemble", "envar4d", "letkf", "localization",
-               "registry", "score", "vaevar", "var3d")
-for _name in _SUBMODULES:
+# Every module of xlatda.methods (modules added later included) answers under the old name.
+for _name in (m.name for m in pkgutil.iter_modules(_methods.__path__)):
     sys.modules[f"{__name__}.{_name}"] = importlib.import_module(f"xlatda.methods.{_name}")
 
 
