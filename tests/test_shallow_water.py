@@ -286,7 +286,9 @@ def test_dataset_structure(small_ds):
         assert ds[name].dims == ("trajectory", "time", "lat", "lon")
         assert ds[name].dtype == np.float32
     assert ds.height.attrs["units"] == "m"
-    assert ds.height.attrs["standard_name"] == "geopotential_height"
+    # a fluid depth: no CF standard name fits (geopotential_height would be wrong)
+    assert "standard_name" not in ds.height.attrs
+    assert ds.height.attrs["long_name"].startswith("fluid depth")
     assert ds.vorticity.attrs == {
         "standard_name": "atmosphere_relative_vorticity",
         "long_name": "relative vorticity",
@@ -315,7 +317,7 @@ def test_dataset_cf_xarray(small_ds):
     assert ds.cf["longitude"].name == "lon"
     assert ds.cf["time"].name == "time"
     assert ds.cf.axes == {"X": ["lon"], "Y": ["lat"], "T": ["time"]}
-    assert ds.cf["geopotential_height"].name == "height"
+    assert ds.cf["atmosphere_relative_vorticity"].name == "vorticity"
 
 
 def test_dataset_seeds(small_ds):

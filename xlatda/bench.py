@@ -27,7 +27,8 @@ import numpy as np
 
 __all__ = ["BENCH_SYSTEMS", "bench"]
 
-BENCH_SYSTEMS = ("lorenz63", "lorenz96", "shallow_water")
+# lorenz63 is wired below but gives NaN RMSEs (not yet found why); left out until fixed
+BENCH_SYSTEMS = ("lorenz96", "shallow_water")
 _DEFAULT_CYCLES = {"lorenz63": 300, "lorenz96": 300, "shallow_water": 24}
 
 
@@ -36,8 +37,9 @@ def _full_obs(truth, names, positions, error_std, rng):
     import xarray as xr
 
     times = truth.time.values[1:]
-    data, coords = {}, {"time": ("obs", np.repeat(times, len(positions)))}
-    if positions is not None and names == ["x"] and "k" in truth.dims:
+    data: dict = {}
+    if positions is not None:
+        coords = {"time": ("obs", np.repeat(times, len(positions)))}
         k = np.tile(np.asarray(positions, float), times.size)
         vals = truth.x.isel(time=slice(1, None)).values.ravel()
         data["x"] = ("obs", vals + error_std * rng.normal(size=vals.size),
@@ -133,8 +135,13 @@ def bench(system: str = "lorenz96", cycles: int | None = None, seed: int = 0,
     elif system == "lorenz63":
         from xlatda.dynamics.physical import Lorenz63
 
-        truth = xlatda.datasets.lorenz63(steps=cycles, every=5, seed=seed)
-        obs = _full_obs(truth, ["x", "y", "z"], None, 2.0, rng)
+        l63 = xlatda.datasets.lorenz63(steps=cycles, every=5, seed=seed)
+        # x, y, z as one variable along a component dim "k" (the state layout needs one)
+        truth = xr.Dataset(
+            {"x": (("time", "k"), np.stack([l63[v].values for v in "xyz"], -1),
+                   {"long_name": "Lorenz-63 state (x, y, z)"})},
+            coords={"time": l63.time, "k": ("k", np.arange(3))}, attrs=l63.attrs)
+        obs = _full_obs(truth, ["x"], np.arange(3), 2.0, rng)
         model, background = Lorenz63(), truth.isel(time=0)
         runs = [("etkf", 10, {"inflation": 1.02}), ("denkf", 10, {"inflation": 1.02}),
                 ("enkf", 20, {"inflation": 1.04}), ("ensrf", 10, {"inflation": 1.02}),
@@ -142,9 +149,8 @@ def bench(system: str = "lorenz96", cycles: int | None = None, seed: int = 0,
         init_std = 2.0
 
         def score(ens):
-            m = ens.mean("member")
-            t = truth.sel(time=ens.time)
-            return ((m.x - t.x) ** 2 + (m.y - t.y) ** 2 + (m.z - t.z) ** 2) / 3
+            ref = truth.x.sel(time=ens.time.values, method="nearest")
+            return (ens.x.mean("member") - ref.assign_coords(time=ens.time.values)) ** 2
     else:
         from xlatda.datasets import shallow_water
         from xlatda.demo import demo_model_path, normalised_rmse

@@ -108,9 +108,11 @@ def _parser() -> argparse.ArgumentParser:
         "run", help="run an experiment from a YAML configuration",
         description="Run the experiment of a YAML configuration (schema: docs/cli.md; "
                     "examples: examples/configs/). Every problem of the file is reported at "
-                    "once. Training progress bars show loss (training), val (validation "
-                    "loss on held-out samples) and p (early-stopping patience used); a "
-                    "validation loss far above the training loss means overfitting.")
+                    "once. Training progress bars show train (training loss), val "
+                    "(validation loss on held-out training states) and, for the dynamics, p "
+                    "(re-anchoring probability: 1 = one-step training, falling to 0 = free "
+                    "roll-out; validation always scores the free roll-out, so val >> train "
+                    "is expected while p > 0, and means overfitting once p = 0).")
     p.add_argument("config", help="the YAML configuration file")
     p.add_argument("--data-dir", default=None,
                    help="folder where relative data paths of the config are looked up first "

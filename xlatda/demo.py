@@ -39,6 +39,11 @@ from xlatda.obs import sample_points
 __all__ = ["DemoResult", "demo_model_path", "normalised_rmse", "normalised_spread", "run_demo"]
 
 
+_SCORE_TEXT = ("RMSE of the ensemble mean against the truth over height and vorticity, each in "
+               "units of its standard deviation (the model's normaliser), cos-latitude "
+               "weighted; spread = ensemble standard deviation in the same units")
+
+
 def demo_model_path() -> Path:
     """Path of the shipped demo model store."""
     path = Path(str(resources.files("xlatda") / "data" / "demo_sw.zarr"))
@@ -69,7 +74,11 @@ class DemoResult:
 
 
 def normalised_rmse(fields: xr.Dataset, truth: xr.Dataset, model: LatentModel) -> xr.DataArray:
-    """cos-lat weighted RMSE over space and variables, in units of each variable's std."""
+    """cos-lat weighted RMSE over space and variables, in units of each variable's std.
+
+    The std of each variable is the model's normaliser's; the result keeps
+    every dim but the spatial ones (e.g. ``time``).
+    """
     lat = model.layout.axes.lat
     w = np.cos(np.deg2rad(truth[lat]))
     total = 0
@@ -81,6 +90,7 @@ def normalised_rmse(fields: xr.Dataset, truth: xr.Dataset, model: LatentModel) -
 
 
 def normalised_spread(ens: xr.Dataset, model: LatentModel) -> xr.DataArray:
+    """Ensemble spread (std over ``member``) in the units of :func:`normalised_rmse`."""
     lat = model.layout.axes.lat
     w = np.cos(np.deg2rad(ens[lat]))
     total = 0
@@ -155,6 +165,7 @@ def run_demo(
 
     records: dict[str, dict[str, Any]] = {}
     means: dict[str, xr.Dataset] = {}
+    spreads: dict[str, xr.Dataset] = {}
     t = time.perf_counter()
     free = forecast(background.expand_dims(time=[truth.time.values[0]]), model, steps=hours)
     free = free.isel(time=0, drop=True).swap_dims(lead="valid_time").drop_vars("lead")
@@ -176,6 +187,8 @@ def run_demo(
                     seed=seed, progress=progress, **kwargs)
         label = f"latent {method}"
         means[label] = res.analysis.mean("member")[list(L.variables)]
+        if res.analysis.sizes["member"] > 1:
+            spreads[label] = res.analysis.std("member", ddof=1)[list(L.variables)]
         spread = (normalised_spread(res.analysis, model).mean().item()
                   if res.analysis.sizes["member"] > 1 else np.nan)
         records[label] = {"seconds": time.perf_counter() - t, "spread": spread}
@@ -184,21 +197,28 @@ def run_demo(
     names = list(means)
     rmse_t = xr.concat([normalised_rmse(means[m], truth.sel(time=means[m].time), model)
                         for m in names], dim=xr.DataArray(names, dims="run", name="run"))
+    unit = {"units": "1"}
     scores = xr.Dataset(
-        {"rmse": rmse_t.mean("time"),
-         "spread": ("run", [records[m]["spread"] for m in names]),
-         "seconds": ("run", [records[m]["seconds"] for m in names]),
-         "rmse_time": rmse_t},
-        attrs={"description": "normalised cos-lat weighted RMSE over height and vorticity; "
-                             "spread = ensemble std in the same units",
-               "n_obs_per_hour": n_obs, "members": members, "seed": seed},
+        {"rmse": rmse_t.mean("time").assign_attrs(unit | {
+            "long_name": "normalised RMSE of the ensemble mean, mean over time",
+            "description": _SCORE_TEXT}),
+         "spread": ("run", [records[m]["spread"] for m in names], unit | {
+             "long_name": "normalised ensemble spread, mean over time",
+             "description": "ensemble standard deviation in units of each variable's "
+                            "standard deviation, cos-latitude weighted; NaN without an "
+                            "ensemble"}),
+         "seconds": ("run", [records[m]["seconds"] for m in names], {
+             "units": "s", "long_name": "wall-clock time of the run"}),
+         "rmse_time": rmse_t.assign_attrs(unit | {
+             "long_name": "normalised RMSE of the ensemble mean at each analysis time",
+             "description": _SCORE_TEXT})},
+        attrs={"description": _SCORE_TEXT, "n_obs_per_hour": n_obs, "members": members,
+               "seed": seed},
     )
-    results = xr.Dataset({f"{v}_truth": truth[v].isel(time=slice(1, None)) for v in L.variables})
-    for m in names:
-        key = m.replace(" ", "_")
-        for v in L.variables:
-            results[f"{v}_{key}"] = means[m][v]
-    results = results.merge(scores)
+    scores["run"].attrs = {"long_name": "free forecast or assimilation method"}
+    results = _results(truth.isel(time=slice(1, None)), means, spreads, scores, model,
+                       {"n_obs_per_hour": n_obs, "members": members, "seed": seed,
+                        "hours": hours})
     results.to_netcdf(out / "results.nc")
     fig_path = None
     if plot:
@@ -210,6 +230,45 @@ def run_demo(
     return result
 
 
+def _results(truth: xr.Dataset, means: dict[str, xr.Dataset], spreads: dict[str, xr.Dataset],
+             scores: xr.Dataset, model: LatentModel, settings: dict[str, Any]) -> xr.Dataset:
+    """The demo's result file: every run along ``run``, mean and spread, truth, scores."""
+    import datetime as _dt
+
+    from xlatda._version import __version__
+
+    names = list(means)
+    out = xr.Dataset(coords={"run": ("run", names, scores["run"].attrs)})
+    for v in model.layout.variables:
+        attrs = {k: truth[v].attrs[k] for k in ("units", "standard_name") if k in truth[v].attrs}
+        what = truth[v].attrs.get("long_name", v)
+        stack = xr.concat([means[m][v].sel(time=truth.time) for m in names], dim="run")
+        out[v] = stack.assign_coords(run=names).astype("float32").drop_attrs().assign_attrs(
+            attrs | {"long_name": f"{what}: ensemble mean of each run (the free forecast is "
+                                  "a single run)"})
+        spread = [spreads[m][v].sel(time=truth.time) if m in spreads
+                  else xr.full_like(means[m][v].sel(time=truth.time), np.nan) for m in names]
+        out[f"{v}_spread"] = xr.concat(spread, dim="run").assign_coords(run=names).astype(
+            "float32").drop_attrs().assign_attrs({"units": attrs.get("units", ""),
+                                     "long_name": f"{what}: ensemble spread of each run",
+                                     "cell_methods": "member: standard_deviation"})
+        out[f"{v}_truth"] = truth[v].astype("float32").drop_attrs().assign_attrs(
+            attrs | {"long_name": f"{what}: truth"})
+    out = out.merge(scores)
+    now = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+    out.attrs = {
+        "Conventions": "CF-1.10",
+        "title": "xlatda demo: shallow-water twin experiment with a latent model",
+        "source": f"xlatda {__version__} (xlatda demo)",
+        "history": f"{now} xlatda demo (xlatda {__version__})",
+        "date_created": now,
+        "xlatda_version": __version__,
+        "model": str(model),
+        "description": _SCORE_TEXT,
+    } | {k: v for k, v in settings.items()}
+    return out
+
+
 def _figure(truth, means, scores, obs, path: Path) -> Path | None:
     try:
         import matplotlib
@@ -218,47 +277,22 @@ def _figure(truth, means, scores, obs, path: Path) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:  # pragma: no cover - optional dependency
         return None
+    from xlatda.plot import analysis_maps, score_series
+
     variables = [v for v in truth.data_vars if v in next(iter(means.values())).data_vars]
-    v = "vorticity" if "vorticity" in variables else variables[0]
     best = min((m for m in scores.run.values if m != "free"),
                key=lambda m: float(scores.rmse.sel(run=m)), default="free")
     tlast = truth.time.values[-1]
-    fig = plt.figure(figsize=(13, 7.5), layout="constrained")
-    grid = fig.add_gridspec(2, 3)
-    panels = [("truth", truth[v].sel(time=tlast)),
-              ("free forecast", means["free"][v].sel(time=tlast)),
-              (f"{best} analysis", means[best][v].sel(time=tlast))]
-    vmin = float(min(p.min() for _, p in panels))
-    vmax = float(max(p.max() for _, p in panels))
-    cmap = "viridis"
-    if vmin < 0 < vmax:  # signed fields (vorticity): symmetric diverging scale
-        vmax = max(abs(vmin), vmax)
-        vmin, cmap = -vmax, "RdBu_r"
-    units = truth[v].attrs.get("units", "")
-    for i, (title, field) in enumerate(panels):
-        ax = fig.add_subplot(grid[0, i])
-        mesh = ax.pcolormesh(field.lon, field.lat, field, vmin=vmin, vmax=vmax, cmap=cmap,
-                             shading="auto")
-        if i == 2:
-            here = obs.where(obs.time == tlast, drop=True)
-            ax.scatter(here.lon, here.lat, s=5, c="gold", edgecolors="black", linewidths=0.3,
-                       label="observation locations")
-            ax.legend(loc="lower right", fontsize=8)
-        ax.set_title(f"{title}: {v} [{units}]\n{str(tlast)[:16]}")
-        ax.set_xlabel("longitude [°E]")
-        ax.set_ylabel("latitude [°N]")
-    fig.colorbar(mesh, ax=fig.axes[:3], shrink=0.8, label=f"{v} [{units}]")
-    ax = fig.add_subplot(grid[1, :])
-    for m in scores.run.values:
-        series = scores.rmse_time.sel(run=m)
-        ax.plot(series.time, series, label=f"{m} ({float(scores.rmse.sel(run=m)):.3f})",
-                lw=2 if m == best else 1.2)
-    ax.set_ylabel("RMSE (normalised)")
-    ax.set_xlabel("time")
-    ax.set_yscale("log")
-    ax.set_title("Shallow-water twin experiment: analysis RMSE of height and vorticity")
-    ax.legend(ncols=3, fontsize=9)
-    ax.grid(alpha=0.3)
-    fig.savefig(path, dpi=110)
+    fig = plt.figure(figsize=(16, 3.6 * len(variables) + 4.4), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[3.6 * len(variables), 4.0])
+    analysis_maps(truth.sel(time=[tlast]), means["free"].sel(time=[tlast]),
+                  means[best].sel(time=[tlast]), obs, variables=variables, time=tlast,
+                  fig=top, names={"background": "free forecast", "analysis": best})
+    ax = bottom.subplots()
+    score_series(scores.rmse_time, ax=ax, ylabel="RMSE (normalised)", highlight=best)
+    ax.set_title("analysis RMSE of height and vorticity (normalised, cos-latitude weighted; "
+                 "legend: RMS over time)", fontsize="medium")
+    fig.suptitle("Shallow-water twin experiment with a latent model")
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

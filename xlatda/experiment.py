@@ -36,7 +36,23 @@ import xarray as xr
 from xlatda._version import __version__
 from xlatda.errors import ConfigError, ObservationError
 
-__all__ = ["idw_interpolate", "read_observations", "run_experiment"]
+__all__ = [
+    "TRAINING_REPORT",
+    "idw_interpolate",
+    "read_observations",
+    "run_experiment",
+    "training_summary",
+]
+
+TRAINING_REPORT = (
+    "  How to read the training bars: train = training loss, val = validation loss (the "
+    "train.validation fraction of the training states, never trained on). In the dynamics "
+    "bar, p = re-anchoring probability: 1 = one-step training (the roll-out is reset to the "
+    "true state before every step), falling to 0 = free roll-out over the whole window. "
+    "Validation always scores the free roll-out, so val far above train is expected while "
+    "p > 0; once p = 0, val many times train means the model overfits the training period "
+    "(use fewer epochs, a smaller latent_dim or a longer train period)."
+)
 
 _LAT_NAMES = ("lat", "latitude")
 _LON_NAMES = ("lon", "longitude")
@@ -328,10 +344,7 @@ def _fit_or_open(cfg, train, progress, say):
     say(f"fitting {mc['encoder']} (latent_dim={mc['latent_dim']}) + {mc['dynamics']} "
         f"dynamics on {train.sizes[xlatda.layout(train).axes.time]} training states")
     if progress:
-        say("  (progress bars: loss = training loss, val = validation loss on held-out "
-            "training samples, p = patience steps used by early stopping; a validation loss "
-            "many times the training loss means the model overfits: fewer epochs or a smaller "
-            "latent_dim)")
+        say(TRAINING_REPORT)
     model = xlatda.fit(train, encoder=mc["encoder"], latent_dim=mc["latent_dim"],
                        dynamics=mc["dynamics"], uncertainty=mc["uncertainty"],
                        epochs=mc["epochs"], seed=mc["seed"], progress=progress,
@@ -342,6 +355,45 @@ def _fit_or_open(cfg, train, progress, say):
         model.save(mc["save"])
         say(f"model saved to {mc['save']}")
     return model
+
+
+def training_summary(model: Any, *, ratio: float = 10.0) -> str:
+    """One paragraph on a fitted model's losses, with a warning when it overfits.
+
+    Reads ``model.history``: the encoder's final training and validation
+    losses, and the dynamics' losses at the free-roll-out epochs (p = 0;
+    see :data:`TRAINING_REPORT`). A validation loss above ``ratio`` times
+    the training loss there is flagged.
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace
+    >>> m = SimpleNamespace(history={"dynamics": {"train_loss": [0.5, 0.01],
+    ...                     "val_loss": [0.9, 0.4], "reanchor_p": [1.0, 0.0]}})
+    >>> print(training_summary(m))
+    dynamics (free roll-out, p = 0): train 0.01, validation 0.4 (40x): WARNING: ...
+    """
+    lines = []
+    hist = getattr(model, "history", {}) or {}
+    enc = hist.get("encoder") or {}
+    if isinstance(enc, dict) and enc.get("train_loss") and enc.get("val_loss"):
+        lines.append(f"encoder: train {enc['train_loss'][-1]:.3g}, validation "
+                     f"{enc['val_loss'][-1]:.3g}")
+    dyn = hist.get("dynamics") or {}
+    if isinstance(dyn, dict) and dyn.get("train_loss") and dyn.get("val_loss"):
+        ps = dyn.get("reanchor_p") or [0.0] * len(dyn["train_loss"])
+        free = [i for i, q in enumerate(ps) if q == 0.0] or [len(ps) - 1]
+        i = min(free, key=lambda k: dyn["val_loss"][k]
+                if np.isfinite(dyn["val_loss"][k]) else np.inf)
+        tr, va = float(dyn["train_loss"][i]), float(dyn["val_loss"][i])
+        text = (f"dynamics (free roll-out, p = {ps[i]:g}): train {tr:.3g}, validation "
+                f"{va:.3g} ({va / tr:.0f}x)" if tr > 0 else "")
+        if tr > 0 and va > ratio * tr:
+            text += (": WARNING: the validation loss is far above the training loss, the "
+                     "dynamics overfit the train period (fewer epochs, a smaller latent_dim "
+                     "or a longer train period)")
+        lines.append(text)
+    return "\n".join(line for line in lines if line) or "no training losses recorded"
 
 
 def _physical_model(cfg, ds):
@@ -492,8 +544,11 @@ def run_experiment(cfg: dict[str, Any], *, progress: bool = True, out: str | Pat
     say(f"assimilate: {str(truth[tname].values[0])[:16]} .. "
         f"{str(truth[tname].values[-1])[:16]} ({truth.sizes[tname]} states)")
 
+    report = ""
     if cfg["model"] is not None:
         model = _fit_or_open(cfg, train, progress, say)
+        report = training_summary(model)
+        say(report)
     else:
         model = _physical_model(cfg, ds)
     background, initial = _background(cfg, ds, train, truth, tname)
@@ -586,6 +641,7 @@ def run_experiment(cfg: dict[str, Any], *, progress: bool = True, out: str | Pat
                          else f"synthetic: {oc['n']} random locations every {oc['every']} "
                               "step(s)"),
         "figure": figure.name if figure is not None else "",
+        "training_report": report,
     })
     diag = res.diagnostics.copy()
     for v in diag.data_vars:

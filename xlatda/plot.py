@@ -115,9 +115,10 @@ def _label(da: xr.DataArray, name: Hashable | None = None) -> str:
 
     Degrees print as ``°N``/``°E`` (``latitude [°N]``, not ``degrees_north``).
     """
-    text = da.attrs.get("long_name") or da.attrs.get("standard_name") or name or da.name
-    text = str(text) if text is not None else "value"
     units = da.attrs.get("units")
+    axis = {"°N": "latitude", "°E": "longitude"}.get(_pretty_units(units)) if units else None
+    text = da.attrs.get("long_name") or da.attrs.get("standard_name") or axis or name or da.name
+    text = str(text) if text is not None else "value"
     return f"{text} [{_pretty_units(units)}]" if units not in (None, "") else text
 
 
@@ -1111,6 +1112,7 @@ def analysis_maps(
     projection: Any = None,
     coastlines: bool = True,
     fig: Any = None,
+    names: Mapping[str, str] | None = None,
 ):
     """Maps of truth, background, analysis and error (or increment) for every variable.
 
@@ -1140,6 +1142,8 @@ def analysis_maps(
         As in :func:`maps`.
     fig : Figure or SubFigure, optional
         Where to draw (a new constrained-layout figure by default).
+    names : mapping, optional
+        Titles instead of the role names, e.g. ``{"background": "free forecast"}``.
 
     Returns
     -------
@@ -1224,6 +1228,10 @@ def analysis_maps(
             other = fields["truth"] if truth is not None else fields["background"]
             err = fields["analysis"] - other
         state_norm, _ = _norms(fields, None)
+        row_cmap = cmap
+        if state_norm.vmin < 0 < state_norm.vmax:  # signed field: symmetric diverging scale
+            top = max(-state_norm.vmin, state_norm.vmax)
+            state_norm, row_cmap = Normalize(-top, top), diff_cmap
         amp = float(np.nanmax(np.abs(err.values))) if err_role is not None else 1.0
         err_norm = Normalize(-(amp or 1.0), amp or 1.0)
         units = _units_suffix(analysis[v])
@@ -1233,13 +1241,17 @@ def analysis_maps(
             is_err = role == err_role
             values = da.transpose(first[lat].dims[0], first[lon].dims[0]).values
             mesh = ax.pcolormesh(lon_v, lat_v, values, shading="auto",
-                                 cmap=diff_cmap if is_err else cmap,
+                                 cmap=diff_cmap if is_err else row_cmap,
                                  norm=err_norm if is_err else state_norm, **transform)
             if locs is not None:
                 ax.scatter(locs[1], locs[0], s=14, facecolors="none", edgecolors="k",
                            linewidths=0.7, zorder=3,
                            label=f"{locs[0].size} observation locations", **transform)
-            ax.set_title(f"{v}: {role}{units}", fontsize="medium")
+            shown = (names or {}).get(role, role)
+            if is_err and names:
+                shown = role.replace("analysis", names.get("analysis", "analysis")).replace(
+                    "background", names.get("background", "background"))
+            ax.set_title(f"{v}: {shown}{units}", fontsize="medium")
             if crs is not None:
                 if coastlines:
                     ax.coastlines(linewidth=0.6)

@@ -52,7 +52,8 @@ __all__ = ["VARIABLES", "shallow_water"]
 #: Variables :func:`shallow_water` can return, with their CF attributes.
 VARIABLES: dict[str, dict[str, str]] = {
     "height": {
-        "standard_name": "geopotential_height",
+        # no CF standard name fits the depth of a shallow-water layer
+        # (geopotential_height is a height above the geoid, not a fluid depth)
         "long_name": "fluid depth (height of the free surface)",
         "units": "m",
     },
