@@ -6,7 +6,7 @@
     an experiment described by a configuration file (every problem of the
     file is reported at once; ``--dry-run`` only checks the file and the data
     it points to); see ``docs/cli.md`` and ``examples/configs/``;
-``xlatda bench [--system lorenz63|lorenz96|shallow_water] [--cycles N]``
+``xlatda bench [--system lorenz96|shallow_water] [--cycles N]``
     every method on one built-in system and one observation set.
 
 Nothing heavy (torch, xarray) is imported here at module level: the
@@ -124,7 +124,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p = sub.add_parser("bench", help="compare every method on one built-in system")
     p.add_argument("--system", default="lorenz96",
-                   help="lorenz63, lorenz96 (default) or shallow_water")
+                   help="lorenz96 (default) or shallow_water")
     p.add_argument("--cycles", type=int, default=None,
                    help="analysis cycles (default 300; 24 for shallow_water)")
     p.add_argument("--seed", type=int, default=0)
