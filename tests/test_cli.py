@@ -239,10 +239,7 @@ def test_bench_small(capsys):
     assert "RMSE of the analysis ensemble mean" in out.splitlines()[1]
 
 
-@pytest.mark.parametrize("system", [
-    pytest.param("lorenz63", marks=pytest.mark.xfail(
-        strict=True, reason="open: every Lorenz-63 bench row scores NaN after the cycle merge")),
-    "shallow_water"])
+@pytest.mark.parametrize("system", ["lorenz63", "shallow_water"])
 def test_bench_other_systems(system, capsys):
     rows = bench(system, cycles=6 if system == "shallow_water" else 30)
     assert len(rows) >= 5 and all(np.isfinite(r["rmse"]) for r in rows)

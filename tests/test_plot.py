@@ -265,3 +265,38 @@ def test_latent_trajectory(tmp_path):
     saved(fig, tmp_path)
     with pytest.raises(ConfigError, match="latent"):
         plot.latent_trajectory(z.rename(latent="code"))
+
+
+def test_analysis_maps_every_variable_and_role():
+    import pandas as pd
+
+    t = pd.date_range("2019-03-22", periods=3, freq="h")
+    lat = xr.DataArray([50.0, 51.0, 52.0], dims="lat", attrs={"units": "degrees_north"})
+    lon = xr.DataArray([0.0, 1.0, 2.0, 3.0], dims="lon", attrs={"units": "degrees_east"})
+    rng = np.random.default_rng(0)
+    ds = xr.Dataset({"t": (("time", "lat", "lon"), rng.normal(size=(3, 3, 4)), {"units": "K"}),
+                     "u": (("time", "lat", "lon"), rng.normal(size=(3, 3, 4)),
+                           {"units": "m s-1"})}, coords={"time": t, "lat": lat, "lon": lon})
+    obs = xr.Dataset({"t": ("obs", [1.0])}, coords={"lat": ("obs", [51.0]),
+                     "lon": ("obs", [1.0]), "time": ("obs", t[-1:])})
+    fig = plot.analysis_maps(ds, ds * 0.5, ds * 0.9, obs)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles == [f"{v}: {r} [{u}]" for v, u in (("t", "K"), ("u", "m s-1"))
+                      for r in ("truth", "background", "analysis", "analysis − truth")]
+    assert "2019-03-22T02:00" in fig._suptitle.get_text()  # the year is shown
+    assert fig.axes[0].get_ylabel() == "latitude [°N]"
+
+
+def test_score_series_dates_have_the_year():
+    import pandas as pd
+
+    t = pd.date_range("2019-03-22", periods=240, freq="h")
+    rmse = xr.DataArray(np.linspace(0.01, 2.0, 480).reshape(2, 240), dims=("run", "time"),
+                        coords={"run": ["analysis", "background"], "time": t})
+    fig = plot.score_series(rmse, ylabel="RMSE [K]")
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    assert "2019" in ax.xaxis.get_major_formatter().get_offset()
+    assert ax.get_yscale() == "log"
+    labelled = [tk for tk in ax.get_yticklabels() if tk.get_text()]
+    assert len(labelled) >= 4

@@ -134,7 +134,7 @@ def bench(system: str = "lorenz96", cycles: int | None = None, seed: int = 0,
     elif system == "lorenz63":
         from xlatda.dynamics.physical import Lorenz63
 
-        l63 = xlatda.datasets.lorenz63(steps=cycles, every=5, seed=seed)
+        l63 = xlatda.datasets.lorenz63(steps=5 * cycles, every=5, seed=seed)
         # x, y, z as one variable along a component dim "k" (the state layout needs one)
         truth = xr.Dataset(
             {"x": (("time", "k"), np.stack([l63[v].values for v in "xyz"], -1),
@@ -148,7 +148,8 @@ def bench(system: str = "lorenz96", cycles: int | None = None, seed: int = 0,
         init_std = 2.0
 
         def score(ens):
-            return (ens.x.mean("member") - truth.x.sel(time=ens.time)) ** 2
+            ref = truth.x.sel(time=ens.time.values, method="nearest")
+            return (ens.x.mean("member") - ref.assign_coords(time=ens.time.values)) ** 2
     else:
         from xlatda.datasets import shallow_water
         from xlatda.demo import demo_model_path, normalised_rmse

@@ -115,9 +115,10 @@ def _label(da: xr.DataArray, name: Hashable | None = None) -> str:
 
     Degrees print as ``°N``/``°E`` (``latitude [°N]``, not ``degrees_north``).
     """
-    text = da.attrs.get("long_name") or da.attrs.get("standard_name") or name or da.name
-    text = str(text) if text is not None else "value"
     units = da.attrs.get("units")
+    axis = {"°N": "latitude", "°E": "longitude"}.get(_pretty_units(units)) if units else None
+    text = da.attrs.get("long_name") or da.attrs.get("standard_name") or axis or name or da.name
+    text = str(text) if text is not None else "value"
     return f"{text} [{_pretty_units(units)}]" if units not in (None, "") else text
 
 
