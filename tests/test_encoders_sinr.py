@@ -446,3 +446,15 @@ def test_method_errors_and_adam_option(small):
         enc.encode(x[:1], ridge=-1.0)
     z = enc.encode(x[:2], method="adam", steps=5, progress=False)
     assert z.shape == (2, 16)
+
+
+def test_variable_projection_training_lowers_the_loss():
+    grid = latlon_grid(8, 16)
+    x = sh_fields(8, 2, grid, seed=12)
+    enc = SINR(2, (8, 16), 8, grid, hidden=8, depth=2, max_freq=2, seed=0, fit_codes="solve")
+    hist = enc.fit(x, epochs=15, batch_size=4, lr_weights=2e-2, progress=False)
+    assert hist["train_loss"][-1] < 0.7 * hist["train_loss"][0]
+    # the stored training codes are the exact codes of the final weights
+    torch.testing.assert_close(enc.train_codes, enc.encode(x), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ConfigError, match="fit_codes"):
+        enc.fit(x, epochs=1, fit_codes="bogus", progress=False)
