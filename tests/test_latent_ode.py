@@ -230,7 +230,7 @@ def test_learned_theta_normalisation_is_trainable():
 
 def test_registry_and_config_round_trip_bit_exact():
     assert dynamics.get("ode") is LatentODE
-    with pytest.raises(UnknownNameError, match="known: 'ode'"):
+    with pytest.raises(UnknownNameError, match="known: 'linear', 'ode'"):
         dynamics.get("sde")
     model = LatentODE(
         5,

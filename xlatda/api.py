@@ -105,8 +105,11 @@ def fit(
     validation : float or Dataset or None
         Fraction of samples held out for early stopping, or a validation
         Dataset, or None.
-    dynamics : {"ode", None}
-        Also fit latent dynamics on the encoded training trajectories.
+    dynamics : {"ode", "linear", None}
+        Also fit latent dynamics on the encoded training trajectories: a
+        neural ODE (``"ode"``, LAINR) or a linear model forced by the time of
+        day/year (``"linear"``; closed form, the better choice for a few
+        weeks of reanalysis, see :func:`xlatda.fit_dynamics`).
     uncertainty : {"scalar", "diagonal", "cholesky", None}
         Also fit the model-error covariance of one-step latent residuals.
     device, dtype, seed, progress :
@@ -141,8 +144,8 @@ def fit(
         raise ConfigError(f"latent_dim must be a positive integer, got {latent_dim!r}")
     if epochs < 1 or batch_size < 1:
         raise ConfigError(f"epochs and batch_size must be positive, got {epochs}, {batch_size}")
-    if dynamics not in (None, "ode"):
-        raise ConfigError(f"dynamics must be 'ode' or None, got {dynamics!r}")
+    if dynamics not in (None, "ode", "linear"):
+        raise ConfigError(f"dynamics must be 'ode', 'linear' or None, got {dynamics!r}")
     if uncertainty not in (None, "scalar", "diagonal", "cholesky"):
         raise ConfigError(
             f"uncertainty must be 'scalar', 'diagonal', 'cholesky' or None, got {uncertainty!r}"
@@ -223,7 +226,8 @@ def fit(
         from xlatda.forecast import fit_dynamics
 
         model = fit_dynamics(model, ds, uncertainty=uncertainty, epochs=epochs, seed=seed,
-                             device=dev, progress=progress, **(dynamics_options or {}))
+                             device=dev, progress=progress, kind=dynamics,
+                             **(dynamics_options or {}))
     return model
 
 

@@ -236,10 +236,10 @@ def assimilate(state: xr.Dataset | xr.DataArray | None, obs: xr.Dataset, model: 
 
 @with_thread_scope
 def cycle(background: xr.Dataset | xr.DataArray | None, obs: xr.Dataset, model: Any, *,
-          method: str = "etkf", space: str | None = None, members: int = 20,
+          method: str = "etkf", space: str | None = None, members: int | None = None,
           init_std: Any = None, init: str | None = None, window: int = 1,
           params: dict[str, tuple[float, float]] | None = None, seed: int = 0,
-          progress: bool | None = None, store: str | Path | None = None, noise: bool = True,
+          progress: bool | None = None, store: str | Path | None = None, noise: bool | str = True,
           **settings: Any) -> CycleResult:
     """Forecast-analysis cycles over the span of the observations.
 
@@ -267,8 +267,11 @@ def cycle(background: xr.Dataset | xr.DataArray | None, obs: xr.Dataset, model: 
         result then holds unconditioned prior draws.
     space : {"latent", "physical"}, optional
         Default from the kind of ``model``.
-    members : int
-        Ensemble size (ignored when the background has ``member``).
+    members : int, optional
+        Ensemble size (ignored when the background has ``member``). Default
+        20 in physical space; in latent space ``max(20, d + n_params + 1)``,
+        so the ensemble spans the whole (small) control space and the
+        model error ``Q`` enters exactly (see ``noise``).
     init_std : float or array, optional
         Spread of the initial ensemble: with ``init="sigma"`` the std of
         independent perturbations of every control variable (state units,
@@ -300,8 +303,12 @@ def cycle(background: xr.Dataset | xr.DataArray | None, obs: xr.Dataset, model: 
         Zarr store written after every window (:mod:`xlatda.cycle_store`);
         if it already holds analyses of this experiment, cycling resumes
         after the last complete one; another experiment is refused.
-    noise : bool
-        Add model noise from the latent model's Q in latent forecasts.
+    noise : {True, "stochastic", False}
+        Add the latent model's error covariance ``Q`` to latent forecasts:
+        ``True`` by a square root of the forecast ensemble (Raanes et al.
+        2015, :mod:`xlatda.methods.model_noise`: exact covariance, no
+        sampling noise where the ensemble spans the latent space),
+        ``"stochastic"`` by a random draw per member.
     **settings :
         Method settings (``inflation``, ``rtps``, ``radius``, ``b_std``,
         ``iterations``...).
@@ -350,6 +357,7 @@ def cycle(background: xr.Dataset | xr.DataArray | None, obs: xr.Dataset, model: 
         )
     pnames = list(params or {})
     sp = space_for(L, model, kind, len(pnames))
+    members = sp.default_members() if members is None else members
     settings = cycle_defaults(method, settings)
     inst = proto.build(kernel, dict(settings), space=sp, members=members)
     _check(proto, method, sp, int(window), len(pnames))

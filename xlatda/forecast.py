@@ -36,10 +36,12 @@ import xarray as xr
 
 from xlatda._bridge import apply_torch
 from xlatda.api import LATENT_DIM, _as_dataset, _check_latent, decode, encode, latent_dataset
+from xlatda.dynamics.linear import default_periods, fit_linear_dynamics
 from xlatda.errors import ConfigError, NotFittedError
 from xlatda.model import LatentModel
 from xlatda.options import get_options, resolve_device
 from xlatda.prior import check_in_distribution
+from xlatda.windows import float_times
 
 __all__ = ["evolve", "fit_dynamics", "forecast"]
 
@@ -54,6 +56,18 @@ def _trajectories(z: xr.DataArray, tname: str | None) -> tuple[torch.Tensor, lis
     arr = z.transpose(*others, tname, LATENT_DIM).values
     arr = arr.reshape(-1, arr.shape[-2], arr.shape[-1])
     return torch.as_tensor(arr), others
+
+
+def _clock(z: xr.DataArray, tname: str, others: list[str], shape: tuple) -> torch.Tensor:
+    """Absolute times ``(n_traj, T)`` of the codes (seconds since 1970 for datetimes)."""
+    t = z[tname]
+    if t.ndim == 1:
+        vals = float_times(t.values)[None, :]
+        vals = np.broadcast_to(vals, (shape[0], shape[1]))
+    else:
+        vals = float_times(t.broadcast_like(z.isel({LATENT_DIM: 0}, drop=True))
+                           .transpose(*others, tname).values).reshape(shape[0], shape[1])
+    return torch.tensor(np.array(vals, dtype=float), dtype=torch.float64)
 
 
 def fit_dynamics(
@@ -71,6 +85,7 @@ def fit_dynamics(
     seed: int = 0,
     device: Any = None,
     progress: bool | None = None,
+    kind: str = "ode",
     **options: Any,
 ) -> LatentModel:
     """Train latent dynamics (and Q) on encoded trajectories; returns a new model.
@@ -102,10 +117,23 @@ def fit_dynamics(
         for ``Q`` (``0``: train on everything; short trajectories need it).
     q_horizon : int, optional
         Longest roll-out (in data steps) ``Q`` is fitted on; default
-        ``window - 1``, the training roll-out length (1: one-step residuals).
+        ``window - 1``, the training roll-out length, for ``kind="ode"`` and
+        1 (one-step residuals) for ``kind="linear"``.
+    kind : {"ode", "linear"}
+        ``"ode"``: a neural ODE (:class:`~xlatda.dynamics.LatentODE`, LAINR)
+        trained by roll-outs of ``window`` steps. ``"linear"``: a linear
+        model with periodic forcing (:class:`~xlatda.dynamics.LinearDynamics`:
+        ``z_{k+1} = A z_k + b + daily/annual harmonics of the absolute time``),
+        fitted in closed form on the training part, with the ridge penalty
+        chosen on the held-out segment; ``window``, ``epochs``,
+        ``batch_size`` and ``lr`` do not apply. The periods default to those
+        the data resolve (:func:`~xlatda.dynamics.linear.default_periods`:
+        for hourly data over two days or more, 24 h and 12 h).
     **options :
         Architecture of the :class:`~xlatda.dynamics.LatentODE` (``width``,
-        ``depth``, ``method``, ``step_size``, ...).
+        ``depth``, ``method``, ``step_size``, ...), or for ``kind="linear"``
+        ``periods`` (in the data's time units: seconds for datetimes) and
+        ``ridge``.
 
     Returns
     -------
@@ -119,6 +147,8 @@ def fit_dynamics(
     if uncertainty not in (None, "scalar", "diagonal", "cholesky"):
         raise ConfigError(f"uncertainty must be scalar, diagonal, cholesky or None, got "
                           f"{uncertainty!r}")
+    if kind not in ("ode", "linear"):
+        raise ConfigError(f"dynamics kind must be 'ode' or 'linear', got {kind!r}")
     ds = _as_dataset(ds)
     tname = model.layout.axes.time
     z = encode(ds, model).z
@@ -140,12 +170,26 @@ def fit_dynamics(
     progress = get_options()["progress"] if progress is None else progress
     # Dynamics live where the encoder does unless told otherwise.
     dev = model.device if device is None else resolve_device(device)
-    dyn = LatentODE(model.latent_dim, n_params=len(params or ()), dt_unit=step["value"],
-                    time_units=step["units"], seed=seed, dtype=model.dtype, device=dev,
-                    **options)
-    hist = _fit(dyn, traj.to(model.dtype), theta=None if theta is None else theta.to(model.dtype),
-                window=window, epochs=epochs, batch_size=batch_size, lr=lr,
-                val_fraction=val_fraction, seed=seed, device=dev, progress=progress)
+    clock = None
+    if kind == "linear":
+        clock = _clock(z, tname, others, traj.shape)
+        span = float((clock[:, -1] - clock[:, 0]).min())
+        options.setdefault("periods", default_periods(step["value"], step["units"], span))
+        dyn, hist = fit_linear_dynamics(
+            traj, clock if options["periods"] else None, theta,
+            dt_unit=step["value"], time_units=step["units"], val_fraction=val_fraction,
+            device=dev, dtype=model.dtype, **options)
+        if not options["periods"]:
+            clock = None
+        window = max(window, 2)
+    else:
+        dyn = LatentODE(model.latent_dim, n_params=len(params or ()), dt_unit=step["value"],
+                        time_units=step["units"], seed=seed, dtype=model.dtype, device=dev,
+                        **options)
+        hist = _fit(dyn, traj.to(model.dtype),
+                    theta=None if theta is None else theta.to(model.dtype),
+                    window=window, epochs=epochs, batch_size=batch_size, lr=lr,
+                    val_fraction=val_fraction, seed=seed, device=dev, progress=progress)
     q = None
     q_info: dict[str, Any] = {}
     if uncertainty is not None:
@@ -155,10 +199,15 @@ def fit_dynamics(
         n_val = round(val_fraction * traj.shape[1]) if val_fraction else 0
         held_out = n_val >= 2 and n_val >= window and traj.shape[1] - n_val >= window
         segment = traj[:, -n_val:] if held_out else traj
-        horizon = max(1, window - 1) if q_horizon is None else int(q_horizon)
+        seg_clock = None if clock is None else (clock[:, -n_val:] if held_out else clock)
+        # A neural ODE's Q pools roll-outs up to the training window (its errors
+        # grow faster than a random walk); linear dynamics get the one-step
+        # residuals, the model error of the map itself.
+        default_h = 1 if kind == "linear" else max(1, window - 1)
+        horizon = default_h if q_horizon is None else int(q_horizon)
         th = None if theta is None else theta.to(device=dev, dtype=model.dtype)
         res, per_lead = rollout_residuals(dyn, segment.to(device=dev, dtype=model.dtype),
-                                          horizon, theta=th)
+                                          horizon, theta=th, clock=seg_clock)
         q = fit_model_error(res.reshape(-1, model.latent_dim).cpu(), kind=uncertainty,
                             seed=seed).to(dev)
         q_info = {"fitted_on": "held-out final segment" if held_out else "training (in-sample)",
@@ -273,8 +322,19 @@ def evolve(
     d = model.latent_dim
 
     prior = model.prior if check else None
+    clocked = bool(getattr(dyn, "uses_clock", False))
+    t_ref = 0.0
+    if clocked:
+        tname = model.layout.axes.time
+        if tname is None or tname not in da.coords:
+            raise ConfigError(
+                "these latent dynamics are forced by the time of day/year "
+                f"(periods {list(dyn.periods)} s) and need the initial states' times: "
+                f"give the latents a {tname or 'time'!r} coordinate (encode keeps it)")
+        t_abs = float_times(da[tname].values)
+        t_ref = float(np.min(t_abs)) if t_abs.size else 0.0
 
-    def fn(x: torch.Tensor) -> torch.Tensor:  # (B, d[+1]) -> (B, T, d)
+    def fn(x: torch.Tensor) -> torch.Tensor:  # (B, d[+extra]) -> (B, T, d)
         out = _integrate(x)
         check_in_distribution(out, prior, where="forecast", stacklevel=3)
         return out
@@ -282,9 +342,14 @@ def evolve(
     def _integrate(x: torch.Tensor) -> torch.Tensor:
         times = torch.as_tensor(tau, dtype=x.dtype, device=x.device)
         thb = None if th is None else th.to(x)
+        kw = {}
+        if clocked:  # the last column: seconds after t_ref (exact enough in float32)
+            kw["start"] = t_ref + x[:, -1].to(torch.float64)
+            x = x[:, :-1]
         if not noise:
-            return dyn.evolve(x, times, theta=thb)
+            return dyn.evolve(x, times, theta=thb, **kw)
         seeds, x = x[:, d].round().long().tolist(), x[:, :d]
+        start0 = kw.get("start")
         # One noise stream per initial state, seeded from its position in the
         # whole array, so eager and chunked runs draw the same numbers. Only
         # the draws loop over states; the integration is batched.
@@ -295,24 +360,35 @@ def evolve(
         out = [x]
         cur = x
         for k in range(1, n_lead):
-            cur = dyn.evolve(cur, times[k - 1:k + 1], theta=thb)[..., -1, :]
+            if clocked:
+                kw["start"] = start0 + float(times[k - 1] - times[0]) * dyn.dt_unit
+            cur = dyn.evolve(cur, times[k - 1:k + 1], theta=thb, **kw)[..., -1, :]
             cur = cur + torch.sqrt(times[k] - times[k - 1]) * eps[:, k - 1]
             out.append(cur)
         return torch.stack(out, -2)
 
+    extra = []
+    lead_dims = [dim for dim in da.dims if dim != LATENT_DIM]
     if noise:
-        lead_dims = [dim for dim in da.dims if dim != LATENT_DIM]
         shape = [da.sizes[dim] for dim in lead_dims]
         index = np.arange(int(np.prod(shape)), dtype=np.int64).reshape(shape)
         seeds = (int(seed) * 7919 + index) % (2**24)  # exact in float32
-        seed_da = xr.DataArray(seeds.astype(float), dims=lead_dims)
-        if da.chunks is not None:
-            seed_da = seed_da.chunk({dim: da.chunksizes[dim] for dim in lead_dims})
-        da = xr.concat([da.drop_vars(LATENT_DIM, errors="ignore"),
-                        seed_da.expand_dims({LATENT_DIM: 1}, axis=-1)], dim=LATENT_DIM)
-        # The input now has d + 1 entries: give it its own core-dim name.
+        extra.append(xr.DataArray(seeds.astype(float), dims=lead_dims))
+    if clocked:
+        rel = xr.DataArray(t_abs - t_ref, dims=da[tname].dims)
+        extra.append(rel.broadcast_like(da.isel({LATENT_DIM: 0}, drop=True))
+                     .transpose(*lead_dims).drop_vars(list(rel.coords), errors="ignore"))
+    if extra:
+        cols = []
+        for e in extra:
+            if da.chunks is not None:
+                e = e.chunk({dim: da.chunksizes[dim] for dim in lead_dims})
+            cols.append(e.expand_dims({LATENT_DIM: 1}, axis=-1))
+        da = xr.concat([da.drop_vars(LATENT_DIM, errors="ignore"), *cols], dim=LATENT_DIM,
+                       coords="minimal", compat="override")
+        # The input now has d + extra entries: give it its own core-dim name.
         da = da.rename({LATENT_DIM: "_latent_and_seed"})
-    in_core = "_latent_and_seed" if noise else LATENT_DIM
+    in_core = "_latent_and_seed" if extra else LATENT_DIM
     out = apply_torch(da, fn, in_core=[in_core], out_core=[LEAD_DIM, LATENT_DIM],
                       out_sizes={LEAD_DIM: n_lead, LATENT_DIM: d}, device=model.device,
                       dtype=model.dtype, grad=False)

@@ -1167,7 +1167,7 @@ def analysis_maps(
     >>> [ax.get_title() for ax in fig.axes[:4]]
     ['t: truth [K]', 't: background [K]', 't: analysis [K]', 't: analysis − truth [K]']
     >>> fig.axes[0].get_ylabel(), fig.axes[0].get_xlabel()
-    ('lat [°N]', 'lon [°E]')
+    ('latitude [°N]', 'longitude [°E]')
     """
     plt = _pyplot()
     from matplotlib.colors import Normalize

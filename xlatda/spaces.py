@@ -50,6 +50,7 @@ from xlatda.errors import ConfigError, ObservationError
 from xlatda.layout import StateLayout
 from xlatda.methods.covariance import Covariance
 from xlatda.methods.localization import GreatCircleDistance, IndexDistance
+from xlatda.methods.model_noise import add_model_error
 from xlatda.model import LatentModel
 from xlatda.obs.contract import ObservationTable
 from xlatda.obs.operator import build_operator
@@ -137,6 +138,10 @@ class StateSpace:
     def prior_covariance(self) -> Covariance | None:
         """A climatological covariance of the control vector, if the model has one."""
         return None
+
+    def default_members(self) -> int:
+        """Ensemble size when the user gives none."""
+        return 20
 
     def units(self) -> str:
         """What the control vector's units are, for messages."""
@@ -302,13 +307,24 @@ class LatentSpace(StateSpace):
         zc = z.to(device=self.model.device, dtype=self.model.dtype)
         times = torch.tensor([0.0, tau], dtype=zc.dtype, device=zc.device)
         takes_theta = theta is not None and getattr(dyn, "n_params", 1) > 0
+        # Dynamics forced by the time of day/year get the absolute start time
+        # (seconds since 1970 for datetime data, as the cycle's float times).
+        kw = {"start": float(t0)} if getattr(dyn, "uses_clock", False) else {}
         with torch.set_grad_enabled(grad):
-            out = dyn.evolve(zc, times, theta=theta.to(zc) if takes_theta else None)
+            out = dyn.evolve(zc, times, theta=theta.to(zc) if takes_theta else None, **kw)
         z1 = out[..., -1, :].to("cpu", _F64)
         q = self.model.model_error
         if noise and q is not None:
-            eps = q.sample((z1.shape[0],), generator=generator).to(_F64)
-            z1 = z1 + math.sqrt(tau) * eps
+            if noise == "stochastic" or z1.shape[0] < 2:
+                eps = q.sample((z1.shape[0],), generator=generator).to(_F64)
+                z1 = z1 + math.sqrt(tau) * eps
+            else:  # the default: Q added by a square root (Raanes et al. 2015)
+                cov = q.covariance().detach().to("cpu", _F64)
+                # Linear dynamics know how per-step errors accumulate; otherwise
+                # Q grows like a random walk over the lead (tau Q).
+                acc = getattr(dyn, "noise_covariance", None)
+                cov = acc(cov, tau).to("cpu", _F64) if acc is not None else tau * cov
+                z1 = add_model_error(z1, cov, generator=generator)
         return z1 if theta is None else torch.cat([z1, theta], -1)
 
     def points(self, table: ObservationTable) -> torch.Tensor:
@@ -329,6 +345,10 @@ class LatentSpace(StateSpace):
         with torch.enable_grad():
             z = self.model.encode_tensor(x.to(self.model.dtype))
         return z.detach().to("cpu", _F64)
+
+    def default_members(self) -> int:
+        # The latent space is small: span all of it (Q then enters exactly).
+        return max(20, self.d + self.n_params + 1)
 
     def prior_covariance(self):
         prior = getattr(self.model, "prior", None)

@@ -496,6 +496,7 @@ def rollout_residuals(
     horizon: int,
     *,
     theta: Tensor | None = None,
+    clock: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     r"""Residuals of roll-outs of 1 to ``horizon`` steps, scaled to one step.
 
@@ -522,6 +523,10 @@ def rollout_residuals(
         Largest lead ``K`` (``>= 1``; capped at ``T - 1``).
     theta : Tensor, optional
         ``(n_traj, n_params)``.
+    clock : Tensor, optional
+        ``(n_traj, T)`` absolute times of the codes, passed as ``start=`` to
+        dynamics whose forcing depends on the time
+        (:attr:`~xlatda.dynamics.LinearDynamics.uses_clock`).
 
     Returns
     -------
@@ -552,8 +557,13 @@ def rollout_residuals(
         th = torch.as_tensor(theta).to(z)[:, None, :].expand(n, T - 1, -1).reshape(n * (T - 1),
                                                                                  -1)
     times = torch.arange(K + 1, dtype=z.dtype, device=z.device)
+    kw = {}
+    if getattr(model, "uses_clock", False):
+        if clock is None:
+            raise ConfigError("these dynamics need the clock of the trajectories (clock=)")
+        kw["start"] = torch.as_tensor(clock, dtype=torch.float64)[:, :-1].reshape(-1)
     with torch.no_grad():
-        pred = model.evolve(starts, times, theta=th).reshape(n, T - 1, K + 1, d)
+        pred = model.evolve(starts, times, theta=th, **kw).reshape(n, T - 1, K + 1, d)
     rows, per_lead = [], []
     for k in range(1, K + 1):
         r = pred[:, : T - k, k] - z[:, k:]  # starts s = 0..T-k-1 have a truth at s + k
