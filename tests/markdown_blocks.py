@@ -24,3 +24,30 @@ def run_blocks(path: Path, namespace: dict | None = None) -> tuple[dict, list[fl
         exec(compile(code, f"{Path(path).name} block {i}", "exec"), ns)
         seconds.append(time.perf_counter() - t0)
     return ns, seconds
+
+
+def undefined_names(blocks: list[str]) -> list[tuple[int, str]]:
+    """Names a block reads that no earlier block (nor itself) defines and that are no builtin.
+
+    Static (nothing runs): ``(block index, name)`` pairs, to catch snippets that
+    use ``rng`` or ``train`` without defining them.
+    """
+    import builtins
+    import symtable
+
+    defined = set(dir(builtins)) | {"__name__"}
+    missing = []
+
+    def reads(table: symtable.SymbolTable) -> set[str]:
+        out = {s.get_name() for s in table.get_symbols()
+               if s.is_referenced() and (table.get_type() == "module" or s.is_global())}
+        for child in table.get_children():
+            out |= {n for n in reads(child) if child.lookup(n).is_global()}
+        return out
+
+    for i, code in enumerate(blocks):
+        table = symtable.symtable(code, f"block {i}", "exec")
+        own = {s.get_name() for s in table.get_symbols() if s.is_assigned() or s.is_imported()}
+        missing += [(i, n) for n in sorted(reads(table) - defined - own)]
+        defined |= own
+    return missing
