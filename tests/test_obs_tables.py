@@ -111,3 +111,24 @@ def test_cancities_file():
     halifax = obs.where(obs.station == "Halifax", drop=True)
     np.testing.assert_allclose(halifax.t2m.values, ds.tas.sel(location="Halifax").values)
     assert float(halifax.lat[0]) == pytest.approx(float(ds.lat.sel(location="Halifax")))
+
+
+def test_station_and_error_columns_found_by_name():
+    """A CSV like examples/configs/uk_stations_t2m.csv: numeric station ids and an
+    'error' column are neither assimilated as variables nor need naming."""
+    df = pd.DataFrame({"time": ["2019-03-22T00:00", "2019-03-22T03:00"],
+                       "Station_ID": [3772, 3005], "lat": [51.5, 60.1], "lon": [-0.1, -1.2],
+                       "t2m": [281.0, 279.5], "error": [0.8, 1.1]})
+    obs = xlatda.obs.from_dataframe(df)
+    assert list(obs.data_vars) == ["t2m", "t2m_error_std"]
+    assert obs.t2m_error_std.values.tolist() == [0.8, 1.1]
+    assert obs.station.values.tolist() == ["3772", "3005"]
+    # a number wins over the column, which is still not a value
+    obs = xlatda.obs.from_dataframe(df, error_std=0.5)
+    assert list(obs.data_vars) == ["t2m"] and obs.t2m.attrs["error_std"] == 0.5
+    # with two value columns the single 'error' column is ambiguous: refused, with the fix
+    two = df.assign(d2m=[275.0, 274.0])
+    with pytest.raises(ObservationError, match="t2m_error_std"):
+        xlatda.obs.from_dataframe(two)
+    assert set(xlatda.obs.from_dataframe(two, error_std="error").data_vars) == {
+        "t2m", "t2m_error_std", "d2m", "d2m_error_std"}

@@ -38,7 +38,7 @@ _LAZY = {
     "layout": "xlatda.layout",
     "open_model": "xlatda.io",
 }
-_SUBMODULES = ("batch", "datasets", "errors", "metrics", "obs", "plot", "streaming")
+_SUBMODULES = ("baselines", "batch", "datasets", "errors", "metrics", "obs", "plot", "streaming")
 
 __all__ = [
     "CycleResult",
@@ -49,6 +49,7 @@ __all__ = [
     "__version__",
     "assimilate",
     "assimilate_cases",
+    "baselines",
     "batch",
     "cycle",
     "datasets",

@@ -44,6 +44,8 @@ _TIME_NAMES = ("time", "valid_time", "datetime", "date", "timestamp")
 _LAT_NAMES = ("lat", "latitude", "lat_deg", "y")
 _LON_NAMES = ("lon", "longitude", "long", "lon_deg", "x")
 _SUFFIX = "_error_std"
+_STATION_NAMES = ("station", "station_id", "station_name", "site", "wmo_id")
+_ERROR_NAMES = ("error", "error_std", "obs_error", "sigma")
 
 
 def parse_times(values: Any, *, name: str = "time") -> np.ndarray:
@@ -165,17 +167,23 @@ def from_dataframe(
     values : str, list of str or dict, optional
         Value columns; a dict maps column names to state variable names
         (``{"temp_K": "t2m"}``). Default: every numeric column that is not a
-        coordinate, error or station column.
+        coordinate, error or station column (columns named ``error``,
+        ``error_std``, ``obs_error``, ``sigma`` or ``<name>_error_std`` are
+        never taken as values).
     error_std : float, str or dict, optional
         Observation error standard deviation, in the variable's units: one
         number for all, the name of a column, or a dict per variable (numbers
-        or column names). Default: columns named ``<variable>_error_std``.
+        or column names). Default: columns named ``<variable>_error_std``, or,
+        for a single value column, a column named ``error`` (or
+        ``error_std``, ``obs_error``, ``sigma``).
     units : str or dict, optional
         Units attribute of each variable (checked against the state's).
     kind : str, optional
         Column with the observation kind ("station", "ship", ...).
     station : str, optional
-        Column with station identifiers, kept as a coordinate.
+        Column with station identifiers, kept as a coordinate. Default: a
+        column named ``station``, ``station_id``, ``station_name``, ``site``
+        or ``wmo_id`` (any case), if there is one.
 
     Returns
     -------
@@ -198,7 +206,9 @@ def from_dataframe(
     tcol = _pick(cols, time, _TIME_NAMES, "time", required=time is not None)
     latc = _pick(cols, lat, _LAT_NAMES, "lat")
     lonc = _pick(cols, lon, _LON_NAMES, "lon")
-    used = {c for c in (tcol, latc, lonc, kind, station) if c is not None}
+    station = _pick(cols, station, _STATION_NAMES, "station", required=False)
+    error_cols = [c for c in cols if c.lower() in _ERROR_NAMES]
+    used = {c for c in (tcol, latc, lonc, kind, station) if c is not None} | set(error_cols)
     if isinstance(values, str):
         mapping = {values: values}
     elif isinstance(values, Mapping):
@@ -223,10 +233,14 @@ def from_dataframe(
         errs = {}
         for c, n in mapping.items():
             comp = f"{c}{_SUFFIX}" if f"{c}{_SUFFIX}" in cols else f"{n}{_SUFFIX}"
+            if comp not in cols and len(mapping) == 1 and len(error_cols) == 1:
+                comp = error_cols[0]
             if comp not in cols:
                 raise ObservationError(
                     f"no error standard deviation for {n!r}: pass error_std=1.0 (in the "
                     f"variable's units), error_std='column', or add a column {comp!r}"
+                    + (" (or 'error', for a table of one variable)" if len(mapping) == 1
+                       else "")
                 )
             errs[n] = comp
     else:
