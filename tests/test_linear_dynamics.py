@@ -145,7 +145,8 @@ def test_fit_linear_records_periods_and_q(hourly_model, tmp_path):
     assert model.dynamics.kind == "linear"
     assert model.dynamics.periods == (DAY, DAY / 2)
     assert model.history["dynamics"]["kind"] == "linear"
-    assert model.history["model_error"]["horizon"] == 1
+    assert model.history["model_error"]["fitted_on"].startswith("out-of-fold")
+    assert model.history["model_error"]["n_residuals"] == 8 * 24 - 1
     model.save(tmp_path / "m.zarr")
     back = xlatda.open_model(tmp_path / "m.zarr")
     assert back.dynamics.kind == "linear" and back.dynamics.periods == model.dynamics.periods
@@ -187,3 +188,29 @@ def test_default_members_span_the_latent_space():
     res = xlatda.cycle(ds.isel(time=[49]), obs.where(obs.time > ds.time[49], drop=True), model,
                        progress=False)
     assert res.analysis.sizes["member"] == 25
+
+
+def test_cross_validated_residuals_are_out_of_sample():
+    from xlatda.dynamics.linear import cross_validated_residuals
+
+    A, b, H = _system()
+    z, clock = _simulate(A, b, H, T=100, noise=0.3)
+    dyn, hist = fit_linear_dynamics(z, clock, periods=(DAY,), dt_unit=3600.0, time_units="s",
+                                    ridge=0.0, val_fraction=0.0, dtype=torch.float64)
+    cv = cross_validated_residuals(dyn, z, clock, ridge=0.0, folds=5)
+    assert cv.shape == (2 * 99, 3)
+    # out of sample: larger than the in-sample residuals, close to the true noise (0.09)
+    assert float(cv.pow(2).mean()) > hist["train_mse"]
+    assert abs(float(cv.pow(2).mean()) - 0.09) < 0.03
+    with pytest.raises(ConfigError, match="folds"):
+        cross_validated_residuals(dyn, z, clock, ridge=0.0, folds=1)
+
+
+def test_shrinking_toward_persistence():
+    z = torch.cumsum(torch.randn(1, 60, 2, generator=torch.Generator().manual_seed(0),
+                                 dtype=torch.float64), 1)
+    big = fit_linear_dynamics(z, ridge=1e3, val_fraction=0.0, shrink_toward="persistence",
+                              dtype=torch.float64)[0]
+    zero = fit_linear_dynamics(z, ridge=1e3, val_fraction=0.0, dtype=torch.float64)[0]
+    assert torch.allclose(big.A, torch.eye(2, dtype=torch.float64), atol=1e-2)
+    assert float(zero.A.abs().max()) < 1e-2

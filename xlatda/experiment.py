@@ -372,6 +372,10 @@ def training_summary(model: Any, *, ratio: float = 10.0) -> str:
     ...                     "val_loss": [0.9, 0.4], "reanchor_p": [1.0, 0.0]}})
     >>> print(training_summary(m))
     dynamics (free roll-out, p = 0): train 0.01, validation 0.4 (40x): WARNING: ...
+    >>> lin = SimpleNamespace(history={"dynamics": {"kind": "linear", "train_mse": 0.4,
+    ...                       "val_mse": {"0.001": 0.5}, "ridge": 0.001, "spectral_radius": 0.98}})
+    >>> print(training_summary(lin))
+    dynamics (linear, one step): train 0.4, validation 0.5 (1.2x); spectral radius 0.980
     """
     lines = []
     hist = getattr(model, "history", {}) or {}
@@ -392,6 +396,17 @@ def training_summary(model: Any, *, ratio: float = 10.0) -> str:
             text += (": WARNING: the validation loss is far above the training loss, the "
                      "dynamics overfit the train period (fewer epochs, a smaller latent_dim "
                      "or a longer train period)")
+        lines.append(text)
+    elif isinstance(dyn, dict) and dyn.get("kind") == "linear":
+        tr = float(dyn.get("train_mse", np.nan))
+        va = (dyn.get("val_mse") or {}).get(repr(dyn.get("ridge")))
+        text = f"dynamics (linear, one step): train {tr:.3g}"
+        if va is not None and tr > 0:
+            text += f", validation {va:.3g} ({va / tr:.1f}x)"
+            if va > ratio * tr:
+                text += (": WARNING: the validation error is far above the training error "
+                         "(a smaller latent_dim or a longer train period)")
+        text += f"; spectral radius {float(dyn.get('spectral_radius', np.nan)):.3f}"
         lines.append(text)
     return "\n".join(line for line in lines if line) or "no training losses recorded"
 

@@ -57,7 +57,7 @@ from xlatda.dynamics.latent_ode import dynamics
 from xlatda.errors import ConfigError, ShapeError
 from xlatda.options import resolve_device, resolve_dtype
 
-__all__ = ["LinearDynamics", "default_periods", "fit_linear_dynamics"]
+__all__ = ["LinearDynamics", "cross_validated_residuals", "default_periods", "fit_linear_dynamics"]
 
 _DAY = 86400.0
 _YEAR = 365.2425 * _DAY
@@ -344,12 +344,17 @@ def _design(model: LinearDynamics, z: Tensor, clock: Tensor | None,
     return torch.cat(cols, -1)
 
 
-def _solve(X: Tensor, Y: Tensor, lam: float, d: int) -> Tensor:
-    """Ridge solution ``(k, d)``; the penalty acts on the ``A`` block only."""
+def _solve(X: Tensor, Y: Tensor, lam: float, d: int, toward_identity: bool) -> Tensor:
+    """Ridge solution ``(k, d)``; the penalty acts on the ``A`` block only and
+    shrinks it toward the identity (persistence) or toward zero."""
     G = X.T @ X
     pen = torch.zeros(X.shape[1], dtype=X.dtype)
     pen[:d] = lam * float(torch.diagonal(G)[:d].mean())
-    return torch.linalg.solve(G + torch.diag(pen), X.T @ Y)
+    target = Y - X[:, :d] if toward_identity else Y
+    coef = torch.linalg.solve(G + torch.diag(pen), X.T @ target)
+    if toward_identity:
+        coef[:d] = coef[:d] + torch.eye(d, dtype=coef.dtype)
+    return coef
 
 
 def fit_linear_dynamics(
@@ -363,6 +368,7 @@ def fit_linear_dynamics(
     ridge: float | Sequence[float] = (1e-4, 1e-3, 1e-2, 1e-1),
     val_fraction: float = 0.1,
     max_radius: float = 0.999,
+    shrink_toward: str = "zero",
     device: Any = None,
     dtype: Any = None,
 ) -> tuple[LinearDynamics, dict[str, Any]]:
@@ -390,6 +396,10 @@ def fit_linear_dynamics(
     max_radius : float
         Spectral radius above which ``A`` is scaled down to it, so forecasts
         stay bounded (recorded in the returned history).
+    shrink_toward : {"persistence", "zero"}
+        What the ridge penalty pulls ``A`` toward: the identity (a forecast
+        that keeps the state, the natural prior for data sampled much faster
+        than the flow changes) or zero (relaxation to the forced mean).
 
     Returns
     -------
@@ -434,16 +444,19 @@ def fit_linear_dynamics(
     lams = [float(ridge)] if isinstance(ridge, (int, float)) else [float(r) for r in ridge]
     if not lams or any(lam < 0 for lam in lams):
         raise ConfigError(f"ridge must be >= 0, got {ridge!r}")
+    if shrink_toward not in ("persistence", "zero"):
+        raise ConfigError(f"shrink_toward must be 'persistence' or 'zero', got {shrink_toward!r}")
+    eye_prior = shrink_toward == "persistence"
     val_mse: dict[str, float] = {}
     if n_val and len(lams) > 1:
         Xv, Yv = pairs(fit_end - 1, T)
         for lam in lams:
-            coef = _solve(X, Y, lam, d)
+            coef = _solve(X, Y, lam, d, eye_prior)
             val_mse[repr(lam)] = float(((Xv @ coef - Yv) ** 2).mean())
         lam = min(lams, key=lambda v: val_mse[repr(v)])
     else:
         lam = lams[0]
-    coef = _solve(X, Y, lam, d).T  # (d, k)
+    coef = _solve(X, Y, lam, d, eye_prior).T  # (d, k)
     A = coef[:, :d]
     radius = float(torch.linalg.eigvals(A).abs().max())
     scaled = radius > max_radius
@@ -460,6 +473,69 @@ def fit_linear_dynamics(
     hist = {"kind": "linear", "ridge": lam, "val_mse": val_mse, "train_mse": train_mse,
             "spectral_radius": radius, "radius_scaled_to": max_radius if scaled else None,
             "n_pairs": int(X.shape[0]), "periods": list(periods),
-            "held_out_steps": n_val}
+            "held_out_steps": n_val, "shrink_toward": shrink_toward}
     dev, dt_ = resolve_device(device), resolve_dtype(dtype)
     return model.to(device=dev, dtype=dt_), hist
+
+
+def cross_validated_residuals(
+    dynamics: LinearDynamics,
+    trajectories: Tensor,
+    clock: Tensor | None = None,
+    theta: Tensor | None = None,
+    *,
+    ridge: float,
+    folds: int = 10,
+    shrink_toward: str = "zero",
+) -> Tensor:
+    """One-step residuals of every training pair, each predicted by a fit without it.
+
+    The pairs are cut into ``folds`` contiguous blocks of time (the same
+    blocks in every trajectory); each block is predicted by the ridge fit
+    on all the others. The residuals are out of sample, as a model error
+    ``Q`` must be, and there are as many as training pairs (not only those
+    of a held-out tail).
+
+    Parameters
+    ----------
+    dynamics : LinearDynamics
+        The fitted dynamics (for the periods and the ``θ`` normalisation).
+    trajectories, clock, theta :
+        As for :func:`fit_linear_dynamics`.
+    ridge : float
+        The penalty chosen for ``dynamics``.
+    folds : int
+        Number of time blocks (at least 2).
+    shrink_toward : {"zero", "persistence"}
+        As for :func:`fit_linear_dynamics`.
+
+    Returns
+    -------
+    Tensor
+        ``(n_traj * (T - 1), d)`` float64 residuals.
+    """
+    z = torch.as_tensor(trajectories, dtype=torch.float64).cpu()
+    n, T, d = z.shape
+    if int(folds) < 2 or T - 1 < int(folds):
+        raise ConfigError(f"need 2 <= folds <= T - 1 = {T - 1}, got {folds!r}")
+    ck = None if clock is None else torch.as_tensor(clock, dtype=torch.float64).cpu()
+    th = None
+    if theta is not None:
+        tt = torch.as_tensor(theta, dtype=torch.float64).cpu().reshape(n, -1)
+        mean = dynamics.theta_mean.detach().cpu().double()
+        std = dynamics.theta_std.detach().cpu().double()
+        th = ((tt - mean) / std)[:, None, :].expand(n, T, tt.shape[-1])
+    cpu = LinearDynamics(d, dynamics.n_params, periods=dynamics.periods,
+                         dt_unit=dynamics.dt_unit, time_units=dynamics.time_units,
+                         device="cpu", dtype=torch.float64)
+    X = _design(cpu, z[:, :-1], None if ck is None else ck[:, :-1],
+                None if th is None else th[:, :-1])  # (n, T-1, k)
+    Y = z[:, 1:]
+    block = torch.arange(T - 1) * int(folds) // (T - 1)  # block of each pair
+    out = torch.empty_like(Y)
+    for b in range(int(folds)):
+        test = block == b
+        Xf, Yf = X[:, ~test].reshape(-1, X.shape[-1]), Y[:, ~test].reshape(-1, d)
+        coef = _solve(Xf, Yf, float(ridge), d, shrink_toward == "persistence")
+        out[:, test] = X[:, test] @ coef - Y[:, test]
+    return out.reshape(-1, d)
