@@ -23,7 +23,7 @@ import torch
 from xlatda.cf import is_datetime
 from xlatda.errors import ObservationError
 from xlatda.layout import StateLayout
-from xlatda.obs.contract import ObservationTable
+from xlatda.obs.observation_table import ObservationTable
 from xlatda.operators import (
     ObservationOperator,
     grid_interpolation_matrix,
