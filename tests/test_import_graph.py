@@ -21,6 +21,20 @@ PACKAGE = ROOT / "xlatda"
 KERNELS = ("xlatda.encoders", "xlatda.dynamics", "xlatda.methods")
 UPPER = ("xlatda.model", "xlatda.io", "xlatda.api", "xlatda.forecast", "xlatda.generative",
          "xlatda.cycle", "xlatda.accessor", "xlatda.cli", "xlatda.batch", "xlatda.streaming")
+LAYERS = (
+    KERNELS,
+    ("xlatda.model_store", "xlatda.pixel_score_model", "xlatda.model", "xlatda.io"),
+    ("xlatda.latent_data", "xlatda.aux_inputs", "xlatda.encode_decode", "xlatda.forecast",
+     "xlatda.api", "xlatda.generative"),
+    ("xlatda.accessor", "xlatda.cli"),
+)
+
+
+def _layer(module: str) -> int | None:
+    for i, names in enumerate(LAYERS):
+        if any(module == n or module.startswith(n + ".") for n in names):
+            return i
+    return None
 
 
 def _modules() -> dict[str, Path]:
@@ -141,4 +155,11 @@ def test_kernels_import_nothing_from_the_xarray_layers(edges):
     upward = sorted({(src, dst) for src, dst, _, _ in edges
                      if src.startswith(KERNELS)
                      and any(dst == u or dst.startswith(u + ".") for u in UPPER)})
+    assert upward == []
+
+
+def test_imports_point_down_the_layers(edges):
+    upward = sorted({(src, dst) for src, dst, _, _ in edges
+                     if _layer(src) is not None and _layer(dst) is not None
+                     and _layer(dst) > _layer(src) and not dst.startswith(src + ".")})
     assert upward == []
