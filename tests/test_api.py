@@ -126,7 +126,7 @@ def test_store_refuses_overwrite_and_keeps_target(tmp_path, pca, l96):
 
 
 def test_interrupted_save_leaves_target_untouched(tmp_path, pca, monkeypatch):
-    import xlatda.io as io
+    import xlatda.model_store as io  # the store engine (was xlatda.io)
 
     path = tmp_path / "m.zarr"
     pca.save(path)

@@ -645,8 +645,9 @@ def test_cos_lat_weights():
         cos_lat_weights(torch.tensor([90.0, -90.0]))
 
 
-def test_module_does_not_import_xarray():
-    source = Path(__file__).resolve().parents[1] / "xlatda" / "operators.py"
+@pytest.mark.parametrize("module", ["operators.py", "obs_geometry.py", "sparse_interp.py"])
+def test_module_does_not_import_xarray(module):
+    source = Path(__file__).resolve().parents[1] / "xlatda" / module
     tree = ast.parse(source.read_text())
     names = set()
     for node in ast.walk(tree):
@@ -657,12 +658,23 @@ def test_module_does_not_import_xarray():
     assert "xarray" not in names and "dask" not in names
 
 
+def test_operators_module_re_exports_the_split_modules():
+    import xlatda.obs_geometry as geometry
+    import xlatda.operators as operators
+    import xlatda.sparse_interp as kernel
+
+    assert operators.ObservationOperator is kernel.ObservationOperator
+    for name in geometry.__all__:
+        assert getattr(operators, name) is getattr(geometry, name)
+    assert set(operators.__all__) == {"ObservationOperator", *geometry.__all__}
+
+
 # --------------------------------------------------------------------------- #
 # accelerator code paths
 # --------------------------------------------------------------------------- #
 def test_torch_index_paths_match_numpy_paths():
     """The torch bookkeeping used on accelerators gives the same kernels as NumPy."""
-    from xlatda.operators import _Kernel, _transpose
+    from xlatda.sparse_interp import _Kernel, _transpose
 
     op, _, _ = make_operator(n_obs=300, n_channels=2, spatial=(10, 20), seed=3)
     h = op.matrix

@@ -1,9 +1,10 @@
-"""Public functions on xarray objects: fit, encode, decode (and, through
-:mod:`xlatda.forecast`, evolve and forecast).
+"""Public functions on xarray objects: fit and encode_obs, and (re-exported
+from :mod:`xlatda.encode_decode`) encode and decode.
 
 These are what the ``.lda`` accessor calls. They validate, turn Datasets into
-tensors through :mod:`xlatda._bridge` (lazily, chunk by chunk over sample
-dimensions), call the tensor kernels, and put CF metadata back.
+tensors, call the tensor kernels, and put CF metadata back. Evolve and
+forecast live in :mod:`xlatda.forecast`; the latent Dataset helpers in
+:mod:`xlatda.latent_data`.
 
 Examples
 --------
@@ -27,25 +28,21 @@ import numpy as np
 import torch
 import xarray as xr
 
-from xlatda._bridge import apply_torch, is_lazy
-from xlatda._threads import decoded_size, with_thread_scope
-from xlatda.errors import ConfigError, LayoutError
-from xlatda.layout import CHANNEL_DIM, StateLayout, layout
+from xlatda._bridge import is_lazy
+from xlatda._threads import with_thread_scope
+from xlatda.aux_inputs import aux_training
+from xlatda.encode_decode import decode, encode
+from xlatda.errors import ConfigError, LayoutError, NotFittedError
+from xlatda.forecast import fit_dynamics
+from xlatda.jsonable import to_jsonable
+from xlatda.latent_data import LATENT_DIM, as_dataset, encoder_needs_grad, latent_dataset
+from xlatda.layout import StateLayout, layout
 from xlatda.model import LatentModel
 from xlatda.normalize import Normalizer
+from xlatda.obs.contract import to_tensors, validate
 from xlatda.options import get_options, resolve_device, resolve_dtype
 
 __all__ = ["LATENT_DIM", "decode", "encode", "encode_obs", "fit", "latent_dataset"]
-
-LATENT_DIM = "latent"
-
-
-def _as_dataset(obj: xr.Dataset | xr.DataArray) -> xr.Dataset:
-    if isinstance(obj, xr.DataArray):
-        return obj.to_dataset(name=obj.name if obj.name is not None else "data")
-    if not isinstance(obj, xr.Dataset):
-        raise ConfigError(f"expected an xarray Dataset or DataArray, got {type(obj).__name__}")
-    return obj
 
 
 def _time_step(ds: xr.Dataset, L: StateLayout) -> dict[str, Any] | None:
@@ -138,7 +135,7 @@ def fit(
     """
     from xlatda.encoders import encoders
 
-    ds = _as_dataset(ds)
+    ds = as_dataset(ds)
     cls = encoders.get(encoder)  # refuses unknown names before any work
     if not isinstance(latent_dim, (int, np.integer)) or latent_dim < 1:
         raise ConfigError(f"latent_dim must be a positive integer, got {latent_dim!r}")
@@ -189,7 +186,7 @@ def fit(
     options = dict(encoder_options or {})
     aux_fit: dict[str, Any] = {}
     if aux is not None:
-        a, spec = _aux_training(aux, ds, L, tdtype)
+        a, spec = aux_training(aux, ds, L, tdtype)
         options.update(aux_channels=a.shape[1], aux_spec=spec, aux_dropout=aux_dropout)
         if isinstance(validation, xr.Dataset):
             raise ConfigError("with aux, pass validation as a fraction (aux has no validation set)")
@@ -215,7 +212,7 @@ def fit(
     start = _time.perf_counter()
     hist = enc.fit(x_train.to(dev), None if x_val is None else x_val.to(dev), **training,
                    **aux_fit)
-    history = {"encoder": _jsonable(hist), "encoder_seconds": _time.perf_counter() - start}
+    history = {"encoder": to_jsonable(hist), "encoder_seconds": _time.perf_counter() - start}
     model = LatentModel(
         layout=StateLayout.from_dict(L.to_dict()), normalizer=norm, encoder=enc,
         time_step=_time_step(ds, L), history=history, missing=missing,
@@ -223,8 +220,6 @@ def fit(
     model.prior = _fit_prior(model, xn.to(dev))
     history["prior"] = {"shrinkage": model.prior.shrinkage, "n_samples": model.prior.n_samples}
     if dynamics is not None:
-        from xlatda.forecast import fit_dynamics
-
         model = fit_dynamics(model, ds, uncertainty=uncertainty, epochs=epochs, seed=seed,
                              device=dev, progress=progress, kind=dynamics,
                              **(dynamics_options or {}))
@@ -255,167 +250,12 @@ def _fit_prior(model: LatentModel, xn: torch.Tensor, batch: int = 256):
 
     enc = model.encoder
     rows = []
-    ctx = torch.enable_grad() if _needs_grad(model) else torch.no_grad()
+    ctx = torch.enable_grad() if encoder_needs_grad(model) else torch.no_grad()
     with ctx:
         for chunk in xn.split(batch):
             rows.append(enc.encode(chunk).detach())
     codes = torch.cat(rows).to(torch.float64)
     return LatentPrior.fit(codes).to(device=model.device, dtype=model.dtype)
-
-
-def _jsonable(hist: Any) -> Any:
-    if isinstance(hist, dict):
-        return {str(k): _jsonable(v) for k, v in hist.items()}
-    if isinstance(hist, (list, tuple)):
-        return [_jsonable(v) for v in hist]
-    if isinstance(hist, (np.floating, np.integer)):
-        return hist.item()
-    if isinstance(hist, torch.Tensor):
-        return hist.tolist()
-    if hist is None or isinstance(hist, (str, int, float, bool)):
-        return hist
-    return str(hist)
-
-
-def latent_dataset(z: xr.DataArray, model: LatentModel, source: str) -> xr.Dataset:
-    """Wrap latent vectors ``z(..., latent)`` as a Dataset with provenance attrs."""
-    out = z.rename("z").to_dataset()
-    out = out.assign_coords({LATENT_DIM: np.arange(model.latent_dim)})
-    out["z"].attrs = {"long_name": "latent state", "units": "1"}
-    out.attrs = {
-        "xlatda_model_id": model.model_id,
-        "xlatda_encoder": model.encoder_kind,
-        "xlatda_latent_dim": model.latent_dim,
-        "xlatda_variables": list(model.layout.variables),
-        "history": f"{source} with xlatda {__import__('xlatda').__version__}",
-    }
-    return out
-
-
-def _needs_grad(model: LatentModel) -> bool:
-    return bool(getattr(model.encoder, "encode_needs_grad", False))
-
-
-@with_thread_scope
-def encode(
-    ds: xr.Dataset | xr.DataArray,
-    model: LatentModel,
-    *,
-    aux: xr.Dataset | xr.DataArray | None = None,
-    device: Any = None,
-    dtype: Any = None,
-) -> xr.Dataset:
-    """Encode states to latent vectors.
-
-    Parameters
-    ----------
-    ds : Dataset or DataArray
-        States on the model's layout (same variables and grid); any sample
-        dims (time, trajectory, member) are kept.
-    model : LatentModel
-        A fitted model.
-    aux : Dataset or DataArray, optional
-        Auxiliary inputs for a model fitted with ``aux=`` (same variables as
-        in training, on the same grid and samples as ``ds``); omitted, they
-        are treated as missing everywhere.
-    device, dtype :
-        Where and in which precision to compute (default: the model's).
-
-    Returns
-    -------
-    Dataset
-        Variable ``z`` over the sample dims plus ``latent``, with provenance
-        attrs. Lazy when ``ds`` is dask-backed (chunks along sample dims).
-    """
-    ds = _as_dataset(ds)
-    L = model.layout
-    stacked = L.stack(ds)  # checks ds against the layout first
-    dev = model.device if device is None else resolve_device(device)
-    tdtype = model.dtype if dtype is None else resolve_dtype(dtype)
-    if dev != model.device or tdtype != model.dtype:
-        model.to(device=dev, dtype=tdtype)
-    fn = model.encode_tensor
-    if aux is not None:
-        spec = getattr(model.encoder, "aux_spec", None)
-        if not spec:
-            raise ConfigError(
-                "this model was fitted without auxiliary inputs; drop aux= or refit with "
-                "xlatda.fit(ds, ..., aux=aux)"
-            )
-        stacked, fn = _with_aux(stacked, aux, ds, model, spec)
-    z = apply_torch(stacked, fn, in_core=[CHANNEL_DIM, *L.spatial_dims],
-                    out_core=[LATENT_DIM], out_sizes={LATENT_DIM: model.latent_dim},
-                    device=dev, dtype=tdtype, grad=_needs_grad(model))
-    return latent_dataset(z, model, f"encoded by {model.encoder_kind}")
-
-
-def _aux_stack(aux: xr.Dataset | xr.DataArray, ds: xr.Dataset, L: StateLayout,
-               variables: list[str] | None = None) -> tuple[xr.DataArray, StateLayout]:
-    """Auxiliary fields stacked like the state, checked against it."""
-    aux = _as_dataset(aux)
-    La = layout(aux, variables=variables)
-    if La.spatial_dims != L.spatial_dims or La.spatial_shape != L.spatial_shape:
-        raise LayoutError(
-            f"aux must be on the state grid {dict(zip(L.spatial_dims, L.spatial_shape))}, got "
-            f"{dict(zip(La.spatial_dims, La.spatial_shape))}; regrid or rasterize it first"
-        )
-    a = La.stack(aux)
-    lead = list(L.lead_dims(ds))
-    alead = list(La.lead_dims(aux))
-    if alead != lead or any(a.sizes[d] != ds.sizes[d] for d in lead):
-        raise LayoutError(
-            f"aux must have the state's sample dims {[(d, ds.sizes[d]) for d in lead]}, got "
-            f"{[(d, a.sizes[d]) for d in alead]}"
-        )
-    return a, La
-
-
-def _aux_channels(a: xr.DataArray, mean: np.ndarray, std: np.ndarray, dtype) -> xr.DataArray:
-    """Standardised values (NaN -> 0) followed by observed masks, along channel (lazy-safe)."""
-    m = xr.DataArray(np.asarray(mean, float), dims=[CHANNEL_DIM])
-    s = xr.DataArray(np.asarray(std, float), dims=[CHANNEL_DIM])
-    observed = a.notnull()
-    vals = ((a - m) / s).where(observed, 0.0).astype(dtype)
-    out = xr.concat([vals, observed.astype(dtype)], dim=CHANNEL_DIM)
-    return out.transpose(*a.dims)
-
-
-def _aux_training(aux, ds: xr.Dataset, L: StateLayout, tdtype) -> tuple[torch.Tensor, dict]:
-    a, La = _aux_stack(aux, ds, L)
-    values = np.asarray(a.values, dtype=np.float64)
-    ch = a.dims.index(CHANNEL_DIM)
-    moved = np.moveaxis(values, ch, 0).reshape(values.shape[ch], -1)
-    mean = np.array([np.nanmean(r) if np.isfinite(r).any() else 0.0 for r in moved])
-    std = np.array([np.nanstd(r) if np.isfinite(r).any() else 1.0 for r in moved])
-    std = np.where(std > 0, std, 1.0)
-    chans = _aux_channels(a, mean, std, np.float64).values
-    lead = chans.shape[: ch]
-    x = torch.as_tensor(chans).reshape(int(np.prod(lead)) if lead else 1, *chans.shape[ch:])
-    spec = {"variables": list(La.variables), "channels": list(La.channels),
-            "mean": mean.tolist(), "std": std.tolist()}
-    return x.to(tdtype), spec
-
-
-def _with_aux(stacked: xr.DataArray, aux, ds: xr.Dataset, model: LatentModel, spec: dict):
-    a, _ = _aux_stack(aux, ds, model.layout, variables=spec["variables"])
-    if a.sizes[CHANNEL_DIM] != len(spec["mean"]):
-        raise LayoutError(
-            f"aux has {a.sizes[CHANNEL_DIM]} channels, the model was fitted with "
-            f"{len(spec['mean'])} ({spec['channels']})"
-        )
-    chans = _aux_channels(a, np.asarray(spec["mean"]), np.asarray(spec["std"]),
-                          stacked.dtype).transpose(*stacked.dims)
-    # Positional, like the state (join="override"); lazy if either side is.
-    combined = xr.concat([stacked, chans], dim=CHANNEL_DIM, join="override", coords="minimal",
-                         compat="override")
-    C = model.layout.n_channels
-    enc = model.encoder
-
-    def fn(x: torch.Tensor) -> torch.Tensor:
-        state = model.normalizer.normalize(model._cast(x[:, :C]))
-        return enc.encode(state, model._cast(x[:, C:]))
-
-    return combined, fn
 
 
 def encode_obs(
@@ -499,9 +339,6 @@ def encode_obs(
     >>> z.z.dims, z.z_samples.dims
     (('time', 'latent'), ('time', 'member', 'latent'))
     """
-    from xlatda.errors import NotFittedError
-    from xlatda.obs.contract import to_tensors, validate
-
     L = model.layout
     validate(obs, L)
     table = to_tensors(obs, L)
@@ -615,138 +452,6 @@ def _posterior(model: LatentModel, sub, pts: torch.Tensor,
         # Posterior covariance S (I + G^T G)^{-1} S^T = (S C^{-T})(S C^{-T})^T.
         factor = torch.linalg.solve_triangular(chol, S.T, upper=False).T
         return (mu + S @ v).detach(), factor
-
-
-def _check_latent(z: xr.Dataset | xr.DataArray, model: LatentModel) -> xr.DataArray:
-    if isinstance(z, xr.Dataset):
-        if "z" not in z.data_vars:
-            raise ConfigError(
-                "a latent Dataset needs a variable 'z' (as returned by ds.lda.encode(model))"
-            )
-        mid = z.attrs.get("xlatda_model_id")
-        if mid is not None and mid != model.model_id:
-            raise ConfigError(
-                f"these latents come from model {mid!r} but decode got model "
-                f"{model.model_id!r}; decode with the model that encoded them"
-            )
-        da = z["z"]
-    else:
-        da = z
-    if LATENT_DIM not in da.dims or da.sizes[LATENT_DIM] != model.latent_dim:
-        raise ConfigError(
-            f"latents need a dimension {LATENT_DIM!r} of size {model.latent_dim}, got "
-            f"{dict(da.sizes)}"
-        )
-    return da
-
-
-@with_thread_scope(size=decoded_size)
-def decode(
-    z: xr.Dataset | xr.DataArray,
-    model: LatentModel,
-    *,
-    at: xr.Dataset | None = None,
-    device: Any = None,
-    dtype: Any = None,
-) -> xr.Dataset:
-    """Decode latent vectors to fields on the training layout, or anywhere.
-
-    Parameters
-    ----------
-    z : Dataset or DataArray
-        Latents as returned by :func:`encode` (or evolved).
-    model : LatentModel
-        The model that encoded them.
-    at : Dataset, optional
-        Where to decode instead of the training grid: an observation-like
-        Dataset with dimension ``obs`` and latitude/longitude (or generic
-        position) coordinates, or a Dataset holding a latitude/longitude grid.
-        SINR evaluates its decoder there directly (mesh-free); other encoders
-        interpolate from the training grid.
-    device, dtype :
-        Compute device and dtype (default: the model's).
-
-    Returns
-    -------
-    Dataset
-        On the training layout: identical in structure, coordinates and
-        attributes to the training data, with the sample coords of ``z``.
-        With ``at``: every state variable at those points or on that grid.
-        Lazy when ``z`` is dask-backed.
-    """
-    da = _check_latent(z, model)
-    L = model.layout
-    dev = model.device if device is None else resolve_device(device)
-    tdtype = model.dtype if dtype is None else resolve_dtype(dtype)
-    if dev != model.device or tdtype != model.dtype:
-        model.to(device=dev, dtype=tdtype)
-    out_dtype = np.result_type(*[np.dtype(s.dtype) for s in L.specs])
-    if at is None:
-        sizes = {CHANNEL_DIM: L.n_channels, **dict(zip(L.spatial_dims, L.spatial_shape))}
-        fields = apply_torch(da, model.decode_tensor, in_core=[LATENT_DIM],
-                             out_core=[CHANNEL_DIM, *L.spatial_dims], out_sizes=sizes,
-                             device=dev, dtype=tdtype)
-        if fields.dtype != out_dtype and out_dtype.kind == "f":
-            fields = fields.astype(out_dtype)
-        if model.missing is not None:
-            keep = xr.DataArray(~model.missing, dims=[CHANNEL_DIM, *L.spatial_dims])
-            fields = fields.where(keep)
-        return L.unstack(fields)
-    return _decode_at(da, model, at, dev, tdtype)
-
-
-def _decode_at(da: xr.DataArray, model: LatentModel, at: xr.Dataset, dev, tdtype) -> xr.Dataset:
-    from xlatda.cf import find_axes
-
-    L = model.layout
-    if "obs" in at.dims:
-        axes = find_axes(at) if L.kind != "generic" else None
-        if L.kind == "generic":
-            pos = np.asarray(at[L.spatial_dims[0]].values, float)
-            points = model.points_tensor(position=pos)
-            coords = {L.spatial_dims[0]: at[L.spatial_dims[0]]}
-        else:
-            if axes.lat is None:
-                raise LayoutError("`at` has no latitude/longitude coordinates along 'obs'")
-            points = model.points_tensor(at[axes.lat].values, at[axes.lon].values)
-            coords = {axes.lat: at[axes.lat], axes.lon: at[axes.lon]}
-        shape_dims, shape = ["obs"], (at.sizes["obs"],)
-    else:
-        axes = find_axes(at)
-        if axes.lat is None or at[axes.lat].ndim != 1:
-            raise LayoutError(
-                "`at` must be points along 'obs' or a Dataset with 1-D latitude and longitude "
-                "coordinates (a grid)"
-            )
-        glat, glon = np.meshgrid(at[axes.lat].values, at[axes.lon].values, indexing="ij")
-        points = model.points_tensor(glat.ravel(), glon.ravel())
-        coords = {axes.lat: at[axes.lat], axes.lon: at[axes.lon]}
-        shape_dims = [at[axes.lat].dims[0], at[axes.lon].dims[0]]
-        shape = glat.shape
-    n_pts = points.shape[0]
-    C = L.n_channels
-    all_points = points.repeat(C, 1)
-    channel = torch.arange(C, device=points.device).repeat_interleave(n_pts)
-
-    def fn(z: torch.Tensor) -> torch.Tensor:
-        vals = model.decode_points(z, all_points, channel)
-        return vals.reshape(z.shape[0], C, *shape)
-
-    sizes = {CHANNEL_DIM: C, **dict(zip(shape_dims, shape))}
-    fields = apply_torch(da, fn, in_core=[LATENT_DIM], out_core=[CHANNEL_DIM, *shape_dims],
-                         out_sizes=sizes, device=dev, dtype=tdtype)
-    out = xr.Dataset(coords=coords)
-    for i, label in enumerate(L.channels):
-        name = label.replace("@", "_") if "@" in label else label
-        spec = next(s for s in L.specs if s.name == label.split("@")[0])
-        out[name] = fields.isel({CHANNEL_DIM: i}, drop=True)
-        out[name].attrs = dict(spec.attrs)
-    for c, v in da.coords.items():
-        if c != LATENT_DIM and set(v.dims) <= set(fields.dims):
-            out = out.assign_coords({c: v})
-    out.attrs = {"history": f"decoded by {model.encoder_kind} at {n_pts} points",
-                 "xlatda_model_id": model.model_id}
-    return out
 
 
 def is_lazy_result(obj: xr.Dataset) -> bool:

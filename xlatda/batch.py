@@ -110,9 +110,9 @@ def _model_ref(model: Any) -> Any:
 
 def _resolve_model(ref: Any) -> Any:
     if isinstance(ref, str):
-        from xlatda.streaming import _model_from
+        from xlatda.streaming import model_from
 
-        return _model_from(ref)
+        return model_from(ref)
     return ref
 
 

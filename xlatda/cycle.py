@@ -16,8 +16,8 @@ analysis time (or ``window`` consecutive ones form one window, for the
 methods that analyse windows).
 
 **Reproducibility.** Every random draw (initial ensemble, parameter
-priors, model noise, perturbed observations, random rotations, score
-samples) comes from generators seeded from ``seed``: the initial draws from
+priors, model noise, perturbed observations, random rotations, samples
+of a learned prior) comes from generators seeded from ``seed``: the initial draws from
 ``seed`` itself, window ``k``'s from ``(seed, k)``
 (:func:`xlatda.windows.window_seed`). The global torch RNG is never used.
 So the same call gives bit-identical analyses in one process, in another
@@ -36,18 +36,20 @@ import numpy as np
 import torch
 import xarray as xr
 
-# Imported for their registrations: the adapters of the built-in kernels and of score.
+# Imported for their registrations: the adapters of the built-in kernels and of
+# the methods defined next to their models (xlatda.generative).
 import xlatda.generative
 import xlatda.methods.adapters  # noqa: F401
 from xlatda._threads import with_thread_scope
 from xlatda.cycle_records import AnalysisError, CycleRecorder, CycleResult, check_finite
 from xlatda.cycle_store import fingerprint, open_result, resume, write_window
+from xlatda.cycle_store import model_identity as _model_identity
 from xlatda.errors import ConfigError, ObservationError
 from xlatda.initial import initial_ensemble, initial_parameters
-from xlatda.layout import layout
+from xlatda.initial import start_state as _start
 from xlatda.methods.inflation import cycle_defaults
-from xlatda.methods.protocol import adapter_for
-from xlatda.methods.registry import get_method
+from xlatda.methods.protocol import DEFAULT_METHOD
+from xlatda.methods.protocol import cycling_method as _lookup
 from xlatda.obs.contract import to_tensors, validate
 from xlatda.options import get_options
 from xlatda.spaces import space_for
@@ -56,83 +58,10 @@ from xlatda.windows import ObservationWindow, float_times, plan_windows
 __all__ = ["CycleResult", "assimilate", "cycle"]
 
 
-def _lookup(method: str):
-    kernel = get_method(method)  # unknown names are refused here, before any work
-    proto = adapter_for(kernel)
-    if proto is None:
-        raise ConfigError(
-            f"method {method!r} ({kernel.__name__}) cannot cycle: derive it from "
-            "xlatda.methods.protocol.CycleMethod, or register an adapter with "
-            "xlatda.methods.protocol.adapts"
-        )
-    return kernel, proto
-
-
-def _dataset(obj: Any) -> Any:
-    if isinstance(obj, xr.DataArray):
-        return obj.to_dataset(name=obj.name if obj.name is not None else "data")
-    return obj
-
-
-def _one_time(ds: xr.Dataset, tname: str | None, what: str) -> xr.Dataset:
-    if tname is not None and tname in ds.dims:
-        if ds.sizes[tname] != 1:
-            raise ConfigError(f"{what}; select it with .isel({tname}=i)")
-        ds = ds.isel({tname: 0})
-    return ds
-
-
-def _start(background: Any, model: Any, proto: Any, what: str, need_time: bool):
-    """``(background at one time or None, layout, time name, start time or None)``."""
-    background = _dataset(background)
-    if not proto.needs_background:
-        L = model.layout
-        tname = L.axes.time or "time"
-        t0 = None
-        if background is not None:
-            background = _one_time(background, tname, what)
-            L.check(background)
-            if tname in background.coords:
-                t0 = float(float_times(np.asarray(background[tname].values)))
-        return background, L, tname, t0
-    if background is None:
-        raise ConfigError("this method starts from a background; pass the state at one time")
-    L = layout(background)
-    tname = L.axes.time
-    if need_time and (tname is None or tname not in background.coords):
-        raise ConfigError("the background needs a time coordinate (the time it is valid at)")
-    background = _one_time(background, tname, what)
-    L = layout(background)
-    t0 = (float(float_times(np.asarray(background[tname].values)))
-          if tname is not None and tname in background.coords else None)
-    return background, L, tname, t0
-
-
-def _check(proto: Any, method: str, sp: Any, window: int, n_params: int) -> None:
-    if sp.kind not in proto.spaces:
-        raise ConfigError(f"{method!r} analyses the {' or '.join(proto.spaces)} state; use "
-                          f"space={proto.spaces[0]!r}")
-    if window > 1 and not proto.windowed:
-        raise ConfigError(f"window > 1 needs a method that analyses windows of observation "
-                          f"times; {method!r} analyses every time on its own")
-    if n_params and not proto.estimates_parameters:
-        raise ConfigError(f"{method!r} does not estimate parameters; drop params= or use a "
-                          "method that does")
-
-
-def _model_identity(model: Any) -> Any:
-    ident = getattr(model, "model_id", None)
-    if ident is not None:
-        return ident
-    attrs = {k: v for k, v in vars(model).items() if isinstance(v, (int, float, str, bool))} \
-        if hasattr(model, "__dict__") else {}
-    return [type(model).__qualname__, attrs]
-
-
 # -- public functions ---------------------------------------------------------
 @with_thread_scope
 def assimilate(state: xr.Dataset | xr.DataArray | None, obs: xr.Dataset, model: Any = None, *,
-               method: str = "etkf", space: str | None = None, members: int | None = None,
+               method: str = DEFAULT_METHOD, space: str | None = None, members: int | None = None,
                init_std: Any = None, seed: int = 0, **settings: Any) -> xr.Dataset:
     """One analysis of ``state`` (an ensemble or a background) with ``obs``.
 
@@ -141,55 +70,49 @@ def assimilate(state: xr.Dataset | xr.DataArray | None, obs: xr.Dataset, model: 
     state : Dataset or DataArray or None
         The background at one time: an ensemble (``member`` dim) for the
         ensemble methods, or a single state (then ``members`` and
-        ``init_std`` make a perturbed ensemble; 3DVar uses it as is).
-        ``method="score"`` uses no background (the score prior is the
-        prior): ``state`` then only labels the analysis time and may be
-        ``None``.
+        ``init_std`` make a perturbed ensemble; single-state methods use it
+        as is). Methods that need no background (``needs_background`` is
+        False in :mod:`xlatda.methods.protocol`: those that sample a learned
+        prior) take ``None``, or a state that only labels the analysis time.
     obs : Dataset
         Observations at the state's time (or without times). Several kinds
         at once (:func:`xlatda.obs.concat`) are assimilated together.
     model : LatentModel or PixelScoreModel, optional
-        Needed for ``space="latent"`` and ``method="score"`` (a LatentModel
-        with a score prior from :func:`xlatda.fit_score`, or its pixel-space
-        baseline).
+        Needed for ``space="latent"`` and by the methods that sample a
+        learned prior (a LatentModel trained with one, or its pixel-space
+        counterpart).
     method : str
-        A registered method: "etkf", "enkf", "denkf", "ensrf", "letkf",
-        "3dvar", "vaevar", "score", or one registered by the user (methods
-        that analyse windows, such as 4DEnVar, need :func:`cycle`).
+        A registered method (:func:`xlatda.methods.method_names`; its
+        settings in its class's docstring, e.g. :class:`xlatda.methods.ETKF`),
+        or one registered by the user. Methods that analyse windows need
+        :func:`cycle`.
     space : {"latent", "physical"}, optional
         Default: latent with a LatentModel, physical otherwise.
     members, init_std, seed :
         Ensemble size and spread when ``state`` has no member dim (for
-        ``"score"``: the number of posterior samples); seed of every random
-        draw.
+        sampling methods: the number of posterior samples); seed of every
+        random draw.
     **settings :
-        The method's settings (``inflation=1.05``, ``radius=4``, ``b_std=``
-        (3DVar, in the control vector's units; latent 3DVar uses the model's
-        latent prior as B when neither ``b`` nor ``b_std`` is given); for
-        ``"score"``: ``steps``, ``corrections``, ``tau``, ``gamma``,
-        ``guide_clip`` (default 1 here; ``None`` for the exact sampler) of
-        :class:`~xlatda.methods.score.ScoreDA`).
+        The method's settings (e.g. ``inflation=1.05``, ``radius=4``,
+        ``b_std=``; each method's class docstring lists its own).
 
     Returns
     -------
     Dataset
         The analysis on the state layout (with ``member`` for ensembles and
-        score samples).
+        posterior samples).
 
     Examples
     --------
-    Score-based (SLAMS) posterior samples from a latent score prior, given
-    observations at 4 of 8 sites:
+    An ensemble analysis of a Lorenz-96 state from 4 of its 8 sites (the
+    default method, a 10-member ensemble drawn around the state):
 
     >>> import xlatda
-    >>> ds = xlatda.datasets.lorenz96(n=8, steps=300, seed=0)
-    >>> model = xlatda.fit(ds, encoder="pca", latent_dim=8, progress=False)
-    >>> model = xlatda.fit_score(ds, model, window=3, epochs=2, hidden=32, progress=False)
-    >>> obs = xlatda.obs.sample_points(ds.isel(time=[250]), n=4, error_std=0.5, seed=1)
-    >>> post = ds.isel(time=250).lda.assimilate(obs, model, method="score", members=4,
-    ...                                         steps=8, gamma=0.1)
-    >>> post.x.dims
-    ('member', 'k')
+    >>> truth = xlatda.datasets.lorenz96(n=8, steps=3, seed=0)
+    >>> obs = xlatda.obs.sample_points(truth.isel(time=[2]), n=4, error_std=0.5, seed=1)
+    >>> ana = xlatda.assimilate(truth.isel(time=2), obs, members=10, init_std=1.0)
+    >>> dict(ana.x.sizes)
+    {'member': 10, 'k': 8}
     """
     kernel, proto = _lookup(method)
     if not proto.one_time:
@@ -205,7 +128,7 @@ def assimilate(state: xr.Dataset | xr.DataArray | None, obs: xr.Dataset, model: 
     table = to_tensors(obs, L)
     sp = space_for(L, model, kind, 0)
     inst = proto.build(kernel, dict(settings), space=sp, members=members)
-    _check(proto, method, sp, 1, 0)
+    proto.check_fits(method, sp, 1, 0)
     gen = torch.Generator().manual_seed(int(seed))
     label = table.time[0] if table.time is not None and len(table) else None
     win = ObservationWindow(0, [table], [0.0 if t0 is None else t0], [label], int(seed),
@@ -236,7 +159,7 @@ def assimilate(state: xr.Dataset | xr.DataArray | None, obs: xr.Dataset, model: 
 
 @with_thread_scope
 def cycle(background: xr.Dataset | xr.DataArray | None, obs: xr.Dataset, model: Any, *,
-          method: str = "etkf", space: str | None = None, members: int | None = None,
+          method: str = DEFAULT_METHOD, space: str | None = None, members: int | None = None,
           init_std: Any = None, init: str | None = None, window: int = 1,
           params: dict[str, tuple[float, float]] | None = None, seed: int = 0,
           progress: bool | None = None, store: str | Path | None = None, noise: bool | str = True,
@@ -247,24 +170,22 @@ def cycle(background: xr.Dataset | xr.DataArray | None, obs: xr.Dataset, model: 
     ----------
     background : Dataset or DataArray or None
         The initial state at one time (an ensemble with ``member``, or a
-        single state perturbed as ``init`` says). ``method="score"`` uses
-        no background: it may be ``None`` (else it only bounds the
-        observation times from below).
+        single state perturbed as ``init`` says). Methods that need no
+        background (they sample a learned prior afresh in every window)
+        take ``None`` (else it only bounds the observation times from below).
     obs : Dataset
         Observations at arbitrary times (and places) after the background.
     model : LatentModel or physical model or PixelScoreModel
         Forecast model: a LatentModel with dynamics (latent space) or a
-        physical model with ``step``/``integrate`` (physical space). For
-        ``method="score"``: a LatentModel with a score prior
-        (:func:`xlatda.fit_score`) or a ``PixelScoreModel``.
+        physical model with ``step``/``integrate`` (physical space); for
+        the methods that sample a learned prior, the model that holds it
+        (trained by :mod:`xlatda.generative`).
     method : str
         A registered method (:func:`xlatda.methods.method_names`; its
-        settings in its class's docstring), or one registered by the user
-        (:mod:`xlatda.methods.protocol`). ``"vaevar"`` / ``"vae4dvar"``
-        work in physical space; ``"score"`` (SLAMS) samples each window
-        afresh from the score prior (its observation times whole multiples
-        of the prior's time step apart), and the ``background`` of the
-        result then holds unconditioned prior draws.
+        settings, spaces and window rules in its class's docstring), or one
+        registered by the user (:mod:`xlatda.methods.protocol`). Methods
+        that draw every window afresh leave unconditioned prior draws in
+        the ``background`` of the result.
     space : {"latent", "physical"}, optional
         Default from the kind of ``model``.
     members : int, optional
@@ -285,8 +206,9 @@ def cycle(background: xr.Dataset | xr.DataArray | None, obs: xr.Dataset, model: 
         ``model.prior``) when ``init_std`` is not given and the model has a
         prior, else ``"sigma"``.
     window : int
-        Methods that analyse windows ("4denvar", "vae4dvar", "score"):
-        number of consecutive observation times per window.
+        For methods that analyse windows (``windowed`` in
+        :mod:`xlatda.methods.protocol`): consecutive observation times per
+        window.
     params : dict, optional
         Unknown parameters to estimate with the state (control ``[z0; θ]``):
         ``{name: (prior mean, prior std)}`` draws θ independently of the
@@ -327,18 +249,18 @@ def cycle(background: xr.Dataset | xr.DataArray | None, obs: xr.Dataset, model: 
 
     Examples
     --------
-    SLAMS over windows of 2 consecutive observation times:
+    Twenty cycles of the default ensemble filter on Lorenz-96, observing 4
+    of its 8 sites at every time:
 
     >>> import xlatda
-    >>> ds = xlatda.datasets.lorenz96(n=8, steps=300, seed=0)
-    >>> model = xlatda.fit(ds, encoder="pca", latent_dim=8, progress=False)
-    >>> model = xlatda.fit_score(ds, model, window=3, epochs=2, hidden=32, progress=False)
-    >>> obs = xlatda.obs.sample_points(ds.isel(time=slice(250, 254)), n=4, error_std=0.5,
+    >>> from xlatda.dynamics import Lorenz96
+    >>> truth = xlatda.datasets.lorenz96(n=8, steps=20, seed=0)
+    >>> obs = xlatda.obs.sample_points(truth.isel(time=slice(1, None)), n=4, error_std=0.5,
     ...                                seed=1)
-    >>> res = xlatda.cycle(None, obs, model, method="score", window=2, members=4, steps=8,
+    >>> res = xlatda.cycle(truth.isel(time=0), obs, Lorenz96(n=8), members=10, init_std=1.0,
     ...                    progress=False)
     >>> dict(res.analysis.x.sizes)
-    {'time': 4, 'member': 4, 'k': 8}
+    {'time': 20, 'member': 10, 'k': 8}
     """
     kernel, proto = _lookup(method)
     if not isinstance(window, (int, np.integer)) or window < 1:
@@ -360,7 +282,7 @@ def cycle(background: xr.Dataset | xr.DataArray | None, obs: xr.Dataset, model: 
     members = sp.default_members() if members is None else members
     settings = cycle_defaults(method, settings)
     inst = proto.build(kernel, dict(settings), space=sp, members=members)
-    _check(proto, method, sp, int(window), len(pnames))
+    proto.check_fits(method, sp, int(window), len(pnames))
     windows = plan_windows(table, int(window), int(seed))
     inst.prepare(windows)
     bg = None if background is None else {v: background[v].values for v in L.variables}

@@ -47,7 +47,8 @@ import xarray as xr
 from xlatda.cycle_records import CycleResult
 from xlatda.errors import ConfigError
 
-__all__ = ["ResumePoint", "fingerprint", "open_result", "resume", "write_window"]
+__all__ = ["ResumePoint", "fingerprint", "model_identity", "open_result", "resume",
+           "write_window"]
 
 _F64 = torch.float64
 RECORD_GROUPS = ("analysis", "background", "diagnostics", "parameters")
@@ -82,6 +83,17 @@ def fingerprint(parts: dict[str, Any]) -> str:
     """Hash of an experiment's defining parts (settings, seed, observations, model)."""
     text = json.dumps(_digest(parts), sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()
+
+
+def model_identity(model: Any) -> Any:
+    """What identifies ``model`` in a fingerprint: its ``model_id``, else its class and
+    scalar attributes (a physical model's settings)."""
+    ident = getattr(model, "model_id", None)
+    if ident is not None:
+        return ident
+    attrs = {k: v for k, v in vars(model).items() if isinstance(v, (int, float, str, bool))} \
+        if hasattr(model, "__dict__") else {}
+    return [type(model).__qualname__, attrs]
 
 
 @dataclass(frozen=True)

@@ -35,13 +35,15 @@ import torch
 import xarray as xr
 
 from xlatda._bridge import apply_torch
-from xlatda.api import LATENT_DIM, _as_dataset, _check_latent, decode, encode, latent_dataset
 from xlatda.dynamics.linear import (
     cross_validated_residuals,
     default_periods,
     fit_linear_dynamics,
 )
+from xlatda.encode_decode import decode, encode
 from xlatda.errors import ConfigError, NotFittedError
+from xlatda.jsonable import to_jsonable
+from xlatda.latent_data import LATENT_DIM, as_dataset, check_latent, latent_dataset
 from xlatda.model import LatentModel
 from xlatda.options import get_options, resolve_device
 from xlatda.prior import check_in_distribution
@@ -156,7 +158,7 @@ def fit_dynamics(
                           f"{uncertainty!r}")
     if kind not in ("ode", "linear"):
         raise ConfigError(f"dynamics kind must be 'ode' or 'linear', got {kind!r}")
-    ds = _as_dataset(ds)
+    ds = as_dataset(ds)
     tname = model.layout.axes.time
     z = encode(ds, model).z
     traj, others = _trajectories(z, tname)
@@ -235,9 +237,7 @@ def fit_dynamics(
                   "mean_variance": float(torch.diagonal(q.covariance()).mean()),
                   "mse_per_lead": [float(v) for v in per_lead]}
     history = dict(model.history)
-    from xlatda.api import _jsonable
-
-    history["dynamics"] = _jsonable(hist)
+    history["dynamics"] = to_jsonable(hist)
     if q_info:
         history["model_error"] = q_info
     history["parameters"] = list(params or ())
@@ -324,7 +324,7 @@ def evolve(
         when the input is dask-backed (chunks over initial states).
     """
     dyn = model.require_dynamics()
-    da = _check_latent(z, model)
+    da = check_latent(z, model)
     if noise and model.model_error is None:
         raise NotFittedError(
             "noise=True needs a model-error covariance; fit it with uncertainty='diagonal'"

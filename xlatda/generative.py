@@ -78,16 +78,17 @@ from __future__ import annotations
 
 import dataclasses
 import time as _time
-import uuid
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import xarray as xr
 
+from xlatda.encode_decode import encode
 from xlatda.errors import ConfigError, ObservationError
+from xlatda.jsonable import to_jsonable
+from xlatda.latent_data import LATENT_DIM, check_latent
 from xlatda.layout import CHANNEL_DIM, StateLayout, layout
 from xlatda.methods.diffusion import (
     CosineSchedule,
@@ -102,6 +103,7 @@ from xlatda.methods.score import ScoreDA, observation_gain
 from xlatda.model import LatentModel
 from xlatda.normalize import Normalizer
 from xlatda.options import get_options, resolve_device, resolve_dtype
+from xlatda.pixel_score_model import PixelScoreModel
 from xlatda.windows import float_times
 
 __all__ = ["PixelScoreModel", "ScoreWindows", "fit_score"]
@@ -111,70 +113,6 @@ _SAMPLER_SETTINGS = ("steps", "corrections", "tau", "gamma", "guide_clip")
 _SPAN_SETTINGS = ("joint", "block")
 
 
-@dataclasses.dataclass(eq=False)
-class PixelScoreModel:
-    """A pixel-space score prior: windows of normalised physical states.
-
-    The baseline of SLAMS: the same diffusion prior and sampler as the latent
-    version, on the physical state itself. Made by
-    :func:`fit_score` with ``space="physical"``; used as ``model`` of
-    :func:`xlatda.assimilate` / :func:`xlatda.cycle` with ``method="score"``.
-
-    Attributes
-    ----------
-    layout : StateLayout
-        The training layout (grid, variables).
-    normalizer : Normalizer
-        Per-channel statistics: the network sees ``(x - mean) / std``.
-    score : xlatda.methods.diffusion.ScorePrior
-        The U-Net ε-network with window, time step and schedule.
-    history : dict
-        Training history.
-    model_id : str
-        Identity of the model.
-
-    Examples
-    --------
-    See :func:`fit_score`.
-    """
-
-    layout: StateLayout
-    normalizer: Normalizer
-    score: ScorePrior
-    history: dict[str, Any] = dataclasses.field(default_factory=dict)
-    model_id: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex[:16])
-
-    @property
-    def window(self) -> int:
-        """Consecutive states per window."""
-        return self.score.window
-
-    @property
-    def time_step(self) -> dict[str, Any] | None:
-        """Time between consecutive states of a window."""
-        return self.score.time_step
-
-    def require_score(self) -> ScorePrior:
-        """The score prior (always present)."""
-        return self.score
-
-    def to(self, device: Any = None, dtype: Any = None) -> PixelScoreModel:
-        """Move the network to ``device``/``dtype`` (in place); returns self."""
-        self.score.net.to(device=device, dtype=dtype)
-        self.score.to(device=device)
-        return self
-
-    def save(self, path: str | Path, *, overwrite: bool = False) -> None:
-        """Write to a zarr store (:func:`xlatda.io.save_model`); reopen with
-        :func:`xlatda.open_model`."""
-        from xlatda.io import save_model
-
-        save_model(self, path, overwrite=overwrite)
-
-    def __repr__(self) -> str:
-        return (f"PixelScoreModel(window={self.window}, variables={list(self.layout.variables)}, "
-                f"grid={self.layout.kind}{self.layout.spatial_shape}, "
-                f"net={getattr(self.score.net, 'kind', '?')!r})")
 
 
 # ---------------------------------------------------------------------------
@@ -204,10 +142,8 @@ def _uniform_step(values: np.ndarray, what: str) -> dict[str, Any] | None:
 
 
 def _latent_trajectories(data: xr.Dataset, model: LatentModel):
-    from xlatda.api import LATENT_DIM, _check_latent, encode
-
     if "z" in data.data_vars and LATENT_DIM in data["z"].dims:
-        z = _check_latent(data, model)
+        z = check_latent(data, model)
     else:
         z = encode(data, model)["z"]
     tname = model.layout.axes.time or "time"
@@ -347,8 +283,6 @@ def fit_score(
     >>> len(m.history["score"]["train_loss"])
     3
     """
-    from xlatda.api import _jsonable
-
     if isinstance(data, xr.DataArray):
         data = data.to_dataset(name=data.name if data.name is not None else "data")
     if not isinstance(data, xr.Dataset):
@@ -410,7 +344,7 @@ def fit_score(
                         seed=int(seed), device=dev, progress=progress, patience=patience,
                         val_fraction=val_fraction)
     prior.to(device=dev)
-    record = {**_jsonable(hist), "seconds": _time.perf_counter() - start,
+    record = {**to_jsonable(hist), "seconds": _time.perf_counter() - start,
               "windows": int(windows.shape[0]), "window": int(window), "time_step": step,
               "eta": float(eta)}
     if space == "latent":

@@ -18,7 +18,8 @@ dimension), in the control space of a state space (:mod:`xlatda.spaces`):
     model has a prior.
 
 Parameters to estimate (``params=``) get their own prior: ``(mean, std)``
-draws, or one value per member.
+draws, or one value per member. :func:`start_state` checks the background
+a cycle starts from (one time, its layout and start time).
 
 Examples
 --------
@@ -37,10 +38,11 @@ import torch
 import xarray as xr
 
 from xlatda.errors import ConfigError
-from xlatda.layout import StateLayout
+from xlatda.layout import StateLayout, layout
+from xlatda.windows import float_times
 
 __all__ = ["INIT_KINDS", "initial_ensemble", "initial_parameters", "jacobian_perturbations",
-           "resolve_init"]
+           "resolve_init", "start_state"]
 
 _F64 = torch.float64
 INIT_KINDS = ("sigma", "jacobian", "climatology")
@@ -147,3 +149,46 @@ def initial_parameters(params: dict[str, Any], names: list[str], members: int,
         cols.append(float(spec[0]) + float(spec[1]) * torch.randn(members, generator=generator,
                                                                    dtype=_F64))
     return torch.stack(cols, -1)
+
+
+def _one_time(ds: xr.Dataset, tname: str | None, what: str) -> xr.Dataset:
+    if tname is not None and tname in ds.dims:
+        if ds.sizes[tname] != 1:
+            raise ConfigError(f"{what}; select it with .isel({tname}=i)")
+        ds = ds.isel({tname: 0})
+    return ds
+
+
+def start_state(background: Any, model: Any, proto: Any, what: str, need_time: bool):
+    """``(background at one time or None, layout, time name, start time or None)``.
+
+    ``proto`` is the method's :class:`~xlatda.methods.protocol.CycleMethod`:
+    without ``needs_background`` the layout is the model's and the
+    background is optional (it only gives the start time); ``what`` is the
+    message for a background at several times; ``need_time`` requires a
+    time coordinate on the background.
+    """
+    if isinstance(background, xr.DataArray):
+        background = background.to_dataset(
+            name=background.name if background.name is not None else "data")
+    if not proto.needs_background:
+        L = model.layout
+        tname = L.axes.time or "time"
+        t0 = None
+        if background is not None:
+            background = _one_time(background, tname, what)
+            L.check(background)
+            if tname in background.coords:
+                t0 = float(float_times(np.asarray(background[tname].values)))
+        return background, L, tname, t0
+    if background is None:
+        raise ConfigError("this method starts from a background; pass the state at one time")
+    L = layout(background)
+    tname = L.axes.time
+    if need_time and (tname is None or tname not in background.coords):
+        raise ConfigError("the background needs a time coordinate (the time it is valid at)")
+    background = _one_time(background, tname, what)
+    L = layout(background)
+    t0 = (float(float_times(np.asarray(background[tname].values)))
+          if tname is not None and tname in background.coords else None)
+    return background, L, tname, t0

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -24,9 +24,10 @@ from torch import Tensor, nn
 
 from xlatda.errors import NotFittedError
 from xlatda.layout import StateLayout
+from xlatda.model_store import FORMAT, missing_mask, parts_from_state, save_model, to_state
 from xlatda.normalize import Normalizer
 
-__all__ = ["LatentModel"]
+__all__ = ["LatentModel", "model_from_state"]
 
 
 @dataclass(eq=False)
@@ -66,6 +67,8 @@ class LatentModel:
         fixed land or sea mask). The encoder saw them filled with the channel
         mean; :func:`xlatda.decode` sets them back to NaN.
     """
+
+    store_format: ClassVar[str] = FORMAT
 
     layout: StateLayout
     normalizer: Normalizer
@@ -188,16 +191,29 @@ class LatentModel:
     # -- persistence ---------------------------------------------------
     def save(self, path: Any, *, overwrite: bool = False) -> None:
         """Write the model to a zarr v3 store (see :func:`xlatda.io.save_model`)."""
-        from xlatda.io import save_model
-
         save_model(self, path, overwrite=overwrite)
+
+    @classmethod
+    def from_parts(cls, meta: dict[str, Any], parts: dict[str, nn.Module]) -> LatentModel:
+        """Assemble from a store's metadata and rebuilt parts (:mod:`xlatda.model_store`)."""
+        return cls(
+            layout=StateLayout.from_dict(meta["layout"]),
+            normalizer=Normalizer.from_dict(meta["normalizer"]),
+            encoder=parts["encoder"],
+            dynamics=parts.get("dynamics"),
+            model_error=parts.get("model_error"),
+            time_step=meta.get("time_step"),
+            history=meta.get("history", {}),
+            model_id=meta["model_id"],
+            score=parts.get("score"),
+            prior=parts.get("prior"),
+            missing=missing_mask(meta.get("missing")),
+        )
 
     def __reduce__(self):
         # Pickle (dask workers, multiprocessing) as plain data, rebuilt from
         # the registries: never a live torch module, never CUDA tensors.
-        from xlatda.io import from_state, to_state
-
-        return (from_state, (to_state(self),))
+        return (model_from_state, (to_state(self),))
 
     def __repr__(self) -> str:
         parts = [
@@ -219,3 +235,8 @@ class LatentModel:
             kind = getattr(getattr(self.score, "net", None), "kind", "yes")
             parts.append(f"score={kind!r}(window={getattr(self.score, 'window', '?')})")
         return f"LatentModel({', '.join(parts)})"
+
+
+def model_from_state(state: dict[str, Any]) -> LatentModel:
+    """A LatentModel (on CPU) from :func:`xlatda.io.to_state`'s plain data (unpickling)."""
+    return LatentModel.from_parts(*parts_from_state(state))

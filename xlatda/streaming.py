@@ -74,8 +74,8 @@ from xlatda.errors import ConfigError, LayoutError, NonFiniteError, StoreMismatc
 from xlatda.model import LatentModel
 from xlatda.options import get_options
 
-__all__ = ["encode_to_zarr", "model_fingerprint", "region_sha256", "source_fingerprint",
-           "stream_status"]
+__all__ = ["encode_to_zarr", "model_fingerprint", "model_from", "region_sha256",
+           "source_fingerprint", "stream_status"]
 
 ATTR = "xlatda_stream"
 PROGRESS_GROUP = "_xlatda_progress"
@@ -109,7 +109,7 @@ def _opened_once(kind: str, path: str, opener: Callable[[str], Any]) -> Any:
     return value
 
 
-def _model_from(ref: LatentModel | str) -> LatentModel:
+def model_from(ref: LatentModel | str) -> LatentModel:
     """The model itself, or the model at a store path (opened once per process)."""
     if isinstance(ref, LatentModel):
         return ref
@@ -263,7 +263,7 @@ def _encode_region(
     presliced: bool = False,
 ) -> int:
     """Read, encode and write one region, then mark it; runs in-process or on a worker."""
-    from xlatda.api import encode
+    from xlatda.encode_decode import encode
 
     if _is_done(store, index):  # a rerun of a finished task (e.g. after a worker died)
         return index
@@ -278,7 +278,7 @@ def _encode_region(
     sub = sub.load(scheduler="synchronous")
     _refuse_nonfinite(sub, dim, a)
     digest = region_sha256(sub)
-    z = encode(sub, _model_from(model_ref), device=device, dtype=dtype)
+    z = encode(sub, model_from(model_ref), device=device, dtype=dtype)
     bad = ~np.isfinite(z["z"].values)
     if bad.any():
         first = int(np.argwhere(bad)[0][0])
@@ -536,10 +536,10 @@ def encode_to_zarr(
     :func:`model_fingerprint`) and ``complete``; ``complete`` becomes true
     only after every region is written and marked (see :func:`stream_status`).
     """
-    from xlatda.api import encode
+    from xlatda.encode_decode import encode
 
-    model_obj = _model_from(model)
-    if not isinstance(model_obj, LatentModel):  # pragma: no cover - _model_from guarantees
+    model_obj = model_from(model)
+    if not isinstance(model_obj, LatentModel):  # pragma: no cover - model_from guarantees
         raise ConfigError("model must be a LatentModel or the path of a model store")
     ds = _open_source(source)
     L = model_obj.layout

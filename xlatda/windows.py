@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from xlatda.obs.contract import ObservationTable
+from xlatda.obs.observation_table import ObservationTable
 
 __all__ = ["ObservationWindow", "float_times", "group_times", "plan_windows", "window_seed"]
 

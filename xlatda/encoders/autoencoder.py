@@ -40,8 +40,8 @@ the ``C`` state channels only, so one latent space fuses the modalities.
 in place of missing images for that to be meaningful).
 
 *Reading the latent from points.* ``decode_at`` decodes on the grid and
-applies an interpolating observation operator (:mod:`xlatda.operators`);
-``encode_from`` fits ``z`` to scattered values by Adam on ``z`` alone
+applies an interpolating observation operator (:mod:`xlatda.obs_geometry`,
+:mod:`xlatda.sparse_interp`); ``encode_from`` fits ``z`` to scattered values by Adam on ``z`` alone
 (auto-decoding, :func:`xlatda.encoders.training.autodecode`), starting from
 the mean training code.
 
@@ -612,7 +612,7 @@ class NeuralEncoder(Encoder):
     def operator(self, points: Tensor, channel: Tensor):
         """The (cached) observation operator of the training layout at ``points``.
 
-        Returns an :class:`xlatda.operators.ObservationOperator` mapping
+        Returns an :class:`xlatda.sparse_interp.ObservationOperator` mapping
         ``(..., C, *spatial)`` to ``(..., P)``.
         """
         ref = self.z_mean

@@ -37,7 +37,7 @@ variance. ``explained_variance_ratio`` divides :math:`\sigma_k^2` by the total
 weighted variance :math:`\lVert X_w \rVert_F^2`.
 
 *At points.* For an observation operator :math:`H` (interpolation from the
-grid, see :mod:`xlatda.operators`) the decoder at points is affine,
+grid, see :mod:`xlatda.obs_geometry`) the decoder at points is affine,
 :math:`y = H\bar x + (HP^\top) a`, so ``encode_from`` solves the (weighted,
 optionally ridge-regularised) linear least-squares problem
 
@@ -224,7 +224,7 @@ class PCA(Encoder):
         return self.mean + flat.reshape(z.shape[0], self.n_channels, *self.spatial_shape)
 
     def operator(self, points: Tensor, channel: Tensor):
-        """Cached :class:`xlatda.operators.ObservationOperator` of the grid at ``points``."""
+        """Cached :class:`xlatda.sparse_interp.ObservationOperator` of the grid at ``points``."""
         return self._operators.get(
             self.grid,
             self.n_channels,

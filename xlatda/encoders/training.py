@@ -45,7 +45,7 @@ Points
 :class:`PointOperatorCache` builds the observation operator of a gridded
 encoder (bilinear interpolation on a lat/lon grid, nearest neighbours on a
 point set, index interpolation on a generic dimension; see
-``xlatda.operators``) for a set of points and caches it.
+``xlatda.sparse_interp``) for a set of points and caches it.
 
 Examples
 --------
@@ -77,14 +77,14 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from xlatda.errors import ConfigError, ShapeError
-from xlatda.operators import (
-    ObservationOperator,
+from xlatda.obs_geometry import (
     cos_lat_weights,
     grid_interpolation_matrix,
     index_interpolation_matrix,
     nearest_point_matrix,
 )
 from xlatda.options import get_options
+from xlatda.sparse_interp import ObservationOperator
 
 __all__ = [
     "PointOperatorCache",
@@ -695,7 +695,7 @@ class PointOperatorCache:
         dtype: torch.dtype,
         device: torch.device,
     ) -> ObservationOperator:
-        """Return the :class:`xlatda.operators.ObservationOperator` for these points.
+        """Return the :class:`xlatda.sparse_interp.ObservationOperator` for these points.
 
         Raises
         ------

@@ -259,7 +259,8 @@ class EnVarWindow(CycleMethod):
     def analyse(self, space, ensemble, window, *, generator, state):
         y, r = window.stacked()
         h = space.forecast_observe(window.times, window.tables, generator)
-        res = self.kernel.analyse(ensemble, y, r, h, generator=generator)
+        res = self.kernel.analyse(ensemble, y, r, h, generator=generator,
+                                  n_params=space.n_params)
         steps = space.roll(ensemble, res.ensemble.to(_F64), window.times, generator)
         diag = {"iterations": torch.tensor(float(res.iterations), dtype=_F64),
                 "converged": torch.tensor(float(res.converged), dtype=_F64)}

@@ -114,7 +114,7 @@ import torch
 from torch import Tensor
 
 from xlatda.errors import ConfigError, ShapeError
-from xlatda.methods.ensemble import random_rotation
+from xlatda.methods.ensemble import random_rotation, relax_to_prior_spread
 from xlatda.methods.lbfgs import minimise_batched_lbfgs
 from xlatda.methods.registry import methods
 from xlatda.methods.var3d import observation_std
@@ -252,6 +252,24 @@ class EnVar4D:
         (needs ``generator`` in :meth:`analyse` for reproducibility).
     history_size : int
         L-BFGS memory (autodiff mode).
+    param_inflation : float, optional
+        Inflation of the parameter entries (the last ``n_params`` of the
+        control, see :meth:`analyse`); ``None``: ``inflation``.
+    param_rtps : float, optional
+        Relaxation of the parameters' posterior spread to their prior
+        (un-inflated) spread, in ``[0, 1]`` (Whitaker & Hamill 2012, on the
+        parameter entries only); ``None`` or 0: none (also the cycling
+        default). Off, a parameter the observations inform shrinks like a
+        Bayesian posterior (shallow-water jet speed as a parameter of the
+        initial state: spread 5 -> 0.23 m/s over 3 windows, truth inside 1
+        std). A parameter they do *not* inform (the dynamics carry no
+        sensitivity to it, e.g. a jet-conditioned latent ODE after spin-up)
+        still loses spread, by about as much per window as the well-observed
+        state, because the ensemble-space update cannot tell sampling-noise
+        correlations from real ones; relaxing the spread then keeps it from
+        collapsing, but does not stop the mean from following the spurious
+        correlations, and with an informative parameter it makes the mean
+        noisier (benchmarks/RESULTS.md, "parameter spread").
 
     References
     ----------
@@ -266,6 +284,8 @@ class EnVar4D:
     epsilon: float = 1e-4
     rotate: bool = False
     history_size: int = 10
+    param_inflation: float | None = None
+    param_rtps: float | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in ("gauss-newton", "autodiff"):
@@ -280,6 +300,12 @@ class EnVar4D:
             raise ConfigError(f"inflation must be positive, got {self.inflation!r}")
         if not self.epsilon > 0:
             raise ConfigError(f"epsilon must be positive, got {self.epsilon!r}")
+        pi = self.param_inflation
+        if pi is not None and not (isinstance(pi, (int, float)) and math.isfinite(pi) and pi > 0):
+            raise ConfigError(f"param_inflation must be a positive number or None, got {pi!r}")
+        pr = self.param_rtps
+        if pr is not None and not (isinstance(pr, (int, float)) and 0.0 <= pr <= 1.0):
+            raise ConfigError(f"param_rtps must be a number in [0, 1] or None, got {pr!r}")
 
     def analyse(
         self,
@@ -289,6 +315,7 @@ class EnVar4D:
         forecast_obs: ForecastObs,
         *,
         generator: torch.Generator | None = None,
+        n_params: int = 0,
     ) -> EnVar4DResult:
         """Analyse a batch of prior control ensembles with the window's observations.
 
@@ -309,6 +336,9 @@ class EnVar4D:
             ``torch.inference_mode`` then).
         generator : torch.Generator, optional
             Randomness of the posterior rotation (``rotate=True``).
+        n_params : int
+            The last ``n_params`` entries of the control are parameters:
+            they get ``param_inflation`` and ``param_rtps``.
 
         Returns
         -------
@@ -341,7 +371,13 @@ class EnVar4D:
             raise ShapeError("y must have shape (*batch, P)")
         p = y.shape[-1]
         r = observation_std(r_std, p, ens)
-        n_mem = ens.shape[-2]
+        n_mem, n_s = ens.shape[-2], ens.shape[-1]
+        if not 0 <= int(n_params) <= n_s:
+            raise ShapeError(f"n_params must be in [0, {n_s}] (the control size), got {n_params!r}")
+        n_params = int(n_params)
+        factor = torch.full((n_s,), float(self.inflation), dtype=ens.dtype, device=ens.device)
+        if n_params and self.param_inflation is not None:
+            factor[n_s - n_params:] = float(self.param_inflation)
         batch = torch.broadcast_shapes(ens.shape[:-2], y.shape[:-1], r.shape[:-1])
         ens = ens.expand(*batch, *ens.shape[-2:])
         y = y.expand(*batch, p)
@@ -349,7 +385,7 @@ class EnVar4D:
 
         with torch.inference_mode(False):
             mean = ens.mean(-2)
-            anom = (ens - mean.unsqueeze(-2)) * (self.inflation / math.sqrt(n_mem - 1))
+            anom = (ens - mean.unsqueeze(-2)) * (factor / math.sqrt(n_mem - 1))
             mean, anom, y, r = mean.clone(), anom.clone(), y.clone(), r.clone()
             eye = torch.eye(n_mem, dtype=ens.dtype, device=ens.device)
             if self.mode == "gauss-newton":
@@ -378,6 +414,10 @@ class EnVar4D:
                 post = s_star.unsqueeze(-2) + math.sqrt(n_mem - 1) * (
                     transform.transpose(-1, -2) @ anom
                 )
+                if n_params and self.param_rtps:
+                    k = n_s - n_params
+                    post = torch.cat([post[..., :k], relax_to_prior_spread(
+                        ens[..., k:], post[..., k:], float(self.param_rtps))], -1)
         return EnVar4DResult(
             ensemble=post.detach(),
             mean=s_star.detach(),

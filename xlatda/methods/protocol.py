@@ -55,8 +55,12 @@ from typing import Any, ClassVar, NamedTuple
 import torch
 
 from xlatda.errors import ConfigError
+from xlatda.methods.registry import get_method
 
-__all__ = ["CycleMethod", "WindowAnalysis", "adapter_for", "adapts"]
+__all__ = ["DEFAULT_METHOD", "CycleMethod", "WindowAnalysis", "adapter_for", "adapts",
+           "cycling_method"]
+
+DEFAULT_METHOD = "etkf"  # what xlatda.cycle / xlatda.assimilate use when no method is named
 
 
 class WindowAnalysis(NamedTuple):
@@ -136,6 +140,23 @@ class CycleMethod:
         except TypeError as err:
             raise ConfigError(f"{cls.__name__}: {err}") from None
 
+    @classmethod
+    def check_fits(cls, method: str, space: Any, window: int, n_params: int) -> None:
+        """Refuse a space, a window length or parameters the method cannot take.
+
+        ``method`` is the name the user gave (for the message), ``space`` the
+        state space (its ``kind``), ``n_params`` the number of parameters.
+        """
+        if space.kind not in cls.spaces:
+            raise ConfigError(f"{method!r} analyses the {' or '.join(cls.spaces)} state; use "
+                              f"space={cls.spaces[0]!r}")
+        if window > 1 and not cls.windowed:
+            raise ConfigError(f"window > 1 needs a method that analyses windows of observation "
+                              f"times; {method!r} analyses every time on its own")
+        if n_params and not cls.estimates_parameters:
+            raise ConfigError(f"{method!r} does not estimate parameters; drop params= or use a "
+                              "method that does")
+
     def prepare(self, windows: list[Any]) -> None:
         """Check the windows before any work (raise ``ObservationError``/``ConfigError``)."""
 
@@ -171,3 +192,28 @@ def adapter_for(cls: type) -> type[CycleMethod] | None:
         if base in _ADAPTERS:
             return _ADAPTERS[base]
     return None
+
+
+def cycling_method(name: str) -> tuple[type, type[CycleMethod]]:
+    """The registered class of method ``name`` and its :class:`CycleMethod` (adapter).
+
+    Unknown names are refused by the registry (the message lists the known
+    ones); a registered class without an adapter is refused here, before
+    any work.
+
+    Examples
+    --------
+    >>> import xlatda.methods.adapters  # registers the built-in adapters
+    >>> kernel, proto = cycling_method("etkf")
+    >>> kernel.__name__, proto.ensemble
+    ('ETKF', True)
+    """
+    kernel = get_method(name)
+    proto = adapter_for(kernel)
+    if proto is None:
+        raise ConfigError(
+            f"method {name!r} ({kernel.__name__}) cannot cycle: derive it from "
+            "xlatda.methods.protocol.CycleMethod, or register an adapter with "
+            "xlatda.methods.protocol.adapts"
+        )
+    return kernel, proto

@@ -142,7 +142,7 @@ from torch import Tensor, nn
 from xlatda.errors import ConfigError, ShapeError
 from xlatda.methods.diffusion import CosineSchedule, MarkovScore, blanket_windows
 from xlatda.methods.registry import methods
-from xlatda.methods.var3d import _r_vector
+from xlatda.methods.var3d import observation_std
 from xlatda.options import resolve_device, resolve_dtype
 
 __all__ = ["ScoreDA", "guided_eps", "observation_gain"]
@@ -526,7 +526,7 @@ class ScoreDA:
             if y.dim() < 1:
                 raise ShapeError("y must have shape (P,) or (*batch, P)")
             p = y.shape[-1]
-            r = _r_vector(r_std, p, y).clone()
+            r = observation_std(r_std, p, y).clone()
             batch = torch.broadcast_shapes(y.shape[:-1], r.shape[:-1])
             y = y.expand(*batch, p).unsqueeze(-2)
             r_var = (r**2).expand(*batch, p).unsqueeze(-2)

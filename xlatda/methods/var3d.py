@@ -115,9 +115,6 @@ def observation_std(r_std: Tensor | float, p: int, like: Tensor) -> Tensor:
     return r
 
 
-_r_vector = observation_std  # the old private name, still imported by methods.score
-
-
 @dataclass(frozen=True)
 class Var3DResult:
     """Output of :meth:`Var3D.analyse`.

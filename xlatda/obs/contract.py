@@ -44,7 +44,6 @@ Examples
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -54,65 +53,13 @@ import xarray as xr
 from xlatda.cf import is_datetime
 from xlatda.errors import ObservationError, UnitsError, VariableNotFoundError
 from xlatda.layout import StateLayout
+from xlatda.obs.observation_table import ObservationTable
+from xlatda.obs.operator import build_operator
 
 __all__ = ["OBS_DIM", "ObservationTable", "error_std_of", "to_tensors", "validate"]
 
 OBS_DIM = "obs"
 ERROR_SUFFIX = "_error_std"
-
-
-@dataclass(frozen=True)
-class ObservationTable:
-    """An observation set in long form: one entry per measured value.
-
-    Attributes
-    ----------
-    values, error_std : Tensor (P,)
-        Values and error standard deviations, in the state's units.
-    channel : LongTensor (P,)
-        State channel each value measures.
-    variable : ndarray of str (P,)
-        State variable of each value.
-    lat, lon : ndarray (P,) or None
-        Location in degrees (lat/lon and point layouts).
-    position : ndarray (P,) or None
-        Position along a generic dimension (index units).
-    time : ndarray (P,) or None
-        Observation times (datetime64 or numbers), None for timeless sets.
-    obs_index : ndarray (P,)
-        Index of the row in the observation Dataset each value comes from.
-    kind : ndarray of str (P,) or None
-        Observation kind for multimodal sets.
-    """
-
-    values: torch.Tensor
-    error_std: torch.Tensor
-    channel: torch.Tensor
-    variable: np.ndarray
-    lat: np.ndarray | None
-    lon: np.ndarray | None
-    position: np.ndarray | None
-    time: np.ndarray | None
-    obs_index: np.ndarray
-    kind: np.ndarray | None
-
-    def __len__(self) -> int:
-        return int(self.values.numel())
-
-    def select(self, mask: np.ndarray) -> ObservationTable:
-        """Subset by a boolean or integer index over entries."""
-        idx = np.arange(len(self))[mask]
-        t = torch.as_tensor(idx, dtype=torch.long)
-
-        def pick(a):
-            return None if a is None else a[idx]
-
-        return ObservationTable(
-            values=self.values[t], error_std=self.error_std[t], channel=self.channel[t],
-            variable=self.variable[idx], lat=pick(self.lat), lon=pick(self.lon),
-            position=pick(self.position), time=pick(self.time),
-            obs_index=self.obs_index[idx], kind=pick(self.kind),
-        )
 
 
 def _state_var_names(obs: xr.Dataset) -> list[str]:
@@ -406,8 +353,6 @@ def validate(
                 "different kinds"
             )
     if check_domain:
-        from xlatda.obs.operator import build_operator
-
         build_operator(layout, to_tensors(obs, layout, _validated=True))
 
 

@@ -1,7 +1,9 @@
 """Observation operators from a state layout and an observation table.
 
-The tensor kernels live in :mod:`xlatda.operators`; this module chooses the
-right one for the layout kind and maps observation locations to it:
+The tensor kernels live in :mod:`xlatda.obs_geometry` (interpolation
+matrices) and :mod:`xlatda.sparse_interp` (the sparse autograd operator);
+this module chooses the right one for the layout kind and maps observation
+locations to it:
 
 - ``"latlon"``: bilinear in latitude/longitude, periodic in longitude on
   global grids, across the pole near the poles;
@@ -23,13 +25,13 @@ import torch
 from xlatda.cf import is_datetime
 from xlatda.errors import ObservationError
 from xlatda.layout import StateLayout
-from xlatda.obs.contract import ObservationTable
-from xlatda.operators import (
-    ObservationOperator,
+from xlatda.obs.observation_table import ObservationTable
+from xlatda.obs_geometry import (
     grid_interpolation_matrix,
     index_interpolation_matrix,
     nearest_point_matrix,
 )
+from xlatda.sparse_interp import ObservationOperator
 
 __all__ = ["build_operator", "spatial_matrix", "time_weights"]
 

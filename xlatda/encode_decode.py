@@ -1,0 +1,205 @@
+"""Encode states to latent Datasets and decode them back, on the grid or anywhere.
+
+These are :func:`xlatda.encode` and :func:`xlatda.decode` (also
+``ds.lda.encode`` / ``z.lda.decode``): they check the input against the
+model's layout, turn it into tensors through :mod:`xlatda._bridge` (lazily,
+chunk by chunk over sample dimensions), call the model, and put CF metadata
+back.
+
+Examples
+--------
+>>> import xlatda
+>>> ds = xlatda.datasets.lorenz96(n=8, steps=60, seed=0)
+>>> model = xlatda.fit(ds, encoder="pca", latent_dim=8, progress=False)
+>>> z = encode(ds, model)
+>>> z.z.dims
+('time', 'latent')
+>>> float(abs(decode(z, model).x - ds.x).max()) < 1e-3
+True
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+
+from xlatda._bridge import apply_torch
+from xlatda._threads import decoded_size, with_thread_scope
+from xlatda.aux_inputs import with_aux
+from xlatda.cf import find_axes
+from xlatda.errors import ConfigError, LayoutError
+from xlatda.latent_data import (
+    LATENT_DIM,
+    as_dataset,
+    check_latent,
+    encoder_needs_grad,
+    latent_dataset,
+)
+from xlatda.layout import CHANNEL_DIM
+from xlatda.model import LatentModel
+from xlatda.options import resolve_device, resolve_dtype
+
+__all__ = ["decode", "encode"]
+
+
+@with_thread_scope
+def encode(
+    ds: xr.Dataset | xr.DataArray,
+    model: LatentModel,
+    *,
+    aux: xr.Dataset | xr.DataArray | None = None,
+    device: Any = None,
+    dtype: Any = None,
+) -> xr.Dataset:
+    """Encode states to latent vectors.
+
+    Parameters
+    ----------
+    ds : Dataset or DataArray
+        States on the model's layout (same variables and grid); any sample
+        dims (time, trajectory, member) are kept.
+    model : LatentModel
+        A fitted model.
+    aux : Dataset or DataArray, optional
+        Auxiliary inputs for a model fitted with ``aux=`` (same variables as
+        in training, on the same grid and samples as ``ds``); omitted, they
+        are treated as missing everywhere.
+    device, dtype :
+        Where and in which precision to compute (default: the model's).
+
+    Returns
+    -------
+    Dataset
+        Variable ``z`` over the sample dims plus ``latent``, with provenance
+        attrs. Lazy when ``ds`` is dask-backed (chunks along sample dims).
+    """
+    ds = as_dataset(ds)
+    L = model.layout
+    stacked = L.stack(ds)  # checks ds against the layout first
+    dev = model.device if device is None else resolve_device(device)
+    tdtype = model.dtype if dtype is None else resolve_dtype(dtype)
+    if dev != model.device or tdtype != model.dtype:
+        model.to(device=dev, dtype=tdtype)
+    fn = model.encode_tensor
+    if aux is not None:
+        spec = getattr(model.encoder, "aux_spec", None)
+        if not spec:
+            raise ConfigError(
+                "this model was fitted without auxiliary inputs; drop aux= or refit with "
+                "xlatda.fit(ds, ..., aux=aux)"
+            )
+        stacked, fn = with_aux(stacked, aux, ds, model, spec)
+    z = apply_torch(stacked, fn, in_core=[CHANNEL_DIM, *L.spatial_dims],
+                    out_core=[LATENT_DIM], out_sizes={LATENT_DIM: model.latent_dim},
+                    device=dev, dtype=tdtype, grad=encoder_needs_grad(model))
+    return latent_dataset(z, model, f"encoded by {model.encoder_kind}")
+
+
+@with_thread_scope(size=decoded_size)
+def decode(
+    z: xr.Dataset | xr.DataArray,
+    model: LatentModel,
+    *,
+    at: xr.Dataset | None = None,
+    device: Any = None,
+    dtype: Any = None,
+) -> xr.Dataset:
+    """Decode latent vectors to fields on the training layout, or anywhere.
+
+    Parameters
+    ----------
+    z : Dataset or DataArray
+        Latents as returned by :func:`encode` (or evolved).
+    model : LatentModel
+        The model that encoded them.
+    at : Dataset, optional
+        Where to decode instead of the training grid: an observation-like
+        Dataset with dimension ``obs`` and latitude/longitude (or generic
+        position) coordinates, or a Dataset holding a latitude/longitude grid.
+        SINR evaluates its decoder there directly (mesh-free); other encoders
+        interpolate from the training grid.
+    device, dtype :
+        Compute device and dtype (default: the model's).
+
+    Returns
+    -------
+    Dataset
+        On the training layout: identical in structure, coordinates and
+        attributes to the training data, with the sample coords of ``z``.
+        With ``at``: every state variable at those points or on that grid.
+        Lazy when ``z`` is dask-backed.
+    """
+    da = check_latent(z, model)
+    L = model.layout
+    dev = model.device if device is None else resolve_device(device)
+    tdtype = model.dtype if dtype is None else resolve_dtype(dtype)
+    if dev != model.device or tdtype != model.dtype:
+        model.to(device=dev, dtype=tdtype)
+    out_dtype = np.result_type(*[np.dtype(s.dtype) for s in L.specs])
+    if at is None:
+        sizes = {CHANNEL_DIM: L.n_channels, **dict(zip(L.spatial_dims, L.spatial_shape))}
+        fields = apply_torch(da, model.decode_tensor, in_core=[LATENT_DIM],
+                             out_core=[CHANNEL_DIM, *L.spatial_dims], out_sizes=sizes,
+                             device=dev, dtype=tdtype)
+        if fields.dtype != out_dtype and out_dtype.kind == "f":
+            fields = fields.astype(out_dtype)
+        if model.missing is not None:
+            keep = xr.DataArray(~model.missing, dims=[CHANNEL_DIM, *L.spatial_dims])
+            fields = fields.where(keep)
+        return L.unstack(fields)
+    return _decode_at(da, model, at, dev, tdtype)
+
+
+def _decode_at(da: xr.DataArray, model: LatentModel, at: xr.Dataset, dev, tdtype) -> xr.Dataset:
+    L = model.layout
+    if "obs" in at.dims:
+        axes = find_axes(at) if L.kind != "generic" else None
+        if L.kind == "generic":
+            pos = np.asarray(at[L.spatial_dims[0]].values, float)
+            points = model.points_tensor(position=pos)
+            coords = {L.spatial_dims[0]: at[L.spatial_dims[0]]}
+        else:
+            if axes.lat is None:
+                raise LayoutError("`at` has no latitude/longitude coordinates along 'obs'")
+            points = model.points_tensor(at[axes.lat].values, at[axes.lon].values)
+            coords = {axes.lat: at[axes.lat], axes.lon: at[axes.lon]}
+        shape_dims, shape = ["obs"], (at.sizes["obs"],)
+    else:
+        axes = find_axes(at)
+        if axes.lat is None or at[axes.lat].ndim != 1:
+            raise LayoutError(
+                "`at` must be points along 'obs' or a Dataset with 1-D latitude and longitude "
+                "coordinates (a grid)"
+            )
+        glat, glon = np.meshgrid(at[axes.lat].values, at[axes.lon].values, indexing="ij")
+        points = model.points_tensor(glat.ravel(), glon.ravel())
+        coords = {axes.lat: at[axes.lat], axes.lon: at[axes.lon]}
+        shape_dims = [at[axes.lat].dims[0], at[axes.lon].dims[0]]
+        shape = glat.shape
+    n_pts = points.shape[0]
+    C = L.n_channels
+    all_points = points.repeat(C, 1)
+    channel = torch.arange(C, device=points.device).repeat_interleave(n_pts)
+
+    def fn(z: torch.Tensor) -> torch.Tensor:
+        vals = model.decode_points(z, all_points, channel)
+        return vals.reshape(z.shape[0], C, *shape)
+
+    sizes = {CHANNEL_DIM: C, **dict(zip(shape_dims, shape))}
+    fields = apply_torch(da, fn, in_core=[LATENT_DIM], out_core=[CHANNEL_DIM, *shape_dims],
+                         out_sizes=sizes, device=dev, dtype=tdtype)
+    out = xr.Dataset(coords=coords)
+    for i, label in enumerate(L.channels):
+        name = label.replace("@", "_") if "@" in label else label
+        spec = next(s for s in L.specs if s.name == label.split("@")[0])
+        out[name] = fields.isel({CHANNEL_DIM: i}, drop=True)
+        out[name].attrs = dict(spec.attrs)
+    for c, v in da.coords.items():
+        if c != LATENT_DIM and set(v.dims) <= set(fields.dims):
+            out = out.assign_coords({c: v})
+    out.attrs = {"history": f"decoded by {model.encoder_kind} at {n_pts} points",
+                 "xlatda_model_id": model.model_id}
+    return out
