@@ -65,10 +65,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    help="last time assimilated")
     p.add_argument("--held-out", default=HELD_OUT,
                    help="comma-separated stations kept back for verification ('' for none)")
-    p.add_argument("--latent-dim", type=int, default=16)
-    p.add_argument("--epochs", type=int, default=10 if QUICK else 50)
+    p.add_argument("--latent-dim", type=int, default=32)
+    p.add_argument("--dynamics", default="linear", choices=["linear", "ode"],
+                   help="latent dynamics: 'linear' (forced by the time of day) or 'ode'")
+    p.add_argument("--epochs", type=int, default=10 if QUICK else 50,
+                   help="training epochs of the neural parts (the ODE)")
     p.add_argument("--method", default="etkf")
-    p.add_argument("--members", type=int, default=20)
+    p.add_argument("--members", type=int, default=None,
+                   help="ensemble size (default: xlatda.cycle's)")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -133,7 +137,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     v = a.variable
 
     # 1. the model (one call: change it here)
-    model = xlatda.fit(train, encoder="pca", latent_dim=a.latent_dim, dynamics="ode",
+    model = xlatda.fit(train, encoder="pca", latent_dim=a.latent_dim, dynamics=a.dynamics,
                        uncertainty="diagonal", epochs=a.epochs, seed=a.seed, progress=not QUICK)
     print(model)
     check_model(model, test, space)

@@ -31,7 +31,7 @@ Examples
 ... except ConfigError as err:
 ...     print(err)
 2 problems in ...exp.yaml:
-  assimilate.members: must be int, got 'ten'
+  assimilate.members: must be int or null, got 'ten'
   assimilate.method: unknown 'etfk' (did you mean 'etkf'?); known: 3dvar, 4denvar, ...
 """
 
@@ -108,8 +108,9 @@ SCHEMA: dict[str, dict[str, Field]] = {
                       "instead of fitting one on the train period"),
         "encoder": Field((str,), "pca", "encoder to fit", ("pca", "autoencoder", "vae", "sinr")),
         "latent_dim": Field((int,), 16, "size of the latent vector"),
-        "dynamics": Field((str, type(None)), "ode", "latent dynamics ('ode': neural ODE)",
-                          ("ode", None)),
+        "dynamics": Field((str, type(None)), "ode", "latent dynamics ('ode': neural ODE; "
+                          "'linear': linear model forced by the time of day, the choice for "
+                          "a few weeks of reanalysis)", ("ode", "linear", None)),
         "uncertainty": Field((str, type(None)), "diagonal", "model-error covariance of the "
                              "latent forecasts", ("scalar", "diagonal", "cholesky", None)),
         "epochs": Field((int,), 20, "training epochs of the neural parts"),
@@ -138,9 +139,11 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "space": Field((str, type(None)), None, "'latent' or 'physical' (default: latent "
                        "with a latent model, physical with a physical one)",
                        ("latent", "physical", None)),
-        "members": Field((int,), 20, "ensemble size"),
-        "init_std": Field((float, int), 1.0, "std of the initial perturbations (latent units "
-                          "in latent space, state units in physical space)"),
+        "members": Field((int, type(None)), None, "ensemble size (default: xlatda.cycle's, "
+                         "20 in physical space, enough to span a latent space)"),
+        "init_std": Field((float, int, type(None)), None, "std of the initial perturbations "
+                          "(latent units in latent space, state units in physical space; "
+                          "default: draws from the latent model's prior)"),
         "initial": Field((str, type(None)), None, "first background: 'climatology' (mean of "
                          "the train period), 'persistence' (the state just before the "
                          "assimilation start) or 'truth' (twin experiments); default "

@@ -592,7 +592,8 @@ def run_experiment(cfg: dict[str, Any], *, progress: bool = True, out: str | Pat
             f"{obs.sizes['obs']} in all")
 
     ac = cfg["assimilate"]
-    say(f"cycling {ac['method']} with {ac['members']} members from the {initial} background "
+    size = ac["members"] or "the default number of"
+    say(f"cycling {ac['method']} with {size} members from the {initial} background "
         f"at {str(t_bg)[:16]}")
     res = xlatda.cycle(background, obs, model, method=ac["method"], space=ac["space"],
                        members=ac["members"], init_std=ac["init_std"], window=ac["window"],
@@ -651,7 +652,8 @@ def run_experiment(cfg: dict[str, Any], *, progress: bool = True, out: str | Pat
     background_out = background_out.merge(bsp)
     figure = out.with_suffix(".png") if cfg["output"]["figure"] else None
     attrs = _provenance(cfg, {
-        "method": ac["method"], "members": ac["members"], "initial_background": initial,
+        "method": ac["method"], "members": int(res.analysis.sizes.get("member", 1)),
+        "initial_background": initial,
         "observations": (Path(oc["path"]).name if oc["source"] == "file"
                          else f"synthetic: {oc['n']} random locations every {oc['every']} "
                               "step(s)"),
