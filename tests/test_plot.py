@@ -285,6 +285,9 @@ def test_analysis_maps_every_variable_and_role():
                       for r in ("truth", "background", "analysis", "analysis − truth")]
     assert "2019-03-22T02:00" in fig._suptitle.get_text()  # the year is shown
     assert fig.axes[0].get_ylabel() == "latitude [°N]"
+    # a time given as a string, as ds.sel takes it, picks that time's observations
+    fig = plot.analysis_maps(ds, ds * 0.5, ds * 0.9, obs, time="2019-03-22T01:00")
+    assert "2019-03-22T01:00" in fig._suptitle.get_text()
 
 
 def test_score_series_dates_have_the_year():

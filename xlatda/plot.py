@@ -1217,7 +1217,10 @@ def analysis_maps(
         sub = obs
         if time is not None and "time" in obs.coords:
             ot = _as_float(obs["time"].values)
-            t0 = _as_float([time])[0]
+            tval = np.asarray(time)
+            if tval.dtype.kind in "UO" and obs["time"].dtype.kind == "M":
+                tval = np.datetime64(str(time))  # "2019-03-01T03:00", as .sel takes it
+            t0 = _as_float([tval])[0]
             nearest = ot[np.argmin(np.abs(ot - t0))] if ot.size else t0
             sub = obs.isel(obs=np.flatnonzero(ot == nearest))
         olat, olon = _obs_locations(sub, lat, lon)
