@@ -279,6 +279,7 @@ def cycle(background: xr.Dataset | xr.DataArray | None, obs: xr.Dataset, model: 
         )
     pnames = list(params or {})
     sp = space_for(L, model, kind, len(pnames))
+    sp.noise = noise
     members = sp.default_members() if members is None else members
     settings = cycle_defaults(method, settings)
     inst = proto.build(kernel, dict(settings), space=sp, members=members)

@@ -95,6 +95,12 @@ class StateSpace:
     layout: StateLayout
     n_params: int = 0
     n_state: int = 0
+    #: The cycle's ``noise`` setting (model error in forecasts), set by the driver.
+    noise: bool | str = True
+
+    def has_model_error(self) -> bool:
+        """Whether forecasts carry a model-error covariance (with ``noise`` on)."""
+        return False
 
     def split(self, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(state part, parameters or None)`` of control vectors ``s``."""
@@ -315,16 +321,21 @@ class LatentSpace(StateSpace):
         z1 = out[..., -1, :].to("cpu", _F64)
         q = self.model.model_error
         if noise and q is not None:
-            if noise == "stochastic" or z1.shape[0] < 2:
+            # Linear dynamics know how per-step errors accumulate over the lead;
+            # otherwise Q grows like a random walk (tau Q).
+            acc = getattr(dyn, "noise_covariance", None)
+            if (noise == "stochastic" or z1.shape[0] < 2) and acc is None:
                 eps = q.sample((z1.shape[0],), generator=generator).to(_F64)
                 z1 = z1 + math.sqrt(tau) * eps
-            else:  # the default: Q added by a square root (Raanes et al. 2015)
+            else:
                 cov = q.covariance().detach().to("cpu", _F64)
-                # Linear dynamics know how per-step errors accumulate; otherwise
-                # Q grows like a random walk over the lead (tau Q).
-                acc = getattr(dyn, "noise_covariance", None)
                 cov = acc(cov, tau).to("cpu", _F64) if acc is not None else tau * cov
-                z1 = add_model_error(z1, cov, generator=generator)
+                if noise == "stochastic" or z1.shape[0] < 2:
+                    w, V = torch.linalg.eigh(0.5 * (cov + cov.T))
+                    eps = torch.randn(z1.shape, generator=generator, dtype=_F64)
+                    z1 = z1 + (eps * w.clamp_min(0.0).sqrt()) @ V.T
+                else:  # the default: Q added by a square root (Raanes et al. 2015)
+                    z1 = add_model_error(z1, cov, generator=generator)
         return z1 if theta is None else torch.cat([z1, theta], -1)
 
     def points(self, table: ObservationTable) -> torch.Tensor:
@@ -345,6 +356,9 @@ class LatentSpace(StateSpace):
         with torch.enable_grad():
             z = self.model.encode_tensor(x.to(self.model.dtype))
         return z.detach().to("cpu", _F64)
+
+    def has_model_error(self) -> bool:
+        return bool(self.noise) and self.model.model_error is not None
 
     def default_members(self) -> int:
         # The latent space is small: span all of it (Q then enters exactly).

@@ -32,6 +32,7 @@ Examples
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any
 
 import numpy as np
@@ -40,7 +41,7 @@ import torch
 from xlatda.errors import ConfigError
 from xlatda.methods.consistency import DivergenceMonitor
 from xlatda.methods.covariance import Covariance, DiagonalCovariance
-from xlatda.methods.ensemble import EnsembleMethod
+from xlatda.methods.ensemble import EnsembleMethod, etkf_transform, random_rotation
 from xlatda.methods.envar4d import EnVar4D
 from xlatda.methods.letkf import LETKF
 from xlatda.methods.protocol import CycleMethod, WindowAnalysis, adapts
@@ -258,10 +259,56 @@ class EnVarWindow(CycleMethod):
 
     def analyse(self, space, ensemble, window, *, generator, state):
         y, r = window.stacked()
+        if len(window.times) > 1 and space.has_model_error() \
+                and self.kernel.model_error == "trajectories":
+            return self._smoother(space, ensemble, window, y, r, generator, state)
         h = space.forecast_observe(window.times, window.tables, generator)
         res = self.kernel.analyse(ensemble, y, r, h, generator=generator,
                                   n_params=space.n_params)
         steps = space.roll(ensemble, res.ensemble.to(_F64), window.times, generator)
         diag = {"iterations": torch.tensor(float(res.iterations), dtype=_F64),
                 "converged": torch.tensor(float(res.converged), dtype=_F64)}
+        return WindowAnalysis(steps, diag, state)
+
+    def _smoother(self, space, ensemble, window, y, r, generator, state):
+        """Weak constraint: the window's members are noisy trajectories.
+
+        A strong-constraint window trusts the dynamics over its whole length;
+        with a model error ``Q`` the members are forecast *with* it from one
+        observation time to the next, and one ensemble transform from all the
+        window's observations updates every time of it (the ensemble
+        transform Kalman smoother: the 4D ensemble covariance then holds the
+        model error; Evensen and van Leeuwen 2000, Hunt et al. 2004). For a
+        linear observation operator this is the Kalman smoother of the
+        window; for a nonlinear one, one Gauss-Newton step from the mean.
+        """
+        n = ensemble.shape[0]
+        traj, cur, tc = [], ensemble, window.times[0]
+        for t in window.times:
+            # Random draws, not the square root: x(t+1) = M x(t) + eta must keep
+            # Cov(x(t+1), x(t)) = M P(t), which a transform of the whole
+            # ensemble (methods.model_noise) would not.
+            cur = space.forecast(cur, tc, t, generator=generator, noise="stochastic")
+            tc = t
+            traj.append(cur)
+        infl = float(self.kernel.inflation)
+        means = [e.mean(0) for e in traj]
+        anoms = [infl * (e - m) for e, m in zip(traj, means)]
+        traj = [m + a for m, a in zip(means, anoms)]
+        hx = torch.cat([space.observe(e, tab) for e, tab in zip(traj, window.tables)], -1)
+        hx = hx.to(_F64)
+        r = torch.as_tensor(r, dtype=_F64)
+        hbar = hx.mean(0)
+        S = (hx - hbar) / (math.sqrt(n - 1) * r)
+        d = (torch.as_tensor(y, dtype=_F64) - hbar) / r
+        w, T = etkf_transform(S, d)
+        if self.kernel.rotate:
+            T = T @ random_rotation(n, (), generator=generator, dtype=_F64)
+        steps = []
+        for e, m, a in zip(traj, means, anoms):
+            xs = a / math.sqrt(n - 1)
+            mean_a = m + w @ xs
+            steps.append((e, mean_a + T.mT @ a))
+        diag = {"iterations": torch.tensor(1.0, dtype=_F64),
+                "converged": torch.tensor(1.0, dtype=_F64)}
         return WindowAnalysis(steps, diag, state)
