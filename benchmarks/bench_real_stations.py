@@ -272,6 +272,17 @@ def encode_obs_run(f: Field, model, obs: xr.Dataset):
 # ---------------------------------------------------------------------------
 # driver
 # ---------------------------------------------------------------------------
+def representation_rmse(f: Field, model) -> float:
+    """The decoder's held-out reconstruction RMSE (K): from the fit's history, or on the
+    validation period for models fitted before it was recorded."""
+    rec = model.history.get("representation_error")
+    if rec:
+        return float(rec["rmse"][0])
+    val = f.ds.isel(time=slice(*VAL))
+    out = xlatda.decode(xlatda.encode(val, model), model)
+    return float(np.sqrt(np.nanmean((out[f.var].values - val[f.var].values) ** 2)))
+
+
 def label_of(tag: tuple) -> str:
     return f"{tag[0]}-{tag[1]}" + (f" ({tag[2]} dynamics)" if len(tag) > 2 else "")
 
@@ -313,7 +324,9 @@ def main(argv=None) -> None:
              f"({a.hours} h each, observations every {EVERY} h, sigma_o = {SIGMA_O} K), "
              f"seeds {seeds}, {N_VERIFY} verification points (not stations). RMSE in K at the "
              "verification points over all analysis times; spread/RMSE from the analysis "
-             "ensemble at the same points.\n"]
+             "ensemble at the same points; predictive spread adds the decoder's held-out "
+             "reconstruction error (model.history['representation_error']) in quadrature, "
+             "the part of the truth no latent state can represent.\n"]
     summary = []
     for key in a.datasets.split(","):
         f = load(a.data, key)
@@ -349,6 +362,7 @@ def main(argv=None) -> None:
             models[tag], fit_secs[tag] = fit_model(f, "pca", chosen, a.cache, dynamics=other)
             print(f"[{key}] fitted pca-{chosen} ({other} dynamics) in {fit_secs[tag]:.0f} s",
                   flush=True)
+        representation = {tag: representation_rmse(f, m) for tag, m in models.items()}
         for tag, m in models.items():
             dh = m.history.get("dynamics", {})
             score = dh.get("best_val_loss", (dh.get("val_mse") or {}).get(repr(dh.get("ridge"))))
@@ -371,11 +385,12 @@ def main(argv=None) -> None:
                     obs = xlatda.obs.from_dataframe(df, error_std=SIGMA_O)
                     y = df[f.var].to_numpy().reshape(len(times), n)
 
-                    def put(run, est, spread=None, _n=n, _rows=rows, _truth=truth):
+                    def put(run, est, spread=None, rep=0.0, _n=n, _rows=rows, _truth=truth):
                         _rows[(_n, run)]["rmse"].append(rmse(est, _truth))
                         if spread is not None and np.isfinite(spread).all():
-                            _rows[(_n, run)]["spread"].append(
-                                float(np.sqrt((spread**2).mean())))
+                            var = float((spread**2).mean())
+                            _rows[(_n, run)]["spread"].append(np.sqrt(var))
+                            _rows[(_n, run)]["predictive"].append(np.sqrt(var + rep**2))
 
                     put("climatology", base.climatology(verify, len(times)))
                     put("linear interpolation", base.linear(stations, y, verify))
@@ -399,7 +414,7 @@ def main(argv=None) -> None:
                                 notes[label] = f"FAILED: {type(err).__name__}: {str(err)[:120]}"
                                 continue
                             label = f"{label_of(tag)} {meth} ({how})"
-                            put(label, mean, spread)
+                            put(label, mean, spread, representation[tag])
                             warns[label].update(caught)
                             if note:
                                 notes[label] = note
@@ -409,7 +424,8 @@ def main(argv=None) -> None:
                                   f"{r:.3f} K spread {sp:.3f} ratio {sp / r:.2f} "
                                   f"({time.perf_counter() - t0:.1f} s) {caught}", flush=True)
         lines.append("\n| stations | run | RMSE (K) | vs linear interp | vs OI | spread/RMSE | "
-                     "runs | warnings |\n|---|---|---|---|---|---|---|---|")
+                     "predictive spread/RMSE | runs | warnings |\n"
+                     "|---|---|---|---|---|---|---|---|---|")
         for n in densities:
             ref_lin = np.mean(rows[(n, "linear interpolation")]["rmse"])
             ref_oi = np.mean(rows[(n, "OI (training covariance)")]["rmse"])
@@ -418,9 +434,12 @@ def main(argv=None) -> None:
                     continue
                 r = float(np.mean(mets["rmse"]))
                 ratio = (np.mean(mets["spread"]) / r) if mets["spread"] else float("nan")
+                pred = (np.mean(mets["predictive"]) / r) if mets["predictive"] else float("nan")
+                ptxt = "" if np.isnan(pred) else f"{pred:.2f}"
                 lines.append(f"| {n} | {run} | {r:.3f} ± {np.std(mets['rmse']):.3f} | "
                              f"{r / ref_lin:.2f} | {r / ref_oi:.2f} | "
-                             f"{'' if np.isnan(ratio) else f'{ratio:.2f}'} | {len(mets['rmse'])} | "
+                             f"{'' if np.isnan(ratio) else f'{ratio:.2f}'} | {ptxt} | "
+                             f"{len(mets['rmse'])} | "
                              f"{', '.join(sorted(warns.get(run, ()))) or ''} |")
                 summary.append((key, n, run, r, r / ref_lin, r / ref_oi, ratio))
         if notes:

@@ -219,6 +219,8 @@ def fit(
     )
     model.prior = _fit_prior(model, xn.to(dev))
     history["prior"] = {"shrinkage": model.prior.shrinkage, "n_samples": model.prior.n_samples}
+    if x_val is not None and aux is None:
+        history["representation_error"] = _representation_error(model, x_val.to(dev), L)
     if dynamics is not None:
         model = fit_dynamics(model, ds, uncertainty=uncertainty, epochs=epochs, seed=seed,
                              device=dev, progress=progress, kind=dynamics,
@@ -256,6 +258,34 @@ def _fit_prior(model: LatentModel, xn: torch.Tensor, batch: int = 256):
             rows.append(enc.encode(chunk).detach())
     codes = torch.cat(rows).to(torch.float64)
     return LatentPrior.fit(codes).to(device=model.device, dtype=model.dtype)
+
+
+def _representation_error(model: LatentModel, x_val: torch.Tensor, L: Any) -> dict[str, Any]:
+    """RMS reconstruction error of held-out states per channel, in physical units.
+
+    What the decoder cannot represent: an analysis decoded from the latent
+    space misses it whatever the observations, so a predictive spread is
+    ``sqrt(ensemble variance + this squared)`` (the representation error of
+    the latent observation operator).
+    """
+    with torch.enable_grad():  # auto-decoding encoders need autograd
+        z = model.encoder.encode(x_val)
+    with torch.no_grad():
+        rec = model.encoder.decode(z.detach())
+        err = (rec - x_val).to(torch.float64)
+        if model.missing is not None:
+            keep = ~torch.as_tensor(model.missing, device=err.device)
+            err = err * keep
+            count = keep.to(torch.float64).sum(tuple(range(1, keep.dim())))
+        else:
+            count = torch.full((err.shape[1],), float(err[0, 0].numel()), dtype=torch.float64)
+        mse = err.pow(2).sum(tuple(i for i in range(err.dim()) if i != 1)).cpu()
+        mse = mse / (count.cpu() * err.shape[0])
+        _, std = model.normalizer.select(torch.arange(err.shape[1]))
+        rmse = mse.sqrt() * std.to(torch.float64).reshape(-1)
+    return {"rmse": [float(v) for v in rmse], "channels": list(L.channels),
+            "n_samples": int(x_val.shape[0]),
+            "note": "held-out validation states, physical units, per channel"}
 
 
 def encode_obs(
