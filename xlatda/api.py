@@ -34,6 +34,7 @@ from xlatda.layout import CHANNEL_DIM, StateLayout, layout
 from xlatda.model import LatentModel
 from xlatda.normalize import Normalizer
 from xlatda.options import get_options, resolve_device, resolve_dtype
+from xlatda.validation import check_keywords, finite_inputs, refuse_unknown_keywords
 
 __all__ = ["LATENT_DIM", "decode", "encode", "encode_obs", "fit", "latent_dataset"]
 
@@ -62,6 +63,7 @@ def _time_step(ds: xr.Dataset, L: StateLayout) -> dict[str, Any] | None:
     return None
 
 
+@refuse_unknown_keywords
 @with_thread_scope
 def fit(
     ds: xr.Dataset | xr.DataArray,
@@ -137,6 +139,8 @@ def fit(
 
     ds = _as_dataset(ds)
     cls = encoders.get(encoder)  # refuses unknown names before any work
+    check_keywords(encoder_options, cls, where=f"encoder {encoder!r}", kind="option",
+                   exclude=["n_channels", "spatial_shape", "latent_dim", "grid"])
     if not isinstance(latent_dim, (int, np.integer)) or latent_dim < 1:
         raise ConfigError(f"latent_dim must be a positive integer, got {latent_dim!r}")
     if epochs < 1 or batch_size < 1:
@@ -292,6 +296,7 @@ def _needs_grad(model: LatentModel) -> bool:
     return bool(getattr(model.encoder, "encode_needs_grad", False))
 
 
+@refuse_unknown_keywords
 @with_thread_scope
 def encode(
     ds: xr.Dataset | xr.DataArray,
@@ -330,7 +335,7 @@ def encode(
     tdtype = model.dtype if dtype is None else resolve_dtype(dtype)
     if dev != model.device or tdtype != model.dtype:
         model.to(device=dev, dtype=tdtype)
-    fn = model.encode_tensor
+    fn = finite_inputs(model.encode_tensor, what="fields to encode", allowed=model.missing)
     if aux is not None:
         spec = getattr(model.encoder, "aux_spec", None)
         if not spec:
@@ -414,6 +419,7 @@ def _with_aux(stacked: xr.DataArray, aux, ds: xr.Dataset, model: LatentModel, sp
     return combined, fn
 
 
+@refuse_unknown_keywords
 def encode_obs(
     obs: xr.Dataset,
     model: LatentModel,
@@ -636,6 +642,7 @@ def _check_latent(z: xr.Dataset | xr.DataArray, model: LatentModel) -> xr.DataAr
     return da
 
 
+@refuse_unknown_keywords
 @with_thread_scope(size=decoded_size)
 def decode(
     z: xr.Dataset | xr.DataArray,

@@ -51,6 +51,7 @@ from xlatda.methods.registry import get_method
 from xlatda.obs.contract import to_tensors, validate
 from xlatda.options import get_options
 from xlatda.spaces import space_for
+from xlatda.validation import check_run
 from xlatda.windows import ObservationWindow, float_times, plan_windows
 
 __all__ = ["CycleResult", "assimilate", "cycle"]
@@ -197,6 +198,8 @@ def assimilate(state: xr.Dataset | xr.DataArray | None, obs: xr.Dataset, model: 
     kind = proto.choose_space(model, space)
     state, L, tname, t0 = _start(state, model, proto, "assimilate takes the state at one time",
                                  need_time=False)
+    check_run(method, kernel, proto, settings, members=members, background=state, layout=L,
+              model=model, obs=obs)
     if proto.needs_background:
         extra = [d for d in L.sample_dims if d != tname]
         if extra:
@@ -339,6 +342,8 @@ def cycle(background: xr.Dataset | xr.DataArray | None, obs: xr.Dataset, model: 
     kind = proto.choose_space(model, space)
     background, L, tname, t0 = _start(background, model, proto,
                                       "the background must be at one time", need_time=True)
+    check_run(method, kernel, proto, settings, members=members, background=background, layout=L,
+              model=model, obs=obs, store=store)
     validate(obs, L)
     table = to_tensors(obs, L)
     if table.time is None:

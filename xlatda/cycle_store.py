@@ -45,7 +45,7 @@ import torch
 import xarray as xr
 
 from xlatda.cycle_records import CycleResult
-from xlatda.errors import ConfigError
+from xlatda.errors import ConfigError, StoreMismatchError
 
 __all__ = ["ResumePoint", "fingerprint", "open_result", "resume", "write_window"]
 
@@ -178,7 +178,9 @@ def resume(store: str | Path | None, meta: dict[str, Any], tname: str,
     Raises
     ------
     ConfigError
-        If the store is unreadable or holds another experiment.
+        If the store is unreadable.
+    StoreMismatchError
+        (a ``ConfigError``) If it holds another experiment.
     """
     if store is None or not Path(str(store)).exists():
         return None
@@ -200,7 +202,7 @@ def resume(store: str | Path | None, meta: dict[str, Any], tname: str,
                 or stored.get("state_variables") != meta["state_variables"]
                 or stored.get("parameters") != meta["parameters"]
                 else "method, settings, seed, observations or model differ")
-        raise ConfigError(
+        raise StoreMismatchError(
             f"{path!r} holds another experiment ({what}); remove it or pass another store path"
         )
     needed = ["analysis", "background", "diagnostics"] + (
@@ -214,7 +216,7 @@ def resume(store: str | Path | None, meta: dict[str, Any], tname: str,
         digests = np.asarray(root["resume"]["obs_digest"][:w])
         same = [bytes(digests[j].tobytes()) == windows[j].digest() for j in range(w)]
         if not same[0]:
-            raise ConfigError(
+            raise StoreMismatchError(
                 f"{path!r} holds another experiment (its first analysis used other "
                 "observations); remove it or pass another store path"
             )

@@ -40,6 +40,7 @@ from xlatda.errors import ConfigError, NotFittedError
 from xlatda.model import LatentModel
 from xlatda.options import get_options, resolve_device
 from xlatda.prior import check_in_distribution
+from xlatda.validation import check_keywords
 
 __all__ = ["evolve", "fit_dynamics", "forecast"]
 
@@ -119,6 +120,9 @@ def fit_dynamics(
     if uncertainty not in (None, "scalar", "diagonal", "cholesky"):
         raise ConfigError(f"uncertainty must be scalar, diagonal, cholesky or None, got "
                           f"{uncertainty!r}")
+    check_keywords(options, LatentODE, where="the latent ODE of fit_dynamics", kind="option",
+                   exclude=["latent_dim", "n_params", "dt_unit", "time_units", "seed", "dtype",
+                            "device"])
     ds = _as_dataset(ds)
     tname = model.layout.axes.time
     z = encode(ds, model).z

@@ -198,6 +198,11 @@ class ThreeDVar(_SingleState):
     """3DVar of the background mean with a static B."""
 
     @classmethod
+    def setting_names(cls, kernel):
+        names = super().setting_names(kernel)
+        return None if names is None else names | {"b", "b_std"}
+
+    @classmethod
     def build(cls, kernel, settings, *, space, members):
         settings = dict(settings)
         return cls(_make(kernel, {"b": background_covariance(settings, space), **settings}))
