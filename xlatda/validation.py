@@ -5,6 +5,19 @@ Every check raises a typed :class:`~xlatda.errors.XlatdaError` whose
 message says what was wrong, the value seen and how to fix it; every check
 returns quickly and changes nothing.
 
+The public entry points call them with one line each: :func:`check_run`
+(``xlatda.cycle`` / ``xlatda.assimilate``: method settings, members,
+background variables and values, observation time span, store target),
+:func:`refuse_unknown_keywords` (a decorator of ``fit``, ``encode``,
+``decode``, ``encode_obs``, ``fit_score``, ``encode_to_zarr``),
+:func:`check_keywords` (``encoder_options``, ``fit_dynamics`` options),
+:func:`finite_inputs` (``encode``), :func:`check_store_target`
+(``encode_to_zarr``). The single-state variational analyses screen gross
+errors with :func:`observed_variance` and :func:`gross_error_mask`
+(``gross_error=`` setting, default 5 standard deviations, ``None`` to
+disable; the count is the ``n_rejected`` diagnostic), as the ensemble
+filters do.
+
 Examples
 --------
 >>> from xlatda.validation import check_keywords, check_members
@@ -56,6 +69,7 @@ __all__ = [
     "keywords_of",
     "method_settings",
     "model_time_step",
+    "observed_variance",
     "refuse_unknown_keywords",
     "time_values",
 ]
@@ -701,3 +715,56 @@ def finite_inputs(fn: Callable[[torch.Tensor], torch.Tensor], *, what: str,
         return fn(x)
 
     return checked
+
+
+def observed_variance(b: Any, h: Any, xb: torch.Tensor, *, max_dense: int = 4096
+                      ) -> torch.Tensor | None:
+    """``diag(H B Hᵀ)``: the background variance of each observation, for a gross-error check.
+
+    Parameters
+    ----------
+    b : Covariance
+        The background-error covariance (:mod:`xlatda.methods.covariance`).
+    h : Tensor, object with ``.matrix``, or callable
+        The observation operator: a (sparse or dense) matrix ``(P, n)`` gives
+        the exact value (``B`` made dense up to ``max_dense`` variables, else
+        its diagonal only); a nonlinear ``h`` is linearised by ±1σ
+        perturbations along ``B``'s square-root columns (up to 1024 variables).
+    xb : Tensor (1, n)
+        The background.
+
+    Returns
+    -------
+    Tensor (P,) or None
+        None when it cannot be computed cheaply (then no check is made).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from xlatda.methods.covariance import DiagonalCovariance
+    >>> b = DiagonalCovariance(torch.tensor([1.0, 4.0], dtype=torch.float64))
+    >>> H = torch.tensor([[1.0, 0.0], [0.5, 0.5]], dtype=torch.float64)
+    >>> observed_variance(b, H, torch.zeros(1, 2, dtype=torch.float64)).tolist()
+    [1.0, 1.25]
+    """
+    matrix = h if isinstance(h, torch.Tensor) else getattr(h, "matrix", None)
+    n = xb.shape[-1]
+    if isinstance(matrix, torch.Tensor):
+        m = matrix.to(xb.dtype)
+        if m.layout == torch.strided:
+            m = m.to_sparse_coo()
+        m = m.to_sparse_coo().coalesce()
+        rows, cols = m.indices()
+        vals = m.values()
+        out = torch.zeros(m.shape[0], dtype=xb.dtype, device=vals.device)
+        if n <= max_dense:
+            hb = torch.sparse.mm(m, b.dense().to(xb.dtype))  # (P, n)
+            return out.index_add_(0, rows, vals * hb[rows, cols])
+        return out.index_add_(0, rows, vals**2 * b.diagonal().to(xb.dtype)[cols])
+    if not callable(h) or n > 1024:
+        return None
+    eye = torch.eye(n, dtype=getattr(b, "dtype", xb.dtype), device=xb.device)
+    cols = b.sqrt_matvec(eye).to(xb.dtype)  # rows: B^½ e_j
+    with torch.no_grad():
+        diff = (h(xb + cols) - h(xb - cols)) / 2
+    return (diff**2).sum(0)
