@@ -1348,6 +1348,23 @@ def _kill_cycle(i: int, n: int) -> Callable[[Path], str]:
     return run
 
 
+def _open_torn(tmp: Path) -> str:
+    """A store torn between two groups' appends: opening it says to rerun, rerun repairs it."""
+    store = tmp / "c.zarr"
+    _cycle(store=store)
+    import zarr
+
+    group = zarr.open_group(str(store / "diagnostics"), mode="a")
+    arr = next(a for _, a in group.arrays() if a.metadata.dimension_names == ("time",)
+               and a.name.split("/")[-1] != "time")
+    arr.resize((arr.shape[0] - 1,))
+    out = expect(ConfigError, lambda: open_cycle(store).diagnostics.load(), "rerun")
+    assert np.array_equal(_cycle(store=store).analysis.x.values, cycle_reference())
+    return out + "; rerun repaired it: identical"
+
+
+add("cycle-store", "torn-store-opened", _open_torn)
+
 N_CYCLE_KILLS = 16
 for _i in range(N_CYCLE_KILLS):
     add("kill-cycle", f"{_i:02d}of{N_CYCLE_KILLS}", _kill_cycle(_i, N_CYCLE_KILLS),

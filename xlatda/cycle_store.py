@@ -167,15 +167,38 @@ def _remove_leftovers(final: Path) -> None:
 
 
 def open_result(store: str | Path) -> CycleResult:
-    """The stored cycle as a :class:`~xlatda.cycle_records.CycleResult` (lazy)."""
+    """The stored cycle as a :class:`~xlatda.cycle_records.CycleResult` (lazy).
+
+    Raises
+    ------
+    ConfigError
+        If the store was left torn by a killed run (groups of different
+        lengths): rerunning the same cycle resumes and repairs it.
+    """
     path = str(store)
-    opened = {n: xr.open_zarr(path, group=n, consolidated=False)
-              for n in ("analysis", "background", "diagnostics")}
+    try:
+        opened = {n: xr.open_zarr(path, group=n, consolidated=False)
+                  for n in ("analysis", "background", "diagnostics")}
+    except ValueError as err:
+        if "conflicting sizes" not in str(err):
+            raise
+        raise ConfigError(
+            f"{path!r} was interrupted in the middle of writing an analysis ({err}); rerun the "
+            "same xlatda.cycle(..., store=...) call: it resumes after the last complete "
+            "analysis and repairs the store"
+        ) from None
     try:
         params = xr.open_zarr(path, group="parameters", consolidated=False)
     except (FileNotFoundError, KeyError, OSError, ValueError):
         params = None
     return CycleResult(opened["analysis"], opened["background"], opened["diagnostics"], params)
+
+
+def _length(group: Any, dim: str) -> int:
+    """Entries along ``dim`` that every array of ``group`` holds (a torn append differs)."""
+    sizes = [arr.shape[list(arr.metadata.dimension_names or ()).index(dim)]
+             for _, arr in group.arrays() if dim in (arr.metadata.dimension_names or ())]
+    return min(sizes) if sizes else 0
 
 
 def _cut(group: Any, dim: str, n: int) -> None:
@@ -216,7 +239,7 @@ def resume(store: str | Path | None, meta: dict[str, Any], tname: str,
         stored = dict(root.attrs).get("xlatda_cycle")
         committed = dict(root.attrs).get(COMMITTED)
         groups = [g for g in (*RECORD_GROUPS, "resume") if g in root]
-        lengths = {g: root[g][tname if g != "resume" else "window"].shape[0] for g in groups}
+        lengths = {g: _length(root[g], tname if g != "resume" else "window") for g in groups}
     except Exception:  # anything unreadable is not resumable
         raise ConfigError(
             f"{path!r} exists but is not a readable cycling store; remove it or pass "
