@@ -5,9 +5,9 @@
 
 Each case of :mod:`tests.fault_cases` (killed writers, corrupted model
 stores, bad inputs) runs in a fresh scratch folder; its outcome is the typed
-error it gave or the identical result it checked. Cases marked to wait for
-the cycle-core merge are expected to fail today (``xfail``); one that passes
-is reported as ``XPASS``.
+error it gave or the identical result it checked. A case marked ``xfail``
+(a known, documented failure) is expected to fail; one that passes is
+reported as ``XPASS``.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def write(rows: list[dict], path: Path = OUT) -> str:
         f"{len(rows)} cases: " + ", ".join(f"{counts[k]} {k}" for k in
                                           ("ok", "xfail", "XPASS", "FAIL") if counts[k]) + ".",
         "",
-        "| group | cases | ok | xfail (waits for the cycle-core merge) | XPASS | FAIL |",
+        "| group | cases | ok | xfail | XPASS | FAIL |",
         "|---|---|---|---|---|---|",
     ]
     for g, c in groups.items():

@@ -36,6 +36,7 @@ import torch
 import xarray as xr
 
 import xlatda
+import xlatda.methods.registry
 from xlatda.errors import (
     ConfigError,
     KeywordError,
@@ -53,7 +54,6 @@ from xlatda.errors import (
 from xlatda.io import open_model
 from xlatda.streaming import encode_to_zarr, stream_status
 
-CYCLE_XFAIL = "waits for the cycle-core merge"
 KILLED = 137
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -677,6 +677,20 @@ def _sigkill(task: str, delay: float) -> Callable[[Path], str]:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+        if task == "cycle":
+            from tests.fault_worker import cycle_run
+
+            store = tmp / "c.zarr"
+            had = 0
+            if store.exists():  # windows committed when killed (the store may be torn)
+                import zarr
+
+                had = int(zarr.open_group(str(store), mode="r").attrs.get("xlatda_windows", 0))
+            resumed = cycle_run(store).analysis.x.values
+            assert np.array_equal(resumed, cycle_run_reference()), "resumed cycle differs"
+            assert hidden_leftovers(store) == []
+            return (f"SIGKILL after {delay:.2f} s ({had} of {len(resumed)} analyses stored); "
+                    "rerun resumed: identical")
         if task == "save":
             got = open_model(tmp / "m.zarr")
             x = torch.as_tensor(lorenz().x.values[:3, None, :])
@@ -698,6 +712,15 @@ for _j, _d in enumerate((0.3, 0.05, 0.1, 0.2, 0.5, 0.8)):
     add("sigkill-save", f"{_d:.2f}s", _sigkill("save", _d), slow=_j > 0)
 for _j, _d in enumerate((0.2, 0.05, 0.5, 1.0)):
     add("sigkill-encode", f"{_d:.2f}s", _sigkill("encode", _d), slow=_j > 0)
+for _d in (6.0, 0.1, 4.5, 8.0, 10.0):  # about 4 s to start, 0.2 s per stored analysis
+    add("sigkill-cycle", f"{_d:.2f}s", _sigkill("cycle", _d), slow=True)
+
+
+@functools.cache
+def cycle_run_reference() -> np.ndarray:
+    from tests.fault_worker import cycle_run
+
+    return cycle_run().analysis.x.values
 
 
 # -- encode_to_zarr bad inputs -----------------------------------------------------------
@@ -995,15 +1018,19 @@ for _name, (_fn, _exc, _match) in _API.items():
     add("api-input", _name, (lambda f, e, m: lambda tmp: expect(e, f, m))(_fn, _exc, _match))
 
 
-# -- cycle (public xlatda.cycle): fixed by the cycle-core merge ----------------------------
+# -- cycle (public xlatda.cycle and xlatda.assimilate) ----------------------------------
 def _cycle(**kw: Any) -> Any:
     from xlatda.dynamics.physical import Lorenz96
 
     truth = lorenz(0, 10)
-    obs = xlatda.obs.sample_points(truth.isel(time=slice(1, 4)), n=4, error_std=0.5, seed=1)
+    obs = kw.pop("obs", None)
+    if obs is None:
+        obs = xlatda.obs.sample_points(truth.isel(time=slice(1, 4)), n=4, error_std=0.5,
+                                       seed=1)
     bg = kw.pop("background", truth.isel(time=0))
+    model = kw.pop("model", None)
     args = {"method": "etkf", "members": 5, "init_std": 1.0, "progress": False, **kw}
-    return xlatda.cycle(bg, obs, Lorenz96(n=8), **args)
+    return xlatda.cycle(bg, obs, Lorenz96(n=8) if model is None else model, **args)
 
 
 def _nan_bg() -> xr.Dataset:
@@ -1043,3 +1070,377 @@ def _cycle_ok(tmp: Path) -> str:
 
 
 add("cycle", "store-same-as-no-store", _cycle_ok)
+
+
+# -- cycle inputs through the public API (issue 15's list) ----------------------------------
+class Hourly:
+    """x(t + 1 h) = x(t): a physical model on an hourly step (datetimes are in seconds)."""
+
+    dt = 3600.0
+    state_shape = (8,)
+
+    def step(self, x, dt, theta=None):
+        return x
+
+
+@functools.cache
+def hourly_truth(steps: int = 6) -> xr.Dataset:
+    truth = lorenz(0, steps)
+    hours = np.datetime64("2000-01-01T00") + np.arange(steps + 1) * np.timedelta64(1, "h")
+    return truth.assign_coords(time=("time", hours.astype("datetime64[ns]"),
+                                      {"standard_name": "time", "axis": "T"}))
+
+
+def _hourly_obs(steps: int = 6) -> xr.Dataset:
+    return xlatda.obs.sample_points(hourly_truth(steps).isel(time=slice(1, None)), n=4,
+                                    error_std=0.5, seed=1)
+
+
+def _l96_obs() -> xr.Dataset:
+    return xlatda.obs.sample_points(lorenz(0, 10).isel(time=slice(1, 4)), n=4, error_std=0.5,
+                                    seed=1)
+
+
+def _with_value(obs: xr.Dataset, i: int, value: float) -> xr.Dataset:
+    out = obs.copy(deep=True)
+    out["x"][i] = value
+    return out
+
+
+def _ens_bg(value: float) -> xr.Dataset:
+    bg = lorenz(0, 10).isel(time=0)
+    pert = np.random.default_rng(0).normal(size=(5, 8))
+    ens = (bg.x.expand_dims(member=5) + xr.DataArray(pert, dims=("member", "k"))).to_dataset(
+        name="x")
+    ens["x"][2, 3] = value
+    return ens
+
+
+def _one_time_obs() -> xr.Dataset:
+    obs = _l96_obs()
+    return obs.where(obs.time == obs.time[0], drop=True)
+
+
+def _cftime_obs(cls_name: str) -> xr.Dataset:
+    import cftime
+
+    obs = _hourly_obs()
+    cls = getattr(cftime, cls_name)
+    hours = (obs.time.values - np.datetime64("2000-01-01")) // np.timedelta64(1, "h")
+    return obs.assign_coords(time=("obs", np.array([cls(2000, 1, 1, int(h)) for h in hours])))
+
+
+def _hourly(**kw: Any) -> Any:
+    obs = kw.pop("obs", None)
+    obs = _hourly_obs() if obs is None else obs
+    args = {"method": "etkf", "members": 5, "init_std": 1.0, "progress": False, **kw}
+    return xlatda.cycle(hourly_truth().isel(time=0), obs, Hourly(), **args)
+
+
+def _latlon_assimilate(**obs_kw: Any) -> Any:
+    return xlatda.assimilate(latlon_state().assign_coords(time=0.0), _latlon_obs(**obs_kw),
+                             members=5, init_std=1.0)
+
+
+_CYCLE_INPUT = {
+    "typo-raduis-letkf": (lambda: _cycle(method="letkf", raduis=4), KeywordError,
+                          "did you mean 'radius'"),
+    "typo-b-sdt-3dvar": (lambda: _cycle(method="3dvar", b_sdt=1.0), KeywordError,
+                         "did you mean 'b_std'"),
+    "typo-inflaton-assimilate": (lambda: xlatda.assimilate(
+        _ens_bg(0.0), _one_time_obs(), inflaton=1.05), KeywordError, "'inflation'"),
+    "unknown-progress-assimilate": (lambda: xlatda.assimilate(
+        _ens_bg(0.0), _one_time_obs(), progress=False), KeywordError, "'progress'"),
+    "members-1-etkf": (lambda: _cycle(members=1), ConfigError, ">= 2"),
+    "members-True": (lambda: _cycle(members=True), ConfigError, "integer"),
+    "members-0-assimilate": (lambda: xlatda.assimilate(
+        lorenz(0, 10).isel(time=0), _one_time_obs(), members=0, init_std=1.0), ConfigError,
+        "members"),
+    "init-std-nan": (lambda: _cycle(init_std=float("nan")), ConfigError, "init_std"),
+    "b-std-0": (lambda: _cycle(method="3dvar", b_std=0.0), ConfigError, "b_std"),
+    "b-std--1-assimilate": (lambda: xlatda.assimilate(
+        lorenz(0, 10).isel(time=0), _one_time_obs(), method="3dvar", b_std=-1.0),
+        ConfigError, "b_std"),
+    "nan-ensemble-background-etkf": (lambda: _cycle(background=_ens_bg(np.nan)),
+                                     NonFiniteError, r"background variable 'x'.*member=2"),
+    "inf-ensemble-background-enkf": (lambda: _cycle(method="enkf", background=_ens_bg(np.inf)),
+                                     NonFiniteError, r"member=2.*k=3"),
+    "nan-ensemble-background-assimilate": (lambda: xlatda.assimilate(
+        _ens_bg(np.nan), _one_time_obs()), NonFiniteError, r"member=2"),
+    "nan-background-letkf": (lambda: _cycle(method="letkf", radius=2, background=_nan_bg()),
+                             NonFiniteError, "background"),
+    "inf-observation": (lambda: _cycle(obs=_with_value(_l96_obs(), 1, np.inf)),
+                        ObservationError, "inf"),
+    "fill-9.97e36-observation": (lambda: _cycle(obs=_with_value(
+        _l96_obs(), 1, 9.969209968386869e36)), ObservationError, "fill value"),
+    "lat-radians-assimilate": (lambda: _latlon_assimilate(lat=(0.1, 0.2), lat_units="radians"),
+                               UnitsError, "radians"),
+    "lon-radians-assimilate": (lambda: _latlon_assimilate(lon=(0.1, 0.4), lon_units="rad"),
+                               UnitsError, "rad"),
+    "span-1e6-units": (lambda: _cycle(obs=_l96_obs().assign_coords(time=_l96_obs().time + 1e6)),
+                       TimeSpanError, "20000003 model steps"),
+    "span-1e6-units-latent": (lambda: _cycle(obs=_l96_obs().assign_coords(
+        time=_l96_obs().time + 1e6), model=model_full()), TimeSpanError, "model steps"),
+    "span-year-2100": (lambda: _hourly(obs=_hourly_obs().assign_coords(time=(
+        "obs", np.full(_hourly_obs().sizes["obs"], np.datetime64("2100-01-01", "ns"))))),
+        TimeSpanError, "876600 model steps"),
+    "cftime-obs-datetime-background": (lambda: _hourly(obs=_cftime_obs("DatetimeGregorian")),
+                                       TimeSpanError, "cftime"),
+    "cftime-noleap-obs-datetime-background": (lambda: _hourly(
+        obs=_cftime_obs("DatetimeNoLeap")), TimeSpanError, "noleap"),
+    "background-missing-variable": (lambda: _cycle(background=lorenz(0, 10).isel(
+        time=0).rename(x="y"), model=model_full()), VariableNotFoundError,
+        r"the background lacks .*'x'"),
+}
+
+for _name, (_fn, _exc, _match) in _CYCLE_INPUT.items():
+    add("cycle-input", _name, (lambda f, e, m: lambda tmp: expect(e, f, m))(_fn, _exc, _match))
+
+
+# -- cycle stores: exact times, reuse refused, resumes bit-identical, killed writers ---------
+def tree_bytes(path: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*"))
+            if p.is_file()}
+
+
+def _stored(res: Any) -> dict[str, np.ndarray]:
+    out = {"analysis": res.analysis.x.values, "background": res.background.x.values,
+           "time": res.analysis.time.values}
+    for name in res.diagnostics.data_vars:
+        out[f"diag.{name}"] = res.diagnostics[name].values
+    return out
+
+
+def same_result(a: Any, b: Any) -> bool:
+    sa, sb = _stored(a), _stored(b)
+    return sa.keys() == sb.keys() and all(np.array_equal(sa[k], sb[k], equal_nan=True)
+                                          for k in sa)
+
+
+def _first_times(obs: xr.Dataset, n: int) -> xr.Dataset:
+    times = np.unique(obs.time.values)
+    return obs.where(obs.time <= times[n - 1], drop=True)
+
+
+def _hourly_store(tmp: Path) -> str:
+    store = tmp / "h.zarr"
+    full = _hourly()
+    _hourly(obs=_first_times(_hourly_obs(), 3), store=store)
+    part = open_cycle(store)
+    want = hourly_truth().time.values[1:4]
+    assert np.array_equal(part.analysis.time.values, want), part.analysis.time.values
+    resumed = _hourly(store=store)
+    assert np.array_equal(resumed.analysis.time.values, hourly_truth().time.values[1:])
+    assert same_result(resumed, full), "the resumed hourly cycle differs"
+    return "identical (hourly labels exact in the store; resumed 3 -> 6 analyses)"
+
+
+def open_cycle(store: Path) -> Any:
+    return xlatda.cycle_store.open_result(store)
+
+
+def _reuse(change: dict[str, Any]) -> Callable[[Path], str]:
+    def run(tmp: Path) -> str:
+        store = tmp / "c.zarr"
+        _cycle(store=store)
+        before = tree_bytes(store)
+        out = expect(StoreMismatchError, lambda: _cycle(store=store, **change()),
+                     "another experiment")
+        assert tree_bytes(store) == before, "the refused run changed the store"
+        return out
+    return run
+
+
+_REUSE = {
+    "other-method-and-seed": lambda: {"method": "enkf", "seed": 9},
+    "other-seed": lambda: {"seed": 3},
+    "other-inflation": lambda: {"inflation": 1.1},
+    "other-members": lambda: {"members": 6},
+    "other-observations": lambda: {"obs": _with_value(_l96_obs(), 0, 1.5)},
+    "other-model": lambda: {"model": __import__("xlatda.dynamics.physical").dynamics
+                            .physical.Lorenz96(n=8, forcing=9.0)},
+    "other-background": lambda: {"background": lorenz(1, 10).isel(time=0)},
+}
+for _name, _fn in _REUSE.items():
+    add("cycle-store", f"reused-{_name}", _reuse(_fn))
+add("cycle-store", "hourly-datetime-labels-and-resume", _hourly_store)
+
+
+def _resume_identical(kind: str) -> Callable[[Path], str]:
+    def run(tmp: Path) -> str:
+        kw: dict[str, Any] = {}
+        obs = xlatda.obs.sample_points(lorenz(0, 10).isel(time=slice(1, 9)), n=4,
+                                       error_std=0.5, seed=1)
+        if kind == "latent":
+            kw = {"model": model_full()}
+        elif kind == "4denvar":
+            kw = {"method": "4denvar", "window": 2}
+        full = _cycle(obs=obs, **kw)
+        store = tmp / "c.zarr"
+        _cycle(obs=_first_times(obs, 4), store=store, **kw)
+        resumed = _cycle(obs=obs, store=store, **kw)
+        assert same_result(resumed, full), f"the resumed {kind} cycle differs"
+        return f"identical ({kind}: 4 stored analyses, resumed to 8)"
+    return run
+
+
+for _k in ("physical", "latent", "4denvar"):
+    add("cycle-store", f"resume-bit-identical-{_k}", _resume_identical(_k))
+
+
+def _no_dynamics_store(tmp: Path) -> str:
+    store = tmp / "c.zarr"
+    out = expect(XlatdaError, lambda: _cycle(model=model_pca(), store=store), "dynamics")
+    assert not store.exists(), "a store was written before the refusal"
+    return out
+
+
+def _unwritable_store(kind: str) -> Callable[[Path], str]:
+    def run(tmp: Path) -> str:
+        if kind == "file":
+            store = tmp / "c.zarr"
+            store.write_text("not a store")
+        else:
+            store = Path("/proc/xlatda-no-such-dir/c.zarr")
+            if os.geteuid() != 0:
+                ro = tmp / "ro"
+                ro.mkdir()
+                ro.chmod(0o500)
+                store = ro / "c.zarr"
+        try:
+            return expect(xlatda.errors.StoreError, lambda: _cycle(store=store), "store")
+        finally:
+            if (tmp / "ro").exists():
+                (tmp / "ro").chmod(0o700)
+    return run
+
+
+add("cycle-store", "model-without-dynamics-refused-before-writing", _no_dynamics_store)
+add("cycle-store", "read-only-target-folder", _unwritable_store("read-only"))
+add("cycle-store", "target-is-a-file", _unwritable_store("file"))
+
+
+@functools.cache
+def cycle_reference() -> Any:
+    return _cycle().analysis.x.values
+
+
+@functools.cache
+def _n_cycle_writes() -> int:
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp(prefix="xlatda-count-"))
+    return count_writes(lambda: _cycle(store=tmp / "c.zarr"))
+
+
+def _kill_cycle(i: int, n: int) -> Callable[[Path], str]:
+    def run(tmp: Path) -> str:
+        total = _n_cycle_writes()
+        k = round(i * (total - 1) / max(n - 1, 1))
+        store = tmp / "c.zarr"
+        code = run_killed(lambda: _cycle(store=store), k, tmp / "log")
+        resumed = _cycle(store=store)
+        assert np.array_equal(resumed.analysis.x.values, cycle_reference()), "resumed differs"
+        assert np.array_equal(open_cycle(store).analysis.x.values, cycle_reference())
+        assert hidden_leftovers(store) == [], hidden_leftovers(store)
+        state = "killed" if code == KILLED else "finished"
+        return f"{state} at write {k}/{total}; rerun resumed: identical"
+    return run
+
+
+def _open_torn(tmp: Path) -> str:
+    """A store torn between two groups' appends: opening it says to rerun, rerun repairs it."""
+    store = tmp / "c.zarr"
+    _cycle(store=store)
+    import zarr
+
+    group = zarr.open_group(str(store / "diagnostics"), mode="a")
+    arr = next(a for _, a in group.arrays() if a.metadata.dimension_names == ("time",)
+               and a.name.split("/")[-1] != "time")
+    arr.resize((arr.shape[0] - 1,))
+    out = expect(ConfigError, lambda: open_cycle(store).diagnostics.load(), "rerun")
+    assert np.array_equal(_cycle(store=store).analysis.x.values, cycle_reference())
+    return out + "; rerun repaired it: identical"
+
+
+add("cycle-store", "torn-store-opened", _open_torn)
+
+N_CYCLE_KILLS = 16
+for _i in range(N_CYCLE_KILLS):
+    add("kill-cycle", f"{_i:02d}of{N_CYCLE_KILLS}", _kill_cycle(_i, N_CYCLE_KILLS),
+        slow=_i % 8 != 1)
+
+
+# -- gross errors: rejected by the background check, counted in the diagnostics ---------------
+def _gross(value: float, method: str) -> Callable[[Path], str]:
+    def run(tmp: Path) -> str:
+        kw: dict[str, Any] = {"method": method}
+        if method == "3dvar":
+            kw["b_std"] = 1.0
+        elif method == "3dvar-latent":  # B: the model's latent prior; H = H o D nonlinear
+            kw = {"method": "3dvar", "model": model_full()}
+        elif method == "letkf":
+            kw["radius"] = 3
+        res = _cycle(obs=_with_value(_l96_obs(), 1, value), **kw)
+        clean = _cycle(**kw)
+        rejected = res.diagnostics["n_rejected"].values
+        assert rejected[0] == 1 and not rejected[1:].any(), rejected
+        a = res.analysis.x.values
+        assert np.isfinite(a).all()
+        err = float(np.abs(a - clean.analysis.x.values).max())
+        assert err < 2.0, f"the analysis moved by {err} after a rejected observation"
+        return f"rejected 1 (diagnostics n_rejected); analysis finite (|diff| {err:.2f})"
+    return run
+
+
+for _m in ("etkf", "enkf", "letkf", "3dvar", "3dvar-latent"):
+    add("gross-error", f"height-1e9-{_m}", _gross(1e9, _m))
+add("gross-error", "value-1e5-etkf", _gross(1e5, "etkf"))
+
+
+# -- encode inputs and keyword typos of the public functions --------------------------------
+def _encode_nan(lazy: bool, value: float) -> Callable[[], Any]:
+    def run() -> Any:
+        ds = lorenz().copy(deep=True)
+        ds["x"][5, 3] = value
+        if lazy:
+            ds = ds.chunk(time=20)
+        return xlatda.encode(ds, model_pca()).compute()
+    return run
+
+
+def _ro_encode() -> Any:
+    return encode_to_zarr(lorenz(), model_pca(), "/proc/xlatda-no-such-dir/z.zarr",
+                          chunk=60, progress=False, client=False)
+
+
+_PUBLIC = {
+    "encode-nan": (_encode_nan(False, np.nan), NonFiniteError, r"index \(5, 0, 3\)"),
+    "encode-inf": (_encode_nan(False, np.inf), NonFiniteError, "NaN/inf"),
+    "encode-nan-lazy": (_encode_nan(True, np.nan), NonFiniteError, r"index \(5, 0, 3\)"),
+    "encode-to-zarr-read-only-target": (_ro_encode, xlatda.errors.StoreError, "cannot write"),
+    "fit-typo-epoch": (lambda: xlatda.fit(lorenz(), encoder="pca", epoch=2, progress=False),
+                       KeywordError, "did you mean 'epochs'"),
+    "fit-encoder-options-widht": (lambda: xlatda.fit(
+        lorenz(), encoder="autoencoder", epochs=1, encoder_options={"widht": 8},
+        progress=False), KeywordError, "'widht' for encoder 'autoencoder'"),
+    "fit-encoder-options-laten-dim": (lambda: xlatda.fit(
+        lorenz(), encoder="pca", encoder_options={"latent_dim": 3}, progress=False),
+        KeywordError, "latent_dim"),
+    "fit-dynamics-options-widht": (lambda: xlatda.fit(
+        lorenz(), encoder="pca", latent_dim=4, dynamics="ode", epochs=1, progress=False,
+        dynamics_options={"widht": 8}), KeywordError, "did you mean 'width'"),
+    "fit-dynamics-typo": (lambda: xlatda.fit_dynamics(model_pca(), lorenz(), epochs=1,
+                                                      depht=2, progress=False),
+                          KeywordError, "did you mean 'depth'"),
+    "fit-score-typo": (lambda: xlatda.fit_score(lorenz(), model_pca(), epoch=1), KeywordError,
+                       "did you mean 'epochs'"),
+    "encode-typo": (lambda: xlatda.encode(lorenz(), model_pca(), devise="cpu"), KeywordError,
+                    "did you mean 'device'"),
+    "decode-typo": (lambda: xlatda.decode(xlatda.encode(lorenz(), model_pca()), model_pca(),
+                                          dtpye="float64"), KeywordError, "'dtype'"),
+    "encode-to-zarr-typo": (lambda: encode_to_zarr(lorenz(), model_pca(), "/tmp/x.zarr",
+                                                   chunks=3), KeywordError, "'chunk'"),
+}
+for _name, (_fn, _exc, _match) in _PUBLIC.items():
+    add("api-input", _name, (lambda f, e, m: lambda tmp: expect(e, f, m))(_fn, _exc, _match))

@@ -270,19 +270,8 @@ def test_cli_module_imports_nothing_heavy():
     assert "p (re-anchoring probability" in help_text
 
 
-_STALE_OPERATOR = (
-    "xlatda/cycle.py _Physical.operator caches H by id(table); a freed table's id is reused "
-    "by the next cycle's table, so physical-space cycles with observation places that change "
-    "over time reuse a stale H and diverge (fix in core: keep the table and compare with `is`)"
-)
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [
-    "era5_t2m_uk.yaml",
-    pytest.param("lorenz96_twin.yaml", marks=pytest.mark.xfail(strict=True,
-                                                               reason=_STALE_OPERATOR)),
-])
+@pytest.mark.parametrize("name", ["era5_t2m_uk.yaml", "lorenz96_twin.yaml"])
 def test_shipped_config_full_run(name, tmp_path):
     """Each shipped configuration, full size, as docs/cli.md runs it."""
     data = shared_file(ERA5).parent

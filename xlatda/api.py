@@ -41,6 +41,7 @@ from xlatda.model import LatentModel
 from xlatda.normalize import Normalizer
 from xlatda.obs.contract import to_tensors, validate
 from xlatda.options import get_options, resolve_device, resolve_dtype
+from xlatda.validation import check_keywords, refuse_unknown_keywords
 
 __all__ = ["LATENT_DIM", "decode", "encode", "encode_obs", "fit", "latent_dataset"]
 
@@ -59,6 +60,7 @@ def _time_step(ds: xr.Dataset, L: StateLayout) -> dict[str, Any] | None:
     return None
 
 
+@refuse_unknown_keywords
 @with_thread_scope
 def fit(
     ds: xr.Dataset | xr.DataArray,
@@ -137,6 +139,8 @@ def fit(
 
     ds = as_dataset(ds)
     cls = encoders.get(encoder)  # refuses unknown names before any work
+    check_keywords(encoder_options, cls, where=f"encoder {encoder!r}", kind="option",
+                   exclude=["n_channels", "spatial_shape", "latent_dim", "grid"])
     if not isinstance(latent_dim, (int, np.integer)) or latent_dim < 1:
         raise ConfigError(f"latent_dim must be a positive integer, got {latent_dim!r}")
     if epochs < 1 or batch_size < 1:
@@ -288,6 +292,7 @@ def _representation_error(model: LatentModel, x_val: torch.Tensor, L: Any) -> di
             "note": "held-out validation states, physical units, per channel"}
 
 
+@refuse_unknown_keywords
 def encode_obs(
     obs: xr.Dataset,
     model: LatentModel,

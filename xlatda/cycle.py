@@ -53,6 +53,7 @@ from xlatda.methods.protocol import cycling_method as _lookup
 from xlatda.obs.contract import to_tensors, validate
 from xlatda.options import get_options
 from xlatda.spaces import space_for
+from xlatda.validation import check_run
 from xlatda.windows import ObservationWindow, float_times, plan_windows
 
 __all__ = ["CycleResult", "assimilate", "cycle"]
@@ -120,6 +121,8 @@ def assimilate(state: xr.Dataset | xr.DataArray | None, obs: xr.Dataset, model: 
     kind = proto.choose_space(model, space)
     state, L, tname, t0 = _start(state, model, proto, "assimilate takes the state at one time",
                                  need_time=False)
+    check_run(method, kernel, proto, settings, members=members, background=state, layout=L,
+              model=model, obs=obs)
     if proto.needs_background:
         extra = [d for d in L.sample_dims if d != tname]
         if extra:
@@ -268,6 +271,8 @@ def cycle(background: xr.Dataset | xr.DataArray | None, obs: xr.Dataset, model: 
     kind = proto.choose_space(model, space)
     background, L, tname, t0 = _start(background, model, proto,
                                       "the background must be at one time", need_time=True)
+    check_run(method, kernel, proto, settings, members=members, background=background, layout=L,
+              model=model, obs=obs, store=store)
     validate(obs, L)
     table = to_tensors(obs, L)
     if table.time is None:

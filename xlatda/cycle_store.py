@@ -14,10 +14,15 @@ and the root attribute ``xlatda_cycle`` with the state variables, the
 parameter names and the experiment fingerprint (method, settings, seed,
 members, window, initial ensemble, observation hash and model identity).
 
-The groups are written in this order for every window, ``resume`` last, so
-the length of ``resume`` is the number of complete windows. A run killed in
-between leaves some groups longer than others; :func:`resume` cuts them back
-to the last window that every group holds, and continues from that window's
+The groups are written in this order for every window, ``resume`` last,
+and then the root attribute ``xlatda_windows`` (the number of complete
+windows; zarr writes each metadata file atomically) commits the window. The
+first window is written into a hidden sibling folder (``.<name>.tmp-*``)
+renamed into place when complete, so a store exists only with one committed
+window (leftover folders of killed runs are removed by the next first
+write). A run killed later leaves some groups longer than others, or arrays
+resized but not written; :func:`resume` cuts them back to the last committed
+window that every group holds, and continues from that window's
 carried float64 control vectors and method state: a resumed cycle is
 bit-identical to an uninterrupted one (nothing is re-encoded from the
 stored fields). A store that holds another experiment is refused.
@@ -35,7 +40,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,13 +52,14 @@ import torch
 import xarray as xr
 
 from xlatda.cycle_records import CycleResult
-from xlatda.errors import ConfigError
+from xlatda.errors import ConfigError, StoreMismatchError
 
 __all__ = ["ResumePoint", "fingerprint", "model_identity", "open_result", "resume",
            "write_window"]
 
 _F64 = torch.float64
 RECORD_GROUPS = ("analysis", "background", "diagnostics", "parameters")
+COMMITTED = "xlatda_windows"  # root attribute: number of complete windows
 _TIME_ENCODING = {"units": "nanoseconds since 1970-01-01", "dtype": "int64"}
 
 
@@ -136,13 +144,18 @@ def write_window(store: str | Path, parts: dict[str, xr.Dataset], tname: str, *,
                  carry: torch.Tensor | None, state: dict[str, torch.Tensor], t_end: float,
                  digest: bytes, meta: dict[str, Any]) -> None:
     """Append one window's records and its resume point (see the module docstring)."""
-    path = str(store)
-    first = not Path(path).exists()
-    if first:
-        import zarr
+    import zarr
 
-        root = zarr.open_group(path, mode="w", zarr_format=3)
-        root.attrs["xlatda_cycle"] = meta
+    final = Path(str(store))
+    first = not final.exists()
+    if first:  # the first window goes to a hidden sibling, renamed into place when complete
+        _remove_leftovers(final)
+        target = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:12]}"
+        zarr.open_group(str(target), mode="w", zarr_format=3,
+                        attributes={"xlatda_cycle": meta})
+    else:
+        target = final
+    path = str(target)
     groups = dict(parts)
     groups["resume"] = _resume_dataset(index, carry, state, t_end, digest)
     for name, ds in groups.items():
@@ -152,18 +165,52 @@ def write_window(store: str | Path, parts: dict[str, xr.Dataset], tname: str, *,
             ds.to_zarr(path, group=name, mode="w", zarr_format=3, consolidated=False)
         else:
             ds.to_zarr(path, group=name, append_dim=dim, mode="a", consolidated=False)
+    # The commit mark (one atomic file write): windows before it are complete.
+    zarr.open_group(path, mode="a").attrs[COMMITTED] = int(index) + 1
+    if first:
+        os.replace(target, final)
+
+
+def _remove_leftovers(final: Path) -> None:
+    """Hidden first-window folders of killed runs (``.<name>.tmp-*``)."""
+    if final.parent.is_dir():
+        for p in final.parent.glob(f".{final.name}.tmp-*"):
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def open_result(store: str | Path) -> CycleResult:
-    """The stored cycle as a :class:`~xlatda.cycle_records.CycleResult` (lazy)."""
+    """The stored cycle as a :class:`~xlatda.cycle_records.CycleResult` (lazy).
+
+    Raises
+    ------
+    ConfigError
+        If the store was left torn by a killed run (groups of different
+        lengths): rerunning the same cycle resumes and repairs it.
+    """
     path = str(store)
-    opened = {n: xr.open_zarr(path, group=n, consolidated=False)
-              for n in ("analysis", "background", "diagnostics")}
+    try:
+        opened = {n: xr.open_zarr(path, group=n, consolidated=False)
+                  for n in ("analysis", "background", "diagnostics")}
+    except ValueError as err:
+        if "conflicting sizes" not in str(err):
+            raise
+        raise ConfigError(
+            f"{path!r} was interrupted in the middle of writing an analysis ({err}); rerun the "
+            "same xlatda.cycle(..., store=...) call: it resumes after the last complete "
+            "analysis and repairs the store"
+        ) from None
     try:
         params = xr.open_zarr(path, group="parameters", consolidated=False)
     except (FileNotFoundError, KeyError, OSError, ValueError):
         params = None
     return CycleResult(opened["analysis"], opened["background"], opened["diagnostics"], params)
+
+
+def _length(group: Any, dim: str) -> int:
+    """Entries along ``dim`` that every array of ``group`` holds (a torn append differs)."""
+    sizes = [arr.shape[list(arr.metadata.dimension_names or ()).index(dim)]
+             for _, arr in group.arrays() if dim in (arr.metadata.dimension_names or ())]
+    return min(sizes) if sizes else 0
 
 
 def _cut(group: Any, dim: str, n: int) -> None:
@@ -190,7 +237,9 @@ def resume(store: str | Path | None, meta: dict[str, Any], tname: str,
     Raises
     ------
     ConfigError
-        If the store is unreadable or holds another experiment.
+        If the store is unreadable.
+    StoreMismatchError
+        (a ``ConfigError``) If it holds another experiment.
     """
     if store is None or not Path(str(store)).exists():
         return None
@@ -200,8 +249,9 @@ def resume(store: str | Path | None, meta: dict[str, Any], tname: str,
     try:
         root = zarr.open_group(path, mode="a")
         stored = dict(root.attrs).get("xlatda_cycle")
+        committed = dict(root.attrs).get(COMMITTED)
         groups = [g for g in (*RECORD_GROUPS, "resume") if g in root]
-        lengths = {g: root[g][tname if g != "resume" else "window"].shape[0] for g in groups}
+        lengths = {g: _length(root[g], tname if g != "resume" else "window") for g in groups}
     except Exception:  # anything unreadable is not resumable
         raise ConfigError(
             f"{path!r} exists but is not a readable cycling store; remove it or pass "
@@ -212,7 +262,7 @@ def resume(store: str | Path | None, meta: dict[str, Any], tname: str,
                 or stored.get("state_variables") != meta["state_variables"]
                 or stored.get("parameters") != meta["parameters"]
                 else "method, settings, seed, observations or model differ")
-        raise ConfigError(
+        raise StoreMismatchError(
             f"{path!r} holds another experiment ({what}); remove it or pass another store path"
         )
     needed = ["analysis", "background", "diagnostics"] + (
@@ -220,13 +270,15 @@ def resume(store: str | Path | None, meta: dict[str, Any], tname: str,
     n_rec = min(lengths.get(g, 0) for g in needed)
     ends = np.cumsum([0, *(len(win) for win in windows)])
     w = min(lengths.get("resume", 0), len(windows))
+    if committed is not None:  # a window written after the last mark may be torn
+        w = min(w, int(committed))
     while w > 0 and ends[w] > n_rec:
         w -= 1
     if w:
         digests = np.asarray(root["resume"]["obs_digest"][:w])
         same = [bytes(digests[j].tobytes()) == windows[j].digest() for j in range(w)]
         if not same[0]:
-            raise ConfigError(
+            raise StoreMismatchError(
                 f"{path!r} holds another experiment (its first analysis used other "
                 "observations); remove it or pass another store path"
             )
@@ -236,6 +288,7 @@ def resume(store: str | Path | None, meta: dict[str, Any], tname: str,
         return None
     for g in groups:
         _cut(root[g], "window" if g == "resume" else tname, int(w if g == "resume" else ends[w]))
+    root.attrs[COMMITTED] = int(w)
     res = xr.open_zarr(path, group="resume", consolidated=False).isel(window=w - 1)
     carry = (torch.as_tensor(np.asarray(res["carry"].values), dtype=_F64)
              if "carry" in res else None)

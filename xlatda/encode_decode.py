@@ -41,10 +41,12 @@ from xlatda.latent_data import (
 from xlatda.layout import CHANNEL_DIM
 from xlatda.model import LatentModel
 from xlatda.options import resolve_device, resolve_dtype
+from xlatda.validation import finite_inputs, refuse_unknown_keywords
 
 __all__ = ["decode", "encode"]
 
 
+@refuse_unknown_keywords
 @with_thread_scope
 def encode(
     ds: xr.Dataset | xr.DataArray,
@@ -83,7 +85,7 @@ def encode(
     tdtype = model.dtype if dtype is None else resolve_dtype(dtype)
     if dev != model.device or tdtype != model.dtype:
         model.to(device=dev, dtype=tdtype)
-    fn = model.encode_tensor
+    fn = finite_inputs(model.encode_tensor, what="fields to encode", allowed=model.missing)
     if aux is not None:
         spec = getattr(model.encoder, "aux_spec", None)
         if not spec:
@@ -98,6 +100,7 @@ def encode(
     return latent_dataset(z, model, f"encoded by {model.encoder_kind}")
 
 
+@refuse_unknown_keywords
 @with_thread_scope(size=decoded_size)
 def decode(
     z: xr.Dataset | xr.DataArray,

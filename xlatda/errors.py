@@ -33,6 +33,7 @@ __all__ = [
     "ObservationError",
     "OutOfDistributionWarning",
     "ShapeError",
+    "StoreError",
     "StoreMismatchError",
     "TimeSpanError",
     "UnitsError",
@@ -84,6 +85,16 @@ class ConfigError(XlatdaError, ValueError):
     """A setting or argument has a value outside what is allowed."""
 
 
+class KeywordError(ConfigError, TypeError):
+    """A keyword (setting, option, store config key) is not one the callee takes.
+
+    The message names the keyword, the closest valid name and the valid ones
+    (see :func:`xlatda.validation.check_keywords`). It is a ``TypeError``
+    (what Python raises for an unexpected keyword argument) and a
+    :class:`ConfigError` (what xlatda raised for unknown method settings).
+    """
+
+
 class NotFittedError(XlatdaError, RuntimeError):
     """A model part (encoder, dynamics, covariance) is used before it is fitted."""
 
@@ -118,18 +129,21 @@ class FilterDivergenceWarning(XlatdaError, RuntimeWarning):
     """
 
 
-class KeywordError(XlatdaError, TypeError):
-    """A keyword (setting, option, store config key) is not one the callee takes.
 
-    The message names the keyword, the closest valid name and the valid ones
-    (see :func:`xlatda.validation.check_keywords`).
-    """
 
 
 class NonFiniteError(XlatdaError, ValueError):
     """A state, background or field holds NaN or inf where finite values are needed.
 
     The message names the variable and the first bad index (and time).
+    """
+
+
+class StoreError(XlatdaError, OSError):
+    """A result store (a cycle's or ``encode_to_zarr``'s zarr store) cannot be written.
+
+    Raised before any work when the target folder is read-only or cannot be
+    created; the message names the path and the operating system's reason.
     """
 
 

@@ -47,6 +47,7 @@ from xlatda.latent_data import LATENT_DIM, as_dataset, check_latent, latent_data
 from xlatda.model import LatentModel
 from xlatda.options import get_options, resolve_device
 from xlatda.prior import check_in_distribution
+from xlatda.validation import check_keywords
 from xlatda.windows import float_times
 
 __all__ = ["evolve", "fit_dynamics", "forecast"]
@@ -158,6 +159,14 @@ def fit_dynamics(
                           f"{uncertainty!r}")
     if kind not in ("ode", "linear"):
         raise ConfigError(f"dynamics kind must be 'ode' or 'linear', got {kind!r}")
+    if kind == "ode":
+        check_keywords(options, LatentODE, where="the latent ODE of fit_dynamics", kind="option",
+                       exclude=["latent_dim", "n_params", "dt_unit", "time_units", "seed",
+                                "dtype", "device"])
+    else:
+        check_keywords(options, fit_linear_dynamics, where="the linear dynamics of fit_dynamics",
+                       kind="option", exclude=["trajectories", "clock", "theta", "dt_unit",
+                                               "time_units", "val_fraction", "device", "dtype"])
     ds = as_dataset(ds)
     tname = model.layout.axes.time
     z = encode(ds, model).z

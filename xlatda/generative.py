@@ -104,6 +104,7 @@ from xlatda.model import LatentModel
 from xlatda.normalize import Normalizer
 from xlatda.options import get_options, resolve_device, resolve_dtype
 from xlatda.pixel_score_model import PixelScoreModel
+from xlatda.validation import check_keywords, refuse_unknown_keywords
 from xlatda.windows import float_times
 
 __all__ = ["PixelScoreModel", "ScoreWindows", "fit_score"]
@@ -179,6 +180,7 @@ def _physical_trajectories(data: xr.Dataset, variables: Any):
     return L, x, _uniform_step(data[tname].values, "the data")
 
 
+@refuse_unknown_keywords
 def fit_score(
     data: xr.Dataset | xr.DataArray,
     model: LatentModel | None = None,
@@ -358,12 +360,8 @@ def fit_score(
 # sampling
 # ---------------------------------------------------------------------------
 def _score_settings(settings: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(settings) - set(_SAMPLER_SETTINGS) - set(_SPAN_SETTINGS))
-    if unknown:
-        raise ConfigError(
-            f"method='score' takes the sampler settings "
-            f"{list(_SAMPLER_SETTINGS + _SPAN_SETTINGS)}; unknown: {unknown}"
-        )
+    check_keywords(settings, _SAMPLER_SETTINGS + _SPAN_SETTINGS,
+                   where="method 'score' (its sampler settings)")
     settings = {k: v for k, v in settings.items() if k not in _SPAN_SETTINGS}
     # Many precise observations make the guided predictor stiff; a cap that
     # binds only there keeps the sampler finite (None: the exact sampler).
@@ -633,6 +631,10 @@ class ScoreWindows(CycleMethod):
         kind = _check_space(model, space)
         _require_score(model)
         return kind
+
+    @classmethod
+    def setting_names(cls, kernel):
+        return None  # checked with a hint by _score_settings when built
 
     @classmethod
     def build(cls, kernel, settings, *, space, members):

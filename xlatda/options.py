@@ -36,6 +36,7 @@ _DEFAULTS: dict[str, Any] = {
     "dtype": "float32",
     "torch_threads": None,
     "threads": "auto",
+    "max_forecast_steps": 100_000,
 }
 
 
@@ -55,6 +56,7 @@ _VALIDATORS = {
     "dtype": lambda v: v in _DTYPE_NAMES or (_is_torch(v, "dtype") and str(v)[6:] in _DTYPE_NAMES),
     "torch_threads": lambda v: v is None or _positive_int(v),
     "threads": lambda v: v is None or v == "auto" or _positive_int(v),
+    "max_forecast_steps": _positive_int,
 }
 
 _HELP = {
@@ -63,6 +65,7 @@ _HELP = {
     "dtype": "'float32' or 'float64'",
     "torch_threads": "None or a positive int",
     "threads": "'auto', a positive int, or None (leave torch's setting alone)",
+    "max_forecast_steps": "a positive int",
 }
 
 OPTIONS: dict[str, Any] = dict(_DEFAULTS)
@@ -92,6 +95,11 @@ class set_options:
         one thread, so OpenMP threads never spin-wait on tiny tensors, and
         leaves large ones to torch's setting; an int sets exactly that many;
         ``None`` leaves torch's setting alone. Restored when the call returns.
+    max_forecast_steps : int
+        Most model time steps a cycle may forecast from the background to its
+        last observation time (default 100000); observation times further
+        ahead (a wrong year or unit) are refused before any work
+        (:func:`xlatda.validation.check_time_span`).
 
     Raises
     ------

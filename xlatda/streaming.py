@@ -73,6 +73,7 @@ import xarray as xr
 from xlatda.errors import ConfigError, LayoutError, NonFiniteError, StoreMismatchError
 from xlatda.model import LatentModel
 from xlatda.options import get_options
+from xlatda.validation import check_store_target, refuse_unknown_keywords
 
 __all__ = ["encode_to_zarr", "model_fingerprint", "model_from", "region_sha256",
            "source_fingerprint", "stream_status"]
@@ -464,6 +465,7 @@ def _active_client(client: Any) -> Any:
 
 
 # -- public function ------------------------------------------------------------------
+@refuse_unknown_keywords
 def encode_to_zarr(
     source: str | os.PathLike | xr.Dataset,
     model: LatentModel | str | os.PathLike,
@@ -542,6 +544,7 @@ def encode_to_zarr(
     if not isinstance(model_obj, LatentModel):  # pragma: no cover - model_from guarantees
         raise ConfigError("model must be a LatentModel or the path of a model store")
     ds = _open_source(source)
+    check_store_target(store)
     L = model_obj.layout
     variables = list(L.variables)
     missing = [v for v in variables if v not in ds.data_vars]

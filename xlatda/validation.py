@@ -5,6 +5,19 @@ Every check raises a typed :class:`~xlatda.errors.XlatdaError` whose
 message says what was wrong, the value seen and how to fix it; every check
 returns quickly and changes nothing.
 
+The public entry points call them with one line each: :func:`check_run`
+(``xlatda.cycle`` / ``xlatda.assimilate``: method settings, members,
+background variables and values, observation time span, store target),
+:func:`refuse_unknown_keywords` (a decorator of ``fit``, ``encode``,
+``decode``, ``encode_obs``, ``fit_score``, ``encode_to_zarr``),
+:func:`check_keywords` (``encoder_options``, ``fit_dynamics`` options),
+:func:`finite_inputs` (``encode``), :func:`check_store_target`
+(``encode_to_zarr``). The single-state variational analyses screen gross
+errors with :func:`observed_variance` and :func:`gross_error_mask`
+(``gross_error=`` setting, default 5 standard deviations, ``None`` to
+disable; the count is the ``n_rejected`` diagnostic), as the ensemble
+filters do.
+
 Examples
 --------
 >>> from xlatda.validation import check_keywords, check_members
@@ -22,6 +35,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import difflib
+import functools
 import inspect
 import math
 from collections.abc import Callable, Iterable, Mapping
@@ -31,7 +45,14 @@ import numpy as np
 import torch
 import xarray as xr
 
-from xlatda.errors import ConfigError, KeywordError, NonFiniteError, TimeSpanError
+from xlatda.errors import (
+    ConfigError,
+    KeywordError,
+    NonFiniteError,
+    StoreError,
+    TimeSpanError,
+    VariableNotFoundError,
+)
 
 __all__ = [
     "check_finite",
@@ -40,9 +61,16 @@ __all__ = [
     "check_members",
     "check_nonnegative",
     "check_positive",
+    "check_run",
+    "check_store_target",
     "check_time_span",
+    "finite_inputs",
     "gross_error_mask",
     "keywords_of",
+    "method_settings",
+    "model_time_step",
+    "observed_variance",
+    "refuse_unknown_keywords",
     "time_values",
 ]
 
@@ -357,7 +385,8 @@ def _step_value(dt: Any, dates: bool) -> float:
 
 
 def check_time_span(obs_times: Any, t0: Any, dt: Any, max_steps: int = 100_000, *,
-                    what: str = "observation times") -> int:
+                    what: str = "observation times",
+                    how: str = "pass max_steps= to allow a longer run") -> int:
     """Refuse observation times that would need more than ``max_steps`` model steps.
 
     Parameters
@@ -372,6 +401,8 @@ def check_time_span(obs_times: Any, t0: Any, dt: Any, max_steps: int = 100_000, 
         (``{"value": 3600.0, "units": "s"}``).
     max_steps : int
         Most steps a run may take.
+    what, how : str
+        What the times are and how to lift the limit, for the message.
 
     Returns
     -------
@@ -406,14 +437,15 @@ def check_time_span(obs_times: Any, t0: Any, dt: Any, max_steps: int = 100_000, 
     if t.size == 0:
         return 0
     last = float(np.max(t))
-    steps = math.ceil((last - r) / step - 1e-9) if last > r else 0
+    ratio = (last - r) / step
+    steps = math.ceil(ratio - 1e-9 * max(1.0, ratio)) if last > r else 0
     if steps > max_steps:
         shown = np.max(np.atleast_1d(np.asarray(obs_times)))
         unit = " s" if dates else ""
         raise TimeSpanError(
             f"{what} reach {shown}, {steps} model steps of {step:g}{unit} after the background "
             f"at {np.asarray(t0)}; at most {max_steps} are allowed. Check the times (units, "
-            "calendar, year) or pass max_steps= to allow a longer run"
+            f"calendar, year) or {how}"
         )
     return steps
 
@@ -449,3 +481,290 @@ def gross_error_mask(innovation: Any, background_var: Any, error_var: Any,
     var = torch.as_tensor(background_var, dtype=d.dtype) + torch.as_tensor(error_var,
                                                                           dtype=d.dtype)
     return d.abs() > float(k) * var.clamp_min(0).sqrt()
+
+
+# -- public entry points ------------------------------------------------------------
+def refuse_unknown_keywords(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorator: an unknown keyword argument raises :class:`KeywordError` with a hint.
+
+    Python's own ``TypeError`` ("got an unexpected keyword argument") names
+    no valid alternative; this one suggests the closest name. A function
+    taking ``**kwargs`` is returned unchanged (check those where they are used).
+
+    Examples
+    --------
+    >>> @refuse_unknown_keywords
+    ... def train(*, epochs=1, lr=0.1):
+    ...     return epochs
+    >>> try:
+    ...     train(epoch=2)
+    ... except TypeError as err:
+    ...     print(err)
+    unknown argument 'epoch' for train(); did you mean 'epochs'? valid: epochs, lr
+    """
+    sig = inspect.signature(func)
+    params = sig.parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return func
+    names = frozenset(p.name for p in params
+                      if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+    where = f"{func.__name__}()"
+
+    @functools.wraps(func)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        if not names.issuperset(kwargs):
+            check_keywords(kwargs, names, where=where, kind="argument")
+        return func(*args, **kwargs)
+
+    return checked
+
+
+def method_settings(kernel: type, adapter: Any) -> set[str] | None:
+    """The settings a registered method takes (``None``: any), from its cycling adapter.
+
+    Asks the adapter's ``setting_names(kernel)``
+    (:meth:`xlatda.methods.protocol.CycleMethod.setting_names`).
+    """
+    names = getattr(adapter, "setting_names", None)
+    return names(kernel) if callable(names) else None
+
+
+def model_time_step(model: Any) -> float | None:
+    """One forecast step of ``model`` in its time units (seconds for dates), or None.
+
+    A latent model's ``time_step["value"]``, else a physical model's ``dt``.
+    """
+    ts = getattr(model, "time_step", None)
+    if isinstance(ts, Mapping) and "value" in ts:
+        return float(ts["value"])
+    dt = getattr(model, "dt", None)
+    if isinstance(dt, (int, float, np.floating)) and not isinstance(dt, bool):
+        return float(dt)
+    return None
+
+
+def _obs_times(obs: Any) -> np.ndarray | None:
+    if isinstance(obs, xr.Dataset) and "time" in obs.coords:
+        return np.asarray(obs["time"].values)
+    return None
+
+
+def check_run(method: str, kernel: type, adapter: Any, settings: Mapping[str, Any], *,
+              members: Any, background: xr.Dataset | None = None, layout: Any = None,
+              model: Any = None, obs: Any = None, store: Any = None) -> None:
+    """The checks of an :func:`xlatda.cycle` / :func:`xlatda.assimilate` call, before any work.
+
+    - every setting is one the method takes (:func:`method_settings`), else a
+      :class:`KeywordError` suggesting the closest;
+    - ``members`` is an integer (``>= 2`` when an ensemble is drawn from a
+      single background, else ``>= 1``);
+    - the background holds every variable the model was fitted on
+      (:class:`~xlatda.errors.VariableNotFoundError`, a background problem)
+      and only finite values (:class:`NonFiniteError` naming the variable
+      and the first bad index);
+    - the observation times need at most the ``max_forecast_steps`` option
+      of model steps from the background (:func:`check_time_span`);
+    - the ``store`` can be written (:func:`check_store_target`).
+
+    Parameters
+    ----------
+    method : str
+        The method's registered name (for messages).
+    kernel, adapter : type
+        The registered class and its cycling adapter
+        (:func:`xlatda.methods.protocol.adapter_for`).
+    settings : mapping
+        The user's method settings (before defaults are added).
+    members : int or None
+        Ensemble size asked for.
+    background : Dataset, optional
+        The background at one time (may carry ``member``).
+    layout : StateLayout, optional
+        Its layout (state variables, member dim, time axis).
+    model : optional
+        The forecast model (its fitted variables and time step).
+    obs : Dataset, optional
+        The observations (their ``time`` coordinate).
+    store : path, optional
+        Where the run is written.
+    """
+    check_keywords(settings, method_settings(kernel, adapter), where=f"method {method!r}")
+    check_store_target(store)
+    has_members = (background is not None and layout is not None
+                   and getattr(layout, "member_dim", None) in background.dims)
+    if members is not None:
+        draws = getattr(adapter, "ensemble", True) and getattr(adapter, "forecasts", True)
+        check_members(members, minimum=2 if draws and not has_members else 1)
+    if background is None:
+        return
+    fitted = getattr(getattr(model, "layout", None), "variables", None)
+    if fitted is not None:
+        missing = [str(v) for v in fitted if v not in background.data_vars]
+        if missing:
+            raise VariableNotFoundError(
+                f"the background lacks the variable(s) {missing} the model was fitted on; it "
+                f"has {[str(v) for v in background.data_vars]}: give the background every "
+                "model variable (rename or add them)"
+            )
+    names = list(getattr(layout, "variables", None) or background.data_vars)
+    check_finite(background[[v for v in names if v in background.data_vars]],
+                 what="background")
+    tname = getattr(getattr(layout, "axes", None), "time", None)
+    times, step = _obs_times(obs), model_time_step(model)
+    if (tname is None or tname not in background.coords or times is None or step is None
+            or not getattr(adapter, "forecasts", True)):
+        return
+    from xlatda.options import get_options
+
+    t0 = np.asarray(background[tname].values)
+    dates = _kind(np.atleast_1d(t0)) != "number"
+    kinds = {_kind(np.atleast_1d(times)), _kind(np.atleast_1d(t0))}
+    if kinds == {"cftime", "datetime64"}:
+        time_values(times, t0)  # refuses other calendars with the reason
+        raise TimeSpanError(
+            "the observation times are cftime dates and the background time a numpy "
+            "datetime64 (or the reverse); give both one type, e.g. obs.assign_coords(time=("
+            "'obs', xr.CFTimeIndex(obs.time.values).to_datetimeindex()))"
+        )
+    dt = np.timedelta64(round(step * 1e9), "ns") if dates else step
+    check_time_span(times, t0, dt, get_options()["max_forecast_steps"],
+                    how="raise the limit with xlatda.set_options(max_forecast_steps=...)")
+
+
+def check_store_target(store: Any) -> None:
+    """Refuse a store path that cannot be written, before any work.
+
+    An existing store must be a writable folder; for a new one, the nearest
+    existing parent folder must accept a file (probed with a temporary file,
+    so it also holds for root and for read-only file systems).
+
+    Raises
+    ------
+    StoreError
+        (an ``OSError``) naming the path and the reason.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> check_store_target(pathlib.Path(tempfile.mkdtemp()) / "run.zarr")
+    """
+    import os
+    import tempfile
+    from pathlib import Path
+
+    if store is None:
+        return
+    path = Path(os.fspath(store))
+    if path.exists() and not path.is_dir():
+        raise StoreError(f"the store {str(path)!r} is a file, not a zarr folder; remove it or "
+                         "pass another store path")
+    folder = path if path.exists() else path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        with tempfile.TemporaryFile(dir=folder, prefix=".xlatda-probe-"):
+            pass
+    except OSError as err:
+        raise StoreError(
+            f"cannot write the store {str(path)!r}: {folder} does not accept files "
+            f"({err.strerror or err}); pass a store path in a writable folder"
+        ) from None
+
+
+def finite_inputs(fn: Callable[[torch.Tensor], torch.Tensor], *, what: str,
+                  allowed: Any = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``fn`` refusing a batch ``(B, ...)`` holding NaN or inf with :class:`NonFiniteError`.
+
+    Checked where the tensor is made, so lazy (per-chunk) inputs are read
+    only when computed.
+
+    Parameters
+    ----------
+    fn : callable
+        Tensor function to guard.
+    what : str
+        What the batch holds, for the message (``"fields to encode"``).
+    allowed : bool array, optional
+        Places (the trailing dims of the batch) where NaN is expected, such
+        as a model's fixed land mask, which ``fn`` fills itself.
+
+    Examples
+    --------
+    >>> import torch
+    >>> double = finite_inputs(lambda x: 2 * x, what="fields to encode")
+    >>> double(torch.ones(1, 2)).tolist()
+    [[2.0, 2.0]]
+    >>> try:
+    ...     double(torch.tensor([[1.0, float("nan")]]))
+    ... except ValueError as err:
+    ...     print(err)  # doctest: +ELLIPSIS
+    the fields to encode hold 1 NaN/inf values (first at index (0, 1) of a batch ...
+    """
+    @functools.wraps(fn)
+    def checked(x: torch.Tensor) -> torch.Tensor:
+        bad = ~torch.isfinite(x)
+        if allowed is not None:
+            bad &= ~torch.as_tensor(np.asarray(allowed, bool), device=x.device)
+        if bool(bad.any()):
+            first = tuple(int(i) for i in bad.nonzero()[0])
+            raise NonFiniteError(
+                f"the {what} hold {int(bad.sum())} NaN/inf values (first at index {first} of "
+                f"a batch of shape {tuple(x.shape)}: sample, channel, grid); fill them (e.g. "
+                "ds.fillna(...)) or drop those samples"
+            )
+        return fn(x)
+
+    return checked
+
+
+def observed_variance(b: Any, h: Any, xb: torch.Tensor, *, max_dense: int = 4096
+                      ) -> torch.Tensor | None:
+    """``diag(H B Hᵀ)``: the background variance of each observation, for a gross-error check.
+
+    Parameters
+    ----------
+    b : Covariance
+        The background-error covariance (:mod:`xlatda.methods.covariance`).
+    h : Tensor, object with ``.matrix``, or callable
+        The observation operator: a (sparse or dense) matrix ``(P, n)`` gives
+        the exact value (``B`` made dense up to ``max_dense`` variables, else
+        its diagonal only); a nonlinear ``h`` is linearised by ±1σ
+        perturbations along ``B``'s square-root columns (up to 1024 variables).
+    xb : Tensor (1, n)
+        The background.
+
+    Returns
+    -------
+    Tensor (P,) or None
+        None when it cannot be computed cheaply (then no check is made).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from xlatda.methods.covariance import DiagonalCovariance
+    >>> b = DiagonalCovariance(torch.tensor([1.0, 4.0], dtype=torch.float64))
+    >>> H = torch.tensor([[1.0, 0.0], [0.5, 0.5]], dtype=torch.float64)
+    >>> observed_variance(b, H, torch.zeros(1, 2, dtype=torch.float64)).tolist()
+    [1.0, 1.25]
+    """
+    matrix = h if isinstance(h, torch.Tensor) else getattr(h, "matrix", None)
+    n = xb.shape[-1]
+    if isinstance(matrix, torch.Tensor):
+        m = matrix.to(xb.dtype)
+        if m.layout == torch.strided:
+            m = m.to_sparse_coo()
+        m = m.to_sparse_coo().coalesce()
+        rows, cols = m.indices()
+        vals = m.values()
+        out = torch.zeros(m.shape[0], dtype=xb.dtype, device=vals.device)
+        if n <= max_dense:
+            hb = torch.sparse.mm(m, b.dense().to(xb.dtype))  # (P, n)
+            return out.index_add_(0, rows, vals * hb[rows, cols])
+        return out.index_add_(0, rows, vals**2 * b.diagonal().to(xb.dtype)[cols])
+    if not callable(h) or n > 1024:
+        return None
+    eye = torch.eye(n, dtype=getattr(b, "dtype", xb.dtype), device=xb.device)
+    cols = b.sqrt_matvec(eye).to(xb.dtype)  # rows: B^½ e_j
+    with torch.no_grad():
+        diff = (h(xb + cols) - h(xb - cols)) / 2
+    return (diff**2).sum(0)

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from xlatda.errors import ConfigError
-from xlatda.methods.consistency import DivergenceMonitor
+from xlatda.methods.consistency import DEFAULT_GROSS_ERROR, DivergenceMonitor
 from xlatda.methods.covariance import Covariance, DiagonalCovariance
 from xlatda.methods.ensemble import EnsembleMethod, etkf_transform, random_rotation
 from xlatda.methods.envar4d import EnVar4D
@@ -47,9 +47,11 @@ from xlatda.methods.letkf import LETKF
 from xlatda.methods.protocol import CycleMethod, WindowAnalysis, adapts
 from xlatda.methods.vaevar import VAE4DVar, VAEVar
 from xlatda.methods.var3d import Var3D
+from xlatda.validation import check_positive, gross_error_mask, observed_variance
 
 __all__ = ["EnVarWindow", "EnsembleFilter", "LocalFilter", "ThreeDVar", "VAE4DVarWindow",
-           "VAEVarAnalysis", "background_covariance", "unpack_kernel_result"]
+           "VAEVarAnalysis", "background_covariance", "screen_gross_errors",
+           "unpack_kernel_result"]
 
 _F64 = torch.float64
 
@@ -140,6 +142,32 @@ class LocalFilter(EnsembleFilter):
     spaces = ("physical",)
 
 
+def screen_gross_errors(b: Covariance, h: Any, xb: torch.Tensor, y: torch.Tensor,
+                        r: torch.Tensor, k: float):
+    """``(y, r, h, n_rejected)`` without the observations failing the background check.
+
+    ``|y - h(xb)| > k sqrt(diag(H B Hᵀ) + r²)``
+    (:func:`~xlatda.validation.gross_error_mask`, the variance from
+    :func:`~xlatda.validation.observed_variance`); unchanged when none fails
+    or the variance cannot be computed cheaply.
+    """
+    var = observed_variance(b, h, xb)
+    if var is None:
+        return y, r, h, 0
+    with torch.no_grad():
+        matrix = getattr(h, "matrix", None)
+        hx = (matrix.to(_F64) @ xb[0] if isinstance(matrix, torch.Tensor) else h(xb)[0])
+    hx = hx.to(_F64)
+    bad = gross_error_mask(y - hx, var.to(_F64), r**2, k)
+    if not bool(bad.any()):
+        return y, r, h, 0
+    keep = ~bad
+    if isinstance(matrix, torch.Tensor):
+        sub = matrix.to_dense()[keep]
+        return y[keep], r[keep], sub, int(bad.sum())
+    return y[keep], r[keep], (lambda s, f=h: f(s)[..., keep]), int(bad.sum())
+
+
 def background_covariance(settings: dict[str, Any], space: Any) -> Covariance:
     """B from ``b=`` (a Covariance), ``b_std=`` (diagonal) or the space's prior.
 
@@ -174,8 +202,9 @@ class _SingleState(CycleMethod):
 
     ensemble = False
 
-    def __init__(self, kernel: Any) -> None:
+    def __init__(self, kernel: Any, gross_error: float | None = None) -> None:
         self.kernel = kernel
+        self.gross_error = gross_error
 
     def _operator(self, space, table):
         h = space.linear_operator(table)
@@ -187,10 +216,14 @@ class _SingleState(CycleMethod):
     def analyse(self, space, ensemble, window, *, generator, state):
         table = window.tables[0]
         xb = ensemble.mean(0, keepdim=True)
-        res = self.kernel.analyse(xb, table.values.to(_F64)[None], table.error_std.to(_F64),
-                                  self._operator(space, table))
-        diag = {"iterations": torch.tensor(float(res.iterations), dtype=_F64),
-                "converged": torch.tensor(float(res.converged), dtype=_F64)}
+        y, r, h = table.values.to(_F64), table.error_std.to(_F64), self._operator(space, table)
+        diag = {}
+        if self.gross_error is not None:  # background check: drop |d| > k sqrt(HBH' + R)
+            y, r, h, n_bad = screen_gross_errors(self.kernel.b, h, xb, y, r, self.gross_error)
+            diag["n_rejected"] = torch.tensor(float(n_bad), dtype=_F64)
+        res = self.kernel.analyse(xb, y[None], r, h)
+        diag.update({"iterations": torch.tensor(float(res.iterations), dtype=_F64),
+                     "converged": torch.tensor(float(res.converged), dtype=_F64)})
         return WindowAnalysis([(ensemble, res.mean.detach().to(_F64))], diag, state)
 
 
@@ -199,9 +232,18 @@ class ThreeDVar(_SingleState):
     """3DVar of the background mean with a static B."""
 
     @classmethod
+    def setting_names(cls, kernel):
+        names = super().setting_names(kernel)
+        return None if names is None else names | {"b", "b_std", "gross_error"}
+
+    @classmethod
     def build(cls, kernel, settings, *, space, members):
         settings = dict(settings)
-        return cls(_make(kernel, {"b": background_covariance(settings, space), **settings}))
+        gross = settings.pop("gross_error", DEFAULT_GROSS_ERROR)
+        if gross is not None:
+            check_positive(gross, "gross_error")
+        return cls(_make(kernel, {"b": background_covariance(settings, space), **settings}),
+                   gross)
 
 
 @adapts(VAEVar)

@@ -132,6 +132,19 @@ class CycleMethod:
         return space
 
     @classmethod
+    def setting_names(cls, kernel: type) -> set[str] | None:
+        """The settings :meth:`build` accepts (``None``: any), checked for typos before work.
+
+        Default: the keywords of ``cls`` itself when :meth:`build` is not
+        overridden, else those of ``kernel``. Adapters that take settings of
+        their own (``b_std``) or filter them add or override them here.
+        """
+        from xlatda.validation import keywords_of
+
+        own_build = cls.build.__func__ is not CycleMethod.build.__func__
+        return keywords_of(kernel if own_build else cls)
+
+    @classmethod
     def build(cls, kernel: type, settings: dict[str, Any], *, space: Any,
               members: int | None) -> CycleMethod:
         """An instance from the user's settings (``kernel`` is the registered class)."""
