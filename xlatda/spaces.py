@@ -219,6 +219,7 @@ class PhysicalSpace(StateSpace):
                 "height, vorticity and divergence)"
             )
         self._ops: dict[str, Any] = {}
+        self._keys: dict[int, tuple[ObservationTable, str]] = {}
 
     def forecast(self, s, t0, t1, *, generator, noise, grad=False):
         if t1 == t0:
@@ -246,7 +247,14 @@ class PhysicalSpace(StateSpace):
 
     def operator(self, table: ObservationTable) -> Any:
         """The interpolation operator at the table's places (built once per place set)."""
-        key = table_key(table)
+        # The content hash is computed once per table object; the memo holds the
+        # table itself, so its id cannot be reused by another table meanwhile.
+        seen = self._keys.get(id(table))
+        if seen is None or seen[0] is not table:
+            if len(self._keys) >= 4096:
+                self._keys.clear()
+            seen = self._keys[id(table)] = (table, table_key(table))
+        key = seen[1]
         op = self._ops.get(key)
         if op is None:
             if len(self._ops) >= 64:
