@@ -607,8 +607,27 @@ def check_run(method: str, kernel: type, adapter: Any, settings: Mapping[str, An
                 "model variable (rename or add them)"
             )
     names = list(getattr(layout, "variables", None) or background.data_vars)
-    check_finite(background[[v for v in names if v in background.data_vars]],
-                 what="background")
+    state = background[[v for v in names if v in background.data_vars]]
+    mask = getattr(model, "missing", None)
+    if mask is not None and layout is not None:
+        # The model's fixed land/sea mask: NaN there is expected (the encoder
+        # never reads those cells); anywhere else it is refused.
+        import torch
+
+        fields = layout.to_tensor(state, dtype=torch.float64)
+        bad = ~torch.isfinite(fields) & ~torch.as_tensor(mask, dtype=torch.bool)
+        if bool(bad.any()):
+            raise NonFiniteError(
+                f"the background holds {int(bad.sum())} NaN/inf values outside the model's "
+                "land/sea mask (cells NaN at every training time); fill or mask them before "
+                "cycling")
+        return _check_span(background, obs, model, layout, adapter)
+    check_finite(state, what="background")
+    return _check_span(background, obs, model, layout, adapter)
+
+
+def _check_span(background: Any, obs: Any, model: Any, layout: Any, adapter: Any) -> None:
+    """The observation span against the background time and the model's time step."""
     tname = getattr(getattr(layout, "axes", None), "time", None)
     times, step = _obs_times(obs), model_time_step(model)
     if (tname is None or tname not in background.coords or times is None or step is None
