@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from xlatda.encoders.base import encoders
-from xlatda.encoders.sinr import SINR, sinr_max_degree
+from xlatda.encoders.sinr import SINR, SINR_PRESETS, region_to_sphere, sinr_max_degree
 from xlatda.errors import ConfigError, NotFittedError, ShapeError
 from xlatda.sphere import (
     SphericalHarmonicTransform,
@@ -458,3 +458,99 @@ def test_variable_projection_training_lowers_the_loss():
     torch.testing.assert_close(enc.train_codes, enc.encode(x), rtol=1e-4, atol=1e-5)
     with pytest.raises(ConfigError, match="fit_codes"):
         enc.fit(x, epochs=1, fit_codes="bogus", progress=False)
+
+
+# ---------------------------------------------------------------- presets
+@pytest.mark.parametrize("name", ["cpu", "paper"])
+def test_presets_build_and_decode(name):
+    grid = latlon_grid(4, 8)
+    enc = SINR.from_preset(name, 2, (4, 8), 8, grid)
+    for key, value in SINR_PRESETS[name].items():
+        assert enc.config[key] == value
+    enc.fit(torch.randn(2, 2, 4, 8), epochs=1, progress=False)
+    assert enc.decode(enc.encode(torch.randn(3, 2, 4, 8))).shape == (3, 2, 4, 8)
+    if name == "paper":  # LAINR's decoder: hidden 128, depth 8, F = 8
+        assert (enc.hidden, enc.depth, enc.max_freq, enc.max_degree) == (128, 8, 8, 108)
+    # usable as plain constructor keywords (e.g. xlatda.fit's encoder_options) too
+    same = SINR(2, (4, 8), 8, grid, **SINR_PRESETS[name])
+    assert same.config == SINR.from_preset(name, 2, (4, 8), 8, grid).config
+    assert SINR.from_preset(name, 2, (4, 8), 8, grid, hidden=4).hidden == 4
+    with pytest.raises(ConfigError, match="preset"):
+        SINR.from_preset("gpu", 2, (4, 8), 8, grid)
+
+
+# ---------------------------------------------------------------- limited-area domains
+def uk_box(nlat: int = 17, nlon: int = 25) -> dict:
+    lat = torch.linspace(58.0, 50.0, nlat, dtype=torch.float64)
+    lon = torch.linspace(-10.0, 2.0, nlon, dtype=torch.float64)
+    return {"kind": "latlon", "lat": lat.tolist(), "lon": lon.tolist()}
+
+
+def test_region_to_sphere_maps_the_box_isotropically():
+    box = {"lat": [50.0, 58.0], "lon": [-10.0, 2.0]}
+    k, cos_c = 15.0, math.cos(math.radians(54.0))
+    lat = torch.tensor([50.0, 54.0, 58.0, 55.0], dtype=torch.float64)
+    lon = torch.tensor([-10.0, -4.0, 2.0, 356.5], dtype=torch.float64)  # 356.5 = -3.5
+    la, lo = region_to_sphere(box, lat, lon)
+    torch.testing.assert_close(la, k * (lat - 54.0))
+    torch.testing.assert_close(lo, k * cos_c * torch.tensor([-6.0, 0.0, 6.0, 0.5],
+                                                             dtype=torch.float64))
+    # a box across the date line, given west > east, is the same box shifted
+    la2, lo2 = region_to_sphere({"lat": [50.0, 58.0], "lon": [174.0, -174.0]},
+                                lat, lon + 184.0)
+    torch.testing.assert_close((la2, lo2), (la, lo))
+    # a global box is not shrunk (stretch >= 1)
+    la3, _ = region_to_sphere({"lat": [-90.0, 90.0], "lon": [0.0, 359.0]},
+                              torch.tensor([45.0]), torch.tensor([10.0]))
+    torch.testing.assert_close(la3, torch.tensor([45.0], dtype=torch.float64))
+    with pytest.raises(ShapeError, match="outside the model's region"):
+        region_to_sphere(box, torch.tensor([40.0]), torch.tensor([0.0]))
+
+
+def test_regional_encoder_is_the_global_network_on_stretched_points():
+    grid = uk_box(5, 7)
+    enc = SINR(1, (5, 7), 3, grid, hidden=8, depth=2, max_freq=2, seed=4, region="auto")
+    assert enc.region == {"lat": [50.0, 58.0], "lon": [-10.0, 2.0]}
+    enc.fit(torch.randn(3, 1, 5, 7), epochs=2, dtype="float64", progress=False)
+    lat, lon = grid_points(grid)
+    slat, slon = region_to_sphere(enc.region, lat, lon)
+    glob = SINR(1, (35,), 3, {"kind": "points", "lat": slat.tolist(), "lon": slon.tolist()},
+                hidden=8, depth=2, max_freq=2)
+    glob.load_state_dict(enc.state_dict())
+    z = torch.randn(2, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    torch.testing.assert_close(glob.decode(z), enc.decode(z).reshape(2, 1, -1))
+    # rebuilt from its JSON config (the box travels with it) it decodes the same
+    rebuilt = SINR(**json.loads(json.dumps(enc.config)))
+    rebuilt.load_state_dict(enc.state_dict())
+    pts = torch.tensor([[53.1, -3.3], [57.9, 1.9]], dtype=torch.float64)
+    ch = torch.tensor([0, 0])
+    torch.testing.assert_close(rebuilt.decode_at(z, pts, ch), enc.decode_at(z, pts, ch),
+                               rtol=1e-5, atol=1e-5)  # rebuilt in float32
+    with pytest.raises(ShapeError, match="outside"):
+        enc.decode_at(z, torch.tensor([[10.0, 0.0]]), torch.tensor([0]))
+    for bad in ("box", {"lat": [58.0, 50.0], "lon": [0.0, 1.0]}, {"lat": [50.0, 58.0]},
+                {"lat": [50.0, 58.0], "lon": [3.0, 3.0]}):
+        with pytest.raises(ConfigError, match="region"):
+            SINR(1, (5, 7), 3, grid, region=bad)
+
+
+def test_regional_basis_resolves_box_scale_structure():
+    # fields of wavelength 4..10 degrees inside an 8 x 12 degree box: harmonics of raw
+    # coordinates up to the band limit (degree 11 here) are too smooth for them
+    grid = uk_box()
+    lat, lon = grid_points(grid)
+    la, lo = (lat - 50.0).reshape(17, 25), (lon + 10.0).reshape(17, 25)
+    basis = torch.stack([torch.cos(2 * math.pi * la / 6), torch.sin(2 * math.pi * lo / 8),
+                         torch.cos(2 * math.pi * (la / 5 + lo / 7)),
+                         torch.sin(2 * math.pi * la / 4) * torch.cos(2 * math.pi * lo / 10)])
+    coef = torch.randn(16, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x = torch.einsum("nk,kij->nij", coef, basis)[:, None].float()
+    errors = {}
+    for region in (None, "auto"):
+        enc = SINR(1, (17, 25), 4, grid, hidden=32, depth=2, max_freq=3, seed=0,
+                   region=region, fit_codes="solve")
+        enc.fit(x[:12], epochs=60, batch_size=4, lr_weights=2e-2, progress=False)
+        errors[region] = [float(((enc.decode(enc.encode(v)) - v) ** 2).mean() / (v**2).mean())
+                          for v in (x[:12], x[12:])]
+    assert errors["auto"][0] < 0.6 * errors[None][0]  # training fields
+    assert errors["auto"][1] < errors[None][1]  # held-out fields
