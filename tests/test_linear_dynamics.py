@@ -214,3 +214,21 @@ def test_shrinking_toward_persistence():
     zero = fit_linear_dynamics(z, ridge=1e3, val_fraction=0.0, dtype=torch.float64)[0]
     assert torch.allclose(big.A, torch.eye(2, dtype=torch.float64), atol=1e-2)
     assert float(zero.A.abs().max()) < 1e-2
+
+
+def test_parameters_enter_linearly_and_are_recovered():
+    g = torch.Generator().manual_seed(3)
+    A = torch.tensor([[0.8, 0.1], [0.0, 0.7]], dtype=torch.float64)
+    W = torch.tensor([[0.5], [-0.2]], dtype=torch.float64)
+    theta = torch.linspace(1.0, 3.0, 5, dtype=torch.float64)[:, None]  # 5 trajectories
+    z = torch.zeros(5, 40, 2, dtype=torch.float64)
+    z[:, 0] = torch.randn(5, 2, generator=g, dtype=torch.float64)
+    for k in range(39):
+        z[:, k + 1] = z[:, k] @ A.T + theta @ W.T
+    dyn, _ = fit_linear_dynamics(z, theta=theta, ridge=0.0, val_fraction=0.0,
+                                 dtype=torch.float64)
+    assert torch.allclose(dyn.A, A, atol=1e-8)
+    pred = dyn.evolve(z[:, 0], torch.tensor([0.0, 5.0]), theta=theta)[:, -1]
+    assert torch.allclose(pred, z[:, 5], atol=1e-8)
+    with pytest.raises(ConfigError, match="theta"):
+        dyn.evolve(z[:, 0], torch.tensor([0.0, 1.0]))
