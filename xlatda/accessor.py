@@ -57,14 +57,10 @@ def _encode_states(ds: xr.Dataset, model: Any, device: Any, dtype: Any) -> xr.Da
     from xlatda import api
     from xlatda._bridge import apply_state
     from xlatda.model import LatentModel
-    from xlatda.options import resolve_device, resolve_dtype
 
     if not isinstance(model, LatentModel):
         return api.encode(ds, model, device=device, dtype=dtype)
-    dev = model.device if device is None else resolve_device(device)
-    tdtype = model.dtype if dtype is None else resolve_dtype(dtype)
-    if dev != model.device or tdtype != model.dtype:
-        model.to(device=dev, dtype=tdtype)
+    dev, tdtype = model.place(device, dtype)
     z = apply_state(ds, model.layout, model.encoder.encode, normalizer=model.normalizer,
                     out_core=[api.LATENT_DIM], out_sizes={api.LATENT_DIM: model.latent_dim},
                     device=dev, dtype=tdtype,
@@ -84,7 +80,6 @@ def _decode_states(z: Any, model: Any, device: Any, dtype: Any) -> xr.Dataset:
     from xlatda._bridge import apply_torch
     from xlatda.layout import CHANNEL_DIM
     from xlatda.model import LatentModel
-    from xlatda.options import resolve_device, resolve_dtype
 
     latent = z["z"] if isinstance(z, xr.Dataset) and "z" in z.data_vars else z
     if (not isinstance(model, LatentModel) or not isinstance(latent, xr.DataArray)
@@ -93,10 +88,7 @@ def _decode_states(z: Any, model: Any, device: Any, dtype: Any) -> xr.Dataset:
             or latent.sizes.get(api.LATENT_DIM) != model.latent_dim):
         return api.decode(z, model, device=device, dtype=dtype)  # raises the right error
     L = model.layout
-    dev = model.device if device is None else resolve_device(device)
-    tdtype = model.dtype if dtype is None else resolve_dtype(dtype)
-    if dev != model.device or tdtype != model.dtype:
-        model.to(device=dev, dtype=tdtype)
+    dev, tdtype = model.place(device, dtype)
     out_dtype = np.result_type(*[np.dtype(s.dtype) for s in L.specs])
     sizes = {CHANNEL_DIM: L.n_channels, **dict(zip(L.spatial_dims, L.spatial_shape))}
     fields = apply_torch(latent, model.encoder.decode, in_core=[api.LATENT_DIM],

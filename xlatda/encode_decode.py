@@ -40,7 +40,6 @@ from xlatda.latent_data import (
 )
 from xlatda.layout import CHANNEL_DIM
 from xlatda.model import LatentModel
-from xlatda.options import resolve_device, resolve_dtype
 from xlatda.validation import finite_inputs, refuse_unknown_keywords
 
 __all__ = ["decode", "encode"]
@@ -81,10 +80,7 @@ def encode(
     ds = as_dataset(ds)
     L = model.layout
     stacked = L.stack(ds)  # checks ds against the layout first
-    dev = model.device if device is None else resolve_device(device)
-    tdtype = model.dtype if dtype is None else resolve_dtype(dtype)
-    if dev != model.device or tdtype != model.dtype:
-        model.to(device=dev, dtype=tdtype)
+    dev, tdtype = model.place(device, dtype)
     fn = finite_inputs(model.encode_tensor, what="fields to encode", allowed=model.missing)
     if aux is not None:
         spec = getattr(model.encoder, "aux_spec", None)
@@ -137,10 +133,7 @@ def decode(
     """
     da = check_latent(z, model)
     L = model.layout
-    dev = model.device if device is None else resolve_device(device)
-    tdtype = model.dtype if dtype is None else resolve_dtype(dtype)
-    if dev != model.device or tdtype != model.dtype:
-        model.to(device=dev, dtype=tdtype)
+    dev, tdtype = model.place(device, dtype)
     out_dtype = np.result_type(*[np.dtype(s.dtype) for s in L.specs])
     if at is None:
         sizes = {CHANNEL_DIM: L.n_channels, **dict(zip(L.spatial_dims, L.spatial_shape))}

@@ -26,6 +26,7 @@ from xlatda.errors import NotFittedError
 from xlatda.layout import StateLayout
 from xlatda.model_store import FORMAT, missing_mask, parts_from_state, save_model, to_state
 from xlatda.normalize import Normalizer
+from xlatda.options import resolve_device, resolve_dtype
 
 __all__ = ["LatentModel", "model_from_state"]
 
@@ -117,6 +118,15 @@ class LatentModel:
             self.score.net.to(device=device, dtype=dtype)
             self.score.to(device=device)
         return self
+
+    def place(self, device: Any = None, dtype: Any = None) -> tuple[torch.device, torch.dtype]:
+        """Resolve ``device``/``dtype`` (``None``: where the model is), move the model
+        there if it is elsewhere (in place), and return them."""
+        dev = self.device if device is None else resolve_device(device)
+        tdtype = self.dtype if dtype is None else resolve_dtype(dtype)
+        if dev != self.device or tdtype != self.dtype:
+            self.to(device=dev, dtype=tdtype)
+        return dev, tdtype
 
     def require_dynamics(self) -> nn.Module:
         """The dynamics, or a clear error if the model has none."""
