@@ -633,23 +633,21 @@ def run_experiment(cfg: dict[str, Any], *, progress: bool = True, out: str | Pat
                 "long_name": f"{what} of {base.get('long_name', v)}"}
         return ds_
 
+    def spread(ens: xr.Dataset, what: str) -> xr.Dataset:
+        sp = ens.std("member", ddof=1).rename({v: f"{v}_spread" for v in ens.data_vars})
+        for v in ens.data_vars:
+            sp[f"{v}_spread"].attrs = {"units": truth[v].attrs.get("units", ""),
+                                       "long_name": f"{what} ensemble spread of {v}",
+                                       "cell_methods": "member: standard_deviation"}
+        return sp
+
     if cfg["output"]["ensemble"]:
         analysis = with_attrs(ana.copy(), "analysis ensemble")
     else:
         analysis = with_attrs(ana.mean("member"), "analysis ensemble mean")
-        sp = ana.std("member", ddof=1).rename({v: f"{v}_spread" for v in ana.data_vars})
-        for v in ana.data_vars:
-            sp[f"{v}_spread"].attrs = {"units": truth[v].attrs.get("units", ""),
-                                       "long_name": f"analysis ensemble spread of {v}",
-                                       "cell_methods": "member: standard_deviation"}
-        analysis = analysis.merge(sp)
+        analysis = analysis.merge(spread(ana, "analysis"))
     background_out = with_attrs(bgd.mean("member"), "background (forecast) ensemble mean")
-    bsp = bgd.std("member", ddof=1).rename({v: f"{v}_spread" for v in bgd.data_vars})
-    for v in bgd.data_vars:
-        bsp[f"{v}_spread"].attrs = {"units": truth[v].attrs.get("units", ""),
-                                    "long_name": f"background ensemble spread of {v}",
-                                    "cell_methods": "member: standard_deviation"}
-    background_out = background_out.merge(bsp)
+    background_out = background_out.merge(spread(bgd, "background"))
     figure = out.with_suffix(".png") if cfg["output"]["figure"] else None
     attrs = _provenance(cfg, {
         "method": ac["method"], "members": int(res.analysis.sizes.get("member", 1)),
