@@ -50,7 +50,7 @@ from xlatda.errors import ConfigError, ObservationError
 from xlatda.layout import StateLayout
 from xlatda.methods.covariance import Covariance
 from xlatda.methods.localization import GreatCircleDistance, IndexDistance
-from xlatda.methods.model_noise import add_model_error
+from xlatda.methods.model_noise import add_model_error, gaussian_draws
 from xlatda.model import LatentModel
 from xlatda.obs.contract import ObservationTable
 from xlatda.obs.operator import build_operator
@@ -339,9 +339,7 @@ class LatentSpace(StateSpace):
                 cov = q.covariance().detach().to("cpu", _F64)
                 cov = acc(cov, tau).to("cpu", _F64) if acc is not None else tau * cov
                 if noise == "stochastic" or z1.shape[0] < 2:
-                    w, V = torch.linalg.eigh(0.5 * (cov + cov.T))
-                    eps = torch.randn(z1.shape, generator=generator, dtype=_F64)
-                    z1 = z1 + (eps * w.clamp_min(0.0).sqrt()) @ V.T
+                    z1 = z1 + gaussian_draws(cov, z1.shape[0], generator=generator)
                 else:  # the default: Q added by a square root (Raanes et al. 2015)
                     z1 = add_model_error(z1, cov, generator=generator)
         return z1 if theta is None else torch.cat([z1, theta], -1)

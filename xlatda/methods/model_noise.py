@@ -49,7 +49,24 @@ from torch import Tensor
 
 from xlatda.errors import ShapeError
 
-__all__ = ["add_model_error"]
+__all__ = ["add_model_error", "gaussian_draws"]
+
+
+def gaussian_draws(cov: Tensor, n: int, *, generator: torch.Generator) -> Tensor:
+    """``(n, d)`` float64 draws of ``N(0, cov)`` for a symmetric PSD (possibly singular) ``cov``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> cov = torch.tensor([[2.0, 1.0], [1.0, 2.0]], dtype=torch.float64)
+    >>> x = gaussian_draws(cov, 20000, generator=torch.Generator().manual_seed(0))
+    >>> bool(torch.allclose(torch.cov(x.T), cov, atol=0.1))
+    True
+    """
+    c = cov.to(torch.float64)
+    w, V = torch.linalg.eigh(0.5 * (c + c.T))
+    eps = torch.randn(int(n), c.shape[0], generator=generator, dtype=torch.float64)
+    return (eps * w.clamp_min(0.0).sqrt()) @ V.T
 
 
 def add_model_error(ensemble: Tensor, Q: Tensor, *, generator: torch.Generator,
@@ -97,8 +114,5 @@ def add_model_error(ensemble: Tensor, Q: Tensor, *, generator: torch.Generator,
     out = mean + (n - 1) ** 0.5 * X.T
     if S.numel() < d:  # the rest of Q, where the ensemble has no spread
         proj = torch.eye(d, dtype=torch.float64) - U @ U.T
-        Qr = proj @ Qd @ proj
-        w, V = torch.linalg.eigh(0.5 * (Qr + Qr.T))
-        eps = torch.randn(n, d, generator=generator, dtype=torch.float64)
-        out = out + (eps * w.clamp_min(0.0).sqrt()) @ V.T
+        out = out + gaussian_draws(proj @ Qd @ proj, n, generator=generator)
     return out.to(ensemble)
