@@ -338,10 +338,16 @@ def _design(model: LinearDynamics, z: Tensor, clock: Tensor | None,
     """Regressors ``[z, 1, harmonics, θ̃]`` of every pair's first state, float64."""
     cols = [z, torch.ones(*z.shape[:-1], 1, dtype=z.dtype)]
     if model.periods:
-        cols.append(model.features(clock).to(z))
+        cols.append(model._features64(clock).to(z))
     if theta is not None:
         cols.append(theta)
     return torch.cat(cols, -1)
+
+
+def _normalised_theta(theta: Tensor, mean: Tensor, std: Tensor, n: int, T: int) -> Tensor:
+    """``(n_traj, T, n_params)`` float64 ``θ̃ = (θ - mean) / std``, one row per code."""
+    tt = torch.as_tensor(theta, dtype=torch.float64).cpu().reshape(n, -1)
+    return ((tt - mean) / std)[:, None, :].expand(n, T, tt.shape[-1])
 
 
 def _solve(X: Tensor, Y: Tensor, lam: float, d: int, toward_identity: bool) -> Tensor:
@@ -424,7 +430,7 @@ def fit_linear_dynamics(
         tt = torch.as_tensor(theta, dtype=torch.float64).cpu().reshape(n, p)
         th_mean = tt.mean(0)
         th_std = tt.std(0, unbiased=False).clamp_min(1e-12) if n > 1 else torch.ones(p)
-        th = ((tt - th_mean) / th_std)[:, None, :].expand(n, T, p)
+        th = _normalised_theta(tt, th_mean, th_std, n, T)
     model = LinearDynamics(d, p, periods=periods, dt_unit=dt_unit, time_units=time_units,
                            theta_mean=None if th_mean is None else th_mean.tolist(),
                            theta_std=None if th_std is None else th_std.tolist(),
@@ -450,13 +456,14 @@ def fit_linear_dynamics(
     val_mse: dict[str, float] = {}
     if n_val and len(lams) > 1:
         Xv, Yv = pairs(fit_end - 1, T)
-        for lam in lams:
-            coef = _solve(X, Y, lam, d, eye_prior)
-            val_mse[repr(lam)] = float(((Xv @ coef - Yv) ** 2).mean())
+        coefs = {lam: _solve(X, Y, lam, d, eye_prior) for lam in lams}
+        for lam, c in coefs.items():
+            val_mse[repr(lam)] = float(((Xv @ c - Yv) ** 2).mean())
         lam = min(lams, key=lambda v: val_mse[repr(v)])
+        coef = coefs[lam].T  # (d, k)
     else:
         lam = lams[0]
-    coef = _solve(X, Y, lam, d, eye_prior).T  # (d, k)
+        coef = _solve(X, Y, lam, d, eye_prior).T
     A = coef[:, :d]
     radius = float(torch.linalg.eigvals(A).abs().max())
     scaled = radius > max_radius
@@ -519,16 +526,10 @@ def cross_validated_residuals(
     if int(folds) < 2 or T - 1 < int(folds):
         raise ConfigError(f"need 2 <= folds <= T - 1 = {T - 1}, got {folds!r}")
     ck = None if clock is None else torch.as_tensor(clock, dtype=torch.float64).cpu()
-    th = None
-    if theta is not None:
-        tt = torch.as_tensor(theta, dtype=torch.float64).cpu().reshape(n, -1)
-        mean = dynamics.theta_mean.detach().cpu().double()
-        std = dynamics.theta_std.detach().cpu().double()
-        th = ((tt - mean) / std)[:, None, :].expand(n, T, tt.shape[-1])
-    cpu = LinearDynamics(d, dynamics.n_params, periods=dynamics.periods,
-                         dt_unit=dynamics.dt_unit, time_units=dynamics.time_units,
-                         device="cpu", dtype=torch.float64)
-    X = _design(cpu, z[:, :-1], None if ck is None else ck[:, :-1],
+    th = None if theta is None else _normalised_theta(
+        theta, dynamics.theta_mean.detach().cpu().double(),
+        dynamics.theta_std.detach().cpu().double(), n, T)
+    X = _design(dynamics, z[:, :-1], None if ck is None else ck[:, :-1],
                 None if th is None else th[:, :-1])  # (n, T-1, k)
     Y = z[:, 1:]
     block = torch.arange(T - 1) * int(folds) // (T - 1)  # block of each pair
