@@ -10,31 +10,9 @@ code lives in two modules named after what they do:
   sparse autograd kernel that applies them.
 
 (:mod:`xlatda.obs.operator` builds operators from a state layout and an
-observation table on top of both.) The overview below holds for both.
-
-An observation operator :math:`H` maps a state :math:`x` of shape
-``(..., C, *spatial)`` (``C`` channels, i.e. state variables and levels) to the
-``P`` values :math:`y = H x` that the observations see. Every operator here is
-linear, so :math:`H` is stored as one sparse matrix of shape ``(P, C * S)``
-(``S`` the number of spatial points) with a handful of non-zeros per row, and
-applying it is a sparse-times-dense product that is batched over members and
-samples and differentiable with autograd.
-
-The builders return the spatial part, a sparse CSR matrix ``(P, S)`` whose
-rows are interpolation weights (non-negative, summing to one):
-
-* :func:`grid_interpolation_matrix`: bilinear in latitude/longitude on a
-  regular (or merely monotonic, e.g. Gaussian) grid, periodic in longitude and
-  continued across the poles for global grids;
-* :func:`index_interpolation_matrix` and :func:`index_interpolation_matrix_2d`:
-  linear or nearest interpolation along generic index dimensions (Lorenz-96's
-  ``x``), optionally periodic;
-* :func:`nearest_point_matrix`: inverse great-circle-distance weighting over
-  the ``k`` nearest points of an unstructured point set.
-
-:class:`ObservationOperator` combines such a matrix with the channel that each
-observation measures. This module works on NumPy arrays and torch tensors only;
-it knows nothing of xarray.
+observation table on top of both.) The overview of the operators (what they
+map, how the matrices are stored, which builders exist) is the module
+docstring of :mod:`xlatda.obs_geometry`.
 
 Examples
 --------
