@@ -286,7 +286,7 @@ def cycle(background: xr.Dataset | xr.DataArray | None, obs: xr.Dataset, model: 
     sp = space_for(L, model, kind, len(pnames))
     sp.noise = noise
     members = sp.default_members() if members is None else members
-    settings = cycle_defaults(method, settings)
+    settings = cycle_defaults(method, settings, space=sp.kind)
     inst = proto.build(kernel, dict(settings), space=sp, members=members)
     proto.check_fits(method, sp, int(window), len(pnames))
     windows = plan_windows(table, int(window), int(seed))
