@@ -41,7 +41,12 @@ import torch
 from xlatda.errors import ConfigError
 from xlatda.methods.consistency import DEFAULT_GROSS_ERROR, DivergenceMonitor
 from xlatda.methods.covariance import Covariance, DiagonalCovariance
-from xlatda.methods.ensemble import EnsembleMethod, etkf_transform, random_rotation
+from xlatda.methods.ensemble import (
+    EnsembleMethod,
+    etkf_transform,
+    random_rotation,
+    relax_to_prior_spread,
+)
 from xlatda.methods.envar4d import EnVar4D
 from xlatda.methods.letkf import LETKF
 from xlatda.methods.protocol import CycleMethod, WindowAnalysis, adapts
@@ -334,6 +339,7 @@ class EnVarWindow(CycleMethod):
             tc = t
             traj.append(cur)
         infl = float(self.kernel.inflation)
+        forecasts = traj
         means = [e.mean(0) for e in traj]
         anoms = [infl * (e - m) for e, m in zip(traj, means)]
         traj = [m + a for m, a in zip(means, anoms)]
@@ -347,10 +353,15 @@ class EnVarWindow(CycleMethod):
         if self.kernel.rotate:
             T = T @ random_rotation(n, (), generator=generator, dtype=_F64)
         steps = []
-        for e, m, a in zip(traj, means, anoms):
+        alpha, k = float(self.kernel.rtps), ensemble.shape[-1] - int(space.n_params)
+        for e, f, m, a in zip(traj, forecasts, means, anoms):
             xs = a / math.sqrt(n - 1)
             mean_a = m + w @ xs
-            steps.append((e, mean_a + T.mT @ a))
+            post = mean_a + T.mT @ a
+            if alpha and k:  # RTPS of the state entries, toward this time's forecast
+                post = torch.cat([relax_to_prior_spread(f[..., :k], post[..., :k], alpha),
+                                  post[..., k:]], -1)
+            steps.append((e, post))
         diag = {"iterations": torch.tensor(1.0, dtype=_F64),
                 "converged": torch.tensor(1.0, dtype=_F64)}
         return WindowAnalysis(steps, diag, state)

@@ -252,6 +252,13 @@ class EnVar4D:
         (needs ``generator`` in :meth:`analyse` for reproducibility).
     history_size : int
         L-BFGS memory (autodiff mode).
+    rtps : float
+        Relaxation of the state entries' posterior spread to their prior
+        (un-inflated) spread, in ``[0, 1]`` (Whitaker & Hamill 2012); 0: none
+        (the kernel default). Latent cycles default to 0.5
+        (:data:`xlatda.methods.inflation.LATENT_CYCLE_SETTINGS`). In the
+        weak-constraint windows each time's analysis is relaxed to that
+        time's forecast spread.
     param_inflation : float, optional
         Inflation of the parameter entries (the last ``n_params`` of the
         control, see :meth:`analyse`); ``None``: ``inflation``.
@@ -298,6 +305,7 @@ class EnVar4D:
     epsilon: float = 1e-4
     rotate: bool = False
     history_size: int = 10
+    rtps: float = 0.0
     param_inflation: float | None = None
     param_rtps: float | None = None
     model_error: str = "trajectories"
@@ -321,6 +329,8 @@ class EnVar4D:
         pi = self.param_inflation
         if pi is not None and not (isinstance(pi, (int, float)) and math.isfinite(pi) and pi > 0):
             raise ConfigError(f"param_inflation must be a positive number or None, got {pi!r}")
+        if not (isinstance(self.rtps, (int, float)) and 0.0 <= self.rtps <= 1.0):
+            raise ConfigError(f"rtps must be a number in [0, 1], got {self.rtps!r}")
         pr = self.param_rtps
         if pr is not None and not (isinstance(pr, (int, float)) and 0.0 <= pr <= 1.0):
             raise ConfigError(f"param_rtps must be a number in [0, 1] or None, got {pr!r}")
@@ -432,8 +442,11 @@ class EnVar4D:
                 post = s_star.unsqueeze(-2) + math.sqrt(n_mem - 1) * (
                     transform.transpose(-1, -2) @ anom
                 )
+                k = n_s - n_params
+                if self.rtps and k:
+                    post = torch.cat([relax_to_prior_spread(
+                        ens[..., :k], post[..., :k], float(self.rtps)), post[..., k:]], -1)
                 if n_params and self.param_rtps:
-                    k = n_s - n_params
                     post = torch.cat([post[..., :k], relax_to_prior_spread(
                         ens[..., k:], post[..., k:], float(self.param_rtps))], -1)
         return EnVar4DResult(
