@@ -39,7 +39,6 @@ torch.Size([1, 8])
 
 from __future__ import annotations
 
-import hashlib
 import math
 from typing import Any
 
@@ -60,20 +59,37 @@ __all__ = ["LatentSpace", "PhysicalSpace", "StateSpace", "space_for", "table_key
 _F64 = torch.float64
 
 
-def table_key(table: ObservationTable) -> str:
-    """Hash of what an observation operator depends on: places and channels.
+def table_key(table: ObservationTable) -> tuple:
+    """Content key of what an observation operator depends on: places and channels.
 
-    Two tables with equal keys have the same operator; the key never depends
-    on object identity (``id()`` of a freed table is reused by Python).
+    A tuple of the arrays' dtypes, shapes and bytes (hashable, cheap to make:
+    no hashing library). Two tables with equal keys have the same operator;
+    the key never depends on object identity (``id()`` of a freed table is
+    reused by Python).
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> from xlatda.obs.observation_table import ObservationTable
+    >>> def at(pos, value):
+    ...     return ObservationTable(values=torch.tensor([value]), error_std=torch.ones(1),
+    ...                             channel=torch.zeros(1, dtype=torch.long),
+    ...                             variable=np.array(["x"]), lat=None, lon=None,
+    ...                             position=np.array([pos]), time=None,
+    ...                             obs_index=np.array([0]), kind=None)
+    >>> table_key(at(3.0, 1.0)) == table_key(at(3.0, 5.0))   # other values, same place
+    True
+    >>> table_key(at(3.0, 1.0)) == table_key(at(4.0, 1.0))
+    False
     """
-    h = hashlib.sha1()
+    key = []
     for part in (table.lat, table.lon, table.position, table.channel):
         if part is None:
-            h.update(b"-")
+            key.append(None)
         else:
-            arr = np.ascontiguousarray(np.asarray(part))
-            h.update(f"{arr.dtype}{arr.shape}".encode() + arr.tobytes())
-    return h.hexdigest()
+            arr = part.numpy() if isinstance(part, torch.Tensor) else np.asarray(part)
+            key.append((arr.dtype.str, arr.shape, arr.tobytes()))
+    return tuple(key)
 
 
 class StateSpace:
@@ -121,6 +137,14 @@ class StateSpace:
     def observe(self, s: torch.Tensor, table: ObservationTable) -> torch.Tensor:
         """Predicted observations ``(N, P)`` of control vectors ``(N, n)``."""
         raise NotImplementedError  # pragma: no cover
+
+    def observe_mean(self, s: torch.Tensor, table: ObservationTable) -> torch.Tensor:
+        """Mean over members of the predicted observations, ``(P,)``.
+
+        Spaces with a linear observation operator observe the ensemble mean
+        instead (one state instead of ``N``).
+        """
+        return self.observe(s, table).mean(0)
 
     def to_fields(self, s: torch.Tensor) -> torch.Tensor:
         """Fields ``(N, C, *spatial)`` of control vectors (parameters dropped)."""
@@ -218,8 +242,7 @@ class PhysicalSpace(StateSpace):
                 "the Dataset every prognostic variable of the model (e.g. shallow water needs "
                 "height, vorticity and divergence)"
             )
-        self._ops: dict[str, Any] = {}
-        self._keys: dict[int, tuple[ObservationTable, str]] = {}
+        self._ops: dict[tuple, Any] = {}
 
     def forecast(self, s, t0, t1, *, generator, noise, grad=False):
         if t1 == t0:
@@ -246,15 +269,9 @@ class PhysicalSpace(StateSpace):
         return out if theta is None else torch.cat([out, theta], -1)
 
     def operator(self, table: ObservationTable) -> Any:
-        """The interpolation operator at the table's places (built once per place set)."""
-        # The content hash is computed once per table object; the memo holds the
-        # table itself, so its id cannot be reused by another table meanwhile.
-        seen = self._keys.get(id(table))
-        if seen is None or seen[0] is not table:
-            if len(self._keys) >= 4096:
-                self._keys.clear()
-            seen = self._keys[id(table)] = (table, table_key(table))
-        key = seen[1]
+        """The interpolation operator at the table's places (built once per place set,
+        keyed by content: :func:`table_key`)."""
+        key = table_key(table)
         op = self._ops.get(key)
         if op is None:
             if len(self._ops) >= 64:
@@ -265,6 +282,10 @@ class PhysicalSpace(StateSpace):
     def observe(self, s, table):
         x, _ = self.split(s)
         return self.operator(table)(x.reshape(x.shape[0], *self.shape))
+
+    def observe_mean(self, s, table):
+        # H is linear in the state (parameters do not enter it): H(mean) = mean(H).
+        return self.observe(s.mean(0, keepdim=True), table)[0]
 
     def linear_operator(self, table):
         return self.operator(table) if self.n_params == 0 else None

@@ -126,11 +126,27 @@ def plan_windows(table: ObservationTable, window: int, seed: int) -> list[Observ
     """
     tvals = float_times(table.time)
     groups = group_times(tvals)
+    # One reordering by time, then each time's entries are a contiguous slice
+    # (views): the same tables as selecting every group, without a copy per time.
+    ordered = table.select(np.concatenate(groups)) if groups else table
+    bounds = np.cumsum([0] + [len(g) for g in groups]).tolist()
     out = []
     for k, i in enumerate(range(0, len(groups), window)):
-        gs = groups[i:i + window]
+        gs = range(i, min(i + window, len(groups)))
         out.append(ObservationWindow(
-            index=k, tables=[table.select(g) for g in gs],
-            times=[float(tvals[g[0]]) for g in gs], labels=[table.time[g[0]] for g in gs],
-            seed=window_seed(seed, k)))
+            index=k, tables=[_slice(ordered, bounds[j], bounds[j + 1]) for j in gs],
+            times=[float(tvals[groups[j][0]]) for j in gs],
+            labels=[table.time[groups[j][0]] for j in gs], seed=window_seed(seed, k)))
     return out
+
+
+def _slice(table: ObservationTable, start: int, stop: int) -> ObservationTable:
+    """Entries ``start:stop`` of ``table`` (views of its arrays)."""
+    def part(a):
+        return None if a is None else a[start:stop]
+
+    return ObservationTable(
+        values=table.values[start:stop], error_std=table.error_std[start:stop],
+        channel=table.channel[start:stop], variable=table.variable[start:stop],
+        lat=part(table.lat), lon=part(table.lon), position=part(table.position),
+        time=part(table.time), obs_index=table.obs_index[start:stop], kind=part(table.kind))
