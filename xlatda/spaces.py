@@ -243,6 +243,18 @@ class PhysicalSpace(StateSpace):
                 "height, vorticity and divergence)"
             )
         self._ops: dict[tuple, Any] = {}
+        self._locations: dict[tuple, Any] = {}
+        self._last: tuple[ObservationTable | None, tuple] = (None, ())
+
+    def _key(self, table: ObservationTable) -> tuple:
+        """:func:`table_key`, made once for consecutive calls with the same table
+        (the analysis observes, localises and records with one table; the
+        table itself is held, so this is no identity-keyed cache)."""
+        last, key = self._last
+        if table is not last:
+            key = table_key(table)
+            self._last = (table, key)
+        return key
 
     def forecast(self, s, t0, t1, *, generator, noise, grad=False):
         if t1 == t0:
@@ -271,7 +283,7 @@ class PhysicalSpace(StateSpace):
     def operator(self, table: ObservationTable) -> Any:
         """The interpolation operator at the table's places (built once per place set,
         keyed by content: :func:`table_key`)."""
-        key = table_key(table)
+        key = self._key(table)
         op = self._ops.get(key)
         if op is None:
             if len(self._ops) >= 64:
@@ -298,6 +310,17 @@ class PhysicalSpace(StateSpace):
         return x.reshape(x.shape[0], -1).to(_F64)
 
     def locations(self, table):
+        # Built once per place set (keyed by content); the localisation object
+        # also keeps its local observation lists, so later analyses reuse them.
+        key = self._key(table)
+        loc = self._locations.get(key)
+        if loc is None:
+            if len(self._locations) >= 16:
+                self._locations.clear()
+            loc = self._locations[key] = self._build_locations(table)
+        return loc
+
+    def _build_locations(self, table):
         L, C = self.layout, self.layout.n_channels
         if L.kind == "generic":
             return IndexDistance(int(np.prod(L.spatial_shape)), table.position, periodic=True,
