@@ -306,12 +306,11 @@ class DivergenceMonitor:
         """
         keys = [k for k in ("chi2", "spread_ratio") if k in diagnostics]
         values = [diagnostics[k] for k in keys]
-        if not keys or not all(torch.is_tensor(v) and v.numel() == 1 for v in values):
+        if not keys or not all(torch.is_tensor(v) and v.dim() == 0 for v in values):
             return None
-        if state is not None and not (state["count"].numel() == 1 and state["count"].dim() == 0):
+        if state is not None and state["count"].dim() != 0:
             return None
-        numbers = torch.stack([v.detach().reshape(()).to("cpu", torch.float64)
-                               for v in values]).tolist()
+        numbers = torch.stack([v.detach().to("cpu", torch.float64) for v in values]).tolist()
         bands = {"chi2": self.chi2_band, "spread_ratio": self.spread_ratio_band}
         bad = any(v < bands[k][0] or v > bands[k][1] for k, v in zip(keys, numbers))
         if state is None:
