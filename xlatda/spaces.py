@@ -147,7 +147,8 @@ class StateSpace:
         return self.observe(s, table).mean(0)
 
     def to_fields(self, s: torch.Tensor) -> torch.Tensor:
-        """Fields ``(N, C, *spatial)`` of control vectors (parameters dropped)."""
+        """Fields ``(N, C, *spatial)`` of control vectors (parameters dropped), on the
+        CPU, float64 or the model's dtype."""
         raise NotImplementedError  # pragma: no cover
 
     def from_fields(self, x: torch.Tensor) -> torch.Tensor:
@@ -352,6 +353,8 @@ class LatentSpace(StateSpace):
         self.model = model
         self.n_params = int(n_params)
         self.n_state = self.d = model.latent_dim
+        self._affines: dict[tuple, tuple] = {}
+        self._last: tuple[ObservationTable | None, tuple] = (None, ())
 
     def forecast(self, s, t0, t1, *, generator, noise, grad=False):
         if t1 == t0:
@@ -394,13 +397,49 @@ class LatentSpace(StateSpace):
 
     def observe(self, s, table):
         z, _ = self.split(s)
-        return self.model.decode_points(z.to(self.model.dtype), self.points(table),
-                                        table.channel).to("cpu", _F64)
+        affine = self._affine(table)
+        if affine is None:
+            return self.model.decode_points(z.to(self.model.dtype), self.points(table),
+                                            table.channel).to("cpu", _F64)
+        matrix, offset, std, mean = affine
+        # decode_points of an affine decoder, with its map at these places made once
+        zc = z.to(self.model.dtype).to(device=self.model.device, dtype=self.model.dtype)
+        values = offset + zc.to(matrix) @ matrix.T
+        return (values * std + mean).to("cpu", _F64)
+
+    def observe_mean(self, s, table):
+        if self._affine(table) is None:
+            return super().observe_mean(s, table)
+        return self.observe(s.mean(0, keepdim=True), table)[0]
+
+    def _affine(self, table: ObservationTable) -> tuple | None:
+        """``(matrix, offset, std, mean)`` of an affine decoder at the table's places
+        (encoders with ``linear_map``, e.g. PCA), built once per place set; None
+        for other decoders."""
+        linear_map = getattr(self.model.encoder, "linear_map", None)
+        if linear_map is None:
+            return None
+        last, key = self._last
+        if table is not last:
+            key = table_key(table)
+            self._last = (table, key)
+        hit = self._affines.get(key)
+        if hit is None:
+            if len(self._affines) >= 64:
+                self._affines.clear()
+            channel = torch.as_tensor(table.channel, dtype=torch.long, device=self.model.device)
+            with torch.no_grad():
+                matrix, offset = linear_map(self.points(table), channel)
+            mean, std = self.model.normalizer.select(channel.cpu())
+            hit = self._affines[key] = (matrix, offset, std.to(matrix), mean.to(matrix))
+        return hit
 
     def to_fields(self, s):
+        # In the model's dtype: the fields become the layout's dtype once, at the end
+        # (a float64 copy here would be cast back then, for the same values).
         z, _ = self.split(s)
         with torch.no_grad():
-            return self.model.decode_tensor(z.to(self.model.dtype)).to("cpu", _F64)
+            return self.model.decode_tensor(z.to(self.model.dtype)).to("cpu")
 
     def from_fields(self, x):
         with torch.enable_grad():
