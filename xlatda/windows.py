@@ -18,6 +18,7 @@ array([3600., 7200.])
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 from typing import Any
@@ -126,27 +127,33 @@ def plan_windows(table: ObservationTable, window: int, seed: int) -> list[Observ
     """
     tvals = float_times(table.time)
     groups = group_times(tvals)
-    # One reordering by time, then each time's entries are a contiguous slice
-    # (views): the same tables as selecting every group, without a copy per time.
-    ordered = table.select(np.concatenate(groups)) if groups else table
-    bounds = np.cumsum([0] + [len(g) for g in groups]).tolist()
+    tables = _split_by_time(table, groups)
     out = []
     for k, i in enumerate(range(0, len(groups), window)):
         gs = range(i, min(i + window, len(groups)))
         out.append(ObservationWindow(
-            index=k, tables=[_slice(ordered, bounds[j], bounds[j + 1]) for j in gs],
+            index=k, tables=[tables[j] for j in gs],
             times=[float(tvals[groups[j][0]]) for j in gs],
             labels=[table.time[groups[j][0]] for j in gs], seed=window_seed(seed, k)))
     return out
 
 
-def _slice(table: ObservationTable, start: int, stop: int) -> ObservationTable:
-    """Entries ``start:stop`` of ``table`` (views of its arrays)."""
-    def part(a):
-        return None if a is None else a[start:stop]
+def _split_by_time(table: ObservationTable, groups: list[np.ndarray]) -> list[ObservationTable]:
+    """One table per group: the same tables as selecting every group, made from one
+    reordering by time and views of it (one split per column, no copy per time)."""
+    if not groups:
+        return []
+    ordered = table.select(np.concatenate(groups))
+    sizes = [len(g) for g in groups]
+    ends = np.cumsum(sizes).tolist()
+    spans = list(zip([0, *ends[:-1]], ends))
 
-    return ObservationTable(
-        values=table.values[start:stop], error_std=table.error_std[start:stop],
-        channel=table.channel[start:stop], variable=table.variable[start:stop],
-        lat=part(table.lat), lon=part(table.lon), position=part(table.position),
-        time=part(table.time), obs_index=table.obs_index[start:stop], kind=part(table.kind))
+    def split(a):
+        if a is None:
+            return [None] * len(groups)
+        if isinstance(a, torch.Tensor):
+            return a.split(sizes)
+        return [a[i:j] for i, j in spans]
+
+    columns = [split(getattr(ordered, f.name)) for f in dataclasses.fields(ObservationTable)]
+    return [ObservationTable(*parts) for parts in zip(*columns)]
