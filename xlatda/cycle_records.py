@@ -110,12 +110,12 @@ def _diagnostic_column(entries: list[Any]) -> np.ndarray:
     ``value`` is a method diagnostic of a window with ``steps`` analyses: a
     scalar (repeated over them) or one value per analysis (``step`` picks).
     """
-    if all(e is not None and e[2] == 1 and torch.is_tensor(e[0]) and e[0].numel() == 1
+    if all(e is not None and e[2] == 1 and torch.is_tensor(e[0]) and e[0].dim() == 0
            for e in entries):  # the usual case: one scalar per one-time window
-        values = [e[0].detach().reshape(()) for e in entries]
+        values = [e[0] for e in entries]
         if len({(v.dtype, v.device) for v in values}) > 1:
-            values = [v.to("cpu", _F64) for v in values]
-        return torch.stack(values).to("cpu", _F64).numpy()
+            values = [v.detach().to("cpu", _F64) for v in values]
+        return torch.stack(values).detach().to("cpu", _F64).numpy()
     out = np.full(len(entries), np.nan)
     for j, e in enumerate(entries):
         if e is None:
