@@ -8,9 +8,12 @@ and prints one JSON line per method: analysis RMSE after the burn-in and
 cycles per second of ``xp.assimilate`` (DAPPER's own loop, statistics
 included, live plotting off).
 
-Usage: ``.dapper-venv/bin/python dapper_driver.py DATA.npz SPEC.json`` (the
-spec lists the runs, see ``bench_vs_dapper.py``). Imports only DAPPER and
-NumPy: it never imports xlatda.
+Usage: ``.dapper-venv/bin/python dapper_driver.py DATA.npz SPEC.json [--serve]``
+(the spec lists the runs, see ``bench_vs_dapper.py``). Without ``--serve``
+every run of the spec is made once, in order; with ``--serve`` the driver
+reads run labels from stdin, one a line, and answers each with its JSON line,
+so the caller can interleave DAPPER's runs with its own in one benchmark.
+Imports only DAPPER and NumPy: it never imports xlatda.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import time
 import numpy as np
 
 
-def main(data_path: str, spec_path: str) -> None:
+def main(data_path: str, spec_path: str, serve: bool = False) -> None:
     import dapper.da_methods as da
     import dapper.mods as modelling
     from dapper.mods.Lorenz96 import dstep_dx, step
@@ -44,7 +47,12 @@ def main(data_path: str, spec_path: str) -> None:
     x0 = modelling.GaussRV(mu=xx[0], C=float(spec["init_std"]) ** 2)
     hmm = modelling.HiddenMarkovModel(dyn, obs, tseq, x0)
 
-    for run in spec["runs"]:
+    runs = {run["label"]: run for run in spec["runs"]}
+    labels = (line.strip() for line in iter(sys.stdin.readline, "")) if serve else iter(list(runs))
+    for label in labels:
+        if not label:
+            continue
+        run = runs[label]
         kind, kwargs = run["dapper"], dict(run["dapper_kwargs"])
         if kind == "EnKF":
             xp = da.EnKF(kwargs.pop("upd_a"), **kwargs)
@@ -66,4 +74,4 @@ def main(data_path: str, spec_path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(sys.argv[1], sys.argv[2], serve="--serve" in sys.argv[3:])

@@ -63,6 +63,7 @@ def _encode_states(ds: xr.Dataset, model: Any, device: Any, dtype: Any) -> xr.Da
     dev, tdtype = model.place(device, dtype)
     z = apply_state(ds, model.layout, model.encoder.encode, normalizer=model.normalizer,
                     out_core=[api.LATENT_DIM], out_sizes={api.LATENT_DIM: model.latent_dim},
+                    out_coords={api.LATENT_DIM: np.arange(model.latent_dim)},
                     device=dev, dtype=tdtype,
                     grad=bool(getattr(model.encoder, "encode_needs_grad", False)))
     return api.latent_dataset(z, model, f"encoded by {model.encoder_kind}")

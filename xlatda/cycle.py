@@ -128,7 +128,7 @@ def assimilate(state: xr.Dataset | xr.DataArray | None, obs: xr.Dataset, model: 
         if extra:
             raise ConfigError(f"assimilate needs one state; select along {extra} first")
     validate(obs, L)
-    table = to_tensors(obs, L)
+    table = to_tensors(obs, L, _validated=True)
     sp = space_for(L, model, kind, 0)
     inst = proto.build(kernel, dict(settings), space=sp, members=members)
     proto.check_fits(method, sp, 1, 0)
@@ -274,7 +274,7 @@ def cycle(background: xr.Dataset | xr.DataArray | None, obs: xr.Dataset, model: 
     check_run(method, kernel, proto, settings, members=members, background=background, layout=L,
               model=model, obs=obs, store=store)
     validate(obs, L)
-    table = to_tensors(obs, L)
+    table = to_tensors(obs, L, _validated=True)
     if table.time is None:
         raise ObservationError("cycling needs observation times; add a 'time' coordinate")
     if t0 is not None and np.any(float_times(table.time) < t0 - 1e-9):
@@ -330,7 +330,8 @@ def _drive(inst, proto, sp, windows, ens, t_cur, state, *, noise, recorder, stor
             gen = win.generator()
             ens_b = ens
             if proto.forecasts:
-                ens_b = sp.forecast(ens, t_cur, win.times[0], generator=gen, noise=noise)
+                with torch.no_grad():  # the carried ensemble's forecast needs no gradient
+                    ens_b = sp.forecast(ens, t_cur, win.times[0], generator=gen, noise=noise)
                 check_finite(ens_b, "forecast", win.index, win.labels[0])
             try:
                 res = inst.analyse(sp, ens_b, win, generator=gen, state=state)

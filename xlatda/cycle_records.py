@@ -31,6 +31,7 @@ dict_keys(['analysis', 'background', 'diagnostics', 'parameters'])
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,11 +42,12 @@ import xarray as xr
 from xlatda.errors import ObservationError, XlatdaError
 from xlatda.layout import StateLayout
 
-__all__ = ["AnalysisError", "CycleRecorder", "CycleResult", "check_finite"]
+__all__ = ["AnalysisError", "CycleRecorder", "CycleResult", "check_finite", "obs_statistics"]
 
 _F64 = torch.float64
 OBS_DIAGNOSTICS = ("n_obs", "innovation_rms", "residual_rms", "background_spread_obs",
                    "obs_error_rms")
+_OBS_COLUMNS = (0, 1, 3, 2)  # where obs_statistics puts OBS_DIAGNOSTICS[1:]
 
 
 class AnalysisError(XlatdaError, ArithmeticError):
@@ -56,8 +58,13 @@ class AnalysisError(XlatdaError, ArithmeticError):
 
 
 def check_finite(s: torch.Tensor, what: str, index: int, label: Any) -> None:
-    """Raise :class:`AnalysisError` if ``s`` holds NaN or inf."""
-    if not bool(torch.isfinite(s).all()):
+    """Raise :class:`AnalysisError` if ``s`` holds NaN or inf.
+
+    One reduction: a finite sum means every value is finite; only a sum that
+    is not (a non-finite value, or an overflow of huge finite ones) is looked
+    at element by element.
+    """
+    if not math.isfinite(float(s.sum())) and not bool(torch.isfinite(s).all()):
         bad = int((~torch.isfinite(s)).sum())
         raise AnalysisError(
             f"the {what} of analysis {index} (time {label}) has {bad} non-finite values of "
@@ -65,6 +72,58 @@ def check_finite(s: torch.Tensor, what: str, index: int, label: Any) -> None:
             "inflation or localisation, smaller observation errors' influence (larger "
             "error_std), or check the model and the observations"
         )
+
+
+def obs_statistics(hb_all: torch.Tensor, ha: torch.Tensor, table: Any) -> torch.Tensor:
+    """``(4,)`` float64: RMS innovation, RMS residual, RMS error std, RMS background spread.
+
+    ``hb_all`` is the background ensemble in observation space ``(N, P)``,
+    ``ha`` the analysis mean there ``(P,)``, ``table`` the observations. The
+    innovation is taken from the background mean, the residual from ``ha``,
+    the spread is the RMS over observations of the ensemble standard
+    deviation (0 for a single state).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from types import SimpleNamespace
+    >>> hb = torch.tensor([[0.0, 2.0], [2.0, 4.0]], dtype=torch.float64)
+    >>> obs = SimpleNamespace(values=torch.tensor([2.0, 3.0], dtype=torch.float64),
+    ...                       error_std=torch.tensor([1.0, 1.0], dtype=torch.float64))
+    >>> obs_statistics(hb, torch.tensor([2.0, 3.0], dtype=torch.float64), obs).tolist()
+    [0.7071067811865476, 0.0, 1.0, 1.4142135623730951]
+    """
+    hb_all = hb_all.to(_F64)
+    y = table.values.to(_F64)
+    hb = hb_all.mean(0)
+    squares = torch.stack([y - hb, y - ha.to(_F64), table.error_std.to(_F64)]).square_()
+    if hb_all.shape[0] > 1:
+        spread = hb_all.var(0)
+    else:
+        spread = torch.zeros_like(hb)
+    return torch.cat([squares, spread[None]]).mean(-1).sqrt()
+
+
+def _diagnostic_column(entries: list[Any]) -> np.ndarray:
+    """One float64 column from ``(value, step, steps)`` entries (None: NaN).
+
+    ``value`` is a method diagnostic of a window with ``steps`` analyses: a
+    scalar (repeated over them) or one value per analysis (``step`` picks).
+    """
+    if all(e is not None and e[2] == 1 and torch.is_tensor(e[0]) and e[0].dim() == 0
+           for e in entries):  # the usual case: one scalar per one-time window
+        values = [e[0] for e in entries]
+        if len({(v.dtype, v.device) for v in values}) > 1:
+            values = [v.detach().to("cpu", _F64) for v in values]
+        return torch.stack(values).detach().to("cpu", _F64).numpy()
+    out = np.full(len(entries), np.nan)
+    for j, e in enumerate(entries):
+        if e is None:
+            continue
+        value, i, k = e
+        v = torch.as_tensor(value).detach().to("cpu", _F64).reshape(-1)
+        out[j] = float(v[i] if v.numel() == k else v[0])
+    return out
 
 
 @dataclass(frozen=True)
@@ -123,34 +182,28 @@ class CycleRecorder:
         return len(self.rows)
 
     def add(self, space: Any, result: Any, window: Any) -> None:
-        """Record a window's analyses (a :class:`~xlatda.methods.protocol.WindowAnalysis`)."""
+        """Record a window's analyses (a :class:`~xlatda.methods.protocol.WindowAnalysis`).
+
+        The background ensemble is observed only where the method did not
+        return its predictions (``result.observed``); the analysis is observed
+        once, as its mean where the observation operator is linear
+        (:meth:`~xlatda.spaces.StateSpace.observe_mean`). Diagnostics stay
+        tensors until :meth:`datasets`.
+        """
         observed = result.observed or [None] * len(result.steps)
         k = len(result.steps)
-        extra = {}
-        for name, value in result.diagnostics.items():
-            v = torch.as_tensor(value).detach().to("cpu", _F64)
-            extra[name] = v.reshape(-1) if v.numel() == k else v.reshape(-1)[:1].expand(k)
         np_ = len(self.pnames)
         with torch.no_grad():
             for i, ((ens_b, ens_a), sub, label) in enumerate(
                     zip(result.steps, window.tables, window.labels)):
                 hb_all = observed[i] if observed[i] is not None else space.observe(ens_b, sub)
-                hb = hb_all.mean(0)
-                ha = space.observe(ens_a, sub).mean(0)
-                y = sub.values.to(_F64)
-                spread = hb_all.var(0) if ens_b.shape[0] > 1 else torch.zeros_like(hb)
                 row = {
                     "time": label,
                     "background": space.to_fields(ens_b),
                     "analysis": space.to_fields(ens_a),
-                    "obs": torch.stack([
-                        torch.tensor(float(len(sub)), dtype=_F64),
-                        ((y - hb) ** 2).mean().sqrt(),
-                        ((y - ha) ** 2).mean().sqrt(),
-                        spread.mean().sqrt(),
-                        (sub.error_std.to(_F64) ** 2).mean().sqrt(),
-                    ]),
-                    "extra": {n: v[i] for n, v in extra.items()},
+                    "n_obs": len(sub),
+                    "obs": obs_statistics(hb_all, space.observe_mean(ens_a, sub), sub),
+                    "extra": {n: (v, i, k) for n, v in result.diagnostics.items()},
                 }
                 if np_:
                     row["theta"] = ens_a[..., -np_:].detach().to("cpu", _F64)
@@ -172,11 +225,12 @@ class CycleRecorder:
                               sample_coords={tname: times})
             out[part] = ds.assign_coords(member=np.arange(ds.sizes["member"]))
         obs = torch.stack([r["obs"] for r in rows]).numpy()
-        data = {name: (tname, obs[:, j]) for j, name in enumerate(OBS_DIAGNOSTICS)}
-        data["n_obs"] = (tname, obs[:, 0].astype(np.int64))
+        data = {"n_obs": (tname, np.array([r["n_obs"] for r in rows], dtype=np.int64))}
+        for j, name in zip(_OBS_COLUMNS, OBS_DIAGNOSTICS[1:]):
+            data[name] = (tname, obs[:, j])
         names = sorted({n for r in rows for n in r["extra"]})
         for n in names:
-            data[n] = (tname, np.array([float(r["extra"].get(n, np.nan)) for r in rows]))
+            data[n] = (tname, _diagnostic_column([r["extra"].get(n) for r in rows]))
         out["diagnostics"] = xr.Dataset(data, coords={tname: times})
         if self.pnames:
             theta = torch.stack([r["theta"] for r in rows]).numpy()

@@ -58,7 +58,8 @@ def check_latent(z: xr.Dataset | xr.DataArray, model: LatentModel) -> xr.DataArr
 def latent_dataset(z: xr.DataArray, model: LatentModel, source: str) -> xr.Dataset:
     """Wrap latent vectors ``z(..., latent)`` as a Dataset with provenance attrs."""
     out = z.rename("z").to_dataset()
-    out = out.assign_coords({LATENT_DIM: np.arange(model.latent_dim)})
+    if LATENT_DIM not in out.coords:  # (the accessor's fused encode sets it already)
+        out = out.assign_coords({LATENT_DIM: np.arange(model.latent_dim)})
     out["z"].attrs = {"long_name": "latent state", "units": "1"}
     out.attrs = {
         "xlatda_model_id": model.model_id,

@@ -210,7 +210,7 @@ class StateLayout:
                     f"{self.sizes[dim]}; regrid or interpolate to the layout first"
                 )
             if dim in ds.coords and dim in self.template.coords:
-                a, b = ds[dim].values, self.template[dim].values
+                a, b = ds.variables[dim].values, self.template.variables[dim].values
                 if a.dtype.kind == "f" and not (np.array_equal(a, b) or np.allclose(a, b)):
                     raise LayoutError(
                         f"coordinate {dim!r} differs from the layout's; "
@@ -270,15 +270,15 @@ class StateLayout:
         start = 0
         for spec in self.specs:
             n = self.n_levels if spec.vertical else 1
-            piece = stacked.variable.isel({CHANNEL_DIM: slice(start, start + n)})
-            start += n
             if spec.vertical:
+                piece = stacked.variable.isel({CHANNEL_DIM: slice(start, start + n)})
                 piece = xr.Variable(
                     tuple(self.vertical_dim if d == CHANNEL_DIM else d for d in piece.dims),
                     piece.data,
                 )
-            else:
-                piece = piece.squeeze(CHANNEL_DIM)
+            else:  # one index drops the channel dim (one dask layer, no squeeze after)
+                piece = stacked.variable.isel({CHANNEL_DIM: start})
+            start += n
             if set(piece.dims) <= set(spec.dims):
                 # The variable's own dims: restore its order exactly.
                 order = [d for d in spec.dims if d in piece.dims]
@@ -325,11 +325,12 @@ class StateLayout:
 
     def lead_dims(self, ds: xr.Dataset) -> tuple[str, ...]:
         """The leading dims of :meth:`stack`'s output: sample dims, then ``member``."""
-        sample = tuple(d for d in self.sample_dims if d in ds[self.variables[0]].dims)
+        sample = tuple(d for d in self.sample_dims if d in ds.variables[self.variables[0]].dims)
         return (*sample, *((self.member_dim,) if self._has_member(ds) else ()))
 
     def _has_member(self, ds: xr.Dataset) -> bool:
-        return self.member_dim is not None and self.member_dim in ds[self.variables[0]].dims
+        return (self.member_dim is not None
+                and self.member_dim in ds.variables[self.variables[0]].dims)
 
     # -- tensors -------------------------------------------------------
     def to_tensor(

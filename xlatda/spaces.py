@@ -39,7 +39,6 @@ torch.Size([1, 8])
 
 from __future__ import annotations
 
-import hashlib
 import math
 from typing import Any
 
@@ -60,20 +59,37 @@ __all__ = ["LatentSpace", "PhysicalSpace", "StateSpace", "space_for", "table_key
 _F64 = torch.float64
 
 
-def table_key(table: ObservationTable) -> str:
-    """Hash of what an observation operator depends on: places and channels.
+def table_key(table: ObservationTable) -> tuple:
+    """Content key of what an observation operator depends on: places and channels.
 
-    Two tables with equal keys have the same operator; the key never depends
-    on object identity (``id()`` of a freed table is reused by Python).
+    A tuple of the arrays' dtypes, shapes and bytes (hashable, cheap to make:
+    no hashing library). Two tables with equal keys have the same operator;
+    the key never depends on object identity (``id()`` of a freed table is
+    reused by Python).
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> from xlatda.obs.observation_table import ObservationTable
+    >>> def at(pos, value):
+    ...     return ObservationTable(values=torch.tensor([value]), error_std=torch.ones(1),
+    ...                             channel=torch.zeros(1, dtype=torch.long),
+    ...                             variable=np.array(["x"]), lat=None, lon=None,
+    ...                             position=np.array([pos]), time=None,
+    ...                             obs_index=np.array([0]), kind=None)
+    >>> table_key(at(3.0, 1.0)) == table_key(at(3.0, 5.0))   # other values, same place
+    True
+    >>> table_key(at(3.0, 1.0)) == table_key(at(4.0, 1.0))
+    False
     """
-    h = hashlib.sha1()
+    key = []
     for part in (table.lat, table.lon, table.position, table.channel):
         if part is None:
-            h.update(b"-")
+            key.append(None)
         else:
-            arr = np.ascontiguousarray(np.asarray(part))
-            h.update(f"{arr.dtype}{arr.shape}".encode() + arr.tobytes())
-    return h.hexdigest()
+            arr = part.numpy() if isinstance(part, torch.Tensor) else np.asarray(part)
+            key.append((arr.dtype.str, arr.shape, arr.tobytes()))
+    return tuple(key)
 
 
 class StateSpace:
@@ -122,8 +138,17 @@ class StateSpace:
         """Predicted observations ``(N, P)`` of control vectors ``(N, n)``."""
         raise NotImplementedError  # pragma: no cover
 
+    def observe_mean(self, s: torch.Tensor, table: ObservationTable) -> torch.Tensor:
+        """Mean over members of the predicted observations, ``(P,)``.
+
+        Spaces with a linear observation operator observe the ensemble mean
+        instead (one state instead of ``N``).
+        """
+        return self.observe(s, table).mean(0)
+
     def to_fields(self, s: torch.Tensor) -> torch.Tensor:
-        """Fields ``(N, C, *spatial)`` of control vectors (parameters dropped)."""
+        """Fields ``(N, C, *spatial)`` of control vectors (parameters dropped), on the
+        CPU, float64 or the model's dtype."""
         raise NotImplementedError  # pragma: no cover
 
     def from_fields(self, x: torch.Tensor) -> torch.Tensor:
@@ -218,8 +243,19 @@ class PhysicalSpace(StateSpace):
                 "the Dataset every prognostic variable of the model (e.g. shallow water needs "
                 "height, vorticity and divergence)"
             )
-        self._ops: dict[str, Any] = {}
-        self._keys: dict[int, tuple[ObservationTable, str]] = {}
+        self._ops: dict[tuple, Any] = {}
+        self._locations: dict[tuple, Any] = {}
+        self._last: tuple[ObservationTable | None, tuple] = (None, ())
+
+    def _key(self, table: ObservationTable) -> tuple:
+        """:func:`table_key`, made once for consecutive calls with the same table
+        (the analysis observes, localises and records with one table; the
+        table itself is held, so this is no identity-keyed cache)."""
+        last, key = self._last
+        if table is not last:
+            key = table_key(table)
+            self._last = (table, key)
+        return key
 
     def forecast(self, s, t0, t1, *, generator, noise, grad=False):
         if t1 == t0:
@@ -246,15 +282,9 @@ class PhysicalSpace(StateSpace):
         return out if theta is None else torch.cat([out, theta], -1)
 
     def operator(self, table: ObservationTable) -> Any:
-        """The interpolation operator at the table's places (built once per place set)."""
-        # The content hash is computed once per table object; the memo holds the
-        # table itself, so its id cannot be reused by another table meanwhile.
-        seen = self._keys.get(id(table))
-        if seen is None or seen[0] is not table:
-            if len(self._keys) >= 4096:
-                self._keys.clear()
-            seen = self._keys[id(table)] = (table, table_key(table))
-        key = seen[1]
+        """The interpolation operator at the table's places (built once per place set,
+        keyed by content: :func:`table_key`)."""
+        key = self._key(table)
         op = self._ops.get(key)
         if op is None:
             if len(self._ops) >= 64:
@@ -265,6 +295,10 @@ class PhysicalSpace(StateSpace):
     def observe(self, s, table):
         x, _ = self.split(s)
         return self.operator(table)(x.reshape(x.shape[0], *self.shape))
+
+    def observe_mean(self, s, table):
+        # H is linear in the state (parameters do not enter it): H(mean) = mean(H).
+        return self.observe(s.mean(0, keepdim=True), table)[0]
 
     def linear_operator(self, table):
         return self.operator(table) if self.n_params == 0 else None
@@ -277,6 +311,17 @@ class PhysicalSpace(StateSpace):
         return x.reshape(x.shape[0], -1).to(_F64)
 
     def locations(self, table):
+        # Built once per place set (keyed by content); the localisation object
+        # also keeps its local observation lists, so later analyses reuse them.
+        key = self._key(table)
+        loc = self._locations.get(key)
+        if loc is None:
+            if len(self._locations) >= 16:
+                self._locations.clear()
+            loc = self._locations[key] = self._build_locations(table)
+        return loc
+
+    def _build_locations(self, table):
         L, C = self.layout, self.layout.n_channels
         if L.kind == "generic":
             return IndexDistance(int(np.prod(L.spatial_shape)), table.position, periodic=True,
@@ -308,6 +353,8 @@ class LatentSpace(StateSpace):
         self.model = model
         self.n_params = int(n_params)
         self.n_state = self.d = model.latent_dim
+        self._affines: dict[tuple, tuple] = {}
+        self._last: tuple[ObservationTable | None, tuple] = (None, ())
 
     def forecast(self, s, t0, t1, *, generator, noise, grad=False):
         if t1 == t0:
@@ -350,13 +397,49 @@ class LatentSpace(StateSpace):
 
     def observe(self, s, table):
         z, _ = self.split(s)
-        return self.model.decode_points(z.to(self.model.dtype), self.points(table),
-                                        table.channel).to("cpu", _F64)
+        affine = self._affine(table)
+        if affine is None:
+            return self.model.decode_points(z.to(self.model.dtype), self.points(table),
+                                            table.channel).to("cpu", _F64)
+        matrix, offset, std, mean = affine
+        # decode_points of an affine decoder, with its map at these places made once
+        zc = z.to(self.model.dtype).to(device=self.model.device, dtype=self.model.dtype)
+        values = offset + zc.to(matrix) @ matrix.T
+        return (values * std + mean).to("cpu", _F64)
+
+    def observe_mean(self, s, table):
+        if self._affine(table) is None:
+            return super().observe_mean(s, table)
+        return self.observe(s.mean(0, keepdim=True), table)[0]
+
+    def _affine(self, table: ObservationTable) -> tuple | None:
+        """``(matrix, offset, std, mean)`` of an affine decoder at the table's places
+        (encoders with ``linear_map``, e.g. PCA), built once per place set; None
+        for other decoders."""
+        linear_map = getattr(self.model.encoder, "linear_map", None)
+        if linear_map is None:
+            return None
+        last, key = self._last
+        if table is not last:
+            key = table_key(table)
+            self._last = (table, key)
+        hit = self._affines.get(key)
+        if hit is None:
+            if len(self._affines) >= 64:
+                self._affines.clear()
+            channel = torch.as_tensor(table.channel, dtype=torch.long, device=self.model.device)
+            with torch.no_grad():
+                matrix, offset = linear_map(self.points(table), channel)
+            mean, std = self.model.normalizer.select(channel.cpu())
+            hit = self._affines[key] = (matrix, offset, std.to(matrix), mean.to(matrix))
+        return hit
 
     def to_fields(self, s):
+        # In the model's dtype: the fields become the layout's dtype once, at the end
+        # (a float64 copy here would be cast back then, for the same values).
         z, _ = self.split(s)
         with torch.no_grad():
-            return self.model.decode_tensor(z.to(self.model.dtype)).to("cpu", _F64)
+            return self.model.decode_tensor(z.to(self.model.dtype)).to("cpu")
 
     def from_fields(self, x):
         with torch.enable_grad():

@@ -219,12 +219,35 @@ class _Compiled:
         self._matrix = matrix
         self.forward = _Kernel(matrix, sort_rows=True)
         self._backward: _Kernel | None = None
+        # One or two entries per row (points on or along a 1-D grid): a gather
+        # and a sum of two products, the same numbers as the sparse product
+        # (0 + a + b = a + b exactly), at a fraction of its cost on small batches.
+        self.pairs: tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None
+        counts = matrix.crow_indices().diff()
+        if matrix.shape[0] and bool(((counts >= 1) & (counts <= 2)).all()):
+            self.pairs = _pairs(matrix, counts)
+
+    def gather(self, x: Tensor) -> Tensor:
+        """``(B, N) -> (B, R)`` through :attr:`pairs` (rows of one or two entries)."""
+        (c0, c1), (w0, w1) = self.pairs
+        return x.index_select(1, c0) * w0 + x.index_select(1, c1) * w1
 
     @property
     def backward(self) -> _Kernel:
         if self._backward is None:
             self._backward = _Kernel(_transpose(self._matrix), sort_rows=False)
         return self._backward
+
+
+def _pairs(matrix: Tensor, counts: Tensor) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+    """Columns and weights (each ``(R,)``, first and second) of a CSR matrix with 1-2
+    entries a row; a row with one entry gets its own column again with weight 0."""
+    crow, col, val = matrix.crow_indices(), matrix.col_indices(), matrix.values().detach()
+    start = crow[:-1]
+    second = torch.where(counts == 2, start + 1, start)
+    w1 = torch.where(counts == 2, val[second], torch.zeros((), dtype=val.dtype))
+    return ((col[start].to(torch.int64), col[second].to(torch.int64)),
+            (val[start].contiguous(), w1))
 
 
 class _SparseApply(torch.autograd.Function):
@@ -465,7 +488,11 @@ class ObservationOperator:
             )
         batch = x.shape[: x.dim() - nd]
         x2 = x.reshape(math.prod(batch), self.shape[1])
-        y = _SparseApply.apply(x2, self._compiled(x), False)
+        compiled = self._compiled(x)
+        if compiled.pairs is not None:  # differentiable as it is (index_select)
+            y = compiled.gather(x2)
+        else:
+            y = _SparseApply.apply(x2, compiled, False)
         return y.reshape(*batch, self.n_obs)
 
     def transpose_apply(self, y: Tensor) -> Tensor:

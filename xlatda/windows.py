@@ -18,6 +18,7 @@ array([3600., 7200.])
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 from typing import Any
@@ -126,11 +127,33 @@ def plan_windows(table: ObservationTable, window: int, seed: int) -> list[Observ
     """
     tvals = float_times(table.time)
     groups = group_times(tvals)
+    tables = _split_by_time(table, groups)
     out = []
     for k, i in enumerate(range(0, len(groups), window)):
-        gs = groups[i:i + window]
+        gs = range(i, min(i + window, len(groups)))
         out.append(ObservationWindow(
-            index=k, tables=[table.select(g) for g in gs],
-            times=[float(tvals[g[0]]) for g in gs], labels=[table.time[g[0]] for g in gs],
-            seed=window_seed(seed, k)))
+            index=k, tables=[tables[j] for j in gs],
+            times=[float(tvals[groups[j][0]]) for j in gs],
+            labels=[table.time[groups[j][0]] for j in gs], seed=window_seed(seed, k)))
     return out
+
+
+def _split_by_time(table: ObservationTable, groups: list[np.ndarray]) -> list[ObservationTable]:
+    """One table per group: the same tables as selecting every group, made from one
+    reordering by time and views of it (one split per column, no copy per time)."""
+    if not groups:
+        return []
+    ordered = table.select(np.concatenate(groups))
+    sizes = [len(g) for g in groups]
+    ends = np.cumsum(sizes).tolist()
+    spans = list(zip([0, *ends[:-1]], ends))
+
+    def split(a):
+        if a is None:
+            return [None] * len(groups)
+        if isinstance(a, torch.Tensor):
+            return a.split(sizes)
+        return [a[i:j] for i, j in spans]
+
+    columns = [split(getattr(ordered, f.name)) for f in dataclasses.fields(ObservationTable)]
+    return [ObservationTable(*parts) for parts in zip(*columns)]

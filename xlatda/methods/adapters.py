@@ -111,12 +111,17 @@ class EnsembleFilter(CycleMethod):
 
     def analyse(self, space, ensemble, window, *, generator, state):
         table = window.tables[0]
-        hx = space.observe(ensemble, table)
+        with torch.no_grad():  # the filters differentiate nothing: no autograd records
+            hx = space.observe(ensemble, table)
         y, r = table.values.to(_F64), table.error_std.to(_F64)
         locations = space.locations(table) if self.localised else None
         # A kernel that overrides analyse (a user's subclass) is called through it.
         if type(self.kernel).analyse is EnsembleMethod.analyse:
-            return self._step(space, ensemble, hx, y, r, window, locations, generator, state)
+            # The built-in kernels are pure tensor algebra (no caches, no autograd):
+            # inference mode spares every operation autograd's bookkeeping.
+            with torch.inference_mode():
+                return self._step(space, ensemble, hx, y, r, window, locations, generator,
+                                  state)
         extra = {"state": state} if self._takes_state else {}
         out = self.kernel.analyse(ensemble, hx, y, r, generator=generator, locations=locations,
                                   **extra)

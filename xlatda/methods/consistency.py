@@ -134,15 +134,14 @@ def spread_ratio(S: Tensor, d: Tensor, r_std: Tensor, active: Tensor | None = No
     >>> spread_ratio(S, d, torch.tensor([2.0]))   # sqrt((0.5 + 1) / 2.25)
     tensor(0.8165)
     """
-    r2 = torch.as_tensor(r_std, dtype=d.dtype, device=d.device).square().expand(d.shape)
+    r2 = torch.as_tensor(r_std, dtype=d.dtype, device=d.device).square()
     if active is None:
         active = torch.isfinite(r2)
-    active = active.expand(d.shape)
-    r2 = torch.where(active, r2, 0.0)
-    expected = (r2 * (S.square().sum(-2) + 1.0)).sum(-1)
-    actual = (r2 * d.square()).sum(-1)
-    ok = active.any(-1) & (actual > 0)
-    return torch.where(ok, (expected / torch.where(ok, actual, 1.0)).sqrt(), torch.nan)
+    r2 = torch.where(active, r2, 0.0).expand(d.shape)  # 0 where off: those add nothing
+    expected = torch.linalg.vecdot(r2, S.square().sum(-2) + 1.0)
+    actual = torch.linalg.vecdot(r2, d.square())
+    # no active observation, or no innovation: actual is 0 and the ratio undefined
+    return torch.where(actual > 0, (expected / actual).sqrt(), torch.nan)
 
 
 def gross_error_mask(S: Tensor, d: Tensor, k: float) -> Tensor:
@@ -268,6 +267,9 @@ class DivergenceMonitor:
         dict of Tensor
             ``{"count": (*batch,) int64, "warned": (*batch,) bool}``.
         """
+        fast = self._update_scalar(diagnostics, state, where)
+        if fast is not None:
+            return fast
         bad = self.outside(diagnostics)
         if state is None:
             count = torch.zeros(bad.shape, dtype=torch.int64)
@@ -278,18 +280,49 @@ class DivergenceMonitor:
         warned = warned & bad
         fire = (count >= self.patience) & ~warned
         if bool(fire.any()):
-            stats = ", ".join(
-                f"{k} {float(torch.as_tensor(diagnostics[k]).reshape(-1)[0]):.3g}"
-                for k in ("chi2", "spread_ratio")
-                if k in diagnostics
-            )
-            at = f" (at {where})" if where is not None else ""
-            warnings.warn(
-                f"the filter looks divergent{at}: its innovation statistics ({stats}) have "
-                f"been outside chi2 {self.chi2_band} / spread ratio {self.spread_ratio_band} "
-                f"for {self.patience} analyses in a row; the ensemble no longer describes its "
-                "own error: use adaptive or more inflation, more members, or localisation",
-                FilterDivergenceWarning,
-                stacklevel=2,
-            )
+            self._warn({k: float(torch.as_tensor(diagnostics[k]).reshape(-1)[0])
+                        for k in ("chi2", "spread_ratio") if k in diagnostics}, where, 3)
         return {"count": count, "warned": warned | fire}
+
+    def _warn(self, stats: dict[str, float], where: Any, stacklevel: int) -> None:
+        text = ", ".join(f"{k} {v:.3g}" for k, v in stats.items())
+        at = f" (at {where})" if where is not None else ""
+        warnings.warn(
+            f"the filter looks divergent{at}: its innovation statistics ({text}) have "
+            f"been outside chi2 {self.chi2_band} / spread ratio {self.spread_ratio_band} "
+            f"for {self.patience} analyses in a row; the ensemble no longer describes its "
+            "own error: use adaptive or more inflation, more members, or localisation",
+            FilterDivergenceWarning,
+            stacklevel=stacklevel,
+        )
+
+    def _update_scalar(self, diagnostics: Mapping[str, Tensor],
+                       state: Mapping[str, Tensor] | None, where: Any) -> dict | None:
+        """:meth:`update` for one analysis (scalar statistics) with one small host sync.
+
+        The statistics are read in one transfer; while they stay in the band
+        the state's tensors are passed on unchanged (no new tensors). None
+        when the statistics are batched (the general path then runs).
+        """
+        keys = [k for k in ("chi2", "spread_ratio") if k in diagnostics]
+        values = [diagnostics[k] for k in keys]
+        if not keys or not all(torch.is_tensor(v) and v.dim() == 0 for v in values):
+            return None
+        if state is not None and state["count"].dim() != 0:
+            return None
+        numbers = torch.stack([v.detach().to("cpu", torch.float64) for v in values]).tolist()
+        bands = {"chi2": self.chi2_band, "spread_ratio": self.spread_ratio_band}
+        bad = any(v < bands[k][0] or v > bands[k][1] for k, v in zip(keys, numbers))
+        if state is None:
+            count, warned = 0, False
+        else:
+            count, warned = int(state["count"]), bool(state["warned"])
+            if not bad and count == 0 and not warned:
+                return {"count": state["count"], "warned": state["warned"]}
+        count = count + 1 if bad else 0
+        warned = warned and bad
+        fire = count >= self.patience and not warned
+        if fire:
+            self._warn(dict(zip(keys, numbers)), where, 4)
+        return {"count": torch.tensor(count, dtype=torch.int64),
+                "warned": torch.tensor(warned or fire)}

@@ -199,6 +199,7 @@ class Prepared(NamedTuple):
     S: Tensor  # (*batch, N, P) inflated, R^-1/2-scaled obs anomalies / sqrt(N-1)
     d: Tensor  # (*batch, P) R^-1/2-scaled innovation of the mean (0 where off)
     scale: float  # sqrt(N-1)
+    diagnose: bool = True  # the caller wants the chi-square's quadratic form back
 
 
 def _check_settings(inflation: Any, rtps: Any, rtpp: Any) -> None:
@@ -255,6 +256,9 @@ def _check_inputs(
 
 
 def _require_finite(name: str, t: Tensor, hint: str) -> None:
+    # A finite sum proves every value finite (one reduction); else look closer.
+    if math.isfinite(float(t.sum())):
+        return
     bad = ~torch.isfinite(t)
     if bool(bad.any()):
         raise AnalysisError(
@@ -578,33 +582,48 @@ def random_rotation(
 # --------------------------------------------------------------------------
 
 
-def _etkf_analysis(p: Prepared) -> tuple[Tensor, Tensor]:
+def _woodbury_quad(S: Tensor, d: Tensor, w: Tensor) -> Tensor:
+    """``d^T (I + S^T S)^-1 d = d.d - (S d).w`` given ``w = (I + S S^T)^-1 S d`` (Woodbury).
+
+    The innovation chi-square's quadratic form from the filter's own mean
+    weights: no second factorisation.
+    """
+    Sd = (S @ d.unsqueeze(-1)).squeeze(-1)
+    return torch.linalg.vecdot(d, d) - torch.linalg.vecdot(Sd, w)
+
+
+def _etkf_analysis(p: Prepared) -> tuple[Tensor, Tensor, Tensor | None]:
     w, T = etkf_transform(p.S, p.d)
-    return _mean_update(p, w), T @ p.X
+    return _mean_update(p, w), T @ p.X, _woodbury_quad(p.S, p.d, w) if p.diagnose else None
 
 
-def _denkf_analysis(p: Prepared) -> tuple[Tensor, Tensor]:
+def _denkf_analysis(p: Prepared) -> tuple[Tensor, Tensor, Tensor]:
     S, d = p.S.to(torch.float64), p.d.to(torch.float64)  # ensemble-space algebra in float64
     L = _cholesky(_plus_identity(S @ S.mT))
     Cinv = torch.cholesky_inverse(L)
-    w = (Cinv @ (S @ d.unsqueeze(-1))).squeeze(-1)
+    Sd = S @ d.unsqueeze(-1)
+    w = (Cinv @ Sd).squeeze(-1)
+    quad = (torch.linalg.vecdot(d, d) - torch.linalg.vecdot(Sd.squeeze(-1), w)
+            if p.diagnose else None)
     T = 0.5 * _plus_identity(Cinv)
-    return _mean_update(p, w.to(p.X.dtype)), T.to(p.X.dtype) @ p.X
+    return _mean_update(p, w.to(p.X.dtype)), T.to(p.X.dtype) @ p.X, quad
 
 
-def _ensrf_analysis(p: Prepared) -> tuple[Tensor, Tensor]:
+def _ensrf_analysis(p: Prepared) -> tuple[Tensor, Tensor, Tensor]:
     S, d = p.S.to(torch.float64), p.d.to(torch.float64)
     L = _cholesky(_plus_identity(S.mT @ S))  # (*b, P, P)
-    w = (S @ torch.cholesky_solve(d.unsqueeze(-1), L)).squeeze(-1)
+    v = torch.cholesky_solve(d.unsqueeze(-1), L)  # (I + S^T S)^-1 d
+    w = (S @ v).squeeze(-1)
+    quad = torch.linalg.vecdot(d, v.squeeze(-1)) if p.diagnose else None
     Z = torch.linalg.solve_triangular(L, S.mT, upper=False)  # L^-1 S^T
     W = torch.linalg.solve_triangular(_plus_identity(L.clone()).mT, Z, upper=True)
     T = _plus_identity(-(S @ W))
-    return _mean_update(p, w.to(p.X.dtype)), T.to(p.X.dtype) @ p.X
+    return _mean_update(p, w.to(p.X.dtype)), T.to(p.X.dtype) @ p.X, quad
 
 
 def _enkf_analysis(
     p: Prepared, centre: bool, generator: torch.Generator | None
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor]:
     S, X = p.S, p.X
     n_members, n_obs = S.shape[-2], S.shape[-1]
     gen = _generator(generator, S.device)
@@ -612,17 +631,25 @@ def _enkf_analysis(
     if centre:
         eps = eps - eps.mean(-2, keepdim=True)
     D = (eps - p.scale * S + p.d.unsqueeze(-2)).to(torch.float64)  # scaled member innovations
-    S64 = S.to(torch.float64)
+    S64, d64 = S.to(torch.float64), p.d.to(torch.float64)
     if n_members <= n_obs:
         L = _cholesky(_plus_identity(S64 @ S64.mT))
         coef = torch.cholesky_solve(S64 @ D.mT, L).mT  # D S^T C^-1, (*b, N, N)
         delta = coef.to(X.dtype) @ X
+        quad = None
+        if p.diagnose:  # chi2's d^T (I + S^T S)^-1 d = d.d - |L^-1 S d|^2, same factor
+            u = torch.linalg.solve_triangular(L, S64 @ d64.unsqueeze(-1), upper=False)
+            quad = torch.linalg.vecdot(d64, d64) - u.square().sum((-2, -1))
     else:  # never form an N x N matrix when N is large
         L = _cholesky(_plus_identity(S64.mT @ S64))
         coef = torch.cholesky_solve(D.mT, L).mT  # D F^-1, (*b, N, P)
         delta = coef.to(X.dtype) @ (S.mT @ X)
+        quad = None
+        if p.diagnose:
+            u = torch.linalg.solve_triangular(L, d64.unsqueeze(-1), upper=False)
+            quad = u.square().sum((-2, -1))
     dbar = delta.mean(-2)
-    return p.mean + dbar, X + (delta - dbar.unsqueeze(-2)) / p.scale
+    return p.mean + dbar, X + (delta - dbar.unsqueeze(-2)) / p.scale, quad
 
 
 # --------------------------------------------------------------------------
@@ -881,8 +908,10 @@ class EnsembleMethod:
                 alpha = torch.full((n_state,), float(self.rtps), **like)
                 alpha[n_state - n_params:] = float(self.param_rtps)
         X = X0 * factor
-        p = Prepared(mean, X, X0, S, d, scale)
-        mean_a, Xa = self._analysis(p, generator, locations, n_params)
+        p = Prepared(mean, X, X0, S, d, scale, diagnose)
+        # An analysis may return a third value: the chi-square's quadratic form
+        # d^T (I + S^T S)^-1 d from its own factorisation (None: computed apart).
+        mean_a, Xa, *quad = self._analysis(p, generator, locations, n_params)
         if self.rtpp:
             Xa = (1.0 - self.rtpp) * Xa + self.rtpp * X
         if isinstance(alpha, Tensor) or alpha:
@@ -896,19 +925,29 @@ class EnsembleMethod:
         analysis = mean_a.unsqueeze(-2) + scale * Xa
         if not diagnose:
             return analysis, {}, new_state
+        n_obs = active.sum(-1)
+        if quad and quad[0] is not None:
+            p_obs = n_obs.to(quad[0].dtype)
+            chi2 = torch.where(n_obs > 0, quad[0] / p_obs.clamp_min(1.0), torch.nan)
+        else:
+            chi2 = innovation_chi2(S, d, active)
         diagnostics = {
-            "chi2": innovation_chi2(S, d, active),
+            "chi2": chi2.to(ensemble.dtype),
             "spread_ratio": spread_ratio(S, d, r_std, active),
             "inflation": lam,
-            "n_obs": active.sum(-1),
+            "n_obs": n_obs,
             "n_rejected": n_rejected,
         }
         return analysis, diagnostics, new_state
 
     def _analysis(
         self, p: Prepared, generator: torch.Generator | None, locations: Any, n_params: int
-    ) -> tuple[Tensor, Tensor]:  # pragma: no cover
-        """Analysis mean ``(*batch, n)`` and anomalies ``(*batch, N, n)`` (over sqrt(N-1))."""
+    ) -> tuple[Tensor, ...]:  # pragma: no cover
+        """Analysis mean ``(*batch, n)`` and anomalies ``(*batch, N, n)`` (over sqrt(N-1)).
+
+        May return a third value: ``d^T (I + S^T S)^-1 d`` ``(*batch,)`` from the
+        analysis' own factorisation when ``p.diagnose`` (else None); without
+        it :meth:`step` computes the innovation chi-square separately."""
         raise NotImplementedError
 
 

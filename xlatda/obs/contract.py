@@ -344,11 +344,20 @@ def validate(
         sel = measured[i]
         if sel.sum() < 2:
             continue
-        rows = np.rec.fromarrays([c[sel] for c in key_cols])
-        _, counts = np.unique(rows, return_counts=True)
-        if np.any(counts > 1):
+        cols = [c[sel] for c in key_cols]
+        if not cols:
+            continue
+        # Sort by all key columns at once (lexsort: no structured-array sort), then
+        # compare neighbours: equal neighbours are duplicates.
+        order = np.lexsort(cols[::-1])
+        same = np.ones(order.size - 1, dtype=bool)
+        for c in cols:
+            cs = c[order]
+            same &= cs[1:] == cs[:-1]
+        if same.any():
+            starts = same & ~np.concatenate([[False], same[:-1]])
             raise ObservationError(
-                f"{int((counts > 1).sum())} locations observe {name!r} more than once at the "
+                f"{int(starts.sum())} locations observe {name!r} more than once at the "
                 "same time; average duplicates (obs.groupby(...).mean()) or give them "
                 "different kinds"
             )

@@ -1,0 +1,221 @@
+"""The lean cycle loop (issue 16): what each analysis computes, and that it is still right.
+
+- the observation operator is applied once to the background ensemble and
+  once to the analysis mean per analysis, and built once per place set;
+- the diagnostics (innovation chi-square, spread ratio, observation-space
+  RMS) equal their closed forms on a linear-Gaussian cycle, and the analysis
+  mean is the exact Kalman update with the (inflated) forecast covariance;
+- the one-sync divergence monitor counts and warns as the batched one;
+- the gather used for operators with one or two entries a row gives the
+  sparse product's numbers (NaN included);
+- chunked (dask) observations give the same cycle as eager ones.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import xlatda
+import xlatda.spaces
+from xlatda.dynamics.physical import Lorenz96, PhysicalModel
+from xlatda.errors import FilterDivergenceWarning
+from xlatda.methods.consistency import DivergenceMonitor, innovation_chi2
+from xlatda.obs_geometry import index_interpolation_matrix
+from xlatda.sparse_interp import ObservationOperator
+
+F64 = torch.float64
+N_SITES = 8
+
+
+class LinearModel(PhysicalModel):
+    """``x_{k+1} = M x_k``: a damped rotation of neighbouring sites (linear-Gaussian twin)."""
+
+    def __init__(self, n: int = N_SITES, dt: float = 0.05) -> None:
+        super().__init__(dt)
+        self.state_shape = (n,)
+        g = torch.Generator().manual_seed(5)
+        q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=F64))
+        self.M = 0.97 * q
+
+    def step(self, x, dt=None, theta=None):
+        return x @ self.M.T
+
+
+def _twin(steps: int = 12, every: int = 2, seed: int = 0):
+    truth = xlatda.datasets.lorenz96(n=N_SITES, steps=steps, seed=seed)
+    sites = np.arange(0.0, N_SITES, every)
+    k = np.tile(sites, steps)
+    t = np.repeat(truth.time.values[1:], sites.size)
+    rng = np.random.default_rng(seed + 1)
+    vals = truth.x.isel(time=slice(1, None)).values[:, ::every].ravel()
+    std = np.where(k % 4 == 0, 0.5, 1.0)
+    obs = xr.Dataset({"x": ("obs", vals + std * rng.normal(size=k.size))},
+                     coords={"k": ("obs", k), "time": ("obs", t)})
+    obs["x_error_std"] = ("obs", std)
+    obs["x"].attrs["ancillary_variables"] = "x_error_std"
+    return truth, obs
+
+
+@pytest.fixture()
+def counted(monkeypatch):
+    """Count operator builds and applications (with the batch size of each)."""
+    calls = {"build": 0, "apply": []}
+    build = xlatda.spaces.build_operator
+    apply = ObservationOperator.__call__
+
+    def counting_build(*args, **kwargs):
+        calls["build"] += 1
+        return build(*args, **kwargs)
+
+    def counting_apply(self, x):
+        calls["apply"].append(int(np.prod(x.shape[: x.dim() - len(self.state_shape)])))
+        return apply(self, x)
+
+    monkeypatch.setattr(xlatda.spaces, "build_operator", counting_build)
+    monkeypatch.setattr(ObservationOperator, "__call__", counting_apply)
+    return calls
+
+
+@pytest.mark.parametrize("method", ["denkf", "etkf", "enkf", "letkf"])
+def test_each_analysis_observes_the_background_once_and_the_analysis_mean_once(counted, method):
+    truth, obs = _twin(steps=10)
+    kw = {"radius": 2} if method == "letkf" else {}
+    res = xlatda.cycle(truth.isel(time=0), obs, Lorenz96(n=N_SITES), method=method, members=6,
+                       init_std=1.0, seed=0, progress=False, **kw)
+    n = res.analysis.sizes["time"]
+    assert n == 10
+    # the same places at every time: one operator for the whole cycle
+    assert counted["build"] == 1
+    # per analysis: the 6 background members (update, chi2, spread ratio and the
+    # innovation statistics share them), then the analysis mean (residuals)
+    assert counted["apply"] == [6, 1] * n
+
+
+def test_operators_are_built_once_per_distinct_place_set(counted):
+    truth = xlatda.datasets.lorenz96(n=N_SITES, steps=6, seed=0)
+    t = truth.time.values[1:]
+    places = [[0.0, 3.0], [1.0, 5.0]]  # two place sets, alternating
+    k = np.concatenate([places[i % 2] for i in range(len(t))])
+    obs = xr.Dataset({"x": ("obs", np.ones(k.size), {"error_std": 1.0})},
+                     coords={"k": ("obs", k), "time": ("obs", np.repeat(t, 2))})
+    xlatda.cycle(truth.isel(time=0), obs, Lorenz96(n=N_SITES), members=5, init_std=1.0,
+                 progress=False, gross_error=None)
+    assert counted["build"] == 2
+    assert len(counted["apply"]) == 2 * len(t)
+
+
+@pytest.mark.filterwarnings("ignore::xlatda.errors.FilterDivergenceWarning")  # linear vs L96
+@pytest.mark.parametrize("method", ["etkf", "denkf", "ensrf", "enkf"])
+def test_diagnostics_and_mean_match_the_closed_form_on_a_linear_gaussian_cycle(method):
+    truth, obs = _twin(steps=8)
+    infl = 1.1
+    model = LinearModel()
+    res = xlatda.cycle(truth.isel(time=0), obs, model, method=method, members=12, init_std=1.0,
+                       seed=3, progress=False, inflation=infl, gross_error=None)
+    diag = res.diagnostics
+    sites = np.arange(0, N_SITES, 2)
+    H = np.eye(N_SITES)[sites]
+    for i, t in enumerate(res.analysis.time.values):
+        sel = obs.time.values == t
+        y, r = obs.x.values[sel], obs.x_error_std.values[sel]
+        R = np.diag(r**2)
+        Xb = res.background.x.isel(time=i).values  # (N, n)
+        xb = Xb.mean(0)
+        Pb = infl**2 * np.cov(Xb.T)
+        innov = y - H @ xb
+        Sigma = H @ Pb @ H.T + R
+        chi2 = innov @ np.linalg.solve(Sigma, innov) / y.size
+        np.testing.assert_allclose(diag.chi2.values[i], chi2, rtol=1e-10)
+        ratio = np.sqrt(np.trace(Sigma) / (innov @ innov))
+        np.testing.assert_allclose(diag.spread_ratio.values[i], ratio, rtol=1e-10)
+        xa = res.analysis.x.isel(time=i).values.mean(0)
+        if method != "enkf":  # the deterministic filters' mean is the Kalman update
+            kalman = xb + Pb @ H.T @ np.linalg.solve(Sigma, innov)
+            np.testing.assert_allclose(xa, kalman, rtol=1e-9, atol=1e-10)
+        np.testing.assert_allclose(diag.innovation_rms.values[i], np.sqrt(np.mean(innov**2)),
+                                   rtol=1e-12)
+        np.testing.assert_allclose(diag.residual_rms.values[i],
+                                   np.sqrt(np.mean((y - H @ xa) ** 2)), rtol=1e-10)
+        spread = np.sqrt(np.mean((H @ np.cov(Xb.T) @ H.T).diagonal()))
+        np.testing.assert_allclose(diag.background_spread_obs.values[i], spread, rtol=1e-12)
+        np.testing.assert_allclose(diag.obs_error_rms.values[i], np.sqrt(np.mean(r**2)),
+                                   rtol=1e-12)
+        assert int(diag.n_obs.values[i]) == y.size
+
+
+def test_filter_chi2_equals_the_separate_woodbury_computation():
+    g = torch.Generator().manual_seed(0)
+    for method in ("etkf", "denkf", "ensrf", "enkf"):
+        kernel = xlatda.methods.get_method(method)(inflation=1.2, gross_error=None)
+        for n_members, n_obs in ((10, 4), (5, 30)):  # both sides of P < N
+            ens = torch.randn(n_members, 6, generator=g, dtype=F64)
+            hx = torch.randn(n_members, n_obs, generator=g, dtype=F64)
+            y = torch.randn(n_obs, generator=g, dtype=F64)
+            r = 0.5 + torch.rand(n_obs, generator=g, dtype=F64)
+            _, diag, _ = kernel.step(ens, hx, y, r, generator=g)
+            S = 1.2 * (hx - hx.mean(0)) / r / (n_members - 1) ** 0.5
+            d = (y - hx.mean(0)) / r
+            torch.testing.assert_close(diag["chi2"], innovation_chi2(S, d), rtol=1e-11, atol=0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.sampled_from([0.01, 0.5, 1.0, 3.0, 50.0, float("nan")]), min_size=1,
+                max_size=25),
+       st.integers(1, 4))
+def test_scalar_monitor_counts_and_warns_as_the_batched_one(chi2s, patience):
+    mon = DivergenceMonitor(patience=patience)
+    fast, batched = None, None
+    n_fast = n_batched = 0
+    for i, v in enumerate(chi2s):
+        with warnings.catch_warnings(record=True) as w1:
+            warnings.simplefilter("always")
+            fast = mon.update({"chi2": torch.tensor(v, dtype=F64),
+                               "spread_ratio": torch.tensor(1.0, dtype=F64)}, fast, where=i)
+        with warnings.catch_warnings(record=True) as w2:
+            warnings.simplefilter("always")
+            batched = mon.update({"chi2": torch.tensor([v], dtype=F64),
+                                  "spread_ratio": torch.tensor([1.0], dtype=F64)}, batched,
+                                 where=i)
+        n_fast += sum(issubclass(w.category, FilterDivergenceWarning) for w in w1)
+        n_batched += sum(issubclass(w.category, FilterDivergenceWarning) for w in w2)
+        assert int(fast["count"]) == int(batched["count"][0])
+        assert bool(fast["warned"]) == bool(batched["warned"][0])
+        assert n_fast == n_batched
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.floats(0.0, 15.99), min_size=1, max_size=12), st.integers(1, 3),
+       st.booleans())
+def test_one_or_two_entry_rows_give_the_sparse_products_numbers(positions, channels, nan):
+    H = index_interpolation_matrix(16, positions, periodic=True)
+    chan = torch.arange(len(positions)) % channels
+    op = ObservationOperator(H, channel=chan, n_channels=channels)
+    g = torch.Generator().manual_seed(len(positions))
+    x = torch.randn(3, channels, 16, generator=g, dtype=F64)
+    if nan:
+        x[1, 0, 5] = float("nan")
+    compiled = op._compiled(x)
+    assert compiled.pairs is not None
+    got = op(x)
+    want = compiled.forward(x.reshape(3, -1))  # the sparse product
+    torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
+    if not nan:  # a dense product spreads NaN through every zero; sparse, only stored entries
+        torch.testing.assert_close(got, (op.dense() @ x.reshape(3, -1).T).T)
+
+
+def test_chunked_observations_give_the_eager_cycle():
+    truth, obs = _twin(steps=6)
+    kw = dict(members=6, init_std=1.0, seed=1, progress=False)
+    eager = xlatda.cycle(truth.isel(time=0), obs, Lorenz96(n=N_SITES), **kw)
+    lazy = xlatda.cycle(truth.isel(time=0), obs.chunk({"obs": 5}), Lorenz96(n=N_SITES), **kw)
+    np.testing.assert_array_equal(lazy.analysis.x.values, eager.analysis.x.values)
+    for name in eager.diagnostics.data_vars:
+        np.testing.assert_array_equal(lazy.diagnostics[name].values,
+                                      eager.diagnostics[name].values)
