@@ -362,10 +362,9 @@ def fit_score(
 def _score_settings(settings: dict[str, Any]) -> dict[str, Any]:
     check_keywords(settings, _SAMPLER_SETTINGS + _SPAN_SETTINGS,
                    where="method 'score' (its sampler settings)")
-    settings = {k: v for k, v in settings.items() if k not in _SPAN_SETTINGS}
-    # Many precise observations make the guided predictor stiff; a cap that
-    # binds only there keeps the sampler finite (None: the exact sampler).
-    return {"guide_clip": 1.0, **settings}
+    # The defaults are the kernel's (xlatda.methods.score.SAMPLER_DEFAULTS), the one
+    # place they are set: only the settings given are passed on.
+    return {k: v for k, v in settings.items() if k not in _SPAN_SETTINGS}
 
 
 def _require_score(model: Any) -> ScorePrior:
