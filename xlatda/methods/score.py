@@ -156,8 +156,8 @@ __all__ = ["SAMPLER_DEFAULTS", "ScoreDA", "guided_eps", "observation_gain"]
 #: observations of r = 4 finite (without the cap the predictor diverges); ``gamma=1e-2`` had
 #: the lower validation CRPS and RMSE at r = 4 and 8 (``1e-1`` at r = 16, where the
 #: observations are few: pass ``gamma`` for sparse data); 64 steps with one Langevin
-#: correction (``tau=1``). The cap binds whenever the guidance is strong, also for a few very precise
-#: observations of a small state, where it widens the posterior (the module example: a
+#: correction (``tau=1``). The cap binds whenever the guidance is strong, also for a few very
+#: precise observations of a small state, where it widens the posterior (the module example: a
 #: standard deviation of 0.17 instead of 0.10); pass ``guide_clip=None`` for the exact
 #: sampler there (``tests/test_score.py`` passes with either).
 SAMPLER_DEFAULTS: dict[str, Any] = {
