@@ -34,7 +34,7 @@ def _draw(prior, a, y, sy, **kw):
 
 def test_unclipped_guidance_diverges_and_the_clip_keeps_it_bounded():
     prior, a, y, sy, mean_a, s = _stiff_case()
-    x = _draw(prior, a, y, sy, steps=64)
+    x = _draw(prior, a, y, sy, steps=64, guide_clip=None)
     assert not bool(torch.isfinite(x).all()) or float(x.abs().max()) > 1e6
     prior_scale = float(s.diagonal().sum().sqrt())  # RMS size of a prior draw
     x = _draw(prior, a, y, sy, steps=64, guide_clip=1.0)
@@ -49,6 +49,20 @@ def test_clipped_sampler_reaches_the_kalman_mean_with_many_steps():
         a @ s @ a.T + sy**2 * torch.eye(a.shape[0], dtype=F64), a @ s)).diagonal().sum().sqrt())
     x = _draw(prior, a, y, sy, steps=256, guide_clip=3.0)
     assert float((x.mean(0) - mean_a).norm()) < 0.5 * post_scale
+
+
+def test_kernel_and_api_share_the_sampler_defaults():
+    """One place for the defaults: the kernel's fields are SAMPLER_DEFAULTS and the API passes
+    only what it is given (no second default at the xarray layer)."""
+    import dataclasses
+
+    from xlatda.generative import _score_settings
+    from xlatda.methods.score import SAMPLER_DEFAULTS
+
+    fields = {f.name: f.default for f in dataclasses.fields(ScoreDA)}
+    assert {k: fields[k] for k in SAMPLER_DEFAULTS} == SAMPLER_DEFAULTS
+    assert _score_settings({}) == {}
+    assert _score_settings({"gamma": 0.1, "block": 9}) == {"gamma": 0.1}
 
 
 def test_a_clip_that_never_binds_changes_nothing():

@@ -47,6 +47,21 @@ rest. ``joint=False`` restores the independent windows of ``window``
 observation times (each centred in one prior window, knowing nothing of
 the others).
 
+**Representation error** (``representation_error=True``, latent models). The
+decoder cannot represent every state: what it misses, H∘D sees as error of the
+observations. With this setting the decoder's held-out reconstruction RMSE of
+each value's channel (``model.history["representation_error"]``, recorded by
+:func:`xlatda.fit` on its validation states) is added in quadrature to the
+observation error in the likelihood, so that dense, precise observations no
+longer pin the latent posterior to what they cannot show (the cause of the
+under-dispersed posteriors at mild coarsening in
+``benchmarks/bench_sw_generative.py``, where the same correction, learned on
+held-out trajectories, is measured). The per-point RMSE overstates the error of
+area means (coarsened fields), which average part of it away. Default
+``False``: the likelihood holds the observation error alone, as in SLAMS. The
+posterior samples are latent; the decoded states still miss the representation
+error, which a predictive spread adds in quadrature.
+
 **No background.** As in SLAMS, the prior is the score model itself: the
 analysis does not use a background state or a forecast model. ``state`` /
 ``background`` only give the layout and the starting time (both may be
@@ -111,7 +126,7 @@ __all__ = ["PixelScoreModel", "ScoreWindows", "fit_score"]
 
 _F64 = torch.float64
 _SAMPLER_SETTINGS = ("steps", "corrections", "tau", "gamma", "guide_clip")
-_SPAN_SETTINGS = ("joint", "block")
+_SPAN_SETTINGS = ("joint", "block", "representation_error")
 
 
 
@@ -362,10 +377,9 @@ def fit_score(
 def _score_settings(settings: dict[str, Any]) -> dict[str, Any]:
     check_keywords(settings, _SAMPLER_SETTINGS + _SPAN_SETTINGS,
                    where="method 'score' (its sampler settings)")
-    settings = {k: v for k, v in settings.items() if k not in _SPAN_SETTINGS}
-    # Many precise observations make the guided predictor stiff; a cap that
-    # binds only there keeps the sampler finite (None: the exact sampler).
-    return {"guide_clip": 1.0, **settings}
+    # The defaults are the kernel's (xlatda.methods.score.SAMPLER_DEFAULTS), the one
+    # place they are set: only the settings given are passed on.
+    return {k: v for k, v in settings.items() if k not in _SPAN_SETTINGS}
 
 
 def _require_score(model: Any) -> ScorePrior:
@@ -416,6 +430,33 @@ class _WindowSampler:
         self.block = int(block)
         self.dtype = prior.net_dtype
         self.device = prior.mean.device
+        self.rep_var = self._representation_variance(settings.get("representation_error",
+                                                                  False))
+
+    def _representation_variance(self, flag: Any) -> torch.Tensor | None:
+        """Per-channel variance the decoder cannot represent (``None`` when not used)."""
+        if not isinstance(flag, (bool, np.bool_)):
+            raise ConfigError(f"representation_error must be True or False, got {flag!r}")
+        if not flag:
+            return None
+        rec = (getattr(self.model, "history", None) or {}).get("representation_error")
+        if not self.latent or rec is None:
+            raise ConfigError(
+                "representation_error=True needs a LatentModel whose history holds the "
+                "decoder's held-out reconstruction error (xlatda.fit(..., validation=...) records "
+                f"history['representation_error']); this {type(self.model).__name__} has none"
+            )
+        return torch.as_tensor(rec["rmse"], dtype=torch.float64) ** 2
+
+    def error_std(self, tables) -> torch.Tensor:
+        """Observation-error std of the likelihood, ``(P,)``: with ``representation_error``
+        the decoder's held-out reconstruction error of each value's channel is added in
+        quadrature (what the latent space cannot represent, seen by H∘D as error)."""
+        r = torch.cat([t.error_std for t in tables]).to(torch.float64)
+        if self.rep_var is not None:
+            chan = torch.cat([t.channel for t in tables]).cpu()
+            r = (r**2 + self.rep_var[chan]).sqrt()
+        return r.to(self.dtype).to(self.device)
 
     @property
     def window(self) -> int:
@@ -496,7 +537,7 @@ class _WindowSampler:
         observe = self._observe(tables, positions, prior) if tables else None
         if tables:
             y = torch.cat([t.values for t in tables]).to(self.dtype).to(self.device)
-            r = torch.cat([t.error_std for t in tables]).to(self.dtype).to(self.device)
+            r = self.error_std(tables)
             # The guidance inflates the observation-error variance by γ(σ_t/μ_t)² in
             # standardised prior units; the gains carry that into observation units
             # (physical units, through the decoder), observation by observation.
@@ -580,7 +621,7 @@ class _WindowSampler:
     def draw(self, members: int, tables, positions, gen: torch.Generator, prior_too: bool):
         """Posterior (and prior) samples at ``positions``: lists of ``(N, n)`` float64."""
         y = torch.cat([t.values for t in tables]).to(self.dtype)
-        r = torch.cat([t.error_std for t in tables]).to(self.dtype)
+        r = self.error_std(tables)
         observe = self._observe(tables, positions)
         # The guidance inflates the observation-error variance by γ(σ_t/μ_t)² in
         # standardised prior units; the gains carry that into observation units
