@@ -255,7 +255,7 @@ class EnVar4D:
     rtps : float
         Relaxation of the state entries' posterior spread to their prior
         (un-inflated) spread, in ``[0, 1]`` (Whitaker & Hamill 2012); 0: none
-        (the kernel default). Latent cycles default to 0.3
+        (the kernel default). Latent cycles default to 0.4
         (:data:`xlatda.methods.inflation.LATENT_CYCLE_SETTINGS`). In the
         weak-constraint windows each time's analysis is relaxed to that
         time's forecast spread.
