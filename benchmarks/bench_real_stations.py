@@ -27,6 +27,10 @@ climatology (training-period mean), linear interpolation of the stations
 (``scipy.interpolate.griddata``, nearest-neighbour fill outside the hull) and
 optimal interpolation with the training sample covariance (on the grid).
 
+Encoders: PCA, the plain convolutional autoencoder and ``autoencoder+pca``
+(``encoder_options={"pca_base": True}``: the autoencoder built on the
+training PCA, see :class:`xlatda.encoders.autoencoder.ConvAutoencoder`).
+
 Latent runs use the calls a user would write, with defaults:
 ``xlatda.encode_obs(obs, model)`` (static, Bayesian under the latent prior),
 ``xlatda.cycle(background, obs, model, method=m)`` for m in etkf, 4denvar,
@@ -207,8 +211,11 @@ def fit_model(f: Field, encoder: str, latent: int, cache: Path | None, seed: int
         return xlatda.open_model(path), 0.0
     train = f.ds.isel(time=slice(*TRAIN))
     t0 = time.perf_counter()
-    model = xlatda.fit(train, encoder=encoder, latent_dim=latent, dynamics=dynamics,
-                       uncertainty="diagonal", progress=False, seed=seed)
+    name, _, base = encoder.partition("+")  # "autoencoder+pca": built on the training PCA
+    options = {"pca_base": True} if base == "pca" else None
+    model = xlatda.fit(train, encoder=name, latent_dim=latent, dynamics=dynamics,
+                       uncertainty="diagonal", progress=False, seed=seed,
+                       encoder_options=options)
     secs = time.perf_counter() - t0
     if path is not None:
         model.save(path, overwrite=True)
@@ -301,7 +308,8 @@ def main(argv=None) -> None:
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--hours", type=int, default=48)
     p.add_argument("--sizes", default="16,32,64,128", help="latent sizes (divergence check)")
-    p.add_argument("--encoders", default="pca,autoencoder")
+    p.add_argument("--encoders", default="pca,autoencoder,autoencoder+pca",
+                   help="'autoencoder+pca': encoder_options={'pca_base': True}")
     p.add_argument("--methods", default="etkf,4denvar,3dvar")
     p.add_argument("--dynamics", default="linear", help="latent dynamics of every model")
     p.add_argument("--compare-dynamics", default="ode",
