@@ -150,3 +150,28 @@ def test_bad_latent_basis_is_refused_before_work():
 def test_cpu_preset_uses_the_pca_basis():
     assert SINR_PRESETS["cpu"]["latent_basis"] == "pca"
     assert SINR_PRESETS["paper"].get("latent_basis", "codes") == "codes"
+
+
+def test_independent_spread_per_coordinate_is_the_climatological_field_variance(pair):
+    """Why the basis matters for latent ensembles (benchmarks/bench_sinr.py part c).
+
+    Perturbing each latent coordinate independently with the training spread
+    (``init_std = zstd``) gives, in the pca basis, exactly the weighted field
+    variance of the training decodes; in raw codes it ignores their
+    correlations.
+    """
+    enc = pair[0]["pca"]
+    z = enc.train_codes.double()
+    rec = enc.decode(z)
+    field_var = _weighted_ms(enc, rec - rec.mean(0)).sum(0) / (z.shape[0] - 1)  # (C,)
+    # E ||J dz_c||_w^2 for dz ~ N(0, diag(s^2)) = sum_k s_k^2 ||J e_k||_w^2 = sum_k s_k^2
+    eye = torch.eye(12, dtype=torch.float64)
+    base = enc.decode(torch.zeros(1, 12, dtype=torch.float64))
+    # (K C, C): the field norm of a unit step along each coordinate (1 in its own channel)
+    per_coord = torch.stack([_weighted_ms(enc, enc.decode(eye[k : k + 1]) - base)[0]
+                             for k in range(12)])
+    s2 = z.var(0)
+    expected = (per_coord * s2[:, None]).sum(0)
+    torch.testing.assert_close(expected, field_var, atol=1e-6, rtol=1e-3)
+    torch.testing.assert_close(per_coord.sum(0), torch.full((2,), 6.0, dtype=torch.float64),
+                               atol=1e-4, rtol=1e-4)
