@@ -209,7 +209,8 @@ def sinr_max_degree(max_freq: int, depth: int) -> int:
 #: :func:`xlatda.fit`; there ``fit``'s own ``epochs`` / ``batch_size`` take precedence).
 #: ``"cpu"`` trains a 32 x 64 two-channel shallow-water model in about a minute on one
 #: CPU core (hidden 64, depth 4, ``D_max = 50``; variable-projection training, random
-#: point subsets); ``"paper"`` is LAINR's decoder (hidden 128, depth 8, ``F = 8``,
+#: point subsets; latents in the ``"pca"`` basis, for latent assimilation); ``"paper"`` is
+#: LAINR's decoder (hidden 128, depth 8, ``F = 8``,
 #: ``D_max = 108``; with the paper's latent 400 = 2 channels x 200 at 64 x 128), the
 #: paper's two learning rates and code table, for a GPU.
 SINR_PRESETS: dict[str, dict[str, Any]] = {
