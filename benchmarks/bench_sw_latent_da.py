@@ -35,9 +35,10 @@ forecast of the encoded background (and, for reference, the T21 physical
 model from the background). The analysis is the mean of the decoded
 analysis members.
 
-Speed-ups (SINR auto-decoding costs ~2 s per sample on one core): the SINR
-encoder reuses the codes learned for the training snapshots
-(``reuse_codes=True``), so fitting the dynamics needs no auto-decoding.
+The full-state 4DEnVar here runs the T21 model on the 32 x 64 grid, against
+a truth from a T42 model (model error included); ``bench_sinr.py`` part (d)
+runs the fair baseline, the truth's own T42 model on 64 x 128
+(:func:`make_fine_data`, :func:`truncate_to`, ``physical_cycle(model=...)``).
 
 Run ``python benchmarks/bench_sw_latent_da.py`` (quick) or ``--full``;
 writes ``benchmarks/out/sw_latent_da.md``.
@@ -237,12 +238,65 @@ def physical_members(case, train: xr.Dataset, alpha: float, n: int, seed: int) -
     return ens.transpose("time", "member", "lat", "lon")
 
 
-def physical_cycle(case, train, alpha, cfg, seed=0):
+def make_fine_data(cfg: dict, nlat: int = 64, nlon: int = 128) -> dict[str, xr.Dataset]:
+    """The trajectories of :func:`make_data` on the model's own ``nlat x nlon`` grid.
+
+    The data set runs a T42 model on 64 x 128 whatever the output grid, so the
+    same seeds give the same trajectories; on 64 x 128 they are the model's
+    full state (no truncation), the state a full-resolution physical
+    assimilation works with. Validation is not generated (nothing is chosen
+    on it at this resolution).
+    """
+    d = cfg["data"]
+
+    def gen(n, seed):
+        return xlatda.datasets.shallow_water(
+            nlat=nlat, nlon=nlon, days=d["days"], output_every=d["every"], trajectories=n,
+            seed=seed, spinup_hours=d["spinup"], variables=tuple(ALL_VARS), progress=False)
+
+    return {"train": gen(d["n_train"], d["seed_train"]), "test": gen(d["n_test"], d["seed_test"])}
+
+
+def truncate_to(ds: xr.Dataset, like: xr.Dataset) -> xr.Dataset:
+    """Fields on a finer Gauss grid -> ``like``'s grid by spherical-harmonic truncation.
+
+    The same operation the data set applies to its model states (expand,
+    keep the degrees and orders the coarse grid represents, evaluate there),
+    so a full-resolution analysis is scored exactly like the coarse truth.
+    """
+    from xlatda.sphere.transform import SphericalHarmonicTransform
+
+    nlat, nlon = like.sizes["lat"], like.sizes["lon"]
+    fine = SphericalHarmonicTransform(ds.sizes["lat"], ds.sizes["lon"], dtype=torch.float64)
+    coarse = SphericalHarmonicTransform(nlat, nlon, dtype=torch.float64)
+    lmax, mmax = min(fine.lmax, coarse.lmax), min(fine.mmax, coarse.mmax)
+    coarse = SphericalHarmonicTransform(nlat, nlon, lmax=lmax, mmax=mmax, dtype=torch.float64)
+    out = {}
+    for v in ds.data_vars:
+        da = ds[v].transpose(..., "lat", "lon")
+        c = fine.forward(torch.as_tensor(da.values, dtype=torch.float64))
+        y = coarse.inverse(c[..., : lmax + 1, : mmax + 1]).numpy()
+        coords = {k: c_ for k, c_ in da.coords.items() if "lat" not in c_.dims
+                  and "lon" not in c_.dims}
+        out[v] = xr.DataArray(y, dims=da.dims, coords={**coords, "lat": like.lat,
+                                                       "lon": like.lon}, attrs=da.attrs)
+    return xr.Dataset(out)
+
+
+def physical_cycle(case, train, alpha, cfg, seed=0, model=None, background=None):
+    """Full-state 4DEnVar with the spectral model (default T21 on the 32 x 64 truth grid).
+
+    ``model`` (e.g. ``ShallowWater(64, 128)``, the truth's own T42 model) with
+    ``train`` and ``background`` on that model's grid; the analysis is on it too.
+    """
+    model = ShallowWater(32, 64) if model is None else model
+    if background is not None:
+        case = dict(case, bg=background)
     ens = physical_members(case, train, alpha, cfg["members"], seed)
     for v in ALL_VARS:
         ens[v].attrs = dict(train[v].attrs)
     t0 = time.perf_counter()
-    res = xlatda.cycle(ens, case["obs"], ShallowWater(32, 64), method="4denvar",
+    res = xlatda.cycle(ens, case["obs"], model, method="4denvar",
                        space="physical", window=cfg["envar"]["window"],
                        iterations=cfg["envar"]["iterations"], inflation=cfg["inflation"],
                        seed=seed, progress=False)
