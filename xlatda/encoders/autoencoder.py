@@ -453,6 +453,7 @@ class NeuralEncoder(Encoder):
         aux_spec: dict[str, Any] | None = None,
         neighbours: int = 1,
         seed: int = 0,
+        pca_base: bool = False,
     ) -> None:
         grid = check_grid(grid, spatial_shape)
         super().__init__(n_channels, spatial_shape, latent_dim, grid)
@@ -511,6 +512,14 @@ class NeuralEncoder(Encoder):
         self.register_buffer("z_mean", torch.zeros(self.latent_dim))
         self._area_w: dict = {}
         self._operators = PointOperatorCache(self.neighbours)
+        self.pca_base = bool(pca_base)
+        if self.pca_base:
+            self._build_pca_base()
+
+    def _build_pca_base(self) -> None:
+        """Hook: the PCA buffers and gates of ``pca_base`` (autoencoder only)."""
+        raise ConfigError(f"pca_base is not available for {type(self).__name__}; use the "
+                          "autoencoder ('autoencoder') or pca_base=False")
 
     def _build_extra(self) -> None:
         """Hook for subclasses: more parameters, created under the seeded RNG."""
@@ -900,21 +909,18 @@ class ConvAutoencoder(NeuralEncoder):
 
     kind = "autoencoder"
 
-    def __init__(self, *args: Any, pca_base: bool = False, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.pca_base = bool(pca_base)
-        if self.pca_base:
-            size = self.n_channels * math.prod(self.spatial_shape)
-            if self.latent_dim > size:
-                raise ConfigError(
-                    f"pca_base needs latent_dim <= the number of state values ({size}), got "
-                    f"{self.latent_dim}"
-                )
-            self.register_buffer("pca_mean", torch.zeros(self.n_channels, *self.spatial_shape))
-            self.register_buffer("pca_basis", torch.zeros(self.latent_dim, size))
-            # ReZero gates (Bachlechner et al. 2021): the networks start switched off,
-            # so the untrained autoencoder *is* the PCA and training only adds to it
-            self.gates = nn.Parameter(torch.zeros(2))
+    def _build_pca_base(self) -> None:
+        size = self.n_channels * math.prod(self.spatial_shape)
+        if self.latent_dim > size:
+            raise ConfigError(
+                f"pca_base needs latent_dim <= the number of state values ({size}), got "
+                f"{self.latent_dim}"
+            )
+        self.register_buffer("pca_mean", torch.zeros(self.n_channels, *self.spatial_shape))
+        self.register_buffer("pca_basis", torch.zeros(self.latent_dim, size))
+        # ReZero gates (Bachlechner et al. 2021): the networks start switched off,
+        # so the untrained autoencoder *is* the PCA and training only adds to it
+        self.gates = nn.Parameter(torch.zeros(2))
 
     @property
     def config(self) -> dict[str, Any]:
