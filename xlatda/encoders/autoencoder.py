@@ -524,6 +524,10 @@ class NeuralEncoder(Encoder):
     def _build_extra(self) -> None:
         """Hook for subclasses: more parameters, created under the seeded RNG."""
 
+    def _before_training(self, x_train: Tensor) -> None:
+        """Hook for subclasses: work on the checked training fields (the encoder
+        already on the training device and dtype), before the first epoch."""
+
     @property
     def config(self) -> dict[str, Any]:
         return {
@@ -807,6 +811,7 @@ class NeuralEncoder(Encoder):
         if aux_train is not None and x_val is not None and aux_val is None:
             raise ConfigError("aux_train was given with x_val: pass aux_val as well")
         self.to(device=device, dtype=dtype)
+        self._before_training(x_train)
         val = None if x_val is None else (x_val, aux_val)
         history = train_module(
             self,
@@ -956,17 +961,11 @@ class ConvAutoencoder(NeuralEncoder):
         lin = (z @ self.pca_basis).view(z.shape[0], self.n_channels, *self.spatial_shape)
         return self.pca_mean + lin / self.area_w.sqrt() + self.gates[1] * self.decoder_net(z)
 
-    def fit(self, x_train: Tensor, x_val: Tensor | None = None, **kwargs: Any) -> dict[str, Any]:
-        """Train in place (see :meth:`NeuralEncoder.fit`); with ``pca_base`` the PCA of
-        ``x_train`` is computed first (never of ``x_val``) and the networks learn the
-        nonlinear correction to it."""
+    def _before_training(self, x_train: Tensor) -> None:
+        """With ``pca_base``: the PCA of ``x_train`` (never of the validation
+        fields), which the networks then learn the nonlinear correction to."""
         if self.pca_base:
-            self._check_fields(torch.as_tensor(x_train))
-            dev = resolve_device(kwargs.get("device"))
-            dtype = kwargs.get("dtype")
-            self.to(device=dev, dtype=self.z_mean.dtype if dtype is None else resolve_dtype(dtype))
-            self._pca_fit(torch.as_tensor(x_train))
-        return super().fit(x_train, x_val, **kwargs)
+            self._pca_fit(x_train)
 
     def _loss(self, batch: tuple, generator: torch.Generator) -> Tensor:
         x, aux = batch
