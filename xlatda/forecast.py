@@ -152,7 +152,7 @@ def fit_dynamics(
     """
     from xlatda.dynamics.latent_ode import LatentODE
     from xlatda.dynamics.training import fit_dynamics as _fit
-    from xlatda.uncertainty import fit_model_error, rollout_residuals
+    from xlatda.uncertainty import fit_model_error, rollout_residuals, tendency_covariances
 
     if uncertainty not in (None, "scalar", "diagonal", "cholesky"):
         raise ConfigError(f"uncertainty must be scalar, diagonal, cholesky or None, got "
@@ -239,11 +239,18 @@ def fit_dynamics(
                                               horizon, theta=th, clock=seg_clock)
         q = fit_model_error(res.reshape(-1, model.latent_dim).cpu(), kind=uncertainty,
                             seed=seed).to(dev)
+        # The covariances of the codes' own changes over a few leads: the shape
+        # adaptive additive inflation gives the error a fitted Q misses on new
+        # weather (xlatda.methods.additive).
+        lags, tend = tendency_covariances(traj.detach().cpu())
+        if lags:
+            q.set_tendency(lags, tend.to(device=dev, dtype=q.log_scale.dtype))
         fitted_on = {True: "held-out final segment", False: "training (in-sample)",
                      "cross-validated": "out-of-fold one-step residuals (10 time blocks)"}
         q_info = {"fitted_on": fitted_on[held_out],
                   "horizon": int(per_lead.numel()), "n_residuals": int(res.shape[0]),
                   "mean_variance": float(torch.diagonal(q.covariance()).mean()),
+                  "tendency_lags": list(q.tendency_lags),
                   "mse_per_lead": [float(v) for v in per_lead]}
     history = dict(model.history)
     history["dynamics"] = to_jsonable(hist)

@@ -52,6 +52,7 @@ torch.Size([5, 7, 3])
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -62,7 +63,12 @@ from torch import Tensor, nn
 from xlatda.errors import ConfigError, ShapeError
 from xlatda.options import resolve_device, resolve_dtype
 
-__all__ = ["ModelError", "fit_model_error", "residuals", "rollout_residuals"]
+__all__ = ["TENDENCY_LAGS", "ModelError", "fit_model_error", "residuals", "rollout_residuals",
+           "tendency_covariances"]
+
+#: Lags (in data steps) at which :func:`xlatda.fit_dynamics` stores the
+#: covariance of the training codes' changes (see :meth:`ModelError.tendency_covariance`).
+TENDENCY_LAGS = (1, 2, 3, 6, 12, 24)
 
 _KINDS = ("scalar", "diagonal", "cholesky")
 _SOLVERS = ("auto", "closed_form", "adam", "lbfgs")
@@ -111,6 +117,7 @@ class ModelError(nn.Module):
         *,
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
+        tendency_lags: Sequence[float] = (),
     ) -> None:
         super().__init__()
         if kind not in _KINDS:
@@ -125,15 +132,68 @@ class ModelError(nn.Module):
             self.offdiag = nn.Parameter(torch.zeros(self.dim, self.dim, device=dev, dtype=dt))
             mask = torch.ones(self.dim, self.dim, device=dev, dtype=torch.bool).tril(-1)
             self.register_buffer("_mask", mask, persistent=False)
+        self.tendency_lags: tuple[float, ...] = ()
+        if tendency_lags:
+            self.set_tendency(tendency_lags, torch.zeros(len(tendency_lags), self.dim, self.dim,
+                                                         device=dev, dtype=dt))
 
     @property
     def config(self) -> dict[str, Any]:
         """JSON-serialisable constructor arguments."""
-        return {
+        out = {
             "dim": self.dim,
             "kind": self.kind,
             "dtype": str(self.log_scale.dtype).replace("torch.", ""),
         }
+        if self.tendency_lags:
+            out["tendency_lags"] = list(self.tendency_lags)
+        return out
+
+    # -- tendency statistics -------------------------------------------
+    def set_tendency(self, lags: Sequence[float], covariances: Tensor) -> ModelError:
+        """Attach the covariances ``T(τ)`` of the training codes' changes over ``lags``.
+
+        ``covariances`` is ``(L, d, d)``, one per lag (data steps, increasing);
+        see :func:`tendency_covariances`. Returns ``self``.
+        """
+        lags = tuple(float(v) for v in lags)
+        cov = torch.as_tensor(covariances)
+        if cov.shape != (len(lags), self.dim, self.dim):
+            raise ShapeError(f"tendency covariances must be ({len(lags)}, {self.dim}, "
+                             f"{self.dim}), got {tuple(cov.shape)}")
+        if not lags or any(b <= a for a, b in itertools.pairwise(lags)) or lags[0] <= 0:
+            raise ConfigError(f"tendency lags must be positive and increasing, got {lags}")
+        self.tendency_lags = lags
+        self.register_buffer("tendency", cov.to(self.log_scale).detach().clone())
+        return self
+
+    def tendency_covariance(self, steps: float) -> Tensor | None:
+        r"""Covariance of the codes' change over ``steps`` data steps, or None.
+
+        Linear interpolation between the stored lags, :math:`(\tau/\tau_1)\,
+        T(\tau_1)` below the first one and the last one beyond. It is the
+        forecast-error covariance of persistence over that lead: the shape
+        that adaptive additive inflation gives the model error a fitted ``Q``
+        misses (:mod:`xlatda.methods.additive`).
+
+        Examples
+        --------
+        >>> import torch
+        >>> q = ModelError(1, dtype="float64").set_tendency(
+        ...     (1, 3), torch.tensor([[[1.0]], [[3.0]]], dtype=torch.float64))
+        >>> [float(q.tendency_covariance(s)) for s in (0.5, 2.0, 10.0)]
+        [0.5, 2.0, 3.0]
+        """
+        if not self.tendency_lags:
+            return None
+        lags, steps = self.tendency_lags, float(steps)
+        if steps <= lags[0]:
+            return self.tendency[0] * (max(steps, 0.0) / lags[0])
+        for i in range(1, len(lags)):
+            if steps <= lags[i]:
+                w = (steps - lags[i - 1]) / (lags[i] - lags[i - 1])
+                return (1 - w) * self.tendency[i - 1] + w * self.tendency[i]
+        return self.tendency[-1]
 
     @classmethod
     def from_covariance(cls, covariance: Tensor, kind: str = "cholesky") -> ModelError:
@@ -237,7 +297,52 @@ class ModelError(nn.Module):
         return self.log_prob(r)
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, kind={self.kind!r}"
+        extra = f", tendency_lags={self.tendency_lags}" if self.tendency_lags else ""
+        return f"dim={self.dim}, kind={self.kind!r}{extra}"
+
+
+def tendency_covariances(trajectories: Tensor, lags: Sequence[float] = TENDENCY_LAGS
+                         ) -> tuple[tuple[float, ...], Tensor]:
+    r"""Covariances of the codes' changes :math:`z_{k+\tau} - z_k` over each lag.
+
+    Pooled over every trajectory and start; a lag is kept when every
+    trajectory is at least twice as long (so each covariance rests on at
+    least half the pairs of the shortest lag).
+
+    Parameters
+    ----------
+    trajectories : Tensor
+        ``(n_traj, T, d)`` codes, one data step apart.
+    lags : sequence of int
+        Lags in data steps.
+
+    Returns
+    -------
+    lags, Tensor
+        The lags kept and their ``(L, d, d)`` float64 covariances (empty when
+        the trajectories are too short for any).
+
+    Examples
+    --------
+    >>> import torch
+    >>> g = torch.Generator().manual_seed(0)
+    >>> walk = torch.randn(1, 4000, 2, generator=g, dtype=torch.float64).cumsum(1)
+    >>> lags, cov = tendency_covariances(walk, (1, 4))
+    >>> lags, [round(float(v), 1) for v in cov.diagonal(dim1=1, dim2=2)[:, 0]]
+    ((1.0, 4.0), [1.0, 4.0])
+    """
+    z = torch.as_tensor(trajectories, dtype=torch.float64).cpu()
+    if z.dim() != 3:
+        raise ShapeError(f"trajectories must be (n_traj, T, d), got {tuple(z.shape)}")
+    T = z.shape[1]
+    kept = tuple(float(v) for v in lags if int(v) == v and 1 <= v and 2 * int(v) <= T)
+    covs = []
+    for lag in kept:
+        dz = (z[:, int(lag):] - z[:, :-int(lag)]).reshape(-1, z.shape[-1])
+        dz = dz - dz.mean(0)
+        covs.append(dz.T @ dz / dz.shape[0])
+    d = z.shape[-1]
+    return kept, (torch.stack(covs) if covs else torch.zeros(0, d, d, dtype=torch.float64))
 
 
 def fit_model_error(
