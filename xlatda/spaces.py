@@ -170,6 +170,12 @@ class StateSpace:
         """A climatological covariance of the control vector, if the model has one."""
         return None
 
+    def tendency_covariance(self, t0: float, t1: float) -> torch.Tensor | None:
+        """``(n_state, n_state)`` covariance of the state's change from ``t0`` to ``t1``
+        in the training data, if the model keeps one (the shape of adaptive
+        additive inflation, :mod:`xlatda.methods.additive`)."""
+        return None
+
     def default_members(self) -> int:
         """Ensemble size when the user gives none."""
         return 20
@@ -456,6 +462,14 @@ class LatentSpace(StateSpace):
     def prior_covariance(self):
         prior = getattr(self.model, "prior", None)
         return None if prior is None else prior.covariance()
+
+    def tendency_covariance(self, t0, t1):
+        fn = getattr(self.model.model_error, "tendency_covariance", None)
+        if fn is None or t1 == t0:
+            return None
+        step = (self.model.time_step or {"value": 1.0})["value"]
+        cov = fn(abs(float(t1) - float(t0)) / step)
+        return None if cov is None else cov.detach().to("cpu", _F64)
 
     def units(self):
         return ("latent units (the scale of the model's latent vectors z, e.g. "

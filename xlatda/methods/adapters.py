@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from xlatda.errors import ConfigError
+from xlatda.methods.additive import check_additive, with_tendency_error
 from xlatda.methods.consistency import DEFAULT_GROSS_ERROR, DivergenceMonitor
 from xlatda.methods.covariance import Covariance, DiagonalCovariance
 from xlatda.methods.ensemble import (
@@ -59,6 +60,9 @@ __all__ = ["EnVarWindow", "EnsembleFilter", "LocalFilter", "ThreeDVar", "VAE4DVa
            "unpack_kernel_result"]
 
 _F64 = torch.float64
+
+#: State entries of the adaptive additive inflation (kept out of the kernel's state).
+_ADDITIVE_KEYS = ("additive_scale", "additive_time")
 
 
 def _make(kernel: type, settings: dict[str, Any]) -> Any:
@@ -90,14 +94,37 @@ def unpack_kernel_result(out: Any, state: dict[str, torch.Tensor]):
     return ens, diag, state if new_state is None else dict(new_state)
 
 
+def _split_additive(state: dict[str, torch.Tensor]):
+    """``(additive entries, the rest)`` of a method state."""
+    own = {k: state[k] for k in _ADDITIVE_KEYS if k in state}
+    return own, {k: v for k, v in state.items() if k not in _ADDITIVE_KEYS}
+
+
+def _additive(space, ensemble, hx, y, r, window, generator, own):
+    """Adaptive additive inflation (:mod:`xlatda.methods.additive`) of the forecast
+    ensemble at the window's first time, from its first observations."""
+    t_now = float(window.times[0])
+    lam = own.get("additive_scale", torch.tensor(0.0, dtype=_F64))
+    last = own.get("additive_time")
+    cov = None if last is None else space.tendency_covariance(float(last), t_now)
+    if cov is not None:
+        with torch.no_grad():
+            ensemble, hx, lam = with_tendency_error(space, ensemble, hx, y, r,
+                                                    window.tables[0], cov, lam,
+                                                    generator=generator)
+    t_end = torch.tensor(float(window.times[-1]), dtype=_F64)
+    return ensemble, hx, {"additive_scale": lam.to(_F64).reshape(()), "additive_time": t_end}
+
+
 @adapts(EnsembleMethod)
 class EnsembleFilter(CycleMethod):
     """An ensemble Kalman filter kernel analysing one observation time."""
 
     localised = False
 
-    def __init__(self, kernel: Any) -> None:
+    def __init__(self, kernel: Any, additive: str | None = None) -> None:
         self.kernel = kernel
+        self.additive = check_additive(additive)
         self.monitor = DivergenceMonitor()
         try:
             params = inspect.signature(kernel.analyse).parameters
@@ -106,27 +133,42 @@ class EnsembleFilter(CycleMethod):
         self._takes_state = "state" in params
 
     @classmethod
+    def setting_names(cls, kernel):
+        names = super().setting_names(kernel)
+        return None if names is None else names | {"additive"}
+
+    @classmethod
     def build(cls, kernel, settings, *, space, members):
-        return cls(_make(kernel, settings))
+        settings = dict(settings)
+        additive = check_additive(settings.pop("additive", None))
+        return cls(_make(kernel, settings), additive)
 
     def analyse(self, space, ensemble, window, *, generator, state):
         table = window.tables[0]
         with torch.no_grad():  # the filters differentiate nothing: no autograd records
             hx = space.observe(ensemble, table)
         y, r = table.values.to(_F64), table.error_std.to(_F64)
+        own, state = _split_additive(state)
+        if self.additive is not None:
+            ensemble, hx, own = _additive(space, ensemble, hx, y, r, window, generator, own)
         locations = space.locations(table) if self.localised else None
         # A kernel that overrides analyse (a user's subclass) is called through it.
         if type(self.kernel).analyse is EnsembleMethod.analyse:
             # The built-in kernels are pure tensor algebra (no caches, no autograd):
             # inference mode spares every operation autograd's bookkeeping.
             with torch.inference_mode():
-                return self._step(space, ensemble, hx, y, r, window, locations, generator,
-                                  state)
-        extra = {"state": state} if self._takes_state else {}
-        out = self.kernel.analyse(ensemble, hx, y, r, generator=generator, locations=locations,
-                                  **extra)
-        ana, diag, new_state = unpack_kernel_result(out, state)
-        return WindowAnalysis([(ensemble, ana)], diag, new_state, [hx])
+                res = self._step(space, ensemble, hx, y, r, window, locations, generator,
+                                 state)
+        else:
+            extra = {"state": state} if self._takes_state else {}
+            out = self.kernel.analyse(ensemble, hx, y, r, generator=generator,
+                                      locations=locations, **extra)
+            ana, diag, new_state = unpack_kernel_result(out, state)
+            res = WindowAnalysis([(ensemble, ana)], diag, new_state, [hx])
+        if self.additive is not None:
+            res.diagnostics["additive_scale"] = own["additive_scale"]
+            res.state.update(own)
+        return res
 
     def _step(self, space, ensemble, hx, y, r, window, locations, generator, state):
         # The kernel's own state (adaptive inflation) and the divergence
@@ -302,14 +344,36 @@ class EnVarWindow(CycleMethod):
     windowed = True
     one_time = False
 
-    def __init__(self, kernel: Any) -> None:
+    def __init__(self, kernel: Any, additive: str | None = None) -> None:
         self.kernel = kernel
+        self.additive = check_additive(additive)
+
+    @classmethod
+    def setting_names(cls, kernel):
+        names = super().setting_names(kernel)
+        return None if names is None else names | {"additive"}
 
     @classmethod
     def build(cls, kernel, settings, *, space, members):
-        return cls(_make(kernel, settings))
+        settings = dict(settings)
+        additive = check_additive(settings.pop("additive", None))
+        return cls(_make(kernel, settings), additive)
 
     def analyse(self, space, ensemble, window, *, generator, state):
+        own, state = _split_additive(state)
+        if self.additive is not None:  # at the window's start, from its first observations
+            tab = window.tables[0]
+            with torch.no_grad():
+                hx0 = space.observe(ensemble, tab)
+            ensemble, _, own = _additive(space, ensemble, hx0, tab.values.to(_F64),
+                                         tab.error_std.to(_F64), window, generator, own)
+        res = self._analyse(space, ensemble, window, generator=generator, state=state)
+        if self.additive is not None:
+            res.diagnostics["additive_scale"] = own["additive_scale"]
+            res.state.update(own)
+        return res
+
+    def _analyse(self, space, ensemble, window, *, generator, state):
         y, r = window.stacked()
         if len(window.times) > 1 and space.has_model_error() \
                 and self.kernel.model_error == "trajectories":
@@ -320,7 +384,7 @@ class EnVarWindow(CycleMethod):
         steps = space.roll(ensemble, res.ensemble.to(_F64), window.times, generator)
         diag = {"iterations": torch.tensor(float(res.iterations), dtype=_F64),
                 "converged": torch.tensor(float(res.converged), dtype=_F64)}
-        return WindowAnalysis(steps, diag, state)
+        return WindowAnalysis(steps, diag, dict(state))
 
     def _smoother(self, space, ensemble, window, y, r, generator, state):
         """Weak constraint: the window's members are noisy trajectories.
@@ -369,4 +433,4 @@ class EnVarWindow(CycleMethod):
             steps.append((e, post))
         diag = {"iterations": torch.tensor(1.0, dtype=_F64),
                 "converged": torch.tensor(1.0, dtype=_F64)}
-        return WindowAnalysis(steps, diag, state)
+        return WindowAnalysis(steps, diag, dict(state))
