@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 import warnings
 
 import numpy as np
@@ -107,6 +109,7 @@ def test_tendency_root():
     torch.testing.assert_close(root.T @ root, c)
 
 
+@functools.lru_cache(maxsize=1)
 def _latent_twin():
     truth = xlatda.datasets.lorenz96(n=8, steps=60, seed=0)
     model = xlatda.fit(truth.isel(time=slice(0, 40)), encoder="pca", latent_dim=6,
@@ -152,6 +155,7 @@ def test_too_small_q_is_made_up_for():
     """With its Q shrunk a hundredfold the model under-predicts its errors: the scale
     rises above zero and the spread grows."""
     truth, model, obs = _latent_twin()
+    model = copy.deepcopy(model)
     q = model.model_error
     with torch.no_grad():
         q.log_scale.sub_(np.log(10.0))
@@ -171,3 +175,14 @@ def test_bad_setting_refused_before_work():
     with pytest.raises(xlatda.XlatdaError, match="additive must be 'adaptive'"):
         xlatda.cycle(truth.isel(time=[39]), obs, model, method="etkf", additive="yes",
                      progress=False)
+
+
+def test_saved_model_keeps_its_tendency_statistics(tmp_path):
+    import pickle
+
+    _, model, _ = _latent_twin()
+    model.save(tmp_path / "m.zarr")
+    back = xlatda.open_model(tmp_path / "m.zarr")
+    for other in (back, pickle.loads(pickle.dumps(model))):
+        assert other.model_error.tendency_lags == model.model_error.tendency_lags
+        assert torch.equal(other.model_error.tendency, model.model_error.tendency)
