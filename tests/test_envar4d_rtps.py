@@ -42,11 +42,11 @@ def test_rtps_out_of_range_refused():
 
 
 def test_latent_cycle_default_and_weak_windows():
-    """Latent cycles default to rtps 0.4 for 4DEnVar; in weak-constraint windows
+    """Latent cycles default to rtps 0.2 for 4DEnVar; in weak-constraint windows
     (a model with Q, windows of 2 observation times) it widens the analysis spread."""
     from xlatda.methods.inflation import cycle_defaults
 
-    assert cycle_defaults("4denvar", space="latent")["rtps"] == 0.4
+    assert cycle_defaults("4denvar", space="latent")["rtps"] == 0.2
     assert "rtps" not in cycle_defaults("4denvar")
     truth = xlatda.datasets.lorenz96(n=8, steps=40, seed=0)
     model = xlatda.fit(truth, encoder="pca", latent_dim=6, dynamics="linear",
