@@ -62,6 +62,16 @@ area means (coarsened fields), which average part of it away. Default
 posterior samples are latent; the decoded states still miss the representation
 error, which a predictive spread adds in quadrature.
 
+**Latent conditioning** (``conditioning="latent"``, latent models; SLAMS'
+multimodal fusion, :mod:`xlatda.latent_obs`). Instead of ``H o D`` at the
+observation points, each observation time's observations are binned into an
+image on the model grid (as :func:`xlatda.obs.rasterize`), coded by the
+multimodal encoder with zero state channels, and enter through the
+linear-Gaussian latent likelihood ``latent_obs`` fitted on held-out pairs by
+:func:`xlatda.fit_latent_obs` (refused without it, for another model, with
+``representation_error=True``, or for a model without observation-image
+channels). Default ``"explicit"``.
+
 **No background.** As in SLAMS, the prior is the score model itself: the
 analysis does not use a background state or a forecast model. ``state`` /
 ``background`` only give the layout and the starting time (both may be

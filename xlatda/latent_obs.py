@@ -18,9 +18,10 @@ the latent state :math:`z = E(x)` through a linear-Gaussian model
 
 .. math:: c = M z + b + e, \qquad e \sim \mathcal{N}(0, \Sigma),
 
-whose :math:`M`, :math:`b` (least squares) and :math:`\Sigma` (residual
-covariance, shrunk towards its diagonal by :math:`\lambda` chosen by
-two-fold held-out likelihood over contiguous halves) are fitted by
+whose :math:`M`, :math:`b` (least squares) and :math:`\Sigma` (covariance
+of the errors of :math:`M z + b` on the half of the pairs it was not fitted
+on, cross-fitted over two contiguous halves, shrunk towards its diagonal by
+:math:`\lambda` chosen by the same two-fold held-out likelihood) are fitted by
 :func:`fit_latent_obs` on held-out pairs (true state, observation set made
 with the design to be assimilated: same kinds, density and error). A
 regression rather than :math:`c \approx z`: the code of sparse or coarse
@@ -352,6 +353,18 @@ def fit_latent_obs(
     else:
         lam = float(shrinkage)
     mat, off, cov = _regress(z, c)
+    # The covariance of the errors of M z + b on pairs it was not fitted on (cross-fitted
+    # over the two halves): the in-sample residuals of a regression of K outputs on K
+    # collinear codes understate them by orders of magnitude on new trajectories.
+    if n >= 2 * (k + 2):
+        half = n // 2
+        held = []
+        for fit_idx, test_idx in ((slice(0, half), slice(half, n)),
+                                  (slice(half, n), slice(0, half))):
+            m_, b_, _ = _regress(z[fit_idx], c[fit_idx])
+            held.append(c[test_idx] - z[test_idx] @ m_.T - b_)
+        res_out = torch.cat(held)
+        cov = res_out.T @ res_out / res_out.shape[0]
     sig = _shrunk(cov, lam)
     sig = sig + 1e-10 * torch.diagonal(sig).mean() * torch.eye(k, dtype=_F64)
     chol = torch.linalg.cholesky(sig)
