@@ -19,11 +19,12 @@ and test (seed 2) trajectories. Observation designs: ``r x r`` block means
 (``xlatda.obs.coarsen``, r = 4, 8, 16, at the block centres) and stations on
 every 4th grid point (``xlatda.obs.sparsify``, g = 4), errors 0.1 training
 std per variable, every hour of each window of 5 states. The autoencoder is
-trained once (on a PCA base, ``pca_base=True``) with ``aux=`` images of a design drawn at random per training
-state (all four designs) and ``state_dropout=0.5``; the latent likelihood is
-fitted per design. Scores over the test windows, in units of the training
-std, over height and vorticity: RMSE of the ensemble mean, spread/skill
-(spread / RMSE x sqrt((N+1)/N)), fair CRPS.
+trained once (on a PCA base, ``pca_base=True``) with ``aux=`` images of a
+design drawn at random per training state (all four designs) and
+``state_dropout=0.5``; the latent likelihood is fitted per design. Scores
+over the test windows, in units of the training std, over height and
+vorticity: RMSE of the ensemble mean, spread/skill (spread / RMSE x
+sqrt((N+1)/N)), fair CRPS.
 
 Run ``python benchmarks/bench_score_fusion.py [--full]``; the table goes to
 ``benchmarks/out/score_fusion.md``.
@@ -256,7 +257,8 @@ def write_report(res: dict[str, Any]) -> Path:
         f"Shallow water 32 x 64, hourly; {cfg['train_traj']} training (seed 0), "
         f"{cfg['calib_traj']} calibration (seed 3, pairs per design {res['n_pairs']}), "
         f"{cfg['val_traj']} validation (seed 1) and {cfg['test_traj']} test (seed 2) "
-        f"trajectories of {cfg['hours']} h after 72 h spin-up. Autoencoder (conv on a PCA base, latent "
+        f"trajectories of {cfg['hours']} h after 72 h spin-up. Autoencoder (conv on a PCA "
+        "base, latent "
         f"{cfg['latent']}, channels {list(cfg['ae_channels'])}, {cfg['ae_epochs']} epochs, "
         "aux images of a random design per state, "
         f"state_dropout 0.5); ScoreMLP over windows of {cfg['window']} ({cfg['score_epochs']} "
