@@ -131,7 +131,7 @@ def _scores(parts: list[dict[str, torch.Tensor]]) -> dict[str, float]:
 
 
 def _run(model, lo, trajs, starts, design, cond, gamma, err, cfg, seed) -> tuple[dict, float]:
-    parts, secs = [], 0.0
+    parts, priors, secs = [], [], 0.0
     w = cfg["window"]
     for i, tr in enumerate(trajs):
         for s in starts:
@@ -144,7 +144,10 @@ def _run(model, lo, trajs, starts, design, cond, gamma, err, cfg, seed) -> tuple
                                progress=False, **kw)
             secs += time.perf_counter() - t0
             parts.append(_stats(res.analysis, truth, cfg["std"]))
-    return _scores(parts), secs / (len(trajs) * len(starts))
+            priors.append(_stats(res.background, truth, cfg["std"]))
+    out = _scores(parts)
+    out["prior_rmse"] = _scores(priors)["rmse"]  # unconditioned draws of the same prior
+    return out, secs / (len(trajs) * len(starts))
 
 
 def main(quick: bool = True, threads: int | None = 1, seed: int = 0) -> list[dict[str, Any]]:
@@ -274,13 +277,16 @@ def write_report(res: dict[str, Any]) -> Path:
         "",
         "Test:",
         "",
-        *_table(rows, ["design", "obs_per_time", "conditioning", "gamma", "rmse", "spread",
+        *_table(rows, ["design", "obs_per_time", "conditioning", "gamma", "rmse", "prior_rmse",
+                       "spread",
                        "ssr", "crps", "seconds_per_window", "explained", "shrinkage"]),
         "",
         f"**RMSE worst/best over r = 4, 8, 16: explicit {ratio('explicit', coarse):.3f}, "
         f"latent {ratio('latent', coarse):.3f}** (flat across coarsening: close to 1).",
         "",
-        "*explained*: fraction of the variance of the image codes that the fitted latent "
+        "*prior_rmse*: RMSE of the mean of the unconditioned prior draws of the same call "
+        "(`CycleResult.background`): an analysis near it has taken little from the "
+        "observations. *explained*: fraction of the variance of the image codes that the fitted latent "
         "likelihood's M z + b explains on the calibration pairs. The explicit operator reads "
         "the decoded field at the block centres (the point form of `xlatda.obs.coarsen`), not "
         "the block means, so for coarse blocks H∘D has a representativeness error that the "
