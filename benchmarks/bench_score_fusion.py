@@ -286,12 +286,12 @@ def write_report(res: dict[str, Any]) -> Path:
         "",
         "*prior_rmse*: RMSE of the mean of the unconditioned prior draws of the same call "
         "(`CycleResult.background`): an analysis near it has taken little from the "
-        "observations. *explained*: fraction of the variance of the image codes that the "
-        "fitted latent likelihood's M z + b explains on the calibration pairs. The explicit operator reads "
-        "the decoded field at the block centres (the point form of `xlatda.obs.coarsen`), not "
-        "the block means, so for coarse blocks H∘D has a representativeness error that the "
-        "likelihood does not hold; the latent likelihood learns the block-mean design from "
-        "its pairs.",
+        "observations. *explained*: fraction of the variance of the image codes that the fitted"
+        " latent likelihood's M z + b explains on the calibration pairs. The explicit operator "
+        "reads the decoded field at the block centres (the point form of `xlatda.obs.coarsen`),"
+        " not the block means, so for coarse blocks H∘D has a representativeness error that the"
+        " likelihood does not hold; the latent likelihood learns the block-mean design from its"
+        " pairs.",
     ]
     OUT.mkdir(exist_ok=True)
     path = OUT / ("score_fusion.md" if res["quick"] else "score_fusion_full.md")
