@@ -62,6 +62,16 @@ area means (coarsened fields), which average part of it away. Default
 posterior samples are latent; the decoded states still miss the representation
 error, which a predictive spread adds in quadrature.
 
+**Latent conditioning** (``conditioning="latent"``, latent models; SLAMS'
+multimodal fusion, :mod:`xlatda.latent_obs`). Instead of ``H o D`` at the
+observation points, each observation time's observations are binned into an
+image on the model grid (as :func:`xlatda.obs.rasterize`), coded by the
+multimodal encoder with zero state channels, and enter through the
+linear-Gaussian latent likelihood ``latent_obs`` fitted on held-out pairs by
+:func:`xlatda.fit_latent_obs` (refused without it, for another model, with
+``representation_error=True``, or for a model without observation-image
+channels). Default ``"explicit"``.
+
 **No background.** As in SLAMS, the prior is the score model itself: the
 analysis does not use a background state or a forecast model. ``state`` /
 ``background`` only give the layout and the starting time (both may be
@@ -104,6 +114,7 @@ from xlatda.encode_decode import encode
 from xlatda.errors import ConfigError, ObservationError
 from xlatda.jsonable import to_jsonable
 from xlatda.latent_data import LATENT_DIM, check_latent
+from xlatda.latent_obs import LatentObservation, image_channels, table_codes
 from xlatda.layout import CHANNEL_DIM, StateLayout, layout
 from xlatda.methods.diffusion import (
     CosineSchedule,
@@ -126,7 +137,8 @@ __all__ = ["PixelScoreModel", "ScoreWindows", "fit_score"]
 
 _F64 = torch.float64
 _SAMPLER_SETTINGS = ("steps", "corrections", "tau", "gamma", "guide_clip")
-_SPAN_SETTINGS = ("joint", "block", "representation_error")
+_SPAN_SETTINGS = ("joint", "block", "representation_error", "conditioning", "latent_obs")
+_CONDITIONINGS = ("explicit", "latent")
 
 
 
@@ -432,6 +444,81 @@ class _WindowSampler:
         self.device = prior.mean.device
         self.rep_var = self._representation_variance(settings.get("representation_error",
                                                                   False))
+        self.conditioning = settings.get("conditioning", "explicit")
+        self.latent_obs = self._latent_likelihood(settings)
+
+    def _latent_likelihood(self, settings: dict[str, Any]) -> LatentObservation | None:
+        """The fitted latent likelihood of ``conditioning="latent"`` (checked), else None."""
+        cond, lo = self.conditioning, settings.get("latent_obs")
+        if cond not in _CONDITIONINGS:
+            raise ConfigError(
+                f"conditioning must be one of {list(_CONDITIONINGS)} ('explicit': H o D at the "
+                f"observation points; 'latent': observation images through the encoder), got "
+                f"{cond!r}"
+            )
+        if cond == "explicit":
+            if lo is not None:
+                raise ConfigError("latent_obs is used with conditioning='latent' only; pass "
+                                  "conditioning='latent' or drop latent_obs")
+            return None
+        if not self.latent:
+            raise ConfigError(
+                "conditioning='latent' conditions a latent score prior through the encoder; "
+                f"a {type(self.model).__name__} has none (use a LatentModel)"
+            )
+        image_channels(self.model)  # refuses a model without observation-image inputs
+        if not isinstance(lo, LatentObservation):
+            raise ConfigError(
+                "conditioning='latent' needs latent_obs=xlatda.fit_latent_obs(model, "
+                "heldout_states, heldout_obs), the latent likelihood fitted on held-out pairs "
+                f"of the observation design; got {type(lo).__name__}"
+            )
+        if lo.model_id != str(self.model.model_id):
+            raise ConfigError(
+                f"latent_obs was fitted for model {lo.model_id!r}, not this model "
+                f"{self.model.model_id!r}; refit it with xlatda.fit_latent_obs(model, ...)"
+            )
+        if self.rep_var is not None:
+            raise ConfigError(
+                "representation_error=True adds the decoder's error to H o D; the latent "
+                "likelihood's covariance already holds what the codes miss: drop it with "
+                "conditioning='latent'"
+            )
+        return lo
+
+    def likelihood(self, tables, positions, prior, gen: torch.Generator):
+        """``(observe, y, r_std, obs_gain)`` of the observation tables at window ``positions``.
+
+        ``explicit``: the values through H o D (latent) or H (physical), the observation
+        errors, and gains estimated by :func:`observation_gain`. ``latent``: the whitened
+        codes of each table's observation image through the fitted linear operator, unit
+        errors, exact gains (:mod:`xlatda.latent_obs`).
+        """
+        if self.latent_obs is None:
+            y = torch.cat([t.values for t in tables]).to(self.dtype).to(self.device)
+            r = self.error_std(tables)
+            observe = self._observe(tables, positions, prior)
+            # The guidance inflates the observation-error variance by γ(σ_t/μ_t)² in
+            # standardised prior units; the gains carry that into observation units
+            # (physical units, through the decoder), observation by observation.
+            gain = observation_gain(observe, tuple(prior.event_shape), generator=gen,
+                                    device=self.device, dtype=self.dtype)
+            return observe, y, r, gain
+        lo = self.latent_obs
+        kw = dict(dtype=self.dtype, device=self.device)
+        y = lo.whitened(table_codes(self.model, tables)).reshape(-1).to(**kw)
+        w = lo.operator().to(**kw)  # (K, K)
+        std = prior.std.to(**kw).reshape(-1)
+        gain = (w * std).square().sum(1).sqrt().repeat(len(tables))
+        nd = len(prior.event_shape)
+        pos = list(positions)
+
+        def observe(u: torch.Tensor) -> torch.Tensor:
+            z = prior.destandardize(u)
+            zs = torch.stack([z.select(z.dim() - nd, p) for p in pos], -2)  # (..., T, K)
+            return (zs @ w.T).flatten(-2)
+
+        return observe, y, torch.ones_like(y), gain
 
     def _representation_variance(self, flag: Any) -> torch.Tensor | None:
         """Per-channel variance the decoder cannot represent (``None`` when not used)."""
@@ -533,18 +620,9 @@ class _WindowSampler:
         kw = dict(generator=gen, device=self.device, dtype=self.dtype)
         if not tables and cond is None:
             return da.sample(members, **kw)
-        y = r = gain = None
-        observe = self._observe(tables, positions, prior) if tables else None
-        if tables:
-            y = torch.cat([t.values for t in tables]).to(self.dtype).to(self.device)
-            r = self.error_std(tables)
-            # The guidance inflates the observation-error variance by γ(σ_t/μ_t)² in
-            # standardised prior units; the gains carry that into observation units
-            # (physical units, through the decoder), observation by observation.
-            gain = observation_gain(observe, tuple(prior.event_shape), generator=gen,
-                                    device=self.device, dtype=self.dtype)
         if not tables:
             return da.analyse(members, known=cond, **kw)
+        observe, y, r, gain = self.likelihood(tables, positions, prior, gen)
         return da.analyse(members, observe, y, r, obs_gain=gain, known=cond, **kw)
 
     def draw_span(self, members: int, tables, states, seed: int, prior_too: bool):
@@ -620,14 +698,7 @@ class _WindowSampler:
 
     def draw(self, members: int, tables, positions, gen: torch.Generator, prior_too: bool):
         """Posterior (and prior) samples at ``positions``: lists of ``(N, n)`` float64."""
-        y = torch.cat([t.values for t in tables]).to(self.dtype)
-        r = self.error_std(tables)
-        observe = self._observe(tables, positions)
-        # The guidance inflates the observation-error variance by γ(σ_t/μ_t)² in
-        # standardised prior units; the gains carry that into observation units
-        # (physical units, through the decoder), observation by observation.
-        gain = observation_gain(observe, tuple(self.prior.event_shape), generator=gen,
-                                device=self.device, dtype=self.dtype)
+        observe, y, r, gain = self.likelihood(tables, positions, self.prior, gen)
         u = self.da.analyse(members, observe, y, r, obs_gain=gain, generator=gen,
                             device=self.device, dtype=self.dtype)
         post = self._states(u, positions)

@@ -451,6 +451,7 @@ class NeuralEncoder(Encoder):
         aux_channels: int = 0,
         aux_dropout: float = 0.0,
         aux_spec: dict[str, Any] | None = None,
+        state_dropout: float = 0.0,
         neighbours: int = 1,
         seed: int = 0,
         pca_base: bool = False,
@@ -490,6 +491,14 @@ class NeuralEncoder(Encoder):
         if aux_dropout and not self.aux_channels:
             raise ConfigError("aux_dropout needs aux_channels > 0")
         self.aux_dropout = float(aux_dropout)
+        if not 0.0 <= float(state_dropout) < 1.0:
+            raise ConfigError(f"state_dropout must be in [0, 1), got {state_dropout!r}")
+        if state_dropout and not self.aux_channels:
+            raise ConfigError(
+                "state_dropout needs aux_channels > 0 (with the state hidden the encoder sees "
+                "only the auxiliary inputs); fit with aux= or drop state_dropout"
+            )
+        self.state_dropout = float(state_dropout)
         self.aux_spec = None if aux_spec is None else dict(aux_spec)
         self.neighbours = int(neighbours)
         self.seed = int(seed)
@@ -542,6 +551,7 @@ class NeuralEncoder(Encoder):
             "aux_channels": self.aux_channels,
             "aux_dropout": self.aux_dropout,
             "aux_spec": self.aux_spec,
+            "state_dropout": self.state_dropout,
             "neighbours": self.neighbours,
             "seed": self.seed,
         }
@@ -588,6 +598,22 @@ class NeuralEncoder(Encoder):
         keep = torch.rand(aux.shape[0], generator=generator, device=generator.device)
         keep = (keep >= self.aux_dropout).to(device=aux.device, dtype=aux.dtype)
         return aux * keep.view(-1, *([1] * (aux.dim() - 1)))
+
+    def _train_state(self, x: Tensor, aux: Tensor | None,
+                     generator: torch.Generator) -> Tensor:
+        """State inputs for one training batch: whole samples hidden (zeroed, the
+        normalised climatological mean) with probability ``state_dropout``, so that
+        the encoder learns to map the auxiliary inputs alone (observation images) to
+        the code of the state they observe, which the decoder then reconstructs
+        (latent conditioning of ``method="score"``, :mod:`xlatda.latent_obs`).
+        Samples whose auxiliary inputs are dropped keep their state."""
+        if aux is None or not self.state_dropout or not self.training:
+            return x
+        hide = torch.rand(x.shape[0], generator=generator, device=generator.device)
+        hide = (hide < self.state_dropout).to(device=x.device)
+        has_aux = aux.flatten(1).abs().sum(1) > 0
+        keep = (~(hide & has_aux)).to(dtype=x.dtype)
+        return x * keep.view(-1, *([1] * (x.dim() - 1)))
 
     def _decode(self, z: Tensor) -> Tensor:
         return self.decoder_net(z)
@@ -885,6 +911,12 @@ class ConvAutoencoder(NeuralEncoder):
         What the auxiliary channels are (variables and normalisation), kept
         with the model for the xarray level (:func:`xlatda.fit` with ``aux=``);
         the networks do not read it.
+    state_dropout : float, default 0
+        Probability of hiding (zeroing) a training sample's state channels
+        while its auxiliary inputs are kept, the target staying the state:
+        the encoder then also learns to code observation images alone, which
+        the latent conditioning of ``method="score"`` needs
+        (:func:`xlatda.fit_latent_obs`). Needs ``aux_channels > 0``.
     neighbours : int, default 1
         Neighbours of the observation operator on point-set grids.
     seed : int, default 0
@@ -969,4 +1001,5 @@ class ConvAutoencoder(NeuralEncoder):
 
     def _loss(self, batch: tuple, generator: torch.Generator) -> Tensor:
         x, aux = batch
-        return weighted_mse(self(x, self._train_aux(aux, generator)), x, self.area_w)
+        aux = self._train_aux(aux, generator)
+        return weighted_mse(self(self._train_state(x, aux, generator), aux), x, self.area_w)

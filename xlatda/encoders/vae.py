@@ -123,7 +123,7 @@ class VAE(NeuralEncoder):
     decoder_var : {"channel", "scalar"}
         A learned log-variance per state channel or one for all.
     channels, hidden, kernel_size, activation, lat_padding, periodic_lon, \
-architecture, aux_channels, aux_dropout, aux_spec, neighbours, seed
+architecture, aux_channels, aux_dropout, aux_spec, state_dropout, neighbours, seed
         Network settings, as for :class:`~xlatda.encoders.autoencoder.ConvAutoencoder`.
 
     Notes
@@ -158,6 +158,7 @@ architecture, aux_channels, aux_dropout, aux_spec, neighbours, seed
         aux_channels: int = 0,
         aux_dropout: float = 0.0,
         aux_spec: dict[str, Any] | None = None,
+        state_dropout: float = 0.0,
         neighbours: int = 1,
         seed: int = 0,
     ) -> None:
@@ -185,6 +186,7 @@ architecture, aux_channels, aux_dropout, aux_spec, neighbours, seed
             aux_channels=aux_channels,
             aux_dropout=aux_dropout,
             aux_spec=aux_spec,
+            state_dropout=state_dropout,
             neighbours=neighbours,
             seed=seed,
         )
@@ -242,7 +244,8 @@ architecture, aux_channels, aux_dropout, aux_spec, neighbours, seed
 
     def _loss(self, batch: tuple, generator: torch.Generator) -> Tensor:
         x, aux = batch
-        mu, logvar = self._distribution(self._input(x, self._train_aux(aux, generator)))
+        aux = self._train_aux(aux, generator)
+        mu, logvar = self._distribution(self._input(self._train_state(x, aux, generator), aux))
         w = reparameterize(mu, logvar, generator)
         n_values = x[0].numel()
         per = self._nll(x, self._decode(w)) + self.beta * kl_divergence(mu, logvar)

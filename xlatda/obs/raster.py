@@ -51,6 +51,31 @@ def _cells_points(L: StateLayout, lat: np.ndarray, lon: np.ndarray) -> np.ndarra
     return cos_d.argmax(1)
 
 
+def grid_cells(L: StateLayout, table) -> np.ndarray:
+    """Flat grid cell (index into ``L.spatial_shape``) of each value of an observation table."""
+    n_cells = int(np.prod(L.spatial_shape))
+    if L.kind == "latlon":
+        return _cells_latlon(L, np.asarray(table.lat, float), np.asarray(table.lon, float))
+    if L.kind == "generic":
+        return np.rint(np.asarray(table.position, float)).astype(int) % n_cells
+    return _cells_points(L, np.asarray(table.lat, float), np.asarray(table.lon, float))
+
+
+def table_image(L: StateLayout, table) -> np.ndarray:
+    """One observation image ``(C, *spatial)`` of a table (all its values, whatever their
+    times): values binned to the nearest cell and averaged, NaN where nothing was observed;
+    the binning of :func:`rasterize`."""
+    n_cells = int(np.prod(L.spatial_shape))
+    flat = np.asarray(table.channel, dtype=np.int64) * n_cells + grid_cells(L, table)
+    size = L.n_channels * n_cells
+    total = np.bincount(flat, weights=np.asarray(table.values, dtype=np.float64),
+                        minlength=size)
+    count = np.bincount(flat, minlength=size)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    return mean.reshape(L.n_channels, *L.spatial_shape)
+
+
 def rasterize(obs: xr.Dataset, like: xr.Dataset | xr.DataArray) -> xr.Dataset:
     """Bin observations onto the grid of ``like``; NaN where nothing was observed.
 
@@ -82,12 +107,7 @@ def rasterize(obs: xr.Dataset, like: xr.Dataset | xr.DataArray) -> xr.Dataset:
     validate(obs, L)
     table = to_tensors(obs, L)
     n_cells = int(np.prod(L.spatial_shape))
-    if L.kind == "latlon":
-        cell = _cells_latlon(L, table.lat, table.lon)
-    elif L.kind == "generic":
-        cell = np.rint(np.asarray(table.position, float)).astype(int) % n_cells
-    else:
-        cell = _cells_points(L, table.lat, table.lon)
+    cell = grid_cells(L, table)
     tname = L.axes.time
     if table.time is None:
         slot = np.zeros(len(table), dtype=int)
