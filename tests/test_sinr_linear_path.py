@@ -224,3 +224,21 @@ def test_missing_points_are_left_out_of_the_pca_start():
     ref.init_pca(x, dtype="float64")
     err = float((rec - x).pow(2).mean())
     assert err <= 1.5 * float((ref.decode(ref.encode(x)) - x).pow(2).mean()) + 1e-12
+
+
+def test_model_store_round_trip_keeps_the_linear_path(tmp_path):
+    import numpy as np
+
+    import xlatda
+
+    ds = xlatda.datasets.shallow_water(nlat=16, nlon=32, hours=12, trajectories=1, seed=0,
+                                       progress=False)[["height", "vorticity"]]
+    opts = dict(SINR_PRESETS["cpu"], hidden=8, depth=1)
+    model = xlatda.fit(ds, encoder="sinr", latent_dim=8, epochs=2, progress=False, seed=0,
+                       encoder_options=opts)
+    assert model.encoder.linear_degree == 15 and int(model.encoder.linear_ready) == 1
+    model.save(tmp_path / "m.zarr")
+    again = xlatda.open_model(tmp_path / "m.zarr")
+    assert again.encoder.linear_degree == 15 and int(again.encoder.linear_ready) == 1
+    z, z2 = xlatda.encode(ds, model), xlatda.encode(ds, again)
+    np.testing.assert_array_equal(z.z.values, z2.z.values)
