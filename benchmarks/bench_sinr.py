@@ -9,7 +9,7 @@ of the SINR encoder on 32 x 64 shallow-water fields
 by the training set, errors cos(lat) weighted), for ``encode_method="solve"``
 (the exact affine least squares; the decoder is affine in the code) and
 ``"adam"`` (LAINR's iterative auto-decoding, 150 steps at lr 5e-2), on the
-same trained decoder (the ``"cpu"`` preset of
+same trained decoder (the ``"cpu_linear"`` preset of
 :data:`xlatda.encoders.sinr.SINR_PRESETS`, latent 128). ``solve`` is timed
 warm (the affine map of the grid is cached once per set of weights; its
 one-off cost is reported separately). Target: >= 100 samples/s at no worse
@@ -43,12 +43,14 @@ observations of height and vorticity per analysis, sigma_o = 0.1
 normalised, N = 32, inflation 1.05, latent 128, the same ODE for both
 encoders), against each model's free run, with each encoder's floor
 (the RMSE of ``decode(encode(truth))``) and the observations' own estimate
-(``encode_obs`` with the latent prior at each time, no dynamics). SINR is
-the ``"cpu"`` preset: latent coordinates ``latent_basis="pca"`` and the
-linear spherical-harmonic path started at the training PCA
-(``linear_degree="auto"``, 31 on this grid; see the SINR module docstring).
+(``encode_obs`` with the latent prior at each time, no dynamics). SINR
+variants, chosen on the validation trajectory: the ``"cpu"`` preset
+(LAINR's decoder, latent coordinates ``latent_basis="pca"``) and the same
+with the linear spherical-harmonic path started at the training PCA
+(preset ``"cpu_linear"``: ``linear_degree="auto"``, 31 on this grid; see
+the SINR module docstring).
 
-SINR in (b) and (c): the preset's linear path makes the decoder contain the
+SINR in (a), (b) and (c): the ``"cpu_linear"`` preset's linear path makes the decoder contain the
 per-channel weighted PCA of the training fields (projected on the harmonics
 of degree ``<= linear_degree``), which is the best affine subspace a SINR
 channel can be; the network trains a residual on it (the path frozen,
@@ -131,9 +133,9 @@ DA: dict[str, Any] = {
     "ode": {"width": 256, "depth": 2, "window": 6, "epochs": 300, "lr": 2e-3, "batch_size": 64},
     "sinr": {"epochs": 200, "batch_size": 16},
     # SINR variants (preset 'cpu' plus these options), chosen on the validation trajectory
-    # (issue 17, round 3: the preset's linear path; without it, on the same data, round 2
-    # measured 0.2387 held out, see RESULTS.md)
-    "sinr_candidates": [("cpu", {})],
+    # ("cpu linear path" = preset cpu_linear; round 3 of issue 17 ran it alone: 0.430)
+    "sinr_candidates": [("cpu", {}), ("cpu linear path", {"linear_degree": "auto",
+                                                         "lr_linear": 0.0})],
     "autoencoder": {"options": {"channels": [16, 32, 32]}, "epochs": 60, "batch_size": 16,
                     "lr": 2e-3},
 }
@@ -141,7 +143,7 @@ QUICK_DA: dict[str, Any] = {
     **DA, "data": dict(DA["data"], n_train=4, n_test=1, days=2),
     "ode": dict(DA["ode"], epochs=40), "sinr": {"epochs": 10, "batch_size": 16},
     "autoencoder": dict(DA["autoencoder"], epochs=10), "alphas": [1.0],
-    "sinr_candidates": DA["sinr_candidates"][:1],
+    "sinr_candidates": DA["sinr_candidates"][:2],
 }
 
 QUICK: dict[str, Any] = {
@@ -178,7 +180,7 @@ def shallow_water_part(s: dict[str, Any]) -> dict[str, Any]:
     train, test = ((train - mean) / std).float(), ((test - mean) / std).float()
     lat = torch.tensor(ds["lat"].values, dtype=torch.float64)
     grid = {"kind": "latlon", "lat": lat.tolist(), "lon": ds["lon"].values.tolist()}
-    enc = SINR.from_preset("cpu", 2, (32, 64), s["latent_dim"], grid, seed=0,
+    enc = SINR.from_preset("cpu_linear", 2, (32, 64), s["latent_dim"], grid, seed=0,
                            epochs=s["epochs"])
     hist, t_fit = _time(lambda: enc.fit(train, progress=False))
     rows = []
@@ -240,7 +242,7 @@ def era5_part(s: dict[str, Any], path: Path) -> dict[str, Any]:
                      "note": f"{h.get('epochs', '?')} epochs (early stop on val)"})
         cands = []
         for opts in [*s["sinr"], s["sinr_raw"]]:
-            enc = SINR.from_preset("cpu", 1, shape, k, grid, seed=0,
+            enc = SINR.from_preset("cpu_linear", 1, shape, k, grid, seed=0,
                                    **dict(opts, epochs=s["epochs"]))
             h, t = _time(lambda enc=enc: enc.fit(xtr, xval, patience=s["patience"],
                                                  progress=False))
@@ -441,7 +443,7 @@ def _sw_markdown(sw: dict) -> list[str]:
     lines = [
         f"## (a) Encode speed, shallow water 32 x 64, latent {sw['latent']}",
         "",
-        f"SINR preset 'cpu' ({SINR_PRESETS['cpu']['hidden']} hidden, depth "
+        f"SINR preset 'cpu_linear' ({SINR_PRESETS['cpu']['hidden']} hidden, depth "
         f"{SINR_PRESETS['cpu']['depth']}, F {SINR_PRESETS['cpu']['max_freq']}), "
         f"trained {sw['epochs']} epochs on {sw['train']} fields in {sw['fit_s']:.0f} s; "
         f"{sw['test']} held-out fields (other trajectories). RMSE in training-standardised "
@@ -466,7 +468,8 @@ def _era_markdown(era: dict) -> list[str]:
         "## (b) ERA5 t2m, UK box 33 x 49, held-out reconstruction", "",
         f"Train days 1-14 ({sz['train']} hourly fields), validation days 15-24 "
         f"({sz['val']}), held out days 25-31 ({sz['test']}). RMSE in K (cos(lat) weighted; "
-        f"training std {era['std']:.2f} K). SINR preset 'cpu' with the options listed (linear "
+        f"training std {era['std']:.2f} K). SINR preset 'cpu_linear' with the options listed "
+        "(linear "
         "path: degree of the preset's spherical-harmonic path started at the training PCA, "
         "'none' = LAINR's decoder alone), the weights of the best validation epoch kept (the "
         "PCA start counts as epoch 0); the boxed SINR (region='auto') is chosen "

@@ -461,7 +461,7 @@ def test_variable_projection_training_lowers_the_loss():
 
 
 # ---------------------------------------------------------------- presets
-@pytest.mark.parametrize("name", ["cpu", "paper"])
+@pytest.mark.parametrize("name", ["cpu", "cpu_linear", "paper"])
 def test_presets_build_and_decode(name):
     grid = latlon_grid(4, 8)
     enc = SINR.from_preset(name, 2, (4, 8), 8, grid)

@@ -191,7 +191,7 @@ def test_auto_degree_and_band_limit():
            "lon": [-10.0 + 0.25 * j for j in range(49)]}
     assert SINR(1, (33, 49), 4, box, region="auto", linear_degree="auto",
                 **NET).linear_degree == 47  # 0.25 degrees stretched 15 times
-    assert SINR_PRESETS["cpu"]["linear_degree"] == "auto"
+    assert SINR_PRESETS["cpu_linear"]["linear_degree"] == "auto"
 
 
 def test_errors():
@@ -233,7 +233,7 @@ def test_model_store_round_trip_keeps_the_linear_path(tmp_path):
 
     ds = xlatda.datasets.shallow_water(nlat=16, nlon=32, hours=12, trajectories=1, seed=0,
                                        progress=False)[["height", "vorticity"]]
-    opts = dict(SINR_PRESETS["cpu"], hidden=8, depth=1)
+    opts = dict(SINR_PRESETS["cpu_linear"], hidden=8, depth=1)
     model = xlatda.fit(ds, encoder="sinr", latent_dim=8, epochs=2, progress=False, seed=0,
                        encoder_options=opts)
     assert model.encoder.linear_degree == 15 and int(model.encoder.linear_ready) == 1
