@@ -9,7 +9,7 @@ of the SINR encoder on 32 x 64 shallow-water fields
 by the training set, errors cos(lat) weighted), for ``encode_method="solve"``
 (the exact affine least squares; the decoder is affine in the code) and
 ``"adam"`` (LAINR's iterative auto-decoding, 150 steps at lr 5e-2), on the
-same trained decoder (the ``"cpu"`` preset of
+same trained decoder (the ``"cpu_linear"`` preset of
 :data:`xlatda.encoders.sinr.SINR_PRESETS`, latent 128). ``solve`` is timed
 warm (the affine map of the grid is cached once per set of weights; its
 one-off cost is reported separately). Target: >= 100 samples/s at no worse
@@ -43,10 +43,19 @@ observations of height and vorticity per analysis, sigma_o = 0.1
 normalised, N = 32, inflation 1.05, latent 128, the same ODE for both
 encoders), against each model's free run, with each encoder's floor
 (the RMSE of ``decode(encode(truth))``) and the observations' own estimate
-(``encode_obs`` with the latent prior at each time, no dynamics). SINR in
-the preset's latent coordinates (``latent_basis="pca"``) and, for the
-diagnosis, in LAINR's raw codes; the variant is chosen on the validation
-trajectory.
+(``encode_obs`` with the latent prior at each time, no dynamics). SINR
+variants, chosen on the validation trajectory: the ``"cpu"`` preset
+(LAINR's decoder, latent coordinates ``latent_basis="pca"``) and the same
+with the linear spherical-harmonic path started at the training PCA
+(preset ``"cpu_linear"``: ``linear_degree="auto"``, 31 on this grid; see
+the SINR module docstring).
+
+SINR in (a), (b) and (c): the ``"cpu_linear"`` preset's linear path makes the decoder contain the
+per-channel weighted PCA of the training fields (projected on the harmonics
+of degree ``<= linear_degree``), which is the best affine subspace a SINR
+channel can be; the network trains a residual on it (the path frozen,
+``lr_linear=0``, chosen on validation data: training the path too gave
+higher validation errors on ERA5 and shallow water).
 
 (d) **Latent 4DEnVar vs full-state 4DEnVar at the truth's resolution**
 (``--parts c d``): the SINR + ODE model of (c) against 4DEnVar with the
@@ -77,9 +86,25 @@ from xlatda.encoders.pca import PCA
 from xlatda.encoders.sinr import SINR, SINR_PRESETS
 
 OUT = Path(__file__).resolve().parent / "out" / "sinr.md"
-#: The shared data folder beside the repository (``--data`` for another place).
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 ERA5_FILE = "era5_t2m_2019-03_uk.nc"
+
+
+def _find_data() -> Path:
+    """The shared data folder: the first ``shared/data`` holding the ERA5 file above this file.
+
+    ``../shared/data`` beside the repository (``/work/main`` -> ``/work/shared``) and
+    beside a parent of a worktree (``/work/wt/NAME`` -> ``/work/shared``) alike;
+    ``--data`` for another place.
+    """
+    here = Path(__file__).resolve()
+    for parent in here.parents[1:]:
+        if (parent / "shared" / "data" / ERA5_FILE).exists():
+            return parent / "shared" / "data"
+    return here.parents[2] / "shared" / "data"
+
+
+#: The shared data folder (``--data`` for another place).
+DATA = _find_data()
 
 FULL: dict[str, Any] = {
     "sw": {"trajectories_train": 8, "trajectories_test": 2, "days": 5, "output_every": "6h",
@@ -87,8 +112,11 @@ FULL: dict[str, Any] = {
            "adam": {"steps": 150, "lr": 5e-2}},
     "era5": {"latents": (32, 64), "epochs": 250, "patience": 30,
              "sinr": [  # candidates, chosen on the validation days
+                 # the preset: linear path of degree 'auto' (47 here) from the training PCA
                  {"region": "auto", "hidden": 64, "depth": 4, "max_freq": 8},
-                 {"region": "auto", "hidden": 64, "depth": 4, "max_freq": 12},
+                 # LAINR's decoder alone (no linear path): the last round's best candidate
+                 {"region": "auto", "hidden": 64, "depth": 4, "max_freq": 12,
+                  "linear_degree": None},
              ],
              "sinr_raw": {"region": None, "hidden": 64, "depth": 4, "max_freq": 8},
              "ae": {"init": {"channels": [16, 32, 32]},
@@ -104,9 +132,10 @@ DA: dict[str, Any] = {
     "envar": {"window": 2, "iterations": 3, "physical_alpha": 1.0, "trajectories": 1},
     "ode": {"width": 256, "depth": 2, "window": 6, "epochs": 300, "lr": 2e-3, "batch_size": 64},
     "sinr": {"epochs": 200, "batch_size": 16},
-    # SINR variants (preset 'cpu' plus these options), chosen on the validation trajectory;
-    # 'raw codes' is the same training in LAINR's coordinates (the preset's before issue 17)
-    "sinr_candidates": [("cpu", {}), ("cpu raw codes", {"latent_basis": "codes"})],
+    # SINR variants (preset 'cpu' plus these options), chosen on the validation trajectory
+    # ("cpu linear path" = preset cpu_linear; round 3 of issue 17 ran it alone: 0.430)
+    "sinr_candidates": [("cpu", {}), ("cpu linear path", {"linear_degree": "auto",
+                                                         "lr_linear": 0.0})],
     "autoencoder": {"options": {"channels": [16, 32, 32]}, "epochs": 60, "batch_size": 16,
                     "lr": 2e-3},
 }
@@ -151,7 +180,7 @@ def shallow_water_part(s: dict[str, Any]) -> dict[str, Any]:
     train, test = ((train - mean) / std).float(), ((test - mean) / std).float()
     lat = torch.tensor(ds["lat"].values, dtype=torch.float64)
     grid = {"kind": "latlon", "lat": lat.tolist(), "lon": ds["lon"].values.tolist()}
-    enc = SINR.from_preset("cpu", 2, (32, 64), s["latent_dim"], grid, seed=0,
+    enc = SINR.from_preset("cpu_linear", 2, (32, 64), s["latent_dim"], grid, seed=0,
                            epochs=s["epochs"])
     hist, t_fit = _time(lambda: enc.fit(train, progress=False))
     rows = []
@@ -213,11 +242,12 @@ def era5_part(s: dict[str, Any], path: Path) -> dict[str, Any]:
                      "note": f"{h.get('epochs', '?')} epochs (early stop on val)"})
         cands = []
         for opts in [*s["sinr"], s["sinr_raw"]]:
-            enc = SINR.from_preset("cpu", 1, shape, k, grid, seed=0,
+            enc = SINR.from_preset("cpu_linear", 1, shape, k, grid, seed=0,
                                    **dict(opts, epochs=s["epochs"]))
             h, t = _time(lambda enc=enc: enc.fit(xtr, xval, patience=s["patience"],
                                                  progress=False))
-            row = {"method": f"SINR region={opts['region']}", "latent": k,
+            lin = "none" if enc.linear_degree is None else enc.linear_degree
+            row = {"method": f"SINR region={opts['region']}, linear path {lin}", "latent": k,
                    "val": _score(enc, data, "val"), "test": _score(enc, data, "test"),
                    "fit_s": t, "note": f"hidden {opts['hidden']}, depth {opts['depth']}, "
                    f"F {opts['max_freq']} (D_max {enc.max_degree}), best epoch "
@@ -413,7 +443,7 @@ def _sw_markdown(sw: dict) -> list[str]:
     lines = [
         f"## (a) Encode speed, shallow water 32 x 64, latent {sw['latent']}",
         "",
-        f"SINR preset 'cpu' ({SINR_PRESETS['cpu']['hidden']} hidden, depth "
+        f"SINR preset 'cpu_linear' ({SINR_PRESETS['cpu']['hidden']} hidden, depth "
         f"{SINR_PRESETS['cpu']['depth']}, F {SINR_PRESETS['cpu']['max_freq']}), "
         f"trained {sw['epochs']} epochs on {sw['train']} fields in {sw['fit_s']:.0f} s; "
         f"{sw['test']} held-out fields (other trajectories). RMSE in training-standardised "
@@ -438,8 +468,11 @@ def _era_markdown(era: dict) -> list[str]:
         "## (b) ERA5 t2m, UK box 33 x 49, held-out reconstruction", "",
         f"Train days 1-14 ({sz['train']} hourly fields), validation days 15-24 "
         f"({sz['val']}), held out days 25-31 ({sz['test']}). RMSE in K (cos(lat) weighted; "
-        f"training std {era['std']:.2f} K). SINR preset 'cpu' with the options listed, the "
-        "weights of the best validation epoch kept; the boxed SINR (region='auto') is chosen "
+        f"training std {era['std']:.2f} K). SINR preset 'cpu_linear' with the options listed "
+        "(linear "
+        "path: degree of the preset's spherical-harmonic path started at the training PCA, "
+        "'none' = LAINR's decoder alone), the weights of the best validation epoch kept (the "
+        "PCA start counts as epoch 0); the boxed SINR (region='auto') is chosen "
         "on the validation days only; region=None (raw spherical coordinates) is shown for "
         "comparison, not chosen from. The AE stops early on the validation days.", "",
         "| method | latent | val RMSE (K) | held-out RMSE (K) | fit (s) | note |",

@@ -461,12 +461,15 @@ def test_variable_projection_training_lowers_the_loss():
 
 
 # ---------------------------------------------------------------- presets
-@pytest.mark.parametrize("name", ["cpu", "paper"])
+@pytest.mark.parametrize("name", ["cpu", "cpu_linear", "paper"])
 def test_presets_build_and_decode(name):
     grid = latlon_grid(4, 8)
     enc = SINR.from_preset(name, 2, (4, 8), 8, grid)
     for key, value in SINR_PRESETS[name].items():
-        assert enc.config[key] == value
+        if value == "auto":  # resolved from the grid at construction
+            assert enc.config[key] == enc.linear_degree == 3  # Gauss grid of 4 rows
+        else:
+            assert enc.config[key] == value
     enc.fit(torch.randn(2, 2, 4, 8), epochs=1, progress=False)
     assert enc.decode(enc.encode(torch.randn(3, 2, 4, 8))).shape == (3, 2, 4, 8)
     if name == "paper":  # LAINR's decoder: hidden 128, depth 8, F = 8

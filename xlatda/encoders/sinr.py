@@ -99,6 +99,39 @@ benchmark their covariance has eigenvalues from 1e-9 to 0.14 while every
 code has a spread of 0.03-0.16), which is what made latent ensembles with
 independent per-coordinate spread leave the training distribution.
 
+**Linear path and PCA start** (``linear_degree``; xlatda's addition, preset
+``"cpu_linear"``). A channel of this decoder spans an affine
+``code_dim``-dimensional subspace of band-limited fields, and the best such
+subspace for the training fields is their (cos-lat weighted) PCA. Trained
+from random weights at CPU budgets the network gets far from it (on the
+shallow-water benchmark a held-out floor of 0.14-0.17 against 0.03 for
+per-channel PCA with 64 components). With ``linear_degree = T`` the output
+gets a linear term in the code,
+
+.. math::
+
+    u_c(p) \mathrel{+}= \phi(p)^{\top} \big(\beta_c + B_c\, a_c\big),
+
+:math:`\phi(p)` = all :math:`(T + 1)^2` real harmonics of degree
+:math:`\le T` (scaled to unit mean square, on the stretched coordinates of a
+regional box), so the decoder stays mesh-free, band-limited (degree
+:math:`\le \max(D_{\max}, T)`) and affine in the code. The first step of
+:meth:`SINR.fit` (:meth:`SINR.init_pca`) sets :math:`\beta_c, B_c` to the
+mean and the leading ``code_dim`` EOFs of the training fields' weighted
+least-squares projection on :math:`\phi`, and the network's read-outs to
+zero: the untrained decoder *is* that PCA (on fields of degree
+:math:`\le T`, exactly their weighted PCA per channel). Training then adds
+the network as a residual; ``lr_linear`` is the path's learning rate
+(``None``: ``lr_weights``; ``0``: frozen, the preset's choice), and with
+validation data the PCA start competes as an epoch of its own.
+``linear_degree="auto"`` takes the degree the grid resolves
+(``nlat - 1`` on a global Gauss grid). Measured (``benchmarks/bench_sinr.py``):
+held-out ERA5 t2m 0.466 / 0.360 K at latent 32 / 64 (LAINR's decoder alone
+0.509 / 0.401, PCA 0.460 / 0.352); shallow-water encoding floor 0.027 (was
+0.145). But the shallow-water latent EnKF with it diverged (0.430 against a
+free run of 0.291; without the path 0.239), a cause not yet found, so the
+``"cpu"`` preset (for latent assimilation) keeps LAINR's decoder alone.
+
 **Limited-area domains.** On a regional box (e.g. the 8 x 12 degree UK
 box of the ERA5 sample) every harmonic of degree :math:`\le D_{\max}` is
 nearly a low-order polynomial, so a SINR on raw coordinates represents
@@ -110,8 +143,9 @@ of 15 for the UK box): a degree-:math:`D` harmonic then has half-wavelength
 use the true latitudes.
 
 **Presets.** :data:`SINR_PRESETS` holds a ``"cpu"`` setting (trains in
-about a minute at 32 x 64) and the paper's ``"paper"`` setting (hidden 128,
-depth 8, ``F = 8``; for a GPU); :meth:`SINR.from_preset` builds one.
+about a minute at 32 x 64; linear path from the PCA) and the paper's
+``"paper"`` setting (hidden 128, depth 8, ``F = 8``, no linear path; for a
+GPU); :meth:`SINR.from_preset` builds one.
 
 Shapes: ``x (B, C, *spatial)``; ``z (B, C * code_dim)``; ``points (P, 2)``
 latitude/longitude in degrees; ``channel (P,)``; ``values (B, P)``.
@@ -209,7 +243,11 @@ def sinr_max_degree(max_freq: int, depth: int) -> int:
 #: :func:`xlatda.fit`; there ``fit``'s own ``epochs`` / ``batch_size`` take precedence).
 #: ``"cpu"`` trains a 32 x 64 two-channel shallow-water model in about a minute on one
 #: CPU core (hidden 64, depth 4, ``D_max = 50``; variable-projection training, random
-#: point subsets; latents in the ``"pca"`` basis, for latent assimilation); ``"paper"`` is
+#: point subsets; latents in the ``"pca"`` basis, for latent assimilation);
+#: ``"cpu_linear"`` is ``"cpu"`` plus a frozen linear spherical-harmonic path of the grid's
+#: degree started at the training PCA, the network a residual on it (far lower
+#: reconstruction error; but on the shallow-water benchmark its latent EnKF diverged,
+#: see the module docstring); ``"paper"`` is
 #: LAINR's decoder (hidden 128, depth 8, ``F = 8``,
 #: ``D_max = 108``; with the paper's latent 400 = 2 channels x 200 at 64 x 128), the
 #: paper's two learning rates and code table, for a GPU.
@@ -226,6 +264,21 @@ SINR_PRESETS: dict[str, dict[str, Any]] = {
         "fit_codes": "solve",
         "encode_method": "solve",
         "latent_basis": "pca",
+    },
+    "cpu_linear": {
+        "hidden": 64,
+        "depth": 4,
+        "max_freq": 8,
+        "epochs": 80,
+        "batch_size": 16,
+        "points_per_batch": 512,
+        "lr_weights": 2e-2,
+        "lr_codes": 2e-2,
+        "fit_codes": "solve",
+        "encode_method": "solve",
+        "latent_basis": "pca",
+        "linear_degree": "auto",
+        "lr_linear": 0.0,
     },
     "paper": {
         "hidden": 128,
@@ -459,6 +512,15 @@ class SINR(Encoder):
         shallow water), so independent per-coordinate perturbations of them
         leave the training distribution; use ``"pca"`` for latent
         assimilation and latent dynamics.
+    linear_degree : None, int or "auto"
+        Degree ``T`` of the linear spherical-harmonic path (see the module
+        docstring): ``None`` (default) for LAINR's decoder alone; an integer;
+        or ``"auto"``, the degree the training grid resolves (``nlat - 1``
+        on a global Gauss grid; ``config`` stores the number). With a path,
+        :meth:`fit` starts from the training PCA (:meth:`init_pca`).
+    lr_linear : float, optional
+        Learning rate of the linear path in :meth:`fit` (``None``:
+        ``lr_weights``; ``0``: frozen at the PCA start).
     reuse_codes : bool
         Default of :meth:`encode`'s ``reuse_codes``: return the code learned
         in :meth:`fit` for a field that is one of the training snapshots
@@ -550,6 +612,8 @@ class SINR(Encoder):
         fit_codes: str = "table",
         latent_basis: str = "codes",
         region: str | dict[str, Any] | None = None,
+        linear_degree: int | str | None = None,
+        lr_linear: float | None = None,
     ) -> None:
         super().__init__(n_channels, spatial_shape, latent_dim, grid)
         for name, value, low in [
@@ -584,6 +648,20 @@ class SINR(Encoder):
             )
         if not float(encode_ridge) >= 0.0:
             raise ConfigError(f"encode_ridge must be >= 0, got {encode_ridge!r}")
+        if linear_degree is not None and linear_degree != "auto" and (
+            isinstance(linear_degree, (bool, str)) or int(linear_degree) != linear_degree
+            or linear_degree < 0
+        ):
+            raise ConfigError(
+                f"linear_degree must be None (no linear path), 'auto' (the grid's resolution) "
+                f"or an integer >= 0, got {linear_degree!r}"
+            )
+        if lr_linear is not None and not float(lr_linear) >= 0.0:
+            raise ConfigError(
+                f"lr_linear must be None (= lr_weights) or >= 0 (0 freezes the linear path), "
+                f"got {lr_linear!r}"
+            )
+        self._linear_request = linear_degree
         self.hidden, self.depth, self.max_freq = int(hidden), int(depth), int(max_freq)
         self.code_dim = self.latent_dim // self.n_channels
         self.seed = int(seed)
@@ -603,6 +681,7 @@ class SINR(Encoder):
             "encode_ridge": float(encode_ridge),
             "fit_codes": str(fit_codes),
             "latent_basis": str(latent_basis),
+            "lr_linear": None if lr_linear is None else float(lr_linear),
         }
         # codes learned for the training snapshots, and a sketch to recognise them
         self._train_codes: Tensor | None = None
@@ -610,6 +689,10 @@ class SINR(Encoder):
         lat, lon = self._grid_points()
         self._grid_latlon = torch.stack([lat, lon], dim=-1)  # (P, 2) float64, CPU
         self.region = _resolve_region(region, lat, lon)
+        if self._linear_request == "auto":
+            self.linear_degree: int | None = self._auto_linear_degree()
+        else:
+            self.linear_degree = None if linear_degree is None else int(linear_degree)
         self._cache: dict[tuple[torch.dtype, torch.device], tuple[Tensor, Tensor]] = {}
         self._point_cache: dict[tuple, Tensor] = {}
         self._affine_cache: dict[tuple, tuple[Tensor, Tensor]] = {}
@@ -622,6 +705,13 @@ class SINR(Encoder):
         )
         self.head_weight = nn.Parameter(torch.empty(self.depth + 1, self.n_channels, h))
         self.head_bias = nn.Parameter(torch.zeros(self.n_channels))
+        if self.linear_degree is not None:
+            # the linear path phi(p)^T (lin_bias_c + lin_weight_c a_c), set by fit()'s PCA
+            n_lin = (self.linear_degree + 1) ** 2
+            self.lin_weight = nn.Parameter(torch.zeros(self.n_channels, n_lin, self.code_dim))
+            self.lin_bias = nn.Parameter(torch.zeros(self.n_channels, n_lin))
+        # 1 once the linear path holds the training PCA (fit's first step)
+        self.register_buffer("linear_ready", torch.zeros((), dtype=torch.long))
         self.register_buffer("code_mean", torch.zeros(self.latent_dim))
         self.register_buffer("code_scale", torch.ones(self.latent_dim))
         # raw codes a_c = basis_offset[c] + basis_matrix[c] @ z_c (identity for "codes")
@@ -642,6 +732,9 @@ class SINR(Encoder):
         for name in ("basis_offset", "basis_matrix"):
             if prefix + name not in state_dict:
                 state_dict[prefix + name] = self._identity_basis()[name == "basis_matrix"]
+        # models saved before the linear path existed have none
+        if prefix + "linear_ready" not in state_dict:
+            state_dict[prefix + "linear_ready"] = torch.zeros((), dtype=torch.long)
 
     # ------------------------------------------------------------ set-up
     def _grid_points(self) -> tuple[Tensor, Tensor]:
@@ -676,6 +769,31 @@ class SINR(Encoder):
             raise ConfigError("grid latitudes must lie in [-90, 90] degrees")
         return lat, lon
 
+    def _auto_linear_degree(self) -> int:
+        """``linear_degree="auto"``: the degree the training grid resolves.
+
+        For a latitude/longitude grid with (median) latitude spacing
+        ``delta`` degrees on the sphere (after :func:`region_to_sphere` for a
+        regional grid), ``floor(180 / delta) - 1``: ``nlat - 1`` on a global
+        Gauss grid (its exact truncation), 47 for the 0.25-degree UK box
+        (stretched 15 times); never more than ``(T + 1)^2 <= 2 P`` harmonics
+        for ``P`` grid points (a small box on raw coordinates would otherwise
+        ask for thousands). For a ``"points"`` layout, ``floor(sqrt(P)) - 1``
+        (``(T + 1)^2 <= P``).
+        """
+        n_pts = int(self._grid_latlon.shape[0])
+        if self.grid["kind"] != "latlon":
+            return max(0, math.isqrt(n_pts) - 1)
+        rows = torch.as_tensor(self.grid["lat"], dtype=torch.float64).reshape(-1)
+        if rows.numel() < 2:
+            return 0
+        if self.region is not None:
+            centre = 0.5 * sum(float(v) for v in self.region["lon"])
+            rows = region_to_sphere(self.region, rows, torch.full_like(rows, centre))[0]
+        spacing = float(rows.diff().abs().median())
+        degree = math.floor(180.0 / max(spacing, 1e-9) + 1e-6) - 1
+        return max(0, min(degree, math.isqrt(2 * n_pts) - 1))
+
     def _init_weights(self) -> None:
         # Unit-power harmonics and weights of variance 1/fan_in keep the linear
         # layers scale-preserving; the filters start at half that scale, so
@@ -699,6 +817,10 @@ class SINR(Encoder):
         for lin in self.modulations:
             uniform_(lin.weight, 1.0 / self.code_dim)
         uniform_(self.head_weight, 1.0 / (self.hidden * (self.depth + 1)))
+        if self.linear_degree is not None:
+            # the network starts as a zero residual on the linear path's PCA
+            with torch.no_grad():
+                self.head_weight.zero_()
 
     @property
     def config(self) -> dict[str, Any]:
@@ -711,6 +833,7 @@ class SINR(Encoder):
             seed=self.seed,
             **self.training_defaults,
             region=self.region,
+            linear_degree=self.linear_degree,
         )
         return cfg
 
@@ -760,21 +883,36 @@ class SINR(Encoder):
 
     @property
     def max_degree(self) -> int:
-        """Largest spherical-harmonic degree of a decoded field (``D_max``)."""
-        return sinr_max_degree(self.max_freq, self.depth)
+        """Largest spherical-harmonic degree of a decoded field.
+
+        ``D_max`` of the network, or ``linear_degree`` if that is larger.
+        """
+        d = sinr_max_degree(self.max_freq, self.depth)
+        return d if self.linear_degree is None else max(d, self.linear_degree)
+
+    @property
+    def _n_filter_features(self) -> int:
+        return (self.depth + 1) * (2 * self.max_freq + 1)
 
     @property
     def _ref(self) -> Tensor:
         return self.head_bias
 
     def _features(self, lat: Tensor, lon: Tensor) -> Tensor:
-        """Scaled harmonics ``sqrt(4 pi) Y_{|m|+l}^m`` at points: ``(P, L+1, 2F+1)``.
+        """Scaled harmonics ``sqrt(4 pi) Y`` at points: ``(P, (L+1)(2F+1) [+ M])``.
 
+        Columns ``l (2F+1) .. (l+1)(2F+1)`` are filter ``l``'s harmonics
+        ``Y_{|m|+l}^m``, ``m = -F..F``; with a linear path the last
+        ``M = (linear_degree + 1)^2`` columns are all harmonics of degree
+        ``<= linear_degree`` (:func:`xlatda.sphere.sph_harm_indices` order).
         Computed in float64 and returned in the module's dtype and device.
         """
         f, d = self.max_freq, self.depth
         order = torch.arange(-f, f + 1).repeat(d + 1)
         degree = order.abs() + torch.arange(d + 1).repeat_interleave(2 * f + 1)
+        if self.linear_degree is not None:
+            deg_l, ord_l = sphere.sph_harm_indices(self.linear_degree)
+            degree, order = torch.cat([degree, deg_l]), torch.cat([order, ord_l])
         lat = lat.detach().to("cpu", torch.float64)
         lon = lon.detach().to("cpu", torch.float64)
         if self.region is not None:
@@ -782,11 +920,10 @@ class SINR(Encoder):
         colat = torch.deg2rad(90.0 - lat)
         lam = torch.deg2rad(lon)
         y = sphere.real_sph_harm(degree, order, colat, lam) * math.sqrt(4.0 * math.pi)
-        y = y.reshape(-1, d + 1, 2 * f + 1)
         return y.to(self._ref.device, self._ref.dtype)
 
     def _grid_cache(self) -> tuple[Tensor, Tensor]:
-        """Harmonics ``(P, L+1, 2F+1)`` and cos-lat weights ``(P,)`` of the training points."""
+        """Harmonics (:meth:`_features`) and cos-lat weights ``(P,)`` of the training points."""
         key = (self._ref.dtype, self._ref.device)
         if key not in self._cache:
             with torch.inference_mode(False):
@@ -821,8 +958,16 @@ class SINR(Encoder):
 
     # ------------------------------------------------------------ network
     def _filters(self, feats: Tensor) -> list[Tensor]:
-        """``[g_l(p)]``, each ``(Q, H)``, from harmonics ``(Q, L+1, 2F+1)``."""
-        return [lin(feats[:, l]) for l, lin in enumerate(self.filters)]
+        """``[g_l(p)]``, each ``(Q, H)``, from the harmonics of :meth:`_features`.
+
+        With a linear path the list has one more entry, the path's harmonics
+        ``(Q, M)``.
+        """
+        n = 2 * self.max_freq + 1
+        filt = [lin(feats[:, l * n : (l + 1) * n]) for l, lin in enumerate(self.filters)]
+        if self.linear_degree is not None:
+            filt.append(feats[:, self._n_filter_features :])
+        return filt
 
     def _network(self, filt: list[Tensor], codes: Tensor, channel: Tensor | None) -> Tensor:
         """Run the multiplicative filter network.
@@ -856,7 +1001,20 @@ class SINR(Encoder):
         for l in range(1, self.depth + 1):
             h = self._layer(l, h, shifts[l - 1], filt[l])
             out = out + read(l, h)
-        return (out + bias).expand(shape)
+        out = (out + bias).expand(shape)
+        if self.linear_degree is None:
+            return out
+        # linear path: phi(p)^T (lin_bias_c + lin_weight_c a_c), (B, C, M) coefficients
+        phi = filt[self.depth + 1]
+        coef = self.lin_bias + torch.einsum("bck,cmk->bcm", codes, self.lin_weight)
+        if channel is None:
+            return out + coef @ phi.t()
+        parts = torch.zeros(shape, dtype=out.dtype, device=out.device)
+        for ci in range(self.n_channels):
+            rows = torch.nonzero(channel == ci).reshape(-1)
+            if rows.numel():
+                parts = parts.index_copy(1, rows, coef[:, ci] @ phi[rows].t())
+        return out + parts
 
     def _layer(self, l: int, h: Tensor, shift: Tensor, filt: Tensor) -> Tensor:
         """``h_l = (W_l h + b_l + shift) * g_l``, the shift add fused into the matmul.
@@ -936,7 +1094,10 @@ class SINR(Encoder):
         (one backward pass for all points at once: each point's output
         depends on its own hidden states only).
 
-        ``feats (Q, L+1, 2F+1)``, ``channel (Q,)``; returns ``d (Q,)`` and
+        With a linear path, its ``phi^T lin_bias_c`` and ``phi^T lin_weight_c``
+        are added (it is linear in the code).
+
+        ``feats`` from :meth:`_features`, ``channel (Q,)``; returns ``d (Q,)`` and
         ``J (Q, code_dim)`` in float64 on the module's device (no gradient).
         """
         f64 = torch.float64
@@ -944,6 +1105,7 @@ class SINR(Encoder):
         offs, jacs = [], []
         with torch.inference_mode(False), torch.no_grad():
             fw = [(lin.weight.to(f64), lin.bias.to(f64)) for lin in self.filters]
+            nf, nh = self._n_filter_features, 2 * self.max_freq + 1
             lw = [(lin.weight.to(f64), lin.bias.to(f64)) for lin in self.layers]
             sw = [mod.weight.to(f64) for mod in self.modulations]  # (H, K) each
             heads_all = self.head_weight.to(f64)  # (L+1, C, H)
@@ -951,7 +1113,8 @@ class SINR(Encoder):
             for i in range(0, n, _AFFINE_CHUNK):
                 ft = feats[i : i + _AFFINE_CHUNK].to(f64)
                 ch = channel[i : i + _AFFINE_CHUNK]
-                g = [torch.addmm(b, ft[:, l], w.t()) for l, (w, b) in enumerate(fw)]
+                g = [torch.addmm(b, ft[:, l * nh : (l + 1) * nh], w.t())
+                     for l, (w, b) in enumerate(fw)]
                 heads = heads_all[:, ch]  # (L+1, q, H)
                 h = g[0]
                 off = (h * heads[0]).sum(-1) + bias_all[ch]
@@ -965,6 +1128,13 @@ class SINR(Encoder):
                     back = heads[l] if lam is None else heads[l] + lam @ lw[l][0]
                     lam = g[l] * back
                     jac = jac + lam @ sw[l - 1]
+                if self.linear_degree is not None:  # + phi^T lin_bias_c, phi^T lin_weight_c
+                    phi = ft[:, nf:]
+                    for ci in range(self.n_channels):
+                        rows = torch.nonzero(ch == ci).reshape(-1)
+                        if rows.numel():
+                            off[rows] += phi[rows] @ self.lin_bias[ci].to(f64)
+                            jac[rows] += phi[rows] @ self.lin_weight[ci].to(f64)
                 offs.append(off)
                 jacs.append(jac)
         if not offs:
@@ -985,7 +1155,7 @@ class SINR(Encoder):
             feats, w = self._grid_cache()
             p = feats.shape[0]
             channel = torch.arange(self.n_channels, device=feats.device).repeat_interleave(p)
-            off, jac = self._affine(feats.repeat(self.n_channels, 1, 1), channel)
+            off, jac = self._affine(feats.repeat(self.n_channels, 1), channel)
             off, jac = self._to_latent(off, jac, channel)
             hit = (off, jac, channel, w.repeat(self.n_channels))
             self._affine_cache = {k: v for k, v in self._affine_cache.items() if k[0] != "grid"}
@@ -1148,7 +1318,7 @@ class SINR(Encoder):
         """
         q = feats.shape[0]
         channel = torch.arange(self.n_channels, device=feats.device).repeat_interleave(q)
-        off, jac = self._affine(feats.repeat(self.n_channels, 1, 1), channel)
+        off, jac = self._affine(feats.repeat(self.n_channels, 1), channel)
         z, _ = self._solve_codes(off, jac, channel, target.reshape(target.shape[0], -1),
                                  weight.repeat(self.n_channels), 0.0)
         return z
@@ -1601,6 +1771,150 @@ class SINR(Encoder):
             self.code_scale.copy_(_code_scale(z).to(dt))
             self._train_codes = z.to(codes.dtype)
 
+    def _init_linear(self, x: Tensor) -> Tensor:
+        r"""Set the linear path to the PCA of the training fields; return their codes.
+
+        Per channel ``c``, with the path's harmonics :math:`\Phi` at the
+        training points and the cos-lat weights :math:`W` (mean 1): the
+        weighted least-squares coefficients of every field,
+        :math:`C = X W \Phi (G + \epsilon I)^{-1} / \sum w` with the Gram matrix
+        :math:`G = \Phi^\top W \Phi / \sum w` (:math:`\epsilon = 10^{-10}`
+        of its mean diagonal: only to keep a near-singular :math:`G`, as on a
+        regional patch, solvable), their mean :math:`\bar c` and the thin SVD
+        :math:`(C - \bar c) \Phi^\top W^{1/2} / \sqrt{\sum w} = U S V^\top`:
+        ``lin_bias_c`` = :math:`\bar c`, column ``k`` of ``lin_weight_c`` =
+        :math:`(C - \bar c)^\top U_k / S_k` (EOF ``k``'s coefficients, a field of
+        unit weighted mean square), the codes :math:`U_k S_k` (zero beyond the
+        rank). The network path is set to zero (read-outs and ``head_bias``),
+        so the decoder is then exactly the weighted PCA, with ``code_dim``
+        components per channel, of the training fields' projection on the
+        harmonics of degree ``<= linear_degree`` (on fields of that band
+        limit: their PCA). Points missing in any training field are left out
+        of the channel's fit. ``x (N, C, P)``, NaN = missing.
+        """
+        f64 = torch.float64
+        k, c = self.code_dim, self.n_channels
+        with torch.no_grad():
+            feats, w = self._grid_cache()
+            phi = feats[:, self._n_filter_features :].to(f64)  # (P, M)
+            xs = x.detach().to(f64)
+            codes = xs.new_zeros(xs.shape[0], c, k)
+            weights, biases = [], []
+            for ci in range(c):
+                xc = xs[:, ci]
+                ok = torch.isfinite(xc).all(0)
+                wc = w.to(f64) * ok
+                xc = torch.where(ok, xc, torch.zeros_like(xc))
+                wsum = wc.sum().clamp_min(torch.finfo(f64).tiny)
+                gram = (phi.t() * wc) @ phi / wsum
+                eps = 1e-10 * float(gram.diagonal().mean().clamp_min(torch.finfo(f64).tiny))
+                gram = gram + eps * torch.eye(gram.shape[0], dtype=f64, device=gram.device)
+                coef = torch.linalg.solve(gram, ((xc * wc) @ phi / wsum).t()).t()  # (N, M)
+                mean = coef.mean(0)
+                anom = coef - mean
+                fields = (anom @ phi.t()) * (wc / wsum).sqrt()  # (N, P)
+                u, sv, _ = torch.linalg.svd(fields, full_matrices=False)
+                tol = float(sv.max().clamp_min(0.0)) * max(fields.shape) * torch.finfo(f64).eps
+                r = min(k, int((sv > tol).sum()))
+                basis = anom.new_zeros(anom.shape[1], k)
+                basis[:, :r] = anom.t() @ u[:, :r] / sv[:r]
+                codes[:, ci, :r] = u[:, :r] * sv[:r]
+                weights.append(basis)
+                biases.append(mean)
+            dt = self.lin_weight.dtype
+            self.lin_weight.copy_(torch.stack(weights).to(dt))
+            self.lin_bias.copy_(torch.stack(biases).to(dt))
+            self.head_weight.zero_()
+            self.head_bias.zero_()
+            self.linear_ready.fill_(1)
+        return codes.reshape(xs.shape[0], -1).to(self._ref.dtype)
+
+    def init_pca(
+        self,
+        x_train: Tensor,
+        *,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+    ) -> Tensor:
+        r"""Start the decoder at the PCA of ``x_train`` (the first step of :meth:`fit`).
+
+        Needs a linear path (``linear_degree``). Sets the path to the cos-lat
+        weighted PCA of the training fields' spherical-harmonic projection
+        (degree ``<= linear_degree``; ``code_dim`` components per channel) and
+        the network path to zero, so that the decoder represents exactly
+        those principal components, mesh-free: at any point set
+        (:meth:`decode_at`) and in every latent basis. :meth:`fit` then
+        trains from there (and with validation data keeps this start if no
+        epoch beats it). The model is usable (fitted) afterwards; the codes
+        of ``x_train`` are its :attr:`train_codes`.
+
+        Parameters
+        ----------
+        x_train : Tensor
+            ``(N, C, *spatial_shape)``, normalised; NaN marks missing values
+            (a point missing in any field is left out of its channel's fit).
+        device, dtype : optional
+            Where and in which float type the model lives afterwards (defaults
+            from :func:`xlatda.get_options`, as for :meth:`fit`); the PCA itself
+            is computed in float64.
+
+        Returns
+        -------
+        Tensor
+            The latents of ``x_train``, ``(N, latent_dim)``.
+
+        Raises
+        ------
+        ConfigError
+            Without a linear path.
+        ShapeError
+            If ``x_train`` does not fit the layout.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from xlatda.sphere import gaussian_grid, longitudes
+        >>> lat, _ = gaussian_grid(8)
+        >>> grid = {"kind": "latlon", "lat": lat.tolist(), "lon": longitudes(16).tolist()}
+        >>> enc = SINR(1, (8, 16), latent_dim=3, grid=grid, hidden=8, depth=1,
+        ...            max_freq=1, linear_degree=7)
+        >>> x = torch.randn(20, 1, 8, 16, dtype=torch.float64)
+        >>> z = enc.init_pca(x)
+        >>> z.shape, enc.decode(z).shape
+        (torch.Size([20, 3]), torch.Size([20, 1, 8, 16]))
+        """
+        if self.linear_degree is None:
+            raise ConfigError(
+                "init_pca needs a linear path: build the SINR with linear_degree=T "
+                "(e.g. the grid's truncation, nlat - 1 on a Gauss grid)"
+            )
+        self._check_fields(x_train)
+        if x_train.shape[0] < 1:
+            raise ShapeError("x_train holds no samples")
+        n = x_train.shape[0]
+        self.to(resolve_device(device), resolve_dtype(dtype))
+        x = x_train.detach().to(self._ref.device, self._ref.dtype).reshape(
+            n, self.n_channels, -1)
+        with torch.inference_mode(False):
+            with torch.no_grad():
+                for buf, value in zip((self.basis_offset, self.basis_matrix),
+                                      self._identity_basis()):
+                    buf.copy_(value)
+            codes = self._init_linear(x)
+            self._finish_fit(codes, x)
+        self._mark_fitted()
+        return self._train_codes.to(x_train.device, x_train.dtype)
+
+    def _finish_fit(self, codes: Tensor, x: Tensor) -> None:
+        """Keep the training codes (raw, ``(N, latent_dim)``), their statistics, the basis."""
+        with torch.no_grad():
+            self.code_mean.copy_(codes.mean(0))
+            self.code_scale.copy_(_code_scale(codes))
+        self._train_codes = codes
+        self._train_sketch = _sketch(torch.nan_to_num(x, nan=0.0))
+        if self.training_defaults["latent_basis"] == "pca":
+            self._set_pca_basis(codes)
+
     # ------------------------------------------------------------ training
     def fit(
         self,
@@ -1640,6 +1954,12 @@ class SINR(Encoder):
         weights are trained for the encoder that is used afterwards (on the
         quick shallow-water benchmark: held-out RMSE 0.428 against 0.452 for
         ``"table"`` at the same epochs, about 2x the time per epoch).
+
+        With a linear path (``linear_degree``) the first fit starts from the
+        training PCA (:meth:`init_pca`; the initial codes are its scores);
+        with ``x_val`` that start is scored too (``hist["val_loss_start"]``)
+        and kept (``best_epoch = -1``) if no epoch beats it. A later fit
+        continues from the current weights.
 
         Parameters
         ----------
@@ -1724,23 +2044,77 @@ class SINR(Encoder):
                 x_val_flat = xv.reshape(xv.shape[0], -1)  # NaN kept: missing values
                 xv, wv = self._mask(xv, w)
 
+            t0 = time.perf_counter()
             gen = torch.Generator().manual_seed(seed)
             std = self.training_defaults["code_init_std"]
             codes = nn.Embedding(n, self.latent_dim, sparse=True).to(dev, dt)
             with torch.no_grad():
                 init = torch.randn(n, self.latent_dim, generator=gen, dtype=torch.float64) * std
                 codes.weight.copy_(init)
-            weights = list(self.parameters())
+            pca_start = self.linear_degree is not None and not bool(self.linear_ready)
+            if pca_start:  # the linear path starts at the training PCA, the codes at its scores
+                with torch.no_grad():
+                    codes.weight.copy_(self._init_linear(x_nan))
+            lin = [] if self.linear_degree is None else [self.lin_weight, self.lin_bias]
+            weights = [p for p in self.parameters() if all(p is not q for q in lin)]
             opt_w = torch.optim.Adam(weights, lr=lr_weights)
             opt_c = torch.optim.SparseAdam(list(codes.parameters()), lr=lr_codes)
+            pairs = [(opt_w, lr_weights), (opt_c, lr_codes)]
+            lr_lin = self.training_defaults["lr_linear"]
+            lr_lin = lr_weights if lr_lin is None else lr_lin
+            if lin and lr_lin > 0:
+                pairs.append((torch.optim.Adam(lin, lr=lr_lin), lr_lin))
             sched = [
                 torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=epochs, eta_min=lr * 1e-2)
-                for o, lr in [(opt_w, lr_weights), (opt_c, lr_codes)]
+                for o, lr in pairs
             ]
+            opt_lin = [o for o, _ in pairs[2:]]
 
             hist: dict[str, Any] = {"train_loss": [], "val_loss": []}
             best, best_epoch, best_state, stale = math.inf, -1, None, 0
-            t0 = time.perf_counter()
+
+            def checkpoint(epoch: int, train_loss: float) -> float:
+                """Codes of the current weights; the validation score; keep the best state."""
+                nonlocal best, best_epoch, best_state, stale, best_codes
+                if fit_codes == "solve" or epoch < 0:  # the codes of the current weights
+                    off, jac, chan, wg = self._grid_affine()
+                    with torch.no_grad():
+                        codes.weight.copy_(
+                            self._solve_codes(off, jac, chan, x_nan.reshape(n, -1), wg, 0.0)[0]
+                        )
+                if xv is not None:
+                    with torch.no_grad():
+                        self.code_mean.copy_(codes.weight.mean(0))
+                        self.code_scale.copy_(_code_scale(codes.weight))
+                    if self.training_defaults["encode_method"] == "solve":
+                        off, jac, chan, wg = self._grid_affine()
+                        _, vl = self._solve_codes(
+                            off, jac, chan, x_val_flat, wg, self.training_defaults["encode_ridge"]
+                        )
+                    else:
+                        _, vl = self._autodecode_batches(
+                            xv, wv, feats, None, val_steps, None, None, False, "SINR validate"
+                        )
+                    score = float(vl.mean())
+                    hist["val_loss" if epoch >= 0 else "val_loss_start"] = (
+                        [*hist["val_loss"], score] if epoch >= 0 else score
+                    )
+                else:
+                    score = train_loss
+                if score < best:
+                    best, best_epoch, stale = score, epoch, 0
+                    best_state = copy.deepcopy(self.state_dict())
+                    best_state["code_mean"] = codes.weight.detach().mean(0).clone()
+                    best_state["code_scale"] = _code_scale(codes.weight.detach())
+                    best_codes = codes.weight.detach().clone()
+                else:
+                    stale += 1
+                return score
+
+            best_codes = None
+            if pca_start and xv is not None:  # the PCA start is a candidate of its own
+                self.eval()
+                checkpoint(-1, math.inf)
             bar = tqdm(range(epochs), desc="SINR fit", disable=not progress)
             for epoch in bar:
                 self.train()
@@ -1761,49 +2135,20 @@ class SINR(Encoder):
                         batch_codes = codes(idx)
                     pred = self._network(filt, self._codes(batch_codes), None)
                     loss = _weighted_mse(pred, x[idx][..., sel], wx[idx][..., sel]).mean()
-                    opt_w.zero_grad(set_to_none=True)
-                    opt_c.zero_grad(set_to_none=True)
+                    for o in (opt_w, opt_c, *opt_lin):
+                        o.zero_grad(set_to_none=True)
                     loss.backward()
-                    opt_w.step()
+                    for o in (opt_w, *opt_lin):
+                        o.step()
                     if fit_codes == "table":
                         opt_c.step()
                     total += float(loss.detach()) * idx.numel()
-                for s in sched if fit_codes == "table" else sched[:1]:
+                for s in sched if fit_codes == "table" else [sched[0], *sched[2:]]:
                     s.step()
                 train_loss = total / n
                 hist["train_loss"].append(train_loss)
                 self.eval()
-                if fit_codes == "solve":  # the codes of the current weights, all snapshots
-                    off, jac, chan, wg = self._grid_affine()
-                    with torch.no_grad():
-                        codes.weight.copy_(
-                            self._solve_codes(off, jac, chan, x_nan.reshape(n, -1), wg, 0.0)[0]
-                        )
-                if xv is not None:
-                    with torch.no_grad():
-                        self.code_mean.copy_(codes.weight.mean(0))
-                        self.code_scale.copy_(_code_scale(codes.weight))
-                    if self.training_defaults["encode_method"] == "solve":
-                        off, jac, chan, wg = self._grid_affine()
-                        _, vl = self._solve_codes(
-                            off, jac, chan, x_val_flat, wg, self.training_defaults["encode_ridge"]
-                        )
-                    else:
-                        _, vl = self._autodecode_batches(
-                            xv, wv, feats, None, val_steps, None, None, False, "SINR validate"
-                        )
-                    score = float(vl.mean())
-                    hist["val_loss"].append(score)
-                else:
-                    score = train_loss
-                if score < best:
-                    best, best_epoch, stale = score, epoch, 0
-                    best_state = copy.deepcopy(self.state_dict())
-                    best_state["code_mean"] = codes.weight.detach().mean(0).clone()
-                    best_state["code_scale"] = _code_scale(codes.weight.detach())
-                    best_codes = codes.weight.detach().clone()
-                else:
-                    stale += 1
+                score = checkpoint(epoch, train_loss)
                 bar.set_postfix(
                     loss=f"{train_loss:.3g}", **({"val": f"{score:.3g}"} if xv is not None else {})
                 )
@@ -1812,10 +2157,7 @@ class SINR(Encoder):
             bar.close()
             if best_state is not None:
                 self.load_state_dict(best_state)
-                self._train_codes = best_codes
-                self._train_sketch = _sketch(x)  # x: the training fields, NaN -> 0
-                if self.training_defaults["latent_basis"] == "pca":
-                    self._set_pca_basis(best_codes)
+                self._finish_fit(best_codes, x)  # x: the training fields, NaN -> 0
             self._mark_fitted()
             hist["best_epoch"] = best_epoch
             hist["epochs_run"] = len(hist["train_loss"])
