@@ -150,6 +150,41 @@ def test_diagnostics_and_mean_match_the_closed_form_on_a_linear_gaussian_cycle(m
         assert int(diag.n_obs.values[i]) == y.size
 
 
+def test_divergence_warning_names_the_analysis_and_its_time():
+    # the label is formatted only when a warning is raised; it still says where
+    truth = xlatda.datasets.lorenz96(n=N_SITES, steps=12, seed=0)
+    obs = xlatda.obs.sample_points(truth.isel(time=slice(1, None)), n=N_SITES,
+                                   error_std=0.01, seed=1)
+    bg = truth.isel(time=0).copy()
+    bg["x"] = bg.x + 3.0  # far off, tiny spread: chi2 way above its band
+    with pytest.warns(FilterDivergenceWarning, match=r"at analysis 4, time 0\.25"):
+        xlatda.cycle(bg, obs, Lorenz96(n=N_SITES), method="etkf", members=3, init_std=1e-3,
+                     progress=False, inflation=1.0, gross_error=None)
+
+
+def test_statistics_of_all_rows_at_once_equal_the_row_by_row_formula():
+    # the recorder reduces the observation-space statistics of every analysis
+    # together (grouped by ensemble and observation sizes): same numbers, bit for bit
+    from types import SimpleNamespace
+
+    from xlatda.cycle_records import _obs_statistics_rows, obs_statistics
+
+    g = torch.Generator().manual_seed(2)
+    entries = []
+    for n_members, n_obs, dtype in [(40, 40, F64), (7, 13, F64), (40, 40, F64), (1, 5, F64),
+                                    (32, 512, torch.float32), (7, 13, F64), (32, 512,
+                                                                             torch.float32)]:
+        hb = 3 * torch.randn(n_members, n_obs, generator=g, dtype=F64)
+        table = SimpleNamespace(values=torch.randn(n_obs, generator=g, dtype=F64),
+                                error_std=torch.rand(n_obs, generator=g, dtype=F64) + 0.1)
+        entries.append((hb.to(dtype), torch.randn(n_obs, generator=g, dtype=F64).to(dtype),
+                        table))
+    got = _obs_statistics_rows(entries)
+    want = np.stack([obs_statistics(*e).numpy() for e in entries])
+    assert got.shape == (7, 4)
+    np.testing.assert_array_equal(got, want)
+
+
 def test_filter_chi2_equals_the_separate_woodbury_computation():
     g = torch.Generator().manual_seed(0)
     for method in ("etkf", "denkf", "ensrf", "enkf"):

@@ -90,6 +90,18 @@ def unpack_kernel_result(out: Any, state: dict[str, torch.Tensor]):
     return ens, diag, state if new_state is None else dict(new_state)
 
 
+class _Where:
+    """``"analysis k, time t"`` of a window, formatted only if a warning needs it."""
+
+    __slots__ = ("window",)
+
+    def __init__(self, window: Any) -> None:
+        self.window = window
+
+    def __str__(self) -> str:
+        return f"analysis {self.window.index}, time {self.window.labels[0]}"
+
+
 @adapts(EnsembleMethod)
 class EnsembleFilter(CycleMethod):
     """An ensemble Kalman filter kernel analysing one observation time."""
@@ -104,6 +116,9 @@ class EnsembleFilter(CycleMethod):
         except (TypeError, ValueError):  # pragma: no cover - builtins
             params = {}
         self._takes_state = "state" in params
+        # The built-in kernels are pure tensor algebra (no caches, no autograd): the
+        # driver may run whole windows in inference mode (see CycleMethod.inference).
+        self.inference = type(kernel).analyse is EnsembleMethod.analyse
 
     @classmethod
     def build(cls, kernel, settings, *, space, members):
@@ -116,9 +131,8 @@ class EnsembleFilter(CycleMethod):
         y, r = table.values.to(_F64), table.error_std.to(_F64)
         locations = space.locations(table) if self.localised else None
         # A kernel that overrides analyse (a user's subclass) is called through it.
-        if type(self.kernel).analyse is EnsembleMethod.analyse:
-            # The built-in kernels are pure tensor algebra (no caches, no autograd):
-            # inference mode spares every operation autograd's bookkeeping.
+        if self.inference:
+            # inference mode spares every operation autograd's bookkeeping
             with torch.inference_mode():
                 return self._step(space, ensemble, hx, y, r, window, locations, generator,
                                   state)
@@ -138,8 +152,7 @@ class EnsembleFilter(CycleMethod):
         mstate = None
         if "monitor_count" in state:
             mstate = {"count": state["monitor_count"], "warned": state["monitor_warned"]}
-        m = self.monitor.update(diag, mstate, where=f"analysis {window.index}, "
-                                                    f"time {window.labels[0]}")
+        m = self.monitor.update(diag, mstate, where=_Where(window))
         new_state = {**kstate, "monitor_count": m["count"], "monitor_warned": m["warned"]}
         return WindowAnalysis([(ensemble, ana)], diag, new_state, [hx])
 
