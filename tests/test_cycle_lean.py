@@ -163,11 +163,11 @@ def test_divergence_warning_names_the_analysis_and_its_time():
 
 
 def test_statistics_of_all_rows_at_once_equal_the_row_by_row_formula():
-    # the recorder reduces the observation-space statistics of every analysis
-    # together (grouped by ensemble and observation sizes): same numbers, bit for bit
+    # the recorder finishes the observation-space statistics of every analysis
+    # together (grouped by observation count): same numbers, bit for bit
     from types import SimpleNamespace
 
-    from xlatda.cycle_records import _obs_statistics_rows, obs_statistics
+    from xlatda.cycle_records import _obs_moments, _obs_statistics_rows, obs_statistics
 
     g = torch.Generator().manual_seed(2)
     entries = []
@@ -179,10 +179,25 @@ def test_statistics_of_all_rows_at_once_equal_the_row_by_row_formula():
                                 error_std=torch.rand(n_obs, generator=g, dtype=F64) + 0.1)
         entries.append((hb.to(dtype), torch.randn(n_obs, generator=g, dtype=F64).to(dtype),
                         table))
-    got = _obs_statistics_rows(entries)
+    got = _obs_statistics_rows([(*_obs_moments(hb), ha, table) for hb, ha, table in entries])
     want = np.stack([obs_statistics(*e).numpy() for e in entries])
     assert got.shape == (7, 4)
     np.testing.assert_array_equal(got, want)
+
+
+def test_diagnostic_columns_of_scalars_and_of_other_shapes():
+    from xlatda.cycle_records import _diagnostic_column
+
+    t = torch.tensor
+    scalars = [(t(1.5, dtype=F64), 0, 1), (t(2, dtype=torch.int64), 0, 1),
+               (t(0.25, dtype=torch.float32), 0, 1)]
+    np.testing.assert_array_equal(_diagnostic_column(scalars), [1.5, 2.0, 0.25])
+    mixed = [*scalars, None, (t([7.0, 8.0], dtype=F64), 1, 2), (t([9.0], dtype=F64), 0, 1),
+             (3.0, 0, 1)]
+    np.testing.assert_array_equal(_diagnostic_column(mixed),
+                                  [1.5, 2.0, 0.25, np.nan, 8.0, 9.0, 3.0])
+    shaped = [(t([4.0], dtype=F64), 0, 1), (t([5.0], dtype=F64), 0, 1)]  # (1,) each
+    np.testing.assert_array_equal(_diagnostic_column(shaped), [4.0, 5.0])
 
 
 def test_filter_chi2_equals_the_separate_woodbury_computation():
