@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import xlatda
@@ -150,6 +150,56 @@ def test_diagnostics_and_mean_match_the_closed_form_on_a_linear_gaussian_cycle(m
         assert int(diag.n_obs.values[i]) == y.size
 
 
+def test_divergence_warning_names_the_analysis_and_its_time():
+    # the label is formatted only when a warning is raised; it still says where
+    truth = xlatda.datasets.lorenz96(n=N_SITES, steps=12, seed=0)
+    obs = xlatda.obs.sample_points(truth.isel(time=slice(1, None)), n=N_SITES,
+                                   error_std=0.01, seed=1)
+    bg = truth.isel(time=0).copy()
+    bg["x"] = bg.x + 3.0  # far off, tiny spread: chi2 way above its band
+    with pytest.warns(FilterDivergenceWarning, match=r"at analysis 4, time 0\.25"):
+        xlatda.cycle(bg, obs, Lorenz96(n=N_SITES), method="etkf", members=3, init_std=1e-3,
+                     progress=False, inflation=1.0, gross_error=None)
+
+
+def test_statistics_of_all_rows_at_once_equal_the_row_by_row_formula():
+    # the recorder finishes the observation-space statistics of every analysis
+    # together (grouped by observation count): same numbers, bit for bit
+    from types import SimpleNamespace
+
+    from xlatda.cycle_records import _obs_moments, _obs_statistics_rows, obs_statistics
+
+    g = torch.Generator().manual_seed(2)
+    entries = []
+    for n_members, n_obs, dtype in [(40, 40, F64), (7, 13, F64), (40, 40, F64), (1, 5, F64),
+                                    (32, 512, torch.float32), (7, 13, F64), (32, 512,
+                                                                             torch.float32)]:
+        hb = 3 * torch.randn(n_members, n_obs, generator=g, dtype=F64)
+        table = SimpleNamespace(values=torch.randn(n_obs, generator=g, dtype=F64),
+                                error_std=torch.rand(n_obs, generator=g, dtype=F64) + 0.1)
+        entries.append((hb.to(dtype), torch.randn(n_obs, generator=g, dtype=F64).to(dtype),
+                        table))
+    got = _obs_statistics_rows([(*_obs_moments(hb), ha, table) for hb, ha, table in entries])
+    want = np.stack([obs_statistics(*e).numpy() for e in entries])
+    assert got.shape == (7, 4)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_diagnostic_columns_of_scalars_and_of_other_shapes():
+    from xlatda.cycle_records import _diagnostic_column
+
+    t = torch.tensor
+    scalars = [(t(1.5, dtype=F64), 0, 1), (t(2, dtype=torch.int64), 0, 1),
+               (t(0.25, dtype=torch.float32), 0, 1)]
+    np.testing.assert_array_equal(_diagnostic_column(scalars), [1.5, 2.0, 0.25])
+    mixed = [*scalars, None, (t([7.0, 8.0], dtype=F64), 1, 2), (t([9.0], dtype=F64), 0, 1),
+             (3.0, 0, 1)]
+    np.testing.assert_array_equal(_diagnostic_column(mixed),
+                                  [1.5, 2.0, 0.25, np.nan, 8.0, 9.0, 3.0])
+    shaped = [(t([4.0], dtype=F64), 0, 1), (t([5.0], dtype=F64), 0, 1)]  # (1,) each
+    np.testing.assert_array_equal(_diagnostic_column(shaped), [4.0, 5.0])
+
+
 def test_filter_chi2_equals_the_separate_woodbury_computation():
     g = torch.Generator().manual_seed(0)
     for method in ("etkf", "denkf", "ensrf", "enkf"):
@@ -193,6 +243,8 @@ def test_scalar_monitor_counts_and_warns_as_the_batched_one(chi2s, patience):
 @settings(max_examples=30, deadline=None)
 @given(st.lists(st.floats(0.0, 15.99), min_size=1, max_size=12), st.integers(1, 3),
        st.booleans())
+@example([4.0, 5.0, 9.0], 1, True)  # on grid points, one beside the NaN (stored zero weight)
+@example([4.0, 7.5], 1, True)
 def test_one_or_two_entry_rows_give_the_sparse_products_numbers(positions, channels, nan):
     H = index_interpolation_matrix(16, positions, periodic=True)
     chan = torch.arange(len(positions)) % channels
@@ -205,7 +257,16 @@ def test_one_or_two_entry_rows_give_the_sparse_products_numbers(positions, chann
     assert compiled.pairs is not None
     got = op(x)
     want = compiled.forward(x.reshape(3, -1))  # the sparse product
-    torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
+    if nan and compiled.single is not None:
+        # rows on grid points read one value: NaN only where a non-zero weight
+        # meets it (the sparse product also spreads it through stored zeros)
+        hit = op.dense()[:, 5] != 0
+        assert torch.equal(got[1].isnan(), hit)
+        torch.testing.assert_close(got[[0, 2]], want[[0, 2]], rtol=0, atol=0)
+        clean = compiled.forward(x.nan_to_num().reshape(3, -1))
+        torch.testing.assert_close(got[1][~hit], clean[1][~hit], rtol=0, atol=0)
+    else:
+        torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
     if not nan:  # a dense product spreads NaN through every zero; sparse, only stored entries
         torch.testing.assert_close(got, (op.dense() @ x.reshape(3, -1).T).T)
 

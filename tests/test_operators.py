@@ -479,6 +479,26 @@ def test_operator_under_inference_mode_then_autograd():
     assert x.grad is not None
 
 
+@pytest.mark.parametrize("scale", [1.0, -2.5])
+def test_one_weight_rows_gather_equals_the_two_entry_form(scale):
+    # observations on grid points (zero second weights, first or second in the
+    # row): one gather (times the weights), equal to the pair formula and dense
+    h = index_interpolation_matrix(10, [0.0, 3.0, 9.0, 4.0])
+    h = torch.sparse_csr_tensor(h.crow_indices(), h.col_indices(), h.values() * scale, h.size())
+    op = ObservationOperator(h)
+    x = torch.randn(6, 1, 10, dtype=torch.float64)
+    compiled = op._compiled(x)
+    assert compiled.single is not None and (compiled.single[1] is None) == (scale == 1.0)
+    (c0, c1), (w0, w1) = compiled.pairs
+    x2 = x.reshape(6, 10)
+    pair_form = x2.index_select(1, c0) * w0 + x2.index_select(1, c1) * w1
+    assert torch.equal(op(x), pair_form)
+    assert torch.equal(op(x), (x2 @ op.dense().T))
+    # one row with two non-zero weights: the pair form is used
+    mixed = ObservationOperator(index_interpolation_matrix(10, [0.0, 2.5]))
+    assert mixed._compiled(x).single is None
+
+
 def test_operator_pickles_without_cache():
     op, _, _ = make_operator()
     x = torch.randn(3, 12, 24, dtype=torch.float64)

@@ -29,6 +29,7 @@ round differently with another number of threads).
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -325,26 +326,33 @@ def _drive(inst, proto, sp, windows, ens, t_cur, state, *, noise, recorder, stor
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total, initial=total - len(windows), desc=desc, leave=False)
+    # Methods that differentiate nothing run whole windows in inference mode
+    # (CycleMethod.inference); the others get autograd, and no_grad forecasts.
+    inference = bool(getattr(inst, "inference", False))
+    window_mode = torch.inference_mode if inference else contextlib.nullcontext
+    forecast_mode = contextlib.nullcontext if inference else torch.no_grad
     try:
         for win in windows:
-            gen = win.generator()
-            ens_b = ens
-            if proto.forecasts:
-                with torch.no_grad():  # the carried ensemble's forecast needs no gradient
-                    ens_b = sp.forecast(ens, t_cur, win.times[0], generator=gen, noise=noise)
-                check_finite(ens_b, "forecast", win.index, win.labels[0])
-            try:
-                res = inst.analyse(sp, ens_b, win, generator=gen, state=state)
-            except torch.linalg.LinAlgError as err:
-                raise AnalysisError(
-                    f"analysis {win.index} (time {win.labels[0]}) could not be computed: {err}. "
-                    "The ensemble has probably collapsed or diverged; try more members, "
-                    "inflation or localisation"
-                ) from None
-            ens, t_cur, state = res.steps[-1][1], win.times[-1], dict(res.state)
-            check_finite(ens, "analysis", win.index, win.labels[-1])
-            n0 = len(recorder)
-            recorder.add(sp, res, win)
+            with window_mode():
+                gen = win.generator()
+                ens_b = ens
+                if proto.forecasts:
+                    with forecast_mode():  # the carried ensemble's forecast needs no gradient
+                        ens_b = sp.forecast(ens, t_cur, win.times[0], generator=gen,
+                                            noise=noise)
+                    check_finite(ens_b, "forecast", win.index, win.labels[0])
+                try:
+                    res = inst.analyse(sp, ens_b, win, generator=gen, state=state)
+                except torch.linalg.LinAlgError as err:
+                    raise AnalysisError(
+                        f"analysis {win.index} (time {win.labels[0]}) could not be computed: "
+                        f"{err}. The ensemble has probably collapsed or diverged; try more "
+                        "members, inflation or localisation"
+                    ) from None
+                ens, t_cur, state = res.steps[-1][1], win.times[-1], dict(res.state)
+                check_finite(ens, "analysis", win.index, win.labels[-1])
+                n0 = len(recorder)
+                recorder.add(sp, res, win)
             if store is not None:
                 write_window(store, recorder.datasets(n0), recorder.tname, index=win.index,
                              carry=ens if proto.forecasts else None, state=state, t_end=t_cur,

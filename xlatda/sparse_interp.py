@@ -223,12 +223,30 @@ class _Compiled:
         # and a sum of two products, the same numbers as the sparse product
         # (0 + a + b = a + b exactly), at a fraction of its cost on small batches.
         self.pairs: tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None
+        # Rows with one non-zero weight (observations on grid points): one gather,
+        # times the weights unless they are all exactly 1 (then no product at all).
+        self.single: tuple[Tensor, Tensor | None] | None = None
         counts = matrix.crow_indices().diff()
         if matrix.shape[0] and bool(((counts >= 1) & (counts <= 2)).all()):
             self.pairs = _pairs(matrix, counts)
+            (c0, c1), (w0, w1) = self.pairs
+            if not bool(((w0 != 0) & (w1 != 0)).any()):
+                first = w1 == 0
+                col, w = torch.where(first, c0, c1), torch.where(first, w0, w1)
+                self.single = (col, None if bool((w == 1).all()) else w)
 
     def gather(self, x: Tensor) -> Tensor:
-        """``(B, N) -> (B, R)`` through :attr:`pairs` (rows of one or two entries)."""
+        """``(B, N) -> (B, R)`` through :attr:`pairs` (rows of one or two entries).
+
+        Where one weight of every row is 0 (:attr:`single`) it is ``x[:, c] * w``
+        (``x[:, c]`` for unit weights): for finite ``x`` the same numbers as the
+        two-entry form ``x[:, c] * w + x[:, c'] * 0`` (adding a zero changes
+        nothing but, at most, the sign of a zero result).
+        """
+        if self.single is not None:
+            c0, w0 = self.single
+            out = x.index_select(1, c0)
+            return out if w0 is None else out * w0
         (c0, c1), (w0, w1) = self.pairs
         return x.index_select(1, c0) * w0 + x.index_select(1, c1) * w1
 

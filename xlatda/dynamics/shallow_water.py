@@ -348,10 +348,13 @@ class ShallowWater(PhysicalModel):
         key = (real, torch.device(device))
         if key not in self._cache:
             cplx = _complex(real)
-            self._cache[key] = {
-                k: v.to(device=device, dtype=cplx if v.is_complex() else real)
-                for k, v in self._master.items()
-            }
+            # normal tensors even when first asked for in inference mode (a cycle's
+            # window): a later differentiable forecast multiplies by them
+            with torch.inference_mode(False):
+                self._cache[key] = {
+                    k: v.to(device=device, dtype=cplx if v.is_complex() else real)
+                    for k, v in self._master.items()
+                }
         return self._cache[key]
 
     # ------------------------------------------------- folded transforms

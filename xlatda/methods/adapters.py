@@ -116,6 +116,18 @@ def _additive(space, ensemble, hx, y, r, window, generator, own):
     return ensemble, hx, {"additive_scale": lam.to(_F64).reshape(()), "additive_time": t_end}
 
 
+class _Where:
+    """``"analysis k, time t"`` of a window, formatted only if a warning needs it."""
+
+    __slots__ = ("window",)
+
+    def __init__(self, window: Any) -> None:
+        self.window = window
+
+    def __str__(self) -> str:
+        return f"analysis {self.window.index}, time {self.window.labels[0]}"
+
+
 @adapts(EnsembleMethod)
 class EnsembleFilter(CycleMethod):
     """An ensemble Kalman filter kernel analysing one observation time."""
@@ -131,6 +143,9 @@ class EnsembleFilter(CycleMethod):
         except (TypeError, ValueError):  # pragma: no cover - builtins
             params = {}
         self._takes_state = "state" in params
+        # The built-in kernels are pure tensor algebra (no caches, no autograd): the
+        # driver may run whole windows in inference mode (see CycleMethod.inference).
+        self.inference = type(kernel).analyse is EnsembleMethod.analyse
 
     @classmethod
     def setting_names(cls, kernel):
@@ -153,9 +168,8 @@ class EnsembleFilter(CycleMethod):
             ensemble, hx, own = _additive(space, ensemble, hx, y, r, window, generator, own)
         locations = space.locations(table) if self.localised else None
         # A kernel that overrides analyse (a user's subclass) is called through it.
-        if type(self.kernel).analyse is EnsembleMethod.analyse:
-            # The built-in kernels are pure tensor algebra (no caches, no autograd):
-            # inference mode spares every operation autograd's bookkeeping.
+        if self.inference:
+            # inference mode spares every operation autograd's bookkeeping
             with torch.inference_mode():
                 res = self._step(space, ensemble, hx, y, r, window, locations, generator,
                                  state)
@@ -180,8 +194,7 @@ class EnsembleFilter(CycleMethod):
         mstate = None
         if "monitor_count" in state:
             mstate = {"count": state["monitor_count"], "warned": state["monitor_warned"]}
-        m = self.monitor.update(diag, mstate, where=f"analysis {window.index}, "
-                                                    f"time {window.labels[0]}")
+        m = self.monitor.update(diag, mstate, where=_Where(window))
         new_state = {**kstate, "monitor_count": m["count"], "monitor_warned": m["warned"]}
         return WindowAnalysis([(ensemble, ana)], diag, new_state, [hx])
 

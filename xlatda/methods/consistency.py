@@ -310,7 +310,10 @@ class DivergenceMonitor:
             return None
         if state is not None and state["count"].dim() != 0:
             return None
-        numbers = torch.stack([v.detach().to("cpu", torch.float64) for v in values]).tolist()
+        if all(v.device.type == "cpu" for v in values):  # no transfer to batch
+            numbers = [float(v) for v in values]
+        else:
+            numbers = torch.stack([v.detach().to("cpu", torch.float64) for v in values]).tolist()
         bands = {"chi2": self.chi2_band, "spread_ratio": self.spread_ratio_band}
         bad = any(v < bands[k][0] or v > bands[k][1] for k, v in zip(keys, numbers))
         if state is None:

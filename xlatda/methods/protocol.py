@@ -113,8 +113,15 @@ class CycleMethod:
         It may estimate parameters carried at the end of the control vector.
     spaces : tuple of str
         State spaces it works in.
+    inference : bool
+        (An instance attribute.) The method differentiates nothing and keeps
+        no autograd graph, so the driver runs each window (forecast, analysis,
+        records) under ``torch.inference_mode()``, which spares every tensor
+        operation autograd's bookkeeping. Default False: the window runs with
+        autograd on, the forecast under ``torch.no_grad()``.
     """
 
+    inference: bool = False
     ensemble: ClassVar[bool] = True
     windowed: ClassVar[bool] = False
     one_time: ClassVar[bool] = True
