@@ -116,6 +116,28 @@ def _additive(space, ensemble, hx, y, r, window, generator, own):
     return ensemble, hx, {"additive_scale": lam.to(_F64).reshape(()), "additive_time": t_end}
 
 
+class _AdditiveSetting:
+    """The ``additive`` setting of an adapter (:mod:`xlatda.methods.additive`): taken
+    out of the kernel's settings, and its scale recorded with every analysis."""
+
+    @classmethod
+    def setting_names(cls, kernel):
+        names = super().setting_names(kernel)
+        return None if names is None else names | {"additive"}
+
+    @classmethod
+    def build(cls, kernel, settings, *, space, members):
+        settings = dict(settings)
+        additive = check_additive(settings.pop("additive", None))
+        return cls(_make(kernel, settings), additive)
+
+    def _record_additive(self, res: WindowAnalysis, own: dict[str, torch.Tensor]):
+        if self.additive is not None:
+            res.diagnostics["additive_scale"] = own["additive_scale"]
+            res.state.update(own)
+        return res
+
+
 class _Where:
     """``"analysis k, time t"`` of a window, formatted only if a warning needs it."""
 
@@ -129,7 +151,7 @@ class _Where:
 
 
 @adapts(EnsembleMethod)
-class EnsembleFilter(CycleMethod):
+class EnsembleFilter(_AdditiveSetting, CycleMethod):
     """An ensemble Kalman filter kernel analysing one observation time."""
 
     localised = False
@@ -146,17 +168,6 @@ class EnsembleFilter(CycleMethod):
         # The built-in kernels are pure tensor algebra (no caches, no autograd): the
         # driver may run whole windows in inference mode (see CycleMethod.inference).
         self.inference = type(kernel).analyse is EnsembleMethod.analyse
-
-    @classmethod
-    def setting_names(cls, kernel):
-        names = super().setting_names(kernel)
-        return None if names is None else names | {"additive"}
-
-    @classmethod
-    def build(cls, kernel, settings, *, space, members):
-        settings = dict(settings)
-        additive = check_additive(settings.pop("additive", None))
-        return cls(_make(kernel, settings), additive)
 
     def analyse(self, space, ensemble, window, *, generator, state):
         table = window.tables[0]
@@ -179,10 +190,7 @@ class EnsembleFilter(CycleMethod):
                                       locations=locations, **extra)
             ana, diag, new_state = unpack_kernel_result(out, state)
             res = WindowAnalysis([(ensemble, ana)], diag, new_state, [hx])
-        if self.additive is not None:
-            res.diagnostics["additive_scale"] = own["additive_scale"]
-            res.state.update(own)
-        return res
+        return self._record_additive(res, own)
 
     def _step(self, space, ensemble, hx, y, r, window, locations, generator, state):
         # The kernel's own state (adaptive inflation) and the divergence
@@ -351,7 +359,7 @@ class VAE4DVarWindow(CycleMethod):
 
 
 @adapts(EnVar4D)
-class EnVarWindow(CycleMethod):
+class EnVarWindow(_AdditiveSetting, CycleMethod):
     """4DEnVar / LEVDA over a window: the ensemble at its start, rolled through it."""
 
     windowed = True
@@ -360,17 +368,6 @@ class EnVarWindow(CycleMethod):
     def __init__(self, kernel: Any, additive: str | None = None) -> None:
         self.kernel = kernel
         self.additive = check_additive(additive)
-
-    @classmethod
-    def setting_names(cls, kernel):
-        names = super().setting_names(kernel)
-        return None if names is None else names | {"additive"}
-
-    @classmethod
-    def build(cls, kernel, settings, *, space, members):
-        settings = dict(settings)
-        additive = check_additive(settings.pop("additive", None))
-        return cls(_make(kernel, settings), additive)
 
     def analyse(self, space, ensemble, window, *, generator, state):
         own, state = _split_additive(state)
@@ -381,10 +378,7 @@ class EnVarWindow(CycleMethod):
             ensemble, _, own = _additive(space, ensemble, hx0, tab.values.to(_F64),
                                          tab.error_std.to(_F64), window, generator, own)
         res = self._analyse(space, ensemble, window, generator=generator, state=state)
-        if self.additive is not None:
-            res.diagnostics["additive_scale"] = own["additive_scale"]
-            res.state.update(own)
-        return res
+        return self._record_additive(res, own)
 
     def _analyse(self, space, ensemble, window, *, generator, state):
         y, r = window.stacked()
