@@ -51,6 +51,7 @@ from xlatda.initial import start_state as _start
 from xlatda.methods.inflation import cycle_defaults
 from xlatda.methods.protocol import DEFAULT_METHOD
 from xlatda.methods.protocol import cycling_method as _lookup
+from xlatda.methods.regime import initial_regime, resolve_regime
 from xlatda.obs.contract import to_tensors, validate
 from xlatda.options import get_options
 from xlatda.spaces import space_for
@@ -286,8 +287,11 @@ def cycle(background: xr.Dataset | xr.DataArray | None, obs: xr.Dataset, model: 
     pnames = list(params or {})
     sp = space_for(L, model, kind, len(pnames))
     sp.noise = noise
-    members = sp.default_members() if members is None else members
     settings = cycle_defaults(method, settings, space=sp.kind)
+    regime = resolve_regime(settings.get("regime"), sp)  # xlatda.methods.regime
+    if regime is not None:
+        sp.enable_regime(*regime)
+    members = sp.default_members() if members is None else members
     inst = proto.build(kernel, dict(settings), space=sp, members=members)
     proto.check_fits(method, sp, int(window), len(pnames))
     windows = plan_windows(table, int(window), int(seed))
@@ -306,9 +310,14 @@ def cycle(background: xr.Dataset | xr.DataArray | None, obs: xr.Dataset, model: 
         if proto.forecasts:
             ens = initial_ensemble(background, L, sp, members if proto.ensemble else 1,
                                    init_std, gen0, init)
-            if pnames:
-                ens = torch.cat([ens, initial_parameters(params, pnames, ens.shape[0], gen0)],
-                                -1)
+            parts = [ens]
+            theta0 = (initial_parameters(params, pnames, ens.shape[0], gen0) if pnames
+                      else None)
+            if sp.n_regime:  # [z; m; θ]: the regime shift before the parameters
+                parts.append(initial_regime(sp.regime_cov, ens.shape[0], gen0))
+            if theta0 is not None:
+                parts.append(theta0)
+            ens = torch.cat(parts, -1) if len(parts) > 1 else ens
         t_cur, state, start = t0, {}, 0
     else:
         ens, t_cur, state, start = point.carry, point.time, point.state, point.windows

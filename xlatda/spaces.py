@@ -111,6 +111,8 @@ class StateSpace:
     layout: StateLayout
     n_params: int = 0
     n_state: int = 0
+    #: Entries of a regime shift between the state and the parameters (latent only).
+    n_regime: int = 0
     #: The cycle's ``noise`` setting (model error in forecasts), set by the driver.
     noise: bool | str = True
 
@@ -361,6 +363,30 @@ class LatentSpace(StateSpace):
         self.n_state = self.d = model.latent_dim
         self._affines: dict[tuple, tuple] = {}
         self._last: tuple[ObservationTable | None, tuple] = (None, ())
+        #: Size of the regime shift block ``m`` after the state (0: none).
+        self.n_regime = 0
+        self.regime_cov: torch.Tensor | None = None
+        self.regime_timescale = math.inf
+
+    def enable_regime(self, covariance: torch.Tensor, timescale: float) -> None:
+        """Carry a regime shift ``m`` of the latent mean after the state
+        (:mod:`xlatda.methods.regime`): the control becomes ``[z; m; θ]``, and
+        ``m`` counts with the parameters (``n_params``) for the analysis."""
+        if self.n_regime:
+            raise ConfigError("the regime shift is already enabled on this space")
+        self.n_regime = self.d
+        self.n_params += self.d
+        self.regime_cov = covariance.detach().to("cpu", _F64)
+        self.regime_timescale = float(timescale)
+
+    def split_regime(self, s: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """``(z, regime shift m or None, parameters θ or None)`` of control vectors."""
+        z, tail = self.split(s)
+        if not self.n_regime:
+            return z, None, tail
+        m, theta = tail[..., : self.n_regime], tail[..., self.n_regime:]
+        return z, m, (theta if theta.shape[-1] else None)
 
     def forecast(self, s, t0, t1, *, generator, noise, grad=False):
         if t1 == t0:
@@ -368,10 +394,11 @@ class LatentSpace(StateSpace):
         dyn = self.model.require_dynamics()
         step = (self.model.time_step or {"value": 1.0})["value"]
         tau = (t1 - t0) / step
-        z, theta = self.split(s)
+        z, m, theta = self.split_regime(s)
         # Networks run on the model's device; the control vector stays on the
         # CPU in float64 (the analysis kernels and CPU generators work there).
-        zc = z.to(device=self.model.device, dtype=self.model.dtype)
+        # With a regime shift m the anomaly about the shifted mean is evolved.
+        zc = (z if m is None else z - m).to(device=self.model.device, dtype=self.model.dtype)
         times = torch.tensor([0.0, tau], dtype=zc.dtype, device=zc.device)
         takes_theta = theta is not None and getattr(dyn, "n_params", 1) > 0
         # Dynamics forced by the time of day/year get the absolute start time
@@ -380,6 +407,8 @@ class LatentSpace(StateSpace):
         with torch.set_grad_enabled(grad):
             out = dyn.evolve(zc, times, theta=theta.to(zc) if takes_theta else None, **kw)
         z1 = out[..., -1, :].to("cpu", _F64)
+        if m is not None:
+            return self._regime_forecast(z1 + m, m, theta, t0, t1, tau, generator, noise)
         q = self.model.model_error
         if noise and q is not None:
             # Linear dynamics know how per-step errors accumulate over the lead;
@@ -396,6 +425,36 @@ class LatentSpace(StateSpace):
                 else:  # the default: Q added by a square root (Raanes et al. 2015)
                     z1 = add_model_error(z1, cov, generator=generator)
         return z1 if theta is None else torch.cat([z1, theta], -1)
+
+    def _forecast_error(self, tau: float) -> torch.Tensor | None:
+        """The model error ``Q`` accumulated over ``tau`` data steps, or None."""
+        q = self.model.model_error
+        if q is None:
+            return None
+        cov = q.covariance().detach().to("cpu", _F64)
+        acc = getattr(self.model.require_dynamics(), "noise_covariance", None)
+        return acc(cov, tau).to("cpu", _F64) if acc is not None else tau * cov
+
+    def _regime_forecast(self, z1, m, theta, t0, t1, tau, generator, noise):
+        """``[z; m; θ]`` at ``t1``: the shift decays (Ornstein-Uhlenbeck) and, with
+        ``noise``, gets its innovation ``(1 - ρ²) C_m`` beside ``Q`` (one square
+        root of the joint ensemble, or one joint draw; :mod:`xlatda.methods.regime`)."""
+        from xlatda.methods.regime import regime_decay
+
+        rho = regime_decay(t0, t1, self.regime_timescale)
+        out = torch.cat([z1, rho * m], -1)
+        if noise:
+            d, k = self.d, self.n_regime
+            joint = torch.zeros(d + k, d + k, dtype=_F64)
+            qz = self._forecast_error(tau)
+            if qz is not None:
+                joint[:d, :d] = qz
+            joint[d:, d:] = (1.0 - rho * rho) * self.regime_cov
+            if noise == "stochastic" or out.shape[0] < 2:
+                out = out + gaussian_draws(joint, out.shape[0], generator=generator)
+            else:
+                out = add_model_error(out, joint, generator=generator)
+        return out if theta is None else torch.cat([out, theta], -1)
 
     def points(self, table: ObservationTable) -> torch.Tensor:
         """The table's places as the encoder's point tensor."""

@@ -51,6 +51,7 @@ from xlatda.methods.ensemble import (
 from xlatda.methods.envar4d import EnVar4D
 from xlatda.methods.letkf import LETKF
 from xlatda.methods.protocol import CycleMethod, WindowAnalysis, adapts
+from xlatda.methods.regime import check_regime
 from xlatda.methods.vaevar import VAE4DVar, VAEVar
 from xlatda.methods.var3d import Var3D
 from xlatda.validation import check_positive, gross_error_mask, observed_variance
@@ -123,12 +124,15 @@ class _AdditiveSetting:
     @classmethod
     def setting_names(cls, kernel):
         names = super().setting_names(kernel)
-        return None if names is None else names | {"additive"}
+        return None if names is None else names | {"additive", "regime"}
 
     @classmethod
     def build(cls, kernel, settings, *, space, members):
         settings = dict(settings)
         additive = check_additive(settings.pop("additive", None))
+        # The regime shift lives in the state space (cycle enables it there:
+        # xlatda.methods.regime); here it is only checked.
+        check_regime(settings.pop("regime", None))
         return cls(_make(kernel, settings), additive)
 
     def _record_additive(self, res: WindowAnalysis, own: dict[str, torch.Tensor]):
