@@ -186,3 +186,23 @@ def test_saved_model_keeps_its_tendency_statistics(tmp_path):
     for other in (back, pickle.loads(pickle.dumps(model))):
         assert other.model_error.tendency_lags == model.model_error.tendency_lags
         assert torch.equal(other.model_error.tendency, model.model_error.tendency)
+
+
+def test_explicit_additive_without_tendency_statistics_is_refused():
+    """Asked for explicitly, the additive inflation must not be a silent no-op: a model
+    without tendency statistics (or physical space) is refused before work."""
+    from xlatda.dynamics import Lorenz96
+
+    truth, model, obs = _latent_twin()
+    bare = copy.deepcopy(model)
+    bare.model_error.tendency_lags = ()
+    with pytest.raises(xlatda.XlatdaError, match="tendency statistics"):
+        xlatda.cycle(truth.isel(time=[39]), obs, bare, method="etkf", additive="adaptive",
+                     progress=False)
+    with warnings.catch_warnings():  # the default quietly does without them
+        warnings.simplefilter("ignore")
+        res = xlatda.cycle(truth.isel(time=[39]), obs, bare, method="etkf", progress=False)
+    assert np.isfinite(res.analysis.x.values).all()
+    with pytest.raises(xlatda.XlatdaError, match="tendency statistics"):
+        xlatda.cycle(truth.isel(time=39), obs, Lorenz96(n=8), method="etkf", members=10,
+                     init_std=1.0, additive="adaptive", progress=False)

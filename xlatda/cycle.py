@@ -287,6 +287,13 @@ def cycle(background: xr.Dataset | xr.DataArray | None, obs: xr.Dataset, model: 
     pnames = list(params or {})
     sp = space_for(L, model, kind, len(pnames))
     sp.noise = noise
+    if settings.get("additive") is not None and not sp.has_tendency():
+        raise ConfigError(
+            "additive='adaptive' needs the tendency statistics a latent model fitted by "
+            "xlatda.fit keeps (model.model_error.tendency_lags); this "
+            f"{sp.kind} {'model' if sp.kind == 'latent' else 'space'} has none. Refit the "
+            "model with xlatda.fit (or xlatda.fit_dynamics), or pass additive=None"
+        )
     settings = cycle_defaults(method, settings, space=sp.kind)
     regime = resolve_regime(settings.get("regime"), sp)  # xlatda.methods.regime
     if regime is not None:

@@ -172,6 +172,10 @@ class StateSpace:
         """A climatological covariance of the control vector, if the model has one."""
         return None
 
+    def has_tendency(self) -> bool:
+        """Whether :meth:`tendency_covariance` has statistics to give."""
+        return False
+
     def tendency_covariance(self, t0: float, t1: float) -> torch.Tensor | None:
         """``(n_state, n_state)`` covariance of the state's change from ``t0`` to ``t1``
         in the training data, if the model keeps one (the shape of adaptive
@@ -521,6 +525,9 @@ class LatentSpace(StateSpace):
     def prior_covariance(self):
         prior = getattr(self.model, "prior", None)
         return None if prior is None else prior.covariance()
+
+    def has_tendency(self):
+        return bool(getattr(self.model.model_error, "tendency_lags", ()))
 
     def tendency_covariance(self, t0, t1):
         fn = getattr(self.model.model_error, "tendency_covariance", None)
