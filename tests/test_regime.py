@@ -163,6 +163,9 @@ def test_clocked_default_is_on_bit_identical_and_resumes(tmp_path):
         assert not np.array_equal(off.analysis.x.values, full.analysis.x.values)
         again = xlatda.cycle(bg, obs, model, **kw)
         np.testing.assert_array_equal(again.analysis.x.values, full.analysis.x.values)
+        shift = full.diagnostics.regime_shift.values
+        assert np.all(np.isfinite(shift)) and np.all(shift >= 0) and shift.max() > 0
+        assert "regime_shift" not in off.diagnostics
         store = tmp_path / "run.zarr"
         first = obs.where(obs.time <= truth.time.values[89], drop=True)
         xlatda.cycle(bg, first, model, store=store, **kw)

@@ -245,6 +245,9 @@ class CycleRecorder:
                     "obs": (*_obs_moments(hb_all), space.observe_mean(ens_a, sub), sub),
                     "extra": {n: (v, i, k) for n, v in result.diagnostics.items()},
                 }
+                if space.n_regime:  # xlatda.methods.regime: RMS of the mean shift
+                    m = ens_a[..., space.n_state:space.n_state + space.n_regime].mean(0)
+                    row["extra"]["regime_shift"] = (m.to(_F64).pow(2).mean().sqrt(), 0, 1)
                 if np_:
                     row["theta"] = ens_a[..., -np_:].detach().to("cpu", _F64)
                     row["theta_background"] = ens_b[..., -np_:].detach().to("cpu", _F64)

@@ -49,9 +49,10 @@ The regime is on by default for latent cycles of models with a clock (time
 in seconds, e.g. reanalysis data; setting ``regime="auto"``) and a latent
 prior; models in model time (the synthetic twins) get it only when asked,
 with their own time scale: ``regime={"variance": 0.5, "timescale": 20.0}``
-(``timescale`` in the cycle's time units). ``regime=None`` turns it off. The
-ensemble then spans ``[z; m]``: the default ensemble size grows to
-``2 d + n_params + 1``.
+(``timescale`` in the cycle's time units). ``regime=None`` turns it off.
+Each analysis records the RMS of the ensemble-mean shift (latent units) as
+``result.diagnostics.regime_shift``. The ensemble then spans ``[z; m]``: the
+default ensemble size grows to ``2 d + n_params + 1``.
 
 References
 ----------
