@@ -185,9 +185,14 @@ def test_default_members_span_the_latent_space():
     model = xlatda.fit(ds, encoder="pca", latent_dim=24, dynamics="linear",
                        uncertainty="diagonal", progress=False)
     obs = xlatda.obs.sample_points(ds.isel(time=slice(50, 60, 3)), n=6, error_std=0.5, seed=0)
-    res = xlatda.cycle(ds.isel(time=[49]), obs.where(obs.time > ds.time[49], drop=True), model,
-                       progress=False)
-    assert res.analysis.sizes["member"] == 25
+    later = obs.where(obs.time > ds.time[49], drop=True)
+    # The clocked model carries the regime mean m beside z by default: the control
+    # vector [z; m] has 48 entries, so the default ensemble spans it with 49 members.
+    res = xlatda.cycle(ds.isel(time=[49]), later, model, progress=False)
+    assert res.analysis.sizes["member"] == 2 * 24 + 1
+    # Without the regime mean the ensemble spans z alone.
+    res = xlatda.cycle(ds.isel(time=[49]), later, model, regime=False, progress=False)
+    assert res.analysis.sizes["member"] == 24 + 1
 
 
 def test_cross_validated_residuals_are_out_of_sample():
