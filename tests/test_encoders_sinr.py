@@ -514,14 +514,18 @@ def test_regional_encoder_is_the_global_network_on_stretched_points():
     grid = uk_box(5, 7)
     enc = SINR(1, (5, 7), 3, grid, hidden=8, depth=2, max_freq=2, seed=4, region="auto")
     assert enc.region == {"lat": [50.0, 58.0], "lon": [-10.0, 2.0]}
-    enc.fit(torch.randn(3, 1, 5, 7), epochs=2, dtype="float64", progress=False)
+    data = torch.randn(3, 1, 5, 7, generator=torch.Generator().manual_seed(1))
+    enc.fit(data, epochs=2, dtype="float64", progress=False)
     lat, lon = grid_points(grid)
     slat, slon = region_to_sphere(enc.region, lat, lon)
     glob = SINR(1, (35,), 3, {"kind": "points", "lat": slat.tolist(), "lon": slon.tolist()},
                 hidden=8, depth=2, max_freq=2)
     glob.load_state_dict(enc.state_dict())
     z = torch.randn(2, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    torch.testing.assert_close(glob.decode(z), enc.decode(z).reshape(2, 1, -1))
+    # The two build their harmonic features from float32 point coordinates by
+    # different routes (grid vs stretched points), so they agree to float32 rounding.
+    torch.testing.assert_close(glob.decode(z), enc.decode(z).reshape(2, 1, -1),
+                               rtol=1e-5, atol=1e-6)
     # rebuilt from its JSON config (the box travels with it) it decodes the same
     rebuilt = SINR(**json.loads(json.dumps(enc.config)))
     rebuilt.load_state_dict(enc.state_dict())
