@@ -12,7 +12,13 @@ import torch
 import xarray as xr
 
 import xlatda
-from xlatda.dynamics.linear import LinearDynamics, default_periods, fit_linear_dynamics
+from xlatda.dynamics.linear import (
+    RIDGE_GRID,
+    SELECT_HORIZON,
+    LinearDynamics,
+    default_periods,
+    fit_linear_dynamics,
+)
 from xlatda.errors import ConfigError, XlatdaError
 from xlatda.uncertainty import rollout_residuals
 
@@ -88,13 +94,73 @@ def test_ridge_is_chosen_on_the_held_out_segment_and_radius_is_capped():
     A, b, H = _system()
     z, clock = _simulate(A, b, H, T=120, noise=0.2)
     dyn, hist = fit_linear_dynamics(z, clock, periods=(DAY,), dt_unit=3600.0, time_units="s")
-    assert set(hist["val_mse"]) == {repr(v) for v in (1e-4, 1e-3, 1e-2, 1e-1)}
+    assert set(hist["val_mse"]) == {repr(v) for v in RIDGE_GRID}
     assert repr(hist["ridge"]) == min(hist["val_mse"], key=hist["val_mse"].get)
+    assert hist["select_horizon"] == SELECT_HORIZON and hist["refit"]
     # an explosive system is scaled back to a bounded one
     zz = torch.cumprod(torch.full((1, 40, 1), 1.05, dtype=torch.float64), 1)
     dyn, hist = fit_linear_dynamics(zz, ridge=0.0, val_fraction=0.0)
     assert hist["spectral_radius"] > 1.0 and hist["radius_scaled_to"] == 0.999
     assert float(dyn.A.abs().max()) <= 0.999 + 1e-6
+
+
+def test_ridge_score_is_the_mean_error_of_held_out_rollouts():
+    A, b, H = _system()
+    z, clock = _simulate(A, b, H, T=120, noise=0.2)
+    kw = dict(periods=(DAY,), dt_unit=3600.0, time_units="s", dtype=torch.float64)
+    lams, horizon = (1e-3, 1e-1), 4
+    _, hist = fit_linear_dynamics(z, clock, ridge=lams, select_horizon=horizon, refit=False,
+                                  **kw)
+    cut = 120 - 12  # the held-out final 10 %
+    for lam in lams:
+        # the same ridge fitted without the held-out segment, rolled out by evolve
+        dyn, _ = fit_linear_dynamics(z[:, :cut], clock[:, :cut], ridge=lam, val_fraction=0.0,
+                                     **kw)
+        per_lead = []
+        for h in range(1, horizon + 1):
+            errs = [dyn.evolve(z[:, s], torch.tensor([0.0, float(h)]), start=clock[:, s])[:, -1]
+                    - z[:, s + h] for s in range(cut - 1, 120 - h)]
+            per_lead.append(torch.stack(errs).pow(2).mean())
+        want = float(torch.stack(per_lead).mean())
+        assert hist["val_mse"][repr(lam)] == pytest.approx(want, rel=1e-10)
+        if repr(lam) == repr(hist["ridge"]):
+            assert hist["val_mse_per_lead"] == pytest.approx([float(v) for v in per_lead],
+                                                             rel=1e-10)
+    # one step reduces to the one-step error of the held-out pairs
+    _, h1 = fit_linear_dynamics(z, clock, ridge=lams, select_horizon=1, **kw)
+    dyn, _ = fit_linear_dynamics(z[:, :cut], clock[:, :cut], ridge=lams[0], val_fraction=0.0,
+                                 **kw)
+    one = torch.stack([dyn.evolve(z[:, s], torch.tensor([0.0, 1.0]), start=clock[:, s])[:, -1]
+                       - z[:, s + 1] for s in range(cut - 1, 119)])
+    assert h1["val_mse"][repr(lams[0])] == pytest.approx(float(one.pow(2).mean()), rel=1e-10)
+    with pytest.raises(ConfigError, match="select_horizon"):
+        fit_linear_dynamics(z, clock, select_horizon=0, **kw)
+
+
+def test_refit_uses_every_pair_with_the_chosen_ridge():
+    A, b, H = _system()
+    z, clock = _simulate(A, b, H, T=120, noise=0.2)
+    kw = dict(periods=(DAY,), dt_unit=3600.0, time_units="s", dtype=torch.float64)
+    dyn, hist = fit_linear_dynamics(z, clock, **kw)
+    full, _ = fit_linear_dynamics(z, clock, ridge=hist["ridge"], val_fraction=0.0, **kw)
+    torch.testing.assert_close(dyn.A, full.A, rtol=0, atol=0)
+    torch.testing.assert_close(dyn.harmonics, full.harmonics, rtol=0, atol=0)
+    kept, hk = fit_linear_dynamics(z, clock, refit=False, **kw)
+    head, _ = fit_linear_dynamics(z[:, :108], clock[:, :108], ridge=hk["ridge"],
+                                  val_fraction=0.0, **kw)
+    torch.testing.assert_close(kept.A, head.A, rtol=0, atol=0)
+    assert not hk["refit"] and hk["n_pairs"] == 2 * 107
+
+
+def test_fit_dynamics_keeps_the_held_out_segment_unseen_for_a_rollout_q():
+    ds = _hourly_field(days=4)
+    model = xlatda.fit(ds, encoder="pca", latent_dim=4, dynamics="linear",
+                       uncertainty="diagonal", progress=False)
+    assert model.history["dynamics"]["refit"]
+    m2 = xlatda.fit_dynamics(model, ds, kind="linear", q_horizon=3, progress=False)
+    assert not m2.history["dynamics"]["refit"]
+    with pytest.raises(ConfigError, match="refit=True"):
+        xlatda.fit_dynamics(model, ds, kind="linear", q_horizon=3, refit=True, progress=False)
 
 
 def test_default_periods():

@@ -376,6 +376,9 @@ def training_summary(model: Any, *, ratio: float = 10.0) -> str:
     ...                       "val_mse": {"0.001": 0.5}, "ridge": 0.001, "spectral_radius": 0.98}})
     >>> print(training_summary(lin))
     dynamics (linear, one step): train 0.4, validation 0.5 (1.2x); spectral radius 0.980
+    >>> lin.history["dynamics"]["val_mse_per_lead"] = [0.6, 1.5, 2.9]
+    >>> print(training_summary(lin))
+    dynamics (linear, one step): train 0.4, validation 0.6 (1.5x); spectral radius 0.980
     """
     lines = []
     hist = getattr(model, "history", {}) or {}
@@ -399,7 +402,10 @@ def training_summary(model: Any, *, ratio: float = 10.0) -> str:
         lines.append(text)
     elif isinstance(dyn, dict) and dyn.get("kind") == "linear":
         tr = float(dyn.get("train_mse", np.nan))
-        va = (dyn.get("val_mse") or {}).get(repr(dyn.get("ridge")))
+        # the held-out one-step error of the chosen ridge (older histories: the score)
+        va = (dyn.get("val_mse_per_lead") or [None])[0]
+        if va is None:
+            va = (dyn.get("val_mse") or {}).get(repr(dyn.get("ridge")))
         text = f"dynamics (linear, one step): train {tr:.3g}"
         if va is not None and tr > 0:
             text += f", validation {va:.3g} ({va / tr:.1f}x)"

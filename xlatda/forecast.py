@@ -134,16 +134,18 @@ def fit_dynamics(
         trained by roll-outs of ``window`` steps. ``"linear"``: a linear
         model with periodic forcing (:class:`~xlatda.dynamics.LinearDynamics`:
         ``z_{k+1} = A z_k + b + daily/annual harmonics of the absolute time``),
-        fitted in closed form on the training part, with the ridge penalty
-        chosen on the held-out segment; ``window``, ``epochs``,
-        ``batch_size`` and ``lr`` do not apply. The periods default to those
+        fitted in closed form, with the ridge penalty chosen by the error of
+        1- to 6-step roll-outs on the held-out segment and then refitted on
+        every pair (kept off the held-out segment when ``q_horizon`` scores
+        ``Q`` there; see :func:`~xlatda.dynamics.linear.fit_linear_dynamics`);
+        ``window``, ``epochs``, ``batch_size`` and ``lr`` do not apply. The periods default to those
         the data resolve (:func:`~xlatda.dynamics.linear.default_periods`:
         for hourly data over two days or more, 24 h and 12 h).
     **options :
         Architecture of the :class:`~xlatda.dynamics.LatentODE` (``width``,
         ``depth``, ``method``, ``step_size``, ...), or for ``kind="linear"``
-        ``periods`` (in the data's time units: seconds for datetimes) and
-        ``ridge``.
+        ``periods`` (in the data's time units: seconds for datetimes),
+        ``ridge``, ``select_horizon`` and ``refit``.
 
     Returns
     -------
@@ -190,6 +192,14 @@ def fit_dynamics(
     dev = model.device if device is None else resolve_device(device)
     clock = None
     if kind == "linear":
+        if q_horizon is not None:
+            # Q from roll-outs on the held-out segment: keep it unseen by the fit.
+            if options.get("refit"):
+                raise ConfigError(
+                    "refit=True would fit the linear dynamics on the held-out segment that "
+                    "q_horizon scores Q on; drop refit (it is False with q_horizon) or "
+                    "q_horizon (Q then comes from cross-validated one-step residuals)")
+            options["refit"] = False
         clock = _clock(z, tname, others, traj.shape)
         span = float((clock[:, -1] - clock[:, 0]).min())
         options.setdefault("periods", default_periods(step["value"], step["units"], span))
