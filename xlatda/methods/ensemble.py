@@ -268,6 +268,25 @@ def _require_finite(name: str, t: Tensor, hint: str) -> None:
         )
 
 
+def _check_finite_inputs(ensemble: Tensor, hx: Tensor, y: Tensor, active: Tensor,
+                         S0: Tensor) -> None:
+    """Raise for the first non-finite input of an analysis (nothing if all are finite)."""
+    _require_finite(
+        "the forecast ensemble", ensemble, "the forecast has diverged or the initial "
+        "ensemble is not finite (more inflation, members or localisation help)"
+    )
+    _require_finite("hx (the observed forecast)", hx, "the forecast has diverged")
+    if not bool(torch.isfinite(torch.where(active, y, 0.0)).all()):
+        raise ConfigError(
+            "y must be finite where r_std is finite (switch an observation off with "
+            "r_std=inf)"
+        )
+    _require_finite(
+        "the scaled observation anomalies", S0,
+        "observation errors r_std too small for this dtype? use float64",
+    )
+
+
 def _check_n_params(n_params: Any, n_state: int) -> int:
     if not (isinstance(n_params, int) and not isinstance(n_params, bool)):
         raise ConfigError(f"n_params must be an int (0 = no parameters), got {n_params!r}")
@@ -845,11 +864,6 @@ class EnsembleMethod:
         hx, y, r_std = _check_inputs(ensemble, hx, y, r_std)
         n_state = ensemble.shape[-1]
         n_params = _check_n_params(n_params, n_state)
-        _require_finite(
-            "the forecast ensemble", ensemble, "the forecast has diverged or the initial "
-            "ensemble is not finite (more inflation, members or localisation help)"
-        )
-        _require_finite("hx (the observed forecast)", hx, "the forecast has diverged")
         n_members = ensemble.shape[-2]
         scale = math.sqrt(n_members - 1)
         mean = ensemble.mean(-2)
@@ -857,17 +871,13 @@ class EnsembleMethod:
         hmean = hx.mean(-2)
         inv_r = torch.reciprocal(r_std)
         active = torch.isfinite(r_std).expand(hmean.shape)
-        if not bool(torch.isfinite(torch.where(active, y, 0.0)).all()):
-            raise ConfigError(
-                "y must be finite where r_std is finite (switch an observation off with "
-                "r_std=inf)"
-            )
         S0 = (hx - hmean.unsqueeze(-2)) * (inv_r / scale).unsqueeze(-2)
         d = torch.where(active, (y - hmean) * inv_r, 0.0)
-        _require_finite(
-            "the scaled observation anomalies", S0,
-            "observation errors r_std too small for this dtype? use float64",
-        )
+        # One host sync proves the inputs finite: a finite member mean means finite
+        # members, a finite d finite y where observed. Only otherwise (or when a sum
+        # overflows) are the checks made one by one, to name what is wrong.
+        if not math.isfinite(float(mean.sum() + hmean.sum() + S0.sum() + d.sum())):
+            _check_finite_inputs(ensemble, hx, y, active, S0)
         # prior inflation (variance factor), batched
         batch = hmean.shape[:-1]
         like = {"dtype": ensemble.dtype, "device": ensemble.device}
