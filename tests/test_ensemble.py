@@ -117,6 +117,26 @@ def test_enkf_centred_perturbations_give_exact_mean(p, n_members):
     torch.testing.assert_close(ana.mean(-2), ma, rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize(("p", "n_members"), [(3, 10), (8, 5)])
+def test_enkf_centres_by_default_and_centring_moves_only_the_mean(p, n_members):
+    # Default = centred (DAPPER's PertObs): the analysis mean is the Kalman mean.
+    ens, H, y, r = _problem((2,), p=p, n_members=n_members, seed=7)
+    ana = EnKF().analyse(ens, ens @ H.T, y, r, generator=torch.Generator().manual_seed(4))
+    ma, _, K, _ = _kalman(ens, H, y, r)
+    torch.testing.assert_close(ana.mean(-2), ma, rtol=0, atol=1e-10)
+    # With the same draws, the uncentred update has the same anomalies; its mean is
+    # off by the gain applied to the perturbations' member mean, K r eps_bar.
+    unc = EnKF(centre_perturbations=False).analyse(
+        ens, ens @ H.T, y, r, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(unc - unc.mean(-2, keepdim=True),
+                               ana - ana.mean(-2, keepdim=True), rtol=0, atol=1e-10)
+    eps = torch.randn((*ens.shape[:-1], p), generator=torch.Generator().manual_seed(4),
+                      dtype=ens.dtype)
+    shift = (K @ (r * eps.mean(-2)).unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(unc.mean(-2) - ana.mean(-2), shift, rtol=0, atol=1e-10)
+    assert shift.abs().max() > 1e-3  # the shift is not vacuous
+
+
 def test_enkf_large_ensemble_matches_kalman_statistically():
     ens, H, y, r = _problem(n_members=20000, seed=5)
     g = torch.Generator().manual_seed(11)

