@@ -16,7 +16,8 @@ Data: Galewsky-jet trajectories (:func:`xlatda.datasets.shallow_water`, 32 x
 calibration pairs for the latent likelihood (seed 3), validation (seed 1: the
 guidance ``gamma`` of each conditioning and design is chosen there, by CRPS)
 and test (seed 2) trajectories. Observation designs: ``r x r`` block means
-(``xlatda.obs.coarsen``, r = 4, 8, 16, at the block centres) and stations on
+(``xlatda.obs.coarsen``, r = 4, 8, 16, footprint observations whose operator
+averages the block) and stations on
 every 4th grid point (``xlatda.obs.sparsify``, g = 4), errors 0.1 training
 std per variable, every hour of each window of 5 states. The autoencoder is
 trained once (on a PCA base, ``pca_base=True``) with ``aux=`` images of a
@@ -288,10 +289,9 @@ def write_report(res: dict[str, Any]) -> Path:
         "(`CycleResult.background`): an analysis near it has taken little from the "
         "observations. *explained*: fraction of the variance of the image codes that the fitted"
         " latent likelihood's M z + b explains on the calibration pairs. The explicit operator "
-        "reads the decoded field at the block centres (the point form of `xlatda.obs.coarsen`),"
-        " not the block means, so for coarse blocks H∘D has a representativeness error that the"
-        " likelihood does not hold; the latent likelihood learns the block-mean design from its"
-        " pairs.",
+        "averages the decoded field over each block (the footprint of `xlatda.obs.coarsen`: "
+        "the decoder read at the block's cells), so H∘D is the block mean the observations "
+        "measure; the latent likelihood learns the block-mean design from its pairs.",
     ]
     OUT.mkdir(exist_ok=True)
     path = OUT / ("score_fusion.md" if res["quick"] else "score_fusion_full.md")
