@@ -63,12 +63,12 @@ CONFIGS: dict[str, dict[str, Any]] = {
               "latent": 32, "ae_channels": (8, 16, 16), "ae_epochs": 40, "score_epochs": 300,
               "members": 8, "steps": 32,
               "window": 5, "val_starts": (10, 30), "test_starts": (8, 28),
-              "gammas": (1e-2, 1e-1), "designs": ("r4", "r8", "r16", "stations")},
+              "gammas": (1e-2, 1e-1, 1.0, 10.0), "designs": ("r4", "r8", "r16", "stations")},
     "full": {"train_traj": 16, "calib_traj": 6, "val_traj": 2, "test_traj": 4, "hours": 72,
              "latent": 48, "ae_channels": (16, 32, 32), "ae_epochs": 80, "score_epochs": 400,
              "members": 16, "steps": 64,
              "window": 5, "val_starts": (10, 30, 50), "test_starts": (8, 28, 48),
-             "gammas": (1e-2, 1e-1), "designs": ("r4", "r8", "r16", "stations")},
+             "gammas": (1e-2, 1e-1, 1.0, 10.0), "designs": ("r4", "r8", "r16", "stations")},
 }
 
 
