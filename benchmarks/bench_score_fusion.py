@@ -16,7 +16,8 @@ Data: Galewsky-jet trajectories (:func:`xlatda.datasets.shallow_water`, 32 x
 calibration pairs for the latent likelihood (seed 3), validation (seed 1: the
 guidance ``gamma`` of each conditioning and design is chosen there, by CRPS)
 and test (seed 2) trajectories. Observation designs: ``r x r`` block means
-(``xlatda.obs.coarsen``, r = 4, 8, 16, at the block centres) and stations on
+(``xlatda.obs.coarsen``, r = 4, 8, 16, footprint observations whose operator
+averages the block) and stations on
 every 4th grid point (``xlatda.obs.sparsify``, g = 4), errors 0.1 training
 std per variable, every hour of each window of 5 states. The autoencoder is
 trained once (on a PCA base, ``pca_base=True``) with ``aux=`` images of a
@@ -62,12 +63,12 @@ CONFIGS: dict[str, dict[str, Any]] = {
               "latent": 32, "ae_channels": (8, 16, 16), "ae_epochs": 40, "score_epochs": 300,
               "members": 8, "steps": 32,
               "window": 5, "val_starts": (10, 30), "test_starts": (8, 28),
-              "gammas": (1e-2, 1e-1), "designs": ("r4", "r8", "r16", "stations")},
+              "gammas": (1e-2, 1e-1, 1.0, 10.0), "designs": ("r4", "r8", "r16", "stations")},
     "full": {"train_traj": 16, "calib_traj": 6, "val_traj": 2, "test_traj": 4, "hours": 72,
              "latent": 48, "ae_channels": (16, 32, 32), "ae_epochs": 80, "score_epochs": 400,
              "members": 16, "steps": 64,
              "window": 5, "val_starts": (10, 30, 50), "test_starts": (8, 28, 48),
-             "gammas": (1e-2, 1e-1), "designs": ("r4", "r8", "r16", "stations")},
+             "gammas": (1e-2, 1e-1, 1.0, 10.0), "designs": ("r4", "r8", "r16", "stations")},
 }
 
 
@@ -288,10 +289,9 @@ def write_report(res: dict[str, Any]) -> Path:
         "(`CycleResult.background`): an analysis near it has taken little from the "
         "observations. *explained*: fraction of the variance of the image codes that the fitted"
         " latent likelihood's M z + b explains on the calibration pairs. The explicit operator "
-        "reads the decoded field at the block centres (the point form of `xlatda.obs.coarsen`),"
-        " not the block means, so for coarse blocks H∘D has a representativeness error that the"
-        " likelihood does not hold; the latent likelihood learns the block-mean design from its"
-        " pairs.",
+        "averages the decoded field over each block (the footprint of `xlatda.obs.coarsen`: "
+        "the decoder read at the block's cells), so H∘D is the block mean the observations "
+        "measure; the latent likelihood learns the block-mean design from its pairs.",
     ]
     OUT.mkdir(exist_ok=True)
     path = OUT / ("score_fusion.md" if res["quick"] else "score_fusion_full.md")

@@ -177,11 +177,14 @@ def test_score_posterior_matches_kalman_through_the_decoder():
                              xlatda.obs.sample_points(t0, n=3, error_std=0.5, seed=2)],
                             kinds=["satellite", "station"])
     table = xlatda.obs.to_tensors(obs, pca.layout)
-    pts = pca.points_tensor(table.lat, table.lon)
+    fp = xlatda.obs.footprint_points(table)  # the coarse field: block means
+    pts = pca.points_tensor(fp["lat"], fp["lon"])
+    pool = torch.zeros(len(table), len(fp["entry"]), dtype=F64)
+    pool[fp["entry"], torch.arange(len(fp["entry"]))] = torch.as_tensor(fp["weight"])
 
     def h(u):  # standardised latent -> observations, affine for PCA
         return pca.decode_points((z_mean + z_std * u).to(pca.dtype), pts,
-                                 table.channel).to(F64)
+                                 table.channel[fp["entry"]]).to(F64) @ pool.T
 
     c = h(torch.zeros(1, d, dtype=F64))[0]
     G = (h(torch.eye(d, dtype=F64)) - c).T  # (P, d)
@@ -207,6 +210,38 @@ def test_score_posterior_matches_kalman_through_the_decoder():
     assert float((m_u - post_u).abs().max()) / prior_sd > 0.3  # the data moved the posterior
     sd_ratio = torch.cov(u_hat.T).diagonal().sqrt() / post_cov.diagonal().sqrt()
     assert float((sd_ratio - 1).abs().max()) < 0.12
+
+
+def test_explicit_guidance_reads_block_means_through_the_decoder():
+    """H o D of a coarsened set: the decoded field averaged over each block."""
+    from xlatda.generative import _WindowSampler
+
+    ds = latlon_data(nt=60)
+    pca = xlatda.fit(ds, encoder="pca", latent_dim=4, progress=False)
+    d = pca.latent_dim
+    model = dataclasses.replace(pca, score=ScorePrior(
+        GaussianEps(torch.zeros(1, d, dtype=F64), torch.eye(d, dtype=F64)),
+        mean=torch.zeros(d, dtype=F64), std=torch.ones(d, dtype=F64)))
+    t0 = ds.isel(time=[5])
+    obs = xlatda.obs.concat([xlatda.obs.coarsen(t0, 4, 1.0),
+                             xlatda.obs.sample_points(t0, n=3, error_std=0.5, seed=2)])
+    table = xlatda.obs.to_tensors(obs, pca.layout)
+    sampler = _WindowSampler(model, {})
+    observe = sampler._observe([table], [0])
+    u = torch.randn(3, 1, d, generator=torch.Generator().manual_seed(0), dtype=F64)
+    got = observe(u).to(F64)  # (3, P)
+    x = pca.decode_tensor(u[:, 0].to(pca.dtype)).to(F64)  # (3, 1, lat, lon), physical
+    fields = xr.Dataset({"height": (("member", "lat", "lon"), x[:, 0].numpy(), {"units": "m"})},
+                        coords={"lat": t0.lat, "lon": t0.lon})
+    want = xlatda.obs.observe(fields, obs)
+    for i in range(3):
+        ref = np.concatenate([want[v].isel(member=i).values[table.obs_index[table.variable == v]]
+                              for v in dict.fromkeys(table.variable)])
+        np.testing.assert_allclose(got[i].numpy(), ref, rtol=1e-6)  # float32 decoder
+    coarse = np.nansum(table.footprint_weight, 1) > 0
+    assert coarse.sum() == (8 // 4) * (16 // 4)  # the block means, then 3 stations
+    centres = xlatda.obs.observe(fields, obs.drop_dims("footprint")).height.values[:, coarse]
+    assert np.abs(centres - got[:, coarse].numpy()).max() > 1e-3  # not the point form
 
 
 # ---------------------------------------------------------------------------

@@ -176,7 +176,7 @@ class _LdaBase:
     def coarsen_obs(
         self, r: int, error_std: float | dict[str, float], *, seed: int | None = None
     ) -> xr.Dataset:
-        """Block-mean observations (:func:`xlatda.obs.coarsen`)."""
+        """Block-mean (footprint) observations (:func:`xlatda.obs.coarsen`)."""
         from xlatda.obs import coarsen
 
         return coarsen(self._ds, r, error_std, seed=seed)

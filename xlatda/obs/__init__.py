@@ -5,7 +5,7 @@ See :mod:`xlatda.obs.contract` for what an observation set is.
 
 from xlatda.obs.contract import ObservationTable, to_tensors, validate
 from xlatda.obs.observe import observe
-from xlatda.obs.operator import build_operator, spatial_matrix, time_weights
+from xlatda.obs.operator import build_operator, footprint_points, spatial_matrix, time_weights
 from xlatda.obs.raster import rasterize
 from xlatda.obs.sampling import coarsen, concat, from_grid, sample_points, sparsify
 from xlatda.obs.tables import from_dataframe, from_stations, parse_times
@@ -15,6 +15,7 @@ __all__ = [
     "build_operator",
     "coarsen",
     "concat",
+    "footprint_points",
     "from_dataframe",
     "from_grid",
     "from_stations",

@@ -9,7 +9,16 @@ An observation set is an :class:`xarray.Dataset` with one dimension ``obs``:
 - data variables named like the state variables they observe, NaN where an
   observation does not measure that variable;
 - for each, an error standard deviation as a companion variable
-  ``<name>_error_std`` or an ``error_std`` attribute (same units).
+  ``<name>_error_std`` or an ``error_std`` attribute (same units);
+- optionally, a footprint (area observations such as the block means of
+  :func:`xlatda.obs.coarsen`): coordinates along ``("obs", "footprint")``
+  ``footprint_weight`` (non-negative, normalised per observation when used)
+  and the points it weights, ``footprint_lat``/``footprint_lon`` in degrees
+  (or ``footprint_position`` on a generic layout). An observation is then the
+  weighted mean of the state at those points (the operator averages them);
+  a row of weights that is all NaN or zero marks a point observation (as
+  after :func:`xlatda.obs.concat` with point sets). ``footprint`` is the only
+  second dimension allowed, and only on these coordinates.
 
 :func:`validate` checks all of this against a :class:`~xlatda.StateLayout`
 before any work is done; :func:`to_tensors` flattens a valid set into one
@@ -56,10 +65,13 @@ from xlatda.layout import StateLayout
 from xlatda.obs.observation_table import ObservationTable
 from xlatda.obs.operator import build_operator
 
-__all__ = ["OBS_DIM", "ObservationTable", "error_std_of", "to_tensors", "validate"]
+__all__ = ["FOOTPRINT_DIM", "FOOTPRINT_WEIGHT", "OBS_DIM", "ObservationTable", "error_std_of",
+           "to_tensors", "validate"]
 
 OBS_DIM = "obs"
 ERROR_SUFFIX = "_error_std"
+FOOTPRINT_DIM = "footprint"
+FOOTPRINT_WEIGHT = "footprint_weight"
 
 
 def _state_var_names(obs: xr.Dataset) -> list[str]:
@@ -101,7 +113,8 @@ def _location_names(obs: xr.Dataset, layout: StateLayout) -> dict[str, str | Non
 
     if layout.kind in ("latlon", "points"):
         try:
-            axes = find_axes(obs)
+            # the footprint coordinates (degrees too) are not the observation's location
+            axes = find_axes(obs.drop_dims(FOOTPRINT_DIM, errors="ignore"))
             lat, lon = axes.lat, axes.lon
         except Exception:
             lat = lon = None
@@ -262,13 +275,21 @@ def validate(
         raise ObservationError(
             f"observations must be an xarray Dataset with dimension 'obs', got {type(obs).__name__}"
         )
-    if OBS_DIM not in obs.dims or len(obs.dims) != 1:
+    if OBS_DIM not in obs.dims or set(obs.dims) - {OBS_DIM, FOOTPRINT_DIM}:
         raise ObservationError(
-            f"observations must have exactly one dimension 'obs', got {dict(obs.sizes)}; "
-            "turn gridded fields into points with xlatda.obs.from_grid(ds)"
+            f"observations must have exactly one dimension 'obs' (and 'footprint' on the "
+            f"footprint coordinates), got {dict(obs.sizes)}; turn gridded fields into points "
+            "with xlatda.obs.from_grid(ds), or block means with xlatda.obs.coarsen(ds, r, ...)"
         )
     if obs.sizes[OBS_DIM] == 0:
         raise ObservationError("the observation set is empty (obs has size 0); pass observations")
+    for name in [str(v) for v in obs.data_vars]:
+        if obs[name].dims != (OBS_DIM,):
+            raise ObservationError(
+                f"observation variable {name!r} has dims {obs[name].dims}; data variables "
+                "lie along 'obs' only (a footprint is described by the footprint_* "
+                "coordinates)"
+            )
     names = _state_var_names(obs)
     if not names:
         raise ObservationError("the observation set has no data variables to assimilate")
@@ -317,6 +338,7 @@ def validate(
             raise ObservationError(
                 f"observation latitudes must lie in [-90, 90]; got {lat.min()} to {lat.max()}"
             )
+    _footprint(obs, layout)
     time = layout.axes.time
     tvals = _coord(obs, time) if time else _coord(obs, "time")
     if tvals is not None:
@@ -363,6 +385,69 @@ def validate(
             )
     if check_domain:
         build_operator(layout, to_tensors(obs, layout, _validated=True))
+
+
+def _footprint_names(layout: StateLayout) -> dict[str, str]:
+    if layout.kind in ("latlon", "points"):
+        return {"lat": "footprint_lat", "lon": "footprint_lon"}
+    return {"position": "footprint_position"}
+
+
+def _footprint(obs: xr.Dataset, layout: StateLayout) -> dict[str, np.ndarray] | None:
+    """Validate the footprint coordinates; ``{"weight", "lat", "lon" | "position"}``."""
+    fp_vars = [str(c) for c in obs.coords if FOOTPRINT_DIM in obs[c].dims]
+    if FOOTPRINT_WEIGHT not in obs.coords:
+        if FOOTPRINT_DIM in obs.dims or fp_vars:
+            raise ObservationError(
+                f"observations have a {FOOTPRINT_DIM!r} dimension ({fp_vars}) but no "
+                f"{FOOTPRINT_WEIGHT!r} coordinate; add the weights along ('obs', "
+                f"'{FOOTPRINT_DIM}') or drop the footprint (obs.drop_dims('{FOOTPRINT_DIM}'))"
+            )
+        return None
+    want = _footprint_names(layout)
+    dims = (OBS_DIM, FOOTPRINT_DIM)
+    for name in [FOOTPRINT_WEIGHT, *want.values()]:
+        if name not in obs.coords:
+            raise ObservationError(
+                f"footprint observations need a coordinate {name!r} along {dims} (the "
+                f"points the weights {FOOTPRINT_WEIGHT!r} apply to); this state's layout "
+                f"({layout.kind}) takes {sorted(want.values())}"
+            )
+        if obs[name].dims != dims:
+            raise ObservationError(
+                f"footprint coordinate {name!r} has dims {obs[name].dims}; it must have "
+                f"dims {dims} (transpose it: obs[{name!r}].transpose('obs', 'footprint'))"
+            )
+    unknown = sorted(set(fp_vars) - {FOOTPRINT_WEIGHT, *want.values()})
+    if unknown:
+        raise ObservationError(
+            f"unknown footprint coordinates {unknown} for a {layout.kind} state; it takes "
+            f"{[FOOTPRINT_WEIGHT, *want.values()]}"
+        )
+    w = np.asarray(obs[FOOTPRINT_WEIGHT].values, dtype=float)
+    bad = np.isinf(w) | (w < 0)
+    if bad.any():
+        raise ObservationError(
+            f"{FOOTPRINT_WEIGHT!r} must be finite and non-negative (NaN: no point); got "
+            f"{w[bad][:3].tolist()} at obs index {np.flatnonzero(bad.any(1))[:5].tolist()}"
+        )
+    used = np.nan_to_num(w, nan=0.0) > 0
+    out = {"weight": w}
+    for key, name in want.items():
+        loc = np.asarray(obs[name].values, dtype=float)
+        if not np.all(np.isfinite(loc[used])):
+            rows = np.flatnonzero((used & ~np.isfinite(loc)).any(1))
+            raise ObservationError(
+                f"footprint coordinate {name!r} is NaN or inf where {FOOTPRINT_WEIGHT!r} is "
+                f"positive (obs index {rows[:5].tolist()}); give every weighted point a location"
+            )
+        if key == "lat" and np.any(np.abs(loc[used]) > 90):
+            raise ObservationError(
+                f"footprint latitudes must lie in [-90, 90]; got {loc[used].min()} to "
+                f"{loc[used].max()}"
+            )
+        out[key] = loc
+    return out
 
 
 def to_tensors(
@@ -420,6 +505,11 @@ def to_tensors(
     def col(name):
         return None if name is None else np.asarray(obs[name].values)[idx]
 
+    fp = _footprint(obs, layout) if FOOTPRINT_WEIGHT in obs.coords else None
+
+    def fcol(key):
+        return None if fp is None or key not in fp else fp[key][idx]
+
     return ObservationTable(
         values=torch.as_tensor(np.concatenate(vals), dtype=dtype),
         error_std=torch.as_tensor(np.concatenate(stds), dtype=dtype),
@@ -431,6 +521,8 @@ def to_tensors(
         time=col(time_name),
         obs_index=idx,
         kind=None if "kind" not in obs.coords else col("kind").astype(str),
+        footprint_weight=fcol("weight"), footprint_lat=fcol("lat"), footprint_lon=fcol("lon"),
+        footprint_position=fcol("position"),
     )
 
 

@@ -47,6 +47,14 @@ class ObservationTable:
         Index of the row in the observation Dataset each value comes from.
     kind : ndarray of str (P,) or None
         Observation kind for multimodal sets.
+    footprint_weight : ndarray (P, K) or None
+        Footprint (area) observations: the weights of the ``K`` points each
+        entry averages (:func:`xlatda.obs.coarsen`), normalised to sum 1 per
+        entry; an entry whose row is all zero is a point observation at
+        ``lat``/``lon``/``position``. None when every entry is a point.
+    footprint_lat, footprint_lon, footprint_position : ndarray (P, K) or None
+        The footprint points (degrees, or index positions on a generic
+        layout); only where ``footprint_weight`` is positive are they used.
     """
 
     values: torch.Tensor
@@ -59,6 +67,10 @@ class ObservationTable:
     time: np.ndarray | None
     obs_index: np.ndarray
     kind: np.ndarray | None
+    footprint_weight: np.ndarray | None = None
+    footprint_lat: np.ndarray | None = None
+    footprint_lon: np.ndarray | None = None
+    footprint_position: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.values.numel())
@@ -76,4 +88,7 @@ class ObservationTable:
             variable=self.variable[idx], lat=pick(self.lat), lon=pick(self.lon),
             position=pick(self.position), time=pick(self.time),
             obs_index=self.obs_index[idx], kind=pick(self.kind),
+            footprint_weight=pick(self.footprint_weight),
+            footprint_lat=pick(self.footprint_lat), footprint_lon=pick(self.footprint_lon),
+            footprint_position=pick(self.footprint_position),
         )

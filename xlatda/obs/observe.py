@@ -73,7 +73,11 @@ def observe(
         def fn(x: torch.Tensor) -> torch.Tensor:  # (B, T, C, *S) -> (B, P)
             y = op(x)  # (B, T, P)
             wt = w_t.to(y.dtype)
-            return (1 - wt) * y[:, lo_t, entries] + wt * y[:, hi_t, entries]
+            a, b = y[:, lo_t, entries], y[:, hi_t, entries]
+            # at a model time only that time's value: a NaN of the other time
+            # (e.g. a cell outside this time's footprint) must not leak in as 0 * NaN
+            mix = (1 - wt) * a + wt * b
+            return torch.where(wt == 0, a, torch.where(wt == 1, b, mix))
 
         in_core = [tname, CHANNEL_DIM, *L.spatial_dims]
     else:

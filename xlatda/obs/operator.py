@@ -11,6 +11,14 @@ locations to it:
   (``k=1``: nearest point);
 - ``"generic"``: linear interpolation along the index (periodic).
 
+Footprint (area) observations, such as the block means of
+:func:`xlatda.obs.coarsen`, carry the points they average and their weights
+(``footprint_*`` in the :class:`~xlatda.obs.ObservationTable`): their row of
+``H`` is the weighted sum of the point rows at those points
+(:func:`footprint_points` gives the expansion, which latent operators
+``H o D`` use to decode at the footprint's points). On a grid whose cell
+centres are the footprint points, a row is exactly the mean over the block.
+
 It also provides linear-in-time weights (:func:`time_weights`) so that
 observations at arbitrary times can be compared with states at model times.
 """
@@ -33,7 +41,7 @@ from xlatda.obs_geometry import (
 )
 from xlatda.sparse_interp import ObservationOperator
 
-__all__ = ["build_operator", "spatial_matrix", "time_weights"]
+__all__ = ["build_operator", "footprint_points", "spatial_matrix", "time_weights"]
 
 
 def spatial_matrix(
@@ -74,6 +82,63 @@ def spatial_matrix(
     return index_interpolation_matrix(n, position, periodic=periodic, dtype=dtype, device=device)
 
 
+def footprint_points(table: ObservationTable) -> dict[str, Any] | None:
+    """The points each entry of a table averages, flattened (None: all points).
+
+    Parameters
+    ----------
+    table : ObservationTable
+        A table with or without footprints.
+
+    Returns
+    -------
+    dict or None
+        None when the table has no footprint. Otherwise ``lat``, ``lon``,
+        ``position`` (``(Q,)`` arrays or None): the expanded points;
+        ``entry`` (``(Q,)`` int): the table entry each point belongs to;
+        ``weight`` (``(Q,)``): its weight, summing to 1 per entry. Entries
+        without a footprint (a zero or NaN row) appear once, at their own
+        location, with weight 1. Points are ordered by entry, then by
+        footprint column.
+
+    Raises
+    ------
+    ObservationError
+        If a footprint weight is negative or not finite where positive.
+    """
+    w = table.footprint_weight
+    if w is None:
+        return None
+    w = np.nan_to_num(np.asarray(w, dtype=float), nan=0.0)
+    if w.ndim != 2 or w.shape[0] != len(table) or np.any(w < 0) or not np.all(np.isfinite(w)):
+        raise ObservationError(
+            "footprint weights must be a (P, K) array of finite non-negative numbers; "
+            "rebuild the observations with xlatda.obs.coarsen or fix footprint_weight"
+        )
+    point = w.sum(1) == 0
+    w = np.where(point[:, None], 0.0, w)
+    total = np.where(point, 1.0, w.sum(1))
+    w = w / total[:, None]
+    k = w.shape[1]
+    # one extra column per entry: the entry's own location (weight 1 for points)
+    weight = np.concatenate([w, point[:, None].astype(float)], 1)
+    keep = weight > 0
+    entry = np.broadcast_to(np.arange(len(table))[:, None], weight.shape)[keep]
+
+    def expand(fp, centre):
+        if centre is None:
+            return None
+        centre = np.asarray(centre, dtype=float)
+        cols = (np.zeros((len(table), k)) if fp is None
+                else np.nan_to_num(np.asarray(fp, dtype=float), nan=0.0))
+        return np.concatenate([cols, centre[:, None]], 1)[keep]
+
+    return {"lat": expand(table.footprint_lat, table.lat),
+            "lon": expand(table.footprint_lon, table.lon),
+            "position": expand(table.footprint_position, table.position),
+            "entry": entry, "weight": weight[keep]}
+
+
 def build_operator(
     layout: StateLayout,
     table: ObservationTable,
@@ -96,10 +161,30 @@ def build_operator(
     ObservationError
         If points lie outside a regional grid or a non-periodic dimension.
     """
-    mat = spatial_matrix(layout, table.lat, table.lon, table.position, k=k,
-                         periodic=periodic, dtype=dtype, device=device)
+    fp = footprint_points(table)
+    if fp is None:
+        mat = spatial_matrix(layout, table.lat, table.lon, table.position, k=k,
+                             periodic=periodic, dtype=dtype, device=device)
+    else:
+        mat = _footprint_matrix(layout, fp, len(table), k=k, periodic=periodic, dtype=dtype,
+                                device=device)
     return ObservationOperator(mat, table.channel.to(mat.device), layout.n_channels,
                                spatial_shape=layout.spatial_shape)
+
+
+def _footprint_matrix(layout: StateLayout, fp: dict[str, Any], n_entries: int, *, k: int,
+                      periodic: bool, dtype: torch.dtype, device: Any) -> torch.Tensor:
+    """``(P, S)``: each entry's row the weighted sum of its footprint points' rows."""
+    pts = spatial_matrix(layout, fp["lat"], fp["lon"], fp["position"], k=k, periodic=periodic,
+                         dtype=torch.float64, device="cpu").to_sparse_coo().coalesce()
+    q, cols = pts.indices().numpy()
+    vals = pts.values().numpy() * fp["weight"][q]
+    keep = vals != 0  # exact zeros dropped: a NaN outside the footprint never enters
+    idx = torch.as_tensor(np.stack([fp["entry"][q][keep], cols[keep]]))
+    n_cols = int(pts.shape[1])
+    mat = torch.sparse_coo_tensor(idx, torch.as_tensor(vals[keep]), (n_entries, n_cols),
+                                  check_invariants=False)
+    return mat.coalesce().to(dtype=dtype, device=device).to_sparse_csr()
 
 
 def _as_float_time(values: np.ndarray) -> np.ndarray:

@@ -29,7 +29,7 @@ import xarray as xr
 
 from xlatda.errors import ConfigError, ObservationError
 from xlatda.layout import StateLayout, layout
-from xlatda.obs.contract import ERROR_SUFFIX, OBS_DIM, validate
+from xlatda.obs.contract import ERROR_SUFFIX, FOOTPRINT_DIM, FOOTPRINT_WEIGHT, OBS_DIM, validate
 
 __all__ = ["coarsen", "concat", "from_grid", "sample_points", "sparsify"]
 
@@ -281,11 +281,61 @@ def coarsen(
     kind: str | None = "coarse",
     seed: int | None = None,
 ) -> xr.Dataset:
-    """Block means over ``r x r`` cells as observations at the block centres.
+    """Block means over ``r x r`` cells as footprint (area) observations.
 
-    The SLAMS "coarsen" measurement operator. Blocks that do not fit at the
-    grid's edges are dropped (``boundary="trim"``); NaNs are skipped in the
-    means. Noise with ``error_std`` is added when ``seed`` is given.
+    The SLAMS "coarsen" measurement operator. Each observation is the mean of
+    an ``r x r`` block of grid cells, and it carries that block as its
+    footprint, so that its observation operator averages the state over the
+    same cells (it does not read a point value at the block centre).
+
+    Parameters
+    ----------
+    ds : Dataset or DataArray
+        Gridded state on a latitude/longitude grid, with or without a time
+        dimension; NaN where missing.
+    r : int
+        Block size in cells along each horizontal dimension.
+    error_std : float or dict
+        Error std of the block means, one for all variables or one each.
+    kind : str, optional
+        Value of the ``kind`` coordinate (default ``"coarse"``).
+    seed : int, optional
+        Seed of Gaussian noise with ``error_std`` added to the means (none
+        when None).
+
+    Returns
+    -------
+    Dataset
+        One observation per block (and time) with a finite mean, located at
+        the block centre (the mean of its cell coordinates), with the
+        footprint coordinates of the contract (:mod:`xlatda.obs.contract`)
+        along ``("obs", "footprint")``, ``footprint = r * r``:
+        ``footprint_lat``/``footprint_lon`` (the block's cell centres) and
+        ``footprint_weight`` (1 on the cells that entered the mean, 0 on
+        NaN cells). :func:`xlatda.obs.observe` and every observation operator
+        built from such a set give exactly the block mean of a state;
+        mesh-free (latent) decoders are read at the block's cells and
+        averaged.
+
+    Notes
+    -----
+    Blocks that do not fit at the grid's edges are dropped
+    (``boundary="trim"``); NaNs are skipped in the means (and get weight 0).
+    Variables whose NaN cells differ get separate observations, each with its
+    own weights. To get the former point form (block means read at the
+    centres), drop the footprint: ``obs.drop_dims("footprint")``.
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr, xlatda
+    >>> lat = np.linspace(-67.5, 67.5, 4); lon = np.arange(8) * 45.0
+    >>> state = xr.Dataset({"h": (("lat", "lon"), np.arange(32.0).reshape(4, 8))},
+    ...                    coords={"lat": lat, "lon": lon})
+    >>> obs = xlatda.obs.coarsen(state, 2, 0.1)
+    >>> dict(obs.sizes), obs.h.values[:2].tolist()
+    ({'obs': 8, 'footprint': 4}, [4.5, 6.5])
+    >>> np.allclose(xlatda.obs.observe(state, obs).h.values, obs.h.values)
+    True
     """
     if isinstance(ds, xr.DataArray):
         ds = ds.to_dataset(name=ds.name if ds.name is not None else "data")
@@ -294,12 +344,93 @@ def coarsen(
     L = layout(ds)
     if L.kind != "latlon":
         raise ConfigError("coarsen needs a latitude/longitude grid")
+    r = int(r)
+    names = list(L.variables)
     block = {d: r for d in L.spatial_dims}
-    coarse = ds[list(L.variables)].coarsen(block, boundary="trim").mean()
-    for v in L.variables:
+    coarse = ds[names].coarsen(block, boundary="trim").mean()
+    for v in names:
         coarse[v].attrs = dict(ds[v].attrs)
-    obs = from_grid(coarse, error_std=error_std, kind=kind)
+    if any(coarse.sizes[d] == 0 for d in L.spatial_dims):
+        raise ConfigError(
+            f"r={r} is larger than the grid ({dict((d, ds.sizes[d]) for d in L.spatial_dims)}); "
+            "pass a smaller block size"
+        )
+    # cells of each variable that enter the block means (NaN-aware)
+    finite = {v: np.isfinite(np.asarray(ds[v].values, dtype=float)) for v in names}
+    groups: list[list[str]] = []
+    for v in names:
+        for g in groups:
+            if np.array_equal(finite[g[0]], finite[v]):
+                g.append(v)
+                break
+        else:
+            groups.append([v])
+    sets = [_with_footprint(from_grid(coarse[g], error_std=error_std, kind=kind), ds, L, r,
+                            finite[g[0]], [str(d) for d in ds[g[0]].dims])
+            for g in groups]
+    if len(sets) == 1:
+        obs = sets[0]
+    else:
+        for s in sets:
+            for v in names:
+                if v not in s.data_vars:
+                    s[v] = (OBS_DIM, np.full(s.sizes[OBS_DIM], np.nan), dict(coarse[v].attrs))
+                    s[f"{v}{ERROR_SUFFIX}"] = (OBS_DIM, np.full(s.sizes[OBS_DIM], np.nan))
+        obs = xr.concat(sets, dim=OBS_DIM, data_vars="all", coords="different",
+                        compat="equals", join="outer", combine_attrs="drop_conflicts")
     return _maybe_noise(obs, error_std, seed)
+
+
+def _with_footprint(obs: xr.Dataset, ds: xr.Dataset, L: StateLayout, r: int,
+                    finite: np.ndarray, dims: list[str]) -> xr.Dataset:
+    """Add the ``r x r`` block of cells (and its NaN-aware weights) to block-mean obs."""
+    lat_name, lon_name = L.axes.lat, L.axes.lon
+    cell = {}
+    for name in (lat_name, lon_name):
+        n = ds.sizes[name] // r
+        cell[name] = np.asarray(ds[name].values, dtype=float)[: n * r].reshape(n, r)
+    # block index of each observation, from its centre coordinate (exactly the
+    # coarse coordinate it was flattened from)
+    index: dict[str, np.ndarray] = {}
+    for d in dims:
+        if d in (lat_name, lon_name):
+            centres = cell[d].mean(1)
+            got = np.asarray(obs[d].values, dtype=float)
+            pos = np.abs(got[:, None] - centres[None, :]).argmin(1)
+            index[d] = pos
+            continue
+        if d not in obs.coords:
+            raise ConfigError(
+                f"coarsen needs a coordinate on the sample dimension {d!r} to tell the "
+                f"observations apart; assign one (ds.assign_coords({d}=range(...)))"
+            )
+        values = np.asarray(ds[d].values)
+        lookup = {v: i for i, v in enumerate(values.tolist())}
+        index[d] = np.asarray([lookup[v] for v in np.asarray(obs[d].values).tolist()])
+    a, b = np.meshgrid(np.arange(r), np.arange(r), indexing="ij")
+    a, b = a.ravel(), b.ravel()  # footprint column k = (row a, column b) of the block
+    bi, bj = index[lat_name], index[lon_name]
+    fp_lat = cell[lat_name][bi][:, a]
+    fp_lon = cell[lon_name][bj][:, b]
+    # the finite mask at each footprint cell: index the (..., lat, lon) mask
+    gather = []
+    for d in dims:
+        if d == lat_name:
+            gather.append(bi[:, None] * r + a[None, :])
+        elif d == lon_name:
+            gather.append(bj[:, None] * r + b[None, :])
+        else:
+            gather.append(np.broadcast_to(index[d][:, None], fp_lat.shape))
+    weight = finite[tuple(gather)].astype(float)
+    # no standard_name: the observation's own location is its centre coordinate
+    lat_attrs = {"units": _loc_attrs(L, "lat")["units"], "long_name": "footprint latitude"}
+    lon_attrs = {"units": _loc_attrs(L, "lon")["units"], "long_name": "footprint longitude"}
+    return obs.assign_coords({
+        "footprint_lat": ((OBS_DIM, FOOTPRINT_DIM), fp_lat, lat_attrs),
+        "footprint_lon": ((OBS_DIM, FOOTPRINT_DIM), fp_lon, lon_attrs),
+        FOOTPRINT_WEIGHT: ((OBS_DIM, FOOTPRINT_DIM), weight,
+                           {"long_name": "weight of each footprint cell in the block mean"}),
+    })
 
 
 def sparsify(
@@ -379,8 +510,31 @@ def concat(sets: Sequence[xr.Dataset], kinds: Sequence[str] | None = None) -> xr
                 s[comp] = (OBS_DIM, np.where(np.isfinite(s[v].values),
                                              float(s[v].attrs["error_std"]), np.nan))
         filled.append(s)
+    filled = _pad_footprints(filled)
     out = xr.concat(filled, dim=OBS_DIM, data_vars="all", coords="different",
                     compat="equals", join="outer", combine_attrs="drop_conflicts")
+    return out
+
+
+def _pad_footprints(sets: list[xr.Dataset]) -> list[xr.Dataset]:
+    """Give every set the same footprint coordinates: NaN rows for point sets
+    (point observations), NaN columns up to the largest footprint."""
+    names = sorted({str(c) for s in sets for c in s.coords if FOOTPRINT_DIM in s[c].dims})
+    if not names:
+        return sets
+    k = max(s.sizes.get(FOOTPRINT_DIM, 0) for s in sets)
+    out = []
+    for s in sets:
+        n, have = s.sizes[OBS_DIM], s.sizes.get(FOOTPRINT_DIM, 0)
+        new = {}
+        for c in names:
+            arr = np.full((n, k), np.nan)
+            attrs = {}
+            if c in s.coords:
+                arr[:, :have] = np.asarray(s[c].transpose(OBS_DIM, FOOTPRINT_DIM).values, float)
+                attrs = dict(s[c].attrs)
+            new[c] = ((OBS_DIM, FOOTPRINT_DIM), arr, attrs)
+        out.append(s.drop_vars([c for c in names if c in s.coords]).assign_coords(new))
     return out
 
 
