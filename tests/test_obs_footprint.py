@@ -176,3 +176,51 @@ def test_coarsen_errors():
         xlatda.obs.coarsen(ds, 9, 0.1)
     with pytest.raises(ValueError, match="positive integer"):
         xlatda.obs.coarsen(ds, 0, 0.1)
+
+
+def _fitted(latent=6, seed=1):
+    rng = np.random.default_rng(seed)
+    base = _grid(ntime=1, gaps=False)
+    k = np.arange(base.sizes["lon"]) * 2 * np.pi / base.sizes["lon"]
+    la = np.deg2rad(base.lat.values)[:, None]
+    times = np.arange(30).astype("timedelta64[h]") + np.datetime64("2000-01-01T00", "ns")
+    fields = {n: (("time", "lat", "lon"), np.stack([
+        np.cos(la) * (rng.standard_normal() * np.cos(k + rng.uniform(0, 6))
+                      + rng.standard_normal() * np.sin(2 * k)[None])
+        + 0.1 * rng.standard_normal(la.shape[:1] + k.shape) for _ in times]), base[n].attrs)
+        for n in ("h", "v")}
+    ds = xr.Dataset(fields, coords={"time": times, "lat": base.lat, "lon": base.lon})
+    return ds, xlatda.fit(ds, encoder="pca", latent_dim=latent, progress=False)
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_latent_space_observes_block_means_of_the_decoded_field(affine):
+    from xlatda.obs import to_tensors
+    from xlatda.spaces import LatentSpace
+
+    ds, model = _fitted()
+    obs = xlatda.obs.coarsen(ds.isel(time=[3]), 4, {"h": 0.1, "v": 0.2})
+    table = to_tensors(obs, model.layout)
+    space = LatentSpace(model, 0)
+    if not affine:  # the general path: decode at every footprint point, then average
+        space._affine = lambda table: None
+    z = torch.randn(3, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    seen = space.observe(z, table).numpy()
+    zda = xr.DataArray(z.numpy()[None], dims=["time", "member", "latent"],
+                       coords={"time": ds.time.values[[3]]})
+    coarse = xlatda.decode(zda, model).coarsen(lat=4, lon=4, boundary="trim").mean()
+    want = np.stack([
+        [float(coarse[v].isel(time=0, member=m).sel(lat=la, lon=lo, method="nearest"))
+         for v, la, lo in zip(table.variable, table.lat, table.lon)] for m in range(3)])
+    np.testing.assert_allclose(seen, want, rtol=0, atol=1e-6)  # a float32 model
+    # reading the block centres instead gives other values
+    point = space.model.decode_points(z.to(model.dtype), space.points(table),
+                                      table.channel).double().numpy()
+    assert np.abs(point - want).max() > 1e-3
+
+
+def test_encode_obs_refuses_block_means():
+    ds, model = _fitted()
+    obs = xlatda.obs.coarsen(ds.isel(time=[3]), 4, {"h": 0.1, "v": 0.2})
+    with pytest.raises(ObservationError, match="block means"):
+        xlatda.encode_obs(obs, model)

@@ -32,7 +32,7 @@ from xlatda._bridge import is_lazy
 from xlatda._threads import with_thread_scope
 from xlatda.aux_inputs import aux_training
 from xlatda.encode_decode import decode, encode
-from xlatda.errors import ConfigError, LayoutError, NotFittedError
+from xlatda.errors import ConfigError, LayoutError, NotFittedError, ObservationError
 from xlatda.forecast import fit_dynamics
 from xlatda.jsonable import to_jsonable
 from xlatda.latent_data import LATENT_DIM, as_dataset, encoder_needs_grad, latent_dataset
@@ -358,6 +358,8 @@ def encode_obs(
     ------
     NotFittedError
         ``prior=True`` or ``samples`` on a model without a prior.
+    ObservationError
+        Block-mean observations (with footprints, :func:`xlatda.obs.coarsen`).
 
     Notes
     -----
@@ -377,6 +379,13 @@ def encode_obs(
     L = model.layout
     validate(obs, L)
     table = to_tensors(obs, L)
+    fw = table.footprint_weight
+    if fw is not None and bool((np.nan_to_num(np.asarray(fw, dtype=float)) > 0).any()):
+        raise ObservationError(
+            "encode_obs reads the decoder at points, and these observations are block means "
+            "(footprint_* from xlatda.obs.coarsen); assimilate them with xlatda.cycle / "
+            "xlatda.assimilate (which average the decoder over each footprint), or pass "
+            "point observations")
     if device is not None or dtype is not None:
         model.to(device=resolve_device(device) if device is not None else None,
                  dtype=resolve_dtype(dtype) if dtype is not None else None)

@@ -81,9 +81,20 @@ def table_key(table: ObservationTable) -> tuple:
     True
     >>> table_key(at(3.0, 1.0)) == table_key(at(4.0, 1.0))
     False
+    >>> import dataclasses
+    >>> block = dataclasses.replace(at(3.0, 1.0), footprint_weight=np.array([[0.5, 0.5]]),
+    ...                             footprint_position=np.array([[2.0, 4.0]]))
+    >>> table_key(block) == table_key(at(3.0, 1.0))   # a block mean is not a point value
+    False
     """
     key = []
-    for part in (table.lat, table.lon, table.position, table.channel):
+    # Block-mean observations average their footprint: its points and weights
+    # are part of the operator (two tables with the same centres but other
+    # NaN-free cells must not share one).
+    for part in (table.lat, table.lon, table.position, table.channel,
+                 getattr(table, "footprint_weight", None), getattr(table, "footprint_lat", None),
+                 getattr(table, "footprint_lon", None),
+                 getattr(table, "footprint_position", None)):
         if part is None:
             key.append(None)
         else:
@@ -464,12 +475,33 @@ class LatentSpace(StateSpace):
         """The table's places as the encoder's point tensor."""
         return self.model.points_tensor(table.lat, table.lon, table.position)
 
+    def _footprint(self, table: ObservationTable) -> tuple | None:
+        """``(points, channel, entry, weight)`` of the footprint points block-mean
+        entries average (:func:`~xlatda.obs.operator.footprint_points`), or None
+        for a table of point observations."""
+        from xlatda.obs.operator import footprint_points
+
+        fp = footprint_points(table)
+        if fp is None:
+            return None
+        entry = torch.as_tensor(fp["entry"], dtype=torch.long)
+        channel = torch.as_tensor(table.channel, dtype=torch.long)[entry]
+        pts = self.model.points_tensor(fp["lat"], fp["lon"], fp["position"])
+        return pts, channel, entry, torch.as_tensor(fp["weight"], dtype=_F64)
+
     def observe(self, s, table):
         z, _ = self.split(s)
         affine = self._affine(table)
         if affine is None:
-            return self.model.decode_points(z.to(self.model.dtype), self.points(table),
-                                            table.channel).to("cpu", _F64)
+            fp = self._footprint(table)
+            if fp is None:
+                return self.model.decode_points(z.to(self.model.dtype), self.points(table),
+                                                table.channel).to("cpu", _F64)
+            pts, channel, entry, weight = fp
+            # decode at every footprint point, then each entry's weighted mean
+            v = self.model.decode_points(z.to(self.model.dtype), pts, channel).to("cpu", _F64)
+            out = torch.zeros(*v.shape[:-1], len(table), dtype=_F64)
+            return out.index_add_(-1, entry, v * weight)
         matrix, offset, std, mean = affine
         # decode_points of an affine decoder, with its map at these places made once
         zc = z.to(self.model.dtype).to(device=self.model.device, dtype=self.model.dtype)
@@ -497,8 +529,22 @@ class LatentSpace(StateSpace):
             if len(self._affines) >= 64:
                 self._affines.clear()
             channel = torch.as_tensor(table.channel, dtype=torch.long, device=self.model.device)
+            fp = self._footprint(table)
             with torch.no_grad():
-                matrix, offset = linear_map(self.points(table), channel)
+                if fp is None:
+                    matrix, offset = linear_map(self.points(table), channel)
+                else:
+                    # the block means of the affine map: rows pooled over each
+                    # footprint (one channel per entry, so the normalisation
+                    # below applies to the mean as to each point)
+                    pts, fch, entry, weight = fp
+                    m_q, o_q = linear_map(pts, fch.to(self.model.device))
+                    w = weight.to(m_q)
+                    e = entry.to(m_q.device)
+                    matrix = torch.zeros(len(table), m_q.shape[-1], dtype=m_q.dtype,
+                                         device=m_q.device).index_add_(0, e, m_q * w[:, None])
+                    offset = torch.zeros(len(table), dtype=o_q.dtype,
+                                         device=o_q.device).index_add_(0, e, o_q * w)
             mean, std = self.model.normalizer.select(channel.cpu())
             hit = self._affines[key] = (matrix, offset, std.to(matrix), mean.to(matrix))
         return hit
