@@ -374,8 +374,10 @@ def main(argv=None) -> None:
         for tag, m in models.items():
             dh = m.history.get("dynamics", {})
             score = dh.get("best_val_loss", (dh.get("val_mse") or {}).get(repr(dh.get("ridge"))))
+            what = (f"held-out 1-{dh['select_horizon']} step roll-out MSE (ridge {dh['ridge']:g})"
+                    if "select_horizon" in dh else "held-out one-step/val loss")
             lines.append(f"- fit {label_of(tag)}: {fit_secs[tag]:.0f} s; dynamics "
-                         f"{dh.get('kind', 'ode')}, held-out one-step/val loss "
+                         f"{dh.get('kind', 'ode')}, {what} "
                          f"{float('nan') if score is None else score:.4g}; Q "
                          f"{json.dumps(m.history.get('model_error'))}; prior shrinkage "
                          f"{m.prior.shrinkage:.3g}")
