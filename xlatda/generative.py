@@ -128,7 +128,6 @@ from xlatda.methods.protocol import CycleMethod, WindowAnalysis, adapts
 from xlatda.methods.score import ScoreDA, observation_gain
 from xlatda.model import LatentModel
 from xlatda.normalize import Normalizer
-from xlatda.obs.operator import footprint_points
 from xlatda.options import get_options, resolve_device, resolve_dtype
 from xlatda.pixel_score_model import PixelScoreModel
 from xlatda.validation import check_keywords, refuse_unknown_keywords
@@ -668,31 +667,16 @@ class _WindowSampler:
         nd = len(prior.event_shape)
         if self.latent:
             m = self.model
-            pts, chans, pools = [], [], []
-            for t in tables:
-                fp = footprint_points(t)
-                if fp is None:  # point observations: decode at the points
-                    pts.append(m.points_tensor(t.lat, t.lon, t.position))
-                    chans.append(t.channel)
-                    pools.append(None)
-                    continue
-                # footprints: decode at every footprint point, then average
-                pts.append(m.points_tensor(fp["lat"], fp["lon"], fp["position"]))
-                entry = torch.as_tensor(fp["entry"])
-                chans.append(t.channel[entry])
-                pools.append(torch.sparse_coo_tensor(
-                    torch.stack([entry, torch.arange(entry.numel())]),
-                    torch.as_tensor(fp["weight"]), (len(t), entry.numel()), check_invariants=False
-                ).coalesce())
+            # the places of each table (every footprint point of block means)
+            where = [m.observation_points(t) for t in tables]
 
             def observe(u: torch.Tensor) -> torch.Tensor:
                 z = prior.destandardize(u)
                 outs = []
-                for p, pt, ch, pool in zip(positions, pts, chans, pools):
+                for p, (pt, ch, pool) in zip(positions, where):
                     zj = z[..., p, :]
-                    v = m.decode_points(zj.reshape(-1, zj.shape[-1]), pt, ch)
-                    if pool is not None:  # (B, Q) -> (B, P): the footprint means
-                        v = torch.sparse.mm(pool.to(v), v.T).T
+                    v = m.pool_points(m.decode_points(zj.reshape(-1, zj.shape[-1]), pt, ch),
+                                      pool)
                     outs.append(v.reshape(*zj.shape[:-1], -1).to(u.dtype))
                 return torch.cat(outs, -1)
 

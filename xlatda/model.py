@@ -178,6 +178,36 @@ class LatentModel:
         pts = np.stack([np.asarray(lat, float), np.asarray(lon, float)], axis=-1)
         return torch.as_tensor(pts, dtype=self.dtype, device=self.device)
 
+    def observation_points(self, table: Any) -> tuple[Tensor, Tensor, tuple | None]:
+        """Where ``H o D`` decodes for an observation table: ``(points, channel, pool)``.
+
+        Point observations give their own places and ``pool=None``. Block-mean
+        (footprint) observations (:func:`xlatda.obs.coarsen`) give every
+        footprint point (:func:`~xlatda.obs.operator.footprint_points`), its
+        entry's channel, and the ``pool`` that :meth:`pool_points` averages
+        them with back to one value per entry.
+        """
+        from xlatda.obs.operator import footprint_points
+
+        channel = torch.as_tensor(table.channel, dtype=torch.long)
+        fp = footprint_points(table)
+        if fp is None:
+            return self.points_tensor(table.lat, table.lon, table.position), channel, None
+        entry = torch.as_tensor(fp["entry"], dtype=torch.long)
+        pool = (entry, torch.as_tensor(fp["weight"], dtype=torch.float64), len(table))
+        return self.points_tensor(fp["lat"], fp["lon"], fp["position"]), channel[entry], pool
+
+    @staticmethod
+    def pool_points(values: Tensor, pool: tuple | None) -> Tensor:
+        """Values ``(..., Q)`` at :meth:`observation_points` -> ``(..., P)``, the
+        weighted mean of each entry's footprint (unchanged when ``pool`` is None);
+        differentiable."""
+        if pool is None:
+            return values
+        entry, weight, n = pool
+        out = values.new_zeros(*values.shape[:-1], n)
+        return out.index_add(-1, entry.to(values.device), values * weight.to(values))
+
     def decode_points(self, z: Tensor, points: Tensor, channel: Tensor) -> Tensor:
         """Latents ``(B, latent)`` -> physical values ``(B, P)`` at points.
 

@@ -91,10 +91,8 @@ def table_key(table: ObservationTable) -> tuple:
     # Block-mean observations average their footprint: its points and weights
     # are part of the operator (two tables with the same centres but other
     # NaN-free cells must not share one).
-    for part in (table.lat, table.lon, table.position, table.channel,
-                 getattr(table, "footprint_weight", None), getattr(table, "footprint_lat", None),
-                 getattr(table, "footprint_lon", None),
-                 getattr(table, "footprint_position", None)):
+    for part in (table.lat, table.lon, table.position, table.channel, table.footprint_weight,
+                 table.footprint_lat, table.footprint_lon, table.footprint_position):
         if part is None:
             key.append(None)
         else:
@@ -122,6 +120,8 @@ class StateSpace:
     layout: StateLayout
     n_params: int = 0
     n_state: int = 0
+    #: The last table :meth:`_key` saw, with its key.
+    _last: tuple = (None, ())
     #: Entries of a regime shift between the state and the parameters (latent only).
     n_regime: int = 0
     #: The cycle's ``noise`` setting (model error in forecasts), set by the driver.
@@ -235,6 +235,16 @@ class StateSpace:
                 out.append((cur_b, cur_a))
         return out
 
+    def _key(self, table: ObservationTable) -> tuple:
+        """:func:`table_key`, made once for consecutive calls with the same table
+        (the analysis observes, localises and records with one table; the
+        table itself is held, so this is no identity-keyed cache)."""
+        last, key = self._last
+        if table is not last:
+            key = table_key(table)
+            self._last = (table, key)
+        return key
+
 
 class PhysicalSpace(StateSpace):
     """The state itself is the control vector (see the module docstring).
@@ -269,16 +279,6 @@ class PhysicalSpace(StateSpace):
         self._ops: dict[tuple, Any] = {}
         self._locations: dict[tuple, Any] = {}
         self._last: tuple[ObservationTable | None, tuple] = (None, ())
-
-    def _key(self, table: ObservationTable) -> tuple:
-        """:func:`table_key`, made once for consecutive calls with the same table
-        (the analysis observes, localises and records with one table; the
-        table itself is held, so this is no identity-keyed cache)."""
-        last, key = self._last
-        if table is not last:
-            key = table_key(table)
-            self._last = (table, key)
-        return key
 
     def forecast(self, s, t0, t1, *, generator, noise, grad=False):
         if t1 == t0:
@@ -377,6 +377,7 @@ class LatentSpace(StateSpace):
         self.n_params = int(n_params)
         self.n_state = self.d = model.latent_dim
         self._affines: dict[tuple, tuple] = {}
+        self._points: dict[tuple, tuple] = {}
         self._last: tuple[ObservationTable | None, tuple] = (None, ())
         #: Size of the regime shift block ``m`` after the state (0: none).
         self.n_regime = 0
@@ -475,33 +476,25 @@ class LatentSpace(StateSpace):
         """The table's places as the encoder's point tensor."""
         return self.model.points_tensor(table.lat, table.lon, table.position)
 
-    def _footprint(self, table: ObservationTable) -> tuple | None:
-        """``(points, channel, entry, weight)`` of the footprint points block-mean
-        entries average (:func:`~xlatda.obs.operator.footprint_points`), or None
-        for a table of point observations."""
-        from xlatda.obs.operator import footprint_points
-
-        fp = footprint_points(table)
-        if fp is None:
-            return None
-        entry = torch.as_tensor(fp["entry"], dtype=torch.long)
-        channel = torch.as_tensor(table.channel, dtype=torch.long)[entry]
-        pts = self.model.points_tensor(fp["lat"], fp["lon"], fp["position"])
-        return pts, channel, entry, torch.as_tensor(fp["weight"], dtype=_F64)
+    def _observation_points(self, table: ObservationTable) -> tuple:
+        """:meth:`~xlatda.model.LatentModel.observation_points` of the table, made
+        once per place set (keyed by content, :func:`table_key`)."""
+        key = self._key(table)
+        hit = self._points.get(key)
+        if hit is None:
+            if len(self._points) >= 64:
+                self._points.clear()
+            hit = self._points[key] = self.model.observation_points(table)
+        return hit
 
     def observe(self, s, table):
         z, _ = self.split(s)
         affine = self._affine(table)
         if affine is None:
-            fp = self._footprint(table)
-            if fp is None:
-                return self.model.decode_points(z.to(self.model.dtype), self.points(table),
-                                                table.channel).to("cpu", _F64)
-            pts, channel, entry, weight = fp
-            # decode at every footprint point, then each entry's weighted mean
-            v = self.model.decode_points(z.to(self.model.dtype), pts, channel).to("cpu", _F64)
-            out = torch.zeros(*v.shape[:-1], len(table), dtype=_F64)
-            return out.index_add_(-1, entry, v * weight)
+            # decode at the places (every footprint point of block means), then pool
+            pts, channel, pool = self._observation_points(table)
+            v = self.model.decode_points(z.to(self.model.dtype), pts, channel)
+            return self.model.pool_points(v.to("cpu", _F64), pool)
         matrix, offset, std, mean = affine
         # decode_points of an affine decoder, with its map at these places made once
         zc = z.to(self.model.dtype).to(device=self.model.device, dtype=self.model.dtype)
@@ -520,31 +513,19 @@ class LatentSpace(StateSpace):
         linear_map = getattr(self.model.encoder, "linear_map", None)
         if linear_map is None:
             return None
-        last, key = self._last
-        if table is not last:
-            key = table_key(table)
-            self._last = (table, key)
+        key = self._key(table)
         hit = self._affines.get(key)
         if hit is None:
             if len(self._affines) >= 64:
                 self._affines.clear()
             channel = torch.as_tensor(table.channel, dtype=torch.long, device=self.model.device)
-            fp = self._footprint(table)
+            pts, at_channel, pool = self._observation_points(table)
             with torch.no_grad():
-                if fp is None:
-                    matrix, offset = linear_map(self.points(table), channel)
-                else:
-                    # the block means of the affine map: rows pooled over each
-                    # footprint (one channel per entry, so the normalisation
-                    # below applies to the mean as to each point)
-                    pts, fch, entry, weight = fp
-                    m_q, o_q = linear_map(pts, fch.to(self.model.device))
-                    w = weight.to(m_q)
-                    e = entry.to(m_q.device)
-                    matrix = torch.zeros(len(table), m_q.shape[-1], dtype=m_q.dtype,
-                                         device=m_q.device).index_add_(0, e, m_q * w[:, None])
-                    offset = torch.zeros(len(table), dtype=o_q.dtype,
-                                         device=o_q.device).index_add_(0, e, o_q * w)
+                matrix, offset = linear_map(pts, at_channel.to(self.model.device))
+                # block means: the rows pooled over each footprint (one channel per
+                # entry, so the normalisation below applies to the mean as to a point)
+                matrix = self.model.pool_points(matrix.T, pool).T
+                offset = self.model.pool_points(offset, pool)
             mean, std = self.model.normalizer.select(channel.cpu())
             hit = self._affines[key] = (matrix, offset, std.to(matrix), mean.to(matrix))
         return hit
