@@ -151,6 +151,24 @@ def _run(model, lo, trajs, starts, design, cond, gamma, err, cfg, seed) -> tuple
     return out, secs / (len(trajs) * len(starts))
 
 
+def fit_models(train, cfg: dict[str, Any], err: dict[str, float],
+               seed: int) -> tuple[Any, float, float]:
+    """The multimodal autoencoder (PCA base, aux images of every design) and its
+    score prior, with the seconds each took."""
+    t0 = time.perf_counter()
+    aux = _mixed_aux(train, cfg["designs"], err, seed + 11)
+    model = xlatda.fit(train, encoder="autoencoder", latent_dim=cfg["latent"],
+                       epochs=cfg["ae_epochs"], aux=aux, aux_dropout=0.0, seed=seed,
+                       encoder_options={"channels": list(cfg["ae_channels"]),
+                                        "pca_base": True, "state_dropout": 0.5},
+                       progress=False)
+    t_ae = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    model = xlatda.fit_score(train, model, window=cfg["window"], epochs=cfg["score_epochs"],
+                             hidden=256, depth=3, seed=seed, progress=False)
+    return model, t_ae, time.perf_counter() - t0
+
+
 def main(quick: bool = True, threads: int | None = 1, seed: int = 0) -> list[dict[str, Any]]:
     cfg = dict(CONFIGS["quick" if quick else "full"])
     if threads:
@@ -165,18 +183,7 @@ def main(quick: bool = True, threads: int | None = 1, seed: int = 0) -> list[dic
     err = {v: 0.1 * std[v] for v in VARS}
     _log(f"data {time.perf_counter() - t_all:.0f} s")
 
-    t0 = time.perf_counter()
-    aux = _mixed_aux(train, cfg["designs"], err, seed + 11)
-    model = xlatda.fit(train, encoder="autoencoder", latent_dim=cfg["latent"],
-                       epochs=cfg["ae_epochs"], aux=aux, aux_dropout=0.0, seed=seed,
-                       encoder_options={"channels": list(cfg["ae_channels"]),
-                                        "pca_base": True, "state_dropout": 0.5},
-                       progress=False)
-    t_ae = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    model = xlatda.fit_score(train, model, window=cfg["window"], epochs=cfg["score_epochs"],
-                             hidden=256, depth=3, seed=seed, progress=False)
-    t_score = time.perf_counter() - t0
+    model, t_ae, t_score = fit_models(train, cfg, err, seed)
     _log(f"autoencoder {t_ae:.0f} s, score prior {t_score:.0f} s")
     # representation floor: test states through E then D (no observations)
     rec = []

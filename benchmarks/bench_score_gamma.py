@@ -27,9 +27,7 @@ if __package__ in (None, ""):  # run as a script
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_score_fusion import CONFIGS, OUT, VARS, _data, _mixed_aux, _run, _trajs
-
-import xlatda
+from bench_score_fusion import CONFIGS, OUT, VARS, _data, _run, _trajs, fit_models
 
 GAMMAS = (1e-2, 1e-1, 1.0, 10.0)
 DESIGNS = ("r4", "r8", "r16")
@@ -44,14 +42,7 @@ def main(seed: int = 0) -> list[dict]:
     std = {v: float(train[v].std()) for v in VARS}
     cfg["std"] = std
     err = {v: 0.1 * std[v] for v in VARS}
-    aux = _mixed_aux(train, cfg["designs"], err, seed + 11)
-    model = xlatda.fit(train, encoder="autoencoder", latent_dim=cfg["latent"],
-                       epochs=cfg["ae_epochs"], aux=aux, aux_dropout=0.0, seed=seed,
-                       encoder_options={"channels": list(cfg["ae_channels"]),
-                                        "pca_base": True, "state_dropout": 0.5},
-                       progress=False)
-    model = xlatda.fit_score(train, model, window=cfg["window"], epochs=cfg["score_epochs"],
-                             hidden=256, depth=3, seed=seed, progress=False)
+    model, _, _ = fit_models(train, cfg, err, seed)
     rows = []
     for d in DESIGNS:
         for g in GAMMAS:
