@@ -368,16 +368,8 @@ def coarsen(
     sets = [_with_footprint(from_grid(coarse[g], error_std=error_std, kind=kind), ds, L, r,
                             finite[g[0]], [str(d) for d in ds[g[0]].dims])
             for g in groups]
-    if len(sets) == 1:
-        obs = sets[0]
-    else:
-        for s in sets:
-            for v in names:
-                if v not in s.data_vars:
-                    s[v] = (OBS_DIM, np.full(s.sizes[OBS_DIM], np.nan), dict(coarse[v].attrs))
-                    s[f"{v}{ERROR_SUFFIX}"] = (OBS_DIM, np.full(s.sizes[OBS_DIM], np.nan))
-        obs = xr.concat(sets, dim=OBS_DIM, data_vars="all", coords="different",
-                        compat="equals", join="outer", combine_attrs="drop_conflicts")
+    # each group's variables are NaN in the others' rows (their kind is kept)
+    obs = sets[0] if len(sets) == 1 else concat(sets)
     return _maybe_noise(obs, error_std, seed)
 
 
