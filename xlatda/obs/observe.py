@@ -20,9 +20,12 @@ import torch
 import xarray as xr
 
 from xlatda._bridge import apply_torch
+from xlatda.errors import ObservationError
 from xlatda.layout import CHANNEL_DIM, StateLayout, layout
 from xlatda.obs.contract import OBS_DIM, to_tensors, validate
-from xlatda.obs.operator import build_operator, time_weights
+from xlatda.obs.operator import build_operator, footprint_points, time_weights
+from xlatda.obs.spectral import check_interpolation, spectral_matrix
+from xlatda.sparse_interp import ObservationOperator
 
 __all__ = ["observe"]
 
@@ -33,6 +36,7 @@ def observe(
     *,
     state_layout: StateLayout | None = None,
     dtype: str | torch.dtype = "float64",
+    interpolation: str = "bilinear",
 ) -> xr.Dataset:
     """Model equivalents of observations: the state seen through ``H``.
 
@@ -47,6 +51,14 @@ def observe(
         Layout of ``state`` (found from it by default).
     dtype : str or torch.dtype
         Compute dtype.
+    interpolation : {"bilinear", "spectral"}
+        How a gridded state is read between its nodes: ``"bilinear"`` (the
+        layout's observation operator, :func:`~xlatda.obs.operator.build_operator`,
+        the same ``H`` the assimilation uses) or ``"spectral"``: the value of
+        the field's spherical-harmonic expansion at the point (global Gauss
+        or equiangular grids only; :mod:`xlatda.obs.spectral`), the exact
+        value of a band-limited field such as the outputs of
+        :func:`xlatda.datasets.shallow_water`. Point observations only.
 
     Returns
     -------
@@ -57,10 +69,19 @@ def observe(
     """
     if isinstance(state, xr.DataArray):
         state = state.to_dataset(name=state.name if state.name is not None else "data")
+    check_interpolation(interpolation)
     L = state_layout or layout(state)
     validate(obs, L, check_domain=False)
     table = to_tensors(obs, L)
-    op = build_operator(L, table)
+    if interpolation == "spectral":
+        if footprint_points(table) is not None:
+            raise ObservationError(
+                "interpolation='spectral' reads point values; these observations are block "
+                "means (footprint_* from xlatda.obs.coarsen): use interpolation='bilinear'")
+        op = ObservationOperator(spectral_matrix(L, table.lat, table.lon), table.channel,
+                                 L.n_channels, spatial_shape=L.spatial_shape)
+    else:
+        op = build_operator(L, table)
     stacked = L.stack(state)
     tname = L.axes.time
     timed = tname in stacked.dims and table.time is not None

@@ -100,6 +100,7 @@ def sample_points(
     times: str = "each",
     noise: bool = True,
     kind: str | None = None,
+    interpolation: str = "bilinear",
 ) -> xr.Dataset:
     """Scattered observations of a state: random places (and times), noisy values.
 
@@ -127,6 +128,14 @@ def sample_points(
         still labelled with ``error_std``).
     kind : str, optional
         Value of a ``kind`` coordinate (for multimodal sets).
+    interpolation : {"bilinear", "spectral"}
+        How the truth is read between grid nodes (:func:`xlatda.obs.observe`):
+        bilinear (default), or the value of its spherical-harmonic expansion
+        (global Gauss / equiangular grids), the exact point value of a
+        band-limited truth. Synthetic point observations of a spectral model's
+        output should use ``"spectral"``: bilinear values carry an
+        interpolation error that a grid decoder's bilinear operator shares
+        and a mesh-free decoder does not (:mod:`xlatda.obs.spectral`).
 
     Returns
     -------
@@ -141,7 +150,9 @@ def sample_points(
     ``sin(lat)`` and longitude), area-uniform in a regional box, a random
     subset of the points of unstructured states, and uniform positions along
     a generic dimension. Values come from the observation operator of the
-    layout (bilinear in lat/lon). Computes the truth at the sampled times.
+    layout (bilinear in lat/lon) or, with ``interpolation="spectral"``, from
+    the truth's spherical-harmonic expansion. Computes the truth at the
+    sampled times.
     """
     from xlatda.obs.observe import observe
 
@@ -154,6 +165,11 @@ def sample_points(
     stds = {v: _std_for(error_std, v) for v in names}
     if times not in ("each", "random"):
         raise ConfigError(f"times must be 'each' or 'random', got {times!r}")
+    if interpolation != "bilinear":
+        from xlatda.obs.spectral import check_interpolation, global_grid
+
+        check_interpolation(interpolation)
+        global_grid(L)  # a grid that has no expansion is refused before any work
     rng = np.random.default_rng(seed)
     tname = L.axes.time if L.axes.time in L.sample_dims else None
     extra = [d for d in L.sample_dims if d != tname]
@@ -194,7 +210,7 @@ def sample_points(
     skeleton = xr.Dataset(
         {v: (OBS_DIM, np.zeros(size), {"error_std": stds[v]}) for v in names}, coords=coords
     )
-    values = observe(truth[names], skeleton)
+    values = observe(truth[names], skeleton, interpolation=interpolation)
     out = xr.Dataset(coords=skeleton.coords)
     for v in names:
         val = np.asarray(values[v].values, dtype=float)

@@ -71,7 +71,7 @@ from torch import Tensor
 from xlatda.errors import ConfigError, ShapeError
 from xlatda.options import resolve_device, resolve_dtype
 from xlatda.sphere.grids import latitude_grid, longitudes
-from xlatda.sphere.legendre import legendre_derivative
+from xlatda.sphere.legendre import associated_legendre, legendre_derivative
 
 __all__ = ["SphericalHarmonicTransform"]
 
@@ -459,6 +459,112 @@ class SphericalHarmonicTransform:
         vrt = im * pa[..., 1, :, :] + ha[..., 0, :, :]
         div = im * pa[..., 0, :, :] - ha[..., 1, :, :]
         return vrt, div
+
+    # ------------------------------------------------------- off-grid values
+    def _point_factors(self, lat: Tensor, lon: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        lat = torch.as_tensor(lat, dtype=torch.float64).reshape(-1)
+        lon = torch.as_tensor(lon, dtype=torch.float64).reshape(-1)
+        if lat.shape != lon.shape:
+            raise ShapeError(f"lat and lon must have the same size, got {lat.numel()} and "
+                             f"{lon.numel()}")
+        if bool(((lat < -90.0) | (lat > 90.0) | ~torch.isfinite(lat) | ~torch.isfinite(lon)).any()):
+            raise ShapeError("lat must be finite degrees in [-90, 90] and lon finite degrees")
+        p = associated_legendre(self.lmax, self.mmax, torch.deg2rad(90.0 - lat))  # (P, L, M)
+        m = torch.arange(self.mmax + 1, dtype=torch.float64)
+        weight = torch.full_like(m, 2.0)
+        weight[0] = 1.0  # the m > 0 terms carry their complex conjugates
+        return p, torch.deg2rad(lon)[:, None] * m, weight
+
+    def evaluate(self, c: Tensor, lat: Tensor, lon: Tensor) -> Tensor:
+        r"""The expansion at arbitrary points: :math:`f(\theta_p, \lambda_p)` from ``c``.
+
+        The band-limited field the coefficients describe, read anywhere on
+        the sphere (not only at grid nodes): at the grid's own nodes it equals
+        :meth:`inverse`. For a field that is band-limited to the transform's
+        truncation (as every output of :func:`xlatda.datasets.shallow_water`),
+        ``evaluate(forward(x), lat, lon)`` is its exact value between the nodes.
+
+        Parameters
+        ----------
+        c : Tensor
+            ``(..., lmax + 1, mmax + 1)`` complex coefficients.
+        lat, lon : Tensor
+            ``(P,)`` degrees.
+
+        Returns
+        -------
+        Tensor
+            ``(..., P)`` real (float64, or float32 for complex64 ``c``).
+
+        Examples
+        --------
+        >>> import torch
+        >>> sht = SphericalHarmonicTransform(8, 16, dtype=torch.float64)
+        >>> x = sht.inverse(torch.randn(sht.lmax + 1, sht.mmax + 1, dtype=torch.complex128).tril())
+        >>> at_nodes = sht.evaluate(sht.forward(x), sht.lat[[2, 5]], sht.lon[[0, 7]])
+        >>> bool(torch.allclose(at_nodes, x[[2, 5], [0, 7]]))
+        True
+        """
+        c = self._as_complex(c)
+        self._check_coeff(c)
+        p, phase, weight = self._point_factors(lat, lon)
+        real = _REAL[c.dtype]
+        legendre = torch.einsum("...lm,plm->...pm", c, p.to(c))  # (..., P, M)
+        rot = torch.polar(weight.expand_as(phase), phase).to(c)
+        return (legendre * rot).real.sum(-1).to(real)
+
+    def point_matrix(self, lat: Tensor, lon: Tensor, *, grid_lon: Tensor | None = None) -> Tensor:
+        r"""The linear map from grid values to values at points: ``(P, nlat * nlon)``.
+
+        Row ``p`` applied to a flattened ``(nlat, nlon)`` field (row-major,
+        latitudes in the transform's north-to-south order) gives
+        ``evaluate(forward(x), lat[p], lon[p])``: analysis and point synthesis
+        folded into one matrix,
+
+        .. math::
+
+            K_p(j, k) = \frac1{n_\lambda} \sum_{m} w_m\, A_{pjm}
+            \cos m(\lambda_p - \lambda_k), \qquad
+            A_{pjm} = \sum_l \bar P_l^m(\cos\theta_p)\, 2\pi w_j \bar P_l^m(\mu_j),
+
+        (:math:`w_0 = 1`, :math:`w_{m>0} = 2`), so an observation operator for
+        point values of the band-limited field is one matrix product.
+
+        Parameters
+        ----------
+        lat, lon : Tensor
+            ``(P,)`` degrees.
+        grid_lon : Tensor, optional
+            ``(nlon,)`` the grid's longitudes, if they are the transform's
+            shifted by a constant (e.g. ``-180 .. 180``); default
+            :attr:`lon`.
+
+        Returns
+        -------
+        Tensor
+            ``(P, nlat * nlon)`` float64 on the CPU. Memory ``8 P nlat nlon`` bytes.
+
+        Examples
+        --------
+        >>> import torch
+        >>> sht = SphericalHarmonicTransform(8, 16, dtype=torch.float64)
+        >>> x = sht.inverse(torch.randn(sht.lmax + 1, sht.mmax + 1, dtype=torch.complex128).tril())
+        >>> lat, lon = torch.tensor([12.3, -40.0]), torch.tensor([3.0, 200.5])
+        >>> k = sht.point_matrix(lat, lon)
+        >>> bool(torch.allclose(k @ x.reshape(-1), sht.evaluate(sht.forward(x), lat, lon)))
+        True
+        """
+        p, phase, weight = self._point_factors(lat, lon)
+        table = self._master["pw"]  # (M, L, J), quadrature folded in
+        a = torch.einsum("plm,mlj->pjm", p, table)
+        glon = self.lon if grid_lon is None else torch.as_tensor(grid_lon, dtype=torch.float64)
+        if glon.shape != (self.nlon,):
+            raise ShapeError(f"grid_lon must have nlon = {self.nlon} values, got "
+                             f"{tuple(glon.shape)}")
+        m = torch.arange(self.mmax + 1, dtype=torch.float64)
+        diff = phase[:, None, :] - torch.deg2rad(glon)[None, :, None] * m  # (P, K, M)
+        cos = torch.cos(diff) * (weight / self.nlon)
+        return torch.einsum("pjm,pkm->pjk", a, cos).reshape(a.shape[0], -1)
 
     # ------------------------------------------------------------- integrals
     def integrate(self, x: Tensor) -> Tensor:
