@@ -41,6 +41,7 @@ from xlatda.methods.ensemble import (
     relax_to_prior_spread,
 )
 from xlatda.methods.envar4d import EnVar4D, EnVar4DResult, envar4d_cost
+from xlatda.methods.hybrid import HybridEnKF, hybrid_gain_update
 from xlatda.methods.letkf import LETKF, letkf_update
 from xlatda.methods.localization import (
     GC_RADIUS_FACTOR,
@@ -79,6 +80,7 @@ __all__ = [
     "GaussianCorrelationCovariance",
     "GaussianEps",
     "GreatCircleDistance",
+    "HybridEnKF",
     "IndexDistance",
     "Localization",
     "ScaledIdentity",
@@ -104,6 +106,7 @@ __all__ = [
     "get_method",
     "guided_eps",
     "halfwidth",
+    "hybrid_gain_update",
     "inflate",
     "letkf_update",
     "method_names",
