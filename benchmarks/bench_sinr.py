@@ -354,8 +354,8 @@ def latent_da_part(cfg: dict[str, Any], envar: bool = False) -> dict[str, Any]:
     return {"mean": mean, "per": per, "alpha": alpha, "cfg": cfg, "val_rmse": val_rmse,
             "fit_s": fit_s, "chosen": best,
             "n_obs": 2 * cfg["n_points"], "trajectories": data["test"].sizes["trajectory"],
-            "members": sorted({int(v) for k, vs in per.items() if k.startswith("members_")
-                               for v in vs}),
+            "members": ", ".join(str(n) for n in sorted(
+                {int(v) for k, vs in per.items() if k.startswith("members_") for v in vs})),
             "wall_s": time.perf_counter() - t0}
 
 
