@@ -91,3 +91,64 @@ def test_errors_are_those_of_the_public_functions(model):
         z.isel(latent=slice(0, 2)).lda.decode(model)
     with pytest.raises(LayoutError):
         _state().isel(lat=slice(0, 2)).lda.encode(model)
+
+
+def _masked_state(n=12):
+    ds = _state(n)
+    h = ds.h.values.copy()
+    h[:, 0, 1] = np.nan  # a fixed "land" point, missing in every field
+    u = ds.u.values.copy()
+    u[:, :, 2, 3] = 7.0  # constant: zero anomalies, so the EOFs are exactly 0 there
+    return ds.assign(h=(ds.h.dims, h, ds.h.attrs), u=(ds.u.dims, u, ds.u.attrs))
+
+
+@pytest.fixture(scope="module")
+def masked_model():
+    return xlatda.fit(_masked_state(), encoder="pca", latent_dim=5, variables=["h", "u"],
+                      progress=False)
+
+
+def test_fixed_missing_mask_as_in_public_functions(masked_model):
+    m = masked_model
+    assert m.missing is not None and int(m.missing.sum()) == 1
+    ds = _masked_state()
+    z = ds.lda.encode(m)
+    assert np.isfinite(z.z.values).all()
+    xr.testing.assert_identical(z, xlatda.encode(ds, m))
+    out = z.lda.decode(m)
+    assert np.isnan(out.h.values[:, 0, 1]).all() and np.isfinite(out.u.values).all()
+    xr.testing.assert_identical(out, xlatda.decode(z, m))
+    with dask.config.set(scheduler="synchronous"):
+        zc = ds.chunk(time=5).lda.encode(m).compute()
+        xr.testing.assert_identical(zc, xlatda.encode(ds.chunk(time=5), m).compute())
+        xr.testing.assert_allclose(zc, z, rtol=1e-5)  # (other batch sizes, other rounding)
+        oc = z.chunk(time=5).lda.decode(m).compute()
+        xr.testing.assert_identical(oc, xlatda.decode(z.chunk(time=5), m).compute())
+        assert np.isnan(oc.h.values[:, 0, 1]).all()
+        xr.testing.assert_allclose(oc, out, rtol=1e-5)
+
+
+def _message(fn):
+    with pytest.raises(xlatda.errors.NonFiniteError) as err:
+        fn()
+    return str(err.value)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+@pytest.mark.parametrize("propagates", [True, False])
+def test_nonfinite_fields_refused_as_by_encode(masked_model, monkeypatch, bad, propagates):
+    # PCA finds them on its output (propagates); other encoders on the input.
+    m = masked_model
+    monkeypatch.setattr(m.encoder, "nonfinite_propagates", propagates, raising=False)
+    for where in [(3, 1, 2), (7, 2, 3)]:  # an ordinary point; one where the EOFs are 0
+        ds = _masked_state()
+        h = ds.h.values.copy()
+        h[where] = bad
+        ds = ds.assign(h=(ds.h.dims, h, ds.h.attrs))
+        expected = _message(lambda ds=ds: xlatda.encode(ds, m))
+        assert "fields to encode hold 1 NaN/inf" in expected
+        assert _message(lambda ds=ds: ds.lda.encode(m)) == expected
+        lazy = ds.chunk(time=4)
+        with dask.config.set(scheduler="synchronous"):
+            assert (_message(lambda lazy=lazy: lazy.lda.encode(m).compute())
+                    == _message(lambda lazy=lazy: xlatda.encode(lazy, m).compute()))

@@ -106,6 +106,7 @@ def apply_torch(
     dtype: Any = None,
     grad: bool = False,
     denormalize: Normalizer | None = None,
+    missing: np.ndarray | None = None,
 ) -> xr.DataArray:
     """Apply a batched torch function over the non-core dimensions of ``da``.
 
@@ -130,6 +131,9 @@ def apply_torch(
     denormalize : Normalizer, optional
         Map the output back to physical units, in place, along the first
         output core dim (channels): ``y * std + mean`` without a copy.
+    missing : bool array, optional
+        Shaped like the output core dims: places set to NaN in the output, in
+        place (a model's fixed mask, after ``denormalize``).
 
     Returns
     -------
@@ -151,6 +155,7 @@ def apply_torch(
     lazy = isinstance(da.data, dsa.Array)
     # Inside dask tasks threads change only when the torch_threads option asks.
     threads = OPTIONS["torch_threads"] if lazy else "option"
+    fill = None if missing is None else torch.as_tensor(np.asarray(missing, bool))
 
     def kernel(block: np.ndarray) -> np.ndarray:
         lead = block.shape[: block.ndim - len(in_core)]
@@ -165,6 +170,8 @@ def apply_torch(
             y = _run(fn, x, grad).detach()
             if denormalize is not None:
                 _affine(y, denormalize, 1, inverse=True)
+            if fill is not None:
+                y.masked_fill_(fill.to(y.device), float("nan"))
             y = y.to("cpu", tdtype).numpy()
         return y.reshape(*lead, *y.shape[1:])
 
@@ -242,6 +249,9 @@ def apply_state(
     dtype: Any = None,
     grad: bool = False,
     out_coords: dict[str, Any] | None = None,
+    missing: np.ndarray | None = None,
+    check_finite: str | None = None,
+    nonfinite_propagates: bool = False,
 ) -> xr.DataArray:
     """Stack (and normalise) the state variables of ``ds`` and apply ``fn``, in one pass.
 
@@ -268,6 +278,18 @@ def apply_state(
         As for :func:`apply_torch`.
     out_coords : dict, optional
         Coordinates of the output core dims (set when the result is built).
+    missing : bool array, optional
+        ``(channel, *spatial)``: places filled with 0 after normalising (a
+        model's fixed mask, as :meth:`xlatda.LatentModel.encode_tensor` does).
+    check_finite : str, optional
+        Refuse NaN/inf outside ``missing`` with the
+        :class:`~xlatda.errors.NonFiniteError` of
+        :func:`xlatda.validation.finite_inputs`, naming the batch with this
+        text (``"fields to encode"``); same message and index.
+    nonfinite_propagates : bool
+        ``fn``'s output is non-finite wherever its input is (an affine map
+        such as PCA): then the check looks at the small output instead of
+        making a pass over the input, and reads the input only to report.
 
     Returns
     -------
@@ -312,38 +334,60 @@ def apply_state(
     out_shape = tuple(int(out_sizes[d]) for d in out_core)
     lazy = any(isinstance(v.data, dsa.Array) for v in variables)
     threads = OPTIONS["torch_threads"] if lazy else "option"
+    mask = None if missing is None else torch.as_tensor(np.asarray(missing, bool))
 
-    def kernel(*blocks: np.ndarray) -> np.ndarray:
+    def stack(blocks: tuple[np.ndarray, ...], subtract: bool) -> torch.Tensor:
+        """The blocks as one ``(B, channel, *spatial)`` tensor of the compute dtype."""
         first = np.transpose(blocks[0], orders[0])
-        lead_shape = first.shape[: len(lead)]
-        batch = math.prod(lead_shape)
-        if batch == 0:
-            return np.zeros((*lead_shape, *out_shape), dtype=out_np)
+        batch = math.prod(first.shape[: len(lead)])
         x = torch.empty((batch, n_channels, *first.shape[first.ndim - len(spatial):]),
                         dtype=tdtype)
+        c = 0
+        for block, order, width in zip(blocks, orders, widths, strict=True):
+            src = torch.from_numpy(np.transpose(block, order)).reshape(batch, width,
+                                                                       *x.shape[2:])
+            dst = x[:, c:c + width]
+            if subtract:
+                mean = normalizer.mean_as(x)[c:c + width]
+                torch.sub(src, mean.reshape(1, width, *[1] * len(spatial)), out=dst)
+            else:
+                dst.copy_(src)
+            c += width
+        return x
+
+    def refuse_nonfinite(blocks: tuple[np.ndarray, ...]) -> None:
+        # The check of the public functions, on the same (physical) batch, so
+        # that the error and its index are theirs.
+        from xlatda.validation import finite_inputs
+
+        finite_inputs(lambda t: t, what=check_finite, allowed=missing)(stack(blocks, False))
+
+    def kernel(*blocks: np.ndarray) -> np.ndarray:
+        lead_shape = np.transpose(blocks[0], orders[0]).shape[: len(lead)]
+        if math.prod(lead_shape) == 0:
+            return np.zeros((*lead_shape, *out_shape), dtype=out_np)
         # On the CPU, with blocks already in the compute dtype, the mean is
         # subtracted while stacking (one pass instead of a copy and a pass):
         # the same (x - mean) / std as _affine.
         fused = (normalizer is not None and dev.type == "cpu"
                  and all(np.dtype(b.dtype) == out_np for b in blocks))
-        with thread_scope(x.numel(), threads=threads):
-            c = 0
-            for block, order, width in zip(blocks, orders, widths, strict=True):
-                src = torch.from_numpy(np.transpose(block, order)).reshape(batch, width,
-                                                                           *x.shape[2:])
-                dst = x[:, c:c + width]
-                if fused:
-                    mean = normalizer.mean_as(x)[c:c + width]
-                    torch.sub(src, mean.reshape(1, width, *[1] * len(spatial)), out=dst)
-                else:
-                    dst.copy_(src)
-                c += width
-            x = x.to(dev)
+        size = math.prod(lead_shape) * n_channels * math.prod(layout.spatial_shape)
+        with thread_scope(size, threads=threads):
+            x = stack(blocks, fused).to(dev)
             if fused:
                 x.div_(normalizer.std_as(x).reshape(1, n_channels, *[1] * len(spatial)))
             elif normalizer is not None:
                 _affine(x, normalizer, 1, inverse=False)
-            y = _run(fn, x, grad).detach().to("cpu", tdtype).numpy()
+            if mask is not None:
+                x.masked_fill_(mask.to(x.device), 0.0)
+            # Non-finite values outside the mask stay non-finite through the
+            # normalisation, so looking at x (or at y) finds every one.
+            if check_finite and not nonfinite_propagates and not bool(x.isfinite().all()):
+                refuse_nonfinite(blocks)
+            y = _run(fn, x, grad).detach()
+            if check_finite and nonfinite_propagates and not bool(y.isfinite().all()):
+                refuse_nonfinite(blocks)
+            y = y.to("cpu", tdtype).numpy()
         return y.reshape(*lead_shape, *out_shape)
 
     coords = {d: ds.variables[d] for d in lead if d in ds.coords}

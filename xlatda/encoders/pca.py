@@ -131,6 +131,10 @@ class PCA(Encoder):
     """
 
     kind = "pca"
+    #: ``encode`` is affine (a matrix product), so a NaN/inf anywhere in a field
+    #: makes that field's latent non-finite (IEEE: ``0 * nan`` is nan): callers
+    #: may look for non-finite inputs on the small output instead of the input.
+    nonfinite_propagates = True
 
     def __init__(
         self,
