@@ -11,6 +11,7 @@ from __future__ import annotations
 import dask
 import numpy as np
 import pytest
+import torch
 import xarray as xr
 
 import xlatda
@@ -152,3 +153,23 @@ def test_nonfinite_fields_refused_as_by_encode(masked_model, monkeypatch, bad, p
         with dask.config.set(scheduler="synchronous"):
             assert (_message(lambda lazy=lazy: lazy.lda.encode(m).compute())
                     == _message(lambda lazy=lazy: xlatda.encode(lazy, m).compute()))
+
+
+def test_overflowing_sum_of_finite_latents_is_not_refused(masked_model):
+    # Finite outputs whose sum overflows: the cheap check (a non-finite sum) fires,
+    # the exact check finds no NaN/inf in the fields, and the output is returned.
+    from xlatda._bridge import apply_state
+
+    m = masked_model
+    ds = _masked_state()
+    for propagates in (True, False):
+        out = apply_state(ds, m.layout, lambda x: torch.full((x.shape[0], 3), 2e38),
+                          out_core=["k"], out_sizes={"k": 3}, normalizer=m.normalizer,
+                          missing=m.missing, check_finite="fields to encode",
+                          nonfinite_propagates=propagates)
+        np.testing.assert_array_equal(out.values, np.float32(2e38))
+    x_big = ds.assign(u=ds.u * 0 + 3e38)  # the input sum overflows, values are finite
+    out = apply_state(x_big, m.layout, lambda x: x[:, :1, 0, 0] * 0, out_core=["k"],
+                      out_sizes={"k": 1}, check_finite="fields to encode",
+                      missing=m.missing)
+    np.testing.assert_array_equal(out.values, 0.0)

@@ -248,7 +248,7 @@ def apply_state(
     device: Any = None,
     dtype: Any = None,
     grad: bool = False,
-    out_coords: dict[str, Any] | None = None,
+    out_coords: dict[str, Any] | xr.Coordinates | None = None,
     missing: np.ndarray | None = None,
     check_finite: str | None = None,
     nonfinite_propagates: bool = False,
@@ -276,8 +276,9 @@ def apply_state(
         Per-channel statistics to apply while stacking.
     device, dtype, grad :
         As for :func:`apply_torch`.
-    out_coords : dict, optional
-        Coordinates of the output core dims (set when the result is built).
+    out_coords : dict or xarray.Coordinates, optional
+        Coordinates of the output core dims (set when the result is built); a
+        ``Coordinates`` object lends its indexes (kept for repeated calls).
     missing : bool array, optional
         ``(channel, *spatial)``: places filled with 0 after normalising (a
         model's fixed mask, as :meth:`xlatda.LatentModel.encode_tensor` does).
@@ -381,17 +382,28 @@ def apply_state(
             if mask is not None:
                 x.masked_fill_(mask.to(x.device), 0.0)
             # Non-finite values outside the mask stay non-finite through the
-            # normalisation, so looking at x (or at y) finds every one.
-            if check_finite and not nonfinite_propagates and not bool(x.isfinite().all()):
+            # normalisation, so looking at x (or at y) finds every one; a sum
+            # holding a NaN/inf is never finite (one pass, no boolean array; an
+            # overflowing sum of finite values only costs the exact check).
+            if check_finite and not nonfinite_propagates and not bool(x.sum().isfinite()):
                 refuse_nonfinite(blocks)
             y = _run(fn, x, grad).detach()
-            if check_finite and nonfinite_propagates and not bool(y.isfinite().all()):
+            if check_finite and nonfinite_propagates and not bool(y.sum().isfinite()):
                 refuse_nonfinite(blocks)
             y = y.to("cpu", tdtype).numpy()
         return y.reshape(*lead_shape, *out_shape)
 
-    coords = {d: ds.variables[d] for d in lead if d in ds.coords}
-    coords.update(out_coords or {})
+    # The sample dims' coordinates keep their indexes (no new pandas index per call).
+    from xlatda.layout import _coordinates
+
+    owned: dict[Any, tuple[xr.Variable, Any]] = {
+        d: (ds.variables[d], ds) for d in lead if d in ds.coords}
+    if isinstance(out_coords, xr.Coordinates):
+        owned.update({k: (out_coords.variables[k], out_coords) for k in out_coords})
+    else:
+        owned.update({k: (v if isinstance(v, xr.Variable) else xr.Variable((k,), v), None)
+                      for k, v in (out_coords or {}).items()})
+    coords = _coordinates(owned)
     dims = (*lead, *out_core)
     if not lazy:
         return xr.DataArray(kernel(*(v.values for v in variables)), dims=dims, coords=coords)

@@ -57,6 +57,7 @@ def _encode_states(ds: xr.Dataset, model: Any, device: Any, dtype: Any) -> xr.Da
     """
     from xlatda import api
     from xlatda._bridge import apply_state
+    from xlatda.latent_data import latent_coords
     from xlatda.model import LatentModel
 
     if not isinstance(model, LatentModel):
@@ -66,7 +67,7 @@ def _encode_states(ds: xr.Dataset, model: Any, device: Any, dtype: Any) -> xr.Da
     # mask), masked points filled with 0 after normalising.
     z = apply_state(ds, model.layout, model.encoder.encode, normalizer=model.normalizer,
                     out_core=[api.LATENT_DIM], out_sizes={api.LATENT_DIM: model.latent_dim},
-                    out_coords={api.LATENT_DIM: np.arange(model.latent_dim)},
+                    out_coords=latent_coords(model.latent_dim),
                     device=dev, dtype=tdtype,
                     grad=bool(getattr(model.encoder, "encode_needs_grad", False)),
                     missing=model.missing, check_finite="fields to encode",

@@ -67,6 +67,9 @@ _KNOWN_SAMPLE_DIMS = ("trajectory", "sample", "window", "init", "realization", "
 def _coordinates(coords: dict[Any, tuple[xr.Variable, Any]]) -> xr.Coordinates | dict:
     """Coordinates for a new Dataset, reusing the indexes their owners already built.
 
+    ``coords`` maps names to ``(variable, owner)``, the owner being the
+    Dataset or DataArray the variable comes from (``None``: a new one).
+
     Building a Dataset from bare variables makes a new pandas index for every
     dimension coordinate (most of the cost of a small ``unstack``); the
     owners' indexes are immutable and can be shared, as xarray itself shares
@@ -77,10 +80,11 @@ def _coordinates(coords: dict[Any, tuple[xr.Variable, Any]]) -> xr.Coordinates |
     """
     variables: dict[Any, xr.Variable] = {}
     indexes: dict[Any, Any] = {}
+    plain: dict[Any, xr.Variable] = {}
     for name, (var, owner) in coords.items():
-        index = owner.xindexes.get(name)
+        index = None if owner is None else owner.xindexes.get(name)
         if index is None:
-            variables[name] = var.copy()
+            plain[name] = var.copy()
             continue
         group = owner.xindexes.get_all_coords(name)
         if any(coords.get(k, (None, None))[1] is not owner for k in group):
@@ -89,6 +93,10 @@ def _coordinates(coords: dict[Any, tuple[xr.Variable, Any]]) -> xr.Coordinates |
         shared.attrs = copy.deepcopy(var.attrs)
         variables[name] = shared
         indexes[name] = index
+    if plain:  # new default indexes for those (as a Dataset would build them)
+        built = xr.Coordinates(plain)
+        variables.update(built.variables)
+        indexes.update(built.xindexes)
     return xr.Coordinates(variables, indexes=indexes)
 
 
@@ -238,6 +246,9 @@ class StateLayout:
                     f"{self.sizes[dim]}; regrid or interpolate to the layout first"
                 )
             if dim in ds.coords and dim in self.template.coords:
+                index = ds.xindexes.get(dim)
+                if index is not None and index is self.template.xindexes.get(dim):
+                    continue  # the template's own (immutable) index: same values
                 a, b = ds.variables[dim].values, self.template.variables[dim].values
                 if a.dtype.kind == "f" and not (np.array_equal(a, b) or np.allclose(a, b)):
                     raise LayoutError(
