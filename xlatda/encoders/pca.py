@@ -74,6 +74,7 @@ True
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -166,6 +167,7 @@ class PCA(Encoder):
         self.register_buffer("explained_variance_ratio", torch.zeros(K))
         self._weights: dict = {}
         self._operators = PointOperatorCache(self.neighbours)
+        self._projection: tuple | None = None  # (key, (D, K) encode projection)
 
     @property
     def _n_space(self) -> int:
@@ -208,6 +210,36 @@ class PCA(Encoder):
         s = self.explained_variance.sqrt()
         return torch.where(s > 0, s, torch.ones_like(s))
 
+    def _encode_projection(self) -> Tensor:
+        """``(diag(w) P^T) / scale``, ``(D, K)``: computed once per state of the buffers.
+
+        Kept while ``components``, ``explained_variance`` and the weights are
+        the same tensors at the same version (an in-place change, ``fit``,
+        ``load_state_dict`` or ``.to`` makes a new one), and only where no
+        gradient can flow through it (inference mode or autograd off), for
+        the mode it was made in. Otherwise it is recomputed per call: the
+        values are the same either way. Memory: one more ``(D, K)`` array.
+        """
+        comps, ev, w = self.components, self.explained_variance, self.weights
+        key = None
+        if not (torch.is_grad_enabled() and (comps.requires_grad or ev.requires_grad)):
+            try:
+                key = (comps._version, ev._version, self.whiten,
+                       torch.is_inference_mode_enabled())
+            except RuntimeError:  # inference tensors keep no version counter
+                key = None
+        cached = self._projection
+        if (key is not None and cached is not None and cached[1] == key
+                and all(ref() is t for ref, t in zip(cached[0], (comps, ev, w)))):
+            return cached[2]
+        proj = (comps * w).T
+        if self.whiten:  # (dividing by ones would give the same values)
+            proj = proj / self._scale()
+        # Weak references: a replaced buffer (``.to``) is not kept alive by the cache.
+        self._projection = None if key is None else (
+            tuple(weakref.ref(t) for t in (comps, ev, w)), key, proj)
+        return proj
+
     # -- protocol --------------------------------------------------------
     def encode(self, x: Tensor) -> Tensor:
         """Area-weighted projection on the EOFs: ``(B, C, *spatial) -> (B, K)``."""
@@ -215,9 +247,9 @@ class PCA(Encoder):
         x = self._like(x)
         self._check_fields(x)
         # z = ((x - mean) * w) @ E.T / scale with the weights and scale folded
-        # into the (n, K) projection (cheap), so the batch is copied only once.
-        proj = (self.components * self.weights).T / self._scale()
-        return (x - self.mean).reshape(x.shape[0], -1) @ proj
+        # into the (n, K) projection (made once, see _encode_projection), so the
+        # batch is copied only once.
+        return (x - self.mean).reshape(x.shape[0], -1) @ self._encode_projection()
 
     def decode(self, z: Tensor) -> Tensor:
         """Mean plus EOF combination: ``(B, K) -> (B, C, *spatial)``."""
