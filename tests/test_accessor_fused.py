@@ -9,6 +9,7 @@ variables, vertical levels, float64 input and a member dimension.
 from __future__ import annotations
 
 import dask
+import dask.array
 import numpy as np
 import pytest
 import torch
@@ -173,3 +174,34 @@ def test_overflowing_sum_of_finite_latents_is_not_refused(masked_model):
                       out_sizes={"k": 1}, check_finite="fields to encode",
                       missing=m.missing)
     np.testing.assert_array_equal(out.values, 0.0)
+
+
+def test_decode_graph_is_one_task_per_chunk_and_one_selection_per_variable(model):
+    z = _state().lda.encode(model).chunk(time=4)
+    out = z.lda.decode(model)
+    graph = dict(out.h.data.__dask_graph__())
+    ours = [k for k in graph if isinstance(k, tuple) and "apply-torch" in k[0]]
+    assert len(ours) == z.z.data.npartitions == 3
+
+
+def test_lazy_apply_torch_gets_the_chunks_without_a_copy():
+    from xlatda._bridge import apply_torch
+
+    source = np.arange(24, dtype="float32").reshape(6, 4)
+    produced, shared = [], []
+
+    def make(block):
+        produced.append(block + 0)
+        return produced[-1]
+
+    def fn(x):
+        shared.append(any(np.shares_memory(x.numpy(), p) for p in produced))
+        return x * 2
+
+    lazy = dask.array.from_array(source, chunks=(3, 4)).map_blocks(make, dtype="float32")
+    da = xr.DataArray(lazy, dims=("time", "k"))
+    out = apply_torch(da, fn, in_core=["k"], out_core=["j"], out_sizes={"j": 4},
+                      dtype="float32")
+    with dask.config.set(scheduler="synchronous"):
+        np.testing.assert_array_equal(out.values, 2 * source)
+    assert shared == [True, True]

@@ -176,7 +176,7 @@ def apply_torch(
         return y.reshape(*lead, *y.shape[1:])
 
     if lazy:
-        return _blockwise(da, _Tokenized(kernel), in_core, out_core, out_sizes or {}, out_np)
+        return _blockwise(da, kernel, in_core, out_core, out_sizes or {}, out_np)
     sizes = dict(out_sizes or {})
     out = xr.apply_ufunc(
         kernel,
@@ -203,6 +203,21 @@ def apply_torch(
     return out.assign_coords(keep) if keep else out
 
 
+def _unwrapped(kernel: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
+    """``kernel`` on blocks that dask hands over (with ``concatenate=False``) nested
+    in one list per contracted dim, each holding the single block of a whole dim."""
+
+    def task(*blocks: Any) -> np.ndarray:
+        unwrapped = []
+        for block in blocks:
+            while isinstance(block, list):
+                block = block[0]
+            unwrapped.append(block)
+        return kernel(*unwrapped)
+
+    return task
+
+
 def _blockwise(da: xr.DataArray, kernel: Callable, in_core: list[str], out_core: list[str],
                out_sizes: dict[str, int], out_np: np.dtype) -> xr.DataArray:
     """The dask form of :func:`apply_torch`: one task per chunk of the batch dims.
@@ -227,9 +242,11 @@ def _blockwise(da: xr.DataArray, kernel: Callable, in_core: list[str], out_core:
         else:
             new_axes[f"o{k}"] = int(out_sizes[d]) if d in out_sizes else da.sizes[d]
             out_index.append(f"o{k}")
+    # The core dims are one chunk each, so every task gets its one block as
+    # it is (concatenate=False: no copy of it through dask's concatenate3).
     out = dsa.blockwise(
-        kernel, tuple(out_index), data, in_index, new_axes=new_axes, concatenate=True,
-        dtype=out_np, meta=np.empty((0,) * len(out_index), dtype=out_np),
+        _Tokenized(_unwrapped(kernel)), tuple(out_index), data, in_index, new_axes=new_axes,
+        concatenate=False, dtype=out_np, meta=np.empty((0,) * len(out_index), dtype=out_np),
         name=f"xlatda-apply-torch-{uuid.uuid4().hex}",
     )
     coords = {name: c for name, c in da.coords.items()
@@ -422,16 +439,8 @@ def apply_state(
             data = data.rechunk(split)
         args += [data, tuple(index[d] for d in var.dims)]
 
-    def task(*blocks: Any) -> np.ndarray:
-        unwrapped = []
-        for block in blocks:
-            while isinstance(block, list):  # one block along each core dim
-                block = block[0]
-            unwrapped.append(block)
-        return kernel(*unwrapped)
-
     data = dsa.blockwise(
-        _Tokenized(task), out_index, *args,
+        _Tokenized(_unwrapped(kernel)), out_index, *args,
         new_axes={f"o{k}": n for k, n in enumerate(out_shape)},
         concatenate=False, dtype=out_np, meta=np.empty((0,) * len(out_index), dtype=out_np),
         name=f"xlatda-apply-state-{uuid.uuid4().hex}",
