@@ -246,9 +246,10 @@ class StateLayout:
                     f"{self.sizes[dim]}; regrid or interpolate to the layout first"
                 )
             if dim in ds.coords and dim in self.template.coords:
-                index = ds.xindexes.get(dim)
-                if index is not None and index is self.template.xindexes.get(dim):
-                    continue  # the template's own (immutable) index: same values
+                index, own = ds.xindexes.get(dim), self.template.xindexes.get(dim)
+                if index is not None and (index is own or (
+                        own is not None and index.equals(own))):
+                    continue  # the template's own index, or one with equal values
                 a, b = ds.variables[dim].values, self.template.variables[dim].values
                 if a.dtype.kind == "f" and not (np.array_equal(a, b) or np.allclose(a, b)):
                     raise LayoutError(
