@@ -320,3 +320,18 @@ def test_encode_projection_cache_follows_the_buffers(whiten):
     xg = x.clone().requires_grad_(True)
     p.encode(xg).sum().backward()
     assert xg.grad is not None and torch.isfinite(xg.grad).all()
+
+
+@pytest.mark.parametrize("whiten", [False, True])
+def test_decode_is_the_formula_bit_for_bit_and_differentiable(whiten):
+    grid = {"kind": "latlon", "lat": [-45.0, 0.0, 45.0], "lon": [0.0, 90.0, 180.0, 270.0]}
+    p = PCA(2, (3, 4), latent_dim=4, grid=grid, whiten=whiten)
+    gen = torch.Generator().manual_seed(1)
+    p.fit(torch.randn(20, 2, 3, 4, generator=gen), progress=False)
+    z = torch.randn(7, 4, generator=gen)
+    expected = p.mean + ((z * p._scale()) @ p.components).reshape(7, 2, 3, 4)
+    with torch.inference_mode():
+        assert torch.equal(p.decode(z), expected)
+    zg = z.clone().requires_grad_(True)
+    p.decode(zg).sum().backward()
+    torch.testing.assert_close(zg.grad, (p.components.sum(1) * p._scale()).expand(7, 4))

@@ -256,8 +256,11 @@ class PCA(Encoder):
         self._require_fitted()
         z = self._like(z)
         self._check_latent(z)
-        flat = (z * self._scale()) @ self.components
-        return self.mean + flat.reshape(z.shape[0], self.n_channels, *self.spatial_shape)
+        if self.whiten:  # (multiplying by ones would give the same values)
+            z = z * self._scale()
+        flat = (z @ self.components).reshape(z.shape[0], self.n_channels, *self.spatial_shape)
+        # The mean added in place: the same sums as mean + flat, one array fewer.
+        return flat.add_(self.mean)
 
     def operator(self, points: Tensor, channel: Tensor):
         """Cached :class:`xlatda.sparse_interp.ObservationOperator` of the grid at ``points``."""
