@@ -335,3 +335,16 @@ def test_decode_is_the_formula_bit_for_bit_and_differentiable(whiten):
     zg = z.clone().requires_grad_(True)
     p.decode(zg).sum().backward()
     torch.testing.assert_close(zg.grad, (p.components.sum(1) * p._scale()).expand(7, 4))
+
+
+def test_pickles_after_encoding():
+    # the projection cache (weak references) is left out of the pickle
+    import pickle
+
+    grid = {"kind": "latlon", "lat": [-45.0, 0.0, 45.0], "lon": [0.0, 90.0, 180.0, 270.0]}
+    p = PCA(2, (3, 4), latent_dim=4, grid=grid)
+    x = torch.randn(20, 2, 3, 4, generator=torch.Generator().manual_seed(0))
+    p.fit(x, progress=False)
+    z = p.encode(x)
+    q = pickle.loads(pickle.dumps(p))
+    assert torch.equal(q.encode(x), z) and torch.equal(p.encode(x), z)

@@ -169,6 +169,13 @@ class PCA(Encoder):
         self._operators = PointOperatorCache(self.neighbours)
         self._projection: tuple | None = None  # (key, (D, K) encode projection)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # The projection cache holds weak references, which do not pickle (a
+        # model sent to dask.distributed workers); it is rebuilt on first use.
+        state = self.__dict__.copy()
+        state["_projection"] = None
+        return state
+
     @property
     def _n_space(self) -> int:
         n = 1
