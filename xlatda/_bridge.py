@@ -411,7 +411,7 @@ def apply_state(
         return y.reshape(*lead_shape, *out_shape)
 
     # The sample dims' coordinates keep their indexes (no new pandas index per call).
-    from xlatda.layout import _coordinates
+    from xlatda.layout import coordinates_sharing_indexes
 
     owned: dict[Any, tuple[xr.Variable, Any]] = {
         d: (ds.variables[d], ds) for d in lead if d in ds.coords}
@@ -420,7 +420,7 @@ def apply_state(
     else:
         owned.update({k: (v if isinstance(v, xr.Variable) else xr.Variable((k,), v), None)
                       for k, v in (out_coords or {}).items()})
-    coords = _coordinates(owned)
+    coords = coordinates_sharing_indexes(owned)
     dims = (*lead, *out_core)
     if not lazy:
         return xr.DataArray(kernel(*(v.values for v in variables)), dims=dims, coords=coords)

@@ -64,7 +64,9 @@ CHANNEL_DIM = "channel"
 _KNOWN_SAMPLE_DIMS = ("trajectory", "sample", "window", "init", "realization", "case")
 
 
-def _coordinates(coords: dict[Any, tuple[xr.Variable, Any]]) -> xr.Coordinates | dict:
+def coordinates_sharing_indexes(
+    coords: dict[Any, tuple[xr.Variable, Any]],
+) -> xr.Coordinates | dict:
     """Coordinates for a new Dataset, reusing the indexes their owners already built.
 
     ``coords`` maps names to ``(variable, owner)``, the owner being the
@@ -360,7 +362,8 @@ class StateLayout:
                 data_vars[name] = aux.variable.copy()
         order = [n for n in base.data_vars if n in data_vars]
         order += [n for n in data_vars if n not in order]
-        return xr.Dataset({n: data_vars[n] for n in order}, coords=_coordinates(coords),
+        return xr.Dataset({n: data_vars[n] for n in order},
+                          coords=coordinates_sharing_indexes(coords),
                           attrs=copy.deepcopy(self.template.attrs))
 
     def lead_dims(self, ds: xr.Dataset) -> tuple[str, ...]:
