@@ -5,8 +5,9 @@ samples, raw torch and ``ds.lda`` calls alternating, best of ``--repeat``) once
 per tree, each in a fresh process whose ``xlatda`` comes from that tree
 (``PYTHONPATH``), trees alternating, so both see the same minutes of a shared
 machine. The measurement code is this checkout's for every tree. Printed:
-per case and tree the ratio public/raw of each round, their median, and the
-median best times of the raw and the public call (a tree with faster kernels
+per case and tree the ratio public/raw of each round (best process-CPU
+times by default, ``--wall`` for wall-clock), their median, and the median
+best times of the raw and the public call (a tree with faster kernels
 has a faster raw call, so compare times as well as ratios).
 
 Run (a tree made with ``git archive <commit> | tar -x -C /tmp/before``)::
@@ -42,7 +43,9 @@ def child(samples: int, repeat: int) -> None:
     print(json.dumps({"xlatda": xlatda.__file__, "rows": rows}))
 
 
-def main(trees: dict[str, str], rounds: int, samples: int, repeat: int) -> dict:
+def main(trees: dict[str, str], rounds: int, samples: int, repeat: int,
+         cpu: bool = True) -> dict:
+    key = "cpu_ratio" if cpu else "ratio"
     ratios: dict[str, dict[str, list[float]]] = {}
     times: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for r in range(rounds):
@@ -55,10 +58,11 @@ def main(trees: dict[str, str], rounds: int, samples: int, repeat: int) -> dict:
             ).stdout.strip().splitlines()[-1]
             res = json.loads(out)
             for row in res["rows"]:
-                ratios.setdefault(row["case"], {}).setdefault(name, []).append(row["ratio"])
-                times.setdefault((row["case"], name), []).append((row["raw_s"], row["xarray_s"]))
+                ratios.setdefault(row["case"], {}).setdefault(name, []).append(row[key])
+                t_raw, t_xr = ("raw_cpu_s", "xarray_cpu_s") if cpu else ("raw_s", "xarray_s")
+                times.setdefault((row["case"], name), []).append((row[t_raw], row[t_xr]))
             print(f"round {r + 1} {name} ({res['xlatda']}): "
-                  + ", ".join(f"{row['case']} {row['ratio']:.2f}" for row in res["rows"]),
+                  + ", ".join(f"{row['case']} {row[key]:.2f}" for row in res["rows"]),
                   flush=True)
     print()
     print("| case | " + " | ".join(f"{n}: ratio per round | median | torch / xarray [ms]"
@@ -82,9 +86,11 @@ if __name__ == "__main__":
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--samples", type=int, default=512)
     p.add_argument("--repeat", type=int, default=41)
+    p.add_argument("--wall", action="store_true", help="wall-clock ratios (default: CPU time)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
         child(a.samples, a.repeat)
     else:
-        main(dict(t.split("=", 1) for t in a.trees), a.rounds, a.samples, a.repeat)
+        main(dict(t.split("=", 1) for t in a.trees), a.rounds, a.samples, a.repeat,
+             cpu=not a.wall)

@@ -22,7 +22,9 @@ What is compared (checked for fairness, issue 16):
   raw call.
 * Raw and xarray calls alternate after a warm-up of each, and the best of
   many runs is kept (41 at <= 1024 samples, where a call takes milliseconds,
-  9 above), so a busy machine slows both alike.
+  9 above), so a busy machine slows both alike; best wall-clock and best
+  process-CPU times are both reported (the CPU ratio leaves out waiting for
+  a core on a loaded machine).
 
 Run: ``python benchmarks/bench_accessor.py [--full] [--encoders pca]``.
 """
@@ -58,15 +60,23 @@ def _field(n: int) -> xr.Dataset:
     )
 
 
-def _best_pair(raw, wrapped, repeat: int) -> tuple[float, float]:
-    """Best times of ``raw`` and ``wrapped``, run alternately (a busy machine slows both)."""
-    t_raw, t_xr = [], []
+def _best_pair(raw, wrapped, repeat: int) -> tuple[float, float, float, float]:
+    """Best wall and CPU times of ``raw`` and ``wrapped``, run alternately.
+
+    Returns ``(wall raw, wall wrapped, cpu raw, cpu wrapped)``. Alternating
+    makes a busy machine slow both alike; the process CPU time (one torch
+    thread, synchronous dask) leaves out the time spent waiting for a core,
+    which on a loaded 2-core machine is most of the spread of wall times.
+    """
+    wall: dict[int, list[float]] = {0: [], 1: []}
+    cpu: dict[int, list[float]] = {0: [], 1: []}
     for _ in range(repeat):
-        for fn, times in ((raw, t_raw), (wrapped, t_xr)):
-            t = time.perf_counter()
+        for k, fn in enumerate((raw, wrapped)):
+            t, c = time.perf_counter(), time.process_time()
             fn()
-            times.append(time.perf_counter() - t)
-    return min(t_raw), min(t_xr)
+            cpu[k].append(time.process_time() - c)
+            wall[k].append(time.perf_counter() - t)
+    return min(wall[0]), min(wall[1]), min(cpu[0]), min(cpu[1])
 
 
 def _measure(ds: xr.Dataset, model, encoder: str, n: int, repeat: int) -> list[dict]:
@@ -96,9 +106,10 @@ def _measure(ds: xr.Dataset, model, encoder: str, n: int, repeat: int) -> list[d
         for name, (raw, wrapped) in cases.items():
             raw()  # warm up (first dask graph, first allocations)
             wrapped()
-            t_raw, t_xr = _best_pair(raw, wrapped, repeat)
+            t_raw, t_xr, c_raw, c_xr = _best_pair(raw, wrapped, repeat)
             rows.append({"encoder": encoder, "case": name, "samples": n, "raw_s": t_raw,
-                         "xarray_s": t_xr, "ratio": t_xr / t_raw, "samples_per_s": n / t_xr})
+                         "xarray_s": t_xr, "ratio": t_xr / t_raw, "samples_per_s": n / t_xr,
+                         "raw_cpu_s": c_raw, "xarray_cpu_s": c_xr, "cpu_ratio": c_xr / c_raw})
     return rows
 
 
@@ -123,11 +134,13 @@ def main(quick: bool = True, encoders: tuple[str, ...] = ("pca", "autoencoder"),
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     lines = [f"Best of {repeat} runs (41 at <= 1024 samples), 1 torch thread, dask synchronous "
              f"scheduler, chunks time=n/4; 1-minute load average at the end {load:.1f}.", "",
-             "| encoder | case | samples | torch [s] | xarray [s] | ratio | samples/s |",
-             "|---|---|---|---|---|---|---|"]
+             "| encoder | case | samples | torch [s] | xarray [s] | ratio | samples/s "
+             "| torch CPU [s] | xarray CPU [s] | CPU ratio |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['encoder']} | {r['case']} | {r['samples']} | {r['raw_s']:.4f} | "
-                     f"{r['xarray_s']:.4f} | {r['ratio']:.2f} | {r['samples_per_s']:.0f} |")
+                     f"{r['xarray_s']:.4f} | {r['ratio']:.2f} | {r['samples_per_s']:.0f} | "
+                     f"{r['raw_cpu_s']:.4f} | {r['xarray_cpu_s']:.4f} | {r['cpu_ratio']:.2f} |")
     (OUT / out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return rows
