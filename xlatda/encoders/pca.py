@@ -235,7 +235,7 @@ class PCA(Encoder):
                        torch.is_inference_mode_enabled())
             except RuntimeError:  # inference tensors keep no version counter
                 key = None
-        cached = self._projection
+        cached = self.__dict__.get("_projection")  # (absent in objects pickled before it)
         if (key is not None and cached is not None and cached[1] == key
                 and all(ref() is t for ref, t in zip(cached[0], (comps, ev, w)))):
             return cached[2]
