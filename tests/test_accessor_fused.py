@@ -9,8 +9,10 @@ variables, vertical levels, float64 input and a member dimension.
 from __future__ import annotations
 
 import dask
+import dask.array
 import numpy as np
 import pytest
+import torch
 import xarray as xr
 
 import xlatda
@@ -91,3 +93,115 @@ def test_errors_are_those_of_the_public_functions(model):
         z.isel(latent=slice(0, 2)).lda.decode(model)
     with pytest.raises(LayoutError):
         _state().isel(lat=slice(0, 2)).lda.encode(model)
+
+
+def _masked_state(n=12):
+    ds = _state(n)
+    h = ds.h.values.copy()
+    h[:, 0, 1] = np.nan  # a fixed "land" point, missing in every field
+    u = ds.u.values.copy()
+    u[:, :, 2, 3] = 7.0  # constant: zero anomalies, so the EOFs are exactly 0 there
+    return ds.assign(h=(ds.h.dims, h, ds.h.attrs), u=(ds.u.dims, u, ds.u.attrs))
+
+
+@pytest.fixture(scope="module")
+def masked_model():
+    return xlatda.fit(_masked_state(), encoder="pca", latent_dim=5, variables=["h", "u"],
+                      progress=False)
+
+
+def test_fixed_missing_mask_as_in_public_functions(masked_model):
+    m = masked_model
+    assert m.missing is not None and int(m.missing.sum()) == 1
+    ds = _masked_state()
+    z = ds.lda.encode(m)
+    assert np.isfinite(z.z.values).all()
+    xr.testing.assert_identical(z, xlatda.encode(ds, m))
+    out = z.lda.decode(m)
+    assert np.isnan(out.h.values[:, 0, 1]).all() and np.isfinite(out.u.values).all()
+    xr.testing.assert_identical(out, xlatda.decode(z, m))
+    with dask.config.set(scheduler="synchronous"):
+        zc = ds.chunk(time=5).lda.encode(m).compute()
+        xr.testing.assert_identical(zc, xlatda.encode(ds.chunk(time=5), m).compute())
+        xr.testing.assert_allclose(zc, z, rtol=1e-5)  # (other batch sizes, other rounding)
+        oc = z.chunk(time=5).lda.decode(m).compute()
+        xr.testing.assert_identical(oc, xlatda.decode(z.chunk(time=5), m).compute())
+        assert np.isnan(oc.h.values[:, 0, 1]).all()
+        xr.testing.assert_allclose(oc, out, rtol=1e-5)
+
+
+def _message(fn):
+    with pytest.raises(xlatda.errors.NonFiniteError) as err:
+        fn()
+    return str(err.value)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+@pytest.mark.parametrize("propagates", [True, False])
+def test_nonfinite_fields_refused_as_by_encode(masked_model, monkeypatch, bad, propagates):
+    # PCA finds them on its output (propagates); other encoders on the input.
+    m = masked_model
+    monkeypatch.setattr(m.encoder, "nonfinite_propagates", propagates, raising=False)
+    for where in [(3, 1, 2), (7, 2, 3)]:  # an ordinary point; one where the EOFs are 0
+        ds = _masked_state()
+        h = ds.h.values.copy()
+        h[where] = bad
+        ds = ds.assign(h=(ds.h.dims, h, ds.h.attrs))
+        expected = _message(lambda ds=ds: xlatda.encode(ds, m))
+        assert "fields to encode hold 1 NaN/inf" in expected
+        assert _message(lambda ds=ds: ds.lda.encode(m)) == expected
+        lazy = ds.chunk(time=4)
+        with dask.config.set(scheduler="synchronous"):
+            assert (_message(lambda lazy=lazy: lazy.lda.encode(m).compute())
+                    == _message(lambda lazy=lazy: xlatda.encode(lazy, m).compute()))
+
+
+def test_overflowing_sum_of_finite_latents_is_not_refused(masked_model):
+    # Finite outputs whose sum overflows: the cheap check (a non-finite sum) fires,
+    # the exact check finds no NaN/inf in the fields, and the output is returned.
+    from xlatda._bridge import apply_state
+
+    m = masked_model
+    ds = _masked_state()
+    for propagates in (True, False):
+        out = apply_state(ds, m.layout, lambda x: torch.full((x.shape[0], 3), 2e38),
+                          out_core=["k"], out_sizes={"k": 3}, normalizer=m.normalizer,
+                          missing=m.missing, check_finite="fields to encode",
+                          nonfinite_propagates=propagates)
+        np.testing.assert_array_equal(out.values, np.float32(2e38))
+    x_big = ds.assign(u=ds.u * 0 + 3e38)  # the input sum overflows, values are finite
+    out = apply_state(x_big, m.layout, lambda x: x[:, :1, 0, 0] * 0, out_core=["k"],
+                      out_sizes={"k": 1}, check_finite="fields to encode",
+                      missing=m.missing)
+    np.testing.assert_array_equal(out.values, 0.0)
+
+
+def test_decode_graph_is_one_task_per_chunk_and_one_selection_per_variable(model):
+    z = _state().lda.encode(model).chunk(time=4)
+    out = z.lda.decode(model)
+    graph = dict(out.h.data.__dask_graph__())
+    ours = [k for k in graph if isinstance(k, tuple) and "apply-torch" in k[0]]
+    assert len(ours) == z.z.data.npartitions == 3
+
+
+def test_lazy_apply_torch_gets_the_chunks_without_a_copy():
+    from xlatda._bridge import apply_torch
+
+    source = np.arange(24, dtype="float32").reshape(6, 4)
+    produced, shared = [], []
+
+    def make(block):
+        produced.append(block + 0)
+        return produced[-1]
+
+    def fn(x):
+        shared.append(any(np.shares_memory(x.numpy(), p) for p in produced))
+        return x * 2
+
+    lazy = dask.array.from_array(source, chunks=(3, 4)).map_blocks(make, dtype="float32")
+    da = xr.DataArray(lazy, dims=("time", "k"))
+    out = apply_torch(da, fn, in_core=["k"], out_core=["j"], out_sizes={"j": 4},
+                      dtype="float32")
+    with dask.config.set(scheduler="synchronous"):
+        np.testing.assert_array_equal(out.values, 2 * source)
+    assert shared == [True, True]

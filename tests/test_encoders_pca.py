@@ -286,3 +286,65 @@ def test_fit_keeps_the_encoder_dtype_unless_told():
     assert pca.components.dtype == F64
     pca.fit(x, dtype="float32", progress=False)
     assert pca.components.dtype == torch.float32
+
+
+@pytest.mark.parametrize("whiten", [False, True])
+def test_encode_projection_cache_follows_the_buffers(whiten):
+    grid = {"kind": "latlon", "lat": [-45.0, 0.0, 45.0], "lon": [0.0, 90.0, 180.0, 270.0]}
+    p = PCA(2, (3, 4), latent_dim=4, grid=grid, whiten=whiten)
+    x = torch.randn(20, 2, 3, 4, generator=torch.Generator().manual_seed(0))
+    p.fit(x, progress=False)
+
+    def reference():
+        return (x - p.mean).reshape(20, -1) @ ((p.components * p.weights).T / p._scale())
+
+    with torch.inference_mode():
+        first, again = p.encode(x), p.encode(x)
+    assert torch.equal(first, reference()) and torch.equal(again, reference())
+    with torch.no_grad():
+        p.components.mul_(2.0)  # in place: a new version
+        p.explained_variance.mul_(4.0)
+    assert torch.equal(p.encode(x), reference())
+    p.load_state_dict({k: v.clone() * 0.5 if k == "components" else v
+                       for k, v in p.state_dict().items()})
+    assert torch.equal(p.encode(x), reference())
+    p.fit(x[:10], progress=False)  # refit: new values in the same buffers
+    assert torch.equal(p.encode(x), reference())
+    p.to(torch.float64)  # new tensors
+    assert p.encode(x).dtype == torch.float64
+    x = x.double()
+    assert torch.equal(p.encode(x), reference())
+    # a projection made in inference mode is not reused where gradients flow
+    with torch.inference_mode():
+        p.encode(x)
+    xg = x.clone().requires_grad_(True)
+    p.encode(xg).sum().backward()
+    assert xg.grad is not None and torch.isfinite(xg.grad).all()
+
+
+@pytest.mark.parametrize("whiten", [False, True])
+def test_decode_is_the_formula_bit_for_bit_and_differentiable(whiten):
+    grid = {"kind": "latlon", "lat": [-45.0, 0.0, 45.0], "lon": [0.0, 90.0, 180.0, 270.0]}
+    p = PCA(2, (3, 4), latent_dim=4, grid=grid, whiten=whiten)
+    gen = torch.Generator().manual_seed(1)
+    p.fit(torch.randn(20, 2, 3, 4, generator=gen), progress=False)
+    z = torch.randn(7, 4, generator=gen)
+    expected = p.mean + ((z * p._scale()) @ p.components).reshape(7, 2, 3, 4)
+    with torch.inference_mode():
+        assert torch.equal(p.decode(z), expected)
+    zg = z.clone().requires_grad_(True)
+    p.decode(zg).sum().backward()
+    torch.testing.assert_close(zg.grad, (p.components.sum(1) * p._scale()).expand(7, 4))
+
+
+def test_pickles_after_encoding():
+    # the projection cache (weak references) is left out of the pickle
+    import pickle
+
+    grid = {"kind": "latlon", "lat": [-45.0, 0.0, 45.0], "lon": [0.0, 90.0, 180.0, 270.0]}
+    p = PCA(2, (3, 4), latent_dim=4, grid=grid)
+    x = torch.randn(20, 2, 3, 4, generator=torch.Generator().manual_seed(0))
+    p.fit(x, progress=False)
+    z = p.encode(x)
+    q = pickle.loads(pickle.dumps(p))
+    assert torch.equal(q.encode(x), z) and torch.equal(p.encode(x), z)

@@ -220,3 +220,33 @@ def test_error_curvilinear():
                                         {"standard_name": "longitude"})})
     with pytest.raises(LayoutError, match=r"ds.stack"):
         xlatda.layout(ds)
+
+
+def test_unstack_shares_indexes_but_nothing_writable():
+    # unstack reuses the template's and the input's (immutable) indexes instead of
+    # building new ones; attributes and other coordinates stay independent.
+    ds = xr.Dataset(
+        {"h": (("time", "lat", "lon"), np.random.default_rng(0).normal(size=(4, 3, 5)),
+               {"units": "m"})},
+        coords={"time": np.arange(4.0),
+                "lat": ("lat", [-30.0, 0.0, 30.0], {"standard_name": "latitude",
+                                                    "units": "degrees_north"}),
+                "lon": ("lon", np.arange(5) * 72.0, {"standard_name": "longitude"}),
+                "area": (("lat", "lon"), np.ones((3, 5)))},
+    )
+    L = xlatda.layout(ds)
+    out = L.unstack(L.stack(ds))
+    xr.testing.assert_identical(out, ds)
+    assert out.xindexes["lat"] is L.template.xindexes["lat"]
+    out.lat.attrs["units"] = "changed"
+    out["area"].values[0, 0] = 5.0
+    assert L.template.lat.attrs["units"] == "degrees_north"
+    assert float(L.template.area.values[0, 0]) == 1.0
+    with pytest.raises(ValueError, match="read-only"):
+        out.lat.values[0] = 99.0
+    # a multi-coordinate index on the sample dim comes through whole
+    st = L.stack(ds).assign_coords(run=("time", [0, 0, 1, 1]), step=("time", [0, 1, 0, 1]))
+    st = st.set_index(time=["run", "step"])
+    back = L.unstack(st)
+    assert list(back.xindexes["time"].index.names) == ["run", "step"]
+    np.testing.assert_array_equal(back.h.values, ds.h.values)

@@ -106,6 +106,7 @@ def apply_torch(
     dtype: Any = None,
     grad: bool = False,
     denormalize: Normalizer | None = None,
+    missing: np.ndarray | None = None,
 ) -> xr.DataArray:
     """Apply a batched torch function over the non-core dimensions of ``da``.
 
@@ -130,6 +131,9 @@ def apply_torch(
     denormalize : Normalizer, optional
         Map the output back to physical units, in place, along the first
         output core dim (channels): ``y * std + mean`` without a copy.
+    missing : bool array, optional
+        Shaped like the output core dims: places set to NaN in the output, in
+        place (a model's fixed mask, after ``denormalize``).
 
     Returns
     -------
@@ -151,6 +155,7 @@ def apply_torch(
     lazy = isinstance(da.data, dsa.Array)
     # Inside dask tasks threads change only when the torch_threads option asks.
     threads = OPTIONS["torch_threads"] if lazy else "option"
+    fill = None if missing is None else torch.as_tensor(np.asarray(missing, bool))
 
     def kernel(block: np.ndarray) -> np.ndarray:
         lead = block.shape[: block.ndim - len(in_core)]
@@ -165,11 +170,13 @@ def apply_torch(
             y = _run(fn, x, grad).detach()
             if denormalize is not None:
                 _affine(y, denormalize, 1, inverse=True)
+            if fill is not None:
+                y.masked_fill_(fill.to(y.device), float("nan"))
             y = y.to("cpu", tdtype).numpy()
         return y.reshape(*lead, *y.shape[1:])
 
     if lazy:
-        return _blockwise(da, _Tokenized(kernel), in_core, out_core, out_sizes or {}, out_np)
+        return _blockwise(da, kernel, in_core, out_core, out_sizes or {}, out_np)
     sizes = dict(out_sizes or {})
     out = xr.apply_ufunc(
         kernel,
@@ -196,6 +203,21 @@ def apply_torch(
     return out.assign_coords(keep) if keep else out
 
 
+def _unwrapped(kernel: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
+    """``kernel`` on blocks that dask hands over (with ``concatenate=False``) nested
+    in one list per contracted dim, each holding the single block of a whole dim."""
+
+    def task(*blocks: Any) -> np.ndarray:
+        unwrapped = []
+        for block in blocks:
+            while isinstance(block, list):
+                block = block[0]
+            unwrapped.append(block)
+        return kernel(*unwrapped)
+
+    return task
+
+
 def _blockwise(da: xr.DataArray, kernel: Callable, in_core: list[str], out_core: list[str],
                out_sizes: dict[str, int], out_np: np.dtype) -> xr.DataArray:
     """The dask form of :func:`apply_torch`: one task per chunk of the batch dims.
@@ -220,9 +242,11 @@ def _blockwise(da: xr.DataArray, kernel: Callable, in_core: list[str], out_core:
         else:
             new_axes[f"o{k}"] = int(out_sizes[d]) if d in out_sizes else da.sizes[d]
             out_index.append(f"o{k}")
+    # The core dims are one chunk each, so every task gets its one block as
+    # it is (concatenate=False: no copy of it through dask's concatenate3).
     out = dsa.blockwise(
-        kernel, tuple(out_index), data, in_index, new_axes=new_axes, concatenate=True,
-        dtype=out_np, meta=np.empty((0,) * len(out_index), dtype=out_np),
+        _Tokenized(_unwrapped(kernel)), tuple(out_index), data, in_index, new_axes=new_axes,
+        concatenate=False, dtype=out_np, meta=np.empty((0,) * len(out_index), dtype=out_np),
         name=f"xlatda-apply-torch-{uuid.uuid4().hex}",
     )
     coords = {name: c for name, c in da.coords.items()
@@ -241,7 +265,10 @@ def apply_state(
     device: Any = None,
     dtype: Any = None,
     grad: bool = False,
-    out_coords: dict[str, Any] | None = None,
+    out_coords: dict[str, Any] | xr.Coordinates | None = None,
+    missing: np.ndarray | None = None,
+    check_finite: str | None = None,
+    nonfinite_propagates: bool = False,
 ) -> xr.DataArray:
     """Stack (and normalise) the state variables of ``ds`` and apply ``fn``, in one pass.
 
@@ -266,8 +293,21 @@ def apply_state(
         Per-channel statistics to apply while stacking.
     device, dtype, grad :
         As for :func:`apply_torch`.
-    out_coords : dict, optional
-        Coordinates of the output core dims (set when the result is built).
+    out_coords : dict or xarray.Coordinates, optional
+        Coordinates of the output core dims (set when the result is built); a
+        ``Coordinates`` object lends its indexes (kept for repeated calls).
+    missing : bool array, optional
+        ``(channel, *spatial)``: places filled with 0 after normalising (a
+        model's fixed mask, as :meth:`xlatda.LatentModel.encode_tensor` does).
+    check_finite : str, optional
+        Refuse NaN/inf outside ``missing`` with the
+        :class:`~xlatda.errors.NonFiniteError` of
+        :func:`xlatda.validation.finite_inputs`, naming the batch with this
+        text (``"fields to encode"``); same message and index.
+    nonfinite_propagates : bool
+        ``fn``'s output is non-finite wherever its input is (an affine map
+        such as PCA): then the check looks at the small output instead of
+        making a pass over the input, and reads the input only to report.
 
     Returns
     -------
@@ -312,42 +352,75 @@ def apply_state(
     out_shape = tuple(int(out_sizes[d]) for d in out_core)
     lazy = any(isinstance(v.data, dsa.Array) for v in variables)
     threads = OPTIONS["torch_threads"] if lazy else "option"
+    mask = None if missing is None else torch.as_tensor(np.asarray(missing, bool))
 
-    def kernel(*blocks: np.ndarray) -> np.ndarray:
+    def stack(blocks: tuple[np.ndarray, ...], subtract: bool) -> torch.Tensor:
+        """The blocks as one ``(B, channel, *spatial)`` tensor of the compute dtype."""
         first = np.transpose(blocks[0], orders[0])
-        lead_shape = first.shape[: len(lead)]
-        batch = math.prod(lead_shape)
-        if batch == 0:
-            return np.zeros((*lead_shape, *out_shape), dtype=out_np)
+        batch = math.prod(first.shape[: len(lead)])
         x = torch.empty((batch, n_channels, *first.shape[first.ndim - len(spatial):]),
                         dtype=tdtype)
+        c = 0
+        for block, order, width in zip(blocks, orders, widths, strict=True):
+            src = torch.from_numpy(np.transpose(block, order)).reshape(batch, width,
+                                                                       *x.shape[2:])
+            dst = x[:, c:c + width]
+            if subtract:
+                mean = normalizer.mean_as(x)[c:c + width]
+                torch.sub(src, mean.reshape(1, width, *[1] * len(spatial)), out=dst)
+            else:
+                dst.copy_(src)
+            c += width
+        return x
+
+    def refuse_nonfinite(blocks: tuple[np.ndarray, ...]) -> None:
+        # The check of the public functions, on the same (physical) batch, so
+        # that the error and its index are theirs.
+        from xlatda.validation import finite_inputs
+
+        finite_inputs(lambda t: t, what=check_finite, allowed=missing)(stack(blocks, False))
+
+    def kernel(*blocks: np.ndarray) -> np.ndarray:
+        lead_shape = np.transpose(blocks[0], orders[0]).shape[: len(lead)]
+        if math.prod(lead_shape) == 0:
+            return np.zeros((*lead_shape, *out_shape), dtype=out_np)
         # On the CPU, with blocks already in the compute dtype, the mean is
         # subtracted while stacking (one pass instead of a copy and a pass):
         # the same (x - mean) / std as _affine.
         fused = (normalizer is not None and dev.type == "cpu"
                  and all(np.dtype(b.dtype) == out_np for b in blocks))
-        with thread_scope(x.numel(), threads=threads):
-            c = 0
-            for block, order, width in zip(blocks, orders, widths, strict=True):
-                src = torch.from_numpy(np.transpose(block, order)).reshape(batch, width,
-                                                                           *x.shape[2:])
-                dst = x[:, c:c + width]
-                if fused:
-                    mean = normalizer.mean_as(x)[c:c + width]
-                    torch.sub(src, mean.reshape(1, width, *[1] * len(spatial)), out=dst)
-                else:
-                    dst.copy_(src)
-                c += width
-            x = x.to(dev)
+        size = math.prod(lead_shape) * n_channels * math.prod(layout.spatial_shape)
+        with thread_scope(size, threads=threads):
+            x = stack(blocks, fused).to(dev)
             if fused:
                 x.div_(normalizer.std_as(x).reshape(1, n_channels, *[1] * len(spatial)))
             elif normalizer is not None:
                 _affine(x, normalizer, 1, inverse=False)
-            y = _run(fn, x, grad).detach().to("cpu", tdtype).numpy()
+            if mask is not None:
+                x.masked_fill_(mask.to(x.device), 0.0)
+            # Non-finite values outside the mask stay non-finite through the
+            # normalisation, so looking at x (or at y) finds every one; a sum
+            # holding a NaN/inf is never finite (one pass, no boolean array; an
+            # overflowing sum of finite values only costs the exact check).
+            if check_finite and not nonfinite_propagates and not bool(x.sum().isfinite()):
+                refuse_nonfinite(blocks)
+            y = _run(fn, x, grad).detach()
+            if check_finite and nonfinite_propagates and not bool(y.sum().isfinite()):
+                refuse_nonfinite(blocks)
+            y = y.to("cpu", tdtype).numpy()
         return y.reshape(*lead_shape, *out_shape)
 
-    coords = {d: ds.variables[d] for d in lead if d in ds.coords}
-    coords.update(out_coords or {})
+    # The sample dims' coordinates keep their indexes (no new pandas index per call).
+    from xlatda.layout import coordinates_sharing_indexes
+
+    owned: dict[Any, tuple[xr.Variable, Any]] = {
+        d: (ds.variables[d], ds) for d in lead if d in ds.coords}
+    if isinstance(out_coords, xr.Coordinates):
+        owned.update({k: (out_coords.variables[k], out_coords) for k in out_coords})
+    else:
+        owned.update({k: (v if isinstance(v, xr.Variable) else xr.Variable((k,), v), None)
+                      for k, v in (out_coords or {}).items()})
+    coords = coordinates_sharing_indexes(owned)
     dims = (*lead, *out_core)
     if not lazy:
         return xr.DataArray(kernel(*(v.values for v in variables)), dims=dims, coords=coords)
@@ -366,16 +439,8 @@ def apply_state(
             data = data.rechunk(split)
         args += [data, tuple(index[d] for d in var.dims)]
 
-    def task(*blocks: Any) -> np.ndarray:
-        unwrapped = []
-        for block in blocks:
-            while isinstance(block, list):  # one block along each core dim
-                block = block[0]
-            unwrapped.append(block)
-        return kernel(*unwrapped)
-
     data = dsa.blockwise(
-        _Tokenized(task), out_index, *args,
+        _Tokenized(_unwrapped(kernel)), out_index, *args,
         new_axes={f"o{k}": n for k, n in enumerate(out_shape)},
         concatenate=False, dtype=out_np, meta=np.empty((0,) * len(out_index), dtype=out_np),
         name=f"xlatda-apply-state-{uuid.uuid4().hex}",

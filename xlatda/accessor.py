@@ -51,21 +51,28 @@ def _encode_states(ds: xr.Dataset, model: Any, device: Any, dtype: Any) -> xr.Da
     """:func:`xlatda.encode` without auxiliary inputs, stacking and normalising in one copy.
 
     Same result as ``xlatda.encode(ds, model)`` (tests check they are
-    identical); :func:`xlatda._bridge.apply_state` fuses the stack, the
+    identical, also with a fixed missing mask, and that NaN/inf fields are
+    refused alike); :func:`xlatda._bridge.apply_state` fuses the stack, the
     normalisation and the encoder into one pass (one dask task per chunk).
     """
     from xlatda import api
     from xlatda._bridge import apply_state
+    from xlatda.latent_data import latent_coords
     from xlatda.model import LatentModel
 
     if not isinstance(model, LatentModel):
         return api.encode(ds, model, device=device, dtype=dtype)
     dev, tdtype = model.place(device, dtype)
+    # The work of xlatda.encode: NaN/inf refused (outside the model's fixed
+    # mask), masked points filled with 0 after normalising.
     z = apply_state(ds, model.layout, model.encoder.encode, normalizer=model.normalizer,
                     out_core=[api.LATENT_DIM], out_sizes={api.LATENT_DIM: model.latent_dim},
-                    out_coords={api.LATENT_DIM: np.arange(model.latent_dim)},
+                    out_coords=latent_coords(model.latent_dim),
                     device=dev, dtype=tdtype,
-                    grad=bool(getattr(model.encoder, "encode_needs_grad", False)))
+                    grad=bool(getattr(model.encoder, "encode_needs_grad", False)),
+                    missing=model.missing, check_finite="fields to encode",
+                    nonfinite_propagates=bool(getattr(model.encoder, "nonfinite_propagates",
+                                                      False)))
     return api.latent_dataset(z, model, f"encoded by {model.encoder_kind}")
 
 
@@ -74,8 +81,9 @@ def _decode_states(z: Any, model: Any, device: Any, dtype: Any) -> xr.Dataset:
 
     Same result as ``xlatda.decode(z, model)`` (tests check they are
     identical); the decoder's output is mapped back to physical units in
-    place instead of through two new arrays, and becomes the Dataset's
-    variables without a further copy.
+    place instead of through two new arrays (the model's fixed mask set to
+    NaN in the same pass), and becomes the Dataset's variables without a
+    further copy.
     """
     from xlatda import api
     from xlatda._bridge import apply_torch
@@ -94,7 +102,8 @@ def _decode_states(z: Any, model: Any, device: Any, dtype: Any) -> xr.Dataset:
     sizes = {CHANNEL_DIM: L.n_channels, **dict(zip(L.spatial_dims, L.spatial_shape))}
     fields = apply_torch(latent, model.encoder.decode, in_core=[api.LATENT_DIM],
                          out_core=[CHANNEL_DIM, *L.spatial_dims], out_sizes=sizes,
-                         device=dev, dtype=tdtype, denormalize=model.normalizer)
+                         device=dev, dtype=tdtype, denormalize=model.normalizer,
+                         missing=model.missing)
     if fields.dtype != out_dtype and out_dtype.kind == "f":
         fields = fields.astype(out_dtype)
     return L.unstack(fields)

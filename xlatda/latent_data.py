@@ -13,13 +13,16 @@ Examples
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import xarray as xr
 
 from xlatda.errors import ConfigError
 from xlatda.model import LatentModel
 
-__all__ = ["LATENT_DIM", "as_dataset", "check_latent", "encoder_needs_grad", "latent_dataset"]
+__all__ = ["LATENT_DIM", "as_dataset", "check_latent", "encoder_needs_grad", "latent_coords",
+           "latent_dataset"]
 
 LATENT_DIM = "latent"
 
@@ -55,9 +58,19 @@ def check_latent(z: xr.Dataset | xr.DataArray, model: LatentModel) -> xr.DataArr
     return da
 
 
+@functools.lru_cache(maxsize=64)
+def latent_coords(latent_dim: int) -> xr.Coordinates:
+    """The ``latent`` coordinate ``0 .. latent_dim - 1``, its index built once.
+
+    For :func:`xlatda._bridge.apply_state`, which lends the (immutable) index
+    to each result and copies the variable, so results share nothing writable.
+    """
+    return xr.Coordinates({LATENT_DIM: np.arange(latent_dim)})
+
+
 def latent_dataset(z: xr.DataArray, model: LatentModel, source: str) -> xr.Dataset:
     """Wrap latent vectors ``z(..., latent)`` as a Dataset with provenance attrs."""
-    out = z.rename("z").to_dataset()
+    out = z.to_dataset(name="z")
     if LATENT_DIM not in out.coords:  # (the accessor's fused encode sets it already)
         out = out.assign_coords({LATENT_DIM: np.arange(model.latent_dim)})
     out["z"].attrs = {"long_name": "latent state", "units": "1"}

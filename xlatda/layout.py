@@ -64,6 +64,44 @@ CHANNEL_DIM = "channel"
 _KNOWN_SAMPLE_DIMS = ("trajectory", "sample", "window", "init", "realization", "case")
 
 
+def coordinates_sharing_indexes(
+    coords: dict[Any, tuple[xr.Variable, Any]],
+) -> xr.Coordinates | dict:
+    """Coordinates for a new Dataset, reusing the indexes their owners already built.
+
+    ``coords`` maps names to ``(variable, owner)``, the owner being the
+    Dataset or DataArray the variable comes from (``None``: a new one).
+
+    Building a Dataset from bare variables makes a new pandas index for every
+    dimension coordinate (most of the cost of a small ``unstack``); the
+    owners' indexes are immutable and can be shared, as xarray itself shares
+    them between objects. Index data are read-only; attributes are copied and
+    other coordinates copied deeply, so the result shares nothing writable
+    with the template. Falls back to plain variables (new indexes) for
+    indexes over several coordinates (a pandas MultiIndex) not all kept.
+    """
+    variables: dict[Any, xr.Variable] = {}
+    indexes: dict[Any, Any] = {}
+    plain: dict[Any, xr.Variable] = {}
+    for name, (var, owner) in coords.items():
+        index = None if owner is None else owner.xindexes.get(name)
+        if index is None:
+            plain[name] = var.copy()
+            continue
+        group = owner.xindexes.get_all_coords(name)
+        if any(coords.get(k, (None, None))[1] is not owner for k in group):
+            return {k: v.copy() for k, (v, _) in coords.items()}
+        shared = var.copy(deep=False)
+        shared.attrs = copy.deepcopy(var.attrs)
+        variables[name] = shared
+        indexes[name] = index
+    if plain:  # new default indexes for those (as a Dataset would build them)
+        built = xr.Coordinates(plain)
+        variables.update(built.variables)
+        indexes.update(built.xindexes)
+    return xr.Coordinates(variables, indexes=indexes)
+
+
 @dataclass(frozen=True)
 class _VarSpec:
     name: str
@@ -210,6 +248,10 @@ class StateLayout:
                     f"{self.sizes[dim]}; regrid or interpolate to the layout first"
                 )
             if dim in ds.coords and dim in self.template.coords:
+                index, own = ds.xindexes.get(dim), self.template.xindexes.get(dim)
+                if index is not None and (index is own or (
+                        own is not None and index.equals(own))):
+                    continue  # the template's own index, or one with equal values
                 a, b = ds.variables[dim].values, self.template.variables[dim].values
                 if a.dtype.kind == "f" and not (np.array_equal(a, b) or np.allclose(a, b)):
                     raise LayoutError(
@@ -298,17 +340,17 @@ class StateLayout:
         # Build coordinates and variables as plain dicts, then one Dataset: each
         # assign_coords or __setitem__ would realign every index (milliseconds).
         sizes = {**self.sizes, **dict(stacked.sizes)}
-        coords: dict[Any, xr.Variable] = {}
+        coords: dict[Any, tuple[xr.Variable, Any]] = {}  # name: (variable, its owner)
         for name, coord in base.coords.items():
             if name in lead and coord.ndim == 0:
                 continue  # a scalar coordinate that is now a dimension of the data
             if all(d not in lead or base.sizes[d] == stacked.sizes[d] for d in coord.dims):
                 if all(d in lead or d in self.template.dims or d in self.sizes
                        for d in coord.dims):
-                    coords[name] = coord.variable.copy()
+                    coords[name] = (base.variables[name], base)
         for name, coord in stacked.coords.items():
             if coord.dims and set(coord.dims) <= set(lead):
-                coords[name] = coord.variable
+                coords[name] = (stacked.coords.variables[name], stacked)
         data_vars: dict[Any, xr.Variable] = dict(variables)
         # Auxiliary data variables (bounds, masks) and the template's order.
         for name, aux in base.data_vars.items():
@@ -320,7 +362,8 @@ class StateLayout:
                 data_vars[name] = aux.variable.copy()
         order = [n for n in base.data_vars if n in data_vars]
         order += [n for n in data_vars if n not in order]
-        return xr.Dataset({n: data_vars[n] for n in order}, coords=coords,
+        return xr.Dataset({n: data_vars[n] for n in order},
+                          coords=coordinates_sharing_indexes(coords),
                           attrs=copy.deepcopy(self.template.attrs))
 
     def lead_dims(self, ds: xr.Dataset) -> tuple[str, ...]:

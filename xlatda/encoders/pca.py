@@ -74,6 +74,7 @@ True
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -131,6 +132,10 @@ class PCA(Encoder):
     """
 
     kind = "pca"
+    #: ``encode`` is affine (a matrix product), so a NaN/inf anywhere in a field
+    #: makes that field's latent non-finite (IEEE: ``0 * nan`` is nan): callers
+    #: may look for non-finite inputs on the small output instead of the input.
+    nonfinite_propagates = True
 
     def __init__(
         self,
@@ -162,6 +167,14 @@ class PCA(Encoder):
         self.register_buffer("explained_variance_ratio", torch.zeros(K))
         self._weights: dict = {}
         self._operators = PointOperatorCache(self.neighbours)
+        self._projection: tuple | None = None  # (key, (D, K) encode projection)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The projection cache holds weak references, which do not pickle (a
+        # model sent to dask.distributed workers); it is rebuilt on first use.
+        state = self.__dict__.copy()
+        state["_projection"] = None
+        return state
 
     @property
     def _n_space(self) -> int:
@@ -204,6 +217,36 @@ class PCA(Encoder):
         s = self.explained_variance.sqrt()
         return torch.where(s > 0, s, torch.ones_like(s))
 
+    def _encode_projection(self) -> Tensor:
+        """``(diag(w) P^T) / scale``, ``(D, K)``: computed once per state of the buffers.
+
+        Kept while ``components``, ``explained_variance`` and the weights are
+        the same tensors at the same version (an in-place change, ``fit``,
+        ``load_state_dict`` or ``.to`` makes a new one), and only where no
+        gradient can flow through it (inference mode or autograd off), for
+        the mode it was made in. Otherwise it is recomputed per call: the
+        values are the same either way. Memory: one more ``(D, K)`` array.
+        """
+        comps, ev, w = self.components, self.explained_variance, self.weights
+        key = None
+        if not (torch.is_grad_enabled() and (comps.requires_grad or ev.requires_grad)):
+            try:
+                key = (comps._version, ev._version, self.whiten,
+                       torch.is_inference_mode_enabled())
+            except RuntimeError:  # inference tensors keep no version counter
+                key = None
+        cached = self.__dict__.get("_projection")  # (absent in objects pickled before it)
+        if (key is not None and cached is not None and cached[1] == key
+                and all(ref() is t for ref, t in zip(cached[0], (comps, ev, w)))):
+            return cached[2]
+        proj = (comps * w).T
+        if self.whiten:  # (dividing by ones would give the same values)
+            proj = proj / self._scale()
+        # Weak references: a replaced buffer (``.to``) is not kept alive by the cache.
+        self._projection = None if key is None else (
+            tuple(weakref.ref(t) for t in (comps, ev, w)), key, proj)
+        return proj
+
     # -- protocol --------------------------------------------------------
     def encode(self, x: Tensor) -> Tensor:
         """Area-weighted projection on the EOFs: ``(B, C, *spatial) -> (B, K)``."""
@@ -211,17 +254,20 @@ class PCA(Encoder):
         x = self._like(x)
         self._check_fields(x)
         # z = ((x - mean) * w) @ E.T / scale with the weights and scale folded
-        # into the (n, K) projection (cheap), so the batch is copied only once.
-        proj = (self.components * self.weights).T / self._scale()
-        return (x - self.mean).reshape(x.shape[0], -1) @ proj
+        # into the (n, K) projection (made once, see _encode_projection), so the
+        # batch is copied only once.
+        return (x - self.mean).reshape(x.shape[0], -1) @ self._encode_projection()
 
     def decode(self, z: Tensor) -> Tensor:
         """Mean plus EOF combination: ``(B, K) -> (B, C, *spatial)``."""
         self._require_fitted()
         z = self._like(z)
         self._check_latent(z)
-        flat = (z * self._scale()) @ self.components
-        return self.mean + flat.reshape(z.shape[0], self.n_channels, *self.spatial_shape)
+        if self.whiten:  # (multiplying by ones would give the same values)
+            z = z * self._scale()
+        flat = (z @ self.components).reshape(z.shape[0], self.n_channels, *self.spatial_shape)
+        # The mean added in place: the same sums as mean + flat, one array fewer.
+        return flat.add_(self.mean)
 
     def operator(self, points: Tensor, channel: Tensor):
         """Cached :class:`xlatda.sparse_interp.ObservationOperator` of the grid at ``points``."""
