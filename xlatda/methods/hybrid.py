@@ -209,13 +209,12 @@ class HybridEnKF(CycleMethod):
 
     @classmethod
     def choose_space(cls, model: Any, space: str | None) -> str | None:
-        from xlatda.model import LatentModel
-
-        if not isinstance(model, LatentModel) or space == "physical":
+        # a latent model (duck-typed: the kernels know no xarray layer) with its prior
+        if getattr(model, "latent_dim", None) is None or space == "physical":
             raise ConfigError(
                 "method='hybrid' analyses the latent state of a LatentModel (its prior is the "
                 "static covariance); for a physical model use 'enkf', 'etkf' or 'letkf'")
-        if model.prior is None:
+        if getattr(model, "prior", None) is None:
             raise NotFittedError(
                 "method='hybrid' blends the ensemble with the model's latent prior, and this "
                 "model has none: refit it with xlatda.fit (which stores model.prior), or use "
