@@ -1,7 +1,8 @@
 """The lean cycle loop (issue 16): what each analysis computes, and that it is still right.
 
-- the observation operator is applied once to the background ensemble and
-  once to the analysis mean per analysis, and built once per place set;
+- the observation operator is applied once to the background ensemble per
+  analysis and once to the analysis means of all analyses at the end (one
+  batch where exact), and built once per place set;
 - the diagnostics (innovation chi-square, spread ratio, observation-space
   RMS) equal their closed forms on a linear-Gaussian cycle, and the analysis
   mean is the exact Kalman update with the (inflated) forecast covariance;
@@ -94,8 +95,11 @@ def test_each_analysis_observes_the_background_once_and_the_analysis_mean_once(c
     # the same places at every time: one operator for the whole cycle
     assert counted["build"] == 1
     # per analysis: the 6 background members (update, chi2, spread ratio and the
-    # innovation statistics share them), then the analysis mean (residuals)
-    assert counted["apply"] == [6, 1] * n
+    # innovation statistics share them); at the end the analysis means (residuals),
+    # each once: all in one application where the analyses are contiguous (the
+    # global filters), else one by one (the LETKF's are transposed)
+    assert counted["apply"][:n] == [6] * n
+    assert counted["apply"][n:] == ([1] * n if method == "letkf" else [n])
 
 
 def test_operators_are_built_once_per_distinct_place_set(counted):
@@ -108,7 +112,8 @@ def test_operators_are_built_once_per_distinct_place_set(counted):
     xlatda.cycle(truth.isel(time=0), obs, Lorenz96(n=N_SITES), members=5, init_std=1.0,
                  progress=False, gross_error=None)
     assert counted["build"] == 2
-    assert len(counted["apply"]) == 2 * len(t)
+    # each background once, then the analysis means of each place set in one batch
+    assert counted["apply"] == [5] * len(t) + [len(t) // 2] * 2
 
 
 @pytest.mark.filterwarnings("ignore::xlatda.errors.FilterDivergenceWarning")  # linear vs L96
@@ -280,3 +285,44 @@ def test_chunked_observations_give_the_eager_cycle():
     for name in eager.diagnostics.data_vars:
         np.testing.assert_array_equal(lazy.diagnostics[name].values,
                                       eager.diagnostics[name].values)
+
+
+def test_moments_of_all_rows_at_once_equal_the_row_by_row_ones():
+    # the recorder reduces the background predictions of all analyses over their
+    # members together: bit for bit the row-by-row moments (P = 1, transposed
+    # predictions and single states included)
+    from xlatda.cycle_records import _obs_moments, _obs_moments_rows
+
+    g = torch.Generator().manual_seed(4)
+    shapes = [(40, 40), (7, 40), (40, 40), (24, 13), (1, 5), (7, 40), (5, 1), (5, 1),
+              (32, 512), (24, 13), (40, 40), (1, 5), (3, 2)]
+    preds = [3 * torch.randn(*s, generator=g, dtype=F64) + 1 for s in shapes]
+    preds.append(torch.randn(13, 24, generator=g, dtype=F64).T)  # transposed (24, 13)
+    preds.append(torch.randn(2, 3, generator=g, dtype=torch.float32).T)
+    got = _obs_moments_rows(preds)
+    for hx, (mean, var) in zip(preds, got):
+        want_mean, want_var = _obs_moments(hx)
+        assert torch.equal(mean, want_mean) and torch.equal(var, want_var)
+
+
+@pytest.mark.parametrize("positions", [[0.0, 2.0, 4.0, 6.0], [0.5, 3.25, 7.0]])
+def test_analysis_means_observed_together_equal_one_by_one(positions):
+    # observe_means: one stack and one application per place set where the operator
+    # is a gather, row by row otherwise (sparse products, transposed ensembles)
+    from xlatda.spaces import PhysicalSpace
+
+    truth = xlatda.datasets.lorenz96(n=N_SITES, steps=2, seed=0)
+    space = PhysicalSpace(xlatda.layout(truth.isel(time=0)), Lorenz96(n=N_SITES))
+    tables = []
+    for pos in (positions, positions[:2], positions):
+        ds = xr.Dataset({"x": ("obs", np.ones(len(pos)), {"error_std": 1.0})},
+                        coords={"k": ("obs", np.asarray(pos))})
+        tables.append(xlatda.obs.contract.to_tensors(ds, space.layout))
+    tables = [tables[i % 3] for i in range(7)]
+    g = torch.Generator().manual_seed(1)
+    states = [torch.randn(6, N_SITES, generator=g, dtype=F64) for _ in range(6)]
+    states.append(torch.randn(N_SITES, 6, generator=g, dtype=F64).T)  # transposed
+    got = space.observe_means(states, tables)
+    want = [space.observe_mean(s, t) for s, t in zip(states, tables)]
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)

@@ -159,6 +159,17 @@ class StateSpace:
         """
         return self.observe(s, table).mean(0)
 
+    def observe_means(self, states: list[torch.Tensor], tables: list[ObservationTable],
+                      keys: list[Any] | None = None) -> list[torch.Tensor]:
+        """:meth:`observe_mean` of many ensembles, each with its table (same numbers).
+
+        ``keys`` are the tables' :func:`table_key` where the caller has them
+        (rows with equal keys share an operator). This default observes them
+        one by one; spaces whose operator gives the same numbers applied to a
+        batch apply it once per place set.
+        """
+        return [self.observe_mean(s, t) for s, t in zip(states, tables)]
+
     def to_fields(self, s: torch.Tensor) -> torch.Tensor:
         """Fields ``(N, C, *spatial)`` of control vectors (parameters dropped), on the
         CPU, float64 or the model's dtype."""
@@ -322,6 +333,34 @@ class PhysicalSpace(StateSpace):
     def observe_mean(self, s, table):
         # H is linear in the state (parameters do not enter it): H(mean) = mean(H).
         return self.observe(s.mean(0, keepdim=True), table)[0]
+
+    def observe_means(self, states, tables, keys=None):
+        # Ensembles of one shape observed at one place set: their means in one
+        # stack and one application of H, where H is a gather (one or two
+        # weights a row: element-wise, so a batch gives each row's numbers; the
+        # mean over the members axis of a stack rounds as each contiguous slice's).
+        # A sparse product (more weights a row) rounds by batch size, and a mean
+        # over a transposed ensemble takes another reduction path: row by row.
+        keys = [self._key(t) for t in tables] if keys is None else keys
+        out: list[Any] = [None] * len(states)
+        groups: dict[tuple, list[int]] = {}
+        for j, (s, k) in enumerate(zip(states, keys)):
+            groups.setdefault((k, tuple(s.shape), s.dtype, s.device, s.is_contiguous()),
+                              []).append(j)
+        for (_, _, _, _, contiguous), idx in groups.items():
+            op = self.operator(tables[idx[0]])
+            like = states[idx[0]]
+            if (len(idx) == 1 or not contiguous
+                    or getattr(op._compiled(like), "pairs", None) is None):
+                for j in idx:
+                    out[j] = self.observe_mean(states[j], tables[j])
+                continue
+            means = torch.stack([states[j] for j in idx]).mean(1)  # (G, n)
+            x, _ = self.split(means)
+            values = op(x.reshape(len(idx), *self.shape))  # (G, P)
+            for k, j in enumerate(idx):
+                out[j] = values[k]
+        return out
 
     def linear_operator(self, table):
         return self.operator(table) if self.n_params == 0 else None
