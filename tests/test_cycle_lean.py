@@ -96,10 +96,9 @@ def test_each_analysis_observes_the_background_once_and_the_analysis_mean_once(c
     assert counted["build"] == 1
     # per analysis: the 6 background members (update, chi2, spread ratio and the
     # innovation statistics share them); at the end the analysis means (residuals),
-    # each once: all in one application where the analyses are contiguous (the
-    # global filters), else one by one (the LETKF's are transposed)
+    # all in one application
     assert counted["apply"][:n] == [6] * n
-    assert counted["apply"][n:] == ([1] * n if method == "letkf" else [n])
+    assert counted["apply"][n:] == [n]
 
 
 def test_operators_are_built_once_per_distinct_place_set(counted):
@@ -308,7 +307,7 @@ def test_moments_of_all_rows_at_once_equal_the_row_by_row_ones():
 @pytest.mark.parametrize("positions", [[0.0, 2.0, 4.0, 6.0], [0.5, 3.25, 7.0]])
 def test_analysis_means_observed_together_equal_one_by_one(positions):
     # observe_means: one stack and one application per place set where the operator
-    # is a gather, row by row otherwise (sparse products, transposed ensembles)
+    # is a gather (ensembles with members apart or contiguous), row by row otherwise
     from xlatda.spaces import PhysicalSpace
 
     truth = xlatda.datasets.lorenz96(n=N_SITES, steps=2, seed=0)
@@ -318,10 +317,11 @@ def test_analysis_means_observed_together_equal_one_by_one(positions):
         ds = xr.Dataset({"x": ("obs", np.ones(len(pos)), {"error_std": 1.0})},
                         coords={"k": ("obs", np.asarray(pos))})
         tables.append(xlatda.obs.contract.to_tensors(ds, space.layout))
-    tables = [tables[i % 3] for i in range(7)]
     g = torch.Generator().manual_seed(1)
     states = [torch.randn(6, N_SITES, generator=g, dtype=F64) for _ in range(6)]
-    states.append(torch.randn(N_SITES, 6, generator=g, dtype=F64).T)  # transposed
+    states += [torch.randn(N_SITES, 6, generator=g, dtype=F64).T for _ in range(3)]  # LETKF's
+    states.append(torch.randn(6, 2 * N_SITES, generator=g, dtype=F64)[:, ::2])  # strided
+    tables = [tables[i % 3] for i in range(len(states))]
     got = space.observe_means(states, tables)
     want = [space.observe_mean(s, t) for s, t in zip(states, tables)]
     for a, b in zip(got, want):

@@ -338,24 +338,28 @@ class PhysicalSpace(StateSpace):
         # Ensembles of one shape observed at one place set: their means in one
         # stack and one application of H, where H is a gather (one or two
         # weights a row: element-wise, so a batch gives each row's numbers; the
-        # mean over the members axis of a stack rounds as each contiguous slice's).
-        # A sparse product (more weights a row) rounds by batch size, and a mean
-        # over a transposed ensemble takes another reduction path: row by row.
+        # mean over the members axis of a stack rounds as each slice's, the stack
+        # laid out as the ensembles are: members apart, or members contiguous as
+        # the LETKF's analyses). A sparse product (more weights a row) rounds by
+        # batch size: row by row, as other layouts.
         keys = [self._key(t) for t in tables] if keys is None else keys
         out: list[Any] = [None] * len(states)
         groups: dict[tuple, list[int]] = {}
         for j, (s, k) in enumerate(zip(states, keys)):
-            groups.setdefault((k, tuple(s.shape), s.dtype, s.device, s.is_contiguous()),
-                              []).append(j)
-        for (_, _, _, _, contiguous), idx in groups.items():
+            layout = "rows" if s.is_contiguous() else "columns" if s.mT.is_contiguous() else ""
+            groups.setdefault((k, tuple(s.shape), s.dtype, s.device, layout), []).append(j)
+        for (_, _, _, _, layout), idx in groups.items():
             op = self.operator(tables[idx[0]])
             like = states[idx[0]]
-            if (len(idx) == 1 or not contiguous
+            if (len(idx) == 1 or not layout
                     or getattr(op._compiled(like), "pairs", None) is None):
                 for j in idx:
                     out[j] = self.observe_mean(states[j], tables[j])
                 continue
-            means = torch.stack([states[j] for j in idx]).mean(1)  # (G, n)
+            if layout == "rows":
+                means = torch.stack([states[j] for j in idx]).mean(1)  # (G, n)
+            else:  # members contiguous (the LETKF's analyses): reduce the inner axis
+                means = torch.stack([states[j].mT for j in idx]).mean(-1)
             x, _ = self.split(means)
             values = op(x.reshape(len(idx), *self.shape))  # (G, P)
             for k, j in enumerate(idx):
