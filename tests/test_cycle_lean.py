@@ -326,3 +326,43 @@ def test_analysis_means_observed_together_equal_one_by_one(positions):
     want = [space.observe_mean(s, t) for s, t in zip(states, tables)]
     for a, b in zip(got, want):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+@pytest.mark.parametrize("case", ["all on", "one off", "outlier"])
+def test_filter_diagnostics_equal_the_consistency_functions_bit_for_bit(dtype, case):
+    # step() takes S and diag(S^T S) + 1 once for the gross-error check, the update
+    # and the spread ratio when every observation is on (fixed inflation, float64);
+    # the numbers are those of the separate functions on the update's S and d
+    from xlatda.methods.consistency import gross_error_mask, spread_ratio
+
+    g = torch.Generator().manual_seed(3)
+    n_members, n_obs, infl = 9, 12, 1.07
+    ens = torch.randn(n_members, 5, generator=g, dtype=F64).to(dtype)
+    hx = torch.randn(n_members, n_obs, generator=g, dtype=F64).to(dtype)
+    y = torch.randn(n_obs, generator=g, dtype=F64).to(dtype)
+    r = (0.5 + torch.rand(n_obs, generator=g, dtype=F64)).to(dtype)
+    if case == "one off":
+        r[4] = float("inf")
+    if case == "outlier":
+        y[2] += 100.0
+    for method in ("etkf", "denkf", "enkf", "letkf"):
+        kw = {"radius": 3.0} if method == "letkf" else {}
+        loc = xlatda.methods.localization.IndexDistance(5, obs_positions=torch.arange(n_obs) % 5)
+        kernel = xlatda.methods.get_method(method)(inflation=infl, **kw)
+        _, diag, _ = kernel.step(ens, hx, y, r, generator=torch.Generator().manual_seed(0),
+                                 locations=loc)
+        scale = (n_members - 1) ** 0.5
+        hm = hx.mean(0)
+        on = torch.isfinite(r)
+        inv = torch.reciprocal(r)
+        S0 = (hx - hm) * (inv / scale)
+        d = torch.where(on, (y - hm) * inv, 0.0)
+        bad = on & gross_error_mask(S0 * torch.tensor(infl**2, dtype=dtype).sqrt(), d, 5.0)
+        S0, d, on = S0 * ~bad, torch.where(bad, 0.0, d), on & ~bad
+        S = S0 * torch.tensor(infl, dtype=dtype)
+        assert torch.equal(diag["spread_ratio"], spread_ratio(S, d, r, on))
+        assert int(diag["n_rejected"]) == (1 if case == "outlier" else 0)
+        assert int(diag["n_obs"]) == n_obs - (case != "all on")
+        if method == "letkf":  # no own factorisation: the separate Woodbury form
+            assert torch.equal(diag["chi2"], innovation_chi2(S, d, on))

@@ -61,6 +61,7 @@ __all__ = [
     "gross_error_mask",
     "innovation_chi2",
     "spread_ratio",
+    "spread_ratio_scaled",
 ]
 
 #: Default threshold ``k`` of the gross-error check, in innovation standard deviations.
@@ -138,7 +139,25 @@ def spread_ratio(S: Tensor, d: Tensor, r_std: Tensor, active: Tensor | None = No
     if active is None:
         active = torch.isfinite(r2)
     r2 = torch.where(active, r2, 0.0).expand(d.shape)  # 0 where off: those add nothing
-    expected = torch.linalg.vecdot(r2, S.square().sum(-2) + 1.0)
+    return spread_ratio_scaled(S, d, r2)
+
+
+def spread_ratio_scaled(S: Tensor, d: Tensor, r2: Tensor, colvar: Tensor | None = None
+                        ) -> Tensor:
+    """:func:`spread_ratio` from the error variances ``r2`` ``(*batch, P)``, 0 where
+    an observation is off; ``colvar`` is ``diag(S^T S) + 1`` where the caller has
+    it (the same numbers as computed here).
+
+    Examples
+    --------
+    >>> import torch
+    >>> S = torch.tensor([[0.5], [-0.5]]) ; d = torch.tensor([1.5])
+    >>> spread_ratio_scaled(S, d, torch.tensor([4.0]))   # as spread_ratio(S, d, [2.0])
+    tensor(0.8165)
+    """
+    if colvar is None:
+        colvar = S.square().sum(-2) + 1.0
+    expected = torch.linalg.vecdot(r2, colvar)
     actual = torch.linalg.vecdot(r2, d.square())
     # no active observation, or no innovation: actual is 0 and the ratio undefined
     return torch.where(actual > 0, (expected / actual).sqrt(), torch.nan)
