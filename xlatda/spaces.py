@@ -39,6 +39,7 @@ torch.Size([1, 8])
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -308,7 +309,8 @@ class PhysicalSpace(StateSpace):
                 f"the time between analyses ({t1 - t0}) is not a whole number of model steps "
                 f"(dt={dt}); use observation times on the model's step or set the model's dt"
             )
-        with torch.set_grad_enabled(grad or torch.is_grad_enabled()):
+        keep = grad or torch.is_grad_enabled()
+        with torch.enable_grad() if keep else contextlib.nullcontext():
             xs = x.reshape(x.shape[0], *self.model.state_shape)
             for _ in range(steps):
                 xs = self.model.step(xs, dt, theta)
