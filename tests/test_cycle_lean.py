@@ -366,3 +366,44 @@ def test_filter_diagnostics_equal_the_consistency_functions_bit_for_bit(dtype, c
         assert int(diag["n_obs"]) == n_obs - (case != "all on")
         if method == "letkf":  # no own factorisation: the separate Woodbury form
             assert torch.equal(diag["chi2"], innovation_chi2(S, d, on))
+
+
+def test_letkf_localises_once_per_place_set_and_batches_the_grid_points(monkeypatch):
+    # the LETKF's distances and local observation lists are built once per distinct
+    # place set (keyed by content, not by table object), and each analysis is one
+    # batched transform over all grid points (no loop over them)
+    import xlatda.methods.letkf as letkf_module
+    from xlatda.methods.localization import gaspari_cohn
+    from xlatda.spaces import PhysicalSpace
+
+    calls = {"locations": 0, "taper": 0, "transform": []}
+    build = PhysicalSpace._build_locations
+    transform = letkf_module.etkf_transform
+
+    def counting_build(self, table):
+        calls["locations"] += 1
+        return build(self, table)
+
+    def counting_taper(d, c):
+        calls["taper"] += 1
+        return gaspari_cohn(d, c)
+
+    def counting_transform(S, d):
+        calls["transform"].append(tuple(S.shape))
+        return transform(S, d)
+
+    monkeypatch.setattr(PhysicalSpace, "_build_locations", counting_build)
+    monkeypatch.setattr(xlatda.methods.localization, "gaspari_cohn", counting_taper)
+    monkeypatch.setattr(letkf_module, "etkf_transform", counting_transform)
+    truth = xlatda.datasets.lorenz96(n=N_SITES, steps=8, seed=0)
+    t = truth.time.values[1:]
+    places = [[0.0, 3.0, 5.0], [1.0, 4.0, 6.0]]
+    k = np.concatenate([places[i % 2] for i in range(len(t))])
+    obs = xr.Dataset({"x": ("obs", np.ones(k.size), {"error_std": 1.0})},
+                     coords={"k": ("obs", k), "time": ("obs", np.repeat(t, 3))})
+    xlatda.cycle(truth.isel(time=0), obs, Lorenz96(n=N_SITES), method="letkf", members=5,
+                 init_std=1.0, progress=False, radius=2.0, gross_error=None)
+    assert calls["locations"] == 2 and calls["taper"] == 2
+    # one transform per analysis, batched over the 8 grid points: (D, N, K)
+    assert len(calls["transform"]) == len(t)
+    assert all(shape[:2] == (N_SITES, 5) for shape in calls["transform"])
