@@ -60,6 +60,7 @@ __all__ = [
     "DivergenceMonitor",
     "gross_error_mask",
     "innovation_chi2",
+    "innovation_quadratic_form",
     "spread_ratio",
     "spread_ratio_scaled",
 ]
@@ -96,6 +97,23 @@ def innovation_chi2(S: Tensor, d: Tensor, active: Tensor | None = None) -> Tenso
     if active is not None:
         active = active.expand(d.shape)
     p = _active_count(S, d, active)
+    quad = innovation_quadratic_form(S, d)
+    return torch.where(p > 0, quad / torch.where(p > 0, p, 1.0), torch.nan)
+
+
+def innovation_quadratic_form(S: Tensor, d: Tensor) -> Tensor:
+    """``d^T (I + S^T S)^-1 d`` per batch element (Woodbury, an ``N x N`` Cholesky).
+
+    :func:`innovation_chi2` before the division by the number of observations
+    (a caller that knows it, e.g. every observation on, divides by it itself).
+
+    Examples
+    --------
+    >>> import torch
+    >>> S = torch.tensor([[1.0], [-1.0]]); d = torch.tensor([3.0])
+    >>> innovation_quadratic_form(S, d)   # 9 / (1 + 2)
+    tensor(3.)
+    """
     Sd = (S @ d.unsqueeze(-1)).squeeze(-1)  # (*b, N)
     C = S @ S.mT
     C.diagonal(dim1=-2, dim2=-1).add_(1.0)
@@ -106,8 +124,7 @@ def innovation_chi2(S: Tensor, d: Tensor, active: Tensor | None = None) -> Tenso
             "(non-finite scaled observation anomalies?)"
         )
     u = torch.linalg.solve_triangular(L, Sd.unsqueeze(-1), upper=False).squeeze(-1)
-    quad = d.square().sum(-1) - u.square().sum(-1)
-    return torch.where(p > 0, quad / torch.where(p > 0, p, 1.0), torch.nan)
+    return d.square().sum(-1) - u.square().sum(-1)
 
 
 def spread_ratio(S: Tensor, d: Tensor, r_std: Tensor, active: Tensor | None = None) -> Tensor:

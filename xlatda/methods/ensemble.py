@@ -153,6 +153,7 @@ from xlatda.methods.consistency import (
     DEFAULT_GROSS_ERROR,
     gross_error_mask,
     innovation_chi2,
+    innovation_quadratic_form,
     spread_ratio_scaled,
 )
 from xlatda.methods.inflation import (
@@ -927,7 +928,8 @@ class EnsembleMethod:
                 S0 = S0 * (~rejected).unsqueeze(-2)
                 d = torch.where(rejected, 0.0, d)
                 S = colvar = None
-            n_rejected = rejected.sum(-1)
+            if diagnose:
+                n_rejected = rejected.sum(-1)
         new_state: dict[str, Tensor] = {}
         if self.adaptive:
             rho, var = adaptive_inflation(
@@ -979,10 +981,9 @@ class EnsembleMethod:
             n_rejected = torch.zeros(batch, dtype=torch.int64, device=ensemble.device)
         if active is None:  # every observation used: p = P, and no masks
             n_obs = torch.full(batch, n_obs_all, dtype=torch.int64, device=ensemble.device)
-            if quad and quad[0] is not None:
-                chi2 = quad[0] / float(n_obs_all)
-            else:
-                chi2 = innovation_chi2(S, d)
+            # the analysis' own quadratic form, or the separate Woodbury one (LETKF)
+            q = quad[0] if quad and quad[0] is not None else innovation_quadratic_form(S, d)
+            chi2 = q / float(n_obs_all)
             r2 = r_std.square().expand(d.shape)
         else:
             n_obs = active.sum(-1)
