@@ -188,7 +188,8 @@ class EnsembleFilter(_AdditiveSetting, CycleMethod):
         off = torch.is_inference_mode_enabled()
         with contextlib.nullcontext() if off else torch.no_grad():
             hx = space.observe(ensemble, table)
-        y, r = table.values.to(_F64), table.error_std.to(_F64)
+        y, r = table.values, table.error_std
+        y, r = (y if y.dtype == _F64 else y.to(_F64)), (r if r.dtype == _F64 else r.to(_F64))
         own, state = _split_additive(state)
         if self.additive is not None:
             ensemble, hx, own = _additive(space, ensemble, hx, y, r, window, generator, own)

@@ -226,7 +226,9 @@ class DivergenceMonitor:
     -----
     The monitor keeps no hidden state: :meth:`update` takes the previous
     ``state`` (a dict of tensors, ``None`` at the start) and returns the new
-    one, so a driver stores it with the method state and resumes exactly.
+    one, so a driver stores it with the method state and resumes exactly (it
+    only remembers the values of the scalar state it returned last, to read
+    them without a host transfer when that state comes back).
     Statistics are per batch element; ``nan`` (no observation) leaves the
     count unchanged.
 
@@ -257,6 +259,10 @@ class DivergenceMonitor:
         self.chi2_band = (float(chi2_band[0]), float(chi2_band[1]))
         self.spread_ratio_band = (float(spread_ratio_band[0]), float(spread_ratio_band[1]))
         self.patience = patience
+        # The scalar state last returned (its tensors and their values), so that
+        # passing it back costs no host reads; compared by identity with tensors
+        # held here, never by id().
+        self._last: tuple | None = None
 
     def __repr__(self) -> str:
         return (
@@ -355,13 +361,20 @@ class DivergenceMonitor:
         if state is None:
             count, warned = 0, False
         else:
-            count, warned = int(state["count"]), bool(state["warned"])
+            last = self._last
+            if last is not None and state["count"] is last[0] and state["warned"] is last[1]:
+                count, warned = last[2], last[3]  # the state made here: its values known
+            else:
+                count, warned = int(state["count"]), bool(state["warned"])
             if not bad and count == 0 and not warned:
+                self._last = (state["count"], state["warned"], 0, False)
                 return {"count": state["count"], "warned": state["warned"]}
         count = count + 1 if bad else 0
         warned = warned and bad
         fire = count >= self.patience and not warned
         if fire:
             self._warn(dict(zip(keys, numbers)), where, 4)
-        return {"count": torch.tensor(count, dtype=torch.int64),
-                "warned": torch.tensor(warned or fire)}
+        out = {"count": torch.tensor(count, dtype=torch.int64),
+               "warned": torch.tensor(warned or fire)}
+        self._last = (out["count"], out["warned"], count, warned or fire)
+        return out

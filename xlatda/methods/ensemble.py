@@ -309,6 +309,11 @@ def _check_n_params(n_params: Any, n_state: int) -> int:
     return n_params
 
 
+def _as(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """``t.to(dtype)`` without the call when it already has it (the same tensor)."""
+    return t if t.dtype == dtype else t.to(dtype)
+
+
 def _plus_identity(M: Tensor) -> Tensor:
     """``M + I`` for a fresh batch of square matrices (in place on ``M``)."""
     M.diagonal(dim1=-2, dim2=-1).add_(1.0)
@@ -339,7 +344,7 @@ _EIGH_CONDITION_LIMIT = 1e6
 
 def _symmetric_eig(M: Tensor) -> tuple[Tensor, Tensor] | None:
     """Eigen-pairs (ascending) of the symmetric part of ``M`` in float64; None if eigh fails."""
-    A = M.to(torch.float64)
+    A = _as(M, torch.float64)
     A = 0.5 * (A + A.mT)
     _require_finite("the ensemble-space matrix", A, "the forecast has diverged")
     try:
@@ -423,7 +428,7 @@ def etkf_transform(S: Tensor, d: Tensor) -> tuple[Tensor, Tensor]:
     tensor([ 0.3333, -0.3333], dtype=torch.float64)
     """
     dtype = S.dtype
-    S64, d64 = S.to(torch.float64), d.to(torch.float64)
+    S64, d64 = _as(S, torch.float64), _as(d, torch.float64)
     n_members, n_obs = S.shape[-2], S.shape[-1]
     small = n_obs < n_members
     eig = _symmetric_eig(S64.mT @ S64 if small else _plus_identity(S64 @ S64.mT))
@@ -441,7 +446,7 @@ def etkf_transform(S: Tensor, d: Tensor) -> tuple[Tensor, Tensor]:
         coef = V.mT @ (S64 @ d64.unsqueeze(-1))
         w = (V @ (coef / lam.unsqueeze(-1))).squeeze(-1)
         T = (V * lam.rsqrt().unsqueeze(-2)) @ V.mT
-    return w.to(dtype), T.to(dtype)
+    return _as(w, dtype), _as(T, dtype)
 
 
 def _mean_update(p: Prepared, w: Tensor) -> Tensor:
@@ -629,7 +634,7 @@ def _etkf_analysis(p: Prepared) -> tuple[Tensor, Tensor, Tensor | None]:
 
 
 def _denkf_analysis(p: Prepared) -> tuple[Tensor, Tensor, Tensor]:
-    S, d = p.S.to(torch.float64), p.d.to(torch.float64)  # ensemble-space algebra in float64
+    S, d = _as(p.S, torch.float64), _as(p.d, torch.float64)  # ensemble-space algebra in float64
     L = _cholesky(_plus_identity(S @ S.mT))
     Cinv = torch.cholesky_inverse(L)
     Sd = S @ d.unsqueeze(-1)
@@ -637,11 +642,11 @@ def _denkf_analysis(p: Prepared) -> tuple[Tensor, Tensor, Tensor]:
     quad = (torch.linalg.vecdot(d, d) - torch.linalg.vecdot(Sd.squeeze(-1), w)
             if p.diagnose else None)
     T = 0.5 * _plus_identity(Cinv)
-    return _mean_update(p, w.to(p.X.dtype)), T.to(p.X.dtype) @ p.X, quad
+    return _mean_update(p, _as(w, p.X.dtype)), _as(T, p.X.dtype) @ p.X, quad
 
 
 def _ensrf_analysis(p: Prepared) -> tuple[Tensor, Tensor, Tensor]:
-    S, d = p.S.to(torch.float64), p.d.to(torch.float64)
+    S, d = _as(p.S, torch.float64), _as(p.d, torch.float64)
     L = _cholesky(_plus_identity(S.mT @ S))  # (*b, P, P)
     v = torch.cholesky_solve(d.unsqueeze(-1), L)  # (I + S^T S)^-1 d
     w = (S @ v).squeeze(-1)
@@ -649,7 +654,7 @@ def _ensrf_analysis(p: Prepared) -> tuple[Tensor, Tensor, Tensor]:
     Z = torch.linalg.solve_triangular(L, S.mT, upper=False)  # L^-1 S^T
     W = torch.linalg.solve_triangular(_plus_identity(L.clone()).mT, Z, upper=True)
     T = _plus_identity(-(S @ W))
-    return _mean_update(p, w.to(p.X.dtype)), T.to(p.X.dtype) @ p.X, quad
+    return _mean_update(p, _as(w, p.X.dtype)), _as(T, p.X.dtype) @ p.X, quad
 
 
 def _enkf_analysis(
@@ -661,12 +666,12 @@ def _enkf_analysis(
     eps = torch.randn(S.shape, generator=gen, dtype=S.dtype, device=S.device)
     if centre:
         eps = eps - eps.mean(-2, keepdim=True)
-    D = (eps - p.scale * S + p.d.unsqueeze(-2)).to(torch.float64)  # scaled member innovations
-    S64, d64 = S.to(torch.float64), p.d.to(torch.float64)
+    D = _as(eps - p.scale * S + p.d.unsqueeze(-2), torch.float64)  # scaled member innovations
+    S64, d64 = _as(S, torch.float64), _as(p.d, torch.float64)
     if n_members <= n_obs:
         L = _cholesky(_plus_identity(S64 @ S64.mT))
         coef = torch.cholesky_solve(S64 @ D.mT, L).mT  # D S^T C^-1, (*b, N, N)
-        delta = coef.to(X.dtype) @ X
+        delta = _as(coef, X.dtype) @ X
         quad = None
         if p.diagnose:  # chi2's d^T (I + S^T S)^-1 d = d.d - |L^-1 S d|^2, same factor
             u = torch.linalg.solve_triangular(L, S64 @ d64.unsqueeze(-1), upper=False)
@@ -674,7 +679,7 @@ def _enkf_analysis(
     else:  # never form an N x N matrix when N is large
         L = _cholesky(_plus_identity(S64.mT @ S64))
         coef = torch.cholesky_solve(D.mT, L).mT  # D F^-1, (*b, N, P)
-        delta = coef.to(X.dtype) @ (S.mT @ X)
+        delta = _as(coef, X.dtype) @ (S.mT @ X)
         quad = None
         if p.diagnose:
             u = torch.linalg.solve_triangular(L, d64.unsqueeze(-1), upper=False)
@@ -994,7 +999,7 @@ class EnsembleMethod:
                 chi2 = innovation_chi2(S, d, active)
             r2 = torch.where(active, r_std.square(), 0.0).expand(d.shape)
         diagnostics = {
-            "chi2": chi2.to(ensemble.dtype),
+            "chi2": _as(chi2, ensemble.dtype),
             "spread_ratio": spread_ratio_scaled(S, d, r2, colvar),
             "inflation": lam,
             "n_obs": n_obs,
