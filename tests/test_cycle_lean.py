@@ -1,7 +1,8 @@
 """The lean cycle loop (issue 16): what each analysis computes, and that it is still right.
 
-- the observation operator is applied once to the background ensemble and
-  once to the analysis mean per analysis, and built once per place set;
+- the observation operator is applied once to the background ensemble per
+  analysis and once to the analysis means of all analyses at the end (one
+  batch where exact), and built once per place set;
 - the diagnostics (innovation chi-square, spread ratio, observation-space
   RMS) equal their closed forms on a linear-Gaussian cycle, and the analysis
   mean is the exact Kalman update with the (inflated) forecast covariance;
@@ -94,8 +95,10 @@ def test_each_analysis_observes_the_background_once_and_the_analysis_mean_once(c
     # the same places at every time: one operator for the whole cycle
     assert counted["build"] == 1
     # per analysis: the 6 background members (update, chi2, spread ratio and the
-    # innovation statistics share them), then the analysis mean (residuals)
-    assert counted["apply"] == [6, 1] * n
+    # innovation statistics share them); at the end the analysis means (residuals),
+    # all in one application
+    assert counted["apply"][:n] == [6] * n
+    assert counted["apply"][n:] == [n]
 
 
 def test_operators_are_built_once_per_distinct_place_set(counted):
@@ -108,7 +111,8 @@ def test_operators_are_built_once_per_distinct_place_set(counted):
     xlatda.cycle(truth.isel(time=0), obs, Lorenz96(n=N_SITES), members=5, init_std=1.0,
                  progress=False, gross_error=None)
     assert counted["build"] == 2
-    assert len(counted["apply"]) == 2 * len(t)
+    # each background once, then the analysis means of each place set in one batch
+    assert counted["apply"] == [5] * len(t) + [len(t) // 2] * 2
 
 
 @pytest.mark.filterwarnings("ignore::xlatda.errors.FilterDivergenceWarning")  # linear vs L96
@@ -280,3 +284,126 @@ def test_chunked_observations_give_the_eager_cycle():
     for name in eager.diagnostics.data_vars:
         np.testing.assert_array_equal(lazy.diagnostics[name].values,
                                       eager.diagnostics[name].values)
+
+
+def test_moments_of_all_rows_at_once_equal_the_row_by_row_ones():
+    # the recorder reduces the background predictions of all analyses over their
+    # members together: bit for bit the row-by-row moments (P = 1, transposed
+    # predictions and single states included)
+    from xlatda.cycle_records import _obs_moments, _obs_moments_rows
+
+    g = torch.Generator().manual_seed(4)
+    shapes = [(40, 40), (7, 40), (40, 40), (24, 13), (1, 5), (7, 40), (5, 1), (5, 1),
+              (32, 512), (24, 13), (40, 40), (1, 5), (3, 2)]
+    preds = [3 * torch.randn(*s, generator=g, dtype=F64) + 1 for s in shapes]
+    preds.append(torch.randn(13, 24, generator=g, dtype=F64).T)  # transposed (24, 13)
+    preds.append(torch.randn(2, 3, generator=g, dtype=torch.float32).T)
+    got = _obs_moments_rows(preds)
+    for hx, (mean, var) in zip(preds, got):
+        want_mean, want_var = _obs_moments(hx)
+        assert torch.equal(mean, want_mean) and torch.equal(var, want_var)
+
+
+@pytest.mark.parametrize("positions", [[0.0, 2.0, 4.0, 6.0], [0.5, 3.25, 7.0]])
+def test_analysis_means_observed_together_equal_one_by_one(positions):
+    # observe_means: one stack and one application per place set where the operator
+    # is a gather (ensembles with members apart or contiguous), row by row otherwise
+    from xlatda.spaces import PhysicalSpace
+
+    truth = xlatda.datasets.lorenz96(n=N_SITES, steps=2, seed=0)
+    space = PhysicalSpace(xlatda.layout(truth.isel(time=0)), Lorenz96(n=N_SITES))
+    tables = []
+    for pos in (positions, positions[:2], positions):
+        ds = xr.Dataset({"x": ("obs", np.ones(len(pos)), {"error_std": 1.0})},
+                        coords={"k": ("obs", np.asarray(pos))})
+        tables.append(xlatda.obs.contract.to_tensors(ds, space.layout))
+    g = torch.Generator().manual_seed(1)
+    states = [torch.randn(6, N_SITES, generator=g, dtype=F64) for _ in range(6)]
+    states += [torch.randn(N_SITES, 6, generator=g, dtype=F64).T for _ in range(3)]  # LETKF's
+    states.append(torch.randn(6, 2 * N_SITES, generator=g, dtype=F64)[:, ::2])  # strided
+    tables = [tables[i % 3] for i in range(len(states))]
+    got = space.observe_means(states, tables)
+    want = [space.observe_mean(s, t) for s, t in zip(states, tables)]
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+@pytest.mark.parametrize("case", ["all on", "one off", "outlier"])
+def test_filter_diagnostics_equal_the_consistency_functions_bit_for_bit(dtype, case):
+    # step() takes S and diag(S^T S) + 1 once for the gross-error check, the update
+    # and the spread ratio when every observation is on (fixed inflation, float64);
+    # the numbers are those of the separate functions on the update's S and d
+    from xlatda.methods.consistency import gross_error_mask, spread_ratio
+
+    g = torch.Generator().manual_seed(3)
+    n_members, n_obs, infl = 9, 12, 1.07
+    ens = torch.randn(n_members, 5, generator=g, dtype=F64).to(dtype)
+    hx = torch.randn(n_members, n_obs, generator=g, dtype=F64).to(dtype)
+    y = torch.randn(n_obs, generator=g, dtype=F64).to(dtype)
+    r = (0.5 + torch.rand(n_obs, generator=g, dtype=F64)).to(dtype)
+    if case == "one off":
+        r[4] = float("inf")
+    if case == "outlier":
+        y[2] += 100.0
+    for method in ("etkf", "denkf", "enkf", "letkf"):
+        kw = {"radius": 3.0} if method == "letkf" else {}
+        loc = xlatda.methods.localization.IndexDistance(5, obs_positions=torch.arange(n_obs) % 5)
+        kernel = xlatda.methods.get_method(method)(inflation=infl, **kw)
+        _, diag, _ = kernel.step(ens, hx, y, r, generator=torch.Generator().manual_seed(0),
+                                 locations=loc)
+        scale = (n_members - 1) ** 0.5
+        hm = hx.mean(0)
+        on = torch.isfinite(r)
+        inv = torch.reciprocal(r)
+        S0 = (hx - hm) * (inv / scale)
+        d = torch.where(on, (y - hm) * inv, 0.0)
+        bad = on & gross_error_mask(S0 * torch.tensor(infl**2, dtype=dtype).sqrt(), d, 5.0)
+        S0, d, on = S0 * ~bad, torch.where(bad, 0.0, d), on & ~bad
+        S = S0 * torch.tensor(infl, dtype=dtype)
+        assert torch.equal(diag["spread_ratio"], spread_ratio(S, d, r, on))
+        assert int(diag["n_rejected"]) == (1 if case == "outlier" else 0)
+        assert int(diag["n_obs"]) == n_obs - (case != "all on")
+        if method == "letkf":  # no own factorisation: the separate Woodbury form
+            assert torch.equal(diag["chi2"], innovation_chi2(S, d, on))
+
+
+def test_letkf_localises_once_per_place_set_and_batches_the_grid_points(monkeypatch):
+    # the LETKF's distances and local observation lists are built once per distinct
+    # place set (keyed by content, not by table object), and each analysis is one
+    # batched transform over all grid points (no loop over them)
+    import xlatda.methods.letkf as letkf_module
+    from xlatda.methods.localization import gaspari_cohn
+    from xlatda.spaces import PhysicalSpace
+
+    calls = {"locations": 0, "taper": 0, "transform": []}
+    build = PhysicalSpace._build_locations
+    transform = letkf_module.etkf_transform
+
+    def counting_build(self, table):
+        calls["locations"] += 1
+        return build(self, table)
+
+    def counting_taper(d, c):
+        calls["taper"] += 1
+        return gaspari_cohn(d, c)
+
+    def counting_transform(S, d):
+        calls["transform"].append(tuple(S.shape))
+        return transform(S, d)
+
+    monkeypatch.setattr(PhysicalSpace, "_build_locations", counting_build)
+    monkeypatch.setattr(xlatda.methods.localization, "gaspari_cohn", counting_taper)
+    monkeypatch.setattr(letkf_module, "etkf_transform", counting_transform)
+    truth = xlatda.datasets.lorenz96(n=N_SITES, steps=8, seed=0)
+    t = truth.time.values[1:]
+    places = [[0.0, 3.0, 5.0], [1.0, 4.0, 6.0]]
+    k = np.concatenate([places[i % 2] for i in range(len(t))])
+    obs = xr.Dataset({"x": ("obs", np.ones(k.size), {"error_std": 1.0})},
+                     coords={"k": ("obs", k), "time": ("obs", np.repeat(t, 3))})
+    xlatda.cycle(truth.isel(time=0), obs, Lorenz96(n=N_SITES), method="letkf", members=5,
+                 init_std=1.0, progress=False, radius=2.0, gross_error=None)
+    assert calls["locations"] == 2 and calls["taper"] == 2
+    # one transform per analysis, batched over the 8 grid points: (D, N, K)
+    assert len(calls["transform"]) == len(t)
+    assert all(shape[:2] == (N_SITES, 5) for shape in calls["transform"])

@@ -241,11 +241,15 @@ class Explodes:
         return x * float("nan") if self.calls >= 3 else x
 
 
-def test_non_finite_forecast_names_the_analysis():
+@pytest.mark.parametrize("method, settings", [("etkf", {}), ("enkf", {}),
+                                              ("letkf", {"radius": 2}), ("3dvar", {"b_std": 1})])
+def test_non_finite_forecast_names_the_analysis(method, settings):
+    # the ensemble filters prove their forecast finite themselves (the driver checks
+    # it only when they raise); 3DVar's forecast is checked by the driver
     truth = xlatda.datasets.lorenz96(n=8, steps=6, seed=0)
     with pytest.raises(AnalysisError, match=r"forecast of analysis 2 \(time") as info:
-        xlatda.cycle(truth.isel(time=0), l96_obs(truth), Explodes(), method="etkf", members=5,
-                     init_std=1.0, progress=False)
+        xlatda.cycle(truth.isel(time=0), l96_obs(truth), Explodes(), method=method, members=5,
+                     init_std=1.0, progress=False, **settings)
     assert isinstance(info.value, XlatdaError) and isinstance(info.value, ArithmeticError)
 
 

@@ -347,6 +347,11 @@ def _drive(inst, proto, sp, windows, ens, t_cur, state, *, noise, recorder, stor
     inference = bool(getattr(inst, "inference", False))
     window_mode = torch.inference_mode if inference else contextlib.nullcontext
     forecast_mode = contextlib.nullcontext if inference else torch.no_grad
+    # A method whose analysis proves its forecast finite itself (the built-in
+    # ensemble filters: one reduction of the member mean) is not checked here
+    # first; if its analysis raises, the forecast is checked then, so a
+    # non-finite forecast is still reported as such, with its analysis and time.
+    checked = bool(getattr(inst, "checks_forecast", False)) and proto.forecasts
     try:
         for win in windows:
             with window_mode():
@@ -356,15 +361,22 @@ def _drive(inst, proto, sp, windows, ens, t_cur, state, *, noise, recorder, stor
                     with forecast_mode():  # the carried ensemble's forecast needs no gradient
                         ens_b = sp.forecast(ens, t_cur, win.times[0], generator=gen,
                                             noise=noise)
-                    check_finite(ens_b, "forecast", win.index, win.labels[0])
+                    if not checked:
+                        check_finite(ens_b, "forecast", win.index, win.labels[0])
                 try:
                     res = inst.analyse(sp, ens_b, win, generator=gen, state=state)
                 except torch.linalg.LinAlgError as err:
+                    if checked:
+                        check_finite(ens_b, "forecast", win.index, win.labels[0])
                     raise AnalysisError(
                         f"analysis {win.index} (time {win.labels[0]}) could not be computed: "
                         f"{err}. The ensemble has probably collapsed or diverged; try more "
                         "members, inflation or localisation"
                     ) from None
+                except ArithmeticError:  # the kernel's AnalysisError
+                    if checked:
+                        check_finite(ens_b, "forecast", win.index, win.labels[0])
+                    raise
                 ens, t_cur, state = res.steps[-1][1], win.times[-1], dict(res.state)
                 check_finite(ens, "analysis", win.index, win.labels[-1])
                 n0 = len(recorder)

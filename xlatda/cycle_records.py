@@ -31,6 +31,7 @@ dict_keys(['analysis', 'background', 'diagnostics', 'parameters'])
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -110,6 +111,35 @@ def _obs_moments(hb_all: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     hb_all = hb_all.to(_F64)
     hb = hb_all.mean(0)
     return hb, (hb_all.var(0) if hb_all.shape[0] > 1 else torch.zeros_like(hb))
+
+
+def _obs_moments_rows(predictions: list[torch.Tensor]
+                      ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """:func:`_obs_moments` of many analyses' predictions ``(N, P)`` at once.
+
+    Predictions of one shape are stacked and reduced over members together:
+    the same numbers as :func:`_obs_moments` row by row (the mean and variance
+    over the members axis of a stack round as those of each slice; a test
+    checks it), except for single observations (``P = 1``) and transposed
+    predictions, which torch reduces along another path than a stack: those
+    rows are reduced one by one.
+    """
+    out: list[Any] = [None] * len(predictions)
+    groups: dict[tuple, list[int]] = {}
+    for j, hb_all in enumerate(predictions):
+        groups.setdefault((tuple(hb_all.shape), hb_all.dtype, hb_all.device,
+                           hb_all.is_contiguous()), []).append(j)
+    for (shape, _, _, contiguous), idx in groups.items():
+        if len(idx) == 1 or shape[-1] == 1 or not contiguous:
+            for j in idx:
+                out[j] = _obs_moments(predictions[j])
+            continue
+        stack = torch.stack([predictions[j] for j in idx]).to(_F64)  # (G, N, P)
+        mean = stack.mean(1)
+        var = stack.var(1) if shape[0] > 1 else torch.zeros_like(mean)
+        for k, j in enumerate(idx):
+            out[j] = (mean[k], var[k])
+    return out
 
 
 def _obs_statistics_rows(entries: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any]]
@@ -213,6 +243,8 @@ class CycleRecorder:
         self.tname = time_name
         self.pnames = list(param_names)
         self.rows: list[dict[str, Any]] = []
+        #: The state space of the recorded rows (set by :meth:`add`).
+        self.space: Any = None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -221,17 +253,21 @@ class CycleRecorder:
         """Record a window's analyses (a :class:`~xlatda.methods.protocol.WindowAnalysis`).
 
         The background ensemble is observed only where the method did not
-        return its predictions (``result.observed``); the analysis is observed
-        once, as its mean where the observation operator is linear
-        (:meth:`~xlatda.spaces.StateSpace.observe_mean`). Diagnostics stay
-        tensors until :meth:`datasets`, which finishes the observation-space
-        statistics of all its rows together (from the moments over members
-        taken here: two ``P``-vectors per analysis).
+        return its predictions (``result.observed``). Nothing else is computed
+        here: the background predictions ``(N, P)`` and the analysis control
+        vectors are kept, and :meth:`datasets` observes the analysis means
+        (:meth:`~xlatda.spaces.StateSpace.observe_means`: all analyses with the
+        same observation places in one application where the operator is
+        linear) and reduces the observation-space statistics of all its rows
+        together, in a few batched operations.
         """
         observed = result.observed or [None] * len(result.steps)
         k = len(result.steps)
         np_ = len(self.pnames)
-        with torch.no_grad():
+        self.space = space
+        keyed = getattr(space, "_key", None)
+        grad = contextlib.nullcontext if torch.is_inference_mode_enabled() else torch.no_grad
+        with grad():
             for i, ((ens_b, ens_a), sub, label) in enumerate(
                     zip(result.steps, window.tables, window.labels)):
                 hb_all = observed[i] if observed[i] is not None else space.observe(ens_b, sub)
@@ -240,9 +276,9 @@ class CycleRecorder:
                     "background": space.to_fields(ens_b),
                     "analysis": space.to_fields(ens_a),
                     "n_obs": len(sub),
-                    # observation-space statistics, reduced for all rows at once
-                    # in datasets() (_obs_statistics_rows)
-                    "obs": (*_obs_moments(hb_all), space.observe_mean(ens_a, sub), sub),
+                    # observation space, finished for all rows at once in datasets():
+                    # background predictions, analysis controls, table, operator key
+                    "obs": (hb_all, ens_a, sub, None if keyed is None else keyed(sub)),
                     "extra": {n: (v, i, k) for n, v in result.diagnostics.items()},
                 }
                 if space.n_regime:  # xlatda.methods.regime: RMS of the mean shift
@@ -252,6 +288,16 @@ class CycleRecorder:
                     row["theta"] = ens_a[..., -np_:].detach().to("cpu", _F64)
                     row["theta_background"] = ens_b[..., -np_:].detach().to("cpu", _F64)
                 self.rows.append(row)
+
+    def _obs_rows(self, rows: list[dict[str, Any]]) -> np.ndarray:
+        """Observation-space statistics ``(len(rows), 4)`` of recorded rows
+        (:func:`_obs_statistics_rows`)."""
+        hx, ens_a, tables, keys = zip(*(r["obs"] for r in rows))
+        with torch.no_grad():
+            means = self.space.observe_means(list(ens_a), list(tables), list(keys))
+            moments = _obs_moments_rows(list(hx))
+            return _obs_statistics_rows([(*mo, ha, t)
+                                         for mo, ha, t in zip(moments, means, tables)])
 
     def datasets(self, start: int = 0) -> dict[str, xr.Dataset]:
         """The records from ``start`` on as Datasets: analysis, background,
@@ -267,7 +313,7 @@ class CycleRecorder:
             ds = L.to_dataset(torch.stack([r[part] for r in rows]),
                               sample_coords={tname: times})
             out[part] = ds.assign_coords(member=np.arange(ds.sizes["member"]))
-        obs = _obs_statistics_rows([r["obs"] for r in rows])
+        obs = self._obs_rows(rows)
         data = {"n_obs": (tname, np.array([r["n_obs"] for r in rows], dtype=np.int64))}
         for j, name in zip(_OBS_COLUMNS, OBS_DIAGNOSTICS[1:]):
             data[name] = (tname, obs[:, j])

@@ -39,6 +39,7 @@ torch.Size([1, 8])
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -158,6 +159,17 @@ class StateSpace:
         instead (one state instead of ``N``).
         """
         return self.observe(s, table).mean(0)
+
+    def observe_means(self, states: list[torch.Tensor], tables: list[ObservationTable],
+                      keys: list[Any] | None = None) -> list[torch.Tensor]:
+        """:meth:`observe_mean` of many ensembles, each with its table (same numbers).
+
+        ``keys`` are the tables' :func:`table_key` where the caller has them
+        (rows with equal keys share an operator). This default observes them
+        one by one; spaces whose operator gives the same numbers applied to a
+        batch apply it once per place set.
+        """
+        return [self.observe_mean(s, t) for s, t in zip(states, tables)]
 
     def to_fields(self, s: torch.Tensor) -> torch.Tensor:
         """Fields ``(N, C, *spatial)`` of control vectors (parameters dropped), on the
@@ -297,7 +309,8 @@ class PhysicalSpace(StateSpace):
                 f"the time between analyses ({t1 - t0}) is not a whole number of model steps "
                 f"(dt={dt}); use observation times on the model's step or set the model's dt"
             )
-        with torch.set_grad_enabled(grad or torch.is_grad_enabled()):
+        keep = grad or torch.is_grad_enabled()
+        with torch.enable_grad() if keep else contextlib.nullcontext():
             xs = x.reshape(x.shape[0], *self.model.state_shape)
             for _ in range(steps):
                 xs = self.model.step(xs, dt, theta)
@@ -322,6 +335,38 @@ class PhysicalSpace(StateSpace):
     def observe_mean(self, s, table):
         # H is linear in the state (parameters do not enter it): H(mean) = mean(H).
         return self.observe(s.mean(0, keepdim=True), table)[0]
+
+    def observe_means(self, states, tables, keys=None):
+        # Ensembles of one shape observed at one place set: their means in one
+        # stack and one application of H, where H is a gather (one or two
+        # weights a row: element-wise, so a batch gives each row's numbers; the
+        # mean over the members axis of a stack rounds as each slice's, the stack
+        # laid out as the ensembles are: members apart, or members contiguous as
+        # the LETKF's analyses). A sparse product (more weights a row) rounds by
+        # batch size: row by row, as other layouts.
+        keys = [self._key(t) for t in tables] if keys is None else keys
+        out: list[Any] = [None] * len(states)
+        groups: dict[tuple, list[int]] = {}
+        for j, (s, k) in enumerate(zip(states, keys)):
+            layout = "rows" if s.is_contiguous() else "columns" if s.mT.is_contiguous() else ""
+            groups.setdefault((k, tuple(s.shape), s.dtype, s.device, layout), []).append(j)
+        for (_, _, _, _, layout), idx in groups.items():
+            op = self.operator(tables[idx[0]])
+            like = states[idx[0]]
+            if (len(idx) == 1 or not layout
+                    or getattr(op._compiled(like), "pairs", None) is None):
+                for j in idx:
+                    out[j] = self.observe_mean(states[j], tables[j])
+                continue
+            if layout == "rows":
+                means = torch.stack([states[j] for j in idx]).mean(1)  # (G, n)
+            else:  # members contiguous (the LETKF's analyses): reduce the inner axis
+                means = torch.stack([states[j].mT for j in idx]).mean(-1)
+            x, _ = self.split(means)
+            values = op(x.reshape(len(idx), *self.shape))  # (G, P)
+            for k, j in enumerate(idx):
+                out[j] = values[k]
+        return out
 
     def linear_operator(self, table):
         return self.operator(table) if self.n_params == 0 else None

@@ -31,6 +31,7 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 from typing import Any
@@ -96,7 +97,10 @@ def unpack_kernel_result(out: Any, state: dict[str, torch.Tensor]):
 
 
 def _split_additive(state: dict[str, torch.Tensor]):
-    """``(additive entries, the rest)`` of a method state."""
+    """``(additive entries, the rest)`` of a method state (the state itself when it
+    holds none)."""
+    if not any(k in state for k in _ADDITIVE_KEYS):
+        return {}, state
     own = {k: state[k] for k in _ADDITIVE_KEYS if k in state}
     return own, {k: v for k, v in state.items() if k not in _ADDITIVE_KEYS}
 
@@ -172,12 +176,20 @@ class EnsembleFilter(_AdditiveSetting, CycleMethod):
         # The built-in kernels are pure tensor algebra (no caches, no autograd): the
         # driver may run whole windows in inference mode (see CycleMethod.inference).
         self.inference = type(kernel).analyse is EnsembleMethod.analyse
+        # ... and their analysis proves the forecast finite (the member mean's sum),
+        # so the driver need not check it first (without additive inflation, which
+        # works on the forecast before the kernel sees it).
+        self.checks_forecast = self.inference and self.additive is None
 
     def analyse(self, space, ensemble, window, *, generator, state):
         table = window.tables[0]
-        with torch.no_grad():  # the filters differentiate nothing: no autograd records
+        # the filters differentiate nothing: no autograd records (the driver's
+        # inference mode already says so)
+        off = torch.is_inference_mode_enabled()
+        with contextlib.nullcontext() if off else torch.no_grad():
             hx = space.observe(ensemble, table)
-        y, r = table.values.to(_F64), table.error_std.to(_F64)
+        y, r = table.values, table.error_std
+        y, r = (y if y.dtype == _F64 else y.to(_F64)), (r if r.dtype == _F64 else r.to(_F64))
         own, state = _split_additive(state)
         if self.additive is not None:
             ensemble, hx, own = _additive(space, ensemble, hx, y, r, window, generator, own)
@@ -185,7 +197,7 @@ class EnsembleFilter(_AdditiveSetting, CycleMethod):
         # A kernel that overrides analyse (a user's subclass) is called through it.
         if self.inference:
             # inference mode spares every operation autograd's bookkeeping
-            with torch.inference_mode():
+            with contextlib.nullcontext() if off else torch.inference_mode():
                 res = self._step(space, ensemble, hx, y, r, window, locations, generator,
                                  state)
         else:

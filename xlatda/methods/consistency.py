@@ -60,7 +60,9 @@ __all__ = [
     "DivergenceMonitor",
     "gross_error_mask",
     "innovation_chi2",
+    "innovation_quadratic_form",
     "spread_ratio",
+    "spread_ratio_scaled",
 ]
 
 #: Default threshold ``k`` of the gross-error check, in innovation standard deviations.
@@ -95,6 +97,23 @@ def innovation_chi2(S: Tensor, d: Tensor, active: Tensor | None = None) -> Tenso
     if active is not None:
         active = active.expand(d.shape)
     p = _active_count(S, d, active)
+    quad = innovation_quadratic_form(S, d)
+    return torch.where(p > 0, quad / torch.where(p > 0, p, 1.0), torch.nan)
+
+
+def innovation_quadratic_form(S: Tensor, d: Tensor) -> Tensor:
+    """``d^T (I + S^T S)^-1 d`` per batch element (Woodbury, an ``N x N`` Cholesky).
+
+    :func:`innovation_chi2` before the division by the number of observations
+    (a caller that knows it, e.g. every observation on, divides by it itself).
+
+    Examples
+    --------
+    >>> import torch
+    >>> S = torch.tensor([[1.0], [-1.0]]); d = torch.tensor([3.0])
+    >>> innovation_quadratic_form(S, d)   # 9 / (1 + 2)
+    tensor(3.)
+    """
     Sd = (S @ d.unsqueeze(-1)).squeeze(-1)  # (*b, N)
     C = S @ S.mT
     C.diagonal(dim1=-2, dim2=-1).add_(1.0)
@@ -105,8 +124,7 @@ def innovation_chi2(S: Tensor, d: Tensor, active: Tensor | None = None) -> Tenso
             "(non-finite scaled observation anomalies?)"
         )
     u = torch.linalg.solve_triangular(L, Sd.unsqueeze(-1), upper=False).squeeze(-1)
-    quad = d.square().sum(-1) - u.square().sum(-1)
-    return torch.where(p > 0, quad / torch.where(p > 0, p, 1.0), torch.nan)
+    return d.square().sum(-1) - u.square().sum(-1)
 
 
 def spread_ratio(S: Tensor, d: Tensor, r_std: Tensor, active: Tensor | None = None) -> Tensor:
@@ -138,7 +156,25 @@ def spread_ratio(S: Tensor, d: Tensor, r_std: Tensor, active: Tensor | None = No
     if active is None:
         active = torch.isfinite(r2)
     r2 = torch.where(active, r2, 0.0).expand(d.shape)  # 0 where off: those add nothing
-    expected = torch.linalg.vecdot(r2, S.square().sum(-2) + 1.0)
+    return spread_ratio_scaled(S, d, r2)
+
+
+def spread_ratio_scaled(S: Tensor, d: Tensor, r2: Tensor, colvar: Tensor | None = None
+                        ) -> Tensor:
+    """:func:`spread_ratio` from the error variances ``r2`` ``(*batch, P)``, 0 where
+    an observation is off; ``colvar`` is ``diag(S^T S) + 1`` where the caller has
+    it (the same numbers as computed here).
+
+    Examples
+    --------
+    >>> import torch
+    >>> S = torch.tensor([[0.5], [-0.5]]) ; d = torch.tensor([1.5])
+    >>> spread_ratio_scaled(S, d, torch.tensor([4.0]))   # as spread_ratio(S, d, [2.0])
+    tensor(0.8165)
+    """
+    if colvar is None:
+        colvar = S.square().sum(-2) + 1.0
+    expected = torch.linalg.vecdot(r2, colvar)
     actual = torch.linalg.vecdot(r2, d.square())
     # no active observation, or no innovation: actual is 0 and the ratio undefined
     return torch.where(actual > 0, (expected / actual).sqrt(), torch.nan)
@@ -190,7 +226,9 @@ class DivergenceMonitor:
     -----
     The monitor keeps no hidden state: :meth:`update` takes the previous
     ``state`` (a dict of tensors, ``None`` at the start) and returns the new
-    one, so a driver stores it with the method state and resumes exactly.
+    one, so a driver stores it with the method state and resumes exactly (it
+    only remembers the values of the scalar state it returned last, to read
+    them without a host transfer when that state comes back).
     Statistics are per batch element; ``nan`` (no observation) leaves the
     count unchanged.
 
@@ -221,6 +259,10 @@ class DivergenceMonitor:
         self.chi2_band = (float(chi2_band[0]), float(chi2_band[1]))
         self.spread_ratio_band = (float(spread_ratio_band[0]), float(spread_ratio_band[1]))
         self.patience = patience
+        # The scalar state last returned (its tensors and their values), so that
+        # passing it back costs no host reads; compared by identity with tensors
+        # held here, never by id().
+        self._last: tuple | None = None
 
     def __repr__(self) -> str:
         return (
@@ -319,13 +361,20 @@ class DivergenceMonitor:
         if state is None:
             count, warned = 0, False
         else:
-            count, warned = int(state["count"]), bool(state["warned"])
+            last = self._last
+            if last is not None and state["count"] is last[0] and state["warned"] is last[1]:
+                count, warned = last[2], last[3]  # the state made here: its values known
+            else:
+                count, warned = int(state["count"]), bool(state["warned"])
             if not bad and count == 0 and not warned:
+                self._last = (state["count"], state["warned"], 0, False)
                 return {"count": state["count"], "warned": state["warned"]}
         count = count + 1 if bad else 0
         warned = warned and bad
         fire = count >= self.patience and not warned
         if fire:
             self._warn(dict(zip(keys, numbers)), where, 4)
-        return {"count": torch.tensor(count, dtype=torch.int64),
-                "warned": torch.tensor(warned or fire)}
+        out = {"count": torch.tensor(count, dtype=torch.int64),
+               "warned": torch.tensor(warned or fire)}
+        self._last = (out["count"], out["warned"], count, warned or fire)
+        return out

@@ -153,7 +153,8 @@ from xlatda.methods.consistency import (
     DEFAULT_GROSS_ERROR,
     gross_error_mask,
     innovation_chi2,
-    spread_ratio,
+    innovation_quadratic_form,
+    spread_ratio_scaled,
 )
 from xlatda.methods.inflation import (
     ADAPTIVE,
@@ -212,8 +213,9 @@ def _check_settings(inflation: Any, rtps: Any, rtpp: Any) -> None:
 
 def _check_inputs(
     ensemble: Tensor, hx: Tensor, y: Tensor | Any, r_std: Tensor | Any
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Validate shapes; return ``hx, y, r_std`` as tensors like ``ensemble``."""
+) -> tuple[Tensor, Tensor, Tensor, bool]:
+    """Validate shapes; return ``hx, y, r_std`` as tensors like ``ensemble``, and
+    whether every ``r_std`` is finite (every observation on)."""
     if not isinstance(ensemble, Tensor) or not ensemble.is_floating_point():
         raise ConfigError(
             "ensemble must be a floating-point torch tensor of shape (*batch, N, n), "
@@ -248,12 +250,16 @@ def _check_inputs(
             )
         out.append(t.expand(n_obs) if t.dim() == 0 else t)
     y_t, r_t = out
-    if not bool((r_t > 0).all()):
+    if r_t.numel() == 0:
+        return hx, y_t, r_t, True
+    # one reduction tells both: all positive (the minimum), all on (the maximum)
+    low, high = (float(v) for v in torch.aminmax(r_t))
+    if not low > 0:
         raise ConfigError(
             "r_std must be positive (use r_std=inf to switch an observation off), "
-            f"got minimum {float(r_t.min())}"
+            f"got minimum {low}"
         )
-    return hx, y_t, r_t
+    return hx, y_t, r_t, high < math.inf
 
 
 def _require_finite(name: str, t: Tensor, hint: str) -> None:
@@ -287,6 +293,11 @@ def _check_finite_inputs(ensemble: Tensor, hx: Tensor, y: Tensor, active: Tensor
     )
 
 
+def _on(active: Tensor | None, r_std: Tensor, hmean: Tensor) -> Tensor:
+    """The mask of the observations used, ``(*batch, P)`` (``None``: all of them)."""
+    return torch.isfinite(r_std).expand(hmean.shape) if active is None else active
+
+
 def _check_n_params(n_params: Any, n_state: int) -> int:
     if not (isinstance(n_params, int) and not isinstance(n_params, bool)):
         raise ConfigError(f"n_params must be an int (0 = no parameters), got {n_params!r}")
@@ -296,6 +307,11 @@ def _check_n_params(n_params: Any, n_state: int) -> int:
             f"values (the last n_params are parameters), got {n_params}"
         )
     return n_params
+
+
+def _as(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """``t.to(dtype)`` without the call when it already has it (the same tensor)."""
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 def _plus_identity(M: Tensor) -> Tensor:
@@ -328,7 +344,7 @@ _EIGH_CONDITION_LIMIT = 1e6
 
 def _symmetric_eig(M: Tensor) -> tuple[Tensor, Tensor] | None:
     """Eigen-pairs (ascending) of the symmetric part of ``M`` in float64; None if eigh fails."""
-    A = M.to(torch.float64)
+    A = _as(M, torch.float64)
     A = 0.5 * (A + A.mT)
     _require_finite("the ensemble-space matrix", A, "the forecast has diverged")
     try:
@@ -412,7 +428,7 @@ def etkf_transform(S: Tensor, d: Tensor) -> tuple[Tensor, Tensor]:
     tensor([ 0.3333, -0.3333], dtype=torch.float64)
     """
     dtype = S.dtype
-    S64, d64 = S.to(torch.float64), d.to(torch.float64)
+    S64, d64 = _as(S, torch.float64), _as(d, torch.float64)
     n_members, n_obs = S.shape[-2], S.shape[-1]
     small = n_obs < n_members
     eig = _symmetric_eig(S64.mT @ S64 if small else _plus_identity(S64 @ S64.mT))
@@ -430,7 +446,7 @@ def etkf_transform(S: Tensor, d: Tensor) -> tuple[Tensor, Tensor]:
         coef = V.mT @ (S64 @ d64.unsqueeze(-1))
         w = (V @ (coef / lam.unsqueeze(-1))).squeeze(-1)
         T = (V * lam.rsqrt().unsqueeze(-2)) @ V.mT
-    return w.to(dtype), T.to(dtype)
+    return _as(w, dtype), _as(T, dtype)
 
 
 def _mean_update(p: Prepared, w: Tensor) -> Tensor:
@@ -618,7 +634,7 @@ def _etkf_analysis(p: Prepared) -> tuple[Tensor, Tensor, Tensor | None]:
 
 
 def _denkf_analysis(p: Prepared) -> tuple[Tensor, Tensor, Tensor]:
-    S, d = p.S.to(torch.float64), p.d.to(torch.float64)  # ensemble-space algebra in float64
+    S, d = _as(p.S, torch.float64), _as(p.d, torch.float64)  # ensemble-space algebra in float64
     L = _cholesky(_plus_identity(S @ S.mT))
     Cinv = torch.cholesky_inverse(L)
     Sd = S @ d.unsqueeze(-1)
@@ -626,11 +642,11 @@ def _denkf_analysis(p: Prepared) -> tuple[Tensor, Tensor, Tensor]:
     quad = (torch.linalg.vecdot(d, d) - torch.linalg.vecdot(Sd.squeeze(-1), w)
             if p.diagnose else None)
     T = 0.5 * _plus_identity(Cinv)
-    return _mean_update(p, w.to(p.X.dtype)), T.to(p.X.dtype) @ p.X, quad
+    return _mean_update(p, _as(w, p.X.dtype)), _as(T, p.X.dtype) @ p.X, quad
 
 
 def _ensrf_analysis(p: Prepared) -> tuple[Tensor, Tensor, Tensor]:
-    S, d = p.S.to(torch.float64), p.d.to(torch.float64)
+    S, d = _as(p.S, torch.float64), _as(p.d, torch.float64)
     L = _cholesky(_plus_identity(S.mT @ S))  # (*b, P, P)
     v = torch.cholesky_solve(d.unsqueeze(-1), L)  # (I + S^T S)^-1 d
     w = (S @ v).squeeze(-1)
@@ -638,7 +654,7 @@ def _ensrf_analysis(p: Prepared) -> tuple[Tensor, Tensor, Tensor]:
     Z = torch.linalg.solve_triangular(L, S.mT, upper=False)  # L^-1 S^T
     W = torch.linalg.solve_triangular(_plus_identity(L.clone()).mT, Z, upper=True)
     T = _plus_identity(-(S @ W))
-    return _mean_update(p, w.to(p.X.dtype)), T.to(p.X.dtype) @ p.X, quad
+    return _mean_update(p, _as(w, p.X.dtype)), _as(T, p.X.dtype) @ p.X, quad
 
 
 def _enkf_analysis(
@@ -650,12 +666,12 @@ def _enkf_analysis(
     eps = torch.randn(S.shape, generator=gen, dtype=S.dtype, device=S.device)
     if centre:
         eps = eps - eps.mean(-2, keepdim=True)
-    D = (eps - p.scale * S + p.d.unsqueeze(-2)).to(torch.float64)  # scaled member innovations
-    S64, d64 = S.to(torch.float64), p.d.to(torch.float64)
+    D = _as(eps - p.scale * S + p.d.unsqueeze(-2), torch.float64)  # scaled member innovations
+    S64, d64 = _as(S, torch.float64), _as(p.d, torch.float64)
     if n_members <= n_obs:
         L = _cholesky(_plus_identity(S64 @ S64.mT))
         coef = torch.cholesky_solve(S64 @ D.mT, L).mT  # D S^T C^-1, (*b, N, N)
-        delta = coef.to(X.dtype) @ X
+        delta = _as(coef, X.dtype) @ X
         quad = None
         if p.diagnose:  # chi2's d^T (I + S^T S)^-1 d = d.d - |L^-1 S d|^2, same factor
             u = torch.linalg.solve_triangular(L, S64 @ d64.unsqueeze(-1), upper=False)
@@ -663,7 +679,7 @@ def _enkf_analysis(
     else:  # never form an N x N matrix when N is large
         L = _cholesky(_plus_identity(S64.mT @ S64))
         coef = torch.cholesky_solve(D.mT, L).mT  # D F^-1, (*b, N, P)
-        delta = coef.to(X.dtype) @ (S.mT @ X)
+        delta = _as(coef, X.dtype) @ (S.mT @ X)
         quad = None
         if p.diagnose:
             u = torch.linalg.solve_triangular(L, d64.unsqueeze(-1), upper=False)
@@ -861,7 +877,7 @@ class EnsembleMethod:
         return self._run(ensemble, hx, y, r_std, generator, locations, state, n_params, True)
 
     def _run(self, ensemble, hx, y, r_std, generator, locations, state, n_params, diagnose):
-        hx, y, r_std = _check_inputs(ensemble, hx, y, r_std)
+        hx, y, r_std, all_on = _check_inputs(ensemble, hx, y, r_std)
         n_state = ensemble.shape[-1]
         n_params = _check_n_params(n_params, n_state)
         n_members = ensemble.shape[-2]
@@ -870,55 +886,83 @@ class EnsembleMethod:
         X0 = (ensemble - mean.unsqueeze(-2)) / scale
         hmean = hx.mean(-2)
         inv_r = torch.reciprocal(r_std)
-        active = torch.isfinite(r_std).expand(hmean.shape)
+        n_obs_all = hmean.shape[-1]
+        # ``active`` (the observations used) stays None while all of them are: the
+        # masks, counts and selections it feeds are then skipped (same numbers).
+        active = None if all_on and n_obs_all else torch.isfinite(r_std).expand(hmean.shape)
         S0 = (hx - hmean.unsqueeze(-2)) * (inv_r / scale).unsqueeze(-2)
-        d = torch.where(active, (y - hmean) * inv_r, 0.0)
+        d = (y - hmean) * inv_r
+        if active is not None:
+            d = torch.where(active, d, 0.0)
         # One host sync proves the inputs finite: a finite member mean means finite
         # members, a finite d finite y where observed. Only otherwise (or when a sum
         # overflows) are the checks made one by one, to name what is wrong.
         if not math.isfinite(float(mean.sum() + hmean.sum() + S0.sum() + d.sum())):
-            _check_finite_inputs(ensemble, hx, y, active, S0)
+            _check_finite_inputs(ensemble, hx, y, _on(active, r_std, hmean), S0)
         # prior inflation (variance factor), batched
         batch = hmean.shape[:-1]
         like = {"dtype": ensemble.dtype, "device": ensemble.device}
+        # A fixed inflation whose square's root is itself (in float64): the check's
+        # S0 sqrt(rho_b) is then the update's S0 lambda, and both are S0 times one
+        # number. The update's S and its column sums serve the check and the
+        # spread ratio (bit for bit what each computed apart).
+        fixed = (not self.adaptive and not n_params and ensemble.dtype == torch.float64
+                 and math.sqrt(float(self.inflation) ** 2) == float(self.inflation))
         if self.adaptive:
             if state is not None and "inflation_mean" in state:
                 rho_b = torch.as_tensor(state["inflation_mean"], **like).expand(batch)
             else:
                 rho_b = torch.ones(batch, **like)
-        else:
+        elif not fixed:
             rho_b = torch.full(batch, float(self.inflation) ** 2, **like)
-        n_rejected = torch.zeros(batch, dtype=torch.int64, device=ensemble.device)
+        n_rejected = None
+        S = colvar = None
         if self.gross_error is not None:
-            rejected = active & gross_error_mask(
-                S0 * rho_b.sqrt()[..., None, None], d, float(self.gross_error)
-            )
+            if fixed:
+                S = S0 * float(self.inflation)
+                colvar = S.square().sum(-2) + 1.0  # diag(S^T S) + 1, (*batch, P)
+                rejected = d.abs() > float(self.gross_error) * colvar.sqrt()
+            else:
+                rejected = gross_error_mask(
+                    S0 * rho_b.sqrt()[..., None, None], d, float(self.gross_error)
+                )
+            if active is not None:
+                rejected = active & rejected
             if bool(rejected.any()):
-                active = active & ~rejected
+                active = _on(active, r_std, hmean) & ~rejected
                 S0 = S0 * (~rejected).unsqueeze(-2)
                 d = torch.where(rejected, 0.0, d)
-            n_rejected = rejected.sum(-1)
+                S = colvar = None
+            if diagnose:
+                n_rejected = rejected.sum(-1)
         new_state: dict[str, Tensor] = {}
         if self.adaptive:
             rho, var = adaptive_inflation(
-                S0, d, active.sum(-1), rho_b, float(self.inflation_var),
+                S0, d, _on(active, r_std, hmean).sum(-1), rho_b, float(self.inflation_var),
                 max_inflation=float(self.max_inflation),
             )
             new_state = {"inflation_mean": rho, "inflation_var": var}
             lam = rho.sqrt()
+        elif fixed:
+            lam = None  # the number itself; the tensor only for the diagnostics
         else:
             lam = torch.full(batch, float(self.inflation), **like)
-        S = S0 * lam[..., None, None]
-        factor = lam[..., None, None].expand(*batch, 1, n_state)
         alpha = self.rtps
-        if n_params:
-            factor = factor.clone()
-            if self.param_inflation is not None:
-                factor[..., n_state - n_params:] = float(self.param_inflation)
-            if self.param_rtps is not None:
-                alpha = torch.full((n_state,), float(self.rtps), **like)
-                alpha[n_state - n_params:] = float(self.param_rtps)
-        X = X0 * factor
+        if fixed:
+            if S is None:
+                S = S0 * float(self.inflation)
+            X = X0 * float(self.inflation)
+        else:
+            S = S0 * lam[..., None, None]
+            factor = lam[..., None, None].expand(*batch, 1, n_state)
+            if n_params:
+                factor = factor.clone()
+                if self.param_inflation is not None:
+                    factor[..., n_state - n_params:] = float(self.param_inflation)
+                if self.param_rtps is not None:
+                    alpha = torch.full((n_state,), float(self.rtps), **like)
+                    alpha[n_state - n_params:] = float(self.param_rtps)
+            X = X0 * factor
         p = Prepared(mean, X, X0, S, d, scale, diagnose)
         # An analysis may return a third value: the chi-square's quadratic form
         # d^T (I + S^T S)^-1 d from its own factorisation (None: computed apart).
@@ -936,15 +980,27 @@ class EnsembleMethod:
         analysis = mean_a.unsqueeze(-2) + scale * Xa
         if not diagnose:
             return analysis, {}, new_state
-        n_obs = active.sum(-1)
-        if quad and quad[0] is not None:
-            p_obs = n_obs.to(quad[0].dtype)
-            chi2 = torch.where(n_obs > 0, quad[0] / p_obs.clamp_min(1.0), torch.nan)
+        if lam is None:
+            lam = torch.full(batch, float(self.inflation), **like)
+        if n_rejected is None:
+            n_rejected = torch.zeros(batch, dtype=torch.int64, device=ensemble.device)
+        if active is None:  # every observation used: p = P, and no masks
+            n_obs = torch.full(batch, n_obs_all, dtype=torch.int64, device=ensemble.device)
+            # the analysis' own quadratic form, or the separate Woodbury one (LETKF)
+            q = quad[0] if quad and quad[0] is not None else innovation_quadratic_form(S, d)
+            chi2 = q / float(n_obs_all)
+            r2 = r_std.square().expand(d.shape)
         else:
-            chi2 = innovation_chi2(S, d, active)
+            n_obs = active.sum(-1)
+            if quad and quad[0] is not None:
+                p_obs = n_obs.to(quad[0].dtype)
+                chi2 = torch.where(n_obs > 0, quad[0] / p_obs.clamp_min(1.0), torch.nan)
+            else:
+                chi2 = innovation_chi2(S, d, active)
+            r2 = torch.where(active, r_std.square(), 0.0).expand(d.shape)
         diagnostics = {
-            "chi2": chi2.to(ensemble.dtype),
-            "spread_ratio": spread_ratio(S, d, r_std, active),
+            "chi2": _as(chi2, ensemble.dtype),
+            "spread_ratio": spread_ratio_scaled(S, d, r2, colvar),
             "inflation": lam,
             "n_obs": n_obs,
             "n_rejected": n_rejected,
