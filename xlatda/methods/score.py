@@ -118,7 +118,11 @@ x_0/\partial x_t`, and
 the system solved by ``k`` conjugate-gradient steps (matrix-free: products with
 :math:`V` are vector-Jacobian products through the network; with :math:`J` by
 autograd, or a given linearisation ``obs_jacobian``). For Gaussian data and a
-linear :math:`A` it is the exact posterior score once CG has converged. With it,
+linear :math:`A` it is the exact posterior score once CG has converged (at noise
+levels above :math:`\sigma_t = \mu_t`, where the network's Jacobian enters :math:`V`
+multiplied by up to :math:`\sigma_t^3/\mu_t \approx 10^9` and a trained network's
+error made the samples diverge, :math:`V` is that of standardised Gaussian data,
+:math:`\sigma_t^2/(\mu_t^2+\sigma_t^2) I`; the cap ``guide_clip`` is not applied). With it,
 use the log-SNR time grid (``grid="logsnr"``, :func:`time_grid`): a posterior much
 tighter than the prior contracts at noise levels the uniform grid covers with one
 or two steps.
@@ -194,6 +198,9 @@ SAMPLER_DEFAULTS: dict[str, Any] = {
 }
 
 _GRIDS = ("linear", "logsnr")
+#: Largest sigma_t/mu_t at which the Tweedie guidance uses the network's Jacobian for the
+#: covariance of x0 | x_t (above it: that of standardised Gaussian data; see _tweedie_solve).
+_TWEEDIE_MAX_NSR = 1.0
 
 EpsFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -360,8 +367,11 @@ def _tweedie_solve(
 
     :math:`V = (\sigma_t^2/\mu_t)\, \partial \hat x_0 / \partial x_t` is Tweedie's
     covariance of :math:`x_0 \mid x_t` (applied as a vector-Jacobian product, the Jacobian
-    of a score being symmetric), :math:`J = \partial A / \partial x_0` at :math:`\hat
-    x_0` (a Jacobian-vector product by double backward). One system per sample (sums over
+    of a score being symmetric) where :math:`\mu_t \ge \sigma_t`; at higher noise the
+    network's error enters it times :math:`\sigma_t^3/\mu_t`, and :math:`V` is that of
+    standardised Gaussian data, :math:`\sigma_t^2/(\mu_t^2 + \sigma_t^2) I`.
+    :math:`J = \partial A / \partial x_0` at :math:`\hat x_0` (a Jacobian-vector
+    product by double backward). One system per sample (sums over
     the last axis); preconditioner ``precond`` (the diagonal variance of the γ form). Steps
     whose curvature :math:`p^\top M p` is not positive (a network Jacobian need not be
     positive definite) are skipped for that sample. ``jac`` ``(..., P, D)`` (``D`` the
@@ -375,12 +385,20 @@ def _tweedie_solve(
         dummy = torch.zeros_like(pred, requires_grad=True)
         (jt_dummy,) = torch.autograd.grad(pred, x0, dummy, create_graph=True)  # J^T v
 
+    # Above the crossover mu_t = sigma_t the network's Jacobian enters V multiplied by
+    # sigma_t^3/mu_t (up to 1e9 at t = 1), so its error does too: there V is the exact
+    # covariance of standardised (unit) Gaussian data, sigma_t^2/(mu_t^2 + sigma_t^2) I.
+    gaussian = sig > _TWEEDIE_MAX_NSR * mu
+
     def matvec(v: Tensor) -> Tensor:
         if jac is None:
             (jt_v,) = torch.autograd.grad(pred, x0, v, retain_graph=True)
         else:
             jt_v = (v.unsqueeze(-2) @ jac).reshape(x0.shape)
-        (vjt_v,) = torch.autograd.grad(x0, xg, jt_v, retain_graph=True)
+        if gaussian:
+            vjt_v = jt_v * (mu / (mu**2 + sig**2))  # scale * vjt_v = sig^2/(mu^2+sig^2) J^T v
+        else:
+            (vjt_v,) = torch.autograd.grad(x0, xg, jt_v, retain_graph=True)
         if jac is None:
             (jvjt_v,) = torch.autograd.grad(jt_dummy, dummy, scale * vjt_v, retain_graph=True)
         else:
