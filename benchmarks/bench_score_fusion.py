@@ -131,23 +131,76 @@ def _scores(parts: list[dict[str, torch.Tensor]]) -> dict[str, float]:
             "crps": crps}
 
 
-def _run(model, lo, trajs, starts, design, cond, gamma, err, cfg, seed) -> tuple[dict, float]:
+def _calibration(parts: list[dict[str, torch.Tensor]], boot: int = 2000,
+                 seed: int = 0) -> dict[str, Any]:
+    """Spread/skill with a bootstrap interval over windows, its representable part, and
+    the rank histogram.
+
+    *ssr_lo/ssr_hi*: 5-95 % of the SSR over ``boot`` resamplings of the windows (with
+    replacement; the elements of a window are strongly dependent, so the window is the
+    unit). *ssr_rep*: spread over the RMSE of the mean against ``D(E(truth))``, the
+    truth's own code decoded (the part of the error an ensemble of decoded latents can
+    represent). *rep_floor*: RMSE of ``D(E(truth))``. *outer*: fraction of the truth's
+    ranks among the members in the two outer bins (``2/(N+1)`` if calibrated); *ranks*:
+    the histogram, as fractions.
+    """
+    n = parts[0]["ens"].shape[0]
+    sse = torch.stack([(p["ens"].mean(0) - p["truth"]).square().sum() for p in parts])
+    svar = torch.stack([p["ens"].var(0).sum() for p in parts])
+    cnt = torch.tensor([float(p["truth"].numel()) for p in parts], dtype=torch.float64)
+    fac = math.sqrt((n + 1) / n)
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, len(parts), (boot, len(parts)), generator=g)
+    ssr_b = (svar[idx].sum(1) / sse[idx].sum(1)).sqrt() * fac
+    lo, hi = torch.quantile(ssr_b, torch.tensor([0.05, 0.95], dtype=torch.float64)).tolist()
+    out: dict[str, Any] = {"ssr_lo": lo, "ssr_hi": hi, "windows": len(parts)}
+    if all("proj" in p for p in parts):
+        sse_p = sum(float((p["ens"].mean(0) - p["proj"]).square().sum()) for p in parts)
+        rep = sum(float((p["proj"] - p["truth"]).square().sum()) for p in parts)
+        out["ssr_rep"] = math.sqrt(float(svar.sum()) / sse_p) * fac
+        out["rep_floor"] = math.sqrt(rep / float(cnt.sum()))
+    ranks = torch.cat([(p["ens"] < p["truth"]).sum(0) for p in parts])
+    hist = torch.bincount(ranks, minlength=n + 1).to(torch.float64) / ranks.numel()
+    out["outer"] = float(hist[0] + hist[-1])
+    out["ranks"] = [round(float(h), 3) for h in hist]
+    return out
+
+
+#: Settings of each conditioning beyond ``gamma``: "tweedie" is explicit H∘D with the
+#: Tweedie-covariance guidance (conjugate gradients) on the log-SNR time grid.
+COND_SETTINGS: dict[str, dict[str, Any]] = {
+    "explicit": {"conditioning": "explicit"},
+    "latent": {"conditioning": "latent"},
+    "tweedie": {"conditioning": "explicit", "cg_iters": 8, "grid": "logsnr"},
+}
+
+
+def _run(model, lo, trajs, starts, design, cond, gamma, err, cfg, seed,
+         calib: bool = False, corrections: int = 1) -> tuple[dict, float]:
     parts, priors, secs = [], [], 0.0
     w = cfg["window"]
     for i, tr in enumerate(trajs):
         for s in starts:
             truth = tr.isel(time=slice(s, s + w))
             obs = _observe(truth, design, err, seed + 1000 * i + s)
-            kw = {"conditioning": cond} | ({"latent_obs": lo} if cond == "latent" else {})
+            kw = dict(COND_SETTINGS[cond]) | ({"latent_obs": lo} if cond == "latent" else {})
             t0 = time.perf_counter()
             res = xlatda.cycle(None, obs, model, method="score", members=cfg["members"],
                                window=w, steps=cfg["steps"], gamma=gamma, seed=seed + s,
+                               corrections=corrections,
                                progress=False, **kw)
             secs += time.perf_counter() - t0
-            parts.append(_stats(res.analysis, truth, cfg["std"]))
+            part = _stats(res.analysis, truth, cfg["std"])
+            if calib:  # the truth's own code, decoded: what the latent space can represent
+                back = xlatda.decode(xlatda.encode(truth, model), model)
+                back = back[list(VARS)].transpose(*truth[VARS[0]].dims)
+                part["proj"] = _stats(back.expand_dims(member=[0]), truth, cfg["std"])["ens"][0]
+            parts.append(part)
             priors.append(_stats(res.background, truth, cfg["std"]))
     out = _scores(parts)
     out["prior_rmse"] = _scores(priors)["rmse"]  # unconditioned draws of the same prior
+    if calib:
+        out |= _calibration(parts)
     return out, secs / (len(trajs) * len(starts))
 
 
@@ -204,26 +257,34 @@ def main(quick: bool = True, threads: int | None = 1, seed: int = 0) -> list[dic
 
     val_rows, rows = [], []
     for d in cfg["designs"]:
-        for cond in ("explicit", "latent"):
+        for cond in ("explicit", "latent", "tweedie"):
             best = None
-            for g in cfg["gammas"]:
+            # the Tweedie guidance has no gamma to choose (it only sets the CG
+            # preconditioner: gamma 1, the variance sigma_t^2/mu_t^2 of x0 | x_t at low
+            # noise); validation chooses its Langevin corrections (0 or 1) instead
+            cands = ([(g, 1) for g in cfg["gammas"]] if cond != "tweedie"
+                     else [(1.0, 0), (1.0, 1)])
+            for g, c in cands:
                 sc, _ = _run(model, los[d], val, cfg["val_starts"], d, cond, g, err, cfg,
-                             seed + 7)
+                             seed + 7, corrections=c)
                 val_rows.append({"design": d, "conditioning": cond, "gamma": g,
+                                 "corrections": c,
                                  "val_rmse": sc["rmse"], "val_ssr": sc["ssr"],
                                  "val_crps": sc["crps"]})
                 if best is None or sc["crps"] < best[1]:
-                    best = (g, sc["crps"])
+                    best = (g, sc["crps"], c)
             sc, secs = _run(model, los[d], test, cfg["test_starts"], d, cond, best[0], err,
-                            cfg, seed + 9)
+                            cfg, seed + 9, calib=True, corrections=best[2])
             n_obs = int(_observe(test[0].isel(time=[0]), d, err, 0)[list(VARS)].to_array()
                         .notnull().sum())
             rows.append({"design": d, "obs_per_time": n_obs, "conditioning": cond,
-                         "gamma": best[0], **sc, "seconds_per_window": secs,
+                         "gamma": best[0], "corrections": best[2], **sc,
+                         "seconds_per_window": secs,
                          "explained": los[d].explained if cond == "latent" else None,
                          "shrinkage": los[d].shrinkage if cond == "latent" else None})
             _log(f"{d} {cond}: gamma {best[0]} rmse {sc['rmse']:.3f} ssr {sc['ssr']:.2f} "
-                 f"crps {sc['crps']:.4f} ({secs:.1f} s/window)")
+                 f"[{sc['ssr_lo']:.2f}, {sc['ssr_hi']:.2f}] ssr_rep {sc['ssr_rep']:.2f} "
+                 f"outer {sc['outer']:.2f} crps {sc['crps']:.4f} ({secs:.1f} s/window)")
     res = {"cfg": cfg, "val": val_rows, "test": rows, "floor": floor, "t_ae": t_ae,
            "t_score": t_score, "t_lo": t_lo, "total": time.perf_counter() - t_all,
            "threads": torch.get_num_threads(), "quick": quick,
@@ -252,7 +313,7 @@ def write_report(res: dict[str, Any]) -> Path:
 
     def ratio(cond, designs):
         v = [r["rmse"] for r in rows if r["conditioning"] == cond and r["design"] in designs]
-        return max(v) / min(v)
+        return max(v) / min(v) if v else float("nan")
 
     coarse = ("r4", "r8", "r16")
     lines = [
@@ -280,17 +341,32 @@ def write_report(res: dict[str, Any]) -> Path:
         "",
         "Validation (gamma chosen per design and conditioning by CRPS):",
         "",
-        *_table(res["val"], ["design", "conditioning", "gamma", "val_rmse", "val_ssr",
+        *_table(res["val"], ["design", "conditioning", "gamma", "corrections", "val_rmse",
+                             "val_ssr",
                              "val_crps"]),
         "",
         "Test:",
         "",
-        *_table(rows, ["design", "obs_per_time", "conditioning", "gamma", "rmse", "prior_rmse",
+        *_table(rows, ["design", "obs_per_time", "conditioning", "gamma", "corrections", "rmse",
+                       "prior_rmse",
                        "spread",
                        "ssr", "crps", "seconds_per_window", "explained", "shrinkage"]),
         "",
+        "Calibration on the test windows (`_calibration`): SSR with a 5-95 % bootstrap "
+        "interval over the windows, SSR against the decoded code of the truth (*ssr_rep*), "
+        "the representation floor, and the rank histogram (outer two bins; "
+        f"{2 / (cfg['members'] + 1):.3f} if calibrated):",
+        "",
+        *_table(rows, ["design", "conditioning", "windows", "ssr", "ssr_lo", "ssr_hi",
+                       "ssr_rep", "rep_floor", "outer", "ranks"]),
+        "",
+        "*tweedie*: explicit H∘D with the Tweedie-covariance guidance (`cg_iters=8`, "
+        "`grid='logsnr'`, gamma 1 as the preconditioner; no gamma is chosen, the Langevin "
+        "corrections (0 or 1) are chosen on validation by CRPS).",
+        "",
         f"**RMSE worst/best over r = 4, 8, 16: explicit {ratio('explicit', coarse):.3f}, "
-        f"latent {ratio('latent', coarse):.3f}** (flat across coarsening: close to 1).",
+        f"latent {ratio('latent', coarse):.3f}, tweedie {ratio('tweedie', coarse):.3f}** "
+        "(flat across coarsening: close to 1).",
         "",
         "*prior_rmse*: RMSE of the mean of the unconditioned prior draws of the same call "
         "(`CycleResult.background`): an analysis near it has taken little from the "

@@ -136,7 +136,7 @@ from xlatda.windows import float_times
 __all__ = ["PixelScoreModel", "ScoreWindows", "fit_score"]
 
 _F64 = torch.float64
-_SAMPLER_SETTINGS = ("steps", "corrections", "tau", "gamma", "guide_clip")
+_SAMPLER_SETTINGS = ("steps", "corrections", "tau", "gamma", "guide_clip", "cg_iters", "grid")
 _SPAN_SETTINGS = ("joint", "block", "representation_error", "conditioning", "latent_obs")
 _CONDITIONINGS = ("explicit", "latent")
 
@@ -504,6 +504,26 @@ class _WindowSampler:
             gain = observation_gain(observe, tuple(prior.event_shape), generator=gen,
                                     device=self.device, dtype=self.dtype)
             return observe, y, r, gain
+        return self._latent_conditioning(tables, positions, prior)
+
+    def jacobian(self, observe, prior) -> torch.Tensor | None:
+        """``J = d observe / d u`` at the prior mean ``u = 0`` (central differences of unit
+        steps, one batched call), ``(P, *event)``, for the Tweedie guidance
+        (``cg_iters > 0``) of explicit conditioning; ``None`` otherwise."""
+        if int(self.settings.get("cg_iters", 0)) == 0 or self.latent_obs is not None:
+            return None
+        event = tuple(prior.event_shape)
+        n = int(np.prod(event))
+        step = 1e-2
+        eye = torch.eye(n, dtype=self.dtype, device=self.device).reshape(n, *event)
+        cols = []
+        with torch.no_grad():
+            for e in eye.split(256):  # bounded memory for long blocks
+                cols.append((observe(step * e) - observe(-step * e)) / (2.0 * step))
+        return torch.cat(cols).T.reshape(-1, *event).contiguous()  # (P, *event)
+
+    def _latent_conditioning(self, tables, positions, prior):
+        """``(observe, y, r_std, obs_gain)`` of ``conditioning="latent"``."""
         lo = self.latent_obs
         kw = dict(dtype=self.dtype, device=self.device)
         y = lo.whitened(table_codes(self.model, tables)).reshape(-1).to(**kw)
@@ -623,7 +643,8 @@ class _WindowSampler:
         if not tables:
             return da.analyse(members, known=cond, **kw)
         observe, y, r, gain = self.likelihood(tables, positions, prior, gen)
-        return da.analyse(members, observe, y, r, obs_gain=gain, known=cond, **kw)
+        return da.analyse(members, observe, y, r, obs_gain=gain, known=cond,
+                          obs_jacobian=self.jacobian(observe, prior), **kw)
 
     def draw_span(self, members: int, tables, states, seed: int, prior_too: bool):
         """Samples of the trajectory through every observation, block by block.
@@ -700,7 +721,8 @@ class _WindowSampler:
     def draw(self, members: int, tables, positions, gen: torch.Generator, prior_too: bool):
         """Posterior (and prior) samples at ``positions``: lists of ``(N, n)`` float64."""
         observe, y, r, gain = self.likelihood(tables, positions, self.prior, gen)
-        u = self.da.analyse(members, observe, y, r, obs_gain=gain, generator=gen,
+        u = self.da.analyse(members, observe, y, r, obs_gain=gain,
+                            obs_jacobian=self.jacobian(observe, self.prior), generator=gen,
                             device=self.device, dtype=self.dtype)
         post = self._states(u, positions)
         if not prior_too:
