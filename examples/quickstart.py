@@ -27,7 +27,7 @@ print("latent forecast:", dict(fc.sizes))
 
 # Every other site observed with error 1, every step, for 50 steps.
 obs = xlatda.obs.sample_points(test.isel(time=slice(1, 51)), n=20, error_std=1.0, seed=1)
-result = xlatda.cycle(test.isel(time=0), obs, model, method="etkf", members=20, init_std=0.5,
+result = xlatda.cycle(test.isel(time=0), obs, model, method="etkf", init_std=0.5,
                       inflation=1.05, progress=not QUICK)
 rmse = xlatda.metrics.rmse(result.analysis.mean("member"),
                            test.sel(time=result.analysis.time), dim=None)

@@ -112,3 +112,19 @@ def test_hybrid_refuses_what_it_cannot_run():
 
     with pytest.raises(ConfigError):
         xlatda.cycle(bg, obs, Lorenz96(n=32), method="hybrid", members=4, progress=False)
+
+
+def test_small_latent_ensembles_are_reported_and_the_hybrid_is_not():
+    import warnings
+
+    from xlatda.errors import SmallEnsembleWarning
+
+    model, truth, obs = _linear_case()
+    bg = truth.isel(time=0)
+    kw = dict(init_std=1.0, seed=0, progress=False)
+    with pytest.warns(SmallEnsembleWarning, match=r"4 members spans at most 3 of the 8"):
+        xlatda.cycle(bg, obs, model, method="etkf", members=4, inflation=1.05, **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SmallEnsembleWarning)
+        xlatda.cycle(bg, obs, model, method="hybrid", members=4, **kw)
+        xlatda.cycle(bg, obs, model, method="etkf", members=9, inflation=1.05, **kw)

@@ -100,7 +100,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="xlatda-demo", help="output folder (default xlatda-demo)")
     p.add_argument("--hours", type=int, default=24)
     p.add_argument("--obs", type=int, default=256, help="observation locations per hour")
-    p.add_argument("--members", type=int, default=32)
+    p.add_argument("--members", type=int, default=None,
+                   help="ensemble size (default: latent size + 1, spanning the latent space)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--no-plot", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -30,6 +30,7 @@ round differently with another number of threads).
 from __future__ import annotations
 
 import contextlib
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,7 @@ from xlatda._threads import with_thread_scope
 from xlatda.cycle_records import AnalysisError, CycleRecorder, CycleResult, check_finite
 from xlatda.cycle_store import fingerprint, open_result, resume, write_window
 from xlatda.cycle_store import model_identity as _model_identity
-from xlatda.errors import ConfigError, ObservationError
+from xlatda.errors import ConfigError, ObservationError, SmallEnsembleWarning
 from xlatda.initial import initial_ensemble, initial_parameters
 from xlatda.initial import start_state as _start
 from xlatda.methods.inflation import cycle_defaults
@@ -163,6 +164,21 @@ def assimilate(state: xr.Dataset | xr.DataArray | None, obs: xr.Dataset, model: 
 
 
 @with_thread_scope
+def _warn_small_ensemble(sp: Any, proto: Any, inst: Any, ens: Any, method: str) -> None:
+    """Warn when a latent ensemble filter's members cannot span the latent space."""
+    if (ens is None or sp.kind != "latent" or not proto.ensemble or not proto.forecasts
+            or getattr(inst, "blends_prior", False)):
+        return
+    n, d = int(ens.shape[0]), int(sp.d)
+    if n < d + 1:
+        warnings.warn(
+            f"method={method!r} with {n} members spans at most {n - 1} of the {d} latent "
+            "directions: the filter leaves the others uncorrected and its error there grows. "
+            f"Use members >= {d + 1} (the default spans the latent space) or method='hybrid', "
+            "which blends the model's latent prior into the gain (xlatda.methods.hybrid)",
+            SmallEnsembleWarning, stacklevel=3)
+
+
 def cycle(background: xr.Dataset | xr.DataArray | None, obs: xr.Dataset, model: Any, *,
           method: str = DEFAULT_METHOD, space: str | None = None, members: int | None = None,
           init_std: Any = None, init: str | None = None, window: int = 1,
@@ -328,6 +344,7 @@ def cycle(background: xr.Dataset | xr.DataArray | None, obs: xr.Dataset, model: 
         t_cur, state, start = t0, {}, 0
     else:
         ens, t_cur, state, start = point.carry, point.time, point.state, point.windows
+    _warn_small_ensemble(sp, proto, inst, ens, method)
     return _drive(inst, proto, sp, windows[start:], ens, t_cur, state, noise=noise,
                   recorder=CycleRecorder(L, tname, pnames), store=store, meta=meta,
                   progress=progress, total=len(windows), desc=f"cycle {method}")

@@ -106,7 +106,7 @@ def run_demo(
     *,
     hours: int = 24,
     n_obs: int = 256,
-    members: int = 32,
+    members: int | None = None,
     seed: int = 1,
     methods: tuple[str, ...] = ("enkf", "etkf", "4denvar", "3dvar", "score"),
     plot: bool = True,
@@ -125,8 +125,10 @@ def run_demo(
     n_obs : int
         Scattered observation locations per hour (each observes height and
         vorticity).
-    members : int
-        Ensemble size.
+    members : int, optional
+        Ensemble size; default ``latent_dim + 1`` (49 for the shipped model): the
+        ensemble spans the latent space, as :func:`xlatda.cycle`'s default (fewer
+        members leave latent directions uncorrected: ``SmallEnsembleWarning``).
     seed : int
         Seed of the truth, observations and ensembles.
     methods : tuple of str
@@ -145,6 +147,7 @@ def run_demo(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model = model or open_model(demo_model_path())
+    members = model.latent_dim + 1 if members is None else int(members)
     L = model.layout
     nlat, nlon = L.spatial_shape
     settings = model.history.get("settings", {})

@@ -158,6 +158,17 @@ class TimeSpanError(ObservationError):
     """Observation times lie absurdly far from the background for the model's time step."""
 
 
+class SmallEnsembleWarning(XlatdaError, UserWarning):
+    """A latent ensemble filter with fewer members than latent dimensions + 1.
+
+    ``N`` members span at most ``N - 1`` latent directions; an ensemble
+    filter corrects only those, and the error in the others grows (on the
+    shallow-water SINR benchmark, latent 128: RMSE 0.132 with 32 members,
+    0.059 with 129). Issued once per :func:`xlatda.cycle` call; use more
+    members (the default spans the latent space) or ``method="hybrid"``.
+    """
+
+
 class OutOfDistributionWarning(XlatdaError, UserWarning):
     """Latent states far outside the distribution of the training codes.
 

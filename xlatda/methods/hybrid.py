@@ -192,6 +192,8 @@ class HybridEnKF(CycleMethod):
 
     spaces: ClassVar[tuple[str, ...]] = ("latent",)
     inference = True
+    #: its gain keeps every latent direction (no SmallEnsembleWarning from xlatda.cycle)
+    blends_prior: ClassVar[bool] = True
 
     def __init__(self, *, beta: float = DEFAULT_BETA, inflation: float = 1.05,
                  regime: Any = None) -> None:
