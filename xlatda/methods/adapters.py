@@ -41,7 +41,13 @@ import torch
 
 from xlatda.errors import ConfigError
 from xlatda.methods.additive import check_additive, with_tendency_error
-from xlatda.methods.consistency import DEFAULT_GROSS_ERROR, DivergenceMonitor
+from xlatda.methods.consistency import (
+    DEFAULT_GROSS_ERROR,
+    AnalysisLabel,
+    DivergenceMonitor,
+    monitor_entries,
+    monitor_state,
+)
 from xlatda.methods.covariance import Covariance, DiagonalCovariance
 from xlatda.methods.ensemble import (
     EnsembleMethod,
@@ -146,18 +152,6 @@ class _AdditiveSetting:
         return res
 
 
-class _Where:
-    """``"analysis k, time t"`` of a window, formatted only if a warning needs it."""
-
-    __slots__ = ("window",)
-
-    def __init__(self, window: Any) -> None:
-        self.window = window
-
-    def __str__(self) -> str:
-        return f"analysis {self.window.index}, time {self.window.labels[0]}"
-
-
 @adapts(EnsembleMethod)
 class EnsembleFilter(_AdditiveSetting, CycleMethod):
     """An ensemble Kalman filter kernel analysing one observation time."""
@@ -215,11 +209,8 @@ class EnsembleFilter(_AdditiveSetting, CycleMethod):
         ana, diag, kstate = self.kernel.step(ensemble, hx, y, r, generator=generator,
                                              locations=locations, state=kstate or None,
                                              n_params=space.n_params)
-        mstate = None
-        if "monitor_count" in state:
-            mstate = {"count": state["monitor_count"], "warned": state["monitor_warned"]}
-        m = self.monitor.update(diag, mstate, where=_Where(window))
-        new_state = {**kstate, "monitor_count": m["count"], "monitor_warned": m["warned"]}
+        m = self.monitor.update(diag, monitor_state(state), where=AnalysisLabel(window))
+        new_state = {**kstate, **monitor_entries(m)}
         return WindowAnalysis([(ensemble, ana)], diag, new_state, [hx])
 
 

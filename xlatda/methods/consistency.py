@@ -57,10 +57,13 @@ from xlatda.errors import AnalysisError, ConfigError, FilterDivergenceWarning
 
 __all__ = [
     "DEFAULT_GROSS_ERROR",
+    "AnalysisLabel",
     "DivergenceMonitor",
     "gross_error_mask",
     "innovation_chi2",
     "innovation_quadratic_form",
+    "monitor_entries",
+    "monitor_state",
     "spread_ratio",
     "spread_ratio_scaled",
 ]
@@ -378,3 +381,27 @@ class DivergenceMonitor:
                "warned": torch.tensor(warned or fire)}
         self._last = (out["count"], out["warned"], count, warned or fire)
         return out
+
+
+class AnalysisLabel:
+    """``"analysis k, time t"`` of a window, formatted only if a warning needs it."""
+
+    __slots__ = ("window",)
+
+    def __init__(self, window: Any) -> None:
+        self.window = window
+
+    def __str__(self) -> str:
+        return f"analysis {self.window.index}, time {self.window.labels[0]}"
+
+
+def monitor_state(method_state: Mapping[str, Tensor]) -> dict[str, Tensor] | None:
+    """The :class:`DivergenceMonitor` state kept in a cycling method's state (None at first)."""
+    if "monitor_count" not in method_state:
+        return None
+    return {"count": method_state["monitor_count"], "warned": method_state["monitor_warned"]}
+
+
+def monitor_entries(monitor_out: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """:meth:`DivergenceMonitor.update`'s result as entries of a method state."""
+    return {"monitor_count": monitor_out["count"], "monitor_warned": monitor_out["warned"]}

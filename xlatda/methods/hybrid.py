@@ -68,7 +68,14 @@ import torch
 from torch import Tensor
 
 from xlatda.errors import ConfigError, NotFittedError
-from xlatda.methods.consistency import DivergenceMonitor, innovation_chi2, spread_ratio
+from xlatda.methods.consistency import (
+    AnalysisLabel,
+    DivergenceMonitor,
+    innovation_chi2,
+    monitor_entries,
+    monitor_state,
+    spread_ratio,
+)
 from xlatda.methods.inflation import check_inflation
 from xlatda.methods.protocol import CycleMethod, WindowAnalysis
 from xlatda.methods.regime import check_regime
@@ -252,9 +259,5 @@ class HybridEnKF(CycleMethod):
         y, r = table.values.to(_F64), table.error_std.to(_F64)
         ana, diag = hybrid_gain_update(ens, hx, y, r, static, h_static, beta=self.beta,
                                        inflation=self.inflation, generator=generator)
-        mstate = None
-        if "monitor_count" in state:
-            mstate = {"count": state["monitor_count"], "warned": state["monitor_warned"]}
-        mon = self.monitor.update(diag, mstate, where=f"analysis {window.index}")
-        new_state = {"monitor_count": mon["count"], "monitor_warned": mon["warned"]}
-        return WindowAnalysis([(ensemble, ana.to(ensemble))], diag, new_state, [hx])
+        mon = self.monitor.update(diag, monitor_state(state), where=AnalysisLabel(window))
+        return WindowAnalysis([(ensemble, ana.to(ensemble))], diag, monitor_entries(mon), [hx])
