@@ -50,6 +50,15 @@ def latlon_data(nt=240, nlat=8, nlon=16, seed=0, modes=5, rho=0.9):
     )
 
 
+def pca_with_unit_gaussian_score(ds, latent_dim=4):
+    """A PCA of ``ds`` and the same model whose score prior is exactly N(0, I) (one window)."""
+    pca = xlatda.fit(ds, encoder="pca", latent_dim=latent_dim, progress=False)
+    d = pca.latent_dim
+    return pca, dataclasses.replace(pca, score=ScorePrior(
+        GaussianEps(torch.zeros(1, d, dtype=F64), torch.eye(d, dtype=F64)),
+        mean=torch.zeros(d, dtype=F64), std=torch.ones(d, dtype=F64)))
+
+
 @pytest.fixture(scope="module")
 def l96():
     return xlatda.datasets.lorenz96(n=8, steps=300, seed=0)
@@ -217,11 +226,8 @@ def test_explicit_guidance_reads_block_means_through_the_decoder():
     from xlatda.generative import _WindowSampler
 
     ds = latlon_data(nt=60)
-    pca = xlatda.fit(ds, encoder="pca", latent_dim=4, progress=False)
+    pca, model = pca_with_unit_gaussian_score(ds)
     d = pca.latent_dim
-    model = dataclasses.replace(pca, score=ScorePrior(
-        GaussianEps(torch.zeros(1, d, dtype=F64), torch.eye(d, dtype=F64)),
-        mean=torch.zeros(d, dtype=F64), std=torch.ones(d, dtype=F64)))
     t0 = ds.isel(time=[5])
     obs = xlatda.obs.concat([xlatda.obs.coarsen(t0, 4, 1.0),
                              xlatda.obs.sample_points(t0, n=3, error_std=0.5, seed=2)])

@@ -11,7 +11,6 @@ gradients) on the log-SNR grid is within sampling error of the exact law.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import math
 
@@ -20,7 +19,7 @@ import torch
 
 import xlatda
 from xlatda.errors import ConfigError, ShapeError
-from xlatda.methods.diffusion import CosineSchedule, GaussianEps, ScorePrior
+from xlatda.methods.diffusion import CosineSchedule, GaussianEps
 from xlatda.methods.score import ScoreDA, guided_eps, time_grid
 
 F64 = torch.float64
@@ -162,14 +161,11 @@ def test_api_tweedie_guidance_matches_kalman_through_a_pca_decoder():
     """xlatda.assimilate(method="score", cg_iters=, grid=): 32 precise block means of a PCA
     field of 4 latents; the Jacobian of H o D comes from the sampler's finite differences.
     The default (diagonal gamma) sampler is more than 2.5 times too wide here."""
-    from tests.test_score_api import latlon_data
+    from tests.test_score_api import latlon_data, pca_with_unit_gaussian_score
 
     ds = latlon_data()
-    pca = xlatda.fit(ds, encoder="pca", latent_dim=4, progress=False)
+    pca, model = pca_with_unit_gaussian_score(ds)
     d = pca.latent_dim
-    model = dataclasses.replace(pca, score=ScorePrior(
-        GaussianEps(torch.zeros(1, d, dtype=F64), torch.eye(d, dtype=F64)),
-        mean=torch.zeros(d, dtype=F64), std=torch.ones(d, dtype=F64)))
     t0 = ds.isel(time=[100])
     obs = xlatda.obs.coarsen(t0, 2, 0.05)  # 32 precise block means of 4 latents
     table = xlatda.obs.to_tensors(obs, pca.layout)
