@@ -245,16 +245,20 @@ def score_cycle(f: Field, res, verify: np.ndarray):
     return pts.mean(1), spread
 
 
-def run_latent(f: Field, model, method: str, obs: xr.Dataset, t_start: int, verify, seed: int):
-    """Returns (label suffix, mean (T,P), spread (T,P) or None, warnings, note)."""
+def run_latent(f: Field, model, method: str, obs: xr.Dataset, t_start: int, verify, seed: int,
+               lag: int = 0):
+    """Returns (label suffix, mean (T,P), spread (T,P) or None, warnings, note); ``lag``:
+    the fixed-lag smoother of ``xlatda.cycle`` (0: the filter)."""
     caught: list[str] = []
+    extra = {"lag": lag} if lag else {}
     bg = background_of(f, t_start)
     note = ""
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
         try:
-            res = xlatda.cycle(bg, obs, model, method=method, seed=seed, progress=False)
-            tag = "defaults"
+            res = xlatda.cycle(bg, obs, model, method=method, seed=seed, progress=False,
+                               **extra)
+            tag = "defaults" + (f", lag {lag}" if lag else "")
         except xlatda.XlatdaError as err:
             note = f"defaults refused: {str(err)[:90]}"
             if method == "3dvar":  # single background, B from the prior
@@ -314,6 +318,8 @@ def main(argv=None) -> None:
     p.add_argument("--dynamics", default="linear", help="latent dynamics of every model")
     p.add_argument("--compare-dynamics", default="ode",
                    help="other dynamics fitted at the chosen size for comparison ('' for none)")
+    p.add_argument("--lags", default="1,2,4",
+                   help="smoother lags to choose from on validation ('' for the filter only)")
     p.add_argument("--quick", action="store_true")
     a = p.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -355,10 +361,20 @@ def main(argv=None) -> None:
         val_rmse = {k: rmse(run_latent(f, models[("pca", k)], "etkf", vobs, VAL[0], ver, 0)[1],
                             vtruth) for k in sizes}
         chosen = min(val_rmse, key=val_rmse.get)
+        # the smoother's lag, on the same validation case (ETKF at the chosen size)
+        lags = [int(x) for x in a.lags.split(",")] if a.lags else []
+        val_lag = {lag: rmse(run_latent(f, models[("pca", chosen)], "etkf", vobs, VAL[0], ver, 0,
+                                        lag=lag)[1], vtruth) for lag in lags}
+        lag = min(val_lag, key=val_lag.get) if val_lag else 0
         lines.append(f"\n## {key}: `{f.var}` {f.values.shape}, valid cells {int(f.land.sum())}\n")
         scores = ", ".join(f"{k}: {v:.3f} K" for k, v in val_rmse.items())
         lines.append(f"Validation (hours {VAL}, 30 stations, PCA + {a.dynamics} dynamics, "
                      f"cycled ETKF with defaults): {scores} -> latent size {chosen}\n")
+        if val_lag:
+            lines.append("Smoother lag on the same validation case (`xlatda.cycle(..., lag=L)`, "
+                         "ETKF, the chosen size): " + ", ".join(
+                             f"{k}: {v:.3f} K" for k, v in val_lag.items()) + f" -> lag {lag} "
+                         f"(filter {val_rmse[chosen]:.3f} K)\n")
         for enc in a.encoders.split(","):
             if enc != "pca":
                 models[(enc, chosen)], fit_secs[(enc, chosen)] = fit_model(
@@ -411,16 +427,20 @@ def main(argv=None) -> None:
                         if len(tag) == 2 and (main or n == 30):
                             est = at_points(f, encode_obs_run(f, m, obs), verify)
                             put(f"{label_of(tag)} encode_obs", est)
-                        for meth in a.methods.split(","):
+                        runs = [(meth, 0) for meth in a.methods.split(",")]
+                        if main and lag:
+                            runs += [(meth, lag) for meth in a.methods.split(",")
+                                     if meth in ("etkf", "4denvar")]
+                        for meth, lg in runs:
                             if not (main or (n == 30 and meth == "etkf")):
                                 continue
                             t0 = time.perf_counter()
                             try:
                                 how, mean, spread, caught, note = run_latent(
-                                    f, m, meth, obs, start, verify, seed)
+                                    f, m, meth, obs, start, verify, seed, lag=lg)
                             except Exception as err:  # record, keep going
                                 traceback.print_exc()
-                                label = f"{label_of(tag)} {meth}"
+                                label = f"{label_of(tag)} {meth}" + (f" lag {lg}" if lg else "")
                                 notes[label] = f"FAILED: {type(err).__name__}: {str(err)[:120]}"
                                 continue
                             label = f"{label_of(tag)} {meth} ({how})"

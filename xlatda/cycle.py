@@ -53,6 +53,7 @@ from xlatda.methods.inflation import cycle_defaults
 from xlatda.methods.protocol import DEFAULT_METHOD
 from xlatda.methods.protocol import cycling_method as _lookup
 from xlatda.methods.regime import initial_regime, resolve_regime
+from xlatda.methods.smoother import FixedLagSmoother, check_lag
 from xlatda.obs.contract import to_tensors, validate
 from xlatda.options import get_options
 from xlatda.spaces import space_for
@@ -184,7 +185,7 @@ def cycle(background: xr.Dataset | xr.DataArray | None, obs: xr.Dataset, model: 
           init_std: Any = None, init: str | None = None, window: int = 1,
           params: dict[str, tuple[float, float]] | None = None, seed: int = 0,
           progress: bool | None = None, store: str | Path | None = None, noise: bool | str = True,
-          **settings: Any) -> CycleResult:
+          lag: int = 0, **settings: Any) -> CycleResult:
     """Forecast-analysis cycles over the span of the observations.
 
     Parameters
@@ -252,6 +253,15 @@ def cycle(background: xr.Dataset | xr.DataArray | None, obs: xr.Dataset, model: 
         2015, :mod:`xlatda.methods.model_noise`: exact covariance, no
         sampling noise where the ensemble spans the latent space),
         ``"stochastic"`` by a random draw per member.
+    lag : int
+        Smooth each analysis with the observations of the next ``lag``
+        analysis times (a fixed-lag ensemble Rauch-Tung-Striebel smoother,
+        :mod:`xlatda.methods.smoother`): ``0`` (the default) returns the
+        filter's analyses, each from the observations up to its time; ``lag
+        >= 1`` a reanalysis (the last ``lag`` analyses use the later times
+        there are). For ensemble methods with one observation time per
+        window and no ``store``. ``background`` and ``diagnostics`` stay the
+        filter's.
     **settings :
         Method settings (``inflation``, ``rtps``, ``radius``, ``b_std``,
         ``iterations``...).
@@ -286,6 +296,15 @@ def cycle(background: xr.Dataset | xr.DataArray | None, obs: xr.Dataset, model: 
     kernel, proto = _lookup(method)
     if not isinstance(window, (int, np.integer)) or window < 1:
         raise ConfigError(f"window must be a positive integer, got {window!r}")
+    lag = check_lag(lag)
+    if lag and (not proto.forecasts or not proto.ensemble or window != 1 or store is not None):
+        why = ("it draws every window afresh instead of forecasting an ensemble"
+               if not proto.forecasts or not proto.ensemble else
+               f"window={window}: the smoother links one analysis time to the next"
+               if window != 1 else "a store is written window by window")
+        raise ConfigError(
+            f"lag={lag} (smoothing) is not available here: {why}. Use an ensemble method "
+            "with window=1 and no store, or lag=0")
     kind = proto.choose_space(model, space)
     background, L, tname, t0 = _start(background, model, proto,
                                       "the background must be at one time", need_time=True)
@@ -347,12 +366,14 @@ def cycle(background: xr.Dataset | xr.DataArray | None, obs: xr.Dataset, model: 
     _warn_small_ensemble(sp, proto, inst, ens, method)
     return _drive(inst, proto, sp, windows[start:], ens, t_cur, state, noise=noise,
                   recorder=CycleRecorder(L, tname, pnames), store=store, meta=meta,
-                  progress=progress, total=len(windows), desc=f"cycle {method}")
+                  progress=progress, total=len(windows), desc=f"cycle {method}",
+                  smoother=FixedLagSmoother(lag) if lag else None)
 
 
 def _drive(inst, proto, sp, windows, ens, t_cur, state, *, noise, recorder, store, meta,
-           progress, total, desc) -> CycleResult:
-    """Forecast, analyse, record and store each window in turn."""
+           progress, total, desc, smoother=None) -> CycleResult:
+    """Forecast, analyse, record and store each window in turn (and revise the
+    recorded analyses with ``smoother``, a :class:`FixedLagSmoother`)."""
     progress = get_options()["progress"] if progress is None else progress
     bar = None
     if progress:
@@ -373,7 +394,11 @@ def _drive(inst, proto, sp, windows, ens, t_cur, state, *, noise, recorder, stor
         for win in windows:
             with window_mode():
                 gen = win.generator()
-                ens_b = ens
+                ens_b = ens_f = ens
+                if smoother is not None:
+                    with forecast_mode():  # the forecast before model error (cross-covariance)
+                        ens_f = sp.forecast(ens, t_cur, win.times[0],
+                                            generator=torch.Generator(), noise=False)
                 if proto.forecasts:
                     with forecast_mode():  # the carried ensemble's forecast needs no gradient
                         ens_b = sp.forecast(ens, t_cur, win.times[0], generator=gen,
@@ -398,6 +423,14 @@ def _drive(inst, proto, sp, windows, ens, t_cur, state, *, noise, recorder, stor
                 check_finite(ens, "analysis", win.index, win.labels[-1])
                 n0 = len(recorder)
                 recorder.add(sp, res, win)
+                if smoother is not None:
+                    with torch.no_grad():
+                        infl = res.diagnostics.get("inflation")
+                        for i, (e_b, e_a) in enumerate(res.steps):
+                            lam = 1.0 if infl is None else float(infl.reshape(-1)[
+                                min(i, infl.numel() - 1)]) if torch.is_tensor(infl) else infl
+                            for row, sm in smoother.push(n0 + i, ens_f, e_b, e_a, lam):
+                                recorder.revise(row, sm)
             if store is not None:
                 write_window(store, recorder.datasets(n0), recorder.tname, index=win.index,
                              carry=ens if proto.forecasts else None, state=state, t_end=t_cur,
@@ -408,6 +441,10 @@ def _drive(inst, proto, sp, windows, ens, t_cur, state, *, noise, recorder, stor
     finally:
         if bar is not None:
             bar.close()
+    if smoother is not None:
+        with torch.no_grad():
+            for row, sm in smoother.flush():
+                recorder.revise(row, sm)
     if store is not None and Path(str(store)).exists():
         return open_result(store)
     return recorder.result()

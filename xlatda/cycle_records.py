@@ -289,6 +289,17 @@ class CycleRecorder:
                     row["theta_background"] = ens_b[..., -np_:].detach().to("cpu", _F64)
                 self.rows.append(row)
 
+    def revise(self, index: int, control: torch.Tensor) -> None:
+        """Replace the analysis of row ``index`` by the control vectors ``control``
+        (a smoother's revision, :mod:`xlatda.methods.smoother`); the row's
+        observation-space diagnostics stay the filter's."""
+        row = self.rows[index]
+        grad = contextlib.nullcontext if torch.is_inference_mode_enabled() else torch.no_grad
+        with grad():
+            row["analysis"] = self.space.to_fields(control)
+            if self.pnames:
+                row["theta"] = control[..., -len(self.pnames):].detach().to("cpu", _F64)
+
     def _obs_rows(self, rows: list[dict[str, Any]]) -> np.ndarray:
         """Observation-space statistics ``(len(rows), 4)`` of recorded rows
         (:func:`_obs_statistics_rows`)."""
