@@ -9,7 +9,8 @@ Climate Change Service information) and 24 station series every 3 hours
    weeks and report its training and forecast checks;
 2. read the station table, keep some stations back for verification;
 3. cycle an ensemble filter through the last week (``xlatda.cycle`` with
-   its defaults);
+   its defaults), and again as a reanalysis that also uses the next two
+   analysis times' stations (``lag=2``: a fixed-lag ensemble smoother);
 4. score the analysis on the ERA5 grid (never trained on) and at the
    held-out stations, next to the climatology, an hourly climatology, a
    linear interpolation of the stations and optimal interpolation
@@ -73,6 +74,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--method", default="etkf")
     p.add_argument("--members", type=int, default=None,
                    help="ensemble size (default: xlatda.cycle's)")
+    p.add_argument("--lag", type=int, default=2,
+                   help="also a reanalysis smoothed with the next LAG analysis times "
+                        "(xlatda.cycle(..., lag=LAG)); 0: the filter only")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -151,12 +155,18 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     result = xlatda.cycle(background, obs, model, method=a.method, members=a.members,
                           seed=a.seed, progress=not QUICK)
     analysis = result.analysis.mean("member")
+    smoothed = None
+    if a.lag:  # a reanalysis: each analysis also sees the next `lag` times' stations
+        smoothed = xlatda.cycle(background, obs, model, method=a.method, members=a.members,
+                                seed=a.seed, progress=not QUICK, lag=a.lag)
     truth = test.sel({tname: analysis[tname]})
 
     # 4. scores against data never used, next to the baselines
     candidates = {
         "analysis": analysis,
         "background": result.background.mean("member"),
+        **({} if smoothed is None else
+           {f"reanalysis (lag {a.lag})": smoothed.analysis.mean("member")}),
         "climatology": xlatda.baselines.climatology(train, analysis[tname]),
         "hourly climatology": xlatda.baselines.climatology(train, analysis[tname], by="hour"),
         "interpolation": xlatda.baselines.interpolate_stations(obs, test),
@@ -171,8 +181,11 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         scores[f"held-out stations RMSE [{units}]"] = [
             float(xlatda.metrics.rmse(xlatda.obs.observe(f, verify)[v], verify[v]))
             for f in candidates.values()]
-    scores["spread"] = [float(xlatda.metrics.spread(result.analysis[v]))] + [np.nan] * (
+    spreads = [float(xlatda.metrics.spread(result.analysis[v]))] + [np.nan] * (
         len(candidates) - 1)
+    if smoothed is not None:
+        spreads[2] = float(xlatda.metrics.spread(smoothed.analysis[v]))
+    scores["spread"] = spreads
     print(scores.round(3).to_string())
 
     # 5. results

@@ -34,6 +34,8 @@ def test_example_runs(path, monkeypatch, capsys, tmp_path):
         grid = scores.iloc[:, 0]
         assert grid.notna().all(), scores
         assert grid["analysis"] < grid["background"], scores  # the stations were used
+        assert grid["reanalysis (lag 2)"] < grid["background"], scores
+        assert scores["spread"]["reanalysis (lag 2)"] > 0, scores
         for name in ("analysis.nc", "maps.png", "rmse.png"):
             assert (tmp_path / "out" / name).stat().st_size > 1000, name
         assert (tmp_path / "out" / "model.zarr").is_dir()
