@@ -167,3 +167,69 @@ def test_representation_covariance_needs_its_model_and_refuses_latent_conditioni
         xlatda.predictive_samples(post, obs, pca)
     with pytest.raises(ConfigError, match="member"):
         xlatda.predictive_samples(post.isel(member=0), obs, model)
+
+
+def test_the_error_model_is_saved_with_the_model(tmp_path):
+    """history['representation_error'] travels through save / open_model: the reopened
+    model's error model is the same, and its predictive samples are bit-identical."""
+    ds = latlon_data(nt=200)
+    pca = xlatda.fit(ds.isel(time=slice(0, 150)), encoder="pca", latent_dim=3, progress=False)
+    pca = xlatda.fit_representation_error(pca, ds.isel(time=slice(150, 200)), modes=4)
+    model = xlatda.fit_score(ds.isel(time=slice(0, 150)), pca, window=3, epochs=2, hidden=16,
+                             depth=1, progress=False)
+    model.save(tmp_path / "m.zarr")
+    back = xlatda.open_model(tmp_path / "m.zarr")
+    a = xlatda.generative.representation_model(model)
+    b = xlatda.generative.representation_model(back)
+    assert torch.equal(a.modes, b.modes) and torch.equal(a.var, b.var) and a.phi == b.phi
+    t0 = ds.isel(time=[170])
+    obs = xlatda.obs.sparsify(t0, 4, 0.3, seed=2)
+    post = xlatda.assimilate(t0, obs, model, method="score", members=4, steps=4,
+                             representation_error=True)
+    assert xlatda.predictive_samples(post, obs, model, seed=5).identical(
+        xlatda.predictive_samples(post, obs, back, seed=5))
+
+
+def test_adaptive_scale_recovers_an_underestimated_error_model():
+    """Truth drawn with 4 Σ_rep, the model holding Σ_rep: scale='adaptive' estimates the
+    factor from the window's own misfit (here 2.5-6.5 over seeds; no truth used), and the
+    predictive variance moves towards the exact one of the 4 Σ_rep model; scale=4 is
+    that model's predictive (within 20 %)."""
+    ds, pca, model, z_mean, z_std, rep = _exact_model()
+    L = pca.layout
+    t0 = ds.isel(time=[50])
+    d = pca.latent_dim
+    with torch.no_grad():
+        c0 = pca.decode_tensor(z_mean[None].to(pca.dtype)).to(F64).reshape(-1)
+        B = (pca.decode_tensor((z_mean + torch.diag(z_std)).to(pca.dtype)).to(F64)
+             .reshape(d, -1) - c0).T
+    cov_x = B @ B.T + 4.0 * (rep.modes.T @ rep.modes + torch.diag(rep.var))
+    alphas = []
+    for seed in range(3):
+        g = torch.Generator().manual_seed(10 + seed)
+        x_true = (c0 + B @ torch.randn(d, generator=g, dtype=F64)
+                  + 2.0 * rep.draw(1, [0.0], generator=g)[0, 0])
+        truth = t0.copy(data={"height": x_true.reshape(1, *L.spatial_shape).numpy()})
+        obs = xlatda.obs.sparsify(truth, 2, 0.3, seed=seed)
+        post = xlatda.assimilate(t0, obs, model, method="score", members=500, seed=2,
+                                 steps=32, cg_iters=16, grid="logsnr",
+                                 representation_error=True)
+        pred = xlatda.predictive_samples(post, obs, model, scale="adaptive", seed=3)
+        alphas.append(pred.attrs["representation_scale"][0])
+    assert all(2.0 < a < 8.0 for a in alphas), alphas
+    table = xlatda.obs.to_tensors(obs, L)
+    A = build_operator(L, table, dtype=F64).matrix.to_dense()
+    S = A @ cov_x @ A.T + 0.09 * torch.eye(A.shape[0], dtype=F64)
+    var_x = (cov_x - cov_x @ A.T @ torch.linalg.solve(S, A @ cov_x)).diagonal()
+    # the likelihood with 4 Σ: assimilate with the scaled model's history
+    rec = dict(model.history["representation_error"])
+    rec["modes"] = (2.0 * rep.modes).tolist()
+    rec["residual_var"] = (4.0 * rep.var).tolist()
+    big = dataclasses.replace(model, history={**model.history, "representation_error": rec})
+    post4 = xlatda.assimilate(t0, obs, big, method="score", members=3000, seed=2, steps=32,
+                              cg_iters=16, grid="logsnr", representation_error=True)
+    v4 = torch.as_tensor(xlatda.predictive_samples(post4, obs, model, scale=4.0, seed=1)
+                         .height.transpose("member", ...).values, dtype=F64).flatten(1).var(0)
+    assert float((v4 / var_x - 1).abs().max()) < 0.2
+    with pytest.raises(ConfigError, match="scale"):
+        xlatda.predictive_samples(post4, obs, model, scale="auto")

@@ -49,18 +49,32 @@ the others).
 
 **Representation error** (``representation_error=True``, latent models). The
 decoder cannot represent every state: what it misses, H∘D sees as error of the
-observations. With this setting the decoder's held-out reconstruction RMSE of
-each value's channel (``model.history["representation_error"]``, recorded by
-:func:`xlatda.fit` on its validation states) is added in quadrature to the
-observation error in the likelihood, so that dense, precise observations no
-longer pin the latent posterior to what they cannot show (the cause of the
-under-dispersed posteriors at mild coarsening in
-``benchmarks/bench_sw_generative.py``, where the same correction, learned on
-held-out trajectories, is measured). The per-point RMSE overstates the error of
-area means (coarsened fields), which average part of it away. Default
-``False``: the likelihood holds the observation error alone, as in SLAMS. The
-posterior samples are latent; the decoded states still miss the representation
-error, which a predictive spread adds in quadrature.
+observations, and the decoded ensemble lacks it. Two error models:
+
+- the covariance model of :func:`fit_representation_error` (used when the model
+  holds one): the residuals ``x - D(E(x))`` of held-out states give
+  :math:`\Sigma_{\rm rep}` (low rank plus diagonal, with a lag-one correlation
+  in time, :class:`~xlatda.methods.score.RepresentationError`). The likelihood
+  becomes :math:`\mathcal N(y \mid A D(z), R + A \Sigma_{\rm rep} A^\top)` with
+  ``A`` each observation's operator (a point reading, or the weighted mean of a
+  block's cells, so block means get the variance of the block average of the
+  correlated error), including the covariance between observations and
+  between the times of a block (whitened jointly up to
+  :data:`REP_MAX_JOINT` observations, per observation time above);
+  :func:`predictive_samples` then turns the decoded members into predictive
+  samples :math:`D(z) + \varepsilon` of the state (:math:`\varepsilon` drawn
+  given the observations by Matheron's rule; exact for a linear-Gaussian
+  model, ``tests/test_score_representation.py``);
+- otherwise the per-channel held-out reconstruction RMSE that :func:`xlatda.fit`
+  records (``model.history["representation_error"]`` without a covariance) is
+  added in quadrature to each observation's error (which overstates the error of
+  block means: they average part of it away).
+
+Default ``False``: the likelihood holds the observation error alone, as in
+SLAMS. The estimate is only as good as the held-out states are like the
+analysed ones: on the shallow-water benchmark the test trajectories lie twice
+as far from the decoder's manifold as the held-out ones
+(``benchmarks/RESULTS.md``, score_representation).
 
 **Latent conditioning** (``conditioning="latent"``, latent models; SLAMS'
 multimodal fusion, :mod:`xlatda.latent_obs`). Instead of ``H o D`` at the
@@ -102,6 +116,7 @@ Examples
 from __future__ import annotations
 
 import dataclasses
+import math
 import time as _time
 from collections.abc import Sequence
 from typing import Any
@@ -1047,7 +1062,7 @@ def _solve(blocks, v: torch.Tensor) -> torch.Tensor:
 @refuse_unknown_keywords
 def predictive_samples(analysis: xr.Dataset, obs: xr.Dataset, model: LatentModel, *,
                        window: int | None = None, conditional: bool = True,
-                       seed: int = 0) -> xr.Dataset:
+                       scale: float | str = 1.0, seed: int = 0) -> xr.Dataset:
     r"""Predictive samples :math:`D(z) + \varepsilon` of a decoded latent ensemble.
 
     The decoded members of a ``method="score"`` analysis lie on the decoder's
@@ -1092,6 +1107,17 @@ def predictive_samples(analysis: xr.Dataset, obs: xr.Dataset, model: LatentModel
         Observation times per group (default: the score prior's window, or 1).
     conditional : bool
         Condition the error on the observations (default) or not.
+    scale : float or "adaptive"
+        Factor on :math:`\Sigma_{\rm rep}` (default 1: the model as fitted).
+        ``"adaptive"``: per group of observation times, the factor
+        :math:`\alpha = \max(0, (\lVert y - A \bar x\rVert^2 - \operatorname{tr} R
+        - \operatorname{tr} A P A^\top) / \operatorname{tr} A \Sigma_{\rm rep}
+        A^\top)` that the misfit of the ensemble mean :math:`\bar x` to the group's
+        own observations shows beyond the observation error and the ensemble
+        spread :math:`P` (a method-of-moments estimate, as in Desroziers et al.
+        2005; it uses no truth), for states farther from the decoder's manifold
+        than the held-out ones the model was fitted on; times without
+        observations keep the factor 1.
     seed : int
         Seed of the draws: the same seed gives bit-identical samples.
 
@@ -1151,18 +1177,29 @@ def predictive_samples(analysis: xr.Dataset, obs: xr.Dataset, model: LatentModel
     n_t, n_m = x.shape[:2]
     x = torch.from_numpy(x.reshape(n_t, n_m, -1).copy())
     step = (getattr(model, "score", None) and model.score.time_step) or model.time_step
-    scale = _rep_time_scale(model, step)
+    tscale = _rep_time_scale(model, step)
     if has_time:
         tv = float_times(analysis[tname].values)
         unit = float(step["value"]) if step else 1.0
-        lags = (tv - tv[0]) / unit * scale
+        lags = (tv - tv[0]) / unit * tscale
     else:
         tv, lags = None, np.zeros(1)
     order_t = np.argsort(lags, kind="stable")
     gen = torch.Generator().manual_seed(int(seed))
     eps = torch.empty(n_m, n_t, x.shape[-1], dtype=_F64)
     eps[:, order_t] = rep.draw(n_m, lags[order_t].tolist(), generator=gen)
-    if conditional:
+    adaptive = isinstance(scale, str)
+    if adaptive and scale != "adaptive":
+        raise ConfigError(f"scale must be a non-negative number or 'adaptive', got {scale!r}")
+    if not adaptive:
+        if not isinstance(scale, (int, float, np.floating, np.integer)) or not scale >= 0:
+            raise ConfigError(f"scale must be a non-negative number or 'adaptive', got {scale!r}")
+        eps = eps * math.sqrt(float(scale))
+        rep = RepresentationError(rep.modes * math.sqrt(float(scale)), rep.var * float(scale),
+                                  rep.phi)
+    base = rep
+    factors: list[float] = []
+    if conditional or adaptive:
         table = to_tensors(obs, L)
         w = window or (model.score.window if getattr(model, "score", None) else 1)
         for win in plan_windows(table, int(w), seed=0):
@@ -1180,6 +1217,20 @@ def predictive_samples(analysis: xr.Dataset, obs: xr.Dataset, model: LatentModel
             olags = [float(lags[i]) for i in idx]
             r = torch.cat([t.error_std for t in win.tables]).to(_F64)
             y = torch.cat([t.values for t in win.tables]).to(_F64)
+            if adaptive:
+                hm = torch.cat([(a @ x[i].T).T for a, i in zip(ops, idx)], -1)  # (N, P)
+                miss = float((y - hm.mean(0)).square().sum())
+                spread = float(hm.var(0).sum()) if n_m > 1 else 0.0
+                tr_s = float(base.obs_covariance(ops, olags).diagonal().sum())
+                alpha = max(0.0, (miss - float(r.square().sum()) - spread) / tr_s) \
+                    if tr_s > 0 else 0.0
+                factors.append(alpha)
+                rep = RepresentationError(base.modes * math.sqrt(alpha), base.var * alpha,
+                                          base.phi)
+                for i in idx:
+                    eps[:, i] = eps[:, i] * math.sqrt(alpha)
+            if not conditional:
+                continue
             blocks = _rep_whitener(rep, ops, olags, r)
             hx = torch.cat([(a @ (x[i] + eps[:, i]).T).T for a, i in zip(ops, idx)], -1)
             eta = r * torch.randn(n_m, len(r), generator=gen, dtype=_F64)
@@ -1198,4 +1249,7 @@ def predictive_samples(analysis: xr.Dataset, obs: xr.Dataset, model: LatentModel
     for v in analysis.data_vars:
         if v in res:
             res[v] = res[v].transpose(*analysis[v].dims)
-    return res.assign_attrs(analysis.attrs)
+    res = res.assign_attrs(analysis.attrs)
+    if adaptive:  # the factor of each group of observation times, for diagnostics
+        res = res.assign_attrs(representation_scale=[float(f"{f:.6g}") for f in factors])
+    return res

@@ -898,8 +898,17 @@ class ScoreDA:
 # ---------------------------------------------------------------------------
 # representation error: what the decoder cannot represent
 # ---------------------------------------------------------------------------
-def _as_dense_rows(op: Tensor) -> Tensor:
-    return op.to_dense() if op.layout != torch.strided else op
+def _coo(op: Tensor) -> Tensor:
+    """A (sparse or dense) operator as a coalesced float64 COO tensor."""
+    op = op.to(torch.float64)
+    return (op.to_sparse() if op.layout == torch.strided else op.to_sparse_coo()).coalesce()
+
+
+def _scale_columns(op: Tensor, d: Tensor) -> Tensor:
+    """``op diag(d)`` of a COO tensor."""
+    idx = op.indices()
+    return torch.sparse_coo_tensor(idx, op.values() * d[idx[1]], op.shape,
+                                   check_invariants=False).coalesce()
 
 
 @dataclass(frozen=True)
@@ -977,14 +986,15 @@ class RepresentationError:
         \Sigma_{\rm rep} A_j^\top`. Float64.
         """
         u, d = self.modes.to(torch.float64), self.var.to(torch.float64)
-        dense = [_as_dense_rows(a).to(torch.float64) for a in ops]
-        f = [a @ u.T for a in dense]  # (P_i, k)
+        sp = [_coo(a) for a in ops]
+        dense_t = [a.to_dense().T for a in sp]  # (n, P_j)
+        f = [torch.sparse.mm(a, u.T) for a in sp]  # (P_i, k)
         c = self._corr(lags)
         rows = []
-        for i, ai in enumerate(dense):
-            ad = ai * d
-            rows.append(torch.cat([c[i, j] * (f[i] @ f[j].T + ad @ aj.T)
-                                   for j, aj in enumerate(dense)], 1))
+        for i, ai in enumerate(sp):
+            ad = _scale_columns(ai, d)
+            rows.append(torch.cat([c[i, j] * (f[i] @ f[j].T + torch.sparse.mm(ad, aj_t))
+                                   for j, aj_t in enumerate(dense_t)], 1))
         return torch.cat(rows, 0)
 
     def draw(self, members: int, lags: Sequence[float], *,
@@ -1025,7 +1035,7 @@ class RepresentationError:
         t_s = torch.as_tensor(list(lags), dtype=torch.float64)
         t_o = torch.as_tensor(list(obs_lags), dtype=torch.float64)
         c = float(self.phi) ** (t_s[:, None] - t_o[None, :]).abs()  # (T, I)
-        back = torch.stack([(_as_dense_rows(a).to(torch.float64).T @ wi.T).T
+        back = torch.stack([torch.sparse.mm(_coo(a).t(), wi.to(torch.float64).T).T
                             for a, wi in zip(ops, w)], 1)  # (N, I, n): A_i^T w_i
         b = torch.einsum("ti,nim->ntm", c, back)
         return (b @ u.T) @ u + d * b
