@@ -173,12 +173,14 @@ COND_SETTINGS: dict[str, dict[str, Any]] = {
     "latent": {"conditioning": "latent"},
     "tweedie": {"conditioning": "explicit", "cg_iters": 8, "grid": "logsnr"},
     "explicit_rep": {"conditioning": "explicit", "representation_error": True},
+    "tweedie_rep": {"conditioning": "explicit", "cg_iters": 8, "grid": "logsnr",
+                    "representation_error": True},
 }
 #: Conditionings whose analyses are also scored as predictive samples D(z) + ε
 #: (``xlatda.predictive_samples``, conditioned on the observations), and the variants:
 #: the error model as fitted ("pred"), scaled per window by the misfit to the window's
 #: own observations ("pred_ad", ``scale="adaptive"``).
-PREDICTIVE = ("explicit", "explicit_rep")
+PREDICTIVE = ("explicit", "explicit_rep", "tweedie", "tweedie_rep")
 PRED_VARIANTS: dict[str, dict[str, Any]] = {"pred": {}, "pred_ad": {"scale": "adaptive"}}
 
 
@@ -241,7 +243,8 @@ def fit_models(train, cfg: dict[str, Any], err: dict[str, float],
 
 
 def main(quick: bool = True, threads: int | None = 1, seed: int = 0,
-         conds: tuple[str, ...] = ("explicit", "latent", "tweedie", "explicit_rep"),
+         conds: tuple[str, ...] = ("explicit", "latent", "tweedie", "explicit_rep",
+                                   "tweedie_rep"),
          ) -> list[dict[str, Any]]:
     cfg = dict(CONFIGS["quick" if quick else "full"])
     if threads:
@@ -288,7 +291,7 @@ def main(quick: bool = True, threads: int | None = 1, seed: int = 0,
             # the Tweedie guidance has no gamma to choose (it only sets the CG
             # preconditioner: gamma 1, the variance sigma_t^2/mu_t^2 of x0 | x_t at low
             # noise); validation chooses its Langevin corrections (0 or 1) instead
-            cands = ([(g, 1) for g in cfg["gammas"]] if cond != "tweedie"
+            cands = ([(g, 1) for g in cfg["gammas"]] if not cond.startswith("tweedie")
                      else [(1.0, 0), (1.0, 1)])
             best_pred: dict[str, tuple] = {}
             for g, c in cands:
@@ -449,7 +452,7 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--full", action="store_true")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--conds", default="explicit,latent,tweedie,explicit_rep",
+    ap.add_argument("--conds", default="explicit,latent,tweedie,explicit_rep,tweedie_rep",
                     help="comma-separated conditionings (keys of COND_SETTINGS)")
     args = ap.parse_args()
     main(quick=not args.full, threads=args.threads, conds=tuple(args.conds.split(",")))
