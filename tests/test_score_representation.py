@@ -233,3 +233,32 @@ def test_adaptive_scale_recovers_an_underestimated_error_model():
     assert float((v4 / var_x - 1).abs().max()) < 0.2
     with pytest.raises(ConfigError, match="scale"):
         xlatda.predictive_samples(post4, obs, model, scale="auto")
+
+
+def test_per_time_whitening_above_the_joint_size_agrees_when_times_are_uncorrelated(
+        monkeypatch):
+    """Above REP_MAX_JOINT observations each time is whitened on its own; with a time
+    correlation of 0 that is the same likelihood, so a two-time cycle gives the same
+    samples (to rounding) either way; with a correlation the joint form differs."""
+    ds, _, model, *_ = _exact_model()
+    d = model.latent_dim
+    model = dataclasses.replace(model, score=ScorePrior(
+        GaussianEps(torch.zeros(2, d, dtype=F64), torch.eye(2 * d, dtype=F64)),
+        mean=model.score.mean, std=model.score.std,
+        time_step={"value": 3600.0, "units": "s"}))
+    window = ds.isel(time=[50, 51])
+    obs = xlatda.obs.sparsify(window, 4, 0.3, seed=2)
+    kw = dict(members=6, steps=8, window=2, seed=3, representation_error=True)
+
+    def run():
+        return xlatda.cycle(None, obs, model, method="score", **kw).analysis.height.values
+
+    joint = run()
+    monkeypatch.setattr(xlatda.generative, "REP_MAX_JOINT", 10)
+    apart = run()
+    np.testing.assert_allclose(apart, joint, rtol=1e-7, atol=1e-9)
+    rec = {**model.history["representation_error"], "time_correlation": 0.9,
+           "time_step": {"value": 3600.0, "units": "s"}}
+    model = dataclasses.replace(model, history={**model.history, "representation_error": rec})
+    monkeypatch.undo()
+    assert not np.allclose(run(), joint, rtol=1e-3)
