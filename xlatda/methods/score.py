@@ -127,6 +127,16 @@ use the log-SNR time grid (``grid="logsnr"``, :func:`time_grid`): a posterior mu
 tighter than the prior contracts at noise levels the uniform grid covers with one
 or two steps.
 
+**Representation error** (:class:`RepresentationError`). A decoder of a latent
+window misses part of every state; observations see that part as error. Its
+Gaussian model :math:`\Sigma_{\rm rep}` (low rank plus diagonal, AR(1) in
+time) gives the error covariance :math:`R + A \Sigma_{\rm rep} A^\top` of
+observations through a linear operator :math:`A`, which the xarray layer
+whitens (``observe``, ``y`` and ``r_std = 1`` of the whitened problem: the
+sampler above is unchanged), and draws of the error given the observations
+(Matheron's rule, :meth:`RepresentationError.cross`) turn decoded samples into
+predictive samples of the state (:func:`xlatda.predictive_samples`).
+
 References
 ----------
 Qu, Nathaniel, Li, Gentine (2024). Deep generative data assimilation in
