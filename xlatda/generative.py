@@ -49,18 +49,32 @@ the others).
 
 **Representation error** (``representation_error=True``, latent models). The
 decoder cannot represent every state: what it misses, H∘D sees as error of the
-observations. With this setting the decoder's held-out reconstruction RMSE of
-each value's channel (``model.history["representation_error"]``, recorded by
-:func:`xlatda.fit` on its validation states) is added in quadrature to the
-observation error in the likelihood, so that dense, precise observations no
-longer pin the latent posterior to what they cannot show (the cause of the
-under-dispersed posteriors at mild coarsening in
-``benchmarks/bench_sw_generative.py``, where the same correction, learned on
-held-out trajectories, is measured). The per-point RMSE overstates the error of
-area means (coarsened fields), which average part of it away. Default
-``False``: the likelihood holds the observation error alone, as in SLAMS. The
-posterior samples are latent; the decoded states still miss the representation
-error, which a predictive spread adds in quadrature.
+observations, and the decoded ensemble lacks it. Two error models:
+
+- the covariance model of :func:`fit_representation_error` (used when the model
+  holds one): the residuals ``x - D(E(x))`` of held-out states give
+  :math:`\Sigma_{\rm rep}` (low rank plus diagonal, with a lag-one correlation
+  in time, :class:`~xlatda.methods.score.RepresentationError`). The likelihood
+  becomes :math:`\mathcal N(y \mid A D(z), R + A \Sigma_{\rm rep} A^\top)` with
+  ``A`` each observation's operator (a point reading, or the weighted mean of a
+  block's cells, so block means get the variance of the block average of the
+  correlated error), including the covariance between observations and
+  between the times of a block (whitened jointly up to
+  :data:`REP_MAX_JOINT` observations, per observation time above);
+  :func:`predictive_samples` then turns the decoded members into predictive
+  samples :math:`D(z) + \varepsilon` of the state (:math:`\varepsilon` drawn
+  given the observations by Matheron's rule; exact for a linear-Gaussian
+  model, ``tests/test_score_representation.py``);
+- otherwise the per-channel held-out reconstruction RMSE that :func:`xlatda.fit`
+  records (``model.history["representation_error"]`` without a covariance) is
+  added in quadrature to each observation's error (which overstates the error of
+  block means: they average part of it away).
+
+Default ``False``: the likelihood holds the observation error alone, as in
+SLAMS. The estimate is only as good as the held-out states are like the
+analysed ones: on the shallow-water benchmark the test trajectories lie twice
+as far from the decoder's manifold as the held-out ones
+(``benchmarks/RESULTS.md``, score_representation).
 
 **Latent conditioning** (``conditioning="latent"``, latent models; SLAMS'
 multimodal fusion, :mod:`xlatda.latent_obs`). Instead of ``H o D`` at the
@@ -102,6 +116,7 @@ Examples
 from __future__ import annotations
 
 import dataclasses
+import math
 import time as _time
 from collections.abc import Sequence
 from typing import Any
@@ -125,7 +140,7 @@ from xlatda.methods.diffusion import (
 )
 from xlatda.methods.diffusion import fit_score as _fit_windows
 from xlatda.methods.protocol import CycleMethod, WindowAnalysis, adapts
-from xlatda.methods.score import ScoreDA, observation_gain
+from xlatda.methods.score import RepresentationError, ScoreDA, observation_gain
 from xlatda.model import LatentModel
 from xlatda.normalize import Normalizer
 from xlatda.options import get_options, resolve_device, resolve_dtype
@@ -133,7 +148,8 @@ from xlatda.pixel_score_model import PixelScoreModel
 from xlatda.validation import check_keywords, refuse_unknown_keywords
 from xlatda.windows import float_times
 
-__all__ = ["PixelScoreModel", "ScoreWindows", "fit_score"]
+__all__ = ["PixelScoreModel", "ScoreWindows", "fit_representation_error", "fit_score",
+           "predictive_samples", "representation_model"]
 
 _F64 = torch.float64
 _SAMPLER_SETTINGS = ("steps", "corrections", "tau", "gamma", "guide_clip", "cg_iters", "grid")
@@ -478,7 +494,7 @@ class _WindowSampler:
                 f"latent_obs was fitted for model {lo.model_id!r}, not this model "
                 f"{self.model.model_id!r}; refit it with xlatda.fit_latent_obs(model, ...)"
             )
-        if self.rep_var is not None:
+        if self.rep_var is not None or self.rep_model is not None:
             raise ConfigError(
                 "representation_error=True adds the decoder's error to H o D; the latent "
                 "likelihood's covariance already holds what the codes miss: drop it with "
@@ -498,6 +514,8 @@ class _WindowSampler:
             y = torch.cat([t.values for t in tables]).to(self.dtype).to(self.device)
             r = self.error_std(tables)
             observe = self._observe(tables, positions, prior)
+            if self.rep_model is not None:
+                observe, y, r = self._whitened(observe, tables, positions)
             # The guidance inflates the observation-error variance by γ(σ_t/μ_t)² in
             # standardised prior units; the gains carry that into observation units
             # (physical units, through the decoder), observation by observation.
@@ -505,6 +523,23 @@ class _WindowSampler:
                                     device=self.device, dtype=self.dtype)
             return observe, y, r, gain
         return self._latent_conditioning(tables, positions, prior)
+
+    def _whitened(self, observe, tables, positions):
+        """``(observe, y, r_std)`` whitened by the Cholesky factor ``L`` of ``R + A Σ_rep Aᵀ``
+        (:func:`fit_representation_error`): ``N(y | h, L Lᵀ) = N(L⁻¹y | L⁻¹h, I)``."""
+        ops = _rep_obs_operators(self.model, tables)
+        scale = _rep_time_scale(self.model, self.prior.time_step)
+        lags = [float(p) * scale for p in positions]
+        r = torch.cat([t.error_std for t in tables]).to(_F64)
+        blocks = _rep_whitener(self.rep_model, ops, lags, r)
+        blocks = [(sl, c.to(self.device)) for sl, c in blocks]
+        y = torch.cat([t.values for t in tables]).to(_F64).to(self.device)
+        yw = _whiten(blocks, y).to(self.dtype)
+
+        def observe_w(u: torch.Tensor) -> torch.Tensor:
+            return _whiten(blocks, observe(u)).to(u.dtype)
+
+        return observe_w, yw, torch.ones_like(yw)
 
     def jacobian(self, observe, prior) -> torch.Tensor | None:
         """``J = d observe / d u`` at the prior mean ``u = 0`` (central differences of unit
@@ -544,7 +579,11 @@ class _WindowSampler:
         """Per-channel variance the decoder cannot represent (``None`` when not used)."""
         if not isinstance(flag, (bool, np.bool_)):
             raise ConfigError(f"representation_error must be True or False, got {flag!r}")
+        self.rep_model = None
         if not flag:
+            return None
+        self.rep_model = representation_model(self.model) if self.latent else None
+        if self.rep_model is not None:  # the covariance model: through _whitened
             return None
         rec = (getattr(self.model, "history", None) or {}).get("representation_error")
         if not self.latent or rec is None:
@@ -822,3 +861,395 @@ class ScoreWindows(CycleMethod):
                                         prior_too=window.cycling)
         prior = prior or post  # one analysis only: no background draws are made
         return WindowAnalysis([(b.to(_F64), a.to(_F64)) for b, a in zip(prior, post)], {}, state)
+
+
+# ---------------------------------------------------------------------------
+# representation error: the decoder's off-manifold error model
+# ---------------------------------------------------------------------------
+#: Largest number of observations of one analysis whose representation-error covariance
+#: is whitened jointly (all times together); above it each observation time is whitened
+#: on its own (the error's correlation between times is then left out).
+REP_MAX_JOINT = 6000
+
+
+def _state_values(ds: xr.Dataset, L: StateLayout, lead: Sequence[str]) -> np.ndarray:
+    """``(*lead, C * S)`` float64 values of the state variables, lead dims in this order."""
+    st = L.stack(ds[list(L.variables)])
+    st = st.transpose(*lead, CHANNEL_DIM, *L.spatial_dims)
+    arr = np.asarray(st.values, dtype=np.float64)
+    return arr.reshape(*arr.shape[:len(lead)], -1)
+
+
+@refuse_unknown_keywords
+def fit_representation_error(model: LatentModel, heldout: xr.Dataset, *,
+                             modes: int = 32) -> LatentModel:
+    r"""Estimate the decoder's representation-error covariance on held-out states.
+
+    The residuals :math:`e = x - D(E(x))` of held-out states (in physical
+    units, on the model grid) define a zero-mean Gaussian error model
+    (:class:`~xlatda.methods.score.RepresentationError`): the leading
+    ``modes`` principal directions of their second moment (the low-rank part
+    :math:`U^\top U`), plus each value's remaining mean square (the diagonal
+    :math:`d`, so that every value's variance is its held-out mean square),
+    and the lag-one correlation :math:`\phi` of consecutive residuals along
+    time (the time step is recorded with it). ``method="score"`` with
+    ``representation_error=True`` then adds :math:`A \Sigma_{\rm rep} A^\top`
+    (the operator :math:`A` of each observation: block means average the
+    correlated error, not its point variance) to the observation error of the
+    likelihood, and :func:`predictive_samples` draws the error the decoded
+    samples miss.
+
+    Parameters
+    ----------
+    model : LatentModel
+        The model whose decoder's error is estimated.
+    heldout : Dataset
+        States on the model's layout that the model was not trained on, of the
+        same kind as the states to be analysed (e.g. held-out training
+        trajectories with a time axis).
+    modes : int
+        Rank of the low-rank part (at most the number of held-out states).
+
+    Returns
+    -------
+    LatentModel
+        A copy of ``model`` with ``history["representation_error"]`` set: the
+        per-channel ``rmse`` (the format :func:`xlatda.fit` records), and
+        ``modes`` ``(k, n)``, ``residual_var`` ``(n,)``, ``time_correlation``,
+        ``time_step`` of the error model (:meth:`xlatda.LatentModel.save` stores
+        them with the model).
+
+    Raises
+    ------
+    ConfigError
+        For a model that is not a LatentModel, ``modes < 0``, or fewer than two
+        held-out states.
+
+    Notes
+    -----
+    The model is linear-Gaussian and stationary in time; the error is treated
+    as independent of the state. Grid values missing in ``model.missing`` (or
+    NaN) count as zero error.
+
+    Examples
+    --------
+    >>> import xlatda
+    >>> ds = xlatda.datasets.lorenz96(n=8, steps=300, seed=0)
+    >>> pca = xlatda.fit(ds.isel(time=slice(0, 200)), encoder="pca", latent_dim=4,
+    ...                  progress=False)
+    >>> m = xlatda.fit_representation_error(pca, ds.isel(time=slice(200, 300)), modes=3)
+    >>> rec = m.history["representation_error"]
+    >>> len(rec["modes"]), len(rec["residual_var"]), 0 <= rec["time_correlation"] < 1
+    (3, 8, True)
+    """
+    if not isinstance(model, LatentModel):
+        raise ConfigError(
+            f"fit_representation_error needs a LatentModel, got {type(model).__name__}")
+    if isinstance(heldout, xr.DataArray):
+        heldout = heldout.to_dataset(name=heldout.name if heldout.name is not None else "data")
+    if not isinstance(modes, (int, np.integer)) or modes < 0:
+        raise ConfigError(f"modes must be a non-negative integer, got {modes!r}")
+    from xlatda.encode_decode import decode
+
+    L = model.layout
+    back = decode(encode(heldout, model), model)
+    lead = [d for d in L.stack(heldout[list(L.variables)]).dims
+            if d != CHANNEL_DIM and d not in L.spatial_dims]
+    tname = model.layout.axes.time or "time"
+    if tname in lead:  # time last among the sample dims: consecutive residuals are neighbours
+        lead = [d for d in lead if d != tname] + [tname]
+    e = _state_values(heldout, L, lead) - _state_values(back, L, lead)
+    valid = np.isfinite(e)
+    e = np.where(valid, e, 0.0)
+    n = e.shape[-1]
+    flat = e.reshape(-1, n)
+    m = flat.shape[0]
+    if m < 2:
+        raise ConfigError(f"need at least two held-out states, got {m}")
+    C = L.n_channels
+    sq = (flat**2).reshape(m, C, -1).sum((0, 2))
+    cnt = valid.reshape(-1, n).reshape(m, C, -1).sum((0, 2))
+    rmse = np.sqrt(sq / np.maximum(cnt, 1))
+    E = torch.from_numpy(flat) / np.sqrt(m)
+    _, s, vh = torch.linalg.svd(E, full_matrices=False)
+    k = min(int(modes), int(s.shape[0]))
+    u = s[:k, None] * vh[:k]
+    var = (E**2).sum(0) - (u**2).sum(0)
+    var = var.clamp_min(0.0)
+    phi, step = 0.0, None
+    if tname in lead and heldout.sizes[tname] > 1:
+        et = e.reshape(-1, heldout.sizes[tname], n)
+        a, b = et[:, :-1], et[:, 1:]
+        den = np.sqrt((a**2).sum() * (b**2).sum())
+        phi = float(np.clip((a * b).sum() / den, 0.0, 0.999)) if den > 0 else 0.0
+        step = _uniform_step(heldout[tname].values, "the held-out states")
+    total = float((E**2).sum())
+    record = {
+        "rmse": [float(v) for v in rmse], "channels": list(L.channels), "n_samples": int(m),
+        "note": "held-out states (fit_representation_error), physical units, per channel",
+        "kind": "covariance", "modes": u.tolist(), "residual_var": var.tolist(),
+        "explained": float((u**2).sum()) / total if total > 0 else 1.0,
+        "time_correlation": phi, "time_step": step,
+    }
+    return dataclasses.replace(model, history={**model.history, "representation_error": record})
+
+
+def representation_model(model: Any) -> RepresentationError | None:
+    """The :class:`~xlatda.methods.score.RepresentationError` a model holds
+    (:func:`fit_representation_error`), or ``None``."""
+    rec = (getattr(model, "history", None) or {}).get("representation_error") or {}
+    if rec.get("kind") != "covariance":
+        return None
+    n = len(rec["residual_var"])
+    modes = torch.as_tensor(rec["modes"], dtype=_F64).reshape(-1, n)
+    return RepresentationError(modes, torch.as_tensor(rec["residual_var"], dtype=_F64),
+                               float(rec.get("time_correlation", 0.0)))
+
+
+def _rep_time_scale(model: Any, step: dict[str, Any] | None) -> float:
+    """Lag units of the error model per unit of ``step`` (1 where either is unknown)."""
+    rec = model.history.get("representation_error") or {}
+    own = rec.get("time_step")
+    if not own or not step or own.get("units") != step.get("units"):
+        return 1.0
+    return float(step["value"]) / float(own["value"])
+
+
+def _rep_obs_operators(model: Any, tables) -> list[torch.Tensor]:
+    """Each table's linear operator ``(P_t, C * S)`` over the state values (sparse CSR)."""
+    from xlatda.obs.operator import build_operator
+
+    return [build_operator(model.layout, t, dtype=_F64).matrix for t in tables]
+
+
+def _rep_whitener(rep: RepresentationError, ops, lags, r: torch.Tensor):
+    """Blocks ``[(slice, L)]`` of the Cholesky factor of ``diag(r^2) + A Σ_rep Aᵀ``: one
+    block over all observations (at most :data:`REP_MAX_JOINT`), else one per table."""
+    sizes = [int(a.shape[0]) for a in ops]
+    ends = np.cumsum([0, *sizes]).tolist()
+    groups = ([list(range(len(ops)))] if ends[-1] <= REP_MAX_JOINT
+              else [[i] for i in range(len(ops))])
+    out = []
+    for g in groups:
+        sl = slice(ends[g[0]], ends[g[-1] + 1])
+        cov = rep.obs_covariance([ops[i] for i in g], [lags[i] for i in g])
+        cov = cov + torch.diag(r[sl].to(_F64) ** 2)
+        out.append((sl, torch.linalg.cholesky(cov)))
+    return out
+
+
+def _whiten(blocks, v: torch.Tensor) -> torch.Tensor:
+    """``L⁻¹ v`` over the last dim of ``v`` (blocks of :func:`_rep_whitener`)."""
+    parts = []
+    for sl, chol in blocks:
+        x = v[..., sl].to(_F64)
+        flat = x.reshape(-1, x.shape[-1]).T
+        parts.append(torch.linalg.solve_triangular(chol, flat, upper=False).T
+                     .reshape(x.shape))
+    return torch.cat(parts, -1).to(v.dtype)
+
+
+def _solve(blocks, v: torch.Tensor) -> torch.Tensor:
+    """``S⁻¹ v`` (``S = L Lᵀ``) over the last dim of ``v``, float64."""
+    parts = []
+    for sl, chol in blocks:
+        x = v[..., sl].to(_F64)
+        flat = x.reshape(-1, x.shape[-1]).T
+        parts.append(torch.cholesky_solve(flat, chol).T.reshape(x.shape))
+    return torch.cat(parts, -1)
+
+
+@refuse_unknown_keywords
+def predictive_samples(analysis: xr.Dataset, obs: xr.Dataset, model: LatentModel, *,
+                       window: int | None = None, conditional: bool = True,
+                       scale: float | str = 1.0, seed: int = 0) -> xr.Dataset:
+    r"""Predictive samples :math:`D(z) + \varepsilon` of a decoded latent ensemble.
+
+    The decoded members of a ``method="score"`` analysis lie on the decoder's
+    manifold; the truth does not. This adds to every member an error
+    :math:`\varepsilon` of the model's representation-error model
+    (:func:`fit_representation_error`), so that the spread of the result
+    holds what the analysis claims about the state, not only about its
+    latent part.
+
+    ``conditional=True`` (default): :math:`\varepsilon` is drawn from its law
+    given the member and the observations, by Matheron's rule,
+
+    .. math::
+
+        \varepsilon = \varepsilon_0 + \Sigma_{\varepsilon y} S^{-1}
+        \big(y - A D(z) - A \varepsilon_0 - \eta_0\big),
+        \qquad S = R + A \Sigma_{\rm rep} A^\top,
+
+    with :math:`\varepsilon_0` a draw of the error model and :math:`\eta_0 \sim
+    \mathcal N(0, R)`: with :math:`z` drawn from its posterior under the
+    likelihood :math:`\mathcal N(y \mid A D(z), S)` (``representation_error=True``)
+    the result is a draw of the posterior predictive of the state (exact for
+    a linear-Gaussian model). The observations the decoder cannot fit then
+    also correct the state off the manifold (a station's own value).
+    ``conditional=False``: :math:`\varepsilon = \varepsilon_0`, the unconditioned
+    error added to the decoded member.
+
+    Parameters
+    ----------
+    analysis : Dataset
+        Decoded ensemble with a ``member`` dimension (``CycleResult.analysis``
+        of ``xlatda.cycle(..., method="score")``, or the result of
+        ``xlatda.assimilate``), on ``model``'s layout.
+    obs : Dataset
+        The observations the analysis was made with (``conditional=True``);
+        each group of ``window`` consecutive observation times is conditioned
+        on jointly (the errors' correlation across groups is kept in the draw
+        of :math:`\varepsilon_0`, not in the update).
+    model : LatentModel
+        The model with its representation-error model.
+    window : int, optional
+        Observation times per group (default: the score prior's window, or 1).
+    conditional : bool
+        Condition the error on the observations (default) or not.
+    scale : float or "adaptive"
+        Factor on :math:`\Sigma_{\rm rep}` (default 1: the model as fitted).
+        ``"adaptive"``: per group of observation times, the factor
+        :math:`\alpha = \max(0, (\lVert y - A \bar x\rVert^2 - \operatorname{tr} R
+        - \operatorname{tr} A P A^\top) / \operatorname{tr} A \Sigma_{\rm rep}
+        A^\top)` that the misfit of the ensemble mean :math:`\bar x` to the group's
+        own observations shows beyond the observation error and the ensemble
+        spread :math:`P` (a method-of-moments estimate, as in Desroziers et al.
+        2005; it uses no truth), for states farther from the decoder's manifold
+        than the held-out ones the model was fitted on; times without
+        observations keep the factor 1.
+    seed : int
+        Seed of the draws: the same seed gives bit-identical samples.
+
+    Returns
+    -------
+    Dataset
+        ``analysis`` with the errors added (same dims and coordinates).
+
+    Raises
+    ------
+    ConfigError
+        For a model without a representation-error model, an analysis without a
+        ``member`` dimension, or observation times the analysis does not hold.
+
+    Examples
+    --------
+    >>> import xlatda
+    >>> ds = xlatda.datasets.lorenz96(n=8, steps=300, seed=0)
+    >>> pca = xlatda.fit(ds.isel(time=slice(0, 200)), encoder="pca", latent_dim=4,
+    ...                  progress=False)
+    >>> pca = xlatda.fit_representation_error(pca, ds.isel(time=slice(200, 250)))
+    >>> model = xlatda.fit_score(ds.isel(time=slice(0, 200)), pca, window=3, epochs=2,
+    ...                          hidden=32, depth=2, progress=False)
+    >>> obs = xlatda.obs.sample_points(ds.isel(time=[280]), n=4, error_std=0.5, seed=1)
+    >>> post = xlatda.assimilate(None, obs, model, method="score", members=5, steps=8,
+    ...                          representation_error=True)
+    >>> pred = xlatda.predictive_samples(post, obs, model, seed=0)
+    >>> dict(pred.x.sizes) == dict(post.x.sizes)
+    True
+    >>> bool((pred.x.std("member") > 0).all())
+    True
+    """
+    from xlatda.obs import to_tensors
+    from xlatda.windows import plan_windows
+
+    rep = representation_model(model)
+    if rep is None or not isinstance(model, LatentModel):
+        raise ConfigError(
+            "predictive_samples needs a LatentModel with a representation-error model: "
+            "model = xlatda.fit_representation_error(model, heldout_states)")
+    if "member" not in analysis.dims:
+        raise ConfigError("predictive_samples needs an ensemble analysis with a 'member' dim")
+    if not isinstance(conditional, (bool, np.bool_)):
+        raise ConfigError(f"conditional must be True or False, got {conditional!r}")
+    L = model.layout
+    tname = L.axes.time or "time"
+    stacked = L.stack(analysis[list(L.variables)])
+    lead = [d for d in stacked.dims if d != CHANNEL_DIM and d not in L.spatial_dims]
+    has_time = tname in lead
+    others = [d for d in lead if d not in (tname, "member")]
+    if others:
+        raise ConfigError(f"predictive_samples takes dims (time, member, ...), got extra {others}")
+    order = [tname, "member"] if has_time else ["member"]
+    x = np.asarray(stacked.transpose(*order, CHANNEL_DIM, *L.spatial_dims).values, np.float64)
+    if not has_time:
+        x = x[None]
+    n_t, n_m = x.shape[:2]
+    x = torch.from_numpy(x.reshape(n_t, n_m, -1).copy())
+    step = (getattr(model, "score", None) and model.score.time_step) or model.time_step
+    tscale = _rep_time_scale(model, step)
+    if has_time:
+        tv = float_times(analysis[tname].values)
+        unit = float(step["value"]) if step else 1.0
+        lags = (tv - tv[0]) / unit * tscale
+    else:
+        tv, lags = None, np.zeros(1)
+    order_t = np.argsort(lags, kind="stable")
+    gen = torch.Generator().manual_seed(int(seed))
+    eps = torch.empty(n_m, n_t, x.shape[-1], dtype=_F64)
+    eps[:, order_t] = rep.draw(n_m, lags[order_t].tolist(), generator=gen)
+    adaptive = isinstance(scale, str)
+    if adaptive and scale != "adaptive":
+        raise ConfigError(f"scale must be a non-negative number or 'adaptive', got {scale!r}")
+    if not adaptive:
+        if not isinstance(scale, (int, float, np.floating, np.integer)) or not scale >= 0:
+            raise ConfigError(f"scale must be a non-negative number or 'adaptive', got {scale!r}")
+        eps = eps * math.sqrt(float(scale))
+        rep = RepresentationError(rep.modes * math.sqrt(float(scale)), rep.var * float(scale),
+                                  rep.phi)
+    base = rep
+    factors: list[float] = []
+    if conditional or adaptive:
+        table = to_tensors(obs, L)
+        w = window or (model.score.window if getattr(model, "score", None) else 1)
+        for win in plan_windows(table, int(w), seed=0):
+            if has_time:
+                idx = [int(np.argmin(np.abs(tv - t))) for t in win.times]
+                if any(abs(tv[i] - t) > 1e-6 * max(1.0, abs(t)) for i, t in zip(idx, win.times)):
+                    raise ConfigError(
+                        "predictive_samples: an observation time is not a time of the "
+                        f"analysis (times {win.times}); pass the observations of this analysis")
+            else:
+                if len(win.tables) > 1:
+                    raise ConfigError("an analysis without a time dim has one observation time")
+                idx = [0]
+            ops = _rep_obs_operators(model, win.tables)
+            olags = [float(lags[i]) for i in idx]
+            r = torch.cat([t.error_std for t in win.tables]).to(_F64)
+            y = torch.cat([t.values for t in win.tables]).to(_F64)
+            if adaptive:
+                hm = torch.cat([(a @ x[i].T).T for a, i in zip(ops, idx)], -1)  # (N, P)
+                miss = float((y - hm.mean(0)).square().sum())
+                spread = float(hm.var(0).sum()) if n_m > 1 else 0.0
+                tr_s = float(base.obs_covariance(ops, olags).diagonal().sum())
+                alpha = max(0.0, (miss - float(r.square().sum()) - spread) / tr_s) \
+                    if tr_s > 0 else 0.0
+                factors.append(alpha)
+                rep = RepresentationError(base.modes * math.sqrt(alpha), base.var * alpha,
+                                          base.phi)
+                for i in idx:
+                    eps[:, i] = eps[:, i] * math.sqrt(alpha)
+            if not conditional:
+                continue
+            blocks = _rep_whitener(rep, ops, olags, r)
+            hx = torch.cat([(a @ (x[i] + eps[:, i]).T).T for a, i in zip(ops, idx)], -1)
+            eta = r * torch.randn(n_m, len(r), generator=gen, dtype=_F64)
+            wts = _solve(blocks, y - hx - eta)  # (N, P)
+            sizes = [int(a.shape[0]) for a in ops]
+            parts = list(wts.split(sizes, -1))
+            upd = rep.cross(parts, ops, olags, olags)  # (N, T_w, n)
+            for j, i in enumerate(idx):
+                eps[:, i] = eps[:, i] + upd[:, j]
+    out = x + eps.transpose(0, 1)  # (T, N, n)
+    arr = out.reshape(n_t, n_m, L.n_channels, *L.spatial_shape).numpy()
+    if not has_time:
+        arr = arr[0]
+    new = stacked.transpose(*order, CHANNEL_DIM, *L.spatial_dims).copy(data=arr)
+    res = L.unstack(new.transpose(*stacked.dims), like=analysis)
+    for v in analysis.data_vars:
+        if v in res:
+            res[v] = res[v].transpose(*analysis[v].dims)
+    res = res.assign_attrs(analysis.attrs)
+    if adaptive:  # the factor of each group of observation times, for diagnostics
+        res = res.assign_attrs(representation_scale=[float(f"{f:.6g}") for f in factors])
+    return res

@@ -127,6 +127,16 @@ use the log-SNR time grid (``grid="logsnr"``, :func:`time_grid`): a posterior mu
 tighter than the prior contracts at noise levels the uniform grid covers with one
 or two steps.
 
+**Representation error** (:class:`RepresentationError`). A decoder of a latent
+window misses part of every state; observations see that part as error. Its
+Gaussian model :math:`\Sigma_{\rm rep}` (low rank plus diagonal, AR(1) in
+time) gives the error covariance :math:`R + A \Sigma_{\rm rep} A^\top` of
+observations through a linear operator :math:`A`, which the xarray layer
+whitens (``observe``, ``y`` and ``r_std = 1`` of the whitened problem: the
+sampler above is unchanged), and draws of the error given the observations
+(Matheron's rule, :meth:`RepresentationError.cross`) turn decoded samples into
+predictive samples of the state (:func:`xlatda.predictive_samples`).
+
 References
 ----------
 Qu, Nathaniel, Li, Gentine (2024). Deep generative data assimilation in
@@ -163,6 +173,7 @@ torch.Size([2000, 1, 2])
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -177,7 +188,8 @@ from xlatda.methods.registry import methods
 from xlatda.methods.var3d import observation_std
 from xlatda.options import resolve_device, resolve_dtype
 
-__all__ = ["SAMPLER_DEFAULTS", "ScoreDA", "guided_eps", "observation_gain", "time_grid"]
+__all__ = ["SAMPLER_DEFAULTS", "RepresentationError", "ScoreDA", "guided_eps", "observation_gain",
+           "time_grid"]
 
 #: The sampler's default settings, the one place they are set: :class:`ScoreDA` takes its
 #: defaults from here and :func:`xlatda.assimilate` / :func:`xlatda.cycle` with
@@ -891,3 +903,149 @@ class ScoreDA:
             x = torch.cat((known, x.narrow(x.dim() - nd, c, x.shape[x.dim() - nd] - c)),
                           x.dim() - nd)
         return x.detach()
+
+
+# ---------------------------------------------------------------------------
+# representation error: what the decoder cannot represent
+# ---------------------------------------------------------------------------
+def _coo(op: Tensor) -> Tensor:
+    """A (sparse or dense) operator as a coalesced float64 COO tensor."""
+    op = op.to(torch.float64)
+    return (op.to_sparse() if op.layout == torch.strided else op.to_sparse_coo()).coalesce()
+
+
+def _scale_columns(op: Tensor, d: Tensor) -> Tensor:
+    """``op diag(d)`` of a COO tensor."""
+    idx = op.indices()
+    return torch.sparse_coo_tensor(idx, op.values() * d[idx[1]], op.shape,
+                                   check_invariants=False).coalesce()
+
+
+@dataclass(frozen=True)
+class RepresentationError:
+    r"""Gaussian model of the decoder's off-manifold (representation) error.
+
+    A decoded latent state :math:`D(z)` misses the truth by an error
+    :math:`e = x - D(E(x))` that no latent can represent. Its model is a
+    zero-mean Gaussian over the flattened physical state (``n`` values) with a
+    low-rank-plus-diagonal covariance and a first-order autoregressive
+    correlation in time,
+
+    .. math::
+
+        \operatorname{Cov}(e_s, e_t) = \phi^{|s - t|}\, \Sigma_{\rm rep},
+        \qquad \Sigma_{\rm rep} = U^\top U + \operatorname{diag}(d),
+
+    (``U`` the ``(k, n)`` modes, ``d`` the ``(n,)`` rest of each value's
+    variance, :math:`\phi` the lag-one correlation, lags in units of the time
+    step the model was estimated at), as
+    :func:`xlatda.fit_representation_error` estimates it on held-out states.
+    Through a linear observation operator :math:`A_t` (rows over the ``n``
+    values: a point reading, or the weighted mean of a block's cells) the
+    error of observation time :math:`t` has covariance :math:`A_t
+    \Sigma_{\rm rep} A_t^\top`: the block mean of a correlated error is as
+    large as the correlation says, not the point variance.
+
+    Parameters
+    ----------
+    modes : Tensor, shape (k, n)
+        Rows :math:`U` (``k`` may be 0).
+    var : Tensor, shape (n,)
+        Diagonal :math:`d \ge 0`.
+    phi : float
+        Lag-one correlation in time, ``0 <= phi < 1``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> rep = RepresentationError(torch.tensor([[1.0, 1.0]]), torch.tensor([0.5, 0.5]), 0.5)
+    >>> mean_op = torch.tensor([[0.5, 0.5]])          # the mean of the two values
+    >>> rep.obs_covariance([mean_op, mean_op], [0.0, 1.0]).tolist()
+    [[1.25, 0.625], [0.625, 1.25]]
+    """
+
+    modes: Tensor
+    var: Tensor
+    phi: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.modes.dim() != 2 or self.var.dim() != 1 or self.modes.shape[1] != self.var.shape[0]:
+            raise ShapeError(
+                f"representation error: modes must be (k, n) and var (n,), got "
+                f"{tuple(self.modes.shape)} and {tuple(self.var.shape)}"
+            )
+        if not 0.0 <= float(self.phi) < 1.0:
+            raise ConfigError(f"representation error: phi must be in [0, 1), got {self.phi}")
+        if bool((self.var < 0).any()):
+            raise ConfigError("representation error: var must be non-negative")
+
+    @property
+    def n(self) -> int:
+        """Number of state values."""
+        return int(self.var.shape[0])
+
+    def _corr(self, lags: Sequence[float]) -> Tensor:
+        t = torch.as_tensor(list(lags), dtype=torch.float64)
+        return float(self.phi) ** (t[:, None] - t[None, :]).abs()
+
+    def obs_covariance(self, ops: Sequence[Tensor], lags: Sequence[float]) -> Tensor:
+        r"""Covariance ``(P, P)`` of the error seen by observations ``ops`` at ``lags``.
+
+        ``ops[i]`` ``(P_i, n)`` (dense or sparse) is the linear operator of
+        observation time ``i``; block ``(i, j)`` is :math:`\phi^{|l_i - l_j|} A_i
+        \Sigma_{\rm rep} A_j^\top`. Float64.
+        """
+        u, d = self.modes.to(torch.float64), self.var.to(torch.float64)
+        sp = [_coo(a) for a in ops]
+        dense_t = [a.to_dense().T for a in sp]  # (n, P_j)
+        f = [torch.sparse.mm(a, u.T) for a in sp]  # (P_i, k)
+        c = self._corr(lags)
+        rows = []
+        for i, ai in enumerate(sp):
+            ad = _scale_columns(ai, d)
+            rows.append(torch.cat([c[i, j] * (f[i] @ f[j].T + torch.sparse.mm(ad, aj_t))
+                                   for j, aj_t in enumerate(dense_t)], 1))
+        return torch.cat(rows, 0)
+
+    def draw(self, members: int, lags: Sequence[float], *,
+             generator: torch.Generator | None = None) -> Tensor:
+        """Errors ``(members, T, n)`` at ``lags`` (sorted), float64, from the model.
+
+        An AR(1) in time: :math:`e_t = \\phi^{\\Delta} e_{t-1} + (1 - \\phi^{2\\Delta})^{1/2}
+        \\xi_t`, :math:`\\xi_t \\sim \\mathcal N(0, \\Sigma_{\\rm rep})` drawn as
+        :math:`U^\\top a + d^{1/2} \\odot b` with standard normal ``a``, ``b``.
+        """
+        lags = [float(v) for v in lags]
+        if any(b < a for a, b in itertools.pairwise(lags)):
+            raise ConfigError(f"representation error: lags must be sorted, got {lags}")
+        u, sd = self.modes.to(torch.float64), self.var.to(torch.float64).sqrt()
+        out, prev = [], None
+        for i, t in enumerate(lags):
+            a = torch.randn(members, u.shape[0], generator=generator, dtype=torch.float64)
+            b = torch.randn(members, self.n, generator=generator, dtype=torch.float64)
+            xi = a @ u + sd * b
+            if prev is None:
+                prev = xi
+            else:
+                rho = float(self.phi) ** (t - lags[i - 1])
+                prev = rho * prev + math.sqrt(max(1.0 - rho * rho, 0.0)) * xi
+            out.append(prev)
+        return torch.stack(out, 1)
+
+    def cross(self, w: Sequence[Tensor], ops: Sequence[Tensor], obs_lags: Sequence[float],
+              lags: Sequence[float]) -> Tensor:
+        r"""``Cov(e, y) w``: ``(N, T, n)`` for weights ``w[i]`` ``(N, P_i)`` of the
+        observations ``ops`` at ``obs_lags``, at the state ``lags``.
+
+        :math:`\sum_i \phi^{|l_s - l_i|}\, \Sigma_{\rm rep} A_i^\top w_i` for each state
+        lag :math:`l_s` (Matheron's rule: a prior draw plus this, with ``w`` the whitened
+        innovation, is a draw of the error given the observations).
+        """
+        u, d = self.modes.to(torch.float64), self.var.to(torch.float64)
+        t_s = torch.as_tensor(list(lags), dtype=torch.float64)
+        t_o = torch.as_tensor(list(obs_lags), dtype=torch.float64)
+        c = float(self.phi) ** (t_s[:, None] - t_o[None, :]).abs()  # (T, I)
+        back = torch.stack([torch.sparse.mm(_coo(a).t(), wi.to(torch.float64).T).T
+                            for a, wi in zip(ops, w)], 1)  # (N, I, n): A_i^T w_i
+        b = torch.einsum("ti,nim->ntm", c, back)
+        return (b @ u.T) @ u + d * b
