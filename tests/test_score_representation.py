@@ -14,7 +14,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from test_score_api import latlon_data
+from .test_score_api import latlon_data
 
 import xlatda
 from xlatda.errors import ConfigError

@@ -261,7 +261,9 @@ def cycle(background: xr.Dataset | xr.DataArray | None, obs: xr.Dataset, model: 
         >= 1`` a reanalysis (the last ``lag`` analyses use the later times
         there are). For ensemble methods with one observation time per
         window and no ``store``. ``background`` and ``diagnostics`` stay the
-        filter's.
+        filter's. The smoother's regression is global (not localised, also
+        after a LETKF): with far fewer members than state values it carries
+        the ensemble's spurious long-range correlations back in time.
     **settings :
         Method settings (``inflation``, ``rtps``, ``radius``, ``b_std``,
         ``iterations``...).
