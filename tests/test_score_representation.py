@@ -14,13 +14,14 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from .test_score_api import latlon_data
 
 import xlatda
 from xlatda.errors import ConfigError
 from xlatda.methods.diffusion import GaussianEps, ScorePrior
 from xlatda.methods.score import RepresentationError
 from xlatda.obs.operator import build_operator
+
+from .test_score_api import latlon_data
 
 F64 = torch.float64
 

@@ -29,6 +29,7 @@ round differently with another number of threads).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import warnings
 from pathlib import Path
@@ -260,8 +261,10 @@ def cycle(background: xr.Dataset | xr.DataArray | None, obs: xr.Dataset, model: 
         filter's analyses, each from the observations up to its time; ``lag
         >= 1`` a reanalysis (the last ``lag`` analyses use the later times
         there are). For ensemble methods with one observation time per
-        window and no ``store``. ``background`` and ``diagnostics`` stay the
-        filter's. The smoother's regression is global (not localised, also
+        window; with a ``store``, each analysis is written once final, and a
+        resume recomputes the last ``lag`` stored ones (they may lack later
+        observations the new run has). ``background`` and ``diagnostics`` stay
+        the filter's. The smoother's regression is global (not localised, also
         after a LETKF): with far fewer members than state values it carries
         the ensemble's spurious long-range correlations back in time.
     **settings :
@@ -299,14 +302,13 @@ def cycle(background: xr.Dataset | xr.DataArray | None, obs: xr.Dataset, model: 
     if not isinstance(window, (int, np.integer)) or window < 1:
         raise ConfigError(f"window must be a positive integer, got {window!r}")
     lag = check_lag(lag)
-    if lag and (not proto.forecasts or not proto.ensemble or window != 1 or store is not None):
+    if lag and (not proto.forecasts or not proto.ensemble or window != 1):
         why = ("it draws every window afresh instead of forecasting an ensemble"
                if not proto.forecasts or not proto.ensemble else
-               f"window={window}: the smoother links one analysis time to the next"
-               if window != 1 else "a store is written window by window")
+               f"window={window}: the smoother links one analysis time to the next")
         raise ConfigError(
             f"lag={lag} (smoothing) is not available here: {why}. Use an ensemble method "
-            "with window=1 and no store, or lag=0")
+            "with window=1, or lag=0")
     kind = proto.choose_space(model, space)
     background, L, tname, t0 = _start(background, model, proto,
                                       "the background must be at one time", need_time=True)
@@ -346,8 +348,10 @@ def cycle(background: xr.Dataset | xr.DataArray | None, obs: xr.Dataset, model: 
                 "method": method.lower(), "settings": settings, "seed": int(seed),
                 "members": members, "init": init, "init_std": init_std, "window": int(window),
                 "params": params, "noise": noise, "space": sp.kind, "background": bg,
-                "model": _model_identity(model)})}
-    point = resume(store, meta, tname, windows)
+                "model": _model_identity(model), **({"lag": lag} if lag else {})})}
+    # A smoothed store's last `lag` analyses may lack later observations this run
+    # has: they are recomputed (xlatda.cycle_store.resume's `back`).
+    point = resume(store, meta, tname, windows, back=lag)
     if point is None:
         gen0 = torch.Generator().manual_seed(int(seed))
         ens = None
@@ -377,6 +381,7 @@ def _drive(inst, proto, sp, windows, ens, t_cur, state, *, noise, recorder, stor
     """Forecast, analyse, record and store each window in turn (and revise the
     recorded analyses with ``smoother``, a :class:`FixedLagSmoother`)."""
     progress = get_options()["progress"] if progress is None else progress
+    pending: collections.deque = collections.deque()  # smoothed windows not yet written
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -426,14 +431,19 @@ def _drive(inst, proto, sp, windows, ens, t_cur, state, *, noise, recorder, stor
                 n0 = len(recorder)
                 recorder.add(sp, res, win)
                 if smoother is not None:
+                    key = recorder.offset + n0  # window=1: one analysis (row) per window
+                    infl = res.diagnostics.get("inflation")
+                    lam = 1.0 if infl is None else float(
+                        infl.reshape(-1)[-1] if torch.is_tensor(infl) else infl)
                     with torch.no_grad():
-                        infl = res.diagnostics.get("inflation")
-                        for i, (e_b, e_a) in enumerate(res.steps):
-                            lam = 1.0 if infl is None else float(infl.reshape(-1)[
-                                min(i, infl.numel() - 1)]) if torch.is_tensor(infl) else infl
-                            for row, sm in smoother.push(n0 + i, ens_f, e_b, e_a, lam):
-                                recorder.revise(row, sm)
-            if store is not None:
+                        for row, sm in smoother.push(key, ens_f, res.steps[0][0], ens, lam):
+                            recorder.revise(row, sm)
+            if store is not None and smoother is not None:
+                # a window is written once its analysis is final (`lag` windows later),
+                # with its own resume point
+                pending.append((key, win.index, ens, state, t_cur, win.digest()))
+                _write_final(store, recorder, pending, smoother.oldest(), meta)
+            elif store is not None:
                 write_window(store, recorder.datasets(n0), recorder.tname, index=win.index,
                              carry=ens if proto.forecasts else None, state=state, t_end=t_cur,
                              digest=win.digest(), meta=meta)
@@ -447,6 +457,18 @@ def _drive(inst, proto, sp, windows, ens, t_cur, state, *, noise, recorder, stor
         with torch.no_grad():
             for row, sm in smoother.flush():
                 recorder.revise(row, sm)
+        if store is not None:
+            _write_final(store, recorder, pending, None, meta)
     if store is not None and Path(str(store)).exists():
         return open_result(store)
     return recorder.result()
+
+
+def _write_final(store, recorder, pending, oldest, meta) -> None:
+    """Write the pending windows whose analysis the smoother no longer revises
+    (row keys below ``oldest``; ``None``: all), in order, each with its resume point."""
+    while pending and (oldest is None or pending[0][0] < oldest):
+        _, index, carry, state, t_end, digest = pending.popleft()
+        write_window(store, recorder.datasets(0, 1), recorder.tname, index=index, carry=carry,
+                     state=state, t_end=t_end, digest=digest, meta=meta)
+        recorder.drop(1)

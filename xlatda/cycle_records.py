@@ -243,6 +243,8 @@ class CycleRecorder:
         self.tname = time_name
         self.pnames = list(param_names)
         self.rows: list[dict[str, Any]] = []
+        #: Absolute index of ``rows[0]`` (rows already written and dropped, :meth:`drop`).
+        self.offset = 0
         #: The state space of the recorded rows (set by :meth:`add`).
         self.space: Any = None
 
@@ -290,10 +292,11 @@ class CycleRecorder:
                 self.rows.append(row)
 
     def revise(self, index: int, control: torch.Tensor) -> None:
-        """Replace the analysis of row ``index`` by the control vectors ``control``
-        (a smoother's revision, :mod:`xlatda.methods.smoother`); the row's
-        observation-space diagnostics stay the filter's."""
-        row = self.rows[index]
+        """Replace the analysis of row ``index`` (absolute: counting dropped rows)
+        by the control vectors ``control`` (a smoother's revision,
+        :mod:`xlatda.methods.smoother`); the row's observation-space diagnostics
+        stay the filter's."""
+        row = self.rows[index - self.offset]
         grad = contextlib.nullcontext if torch.is_inference_mode_enabled() else torch.no_grad
         with grad():
             row["analysis"] = self.space.to_fields(control)
@@ -310,10 +313,15 @@ class CycleRecorder:
             return _obs_statistics_rows([(*mo, ha, t)
                                          for mo, ha, t in zip(moments, means, tables)])
 
-    def datasets(self, start: int = 0) -> dict[str, xr.Dataset]:
-        """The records from ``start`` on as Datasets: analysis, background,
+    def drop(self, count: int) -> None:
+        """Forget the first ``count`` rows (written to a store)."""
+        del self.rows[:count]
+        self.offset += count
+
+    def datasets(self, start: int = 0, stop: int | None = None) -> dict[str, xr.Dataset]:
+        """The records ``rows[start:stop]`` as Datasets: analysis, background,
         diagnostics and (with parameters) parameters."""
-        rows = self.rows[start:]
+        rows = self.rows[start:stop]
         if not rows:
             raise ObservationError(
                 "no analysis was made: no observation times after the background")

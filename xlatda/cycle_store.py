@@ -223,7 +223,7 @@ def _cut(group: Any, dim: str, n: int) -> None:
 
 
 def resume(store: str | Path | None, meta: dict[str, Any], tname: str,
-           windows: list[Any]) -> ResumePoint | None:
+           windows: list[Any], back: int = 0) -> ResumePoint | None:
     """The last complete window of ``store``, or None to start afresh.
 
     ``meta`` is this experiment's root attribute (variables, parameters,
@@ -232,7 +232,10 @@ def resume(store: str | Path | None, meta: dict[str, Any], tname: str,
     last complete window are cut back. The stored windows must have this
     run's observations: a store whose first window differs holds another
     experiment and is refused; a later difference (a run over a longer or
-    other period) resumes from the first window that differs.
+    other period) resumes from the first window that differs. When windows
+    are left to run, the last ``back`` complete ones are recomputed too (a
+    smoothed cycle's last analyses saw fewer later observations than the
+    new run has).
 
     Raises
     ------
@@ -283,6 +286,8 @@ def resume(store: str | Path | None, meta: dict[str, Any], tname: str,
                 "observations); remove it or pass another store path"
             )
         w = same.index(False) if False in same else w
+    if back and w < len(windows):
+        w = max(w - int(back), 0)
     if w == 0:  # nothing complete: start again in a clean store
         shutil.rmtree(path)
         return None

@@ -202,6 +202,10 @@ class FixedLagSmoother:
             return [(done[0], done[4])]
         return []
 
+    def oldest(self) -> Any:
+        """Key of the oldest analysis still revised (``None`` when none is)."""
+        return self._chain[0][0] if self._chain else None
+
     def flush(self) -> list[tuple[Any, Tensor]]:
         """The retained analyses with their latest smoothing (fewer later times)."""
         out = [(e[0], e[4]) for e in self._chain]
