@@ -221,3 +221,51 @@ def test_fixed_lag_smoother_returns_each_key_once_in_order():
     assert out == [0, 1, 2, 3, 4]
     with pytest.raises(ConfigError, match="lag >= 1"):
         FixedLagSmoother(0)
+
+
+def test_latent_smoothing_keeps_the_filter_bit_for_bit_with_regime_and_model_error():
+    # the latent forecast is evolved once for both the noise-free forecast the
+    # smoother needs and the background (square-root Q, regime shift): the
+    # filter's numbers are unchanged
+    import warnings
+
+    from .test_regime import _obs
+    from .test_regime import _twin as clocked_twin
+
+    truth, model = clocked_twin(True)
+    obs = _obs(truth, truth.time.values[80:100:2])
+    bg = truth.isel(time=[79])
+    kw = dict(method="etkf", seed=3, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        filt = xlatda.cycle(bg, obs, model, **kw)
+        smooth = xlatda.cycle(bg, obs, model, lag=2, **kw)
+    assert "regime_shift" in filt.diagnostics
+    np.testing.assert_array_equal(filt.background.x.values, smooth.background.x.values)
+    for name in filt.diagnostics.data_vars:
+        np.testing.assert_array_equal(filt.diagnostics[name].values,
+                                      smooth.diagnostics[name].values)
+    np.testing.assert_array_equal(filt.analysis.x.values[-1], smooth.analysis.x.values[-1])
+    assert not np.array_equal(filt.analysis.x.values[0], smooth.analysis.x.values[0])
+
+
+def test_forecast_pair_is_the_noise_free_and_the_noisy_forecast():
+    from xlatda.spaces import LatentSpace
+
+    from .test_regime import _twin as clocked_twin
+
+    _, model = clocked_twin(True)
+    sp = LatentSpace(model)
+    sp.enable_regime(0.5 * model.prior.covariance().dense(), 3600.0 * 48)
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(2 * model.latent_dim + 1, 2 * model.latent_dim, generator=g, dtype=F64)
+    for noise in (True, "stochastic"):
+        free, noisy = sp.forecast_pair(s, 0.0, 7200.0, generator=torch.Generator().manual_seed(1),
+                                       noise=noise)
+        want = sp.forecast(s, 0.0, 7200.0, generator=torch.Generator().manual_seed(1),
+                           noise=noise)
+        np.testing.assert_array_equal(noisy.numpy(), want.numpy())
+        np.testing.assert_array_equal(
+            free.numpy(), sp.forecast(s, 0.0, 7200.0, generator=torch.Generator(),
+                                      noise=False).numpy())
+        assert not torch.equal(free, noisy)

@@ -402,14 +402,14 @@ def _drive(inst, proto, sp, windows, ens, t_cur, state, *, noise, recorder, stor
             with window_mode():
                 gen = win.generator()
                 ens_b = ens_f = ens
-                if smoother is not None:
-                    with forecast_mode():  # the forecast before model error (cross-covariance)
-                        ens_f = sp.forecast(ens, t_cur, win.times[0],
-                                            generator=torch.Generator(), noise=False)
                 if proto.forecasts:
                     with forecast_mode():  # the carried ensemble's forecast needs no gradient
-                        ens_b = sp.forecast(ens, t_cur, win.times[0], generator=gen,
-                                            noise=noise)
+                        if smoother is None:
+                            ens_b = sp.forecast(ens, t_cur, win.times[0], generator=gen,
+                                                noise=noise)
+                        else:  # and before model error (the smoother's cross-covariance)
+                            ens_f, ens_b = sp.forecast_pair(ens, t_cur, win.times[0],
+                                                            generator=gen, noise=noise)
                     if not checked:
                         check_finite(ens_b, "forecast", win.index, win.labels[0])
                 try:

@@ -148,6 +148,15 @@ class StateSpace:
         """
         raise NotImplementedError  # pragma: no cover
 
+    def forecast_pair(self, s: torch.Tensor, t0: float, t1: float, *,
+                      generator: torch.Generator, noise: bool | str
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(forecast without model error, forecast with it)`` of ``s``: the second
+        is :meth:`forecast`'s (same numbers, same draws from ``generator``). Spaces
+        that can, evolve once; this default forecasts twice."""
+        free = self.forecast(s, t0, t1, generator=torch.Generator(), noise=False)
+        return free, self.forecast(s, t0, t1, generator=generator, noise=noise)
+
     def observe(self, s: torch.Tensor, table: ObservationTable) -> torch.Tensor:
         """Predicted observations ``(N, P)`` of control vectors ``(N, n)``."""
         raise NotImplementedError  # pragma: no cover
@@ -317,6 +326,10 @@ class PhysicalSpace(StateSpace):
         out = xs.reshape(x.shape[0], -1)
         return out if theta is None else torch.cat([out, theta], -1)
 
+    def forecast_pair(self, s, t0, t1, *, generator, noise):
+        out = self.forecast(s, t0, t1, generator=generator, noise=noise)
+        return out, out  # a physical model's forecast carries no added model error
+
     def operator(self, table: ObservationTable) -> Any:
         """The interpolation operator at the table's places (built once per place set,
         keyed by content: :func:`table_key`)."""
@@ -452,6 +465,18 @@ class LatentSpace(StateSpace):
     def forecast(self, s, t0, t1, *, generator, noise, grad=False):
         if t1 == t0:
             return s
+        return self._with_error(*self._evolved(s, t0, t1, grad), t0, t1, generator, noise)
+
+    def forecast_pair(self, s, t0, t1, *, generator, noise):
+        if t1 == t0:
+            return s, s
+        evolved = self._evolved(s, t0, t1, False)
+        return (self._with_error(*evolved, t0, t1, torch.Generator(), False),
+                self._with_error(*evolved, t0, t1, generator, noise))
+
+    def _evolved(self, s, t0, t1, grad):
+        """``(z1, m, theta, tau)``: the dynamics' forecast of the state part (of the
+        anomaly about the regime shift ``m``), before any model error."""
         dyn = self.model.require_dynamics()
         step = (self.model.time_step or {"value": 1.0})["value"]
         tau = (t1 - t0) / step
@@ -467,7 +492,12 @@ class LatentSpace(StateSpace):
         kw = {"start": float(t0)} if getattr(dyn, "uses_clock", False) else {}
         with torch.set_grad_enabled(grad):
             out = dyn.evolve(zc, times, theta=theta.to(zc) if takes_theta else None, **kw)
-        z1 = out[..., -1, :].to("cpu", _F64)
+        return out[..., -1, :].to("cpu", _F64), m, theta, tau
+
+    def _with_error(self, z1, m, theta, tau, t0, t1, generator, noise):
+        """Control vectors at ``t1`` from the evolved state ``z1`` (:meth:`_evolved`):
+        the regime shift's decay, and the model error where ``noise`` asks."""
+        dyn = self.model.require_dynamics()
         if m is not None:
             return self._regime_forecast(z1 + m, m, theta, t0, t1, tau, generator, noise)
         q = self.model.model_error
