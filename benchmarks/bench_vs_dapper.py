@@ -192,10 +192,11 @@ class DapperServer:
     method per request (``dapper_driver.py --serve``), so its runs interleave with
     xlatda's in one benchmark."""
 
-    def __init__(self, xx, yy, burn: int, seed: int, python: Path) -> None:
+    def __init__(self, xx, yy, burn: int, seed: int, python: Path, runs=None) -> None:
+        runs = RUNS if runs is None else runs
         spec = {"dt": DT, "r_std": R_STD, "init_std": INIT_STD, "burn_in": burn,
                 "seed": seed,
-                "runs": [{"label": r[0], "dapper": r[4], "dapper_kwargs": r[5]} for r in RUNS]}
+                "runs": [{"label": r[0], "dapper": r[4], "dapper_kwargs": r[5]} for r in runs]}
         self.tmp = tempfile.TemporaryDirectory()
         tmp = Path(self.tmp.name)
         data, spec_path = tmp / "l96.npz", tmp / "spec.json"

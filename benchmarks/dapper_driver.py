@@ -2,7 +2,7 @@
 
 Reads the truth ``xx (K+1, 40)`` and observations ``yy (K, 40)`` written by
 ``bench_vs_dapper.py`` (``.npz``), runs DAPPER's EnKF (Sqrt, DEnKF,
-PertObs), LETKF and Var3D on them with the Sakov & Oke (2008) Lorenz-96
+PertObs), EnKS, LETKF and Var3D on them with the Sakov & Oke (2008) Lorenz-96
 model (``dapper.mods.Lorenz96``, dt = 0.05, R = I, every site every step),
 and prints one JSON line per method: analysis RMSE after the burn-in and
 cycles per second of ``xp.assimilate`` (DAPPER's own loop, statistics
@@ -56,6 +56,8 @@ def main(data_path: str, spec_path: str, serve: bool = False) -> None:
         kind, kwargs = run["dapper"], dict(run["dapper_kwargs"])
         if kind == "EnKF":
             xp = da.EnKF(kwargs.pop("upd_a"), **kwargs)
+        elif kind == "EnKS":
+            xp = da.EnKS(kwargs.pop("upd_a"), **kwargs)
         elif kind == "LETKF":
             xp = da.LETKF(**kwargs)
         elif kind == "Var3D":
@@ -68,9 +70,12 @@ def main(data_path: str, spec_path: str, serve: bool = False) -> None:
         seconds = time.perf_counter() - start
         mu_a = np.asarray(xp.stats.mu.a)  # (cycles, nx): analysis means at obs times
         err = np.sqrt(((mu_a - xx[1:]) ** 2).mean(-1))[burn:]
-        print(json.dumps({"label": run["label"], "rmse": float(err.mean()),
-                          "cycles_per_s": cycles / seconds, "seconds": seconds,
-                          "method": repr(xp)}), flush=True)
+        out = {"label": run["label"], "rmse": float(err.mean()),
+               "cycles_per_s": cycles / seconds, "seconds": seconds, "method": repr(xp)}
+        if kind == "EnKS":  # smoothed means at obs times (each with Lag later obs)
+            mu_s = np.asarray(xp.stats.mu.s)
+            out["rmse_smoothed"] = float(np.sqrt(((mu_s - xx[1:]) ** 2).mean(-1))[burn:].mean())
+        print(json.dumps(out), flush=True)
 
 
 if __name__ == "__main__":
