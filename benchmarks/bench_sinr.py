@@ -63,6 +63,11 @@ truth's own model (``ShallowWater`` T42 on 64 x 128, no model error; the
 older baseline of ``bench_sw_latent_da.py`` runs T21 on 32 x 64), same
 observations, members, window and iterations; the full-state analysis is
 truncated to 32 x 64 as the data set truncates the truth and scored alike.
+Beside the pure ensemble method at N = 32 and the default N, each size is
+also run with the latent configuration chosen on part c's validation
+trajectory (``DA["envar"]["candidates"]``: weak- or strong-constraint
+windows, or the hybrid control variable ``beta`` of
+:mod:`xlatda.methods.envar4d`); the validation table is printed too.
 
 Run ``python benchmarks/bench_sinr.py --data ../shared/data`` (``--parts a b c d``
 to choose parts; about an hour on one CPU core, most of it the T42 run of (d))
