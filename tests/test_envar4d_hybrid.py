@@ -152,7 +152,7 @@ def test_cycle_hybrid_is_reproducible_and_does_not_warn():
         a = xlatda.cycle(ds.isel(time=200), obs, model, **kw)
     b = xlatda.cycle(ds.isel(time=200), obs, model, **kw)
     np.testing.assert_array_equal(a.analysis.x.values, b.analysis.x.values)
-    with pytest.warns(SmallEnsembleWarning):
+    with pytest.warns(SmallEnsembleWarning, match="beta=0.1"):
         xlatda.cycle(ds.isel(time=200), obs, model, **dict(kw, beta=0.0))
     # the static part pulls the analysis toward the observations the 4 members miss
     truth = ds.x.sel(time=a.analysis.time)
