@@ -63,6 +63,11 @@ truth's own model (``ShallowWater`` T42 on 64 x 128, no model error; the
 older baseline of ``bench_sw_latent_da.py`` runs T21 on 32 x 64), same
 observations, members, window and iterations; the full-state analysis is
 truncated to 32 x 64 as the data set truncates the truth and scored alike.
+Beside the pure ensemble method at N = 32 and the default N, each size is
+also run with the latent configuration chosen on part c's validation
+trajectory (``DA["envar"]["candidates"]``: weak- or strong-constraint
+windows, or the hybrid control variable ``beta`` of
+:mod:`xlatda.methods.envar4d`); the validation table is printed too.
 
 Run ``python benchmarks/bench_sinr.py --data ../shared/data`` (``--parts a b c d``
 to choose parts; about an hour on one CPU core, most of it the T42 run of (d))
@@ -133,7 +138,13 @@ DA: dict[str, Any] = {
     # fields are exactly T31), not the bilinear blend of the grid (see xlatda.obs.spectral)
     "interpolation": "spectral",
     # (d): the full-state T42 run costs minutes per trajectory, so on the first test ones only
-    "envar": {"window": 2, "iterations": 3, "physical_alpha": 1.0, "trajectories": 1},
+    "envar": {"window": 2, "iterations": 3, "physical_alpha": 1.0, "trajectories": 1,
+              # latent 4DEnVar configurations, one chosen per ensemble size on the validation
+              # trajectory: the pure ensemble method (weak constraint, the cycle's default for a
+              # model with Q; strong constraint) and the hybrid control variable (beta > 0)
+              "candidates": [("ensemble", {}), ("ensemble, strong", {"model_error": "ignore"}),
+                             ("hybrid 0.1", {"beta": 0.1}), ("hybrid 0.3", {"beta": 0.3}),
+                             ("hybrid 0.5", {"beta": 0.5})]},
     "ode": {"width": 256, "depth": 2, "window": 6, "epochs": 300, "lr": 2e-3, "batch_size": 64},
     "sinr": {"epochs": 200, "batch_size": 16},
     # SINR variants (preset 'cpu' plus these options), chosen on the validation trajectory
@@ -320,13 +331,16 @@ def latent_da_part(cfg: dict[str, Any], envar: bool = False) -> dict[str, Any]:
         coarse = swda.truncate_to(fine["test"][swda.VARS], data["test"])
         per["fine_truth_check"] = [float(max(
             abs(coarse[v] - data["test"][v]).max() / data["test"][v].std() for v in swda.VARS))]
+    envar_val = (envar_choice(val, models["sinr"], zstd["sinr"], alpha["sinr"], cfg, scorer, swda)
+                 if envar else None)
     for i in range(data["test"].sizes["trajectory"]):
         case = swda.trajectory_case(data["test"], i, cfg, scorer, seed=100 + i,
                                     n_points=cfg["n_points"], interpolation=interp)
         if fine is not None and i < cfg["envar"]["trajectories"]:
             per.update({k: [*per.get(k, []), v]
                         for k, v in envar_case(case, i, fine, models["sinr"], zstd["sinr"],
-                                               alpha["sinr"], cfg, scorer, swda).items()})
+                                               alpha["sinr"], cfg, scorer, swda,
+                                               envar_val["chosen"]).items()})
         for name, m in models.items():
             res, sec = swda.latent_cycle(case, m, zstd[name], alpha[name], cfg, seed=i)
             per.setdefault(f"enkf_{name}", []).append(swda.analysis_rmse(res, case, scorer))
@@ -352,6 +366,7 @@ def latent_da_part(cfg: dict[str, Any], envar: bool = False) -> dict[str, Any]:
             per.setdefault(f"floor_{name}", []).append(floor)
     mean = {k: float(np.mean(v)) for k, v in per.items()}
     return {"mean": mean, "per": per, "alpha": alpha, "cfg": cfg, "val_rmse": val_rmse,
+            "envar_val": envar_val,
             "fit_s": fit_s, "chosen": best,
             "n_obs": 2 * cfg["n_points"], "trajectories": data["test"].sizes["trajectory"],
             "members": ", ".join(str(n) for n in sorted(
@@ -403,8 +418,51 @@ def cfg_interp(da: dict[str, Any]) -> str:
     return da["cfg"].get("interpolation", "bilinear")
 
 
-def envar_case(case, i, fine, model, zstd, alpha, cfg, scorer, swda) -> dict[str, float]:
-    """(d) on one test trajectory: latent (SINR + ODE) vs full-state T42 4DEnVar."""
+def _envar_latent(case, model, zstd, alpha, cfg, members, options, seed):
+    """Latent 4DEnVar cycle of (d): part c's settings, ``members``, extra kernel ``options``."""
+    import xlatda
+
+    e = cfg["envar"]
+    t0 = time.perf_counter()
+    res = xlatda.cycle(case["bg"][["height", "vorticity"]], case["obs"], model,
+                       method="4denvar", members=members, init_std=alpha * zstd,
+                       window=e["window"], seed=seed, progress=False,
+                       inflation=cfg["inflation"], iterations=e["iterations"], **options)
+    return res, time.perf_counter() - t0
+
+
+def envar_choice(val, model, zstd, alpha, cfg, scorer, swda) -> dict[str, Any]:
+    """(d)'s latent 4DEnVar configuration per ensemble size, chosen on the validation trajectory.
+
+    Candidates ``cfg["envar"]["candidates"]``; N = 32 and the default (d + 1).
+    Returns the validation RMSE and seconds of each, and the choice per size.
+    """
+    import warnings
+
+    from xlatda.errors import SmallEnsembleWarning
+
+    out: dict[str, Any] = {"rmse": {}, "s": {}, "chosen": {}}
+    for size, members in (("32", cfg["members"]), ("default", None)):
+        rm, sec = {}, {}
+        for label, options in cfg["envar"]["candidates"]:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", SmallEnsembleWarning)
+                res, sec[label] = _envar_latent(val, model, zstd, alpha, cfg, members,
+                                                options, seed=0)
+            rm[label] = swda.analysis_rmse(res, val, scorer)
+        best = min(rm, key=rm.get)
+        out["rmse"][size], out["s"][size] = rm, sec
+        out["chosen"][size] = (best, dict(cfg["envar"]["candidates"])[best])
+    return out
+
+
+def envar_case(case, i, fine, model, zstd, alpha, cfg, scorer, swda,
+               chosen: dict[str, tuple[str, dict]] | None = None) -> dict[str, float]:
+    """(d) on one test trajectory: latent (SINR + ODE) vs full-state T42 4DEnVar.
+
+    Latent: the pure ensemble 4DEnVar at N = 32 and the default N (as in round 4), and
+    the configurations ``chosen`` on the validation trajectory (:func:`envar_choice`).
+    """
     from xlatda.dynamics.shallow_water import ShallowWater
 
     e = cfg["envar"]
@@ -413,6 +471,14 @@ def envar_case(case, i, fine, model, zstd, alpha, cfg, scorer, swda) -> dict[str
                                    window=e["window"], seed=i)
     res_d, sec_d = swda.latent_cycle(case, model, zstd, alpha, dict(settings, members=None),
                                      method="4denvar", window=e["window"], seed=i)
+    extra: dict[str, float] = {}
+    for size, members in (("32", cfg["members"]), ("default", None)):
+        if chosen is None:
+            break
+        res_c, sec_c = _envar_latent(case, model, zstd, alpha, cfg, members,
+                                     chosen[size][1], seed=i)
+        extra[f"envar_chosen_{size}"] = swda.analysis_rmse(res_c, case, scorer)
+        extra[f"envar_chosen_{size}_s"] = sec_c
     truth_f = fine["test"].isel(trajectory=i, drop=True)
     bg = truth_f.isel(time=slice(0, 1)).assign_coords(time=case["bg"].time.values)
     bg["time"].attrs = dict(truth_f.time.attrs)
@@ -423,7 +489,7 @@ def envar_case(case, i, fine, model, zstd, alpha, cfg, scorer, swda) -> dict[str
             "envar_latent": swda.analysis_rmse(res, case, scorer), "envar_latent_s": sec_l,
             "envar_latent_default": swda.analysis_rmse(res_d, case, scorer),
             "envar_latent_default_s": sec_d,
-            "envar_t42": scorer.rmse(mean_p, case["truth"]), "envar_t42_s": sec_p}
+            "envar_t42": scorer.rmse(mean_p, case["truth"]), "envar_t42_s": sec_p, **extra}
 
 
 def envar_markdown(da: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
@@ -448,15 +514,42 @@ def envar_markdown(da: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
         f"| latent 4DEnVar, SINR + ODE | {m['envar_latent']:.4f} | {m['envar_latent_s']:.2f} |",
         f"| latent 4DEnVar, SINR + ODE, default N ({da['members']}) "
         f"| {m['envar_latent_default']:.4f} | {m['envar_latent_default_s']:.2f} |",
+    ]
+    ev = da.get("envar_val")
+    if ev is not None and "envar_chosen_32" in m:
+        for size, tag in (("32", f"N = {cfg['members']}"),
+                          ("default", f"default N ({da['members']})")):
+            label = ev["chosen"][size][0]
+            lines.append(f"| latent 4DEnVar, SINR + ODE, {tag}, chosen on validation: {label} "
+                         f"| {m[f'envar_chosen_{size}']:.4f} | {m[f'envar_chosen_{size}_s']:.2f} |")
+    lines += [
         f"| full-state 4DEnVar, T42 64 x 128 | {m['envar_t42']:.4f} | {m['envar_t42_s']:.1f} |",
         "",
         f"- speed-up >= 20x: {speed >= 20} ({speed:.0f}x)",
         f"- latent RMSE no worse than full state: {m['envar_latent'] <= m['envar_t42']} "
         f"({m['envar_latent']:.4f} vs {m['envar_t42']:.4f}); at the default N: "
         f"{m['envar_latent_default'] <= m['envar_t42']} ({m['envar_latent_default']:.4f}, "
-        f"{m['envar_t42_s'] / m['envar_latent_default_s']:.0f}x faster)", "",
+        f"{m['envar_t42_s'] / m['envar_latent_default_s']:.0f}x faster)",
     ]
-    return lines
+    if ev is not None and "envar_chosen_32" in m:
+        for size in ("32", "default"):
+            r, t = m[f"envar_chosen_{size}"], m[f"envar_chosen_{size}_s"]
+            lines.append(f"- chosen on validation, {'N = 32' if size == '32' else 'default N'} "
+                         f"({ev['chosen'][size][0]}): no worse than full state: "
+                         f"{r <= m['envar_t42']} ({r:.4f} vs {m['envar_t42']:.4f}), "
+                         f"{m['envar_t42_s'] / t:.0f}x faster")
+        names = list(ev["rmse"]["32"])
+        lines += ["", "Validation trajectory (part c's, seed 77 observations; never a test one), "
+                  "latent 4DEnVar analysis RMSE (seconds) per configuration: 'ensemble' = the "
+                  "pure ensemble method (a model with Q: weak-constraint windows), 'strong' = "
+                  "model_error='ignore', 'hybrid beta' = the static latent prior in the control "
+                  "variable (xlatda.methods.envar4d, strong-constraint windows).", "",
+                  "| N | " + " | ".join(names) + " | chosen |",
+                  "|---|" + "---|" * (len(names) + 1)]
+        for size in ("32", "default"):
+            cells = [f"{ev['rmse'][size][k]:.4f} ({ev['s'][size][k]:.1f})" for k in names]
+            lines.append(f"| {size} | " + " | ".join(cells) + f" | {ev['chosen'][size][0]} |")
+    return [*lines, ""]
 
 
 # ---------------------------------------------------------------- report
@@ -551,8 +644,8 @@ def main(quick: bool = False, out: Path = OUT, data: Path = DATA,
     wall = time.perf_counter() - t0
     if da is not None:  # the raw figures, kept should the table fail to render
         Path(out).with_suffix(".json").write_text(
-            json.dumps({k: da[k] for k in ("mean", "per", "alpha", "val_rmse", "fit_s",
-                                           "chosen")}, indent=1, default=str))
+            json.dumps({k: da.get(k) for k in ("mean", "per", "alpha", "val_rmse", "fit_s",
+                                               "chosen", "envar_val")}, indent=1, default=str))
     return write_markdown(sw, era, out, "quick" if quick else "full", wall, da)
 
 

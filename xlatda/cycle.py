@@ -172,12 +172,15 @@ def _warn_small_ensemble(sp: Any, proto: Any, inst: Any, ens: Any, method: str) 
             or getattr(inst, "blends_prior", False)):
         return
     n, d = int(ens.shape[0]), int(sp.d)
+    fix = ("beta=0.1, the hybrid control variable with the model's latent prior "
+           "(xlatda.methods.envar4d)" if str(method).lower() == "4denvar" else
+           "method='hybrid', which blends the model's latent prior into the gain "
+           "(xlatda.methods.hybrid)")
     if n < d + 1:
         warnings.warn(
             f"method={method!r} with {n} members spans at most {n - 1} of the {d} latent "
             "directions: the filter leaves the others uncorrected and its error there grows. "
-            f"Use members >= {d + 1} (the default spans the latent space) or method='hybrid', "
-            "which blends the model's latent prior into the gain (xlatda.methods.hybrid)",
+            f"Use members >= {d + 1} (the default spans the latent space) or {fix}",
             SmallEnsembleWarning, stacklevel=3)
 
 

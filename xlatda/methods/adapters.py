@@ -55,7 +55,7 @@ from xlatda.methods.ensemble import (
     random_rotation,
     relax_to_prior_spread,
 )
-from xlatda.methods.envar4d import EnVar4D
+from xlatda.methods.envar4d import EnVar4D, static_rows
 from xlatda.methods.letkf import LETKF
 from xlatda.methods.protocol import CycleMethod, WindowAnalysis, adapts
 from xlatda.methods.regime import check_regime
@@ -387,14 +387,19 @@ class EnVarWindow(_AdditiveSetting, CycleMethod):
         res = self._analyse(space, ensemble, window, generator=generator, state=state)
         return self._record_additive(res, own)
 
+    @property
+    def blends_prior(self) -> bool:  # hybrid (beta > 0): no SmallEnsembleWarning
+        return float(self.kernel.beta) > 0.0
+
     def _analyse(self, space, ensemble, window, *, generator, state):
         y, r = window.stacked()
-        if len(window.times) > 1 and space.has_model_error() \
+        static = static_rows(space, ensemble.shape[-1]) if self.blends_prior else None
+        if static is None and len(window.times) > 1 and space.has_model_error() \
                 and self.kernel.model_error == "trajectories":
             return self._smoother(space, ensemble, window, y, r, generator, state)
         h = space.forecast_observe(window.times, window.tables, generator)
         res = self.kernel.analyse(ensemble, y, r, h, generator=generator,
-                                  n_params=space.n_params)
+                                  n_params=space.n_params, static=static)
         steps = space.roll(ensemble, res.ensemble.to(_F64), window.times, generator)
         diag = {"iterations": torch.tensor(float(res.iterations), dtype=_F64),
                 "converged": torch.tensor(float(res.converged), dtype=_F64)}

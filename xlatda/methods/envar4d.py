@@ -72,8 +72,42 @@ rotation (``rotate=True``) may follow. With a linear :math:`h` and
 :math:`N > n_s` the analysis mean and covariance are exactly those of the
 Kalman smoother with the ensemble's mean and covariance as prior.
 
+**Hybrid control variable** (``beta > 0``, Lorenc 2003, Buehner 2005):
+with a static covariance :math:`B = L^\top L` (``static=``, the rows of
+:math:`L`, e.g. a latent model's climatological prior) the control is
+:math:`v = [w_e; w_b] \in \mathbb{R}^{N + k}` and
+
+.. math::
+
+    s(v) = \bar s + \sqrt{1 - \beta}\, S^\top w_e + \sqrt\beta\, L^\top w_b,
+    \qquad J(v) = \tfrac12 \lVert v \rVert^2
+         + \tfrac12 \lVert y - h(s(v)) \rVert^2_{R^{-1}},
+
+so the prior covariance of the window's initial state is
+:math:`(1 - \beta) P^e + \beta B` (:math:`P^e` the inflated ensemble
+covariance), full rank when :math:`B` is: an ensemble smaller than the
+control space no longer leaves directions uncorrected. The static part is
+propagated through the *whole window* by the same secant trick as the
+ensemble part: at every outer iteration its sensitivities are the centred
+differences :math:`[h(s(v) + \sqrt\beta\, l_k) - h(s(v) - \sqrt\beta\,
+l_k)] / 2` over the weighted columns (``variant="bundle"``: over
+:math:`\pm \varepsilon \sqrt\beta\, l_k`, divided by :math:`\varepsilon`),
+``2 k`` more controls per ``forecast_obs`` call; exact for a linear
+:math:`h`, where the analysis is the Kalman smoother (BLUE) of the blended
+covariance. The Gauss-Newton Hessian is :math:`I_{N+k} + Y^\top R^{-1} Y`
+over both parts. The posterior members are the ensemble's own ETKF
+transform (the Hessian of the ensemble part alone, the ``beta = 0``
+transform) re-centred on the hybrid analysis :math:`s(v^*)`, as in
+operational hybrid En-4DEnVar: they carry the ensemble part of the
+posterior covariance, not the static part. ``beta = 0`` is the pure
+ensemble method above, bit for bit.
+
 References
 ----------
+Lorenc, A. C. (2003). The potential of the ensemble Kalman filter for NWP:
+a comparison with 4D-Var. Q. J. R. Meteorol. Soc. 129, 3183-3203.
+Buehner, M. (2005). Ensemble-derived stationary and flow-dependent
+background-error covariances. Q. J. R. Meteorol. Soc. 131, 1013-1043.
 Si, Chen (2026). LEVDA: Latent Ensemble Variational Data Assimilation via
 Differentiable Dynamics. arXiv:2602.19406.
 Bocquet, M. and Sakov, P. (2014). An iterative ensemble Kalman smoother.
@@ -109,6 +143,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -119,7 +154,7 @@ from xlatda.methods.lbfgs import minimise_batched_lbfgs
 from xlatda.methods.registry import methods
 from xlatda.methods.var3d import observation_std
 
-__all__ = ["EnVar4D", "EnVar4DResult", "envar4d_cost"]
+__all__ = ["EnVar4D", "EnVar4DResult", "envar4d_cost", "static_rows"]
 
 ForecastObs = Callable[[Tensor], Tensor]
 
@@ -139,6 +174,47 @@ def _predict(forecast_obs: ForecastObs, s: Tensor, p: int) -> Tensor:
             f"observations (..., M, P) with P = {p} (the size of y); it returned {shape}"
         )
     return out
+
+
+def static_rows(space: Any, n_s: int) -> Tensor:
+    """Rows of a factor of the static covariance of a cycle's control: the latent prior.
+
+    For a latent space (:mod:`xlatda.spaces`) whose model has a climatological
+    prior ``model.prior`` (stored by :func:`xlatda.fit`: the covariance of the
+    training codes, ``B = S S^T``), the rows of ``S^T`` padded with zeros for
+    the entries after the latent state (regime shift, parameters: no static
+    part), float64 on the CPU, shape ``(d, n_s)``.
+
+    Parameters
+    ----------
+    space : object
+        The cycle's state space (``kind``, ``d`` and ``model``).
+    n_s : int
+        The control size.
+
+    Returns
+    -------
+    Tensor, shape ``(d, n_s)``
+
+    Raises
+    ------
+    ConfigError
+        For a physical space, or a model without a latent prior.
+    """
+    model = getattr(space, "model", None)
+    if getattr(space, "kind", None) != "latent" or getattr(model, "latent_dim", None) is None:
+        raise ConfigError(
+            "4denvar with beta > 0 blends the latent model's climatological prior into the "
+            "ensemble covariance; it needs a latent space: cycle a LatentModel, or set beta=0")
+    prior = getattr(model, "prior", None)
+    if prior is None:
+        raise ConfigError(
+            "4denvar with beta > 0 needs the model's latent prior (model.prior), and this model "
+            "has none: refit it with xlatda.fit (which stores one), or set beta=0")
+    scale = prior.scale.detach().to("cpu", torch.float64)  # (d, k): B = S S^T
+    rows = torch.zeros(scale.shape[1], n_s, dtype=torch.float64)
+    rows[:, : space.d] = scale.T
+    return rows
 
 
 def envar4d_cost(
@@ -198,8 +274,9 @@ class EnVar4DResult:
         Posterior ensemble of controls at the window start.
     mean : Tensor, shape ``(*batch, n_s)``
         Analysis :math:`s(w^*)` (the mean of ``ensemble``).
-    w : Tensor, shape ``(*batch, N)``
-        Optimal weights :math:`w^*`.
+    w : Tensor, shape ``(*batch, N)`` or ``(*batch, N + k)``
+        Optimal weights :math:`w^*`; with a static part (``beta > 0``)
+        :math:`[w_e; w_b]`, the ensemble weights first.
     iterations : int
         Gauss-Newton or L-BFGS iterations done.
     cost : Tensor, shape ``(K, *batch)``
@@ -291,6 +368,19 @@ class EnVar4D:
         On the ERA5 validation week (PCA-64, linear dynamics, 30 stations,
         3-hourly) windows of 4 observation times gave 0.71 K strong against
         the filter's 0.64 K: over 9 hours the model error dominates.
+        With ``beta > 0`` windows are strong-constraint whatever this
+        setting (the static part is propagated by the deterministic
+        dynamics); ``Q`` still enters the forecasts between windows.
+    beta : float
+        Weight of the static covariance in the hybrid prior
+        :math:`(1 - \\beta) P^e + \\beta B`, in ``[0, 1]`` (module
+        docstring); 0 (default): the pure ensemble method. In a cycle of a
+        latent model, ``B`` is the model's climatological latent prior
+        (``model.prior``); :meth:`analyse` takes it as ``static=``. SINR +
+        ODE on shallow water (latent 128, N = 32, window 2;
+        ``benchmarks/bench_sinr.py`` part d, validation trajectory): 0.181
+        (0.122 strong-constraint) without, 0.053 with beta 0.1 / 0.3 / 0.5
+        / 1 alike (0.0528-0.0531); the default 129 members give 0.052-0.054.
 
     References
     ----------
@@ -309,8 +399,14 @@ class EnVar4D:
     param_inflation: float | None = None
     param_rtps: float | None = None
     model_error: str = "trajectories"
+    beta: float = 0.0
 
     def __post_init__(self) -> None:
+        b = self.beta
+        if isinstance(b, bool) or not (isinstance(b, (int, float)) and 0.0 <= b <= 1.0):
+            raise ConfigError(
+                f"beta must be a number in [0, 1] (the weight of the static covariance in "
+                f"the hybrid prior; 0 for the pure ensemble method), got {b!r}")
         if self.model_error not in ("trajectories", "ignore"):
             raise ConfigError(f"model_error must be 'trajectories' or 'ignore', got "
                               f"{self.model_error!r}")
@@ -344,6 +440,7 @@ class EnVar4D:
         *,
         generator: torch.Generator | None = None,
         n_params: int = 0,
+        static: Tensor | None = None,
     ) -> EnVar4DResult:
         """Analyse a batch of prior control ensembles with the window's observations.
 
@@ -367,6 +464,11 @@ class EnVar4D:
         n_params : int
             The last ``n_params`` entries of the control are parameters:
             they get ``param_inflation`` and ``param_rtps``.
+        static : Tensor, shape ``(k, n_s)`` or ``(*batch, k, n_s)``, optional
+            Rows of a factor :math:`L` of the static covariance
+            :math:`B = L^\\top L` of the control (zero columns for entries
+            without a static part); needed when ``beta > 0``, unused at
+            ``beta = 0``.
 
         Returns
         -------
@@ -378,12 +480,13 @@ class EnVar4D:
             If the ensemble has fewer than 2 members, or ``forecast_obs``
             returns a shape that does not fit ``y``.
         ConfigError
-            For a non-positive ``r_std``.
+            For a non-positive ``r_std``, or ``beta > 0`` without ``static``.
 
         Notes
         -----
         Gauss-Newton: one ``forecast_obs`` call on ``N + 1`` controls per
-        iteration, plus ``O(N^2 P + N^3)`` per batch element. Autodiff: one
+        iteration (``N + 1 + 2 k`` with a static part), plus
+        ``O(m^2 P + m^3)`` per batch element, ``m = N`` (``N + k``). Autodiff: one
         call on 1 control (and its backward pass) per L-BFGS evaluation,
         then one on ``N + 1`` controls for the posterior ensemble.
         """
@@ -406,7 +509,11 @@ class EnVar4D:
         factor = torch.full((n_s,), float(self.inflation), dtype=ens.dtype, device=ens.device)
         if n_params and self.param_inflation is not None:
             factor[n_s - n_params:] = float(self.param_inflation)
-        batch = torch.broadcast_shapes(ens.shape[:-2], y.shape[:-1], r.shape[:-1])
+        hybrid = float(self.beta) > 0.0
+        if hybrid:
+            static = self._check_static(static, n_s, ens)
+        batch = torch.broadcast_shapes(ens.shape[:-2], y.shape[:-1], r.shape[:-1],
+                                       *((static.shape[:-2],) if hybrid else ()))
         ens = ens.expand(*batch, *ens.shape[-2:])
         y = y.expand(*batch, p)
         r = r.expand(*batch, p)
@@ -416,14 +523,23 @@ class EnVar4D:
             anom = (ens - mean.unsqueeze(-2)) * (factor / math.sqrt(n_mem - 1))
             mean, anom, y, r = mean.clone(), anom.clone(), y.clone(), r.clone()
             eye = torch.eye(n_mem, dtype=ens.dtype, device=ens.device)
-            if self.mode == "gauss-newton":
+            # the rows spanning the search space: the anomalies (and the static factor)
+            ctrl, probes = anom, None
+            if hybrid:
+                probes = math.sqrt(float(self.beta)) * static.expand(*batch, *static.shape[-2:])
+                ctrl = torch.cat([math.sqrt(1.0 - float(self.beta)) * anom, probes], -2)
+            if self.mode == "gauss-newton" and not hybrid:
                 w, costs, iters, converged, hess = self._gauss_newton(
                     mean, anom, y, r, forecast_obs, batch
                 )
+            elif self.mode == "gauss-newton":
+                w, costs, iters, converged, hess = self._gauss_newton_hybrid(
+                    mean, anom, ctrl, probes, y, r, forecast_obs, batch
+                )
             else:
                 w, costs, iters, conv = minimise_batched_lbfgs(
-                    lambda w_: envar4d_cost(w_, mean, anom, y, r, forecast_obs),
-                    mean.new_zeros(*batch, n_mem),
+                    lambda w_: envar4d_cost(w_, mean, ctrl, y, r, forecast_obs),
+                    mean.new_zeros(*batch, ctrl.shape[-2]),
                     iterations=int(self.iterations),
                     tol=float(self.tol),
                     history_size=int(self.history_size),
@@ -432,13 +548,19 @@ class EnVar4D:
                 )
                 converged = bool(conv.all())
                 with torch.no_grad():
-                    _, _, hess, _ = self._evaluate(w, mean, anom, eye, eye, y, r, forecast_obs)
+                    if hybrid:  # the ensemble part's Hessian at the optimum
+                        ys, _, _ = self._sensitivities(_control(w, mean, ctrl), anom, eye, eye,
+                                                       y, r, forecast_obs)
+                        hess = eye + ys @ ys.transpose(-1, -2)
+                    else:
+                        _, _, hess, _ = self._evaluate(w, mean, anom, eye, eye, y, r,
+                                                       forecast_obs)
             with torch.no_grad():
                 transform, _ = _sym_pow(hess)
                 if self.rotate:
                     transform = transform @ random_rotation(
                         n_mem, batch, generator=generator, dtype=ens.dtype, device=ens.device)
-                s_star = _control(w, mean, anom)
+                s_star = _control(w, mean, ctrl)
                 post = s_star.unsqueeze(-2) + math.sqrt(n_mem - 1) * (
                     transform.transpose(-1, -2) @ anom
                 )
@@ -458,6 +580,67 @@ class EnVar4D:
             converged=converged,
         )
 
+    @staticmethod
+    def _check_static(static: Tensor | None, n_s: int, ens: Tensor) -> Tensor:
+        """The static factor rows ``(*batch, k, n_s)`` in the ensemble's dtype, checked."""
+        if static is None:
+            raise ConfigError(
+                "beta > 0 blends a static covariance B = L^T L into the prior: pass its "
+                "factor rows as static= (shape (k, n_s)), or set beta=0")
+        static = torch.as_tensor(static, dtype=ens.dtype, device=ens.device)
+        if static.dim() < 2 or static.shape[-1] != n_s or static.shape[-2] < 1:
+            raise ShapeError(
+                f"static must hold the rows of a factor of B, shape (k, n_s) with n_s = {n_s} "
+                f"(the control size), got {tuple(static.shape)}")
+        if not bool(torch.isfinite(static).all()):
+            raise ConfigError("static holds non-finite values; check the static covariance")
+        return static
+
+    def _sensitivities(
+        self,
+        s: Tensor,
+        anom: Tensor,
+        transform: Tensor,
+        transform_inv: Tensor,
+        y: Tensor,
+        r: Tensor,
+        forecast_obs: ForecastObs,
+        probes: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor | None, Tensor]:
+        """Whitened sensitivities of the anomalies (and of ``probes``) and innovation at ``s``.
+
+        One call of ``forecast_obs`` on ``N + 1`` controls, the re-centred
+        ensemble (transform or bundle) and ``s``, plus ``s +- probes`` (the
+        weighted static rows, ``2 k``) when given: ``(Y_e (N, P), Y_b (k, P)
+        or None, d (P,))`` per batch element.
+        """
+        n_mem = anom.shape[-2]
+        scale = math.sqrt(n_mem - 1)
+        if self.variant == "transform":
+            spread = transform @ anom
+        else:
+            spread = self.epsilon * anom
+        parts = [s.unsqueeze(-2) + scale * spread, s.unsqueeze(-2)]
+        if probes is not None:
+            step = probes if self.variant == "transform" else self.epsilon * probes
+            parts += [s.unsqueeze(-2) + step, s.unsqueeze(-2) - step]
+        pred = _predict(forecast_obs, torch.cat(parts, dim=-2), y.shape[-1])
+        pred_ens, pred_s = pred[..., :n_mem, :], pred[..., n_mem, :]
+        d = (y - pred_s) / r  # whitened innovation (*batch, P)
+        ys = (pred_ens - pred_ens.mean(-2, keepdim=True)) / (scale * r.unsqueeze(-2))
+        if self.variant == "transform":
+            ys = transform_inv @ ys  # back to the sensitivities of the prior anomalies
+        else:
+            ys = ys / self.epsilon
+        yb = None
+        if probes is not None:  # centred secants of the static rows
+            k = probes.shape[-2]
+            plus, minus = pred[..., n_mem + 1:n_mem + 1 + k, :], pred[..., n_mem + 1 + k:, :]
+            yb = (plus - minus) / (2.0 * r.unsqueeze(-2))
+            if self.variant != "transform":
+                yb = yb / self.epsilon
+        return ys, yb, d
+
     def _evaluate(
         self,
         w: Tensor,
@@ -475,26 +658,60 @@ class EnVar4D:
         ensemble (transform or bundle) and ``s(w)``.
         """
         n_mem = anom.shape[-2]
-        scale = math.sqrt(n_mem - 1)
         s = _control(w, mean, anom)
-        if self.variant == "transform":
-            spread = transform @ anom
-        else:
-            spread = self.epsilon * anom
-        points = torch.cat((s.unsqueeze(-2) + scale * spread, s.unsqueeze(-2)), dim=-2)
-        pred = _predict(forecast_obs, points, y.shape[-1])
-        pred_ens, pred_s = pred[..., :n_mem, :], pred[..., n_mem, :]
-        d = (y - pred_s) / r  # whitened innovation (*batch, P)
-        ys = (pred_ens - pred_ens.mean(-2, keepdim=True)) / (scale * r.unsqueeze(-2))
-        if self.variant == "transform":
-            ys = transform_inv @ ys  # back to the sensitivities of the prior anomalies
-        else:
-            ys = ys / self.epsilon
+        ys, _, d = self._sensitivities(s, anom, transform, transform_inv, y, r, forecast_obs)
         cost = 0.5 * (w**2).sum(-1) + 0.5 * (d**2).sum(-1)
         grad = w - (ys @ d.unsqueeze(-1)).squeeze(-1)
         eye = torch.eye(n_mem, dtype=w.dtype, device=w.device)
         hess = eye + ys @ ys.transpose(-1, -2)
         return cost, grad, hess, d
+
+    def _gauss_newton_hybrid(
+        self,
+        mean: Tensor,
+        anom: Tensor,
+        ctrl: Tensor,
+        probes: Tensor,
+        y: Tensor,
+        r: Tensor,
+        forecast_obs: ForecastObs,
+        batch: tuple[int, ...],
+    ) -> tuple[Tensor, Tensor, int, bool, Tensor]:
+        """Gauss-Newton on ``v = [w_e; w_b]`` (module docstring, hybrid control variable).
+
+        Returns the weights, the costs, the iterations, convergence and the
+        Hessian of the ensemble part alone (for the posterior transform).
+        """
+        n_mem, m = anom.shape[-2], ctrl.shape[-2]
+        a = math.sqrt(1.0 - float(self.beta))
+        eye = torch.eye(n_mem, dtype=mean.dtype, device=mean.device)
+        eye_m = torch.eye(m, dtype=mean.dtype, device=mean.device)
+        v = mean.new_zeros(*batch, m)
+        transform = transform_inv = eye
+        costs: list[Tensor] = []
+        converged = False
+        iters = 0
+        with torch.no_grad():
+            for k in range(self.iterations + 1):
+                s = _control(v, mean, ctrl)
+                ys, yb, d = self._sensitivities(s, anom, transform, transform_inv, y, r,
+                                                forecast_obs, probes)
+                big_y = torch.cat([a * ys, yb], -2)  # (*batch, N + k, P)
+                costs.append(0.5 * (v**2).sum(-1) + 0.5 * (d**2).sum(-1))
+                hess_e = eye + ys @ ys.transpose(-1, -2)
+                if k == self.iterations:
+                    break
+                grad = v - (big_y @ d.unsqueeze(-1)).squeeze(-1)
+                hess = eye_m + big_y @ big_y.transpose(-1, -2)
+                dv = torch.linalg.solve(hess, grad.unsqueeze(-1)).squeeze(-1)
+                v = v - dv
+                iters += 1
+                if float(dv.norm(dim=-1).max()) <= self.tol:
+                    converged = True
+                    break
+                if self.variant == "transform":
+                    transform, transform_inv = _sym_pow(hess_e)
+        return v, torch.stack(costs), iters, converged, hess_e
 
     def _gauss_newton(
         self,
