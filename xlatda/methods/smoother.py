@@ -121,18 +121,36 @@ def rts_step(ens_a: Tensor, forecast_next: Tensor, ens_b_next: Tensor,
         raise ConfigError(
             "the smoother needs (N, n) ensembles of one shape at consecutive analyses, got "
             f"{sorted(shapes)}")
+    return _revise(ens_a, smoothed_next, _link(ens_a, forecast_next, ens_b_next,
+                                               inflation, rcond))
+
+
+def _link(ens_a: Tensor, forecast_next: Tensor, ens_b_next: Tensor, inflation: float,
+          rcond: float = RCOND) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """What :func:`rts_step` needs of one link, whatever the smoothed ensemble:
+    ``(analysis, background, left, right)`` (float64) with the revision
+    ``analysis + ((smoothed - background) @ left) @ right``.
+
+    ``X^b = U S V^T``: ``(P^b)^+ = (N - 1) V S^-2 V^T`` and ``P^a M^T = X^aT X^f /
+    (N - 1)``, so ``J^T = V S^-2 V^T X^fT X^a``, kept as ``left = V S^-2 / λ^2``
+    ``(n, r)`` and ``right = (X^f V)^T X^a`` ``(r, n)``: no ``(n, n)`` matrix.
+    """
     f64 = torch.float64
-    a, f, b, s = (t.to(f64) for t in (ens_a, forecast_next, ens_b_next, smoothed_next))
+    a, f, b = (t.to(f64) for t in (ens_a, forecast_next, ens_b_next))
     xa = a - a.mean(0, keepdim=True)
     xf = f - f.mean(0, keepdim=True)
     xb = b - b.mean(0, keepdim=True)
-    # (s - b) (P^b)^+ (P^a M^T)^T in ensemble space: an (N, N) weight matrix
-    # (X^b = U S V^T: (P^b)^+ = (N - 1) V S^-2 V^T, P^a M^T = X^aT X^f / (N - 1))
     _, sv, vh = torch.linalg.svd(xb, full_matrices=False)
     keep = sv > rcond * sv[0] if sv.numel() and sv[0] > 0 else torch.zeros_like(sv, dtype=bool)
     sv, vh = sv[keep], vh[keep]
-    weights = ((s - b) @ vh.T / (sv**2 * float(inflation) ** 2)) @ (xf @ vh.T).T
-    return (a + weights @ xa).to(ens_a.dtype)
+    left = vh.T / (sv**2 * float(inflation) ** 2)
+    right = (xf @ vh.T).T @ xa
+    return a, b, left, right
+
+
+def _revise(ens_a: Tensor, smoothed_next: Tensor, link: tuple) -> Tensor:
+    a, b, left, right = link
+    return (a + ((smoothed_next.to(torch.float64) - b) @ left) @ right).to(ens_a.dtype)
 
 
 class FixedLagSmoother:
@@ -163,7 +181,7 @@ class FixedLagSmoother:
         if lag < 1:
             raise ConfigError("FixedLagSmoother needs lag >= 1 (lag 0 is the filter itself)")
         self.lag = lag
-        # (key, forecast, background, analysis, latest smoothed, inflation) each
+        # (key, analysis, link to the next analysis or None, latest smoothed) each
         self._chain: deque[list[Any]] = deque()
 
     def push(self, key: Any, forecast: Tensor, background: Tensor, analysis: Tensor,
@@ -189,17 +207,19 @@ class FixedLagSmoother:
             (at most one entry).
         """
         chain = self._chain
-        if chain and chain[-1][2].shape != analysis.shape:
-            raise ConfigError(
-                "the smoother needs ensembles of one shape at consecutive analyses, got "
-                f"{tuple(chain[-1][2].shape)} then {tuple(analysis.shape)}")
-        chain.append([key, forecast, background, analysis, analysis, float(inflation)])
+        if chain:  # the link from the previous analysis to this one, computed once
+            prev = chain[-1]
+            if not (prev[1].shape == forecast.shape == background.shape == analysis.shape):
+                raise ConfigError(
+                    "the smoother needs ensembles of one shape at consecutive analyses, got "
+                    f"{tuple(prev[1].shape)} then {tuple(analysis.shape)}")
+            prev[2] = _link(prev[1], forecast, background, float(inflation))
+        chain.append([key, analysis, None, analysis])
         for j in range(len(chain) - 2, -1, -1):
-            nxt = chain[j + 1]
-            chain[j][4] = rts_step(chain[j][3], nxt[1], nxt[2], nxt[4], inflation=nxt[5])
+            chain[j][3] = _revise(chain[j][1], chain[j + 1][3], chain[j][2])
         if len(chain) > self.lag:
             done = chain.popleft()
-            return [(done[0], done[4])]
+            return [(done[0], done[3])]
         return []
 
     def oldest(self) -> Any:
@@ -208,6 +228,6 @@ class FixedLagSmoother:
 
     def flush(self) -> list[tuple[Any, Tensor]]:
         """The retained analyses with their latest smoothing (fewer later times)."""
-        out = [(e[0], e[4]) for e in self._chain]
+        out = [(e[0], e[3]) for e in self._chain]
         self._chain.clear()
         return out
