@@ -269,3 +269,22 @@ def test_forecast_pair_is_the_noise_free_and_the_noisy_forecast():
             free.numpy(), sp.forecast(s, 0.0, 7200.0, generator=torch.Generator(),
                                       noise=False).numpy())
         assert not torch.equal(free, noisy)
+
+
+@pytest.mark.parametrize("case", ["hybrid", "4denvar beta"])
+def test_lag_is_refused_for_gains_that_blend_the_latent_prior(case, tmp_path):
+    import warnings
+
+    from .test_regime import _obs
+    from .test_regime import _twin as clocked_twin
+
+    truth, model = clocked_twin(True)
+    obs = _obs(truth, truth.time.values[80:90:2])
+    kw = ({"method": "hybrid", "members": 5} if case == "hybrid"
+          else {"method": "4denvar", "beta": 0.3})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ConfigError, match="blending the latent prior"):
+            xlatda.cycle(truth.isel(time=[79]), obs, model, progress=False, lag=1,
+                         store=tmp_path / "s.zarr", **kw)
+    assert not (tmp_path / "s.zarr").exists()

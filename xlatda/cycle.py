@@ -269,7 +269,9 @@ def cycle(background: xr.Dataset | xr.DataArray | None, obs: xr.Dataset, model: 
         observations the new run has). ``background`` and ``diagnostics`` stay
         the filter's. The smoother's regression is global (not localised, also
         after a LETKF): with far fewer members than state values it carries
-        the ensemble's spurious long-range correlations back in time.
+        the ensemble's spurious long-range correlations back in time. Refused
+        for gains that blend the latent prior (``method="hybrid"``, 4DEnVar
+        with ``beta > 0``): the regression would see the ensemble part only.
     **settings :
         Method settings (``inflation``, ``rtps``, ``radius``, ``b_std``,
         ``iterations``...).
@@ -343,6 +345,12 @@ def cycle(background: xr.Dataset | xr.DataArray | None, obs: xr.Dataset, model: 
     members = sp.default_members() if members is None else members
     inst = proto.build(kernel, dict(settings), space=sp, members=members)
     proto.check_fits(method, sp, int(window), len(pnames))
+    if lag and getattr(inst, "blends_prior", False):
+        raise ConfigError(
+            f"lag={lag} (smoothing) is not available with method={method!r} blending the "
+            "latent prior into its gain: the smoother's regression sees only the ensemble "
+            "(with few members it made the analyses worse). Use an ensemble filter with the "
+            "default ensemble size, or lag=0")
     windows = plan_windows(table, int(window), int(seed))
     inst.prepare(windows)
     bg = None if background is None else {v: background[v].values for v in L.variables}
