@@ -686,32 +686,18 @@ class EnVar4D:
         a = math.sqrt(1.0 - float(self.beta))
         eye = torch.eye(n_mem, dtype=mean.dtype, device=mean.device)
         eye_m = torch.eye(m, dtype=mean.dtype, device=mean.device)
-        v = mean.new_zeros(*batch, m)
-        transform = transform_inv = eye
-        costs: list[Tensor] = []
-        converged = False
-        iters = 0
-        with torch.no_grad():
-            for k in range(self.iterations + 1):
-                s = _control(v, mean, ctrl)
-                ys, yb, d = self._sensitivities(s, anom, transform, transform_inv, y, r,
-                                                forecast_obs, probes)
-                big_y = torch.cat([a * ys, yb], -2)  # (*batch, N + k, P)
-                costs.append(0.5 * (v**2).sum(-1) + 0.5 * (d**2).sum(-1))
-                hess_e = eye + ys @ ys.transpose(-1, -2)
-                if k == self.iterations:
-                    break
-                grad = v - (big_y @ d.unsqueeze(-1)).squeeze(-1)
-                hess = eye_m + big_y @ big_y.transpose(-1, -2)
-                dv = torch.linalg.solve(hess, grad.unsqueeze(-1)).squeeze(-1)
-                v = v - dv
-                iters += 1
-                if float(dv.norm(dim=-1).max()) <= self.tol:
-                    converged = True
-                    break
-                if self.variant == "transform":
-                    transform, transform_inv = _sym_pow(hess_e)
-        return v, torch.stack(costs), iters, converged, hess_e
+
+        def step(v, transform, transform_inv):
+            s = _control(v, mean, ctrl)
+            ys, yb, d = self._sensitivities(s, anom, transform, transform_inv, y, r,
+                                            forecast_obs, probes)
+            big_y = torch.cat([a * ys, yb], -2)  # (*batch, N + k, P)
+            cost = 0.5 * (v**2).sum(-1) + 0.5 * (d**2).sum(-1)
+            grad = v - (big_y @ d.unsqueeze(-1)).squeeze(-1)
+            hess = eye_m + big_y @ big_y.transpose(-1, -2)
+            return cost, grad, hess, eye + ys @ ys.transpose(-1, -2)
+
+        return self._newton(step, mean.new_zeros(*batch, m), eye)
 
     def _gauss_newton(
         self,
@@ -724,26 +710,41 @@ class EnVar4D:
     ) -> tuple[Tensor, Tensor, int, bool, Tensor]:
         n_mem = anom.shape[-2]
         eye = torch.eye(n_mem, dtype=mean.dtype, device=mean.device)
-        w = mean.new_zeros(*batch, n_mem)
+
+        def step(w, transform, transform_inv):
+            cost, grad, hess, _ = self._evaluate(
+                w, mean, anom, transform, transform_inv, y, r, forecast_obs
+            )
+            return cost, grad, hess, hess
+
+        return self._newton(step, mean.new_zeros(*batch, n_mem), eye)
+
+    def _newton(self, step, v: Tensor, eye: Tensor) -> tuple[Tensor, Tensor, int, bool, Tensor]:
+        """The Gauss-Newton iterations of both control variables.
+
+        ``step(v, transform, transform_inv)`` gives the cost, gradient and
+        Gauss-Newton Hessian at ``v`` and the ensemble part's Hessian (the
+        whole Hessian for the pure ensemble control), which re-centres the
+        ensemble (``variant="transform"``) and is returned with the weights,
+        the costs, the iterations and convergence.
+        """
         transform = transform_inv = eye
         costs: list[Tensor] = []
         converged = False
         iters = 0
         with torch.no_grad():
             for k in range(self.iterations + 1):
-                cost, grad, hess, _ = self._evaluate(
-                    w, mean, anom, transform, transform_inv, y, r, forecast_obs
-                )
+                cost, grad, hess, hess_e = step(v, transform, transform_inv)
                 costs.append(cost)
                 if k == self.iterations:
                     break
-                dw = torch.linalg.solve(hess, grad.unsqueeze(-1)).squeeze(-1)
-                w = w - dw
+                dv = torch.linalg.solve(hess, grad.unsqueeze(-1)).squeeze(-1)
+                v = v - dv
                 iters += 1
-                if float(dw.norm(dim=-1).max()) <= self.tol:
+                if float(dv.norm(dim=-1).max()) <= self.tol:
                     # The last Hessian was taken within tol of the optimum.
                     converged = True
                     break
                 if self.variant == "transform":
-                    transform, transform_inv = _sym_pow(hess)
-        return w, torch.stack(costs), iters, converged, hess
+                    transform, transform_inv = _sym_pow(hess_e)
+        return v, torch.stack(costs), iters, converged, hess_e
