@@ -51,6 +51,17 @@ def _exact_model(seed=4, k=2, latent=3):
     return ds, pca, model, z_mean, z_std, RepresentationError(modes, var, 0.0)
 
 
+def _prior_state(pca, z_mean, z_std):
+    """``(c0 (n,), B (n, d))``: the decoded prior mean code and the decoded prior std
+    columns minus it, so the state's prior is ``c0 + B N(0, I)`` (the decoder is affine)."""
+    d = pca.latent_dim
+    with torch.no_grad():
+        c0 = pca.decode_tensor(z_mean[None].to(pca.dtype)).to(F64).reshape(-1)
+        B = (pca.decode_tensor((z_mean + torch.diag(z_std)).to(pca.dtype)).to(F64)
+             .reshape(d, -1) - c0).T
+    return c0, B
+
+
 def test_predictive_samples_match_the_exact_posterior_predictive_of_the_state():
     """Linear-Gaussian: x = D z + e, e ~ N(0, Σ_rep), y = A x + noise (block means of 4 x 4
     cells and stations). The exact posterior predictive of x is Gaussian and known. The
@@ -64,10 +75,7 @@ def test_predictive_samples_match_the_exact_posterior_predictive_of_the_state():
     L = pca.layout
     t0 = ds.isel(time=[50])
     d = pca.latent_dim
-    with torch.no_grad():
-        c0 = pca.decode_tensor(z_mean[None].to(pca.dtype)).to(F64).reshape(-1)
-        B = (pca.decode_tensor((z_mean + torch.diag(z_std)).to(pca.dtype)).to(F64)
-             .reshape(d, -1) - c0).T  # (n, d)
+    c0, B = _prior_state(pca, z_mean, z_std)
     cov_x = B @ B.T + rep.modes.T @ rep.modes + torch.diag(rep.var)
     g = torch.Generator().manual_seed(7)
     x_true = (c0 + B @ torch.randn(d, generator=g, dtype=F64)
@@ -200,10 +208,7 @@ def test_adaptive_scale_recovers_an_underestimated_error_model():
     L = pca.layout
     t0 = ds.isel(time=[50])
     d = pca.latent_dim
-    with torch.no_grad():
-        c0 = pca.decode_tensor(z_mean[None].to(pca.dtype)).to(F64).reshape(-1)
-        B = (pca.decode_tensor((z_mean + torch.diag(z_std)).to(pca.dtype)).to(F64)
-             .reshape(d, -1) - c0).T
+    c0, B = _prior_state(pca, z_mean, z_std)
     cov_x = B @ B.T + 4.0 * (rep.modes.T @ rep.modes + torch.diag(rep.var))
     alphas = []
     for seed in range(3):
