@@ -15,6 +15,20 @@ from xlatda.methods.registry import get_method
 F64 = torch.float64
 
 
+def window_operator(g: torch.Generator, n: int, steps: int, rotation: float, noise: float):
+    """``(G (P, n), r_std (P,))``: the stacked operator of 2 observed components at each
+    of ``steps`` steps of ``M = rotation Q + noise N(0, 1)`` (Q orthogonal)."""
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=F64))
+    model = rotation * q + noise * torch.randn(n, n, generator=g, dtype=F64)
+    h = torch.randn(2, n, generator=g, dtype=F64)
+    blocks, m_k = [], torch.eye(n, dtype=F64)
+    for _ in range(steps):
+        m_k = model @ m_k
+        blocks.append(h @ m_k)
+    big_g = torch.cat(blocks)  # P = 2 * steps
+    return big_g, 0.3 + torch.rand(big_g.shape[0], generator=g, dtype=F64)
+
+
 def _linear_window(seed: int = 0, n: int = 4, n_members: int = 12, steps: int = 3):
     """Linear model M, observations of 2 components at every step of the window.
 
@@ -22,16 +36,8 @@ def _linear_window(seed: int = 0, n: int = 4, n_members: int = 12, steps: int = 
     prior ensemble (2, N, n), observations (2, P) and r_std (P,).
     """
     g = torch.Generator().manual_seed(seed)
-    q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=F64))
-    model = 0.95 * q + 0.05 * torch.randn(n, n, generator=g, dtype=F64)
-    h = torch.randn(2, n, generator=g, dtype=F64)
-    blocks, m_k = [], torch.eye(n, dtype=F64)
-    for _ in range(steps):
-        m_k = model @ m_k
-        blocks.append(h @ m_k)
-    big_g = torch.cat(blocks)  # (P, n), P = 2 * steps
+    big_g, r = window_operator(g, n, steps, 0.95, 0.05)
     p = big_g.shape[0]
-    r = 0.3 + torch.rand(p, generator=g, dtype=F64)
     a = torch.randn(n, n, generator=g, dtype=F64)
     ens = torch.randn(2, n_members, n, generator=g, dtype=F64) @ a.T + 1.0
     y = torch.randn(2, p, generator=g, dtype=F64) * 2.0

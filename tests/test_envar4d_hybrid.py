@@ -13,22 +13,16 @@ import xlatda
 from xlatda.errors import ConfigError, ShapeError, SmallEnsembleWarning
 from xlatda.methods.envar4d import EnVar4D
 
+from .test_envar4d import window_operator
+
 F64 = torch.float64
 
 
 def _window(seed: int = 0, n: int = 5, n_members: int = 3, steps: int = 3):
     """A linear window (stacked operator G), a rank-deficient prior ensemble and a B."""
     g = torch.Generator().manual_seed(seed)
-    q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=F64))
-    model = 0.9 * q + 0.1 * torch.randn(n, n, generator=g, dtype=F64)
-    h = torch.randn(2, n, generator=g, dtype=F64)
-    blocks, m_k = [], torch.eye(n, dtype=F64)
-    for _ in range(steps):
-        m_k = model @ m_k
-        blocks.append(h @ m_k)
-    big_g = torch.cat(blocks)
+    big_g, r = window_operator(g, n, steps, 0.9, 0.1)
     p = big_g.shape[0]
-    r = 0.3 + torch.rand(p, generator=g, dtype=F64)
     ens = torch.randn(2, n_members, n, generator=g, dtype=F64) + 1.0
     y = torch.randn(2, p, generator=g, dtype=F64) * 2.0
     static = torch.randn(n, n, generator=g, dtype=F64) * 0.7  # rows of L, B = L^T L
