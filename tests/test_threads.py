@@ -132,6 +132,29 @@ def test_public_calls_run_small_problems_on_one_thread(small, two_threads, monke
     assert decoded_size(ds.lda.encode(model), model) == 41 * 8
 
 
+def test_cycle_and_assimilate_run_small_problems_on_one_thread(two_threads, monkeypatch):
+    # xlatda.cycle lost its @with_thread_scope line once (a helper was inserted between
+    # the decorator and the function); the forecast model sees what the call runs on
+    from xlatda.dynamics.physical import Lorenz96
+
+    truth = xlatda.datasets.lorenz96(n=8, steps=3, seed=0)
+    obs = xlatda.obs.sample_points(truth.isel(time=slice(1, None)), n=4, error_std=1.0,
+                                   seed=1)
+    model = Lorenz96(n=8)
+    seen = []
+    step = model.step
+
+    def spy(x, *args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return step(x, *args, **kwargs)
+
+    monkeypatch.setattr(model, "step", spy)
+    xlatda.cycle(truth.isel(time=0), obs, model, members=5, init_std=1.0, progress=False)
+    assert seen and set(seen) == {1}
+    assert torch.get_num_threads() == 2
+    assert hasattr(xlatda.cycle, "__wrapped__") and hasattr(xlatda.assimilate, "__wrapped__")
+
+
 def test_dask_tasks_keep_the_workers_setting_unless_asked(small, two_threads, monkeypatch):
     import dask
 

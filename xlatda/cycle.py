@@ -165,7 +165,6 @@ def assimilate(state: xr.Dataset | xr.DataArray | None, obs: xr.Dataset, model: 
     return out
 
 
-@with_thread_scope
 def _warn_small_ensemble(sp: Any, proto: Any, inst: Any, ens: Any, method: str) -> None:
     """Warn when a latent ensemble filter's members cannot span the latent space."""
     if (ens is None or sp.kind != "latent" or not proto.ensemble or not proto.forecasts
@@ -184,6 +183,7 @@ def _warn_small_ensemble(sp: Any, proto: Any, inst: Any, ens: Any, method: str) 
             SmallEnsembleWarning, stacklevel=3)
 
 
+@with_thread_scope
 def cycle(background: xr.Dataset | xr.DataArray | None, obs: xr.Dataset, model: Any, *,
           method: str = DEFAULT_METHOD, space: str | None = None, members: int | None = None,
           init_std: Any = None, init: str | None = None, window: int = 1,
