@@ -458,7 +458,7 @@ def _drive(inst, proto, sp, windows, ens, t_cur, state, *, noise, recorder, stor
                 write_window(store, recorder.datasets(n0), recorder.tname, index=win.index,
                              carry=ens if proto.forecasts else None, state=state, t_end=t_cur,
                              digest=win.digest(), meta=meta)
-                recorder.rows.clear()
+                recorder.drop(len(recorder))
             if bar is not None:
                 bar.update(1)
     finally:
