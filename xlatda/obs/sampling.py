@@ -57,7 +57,84 @@ def _loc_attrs(L: StateLayout, which: str) -> dict[str, Any]:
     return keep
 
 
-def _domain_points(L: StateLayout, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+#: Candidate draws per wanted location before :func:`sample_points` gives up on a
+#: masked grid (a domain whose valid part is under 1/100 of its area).
+_MAX_DRAWS = 100
+
+
+def _valid_test(truth: xr.Dataset, L: StateLayout, names: list[str], tname: str | None):
+    """``None`` for a field without NaN, else a test of candidate locations.
+
+    The test says which locations read finite values of every observed
+    variable at every time of ``truth`` (a fixed land/sea mask, or the cells
+    missing at any time), with the same operator the values come from, so a
+    location whose bilinear stencil touches a missing cell is refused.
+    """
+    bad = None
+    for v in names:
+        miss = truth[v].isnull()
+        if tname is not None:
+            miss = miss.any(tname)
+        bad = miss if bad is None else (bad | miss)
+    bad_np = np.asarray(bad.values, dtype=bool)
+    if not bad_np.any():
+        return None
+    if bad_np.all():
+        raise ObservationError(
+            f"the truth has no cell where {names} are finite at every time; sample fewer "
+            "times or variables, or fill the gaps first")
+    from xlatda.obs.observe import observe
+
+    mask = xr.Dataset({"valid": (bad.dims, np.where(bad_np, np.nan, 1.0),
+                                 {"units": "1"})}, coords=bad.coords)
+
+    flat_bad = bad_np.reshape(-1)
+
+    def test(locs: dict[str, np.ndarray]) -> np.ndarray:
+        if L.kind == "points":  # called with every point: the choice is among the finite
+            return ~flat_bad
+        if "position" in locs:  # generic positions: both bracketing cells must be finite
+            lo = np.clip(np.floor(locs["position"]).astype(int), 0, flat_bad.size - 1)
+            hi = np.clip(lo + 1, 0, flat_bad.size - 1)
+            return ~(flat_bad[lo] | flat_bad[hi])
+        sk = xr.Dataset({"valid": (OBS_DIM, np.zeros(len(locs["lat"])), {"error_std": 1.0})},
+                        coords={L.axes.lat: (OBS_DIM, locs["lat"], _loc_attrs(L, "lat")),
+                                L.axes.lon: (OBS_DIM, locs["lon"], _loc_attrs(L, "lon"))})
+        got = observe(mask, sk, interpolation="bilinear")["valid"].values
+        return np.isfinite(np.asarray(got, dtype=float))
+
+    return test
+
+
+def _domain_points(L: StateLayout, n: int, rng: np.random.Generator,
+                   valid: Any = None) -> dict[str, np.ndarray]:
+    """``n`` uniformly distributed locations over the valid part of the domain.
+
+    Without ``valid`` (a field without missing values) this is one draw over
+    the whole domain; with it, points whose test fails are drawn again, so
+    the locations are uniform over the valid part (for point states the
+    choice is among the valid points).
+    """
+    if valid is None or L.kind == "points":
+        return _draw_points(L, n, rng, valid)
+    kept: dict[str, list[np.ndarray]] = {}
+    have, drawn = 0, 0
+    while have < n:
+        if drawn >= _MAX_DRAWS * n:
+            raise ObservationError(
+                f"found only {have} of {n} locations with finite values in {drawn} draws; "
+                "the valid part of the domain is too small: subset the grid to it first")
+        cand = _draw_points(L, n - have, rng)
+        ok = valid(cand)
+        drawn += n - have
+        for k, v in cand.items():
+            kept.setdefault(k, []).append(v[ok])
+        have += int(ok.sum())
+    return {k: np.concatenate(v)[:n] for k, v in kept.items()}
+
+
+def _draw_points(L: StateLayout, n: int, rng: np.random.Generator,
+                 valid: Any = None) -> dict[str, np.ndarray]:
     """Uniformly distributed locations over the state's domain."""
     if L.kind == "latlon":
         lat, lon = L.lat, L.lon
@@ -84,7 +161,14 @@ def _domain_points(L: StateLayout, n: int, rng: np.random.Generator) -> dict[str
             raise ConfigError(
                 f"asked for {n} observations of a {npts}-point state; n must be at most {npts}"
             )
-        idx = np.sort(rng.choice(npts, size=n, replace=False))
+        pool = np.arange(npts)
+        if valid is not None:
+            pool = pool[valid({"lat": L.lat, "lon": L.lon})]
+            if n > pool.size:
+                raise ConfigError(f"asked for {n} observations of a state with {pool.size} "
+                                  "points with finite values; n must be at most that")
+        idx = pool[np.sort(rng.choice(pool.size, size=n, replace=False))] \
+            if valid is not None else np.sort(rng.choice(npts, size=n, replace=False))
         return {"lat": L.lat[idx], "lon": L.lon[idx]}
     size = int(np.prod(L.spatial_shape))
     return {"position": rng.uniform(0, size, n)}
@@ -153,6 +237,13 @@ def sample_points(
     layout (bilinear in lat/lon) or, with ``interpolation="spectral"``, from
     the truth's spherical-harmonic expansion. Computes the truth at the
     sampled times.
+
+    Masked fields (NaN cells, e.g. the sea of a land-only product or the land
+    of an SST analysis): locations are drawn uniformly over the part of the
+    domain where every observed variable is finite at every time of
+    ``truth``, and a location whose bilinear stencil touches a missing cell
+    is drawn again, so every observation has a finite value. Fields without
+    NaN draw exactly as before (the same locations for a seed).
     """
     from xlatda.obs.observe import observe
 
@@ -178,17 +269,22 @@ def sample_points(
             f"sample_points needs a state with at most a time dimension; select one "
             f"{extra[0]!r} first (truth.isel({extra[0]}=0))"
         )
+    valid = _valid_test(truth, L, names, tname)
+
+    def draw(k: int) -> dict[str, np.ndarray]:
+        return _domain_points(L, k, rng, valid)
+
     if tname is None:
-        locs = _domain_points(L, n, rng)
+        locs = draw(n)
         tvals = None
     elif times == "each":
         tcoord = truth[tname].values
-        per = [_domain_points(L, n, rng) for _ in range(tcoord.size)]
+        per = [draw(n) for _ in range(tcoord.size)]
         locs = {k: np.concatenate([p[k] for p in per]) for k in per[0]}
         tvals = np.repeat(tcoord, n)
     else:
         tcoord = truth[tname].values
-        locs = _domain_points(L, n, rng)
+        locs = draw(n)
         if np.issubdtype(tcoord.dtype, np.datetime64):
             t0 = tcoord[0].astype("datetime64[ns]").astype(np.int64)
             t1 = tcoord[-1].astype("datetime64[ns]").astype(np.int64)
