@@ -14,6 +14,7 @@ Build one with :func:`xlatda.fit`; open a saved one with
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -97,14 +98,14 @@ class LatentModel:
     @property
     def device(self) -> torch.device:
         """Device of the encoder's parameters or buffers."""
-        for t in (*self.encoder.parameters(), *self.encoder.buffers()):
-            return t.device
+        for t in itertools.chain(self.encoder.parameters(), self.encoder.buffers()):
+            return t.device  # the first one (no list of every tensor per call)
         return torch.device("cpu")
 
     @property
     def dtype(self) -> torch.dtype:
         """Floating dtype of the encoder's weights."""
-        for t in (*self.encoder.parameters(), *self.encoder.buffers()):
+        for t in itertools.chain(self.encoder.parameters(), self.encoder.buffers()):
             if t.is_floating_point():
                 return t.dtype
         return torch.float32
