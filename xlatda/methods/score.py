@@ -189,7 +189,7 @@ from xlatda.methods.var3d import observation_std
 from xlatda.options import resolve_device, resolve_dtype
 
 __all__ = ["SAMPLER_DEFAULTS", "RepresentationError", "ScoreDA", "guided_eps", "observation_gain",
-           "time_grid"]
+           "representation_scale", "time_grid"]
 
 #: The sampler's default settings, the one place they are set: :class:`ScoreDA` takes its
 #: defaults from here and :func:`xlatda.assimilate` / :func:`xlatda.cycle` with
@@ -1049,3 +1049,116 @@ class RepresentationError:
                             for a, wi in zip(ops, w)], 1)  # (N, I, n): A_i^T w_i
         b = torch.einsum("ti,nim->ntm", c, back)
         return (b @ u.T) @ u + d * b
+
+    def scaled(self, factor: float) -> RepresentationError:
+        r"""The same model with covariance ``factor`` :math:`\Sigma_{\rm rep}` (same
+        :math:`\phi`); ``factor >= 0``."""
+        f = float(factor)
+        if not f >= 0.0:
+            raise ConfigError(f"representation error: the scale must be >= 0, got {factor!r}")
+        return RepresentationError(self.modes * math.sqrt(f), self.var * f, self.phi)
+
+
+#: Largest factor :func:`representation_scale` returns (the root is bracketed in
+#: ``[0, REP_SCALE_MAX]``; residuals that need more are clipped to it).
+REP_SCALE_MAX = 1e4
+
+
+def representation_scale(residuals: Tensor, r_std: Tensor,
+                         blocks: Sequence[tuple[slice, Tensor]], *,
+                         max_scale: float = REP_SCALE_MAX) -> float:
+    r"""Scale :math:`s^2` of the representation error that the ensemble's own
+    residuals to its observations show (no truth needed).
+
+    For members :math:`x_i` drawn from the posterior of a linear-Gaussian model
+    whose observation error is :math:`R_{\rm tot} = R + A\Sigma_{\rm rep}A^\top`,
+    the residuals :math:`d_i = y - A x_i` have covariance exactly
+    :math:`R_{\rm tot}` (:math:`E[d_a d_a^\top] = R_{\rm tot} - A P_a A^\top`
+    for the posterior mean, plus the members' spread :math:`A P_a A^\top`;
+    the a-posteriori diagnostics of Desroziers et al. 2005). This returns the
+    :math:`s^2 \ge 0` at which the mean :math:`\chi^2` per observation of the
+    residuals is one,
+
+    .. math::
+
+        \frac{1}{N P} \sum_{i=1}^{N} d_i^\top \big(R + s^2 M\big)^{-1} d_i = 1,
+        \qquad M = A \Sigma_{\rm rep} A^\top,
+
+    solved exactly in the eigenbasis of :math:`R^{-1/2} M R^{-1/2}` (the left
+    side decreases with :math:`s^2`; bisection on :math:`\log s^2`, 200 steps).
+    The analysis depends on :math:`s^2` through its likelihood, so this is one
+    step of a fixed-point iteration: directions of observation space that the
+    prior constrains (at most as many as the latent dimensions) return
+    roughly the assumed error, the others the actual one, so each step closes
+    about ``1 - k/P`` of the gap (``k`` the latent dimensions observed, ``P``
+    the observations; ``tests/test_score_adaptive_rep.py``).
+
+    Parameters
+    ----------
+    residuals : Tensor, shape (N, P)
+        :math:`y - A x_i` of each member.
+    r_std : Tensor, shape (P,)
+        Observation-error standard deviations (of :math:`R`, diagonal).
+    blocks : sequence of (slice, Tensor)
+        Diagonal blocks ``(slice over P, M_b)`` of :math:`M` (the blocks the
+        likelihood whitens jointly; correlations between blocks are left out).
+        They must cover ``0..P`` in order.
+    max_scale : float
+        Upper end of the bracket (the result is clipped to it).
+
+    Returns
+    -------
+    float
+        :math:`s^2`: 0 when the residuals are no larger than :math:`R` alone
+        explains, ``max_scale`` when even that leaves :math:`\chi^2/P > 1`.
+
+    Raises
+    ------
+    ShapeError
+        For residuals, errors and blocks that do not match.
+
+    Examples
+    --------
+    One observation of error 1 and a representation error of variance 1: residuals
+    with mean square 5 need :math:`s^2 = 4`.
+
+    >>> import torch
+    >>> d = torch.tensor([[2.0], [-2.0], [1.0], [-1.0], [3.0]]) * (5 / 3.8) ** 0.5
+    >>> round(representation_scale(d, torch.ones(1), [(slice(0, 1), torch.ones(1, 1))]), 6)
+    4.0
+    """
+    d = residuals.to(torch.float64)
+    r = r_std.to(torch.float64)
+    if d.dim() != 2 or r.dim() != 1 or d.shape[1] != r.shape[0]:
+        raise ShapeError(f"representation_scale: residuals must be (N, P) and r_std (P,), got "
+                         f"{tuple(d.shape)} and {tuple(r.shape)}")
+    a_parts, lam_parts, end = [], [], 0
+    for sl, m in blocks:
+        if sl.start != end or m.shape != (sl.stop - sl.start,) * 2:
+            raise ShapeError("representation_scale: blocks must be square and cover the "
+                             f"observations in order; got {sl} with shape {tuple(m.shape)}")
+        end = sl.stop
+        w = 1.0 / r[sl]
+        lam, q = torch.linalg.eigh(w[:, None] * m.to(torch.float64) * w[None, :])
+        a_parts.append(((d[:, sl] * w) @ q).square().mean(0))
+        lam_parts.append(lam.clamp_min(0.0))
+    if end != d.shape[1]:
+        raise ShapeError(f"representation_scale: blocks cover {end} of {d.shape[1]} values")
+    a, lam = torch.cat(a_parts), torch.cat(lam_parts)
+    p = float(d.shape[1])
+
+    def excess(s: float) -> float:
+        return float((a / (1.0 + s * lam)).sum()) - p
+
+    if excess(0.0) <= 0.0:
+        return 0.0
+    if excess(float(max_scale)) > 0.0:
+        return float(max_scale)
+    lo, hi = math.log(1e-12), math.log(float(max_scale))
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if excess(math.exp(mid)) > 0.0:
+            lo = mid
+        else:
+            hi = mid
+    return math.exp(0.5 * (lo + hi))
