@@ -47,21 +47,22 @@ def _posterior(G, sigma, r, scale):
 
 def test_fixed_point_in_expectation_is_the_true_scale_and_contracts_by_k_over_p():
     """Exact expected residual covariance of exact posterior members under an assumed
-    factor s: E[d dᵀ] = (I - G K) C (I - G K)ᵀ + G P_a Gᵀ with C = G Gᵀ + R + 4 Σ. The
-    estimate from it is exactly 4 at s = 4 (the fixed point), and one step from s = 1
-    closes all but ~k/P of the gap (4 latents, 400 observations: measured 1.0 %, and
-    the next step again 1.0 % of what is left)."""
+    factor s: E[d dᵀ] = (I - G K) C (I - G K)ᵀ + G P_a Gᵀ with C = G Gᵀ + R + 4 Σ. On all
+    residuals (no Jacobian) the estimate is exactly 4 at s = 4 (the fixed point) and one
+    step from s = 1 closes all but ~k/P of the gap (4 latents, 400 observations:
+    measured 1.0 %, and the next step again 1.0 % of what is left). Off the decoder's
+    range (``jacobian=G``) it is 4 from any assumed s in one step (to rounding)."""
     G, sigma, r = _linear_case()
     n, k = G.shape
     C = G @ G.T + torch.diag(r**2) + TRUE_SCALE * sigma
     blocks = [(slice(0, n), sigma)]
 
-    def step(scale):
+    def step(scale, jacobian=None):
         K, Pa = _posterior(G, sigma, r, scale)
         ImGK = torch.eye(n, dtype=F64) - G @ K
         E = ImGK @ C @ ImGK.T + G @ Pa @ G.T
         root = torch.linalg.cholesky(E)  # residuals whose mean outer product is E exactly
-        return representation_scale(math.sqrt(n) * root.T, r, blocks)
+        return representation_scale(math.sqrt(n) * root.T, r, blocks, jacobian=jacobian)
 
     assert step(TRUE_SCALE) == pytest.approx(TRUE_SCALE, rel=1e-9)
     s1 = step(1.0)
@@ -69,36 +70,44 @@ def test_fixed_point_in_expectation_is_the_true_scale_and_contracts_by_k_over_p(
     assert gap < 3 * k / n, (s1, gap)
     s2 = step(s1)
     assert abs(s2 - TRUE_SCALE) < gap * abs(s1 - TRUE_SCALE) * 3 + 1e-9
+    for s in (0.25, 1.0, 16.0):
+        assert step(s, jacobian=G) == pytest.approx(TRUE_SCALE, rel=1e-8)
 
 
 def test_sampled_estimate_from_exact_posterior_members_converges_to_the_true_scale():
     """Windows with truths x = G z + e, e ~ N(0, 4 Σ) (the model's Σ is 4 times too small),
-    exact posterior members (64) under the assumed factor; two steps of s ← estimate(s)
-    from 1. Tolerance from the estimator's own sampling error: one window's chi2 over P =
-    400 observations has variance 2P, and d chi2/ds² at s = 4 gives a delta-method std of
-    7.7 % of s² per window (40 windows: 7.4 %, mean -1.9 %). So every window within 3 std
-    (25 %) and the mean of 8 within 3 std / sqrt(8) (8 %)."""
+    exact posterior members (64) under the fitted factor 1. Off the decoder's range
+    (``jacobian=G``) one estimate; on all residuals two steps of s ← estimate(s). Tolerance
+    from the estimator's own sampling error: one window's chi2 over P = 400 observations
+    has variance 2P, and d chi2/ds² at s = 4 gives a delta-method std of 7.7 % of s² per
+    window (measured over 40 windows, maximum likelihood with and without the Jacobian:
+    std 7.4 %, mean -1.9 %). So every window within 3 std (25 %) and the mean of 8 within
+    3 std / sqrt(8) (8 %)."""
     G, sigma, r = _linear_case()
     n, k = G.shape
     L = torch.linalg.cholesky(TRUE_SCALE * sigma)
     blocks = [(slice(0, n), sigma)]
     g = torch.Generator().manual_seed(3)
-    errs = []
+    errs, errs_j = [], []
     for _ in range(8):
         z = torch.randn(k, generator=g, dtype=F64)
         y = G @ z + L @ torch.randn(n, generator=g, dtype=F64) + r * torch.randn(
             n, generator=g, dtype=F64)
         scale = 1.0
-        for _ in range(2):
+        for it in range(2):
             K, Pa = _posterior(G, sigma, r, scale)
             za = K @ y
             members = za + torch.randn(64, k, generator=g, dtype=F64) @ torch.linalg.cholesky(
                 Pa).T
             res = y - members @ G.T
+            if it == 0:
+                errs_j.append(representation_scale(res, r, blocks, jacobian=G) / TRUE_SCALE
+                              - 1.0)
             scale = representation_scale(res, r, blocks)
         errs.append(scale / TRUE_SCALE - 1.0)
-    assert max(abs(e) for e in errs) < 0.25, errs
-    assert abs(float(np.mean(errs))) < 0.08, errs
+    for e in (errs, errs_j):
+        assert max(abs(v) for v in e) < 0.25, e
+        assert abs(float(np.mean(e))) < 0.08, e
 
 
 def test_representation_scale_edge_cases_and_refusals():
@@ -111,6 +120,11 @@ def test_representation_scale_edge_cases_and_refusals():
         representation_scale(torch.ones(2, 3, dtype=F64), torch.ones(3, dtype=F64), one)
     with pytest.raises(ShapeError, match="residuals"):
         representation_scale(torch.ones(3, dtype=F64), torch.ones(3, dtype=F64), one)
+    with pytest.raises(ShapeError, match="jacobian"):
+        representation_scale(small, torch.ones(1, dtype=F64), one, jacobian=torch.ones(2, 1))
+    # as many latent directions as observations: no degree of freedom left
+    assert math.isnan(representation_scale(small, torch.ones(1, dtype=F64), one,
+                                           jacobian=torch.ones(1, 1, dtype=F64)))
 
 
 def _far_truths(pca, model, z_mean, z_std, rep, times, seed):
@@ -129,13 +143,13 @@ def _far_truths(pca, model, z_mean, z_std, rep, times, seed):
 def test_adaptive_score_analysis_estimates_the_true_scale_without_the_truth():
     """The score sampler (exact Gaussian score, Tweedie guidance) on 12 independent
     windows observed at all 128 values: the per-window factor (``CycleResult.
-    diagnostics.representation_scale``) averages within 15 % of the true 4 (one update
-    from 1 leaves ~k/P = 3/128 of the gap; one window's chi2 has relative std
-    sqrt(2/128) = 12.5 %, so the mean of 12 has ~4 %); same seed bit-identical; the
-    predictive samples' own adaptive factor of that analysis is its next fixed-point
-    step (within 20 % of it); with it the predictive variance of the state is the exact
-    one under 4 Σ_rep on average over the values (within 10 %), with the fitted model
-    short (< 0.85)."""
+    diagnostics.representation_scale``, from the residuals off the decoder's range)
+    averages within 15 % of the true 4 (one window's 125 degrees of freedom give a
+    relative std of about sqrt(2/125) = 13 %, the mean of 12 ~4 %); same seed
+    bit-identical; the predictive samples' own adaptive factor of that analysis (all
+    residuals, no Jacobian) is within 20 % of it; with it the predictive variance of the
+    state is the exact one under 4 Σ_rep on average over the values (within 10 %), with
+    the fitted model short (< 0.85)."""
     ds, pca, model, z_mean, z_std, rep = _exact_model()
     times = ds.isel(time=slice(40, 52))
     truth = _far_truths(pca, model, z_mean, z_std, rep, times, seed=11)

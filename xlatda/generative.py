@@ -611,7 +611,8 @@ class _WindowSampler:
         """Standardised posterior samples of one analysis (``ScoreDA.analyse``), with the
         factor on Σ_rep of ``representation_scale`` (``"adaptive"``: 1, then
         :data:`REP_ADAPTIVE_UPDATES` times the factor that the members' residuals to their
-        own observations show, :func:`~xlatda.methods.score.representation_scale`, and a
+        own observations show off the decoder's tangent space at the members' mean,
+        :func:`~xlatda.methods.score.representation_scale` with the Jacobian of H∘D, and a
         new analysis with it). The factor used is left in ``last_scale``."""
         adaptive = self.rep_scale == "adaptive"
         scale = 1.0 if adaptive else float(self.rep_scale)
@@ -628,14 +629,19 @@ class _WindowSampler:
         return u
 
     def _residual_scale(self, u, tables, positions, prior, blocks) -> float:
-        """The factor on Σ_rep at which the members ``u``' residuals ``y - A D(z_i)`` have
-        a mean chi2 of one per observation (see ``analyse``)."""
+        """The factor on Σ_rep at which the members ``u``' residuals ``y - A D(z_i)``,
+        restricted to the directions that no latent change about the members' mean can
+        fit, have a mean chi2 of one per degree of freedom (see ``analyse``); 1 (the
+        fitted model) when no such direction is left (fewer observations than latent
+        values)."""
         observe = self._observe(tables, positions, prior)
         with torch.no_grad():
             hx = observe(u).to(_F64).cpu()
+            jac = _jacobian_at(observe, u.mean(0)).to(_F64).cpu()
         y = torch.cat([t.values for t in tables]).to(_F64).cpu()
         r = torch.cat([t.error_std for t in tables]).to(_F64).cpu()
-        return representation_scale(y - hx, r, blocks)
+        s2 = representation_scale(y - hx, r, blocks, jacobian=jac)
+        return 1.0 if math.isnan(s2) else s2
 
     def _representation_variance(self, flag: Any) -> torch.Tensor | None:
         """Per-channel variance the decoder cannot represent (``None`` when not used)."""
@@ -942,6 +948,16 @@ REP_MAX_JOINT = 6000
 #: Updates of the factor on Σ_rep in ``representation_scale="adaptive"``: each is one more
 #: analysis (the first uses the fitted model, factor 1).
 REP_ADAPTIVE_UPDATES = 1
+
+
+def _jacobian_at(observe, u0: torch.Tensor, step: float = 1e-2) -> torch.Tensor:
+    """``d observe / d u`` at ``u0`` (one event, standardised), ``(P, m)``, by central
+    differences of ``step`` (batched, 256 columns at a time)."""
+    m = u0.numel()
+    eye = torch.eye(m, dtype=u0.dtype, device=u0.device).reshape(m, *u0.shape)
+    cols = [(observe(u0 + step * e) - observe(u0 - step * e)) / (2.0 * step)
+            for e in eye.split(256)]
+    return torch.cat(cols).T.contiguous()
 
 
 def _state_values(ds: xr.Dataset, L: StateLayout, lead: Sequence[str]) -> np.ndarray:

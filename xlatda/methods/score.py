@@ -1066,56 +1066,74 @@ REP_SCALE_MAX = 1e4
 
 def representation_scale(residuals: Tensor, r_std: Tensor,
                          blocks: Sequence[tuple[slice, Tensor]], *,
+                         jacobian: Tensor | None = None,
                          max_scale: float = REP_SCALE_MAX) -> float:
-    r"""Scale :math:`s^2` of the representation error that the ensemble's own
-    residuals to its observations show (no truth needed).
+    r"""Scale :math:`s^2` of the representation error that the residuals of an
+    analysis to its own observations show (no truth needed).
 
-    For members :math:`x_i` drawn from the posterior of a linear-Gaussian model
-    whose observation error is :math:`R_{\rm tot} = R + A\Sigma_{\rm rep}A^\top`,
-    the residuals :math:`d_i = y - A x_i` have covariance exactly
-    :math:`R_{\rm tot}` (:math:`E[d_a d_a^\top] = R_{\rm tot} - A P_a A^\top`
-    for the posterior mean, plus the members' spread :math:`A P_a A^\top`;
-    the a-posteriori diagnostics of Desroziers et al. 2005). This returns the
-    :math:`s^2 \ge 0` at which the mean :math:`\chi^2` per observation of the
-    residuals is one,
+    The observations are :math:`y = A D(z) + A e + \eta`, :math:`e \sim
+    \mathcal N(0, s^2 \Sigma_{\rm rep})` off the decoder's manifold and
+    :math:`\eta \sim \mathcal N(0, R)`. With :math:`q_i = Q^\top R^{-1/2} d_i`
+    the whitened residuals (:math:`Q` below), :math:`\tilde M = Q^\top R^{-1/2} A
+    \Sigma_{\rm rep} A^\top R^{-1/2} Q = V \Lambda V^\top` and :math:`a_j` the
+    members' mean of :math:`(V^\top q_i)_j^2`, it returns the maximum-likelihood
 
     .. math::
 
-        \frac{1}{N P} \sum_{i=1}^{N} d_i^\top \big(R + s^2 M\big)^{-1} d_i = 1,
-        \qquad M = A \Sigma_{\rm rep} A^\top,
+        s^2 = \arg\max_{s^2 \ge 0}\; -\sum_j \Big(\log(1 + s^2\lambda_j)
+        + \frac{a_j}{1 + s^2 \lambda_j}\Big)
 
-    solved exactly in the eigenbasis of :math:`R^{-1/2} M R^{-1/2}` (the left
-    side decreases with :math:`s^2`; bisection on :math:`\log s^2`, 200 steps).
-    The analysis depends on :math:`s^2` through its likelihood, so this is one
-    step of a fixed-point iteration: directions of observation space that the
-    prior constrains (at most as many as the latent dimensions) return
-    roughly the assumed error, the others the actual one, so each step closes
-    about ``1 - k/P`` of the gap (``k`` the latent dimensions observed, ``P``
-    the observations; ``tests/test_score_adaptive_rep.py``).
+    (the residuals taken as draws of :math:`\mathcal N(0, I + s^2 \tilde M)`;
+    directions the error model gives no variance, :math:`\lambda_j = 0`, carry no
+    information on :math:`s^2` and drop out, unlike a :math:`\chi^2/p = 1`
+    condition, which a low-rank :math:`\Sigma_{\rm rep}` would drive to
+    ``max_scale``). Found on a log-spaced grid, refined by bisection on the
+    derivative.
+
+    - ``jacobian=None``: :math:`Q = I`. For members drawn from
+      the exact posterior under the true error, the residuals :math:`d_i = y - A
+      D(z_i)` have covariance :math:`R + s^2 A \Sigma_{\rm rep} A^\top` (the
+      a-posteriori diagnostics of Desroziers et al. 2005). The analysis depends
+      on the assumed :math:`s^2`, so this is one step of a fixed-point
+      iteration, and a sampler that does not fit the observations as the
+      posterior would (too few steps, a poor prior) inflates it.
+    - ``jacobian`` :math:`J = \partial (A D)/\partial z` ``(P, m)`` at the
+      analysis: :math:`Q` spans the complement of the range of :math:`R^{-1/2}
+      J` (per block), the part of observation space no
+      latent change can fit (restricted maximum likelihood, as for variance
+      components with nuisance effects). For a linear decoder :math:`Q^\top
+      R^{-1/2} d_i = Q^\top R^{-1/2}(A e + \eta)` whatever the member, so the
+      estimate is unbiased in one step and does not depend on how well the
+      sampler fits the observations; for a non-linear one, to first order
+      about the analysis. With fewer observations than latent directions
+      there is no complement: ``nan``.
 
     Parameters
     ----------
     residuals : Tensor, shape (N, P)
-        :math:`y - A x_i` of each member.
+        :math:`y - A D(z_i)` of each member.
     r_std : Tensor, shape (P,)
         Observation-error standard deviations (of :math:`R`, diagonal).
     blocks : sequence of (slice, Tensor)
-        Diagonal blocks ``(slice over P, M_b)`` of :math:`M` (the blocks the
-        likelihood whitens jointly; correlations between blocks are left out).
-        They must cover ``0..P`` in order.
+        Diagonal blocks ``(slice over P, M_b)`` of :math:`M = A \Sigma_{\rm
+        rep} A^\top` (the blocks the likelihood whitens jointly; correlations
+        between blocks are left out). They must cover ``0..P`` in order.
+    jacobian : Tensor, shape (P, m), optional
+        Derivative of the observed values with respect to the latent control.
     max_scale : float
         Upper end of the bracket (the result is clipped to it).
 
     Returns
     -------
     float
-        :math:`s^2`: 0 when the residuals are no larger than :math:`R` alone
-        explains, ``max_scale`` when even that leaves :math:`\chi^2/P > 1`.
+        :math:`s^2`: 0 when the likelihood is largest without the error model,
+        ``max_scale`` when it still grows there, ``nan`` when no degree of freedom
+        is left (``jacobian`` of full row rank).
 
     Raises
     ------
     ShapeError
-        For residuals, errors and blocks that do not match.
+        For residuals, errors, Jacobian and blocks that do not match.
 
     Examples
     --------
@@ -1132,6 +1150,9 @@ def representation_scale(residuals: Tensor, r_std: Tensor,
     if d.dim() != 2 or r.dim() != 1 or d.shape[1] != r.shape[0]:
         raise ShapeError(f"representation_scale: residuals must be (N, P) and r_std (P,), got "
                          f"{tuple(d.shape)} and {tuple(r.shape)}")
+    if jacobian is not None and (jacobian.dim() != 2 or jacobian.shape[0] != d.shape[1]):
+        raise ShapeError(f"representation_scale: jacobian must be (P, m) with P = {d.shape[1]}, "
+                         f"got {tuple(jacobian.shape)}")
     a_parts, lam_parts, end = [], [], 0
     for sl, m in blocks:
         if sl.start != end or m.shape != (sl.stop - sl.start,) * 2:
@@ -1139,26 +1160,49 @@ def representation_scale(residuals: Tensor, r_std: Tensor,
                              f"observations in order; got {sl} with shape {tuple(m.shape)}")
         end = sl.stop
         w = 1.0 / r[sl]
-        lam, q = torch.linalg.eigh(w[:, None] * m.to(torch.float64) * w[None, :])
-        a_parts.append(((d[:, sl] * w) @ q).square().mean(0))
+        mt = w[:, None] * m.to(torch.float64) * w[None, :]
+        db = d[:, sl] * w
+        if jacobian is not None:
+            jb = w[:, None] * jacobian[sl].to(torch.float64)
+            u, sv, _ = torch.linalg.svd(jb, full_matrices=True)
+            rank = int((sv > sv.max() * 1e-8).sum()) if sv.numel() and sv.max() > 0 else 0
+            q = u[:, rank:]
+            mt, db = q.T @ mt @ q, db @ q
+        lam, qm = torch.linalg.eigh(mt)
+        a_parts.append((db @ qm).square().mean(0))
         lam_parts.append(lam.clamp_min(0.0))
     if end != d.shape[1]:
         raise ShapeError(f"representation_scale: blocks cover {end} of {d.shape[1]} values")
     a, lam = torch.cat(a_parts), torch.cat(lam_parts)
-    p = float(d.shape[1])
+    if a.numel() == 0:
+        return float("nan")
+    return _ml_scale(a, lam, float(max_scale))
 
-    def excess(s: float) -> float:
-        return float((a / (1.0 + s * lam)).sum()) - p
 
-    if excess(0.0) <= 0.0:
+def _ml_scale(a: Tensor, lam: Tensor, max_scale: float) -> float:
+    """Maximiser over ``[0, max_scale]`` of ``-sum(log(1 + s lam) + a / (1 + s lam))``:
+    the best of a log-spaced grid (and 0), refined by bisection on the derivative."""
+
+    def loglik(s: float) -> float:
+        v = 1.0 + s * lam
+        return -float((v.log() + a / v).sum())
+
+    def slope(s: float) -> float:
+        v = 1.0 + s * lam
+        return float((lam * (a - v) / v.square()).sum())
+
+    if slope(0.0) <= 0.0:
         return 0.0
-    if excess(float(max_scale)) > 0.0:
+    grid = [0.0, *(max_scale * 10.0 ** (-k / 8.0) for k in range(12 * 8, -1, -1))]
+    vals = [loglik(g) for g in grid]
+    best = max(range(len(grid)), key=vals.__getitem__)
+    if best == len(grid) - 1:
         return float(max_scale)
-    lo, hi = math.log(1e-12), math.log(float(max_scale))
-    for _ in range(200):
+    lo, hi = grid[max(best - 1, 0)], grid[best + 1]
+    for _ in range(100):
         mid = 0.5 * (lo + hi)
-        if excess(math.exp(mid)) > 0.0:
+        if slope(mid) > 0.0:
             lo = mid
         else:
             hi = mid
-    return math.exp(0.5 * (lo + hi))
+    return 0.5 * (lo + hi)
