@@ -76,6 +76,22 @@ analysed ones: on the shallow-water benchmark the test trajectories lie twice
 as far from the decoder's manifold as the held-out ones
 (``benchmarks/RESULTS.md``, score_representation).
 
+``representation_scale`` (with the covariance model): a factor :math:`s^2` on
+:math:`\Sigma_{\rm rep}` (default 1, :data:`LIKELIHOOD_DEFAULTS`), or
+``"adaptive"``, estimated from the observations themselves, so usable where no
+truth is: each analysis (window, or block of a trajectory) is made with the
+fitted model, :math:`s^2` is the maximum-likelihood factor of its members'
+residuals :math:`y - A D(z_i)` off the range of the Jacobian of H∘D at the
+members' mean (the part of the residual no latent change can fit;
+:func:`~xlatda.methods.score.representation_scale`), and the analysis is made
+again with :math:`s^2 \Sigma_{\rm rep}` (:data:`REP_ADAPTIVE_UPDATES` updates;
+about twice the cost). The factor is the ``representation_scale`` variable of
+``CycleResult.diagnostics``; pass it to :func:`predictive_samples` as ``scale``
+so that the predictive error is the one the likelihood used. With fewer
+observations than latent values in an analysis nothing is left to estimate it
+from and the factor stays 1. Exact for a linear decoder
+(``tests/test_score_adaptive_rep.py``).
+
 **Latent conditioning** (``conditioning="latent"``, latent models; SLAMS'
 multimodal fusion, :mod:`xlatda.latent_obs`). Instead of ``H o D`` at the
 observation points, each observation time's observations are binned into an
@@ -161,6 +177,13 @@ _SAMPLER_SETTINGS = ("steps", "corrections", "tau", "gamma", "guide_clip", "cg_i
 _SPAN_SETTINGS = ("joint", "block", "representation_error", "representation_scale",
                   "conditioning", "latent_obs")
 _CONDITIONINGS = ("explicit", "latent")
+#: Defaults of the likelihood settings of ``method="score"`` (the xarray layer's; the
+#: sampler's are :data:`xlatda.methods.score.SAMPLER_DEFAULTS`), the one place they are
+#: set. ``representation_scale`` 1 (the error model as fitted): ``"adaptive"`` was not
+#: better on the validation windows of ``benchmarks/bench_score_fusion.py``
+#: (``benchmarks/RESULTS.md``, score_adaptive_rep).
+LIKELIHOOD_DEFAULTS: dict[str, Any] = {"representation_error": False,
+                                       "representation_scale": 1.0}
 
 
 
@@ -464,9 +487,10 @@ class _WindowSampler:
         self.block = int(block)
         self.dtype = prior.net_dtype
         self.device = prior.mean.device
-        self.rep_var = self._representation_variance(settings.get("representation_error",
-                                                                  False))
-        self.rep_scale = self._representation_scale(settings.get("representation_scale", 1.0))
+        self.rep_var = self._representation_variance(settings.get(
+            "representation_error", LIKELIHOOD_DEFAULTS["representation_error"]))
+        self.rep_scale = self._representation_scale(settings.get(
+            "representation_scale", LIKELIHOOD_DEFAULTS["representation_scale"]))
         self.last_scale: float | None = None  # the factor of the last analysis's Σ_rep
         self.conditioning = settings.get("conditioning", "explicit")
         self.latent_obs = self._latent_likelihood(settings)
@@ -1249,6 +1273,20 @@ def predictive_samples(analysis: xr.Dataset, obs: xr.Dataset, model: LatentModel
     True
     >>> bool((pred.x.std("member") > 0).all())
     True
+
+    With the factor on Σ_rep estimated from the observations
+    (``representation_scale="adaptive"``), reported per analysis time:
+
+    >>> obs6 = xlatda.obs.sample_points(ds.isel(time=slice(280, 286)), n=8, error_std=0.5,
+    ...                                 seed=1)
+    >>> res = xlatda.cycle(None, obs6, model, method="score", members=5, steps=8, window=3,
+    ...                    representation_error=True, representation_scale="adaptive",
+    ...                    progress=False)
+    >>> scale = res.diagnostics.representation_scale
+    >>> scale.sizes["time"], bool((scale >= 0).all())
+    (6, True)
+    >>> pred6 = xlatda.predictive_samples(res.analysis, obs6, model,
+    ...                                   scale=float(scale.mean()), seed=0)
     """
     from xlatda.obs import to_tensors
     from xlatda.windows import plan_windows
