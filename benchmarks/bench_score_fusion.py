@@ -473,8 +473,9 @@ def write_report(res: dict[str, Any], out: str | None = None) -> Path:
         + "** (flat across coarsening: close to 1).",
         "",
         "*explicit_rep_ad*: the same with `representation_scale='adaptive'`: per window, "
-        "an analysis with the fitted Σ_rep, the factor s² at which its members' residuals to "
-        "the window's observations have chi2/p = 1 under R + s² A Σ_rep Aᵀ "
+        "an analysis with the fitted Σ_rep, the maximum-likelihood factor s² of its members' "
+        "residuals to the window's observations under R + s² A Σ_rep Aᵀ, off the range of "
+        "the Jacobian of H∘D at the members' mean "
         "(`xlatda.methods.score.representation_scale`, no truth used), and the analysis "
         "again with s² Σ_rep (*rep_scale*: the mean factor over the windows, *rep_scales* "
         "per window; *val_rep_scale* on the validation windows at the chosen gamma). "
