@@ -654,11 +654,10 @@ class _WindowSampler:
         return u
 
     def _residual_scale(self, u, tables, positions, prior, blocks) -> float:
-        """The factor on Σ_rep at which the members ``u``' residuals ``y - A D(z_i)``,
-        restricted to the directions that no latent change about the members' mean can
-        fit, have a mean chi2 of one per degree of freedom (see ``analyse``); 1 (the
-        fitted model) when no such direction is left (fewer observations than latent
-        values)."""
+        """The maximum-likelihood factor on Σ_rep of the members ``u``' residuals ``y - A
+        D(z_i)``, restricted to the directions that no latent change about the members'
+        mean can fit (see ``analyse``); 1 (the fitted model) when no such direction is left
+        (fewer observations than latent values)."""
         observe = self._observe(tables, positions, prior)
         with torch.no_grad():
             hx = observe(u).to(_F64).cpu()
@@ -1230,18 +1229,18 @@ def predictive_samples(analysis: xr.Dataset, obs: xr.Dataset, model: LatentModel
         Condition the error on the observations (default) or not.
     scale : float or "adaptive"
         Factor on :math:`\Sigma_{\rm rep}` (default 1: the model as fitted).
-        ``"adaptive"``: per group of observation times, the factor :math:`\alpha`
-        at which the members' residuals :math:`y - A x_i` to the group's own
-        observations have a mean :math:`\chi^2` of one per observation under
-        :math:`R + \alpha A \Sigma_{\rm rep} A^\top`
-        (:func:`~xlatda.methods.score.representation_scale`: for posterior
-        members their covariance is that error covariance, as in the
-        a-posteriori diagnostics of Desroziers et al. 2005; it uses no truth),
-        for states farther from the decoder's manifold than the held-out ones the
-        model was fitted on. With an analysis made with
-        ``representation_scale="adaptive"`` this is the next step of that
-        analysis's own estimate (close to its ``representation_scale``
-        diagnostic). Times without
+        ``"adaptive"``: per group of observation times, the maximum-likelihood
+        factor :math:`\alpha` of the members' residuals :math:`y - A x_i` to the
+        group's own observations under :math:`R + \alpha A \Sigma_{\rm rep}
+        A^\top` (:func:`~xlatda.methods.score.representation_scale` on all the
+        residuals: for posterior members their covariance is that error
+        covariance, as in the a-posteriori diagnostics of Desroziers et al. 2005;
+        it uses no truth, and it also counts a sampler's misfit to the
+        observations as error), for states farther from the decoder's manifold
+        than the held-out ones the model was fitted on. For the factor an
+        analysis with ``representation_scale="adaptive"`` used in its
+        likelihood, pass its ``representation_scale`` diagnostic as a number
+        instead. Times without
         observations keep the factor 1.
     seed : int
         Seed of the draws: the same seed gives bit-identical samples.
