@@ -175,20 +175,27 @@ COND_SETTINGS: dict[str, dict[str, Any]] = {
     "explicit_rep": {"conditioning": "explicit", "representation_error": True},
     "tweedie_rep": {"conditioning": "explicit", "cg_iters": 8, "grid": "logsnr",
                     "representation_error": True},
+    # the factor on Σ_rep estimated per window from the members' residuals to the
+    # window's own observations (one update, a second analysis with it)
+    "explicit_rep_ad": {"conditioning": "explicit", "representation_error": True,
+                        "representation_scale": "adaptive"},
 }
 #: Conditionings whose analyses are also scored as predictive samples D(z) + ε
 #: (``xlatda.predictive_samples``, conditioned on the observations), and the variants:
 #: the error model as fitted ("pred"), scaled per window by the misfit to the window's
-#: own observations ("pred_ad", ``scale="adaptive"``).
-PREDICTIVE = ("explicit", "explicit_rep", "tweedie", "tweedie_rep")
-PRED_VARIANTS: dict[str, dict[str, Any]] = {"pred": {}, "pred_ad": {"scale": "adaptive"}}
+#: own observations ("pred_ad", ``scale="adaptive"``), and, for analyses made with
+#: ``representation_scale="adaptive"``, the factor the analysis itself estimated and used
+#: in its likelihood ("pred_an", from ``CycleResult.diagnostics.representation_scale``).
+PREDICTIVE = ("explicit", "explicit_rep", "tweedie", "tweedie_rep", "explicit_rep_ad")
+PRED_VARIANTS: dict[str, dict[str, Any]] = {"pred": {}, "pred_ad": {"scale": "adaptive"},
+                                            "pred_an": {"scale": "analysis"}}
 
 
 def _run(model, lo, trajs, starts, design, cond, gamma, err, cfg, seed,
          calib: bool = False, corrections: int = 1) -> tuple[dict, float]:
     """Scores of the decoded analyses (and, for :data:`PREDICTIVE`, ``out["pred"]`` of
     the predictive samples of the same analyses)."""
-    parts, priors, secs = [], [], 0.0
+    parts, priors, secs, scales = [], [], 0.0, []
     preds: dict[str, list] = {k: [] for k in PRED_VARIANTS}
     w = cfg["window"]
     for i, tr in enumerate(trajs):
@@ -202,9 +209,15 @@ def _run(model, lo, trajs, starts, design, cond, gamma, err, cfg, seed,
                                corrections=corrections,
                                progress=False, **kw)
             secs += time.perf_counter() - t0
+            if "representation_scale" in res.diagnostics:
+                scales.append(float(res.diagnostics.representation_scale.mean()))
             part = _stats(res.analysis, truth, cfg["std"])
             if cond in PREDICTIVE:
                 for k, kw_p in PRED_VARIANTS.items():
+                    if kw_p.get("scale") == "analysis":
+                        if "representation_scale" not in res.diagnostics:
+                            continue
+                        kw_p = {"scale": float(res.diagnostics.representation_scale.mean())}
                     pred = xlatda.predictive_samples(res.analysis, obs, model, seed=seed + s,
                                                      **kw_p)
                     preds[k].append(_stats(pred, truth, cfg["std"]))
@@ -216,11 +229,14 @@ def _run(model, lo, trajs, starts, design, cond, gamma, err, cfg, seed,
             priors.append(_stats(res.background, truth, cfg["std"]))
     out = _scores(parts)
     out["prior_rmse"] = _scores(priors)["rmse"]  # unconditioned draws of the same prior
+    if scales:  # the factor on Σ_rep each window's analysis estimated
+        out["rep_scale"] = float(np.mean(scales))
+        out["rep_scales"] = [round(v, 2) for v in scales]
     if calib:
         out |= _calibration(parts)
     if cond in PREDICTIVE:
         out["pred"] = {k: _scores(v) | (_calibration(v) if calib else {})
-                       for k, v in preds.items()}
+                       for k, v in preds.items() if v}
     return out, secs / (len(trajs) * len(starts))
 
 
@@ -245,8 +261,19 @@ def fit_models(train, cfg: dict[str, Any], err: dict[str, float],
 def main(quick: bool = True, threads: int | None = 1, seed: int = 0,
          conds: tuple[str, ...] = ("explicit", "latent", "tweedie", "explicit_rep",
                                    "tweedie_rep"),
-         ) -> list[dict[str, Any]]:
+         test_starts: tuple[int, ...] | None = None, select: dict[str, str] | None = None,
+         out: str | None = None) -> list[dict[str, Any]]:
+    """Run the benchmark. ``test_starts``: the test windows' first hours (default the
+    mode's); ``select``: ``{conditioning: variant}``, choose one gamma per design for that
+    conditioning by the validation CRPS of that predictive variant (``"pred"``,
+    ``"pred_ad"``) and score every output of the row at it (one test run per row; the
+    conditionings not named: each output at its own gamma); ``out``: the table's file
+    name."""
     cfg = dict(CONFIGS["quick" if quick else "full"])
+    if test_starts:
+        cfg["test_starts"] = tuple(int(v) for v in test_starts)
+    select = dict(select or {})
+    cfg["select"] = select
     if threads:
         torch.set_num_threads(int(threads))
     t_all = time.perf_counter()
@@ -294,21 +321,25 @@ def main(quick: bool = True, threads: int | None = 1, seed: int = 0,
             cands = ([(g, 1) for g in cfg["gammas"]] if not cond.startswith("tweedie")
                      else [(1.0, 0), (1.0, 1)])
             best_pred: dict[str, tuple] = {}
+            sc_val: dict[tuple, dict] = {}
             for g, c in cands:
                 sc, _ = _run(model, los[d], val, cfg["val_starts"], d, cond, g, err, cfg,
                              seed + 7, corrections=c)
+                sc_val[(g, c)] = sc
                 val_rows.append({"design": d, "conditioning": cond, "gamma": g,
                                  "corrections": c,
                                  "val_rmse": sc["rmse"], "val_ssr": sc["ssr"],
-                                 "val_crps": sc["crps"]})
+                                 "val_crps": sc["crps"], "rep_scale": sc.get("rep_scale")})
                 for k, p in sc.get("pred", {}).items():
                     val_rows.append({"design": d, "conditioning": f"{cond}+{k}", "gamma": g,
                                      "corrections": c, "val_rmse": p["rmse"],
                                      "val_ssr": p["ssr"], "val_crps": p["crps"]})
                     if k not in best_pred or p["crps"] < best_pred[k][1]:
                         best_pred[k] = (g, p["crps"], c)
-                if best is None or sc["crps"] < best[1]:
-                    best = (g, sc["crps"], c)
+                crit = (sc["pred"][select[cond]]["crps"] if cond in select and "pred" in sc
+                        else sc["crps"])
+                if best is None or crit < best[1]:
+                    best = (g, crit, c)
             sc, secs = _run(model, los[d], test, cfg["test_starts"], d, cond, best[0], err,
                             cfg, seed + 9, calib=True, corrections=best[2])
             pred_sc = sc.pop("pred", None)
@@ -318,6 +349,8 @@ def main(quick: bool = True, threads: int | None = 1, seed: int = 0,
                          "gamma": best[0], "corrections": best[2], **sc,
                          "seconds_per_window": secs,
                          "explained": los[d].explained if cond == "latent" else None,
+                         "val_rep_scale": next((v.get("rep_scale") for v in [sc_val.get(
+                             (best[0], best[2]), {})]), None),
                          "shrinkage": los[d].shrinkage if cond == "latent" else None})
             _log(f"{d} {cond}: gamma {best[0]} rmse {sc['rmse']:.3f} ssr {sc['ssr']:.2f} "
                  f"[{sc['ssr_lo']:.2f}, {sc['ssr_hi']:.2f}] ssr_rep {sc['ssr_rep']:.2f} "
@@ -325,6 +358,8 @@ def main(quick: bool = True, threads: int | None = 1, seed: int = 0,
             # the predictive outputs, each at its own gamma (chosen on validation); a test
             # run is reused where the gamma is the same
             runs = {(best[0], best[2]): {**sc, "pred": pred_sc}}
+            if cond in select:  # every output at the one gamma chosen
+                best_pred = {k: (best[0], None, best[2]) for k in best_pred}
             for k, (g, _, c) in best_pred.items():
                 if (g, c) not in runs:
                     runs[(g, c)] = _run(model, los[d], test, cfg["test_starts"], d, cond, g,
@@ -342,7 +377,7 @@ def main(quick: bool = True, threads: int | None = 1, seed: int = 0,
            "t_score": t_score, "t_lo": t_lo, "total": time.perf_counter() - t_all,
            "threads": torch.get_num_threads(), "quick": quick,
            "n_pairs": {d: lo.n_pairs for d, lo in los.items()}}
-    write_report(res)
+    write_report(res, out)
     return rows
 
 
@@ -360,7 +395,7 @@ def _table(rows: list[dict[str, Any]], keys: list[str]) -> list[str]:
     return out
 
 
-def write_report(res: dict[str, Any]) -> Path:
+def write_report(res: dict[str, Any], out: str | None = None) -> Path:
     cfg = res["cfg"]
     rows = res["test"]
 
@@ -396,14 +431,15 @@ def write_report(res: dict[str, Any]) -> Path:
         "",
         *_table(res["val"], ["design", "conditioning", "gamma", "corrections", "val_rmse",
                              "val_ssr",
-                             "val_crps"]),
+                             "val_crps", "rep_scale"]),
         "",
         "Test:",
         "",
         *_table(rows, ["design", "obs_per_time", "conditioning", "gamma", "corrections", "rmse",
                        "prior_rmse",
                        "spread",
-                       "ssr", "crps", "seconds_per_window", "explained", "shrinkage"]),
+                       "ssr", "crps", "seconds_per_window", "explained", "shrinkage",
+                       "val_rep_scale", "rep_scale", "rep_scales"]),
         "",
         "Calibration on the test windows (`_calibration`): SSR with a 5-95 % bootstrap "
         "interval over the windows, SSR against the decoded code of the truth (*ssr_rep*), "
@@ -426,13 +462,26 @@ def write_report(res: dict[str, Any]) -> Path:
         "*+pred*: the same analyses as predictive samples D(z) + ε "
         "(`xlatda.predictive_samples`, ε given the observations), gamma chosen on validation "
         "by the predictive CRPS (a second test run where it differs from the decoded row's); "
-        "*+pred_ad*: the same with `scale='adaptive'` (Σ_rep scaled per window by the misfit "
-        "of the ensemble mean to the window's own observations).",
+        "*+pred_ad*: the same with `scale='adaptive'` (Σ_rep scaled per window by the "
+        "maximum-likelihood factor of the members' residuals to the window's own "
+        "observations). *+pred_an* (adaptive analyses only): with the factor the analysis "
+        "estimated and used in its likelihood.",
         "",
         "**RMSE worst/best over r = 4, 8, 16: "
         + ", ".join(f"{c} {ratio(c, coarse):.3f}"
                     for c in dict.fromkeys(r["conditioning"] for r in rows))
         + "** (flat across coarsening: close to 1).",
+        "",
+        "*explicit_rep_ad*: the same with `representation_scale='adaptive'`: per window, "
+        "an analysis with the fitted Σ_rep, the maximum-likelihood factor s² of its members' "
+        "residuals to the window's observations under R + s² A Σ_rep Aᵀ, off the range of "
+        "the Jacobian of H∘D at the members' mean "
+        "(`xlatda.methods.score.representation_scale`, no truth used), and the analysis "
+        "again with s² Σ_rep (*rep_scale*: the mean factor over the windows, *rep_scales* "
+        "per window; *val_rep_scale* on the validation windows at the chosen gamma). "
+        + ("Gamma selection: one gamma per design by the validation CRPS of "
+           + ", ".join(f"*{c}+{v}* for {c}" for c, v in cfg["select"].items())
+           + " (every output of the row at it). " if cfg.get("select") else ""),
         "",
         "*prior_rmse*: RMSE of the mean of the unconditioned prior draws of the same call "
         "(`CycleResult.background`): an analysis near it has taken little from the "
@@ -443,7 +492,7 @@ def write_report(res: dict[str, Any]) -> Path:
         "measure; the latent likelihood learns the block-mean design from its pairs.",
     ]
     OUT.mkdir(exist_ok=True)
-    path = OUT / ("score_fusion.md" if res["quick"] else "score_fusion_full.md")
+    path = OUT / (out or ("score_fusion.md" if res["quick"] else "score_fusion_full.md"))
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -454,5 +503,14 @@ if __name__ == "__main__":
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--conds", default="explicit,latent,tweedie,explicit_rep,tweedie_rep",
                     help="comma-separated conditionings (keys of COND_SETTINGS)")
+    ap.add_argument("--test-starts", default="",
+                    help="comma-separated first hours of the test windows (default: the mode's)")
+    ap.add_argument("--select", default="",
+                    help="cond:variant,... one gamma per row by that predictive variant's "
+                         "validation CRPS (e.g. explicit_rep:pred,explicit_rep_ad:pred_ad)")
+    ap.add_argument("--out", default=None, help="table file name under benchmarks/out")
     args = ap.parse_args()
-    main(quick=not args.full, threads=args.threads, conds=tuple(args.conds.split(",")))
+    starts = tuple(int(v) for v in args.test_starts.split(",") if v)
+    main(quick=not args.full, threads=args.threads, conds=tuple(args.conds.split(",")),
+         test_starts=starts or None,
+         select=dict(v.split(":") for v in args.select.split(",") if v), out=args.out)

@@ -76,6 +76,22 @@ analysed ones: on the shallow-water benchmark the test trajectories lie twice
 as far from the decoder's manifold as the held-out ones
 (``benchmarks/RESULTS.md``, score_representation).
 
+``representation_scale`` (with the covariance model): a factor :math:`s^2` on
+:math:`\Sigma_{\rm rep}` (default 1, :data:`LIKELIHOOD_DEFAULTS`), or
+``"adaptive"``, estimated from the observations themselves, so usable where no
+truth is: each analysis (window, or block of a trajectory) is made with the
+fitted model, :math:`s^2` is the maximum-likelihood factor of its members'
+residuals :math:`y - A D(z_i)` off the range of the Jacobian of H∘D at the
+members' mean (the part of the residual no latent change can fit;
+:func:`~xlatda.methods.score.representation_scale`), and the analysis is made
+again with :math:`s^2 \Sigma_{\rm rep}` (:data:`REP_ADAPTIVE_UPDATES` updates;
+about twice the cost). The factor is the ``representation_scale`` variable of
+``CycleResult.diagnostics``; pass it to :func:`predictive_samples` as ``scale``
+so that the predictive error is the one the likelihood used. With fewer
+observations than latent values in an analysis nothing is left to estimate it
+from and the factor stays 1. Exact for a linear decoder
+(``tests/test_score_adaptive_rep.py``).
+
 **Latent conditioning** (``conditioning="latent"``, latent models; SLAMS'
 multimodal fusion, :mod:`xlatda.latent_obs`). Instead of ``H o D`` at the
 observation points, each observation time's observations are binned into an
@@ -140,7 +156,12 @@ from xlatda.methods.diffusion import (
 )
 from xlatda.methods.diffusion import fit_score as _fit_windows
 from xlatda.methods.protocol import CycleMethod, WindowAnalysis, adapts
-from xlatda.methods.score import RepresentationError, ScoreDA, observation_gain
+from xlatda.methods.score import (
+    RepresentationError,
+    ScoreDA,
+    observation_gain,
+    representation_scale,
+)
 from xlatda.model import LatentModel
 from xlatda.normalize import Normalizer
 from xlatda.options import get_options, resolve_device, resolve_dtype
@@ -153,8 +174,17 @@ __all__ = ["PixelScoreModel", "ScoreWindows", "fit_representation_error", "fit_s
 
 _F64 = torch.float64
 _SAMPLER_SETTINGS = ("steps", "corrections", "tau", "gamma", "guide_clip", "cg_iters", "grid")
-_SPAN_SETTINGS = ("joint", "block", "representation_error", "conditioning", "latent_obs")
+_SPAN_SETTINGS = ("joint", "block", "representation_error", "representation_scale",
+                  "conditioning", "latent_obs")
 _CONDITIONINGS = ("explicit", "latent")
+#: Defaults of the likelihood settings of ``method="score"`` (the xarray layer's; the
+#: sampler's are :data:`xlatda.methods.score.SAMPLER_DEFAULTS`), the one place they are
+#: set. ``representation_scale`` 1 (the error model as fitted): ``"adaptive"`` was not
+#: better on the validation windows of ``benchmarks/bench_score_fusion.py`` (predictive
+#: CRPS within 2 % at r = 4, 16 and stations, 36 % worse at r = 8, where the factor fell
+#: to 0; ``benchmarks/RESULTS.md``, score_adaptive_rep).
+LIKELIHOOD_DEFAULTS: dict[str, Any] = {"representation_error": False,
+                                       "representation_scale": 1.0}
 
 
 
@@ -458,8 +488,11 @@ class _WindowSampler:
         self.block = int(block)
         self.dtype = prior.net_dtype
         self.device = prior.mean.device
-        self.rep_var = self._representation_variance(settings.get("representation_error",
-                                                                  False))
+        self.rep_var = self._representation_variance(settings.get(
+            "representation_error", LIKELIHOOD_DEFAULTS["representation_error"]))
+        self.rep_scale = self._representation_scale(settings.get(
+            "representation_scale", LIKELIHOOD_DEFAULTS["representation_scale"]))
+        self.last_scale: float | None = None  # the factor of the last analysis's Σ_rep
         self.conditioning = settings.get("conditioning", "explicit")
         self.latent_obs = self._latent_likelihood(settings)
 
@@ -502,20 +535,24 @@ class _WindowSampler:
             )
         return lo
 
-    def likelihood(self, tables, positions, prior, gen: torch.Generator):
+    def likelihood(self, tables, positions, prior, gen: torch.Generator, scale: float = 1.0,
+                   rep_blocks=None):
         """``(observe, y, r_std, obs_gain)`` of the observation tables at window ``positions``.
 
         ``explicit``: the values through H o D (latent) or H (physical), the observation
-        errors, and gains estimated by :func:`observation_gain`. ``latent``: the whitened
-        codes of each table's observation image through the fitted linear operator, unit
-        errors, exact gains (:mod:`xlatda.latent_obs`).
+        errors, and gains estimated by :func:`observation_gain`; with the covariance
+        model of :func:`fit_representation_error`, whitened by ``R + scale A Σ_rep Aᵀ``
+        (``rep_blocks``: its blocks from :meth:`rep_blocks`, computed here if not given).
+        ``latent``: the whitened codes of each table's observation image through the
+        fitted linear operator, unit errors, exact gains (:mod:`xlatda.latent_obs`).
         """
         if self.latent_obs is None:
             y = torch.cat([t.values for t in tables]).to(self.dtype).to(self.device)
             r = self.error_std(tables)
             observe = self._observe(tables, positions, prior)
             if self.rep_model is not None:
-                observe, y, r = self._whitened(observe, tables, positions)
+                blocks = rep_blocks or self.rep_blocks(tables, positions)
+                observe, y, r = self._whitened(observe, tables, blocks, scale)
             # The guidance inflates the observation-error variance by γ(σ_t/μ_t)² in
             # standardised prior units; the gains carry that into observation units
             # (physical units, through the decoder), observation by observation.
@@ -524,15 +561,18 @@ class _WindowSampler:
             return observe, y, r, gain
         return self._latent_conditioning(tables, positions, prior)
 
-    def _whitened(self, observe, tables, positions):
-        """``(observe, y, r_std)`` whitened by the Cholesky factor ``L`` of ``R + A Σ_rep Aᵀ``
-        (:func:`fit_representation_error`): ``N(y | h, L Lᵀ) = N(L⁻¹y | L⁻¹h, I)``."""
+    def rep_blocks(self, tables, positions) -> list[tuple[slice, torch.Tensor]]:
+        """Diagonal blocks ``[(slice, A Σ_rep Aᵀ)]`` of the fitted error model's covariance
+        at the observations (the grouping of :func:`_rep_blocks`), float64."""
         ops = _rep_obs_operators(self.model, tables)
-        scale = _rep_time_scale(self.model, self.prior.time_step)
-        lags = [float(p) * scale for p in positions]
+        tscale = _rep_time_scale(self.model, self.prior.time_step)
+        return _rep_blocks(self.rep_model, ops, [float(p) * tscale for p in positions])
+
+    def _whitened(self, observe, tables, rep_blocks, scale: float = 1.0):
+        """``(observe, y, r_std)`` whitened by the Cholesky factor ``L`` of ``R + scale A Σ_rep
+        Aᵀ`` (:func:`fit_representation_error`): ``N(y | h, L Lᵀ) = N(L⁻¹y | L⁻¹h, I)``."""
         r = torch.cat([t.error_std for t in tables]).to(_F64)
-        blocks = _rep_whitener(self.rep_model, ops, lags, r)
-        blocks = [(sl, c.to(self.device)) for sl, c in blocks]
+        blocks = [(sl, c.to(self.device)) for sl, c in _cholesky_blocks(rep_blocks, r, scale)]
         y = torch.cat([t.values for t in tables]).to(_F64).to(self.device)
         yw = _whiten(blocks, y).to(self.dtype)
 
@@ -574,6 +614,58 @@ class _WindowSampler:
             return (zs @ w.T).flatten(-2)
 
         return observe, y, torch.ones_like(y), gain
+
+    def _representation_scale(self, scale: Any) -> float | str:
+        """The checked ``representation_scale`` setting: a factor on Σ_rep, or ``"adaptive"``."""
+        if isinstance(scale, str):
+            if scale != "adaptive":
+                raise ConfigError(f"representation_scale must be a non-negative number or "
+                                  f"'adaptive', got {scale!r}")
+        elif (isinstance(scale, (bool, np.bool_))
+              or not isinstance(scale, (int, float, np.integer, np.floating)) or not scale >= 0):
+            raise ConfigError(f"representation_scale must be a non-negative number or "
+                              f"'adaptive', got {scale!r}")
+        if scale != 1.0 and self.rep_model is None:
+            raise ConfigError(
+                "representation_scale scales the covariance model of the decoder's error: it "
+                "needs representation_error=True and a model from "
+                "xlatda.fit_representation_error(model, heldout_states)")
+        return scale if isinstance(scale, str) else float(scale)
+
+    def analyse(self, da: ScoreDA, members: int, tables, positions, prior, gen, known=None):
+        """Standardised posterior samples of one analysis (``ScoreDA.analyse``), with the
+        factor on Σ_rep of ``representation_scale`` (``"adaptive"``: 1, then
+        :data:`REP_ADAPTIVE_UPDATES` times the factor that the members' residuals to their
+        own observations show off the decoder's tangent space at the members' mean,
+        :func:`~xlatda.methods.score.representation_scale` with the Jacobian of H∘D, and a
+        new analysis with it). The factor used is left in ``last_scale``."""
+        adaptive = self.rep_scale == "adaptive"
+        scale = 1.0 if adaptive else float(self.rep_scale)
+        blocks = self.rep_blocks(tables, positions) if self.rep_model is not None else None
+        kw = dict(generator=gen, device=self.device, dtype=self.dtype)
+        u = None
+        for _ in range(1 + (REP_ADAPTIVE_UPDATES if adaptive else 0)):
+            if u is not None:
+                scale = self._residual_scale(u, tables, positions, prior, blocks)
+            observe, y, r, gain = self.likelihood(tables, positions, prior, gen, scale, blocks)
+            u = da.analyse(members, observe, y, r, obs_gain=gain, known=known,
+                           obs_jacobian=self.jacobian(observe, prior), **kw)
+        self.last_scale = scale if blocks is not None else None
+        return u
+
+    def _residual_scale(self, u, tables, positions, prior, blocks) -> float:
+        """The maximum-likelihood factor on Σ_rep of the members ``u``' residuals ``y - A
+        D(z_i)``, restricted to the directions that no latent change about the members'
+        mean can fit (see ``analyse``); 1 (the fitted model) when no such direction is left
+        (fewer observations than latent values)."""
+        observe = self._observe(tables, positions, prior)
+        with torch.no_grad():
+            hx = observe(u).to(_F64).cpu()
+            jac = _jacobian_at(observe, u.mean(0)).to(_F64).cpu()
+        y = torch.cat([t.values for t in tables]).to(_F64).cpu()
+        r = torch.cat([t.error_std for t in tables]).to(_F64).cpu()
+        s2 = representation_scale(y - hx, r, blocks, jacobian=jac)
+        return 1.0 if math.isnan(s2) else s2
 
     def _representation_variance(self, flag: Any) -> torch.Tensor | None:
         """Per-channel variance the decoder cannot represent (``None`` when not used)."""
@@ -681,9 +773,7 @@ class _WindowSampler:
             return da.sample(members, **kw)
         if not tables:
             return da.analyse(members, known=cond, **kw)
-        observe, y, r, gain = self.likelihood(tables, positions, prior, gen)
-        return da.analyse(members, observe, y, r, obs_gain=gain, known=cond,
-                          obs_jacobian=self.jacobian(observe, prior), **kw)
+        return self.analyse(da, members, tables, positions, prior, gen, known=cond)
 
     def draw_span(self, members: int, tables, states, seed: int, prior_too: bool):
         """Samples of the trajectory through every observation, block by block.
@@ -698,6 +788,7 @@ class _WindowSampler:
             shift = (w - n_states) // 2
             states, n_states = [s + shift for s in states], w
         blocks = self.blocks(n_states)
+        self.state_scale: dict[int, float | None] = {}
         prev = None
         for b, (start, c, end) in enumerate(blocks):
             gen = self.generator(int(seed) * 1_000_003 + b + 1)
@@ -712,6 +803,8 @@ class _WindowSampler:
                 if prior_too:
                     cond0 = p_prior[:, start - p_start:start - p_start + c]
             u = self.draw_block(members, subs, pos, end - start, gen, cond)
+            if subs:
+                self.state_scale.update({states[i]: self.last_scale for i in inside})
             u0 = self.draw_block(members, [], [], end - start, gen, cond0) if prior_too else None
             prev = (start, u, u0)
             # this block's states up to the first the next block samples itself
@@ -759,10 +852,7 @@ class _WindowSampler:
 
     def draw(self, members: int, tables, positions, gen: torch.Generator, prior_too: bool):
         """Posterior (and prior) samples at ``positions``: lists of ``(N, n)`` float64."""
-        observe, y, r, gain = self.likelihood(tables, positions, self.prior, gen)
-        u = self.da.analyse(members, observe, y, r, obs_gain=gain,
-                            obs_jacobian=self.jacobian(observe, self.prior), generator=gen,
-                            device=self.device, dtype=self.dtype)
+        u = self.analyse(self.da, members, tables, positions, self.prior, gen)
         post = self._states(u, positions)
         if not prior_too:
             return post, None
@@ -854,13 +944,22 @@ class ScoreWindows(CycleMethod):
             while not all(k in self.ready for k in want):
                 self.ready.update(next(self.span))
             steps = [(self.ready[k][1].to(_F64), self.ready.pop(k)[0].to(_F64)) for k in want]
-            return WindowAnalysis(steps, {}, state)
+            return WindowAnalysis(steps, self._diagnostics(self.sampler.state_scale.get(want[-1])),
+                                  state)
         positions = self.positions.get(window.index) or self.sampler.positions(window.times)
         gen = self.sampler.generator(window.seed)
         post, prior = self.sampler.draw(self.members, window.tables, positions, gen,
                                         prior_too=window.cycling)
         prior = prior or post  # one analysis only: no background draws are made
-        return WindowAnalysis([(b.to(_F64), a.to(_F64)) for b, a in zip(prior, post)], {}, state)
+        return WindowAnalysis([(b.to(_F64), a.to(_F64)) for b, a in zip(prior, post)],
+                              self._diagnostics(self.sampler.last_scale), state)
+
+    def _diagnostics(self, scale: float | None) -> dict[str, torch.Tensor]:
+        """``representation_scale`` (the factor on Σ_rep of the window's analysis) when it
+        is estimated (``representation_scale="adaptive"``); nothing otherwise."""
+        if self.sampler.rep_scale != "adaptive" or scale is None:
+            return {}
+        return {"representation_scale": torch.tensor(float(scale), dtype=_F64)}
 
 
 # ---------------------------------------------------------------------------
@@ -870,6 +969,19 @@ class ScoreWindows(CycleMethod):
 #: is whitened jointly (all times together); above it each observation time is whitened
 #: on its own (the error's correlation between times is then left out).
 REP_MAX_JOINT = 6000
+#: Updates of the factor on Σ_rep in ``representation_scale="adaptive"``: each is one more
+#: analysis (the first uses the fitted model, factor 1).
+REP_ADAPTIVE_UPDATES = 1
+
+
+def _jacobian_at(observe, u0: torch.Tensor, step: float = 1e-2) -> torch.Tensor:
+    """``d observe / d u`` at ``u0`` (one event, standardised), ``(P, m)``, by central
+    differences of ``step`` (batched, 256 columns at a time)."""
+    m = u0.numel()
+    eye = torch.eye(m, dtype=u0.dtype, device=u0.device).reshape(m, *u0.shape)
+    cols = [(observe(u0 + step * e) - observe(u0 - step * e)) / (2.0 * step)
+            for e in eye.split(256)]
+    return torch.cat(cols).T.contiguous()
 
 
 def _state_values(ds: xr.Dataset, L: StateLayout, lead: Sequence[str]) -> np.ndarray:
@@ -1022,20 +1134,28 @@ def _rep_obs_operators(model: Any, tables) -> list[torch.Tensor]:
     return [build_operator(model.layout, t, dtype=_F64).matrix for t in tables]
 
 
-def _rep_whitener(rep: RepresentationError, ops, lags, r: torch.Tensor):
-    """Blocks ``[(slice, L)]`` of the Cholesky factor of ``diag(r^2) + A Σ_rep Aᵀ``: one
-    block over all observations (at most :data:`REP_MAX_JOINT`), else one per table."""
+def _rep_blocks(rep: RepresentationError, ops, lags) -> list[tuple[slice, torch.Tensor]]:
+    """Diagonal blocks ``[(slice, A Σ_rep Aᵀ)]``: one block over all observations (at most
+    :data:`REP_MAX_JOINT`), else one per table."""
     sizes = [int(a.shape[0]) for a in ops]
     ends = np.cumsum([0, *sizes]).tolist()
     groups = ([list(range(len(ops)))] if ends[-1] <= REP_MAX_JOINT
               else [[i] for i in range(len(ops))])
-    out = []
-    for g in groups:
-        sl = slice(ends[g[0]], ends[g[-1] + 1])
-        cov = rep.obs_covariance([ops[i] for i in g], [lags[i] for i in g])
-        cov = cov + torch.diag(r[sl].to(_F64) ** 2)
-        out.append((sl, torch.linalg.cholesky(cov)))
-    return out
+    return [(slice(ends[g[0]], ends[g[-1] + 1]),
+             rep.obs_covariance([ops[i] for i in g], [lags[i] for i in g])) for g in groups]
+
+
+def _cholesky_blocks(blocks, r: torch.Tensor, scale: float = 1.0):
+    """Blocks ``[(slice, L)]`` of the Cholesky factor of ``diag(r^2) + scale A Σ_rep Aᵀ``
+    (``blocks`` of :func:`_rep_blocks`)."""
+    return [(sl, torch.linalg.cholesky(float(scale) * m + torch.diag(r[sl].to(_F64) ** 2)))
+            for sl, m in blocks]
+
+
+def _rep_whitener(rep: RepresentationError, ops, lags, r: torch.Tensor):
+    """Blocks ``[(slice, L)]`` of the Cholesky factor of ``diag(r^2) + A Σ_rep Aᵀ``: one
+    block over all observations (at most :data:`REP_MAX_JOINT`), else one per table."""
+    return _cholesky_blocks(_rep_blocks(rep, ops, lags), r)
 
 
 def _whiten(blocks, v: torch.Tensor) -> torch.Tensor:
@@ -1109,14 +1229,18 @@ def predictive_samples(analysis: xr.Dataset, obs: xr.Dataset, model: LatentModel
         Condition the error on the observations (default) or not.
     scale : float or "adaptive"
         Factor on :math:`\Sigma_{\rm rep}` (default 1: the model as fitted).
-        ``"adaptive"``: per group of observation times, the factor
-        :math:`\alpha = \max(0, (\lVert y - A \bar x\rVert^2 - \operatorname{tr} R
-        - \operatorname{tr} A P A^\top) / \operatorname{tr} A \Sigma_{\rm rep}
-        A^\top)` that the misfit of the ensemble mean :math:`\bar x` to the group's
-        own observations shows beyond the observation error and the ensemble
-        spread :math:`P` (a method-of-moments estimate, as in Desroziers et al.
-        2005; it uses no truth), for states farther from the decoder's manifold
-        than the held-out ones the model was fitted on; times without
+        ``"adaptive"``: per group of observation times, the maximum-likelihood
+        factor :math:`\alpha` of the members' residuals :math:`y - A x_i` to the
+        group's own observations under :math:`R + \alpha A \Sigma_{\rm rep}
+        A^\top` (:func:`~xlatda.methods.score.representation_scale` on all the
+        residuals: for posterior members their covariance is that error
+        covariance, as in the a-posteriori diagnostics of Desroziers et al. 2005;
+        it uses no truth, and it also counts a sampler's misfit to the
+        observations as error), for states farther from the decoder's manifold
+        than the held-out ones the model was fitted on. For the factor an
+        analysis with ``representation_scale="adaptive"`` used in its
+        likelihood, pass its ``representation_scale`` diagnostic as a number
+        instead. Times without
         observations keep the factor 1.
     seed : int
         Seed of the draws: the same seed gives bit-identical samples.
@@ -1149,6 +1273,20 @@ def predictive_samples(analysis: xr.Dataset, obs: xr.Dataset, model: LatentModel
     True
     >>> bool((pred.x.std("member") > 0).all())
     True
+
+    With the factor on Σ_rep estimated from the observations
+    (``representation_scale="adaptive"``), reported per analysis time:
+
+    >>> obs6 = xlatda.obs.sample_points(ds.isel(time=slice(280, 286)), n=8, error_std=0.5,
+    ...                                 seed=1)
+    >>> res = xlatda.cycle(None, obs6, model, method="score", members=5, steps=8, window=3,
+    ...                    representation_error=True, representation_scale="adaptive",
+    ...                    progress=False)
+    >>> scale = res.diagnostics.representation_scale
+    >>> scale.sizes["time"], bool((scale >= 0).all())
+    (6, True)
+    >>> pred6 = xlatda.predictive_samples(res.analysis, obs6, model,
+    ...                                   scale=float(scale.mean()), seed=0)
     """
     from xlatda.obs import to_tensors
     from xlatda.windows import plan_windows
@@ -1219,14 +1357,9 @@ def predictive_samples(analysis: xr.Dataset, obs: xr.Dataset, model: LatentModel
             y = torch.cat([t.values for t in win.tables]).to(_F64)
             if adaptive:
                 hm = torch.cat([(a @ x[i].T).T for a, i in zip(ops, idx)], -1)  # (N, P)
-                miss = float((y - hm.mean(0)).square().sum())
-                spread = float(hm.var(0).sum()) if n_m > 1 else 0.0
-                tr_s = float(base.obs_covariance(ops, olags).diagonal().sum())
-                alpha = max(0.0, (miss - float(r.square().sum()) - spread) / tr_s) \
-                    if tr_s > 0 else 0.0
+                alpha = representation_scale(y - hm, r, _rep_blocks(base, ops, olags))
                 factors.append(alpha)
-                rep = RepresentationError(base.modes * math.sqrt(alpha), base.var * alpha,
-                                          base.phi)
+                rep = base.scaled(alpha)
                 for i in idx:
                     eps[:, i] = eps[:, i] * math.sqrt(alpha)
             if not conditional:

@@ -189,7 +189,7 @@ from xlatda.methods.var3d import observation_std
 from xlatda.options import resolve_device, resolve_dtype
 
 __all__ = ["SAMPLER_DEFAULTS", "RepresentationError", "ScoreDA", "guided_eps", "observation_gain",
-           "time_grid"]
+           "representation_scale", "time_grid"]
 
 #: The sampler's default settings, the one place they are set: :class:`ScoreDA` takes its
 #: defaults from here and :func:`xlatda.assimilate` / :func:`xlatda.cycle` with
@@ -1049,3 +1049,160 @@ class RepresentationError:
                             for a, wi in zip(ops, w)], 1)  # (N, I, n): A_i^T w_i
         b = torch.einsum("ti,nim->ntm", c, back)
         return (b @ u.T) @ u + d * b
+
+    def scaled(self, factor: float) -> RepresentationError:
+        r"""The same model with covariance ``factor`` :math:`\Sigma_{\rm rep}` (same
+        :math:`\phi`); ``factor >= 0``."""
+        f = float(factor)
+        if not f >= 0.0:
+            raise ConfigError(f"representation error: the scale must be >= 0, got {factor!r}")
+        return RepresentationError(self.modes * math.sqrt(f), self.var * f, self.phi)
+
+
+#: Largest factor :func:`representation_scale` returns (the root is bracketed in
+#: ``[0, REP_SCALE_MAX]``; residuals that need more are clipped to it).
+REP_SCALE_MAX = 1e4
+
+
+def representation_scale(residuals: Tensor, r_std: Tensor,
+                         blocks: Sequence[tuple[slice, Tensor]], *,
+                         jacobian: Tensor | None = None,
+                         max_scale: float = REP_SCALE_MAX) -> float:
+    r"""Scale :math:`s^2` of the representation error that the residuals of an
+    analysis to its own observations show (no truth needed).
+
+    The observations are :math:`y = A D(z) + A e + \eta`, :math:`e \sim
+    \mathcal N(0, s^2 \Sigma_{\rm rep})` off the decoder's manifold and
+    :math:`\eta \sim \mathcal N(0, R)`. With :math:`q_i = Q^\top R^{-1/2} d_i`
+    the whitened residuals (:math:`Q` below), :math:`\tilde M = Q^\top R^{-1/2} A
+    \Sigma_{\rm rep} A^\top R^{-1/2} Q = V \Lambda V^\top` and :math:`a_j` the
+    members' mean of :math:`(V^\top q_i)_j^2`, it returns the maximum-likelihood
+
+    .. math::
+
+        s^2 = \arg\max_{s^2 \ge 0}\; -\sum_j \Big(\log(1 + s^2\lambda_j)
+        + \frac{a_j}{1 + s^2 \lambda_j}\Big)
+
+    (the residuals taken as draws of :math:`\mathcal N(0, I + s^2 \tilde M)`;
+    directions the error model gives no variance, :math:`\lambda_j = 0`, carry no
+    information on :math:`s^2` and drop out, unlike a :math:`\chi^2/p = 1`
+    condition, which a low-rank :math:`\Sigma_{\rm rep}` would drive to
+    ``max_scale``). Found on a log-spaced grid, refined by bisection on the
+    derivative.
+
+    - ``jacobian=None``: :math:`Q = I`. For members drawn from
+      the exact posterior under the true error, the residuals :math:`d_i = y - A
+      D(z_i)` have covariance :math:`R + s^2 A \Sigma_{\rm rep} A^\top` (the
+      a-posteriori diagnostics of Desroziers et al. 2005). The analysis depends
+      on the assumed :math:`s^2`, so this is one step of a fixed-point
+      iteration, and a sampler that does not fit the observations as the
+      posterior would (too few steps, a poor prior) inflates it.
+    - ``jacobian`` :math:`J = \partial (A D)/\partial z` ``(P, m)`` at the
+      analysis: :math:`Q` spans the complement of the range of :math:`R^{-1/2}
+      J` (per block), the part of observation space no
+      latent change can fit (restricted maximum likelihood, as for variance
+      components with nuisance effects). For a linear decoder :math:`Q^\top
+      R^{-1/2} d_i = Q^\top R^{-1/2}(A e + \eta)` whatever the member, so the
+      estimate is unbiased in one step and does not depend on how well the
+      sampler fits the observations; for a non-linear one, to first order
+      about the analysis. With fewer observations than latent directions
+      there is no complement: ``nan``.
+
+    Parameters
+    ----------
+    residuals : Tensor, shape (N, P)
+        :math:`y - A D(z_i)` of each member.
+    r_std : Tensor, shape (P,)
+        Observation-error standard deviations (of :math:`R`, diagonal).
+    blocks : sequence of (slice, Tensor)
+        Diagonal blocks ``(slice over P, M_b)`` of :math:`M = A \Sigma_{\rm
+        rep} A^\top` (the blocks the likelihood whitens jointly; correlations
+        between blocks are left out). They must cover ``0..P`` in order.
+    jacobian : Tensor, shape (P, m), optional
+        Derivative of the observed values with respect to the latent control.
+    max_scale : float
+        Upper end of the bracket (the result is clipped to it).
+
+    Returns
+    -------
+    float
+        :math:`s^2`: 0 when the likelihood is largest without the error model,
+        ``max_scale`` when it still grows there, ``nan`` when no degree of freedom
+        is left (``jacobian`` of full row rank).
+
+    Raises
+    ------
+    ShapeError
+        For residuals, errors, Jacobian and blocks that do not match.
+
+    Examples
+    --------
+    One observation of error 1 and a representation error of variance 1: residuals
+    with mean square 5 need :math:`s^2 = 4`.
+
+    >>> import torch
+    >>> d = torch.tensor([[2.0], [-2.0], [1.0], [-1.0], [3.0]]) * (5 / 3.8) ** 0.5
+    >>> round(representation_scale(d, torch.ones(1), [(slice(0, 1), torch.ones(1, 1))]), 6)
+    4.0
+    """
+    d = residuals.to(torch.float64)
+    r = r_std.to(torch.float64)
+    if d.dim() != 2 or r.dim() != 1 or d.shape[1] != r.shape[0]:
+        raise ShapeError(f"representation_scale: residuals must be (N, P) and r_std (P,), got "
+                         f"{tuple(d.shape)} and {tuple(r.shape)}")
+    if jacobian is not None and (jacobian.dim() != 2 or jacobian.shape[0] != d.shape[1]):
+        raise ShapeError(f"representation_scale: jacobian must be (P, m) with P = {d.shape[1]}, "
+                         f"got {tuple(jacobian.shape)}")
+    a_parts, lam_parts, end = [], [], 0
+    for sl, m in blocks:
+        if sl.start != end or m.shape != (sl.stop - sl.start,) * 2:
+            raise ShapeError("representation_scale: blocks must be square and cover the "
+                             f"observations in order; got {sl} with shape {tuple(m.shape)}")
+        end = sl.stop
+        w = 1.0 / r[sl]
+        mt = w[:, None] * m.to(torch.float64) * w[None, :]
+        db = d[:, sl] * w
+        if jacobian is not None:
+            jb = w[:, None] * jacobian[sl].to(torch.float64)
+            u, sv, _ = torch.linalg.svd(jb, full_matrices=True)
+            rank = int((sv > sv.max() * 1e-8).sum()) if sv.numel() and sv.max() > 0 else 0
+            q = u[:, rank:]
+            mt, db = q.T @ mt @ q, db @ q
+        lam, qm = torch.linalg.eigh(mt)
+        a_parts.append((db @ qm).square().mean(0))
+        lam_parts.append(lam.clamp_min(0.0))
+    if end != d.shape[1]:
+        raise ShapeError(f"representation_scale: blocks cover {end} of {d.shape[1]} values")
+    a, lam = torch.cat(a_parts), torch.cat(lam_parts)
+    if a.numel() == 0:
+        return float("nan")
+    return _ml_scale(a, lam, float(max_scale))
+
+
+def _ml_scale(a: Tensor, lam: Tensor, max_scale: float) -> float:
+    """Maximiser over ``[0, max_scale]`` of ``-sum(log(1 + s lam) + a / (1 + s lam))``:
+    the best of a log-spaced grid (and 0), refined by bisection on the derivative."""
+
+    def loglik(s: float) -> float:
+        v = 1.0 + s * lam
+        return -float((v.log() + a / v).sum())
+
+    def slope(s: float) -> float:
+        v = 1.0 + s * lam
+        return float((lam * (a - v) / v.square()).sum())
+
+    if slope(0.0) <= 0.0:
+        return 0.0
+    grid = [0.0, *(max_scale * 10.0 ** (-k / 8.0) for k in range(12 * 8, -1, -1))]
+    vals = [loglik(g) for g in grid]
+    best = max(range(len(grid)), key=vals.__getitem__)
+    if best == len(grid) - 1:
+        return float(max_scale)
+    lo, hi = grid[max(best - 1, 0)], grid[best + 1]
+    for _ in range(100):
+        mid = 0.5 * (lo + hi)
+        if slope(mid) > 0.0:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
