@@ -158,6 +158,11 @@ def fit(
     progress = get_options()["progress"] if progress is None else progress
 
     L = layout(ds, variables=variables)
+    if L.kind == "latlon" and L.spatial_dims[0] != L.axes.lat:
+        # the encoders take (lat, lon) grids: a (lon, lat) file is refitted in that order
+        # (encoding and decoding accept either order; decoded fields come back lat first)
+        ds = ds.transpose(..., *L.spatial_dims[::-1], missing_dims="ignore")
+        L = layout(ds, variables=variables)
     x = L.to_tensor(ds, dtype=torch.float64)
     if L.member_dim in ds.dims:
         x = x.flatten(0, 1)

@@ -206,9 +206,9 @@ class StateLayout:
         """
         shape = self.spatial_shape
         if self.kind == "latlon":
-            w = np.cos(np.deg2rad(self.lat))[:, None] * np.ones(shape[1])[None, :]
+            w = np.cos(np.deg2rad(self.lat))[:, None] * np.ones(len(self.lon))[None, :]
             if self.spatial_dims[0] != self.axes.lat:
-                w = w.T
+                w = w.T  # (lon, lat) grids: the rows are longitudes
         elif self.kind == "points":
             w = np.cos(np.deg2rad(self.lat))
         else:
