@@ -226,6 +226,53 @@ class StateLayout:
                 "shape": list(self.spatial_shape), "periodic": True}
 
     # -- xarray <-> stacked DataArray -----------------------------------
+    def align(self, ds: xr.Dataset) -> xr.Dataset:
+        """``ds`` on this layout's grid order, when it holds the same grid in another order.
+
+        The same latitudes south to north instead of north to south, the same
+        longitudes as 0..360 instead of -180..180 (or rolled), the grid dims
+        in the other order (``(lon, lat)``): the fields are reordered (lazily
+        on dask input) and given the layout's coordinates, so that a model
+        reads each value at its own grid cell. Anything else is returned as
+        it is, for :meth:`check` to refuse.
+
+        Examples
+        --------
+        >>> import numpy as np, xarray as xr, xlatda
+        >>> ds = xr.Dataset({"t": (("lat", "lon"), np.arange(6.0).reshape(2, 3))},
+        ...                 coords={"lat": [10.0, 20.0], "lon": [-10.0, 0.0, 10.0]})
+        >>> L = xlatda.layout(ds)
+        >>> other = ds.isel(lat=[1, 0]).assign_coords(lon=ds.lon % 360).sortby("lon")
+        >>> L.align(other.transpose("lon", "lat")).t.values.tolist() == ds.t.values.tolist()
+        True
+        """
+        dims = (*self.spatial_dims, *((self.vertical_dim,) if self.vertical_dim else ()))
+        order: dict[str, np.ndarray] = {}
+        for dim in dims:
+            if (dim not in ds.dims or ds.sizes[dim] != self.sizes.get(dim)
+                    or dim not in ds.indexes or dim not in self.template.indexes):
+                continue
+            a = np.asarray(ds[dim].values)
+            b = np.asarray(self.template[dim].values)
+            if a.dtype.kind not in "fiu" or b.dtype.kind not in "fiu":
+                continue
+            a, b = a.astype(float), b.astype(float)
+            if np.array_equal(a, b) or np.allclose(a, b):
+                continue
+            if dim == self.axes.lon:
+                a, b = np.mod(a, 360.0), np.mod(b, 360.0)
+            ia, ib = np.argsort(a, kind="stable"), np.argsort(b, kind="stable")
+            if not np.allclose(a[ia], b[ib]):
+                continue  # another grid: check() says so
+            perm = np.empty_like(ia)
+            perm[ib] = ia  # ds position of each layout position
+            order[dim] = perm
+        if order:
+            ds = ds.isel(order).assign_coords({d: self.template[d].variable for d in order})
+        if self.kind == "latlon":
+            ds = ds.transpose(..., *self.spatial_dims, missing_dims="ignore")
+        return ds
+
     def check(self, ds: xr.Dataset) -> None:
         """Refuse a Dataset whose state variables do not fit this layout.
 
