@@ -113,3 +113,18 @@ def test_layout_align_reorders_the_same_grid_only():
     assert L.align(other).latitude.values.tolist() == other.latitude.values.tolist()
     with pytest.raises(xlatda.errors.LayoutError):
         L.check(L.align(other))
+
+
+@pytest.mark.parametrize("source", ["synthetic", "era5"])
+@pytest.mark.parametrize("lazy", [False, True])
+def test_encode_reads_the_models_grid_in_any_order(source, lazy):
+    """ds.lda.encode and xlatda.encode take the model's grid in another order (they refused)."""
+    ds = _grid() if source == "synthetic" else _era5(48)
+    model = _fit(ds)
+    ref = xlatda.encode(ds, model).z.values
+    for name, other in _reorderings(ds).items():
+        if lazy:
+            other = other.chunk(time=16)
+        for how, z in (("accessor", other.lda.encode(model)), ("api", xlatda.encode(other, model))):
+            assert (z.z.chunks is not None) == lazy, (name, how)  # no hidden compute
+            np.testing.assert_array_equal(z.z.values, ref, err_msg=f"{name} {how}")
