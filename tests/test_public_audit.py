@@ -153,3 +153,42 @@ def test_latent_cycle_keeps_the_sea_nan_of_a_land_only_file():
     for part in (res.analysis, res.background):
         values = part.Tair.values  # (time, member, lat, lon)
         np.testing.assert_array_equal(np.isnan(values), np.broadcast_to(sea, values.shape))
+
+
+def _stations(n_time: int) -> xr.Dataset:
+    path = shared_file("era5_daily_surface_cancities_1990-1993.nc")
+    return xr.open_dataset(path)[["tas"]].isel(time=slice(0, n_time)).load()
+
+
+def test_station_model_reads_its_stations_in_any_order():
+    """A model fitted on 5 city series encoded the cities in another order as if in its own.
+
+    ERA5 daily tas at Halifax ... Victoria (dim ``location``); before, a background with
+    the cities reversed gave other latents and another analysis, silently.
+    """
+    ds = _stations(400)
+    train, test = ds.isel(time=slice(0, 365)), ds.isel(time=slice(365, None))
+    model = _fit(train, latent_dim=3, dynamics="linear", uncertainty="diagonal")
+    reverse = test.isel(location=slice(None, None, -1))
+    np.testing.assert_array_equal(reverse.lda.encode(model).z.values,
+                                  test.lda.encode(model).z.values)
+    obs = xlatda.obs.from_stations(test.isel(time=slice(1, 20), location=[0, 2]), error_std=1.0)
+    ref = xlatda.cycle(test.isel(time=[0]), obs, model, seed=0, progress=False).analysis
+    got = xlatda.cycle(reverse.isel(time=[0]), obs, model, seed=0, progress=False).analysis
+    np.testing.assert_array_equal(got.location.values, ref.location.values)
+    np.testing.assert_array_equal(got.tas.values, ref.tas.values)
+
+
+def test_points_layout_refuses_other_places_or_labels():
+    ds = _grid(n_time=4).stack(point=("latitude", "longitude")).reset_index("point")
+    ds = ds.assign_coords(point=[f"s{i}" for i in range(ds.sizes["point"])])
+    L = xlatda.layout(ds)
+    assert L.kind == "points"
+    renamed = ds.assign_coords(point=[f"x{i}" for i in range(ds.sizes["point"])])
+    with pytest.raises(xlatda.errors.LayoutError, match="other labels"):
+        L.check(L.align(renamed))
+    moved = ds.assign_coords(latitude=ds.latitude + 1.0)
+    with pytest.raises(xlatda.errors.LayoutError, match="other places"):
+        L.check(L.align(moved))
+    shuffled = ds.isel(point=np.random.default_rng(0).permutation(ds.sizes["point"]))
+    xr.testing.assert_identical(L.align(shuffled), ds)

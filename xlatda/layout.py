@@ -231,7 +231,8 @@ class StateLayout:
 
         The same latitudes south to north instead of north to south, the same
         longitudes as 0..360 instead of -180..180 (or rolled), the grid dims
-        in the other order (``(lon, lat)``): the fields are reordered (lazily
+        in the other order (``(lon, lat)``), the same stations (labels of a
+        point dimension) in another order: the fields are reordered (lazily
         on dask input) and given the layout's coordinates, so that a model
         reads each value at its own grid cell. Anything else is returned as
         it is, for :meth:`check` to refuse.
@@ -254,6 +255,13 @@ class StateLayout:
                 continue
             a = np.asarray(ds[dim].values)
             b = np.asarray(self.template[dim].values)
+            if a.dtype.kind in "OUS" and b.dtype.kind in "OUS":
+                # labels (station names): the same stations in another order
+                where = {v: i for i, v in enumerate(a.tolist())}
+                if (len(where) == a.size and not np.array_equal(a, b)
+                        and set(where) == set(b.tolist())):
+                    order[dim] = np.array([where[v] for v in b.tolist()])
+                continue
             if a.dtype.kind not in "fiu" or b.dtype.kind not in "fiu":
                 continue
             a, b = a.astype(float), b.astype(float)
@@ -305,6 +313,23 @@ class StateLayout:
                         f"coordinate {dim!r} differs from the layout's; "
                         "use ds.interp or ds.reindex to put the data on the layout's grid"
                     )
+                if a.dtype.kind in "OUS" and not np.array_equal(a, b):
+                    raise LayoutError(
+                        f"coordinate {dim!r} holds other labels than the layout's (first "
+                        f"{a[:3].tolist()}, the layout's {b[:3].tolist()}); select the "
+                        f"layout's: ds.sel({dim}=<its {b.size} labels>)"
+                    )
+        if self.kind == "points":
+            for name in (self.axes.lat, self.axes.lon):
+                if name in ds.coords and name in self.template.coords:
+                    a = np.asarray(ds[name].values, float)
+                    b = np.asarray(self.template[name].values, float)
+                    if a.shape == b.shape and not np.allclose(a, b):
+                        raise LayoutError(
+                            f"the points' {name!r} differ from the layout's: these are other "
+                            "places, or the same in another order; put the points in the "
+                            "layout's order (ds.isel or ds.sel on the point dimension)"
+                        )
 
     def stack(self, ds: xr.Dataset, dtype: Any = None) -> xr.DataArray:
         """Stack state variables into ``(*sample, [member,] channel, *spatial)``.
