@@ -192,3 +192,24 @@ def test_points_layout_refuses_other_places_or_labels():
         L.check(L.align(moved))
     shuffled = ds.isel(point=np.random.default_rng(0).permutation(ds.sizes["point"]))
     xr.testing.assert_identical(L.align(shuffled), ds)
+
+
+def test_a_squeezed_single_level_is_put_back():
+    """hgt_djf.nc has pressure (size 1): a model fitted on it refused ``ds.squeeze()``."""
+    ds = xr.open_dataset(shared_file("hgt_djf.nc")).load()
+    model = _fit(ds.isel(time=slice(0, 50)), dynamics="linear", uncertainty="diagonal")
+    assert model.layout.vertical_dim == "pressure"
+    test = ds.isel(time=slice(50, None))
+    ref = test.lda.encode(model).z.values
+    for name, other in {"squeezed": test.squeeze("pressure"),
+                        "squeezed and dropped": test.squeeze("pressure", drop=True),
+                        "sel(pressure=500)": test.sel(pressure=500.0)}.items():
+        np.testing.assert_array_equal(other.lda.encode(model).z.values, ref, err_msg=name)
+    obs = xlatda.obs.sample_points(test.isel(time=slice(1, 6)), n=10, error_std=10.0, seed=0)
+    a = xlatda.cycle(test.isel(time=[0]), obs, model, seed=0, progress=False).analysis
+    b = xlatda.cycle(test.isel(time=[0]).squeeze("pressure"), obs, model, seed=0,
+                     progress=False).analysis
+    np.testing.assert_array_equal(b.z.values, a.z.values)
+    other_level = test.squeeze("pressure").assign_coords(pressure=850.0)
+    with pytest.raises(xlatda.errors.LayoutError, match=r"'pressure' .* is missing"):
+        other_level.lda.encode(model)

@@ -231,7 +231,8 @@ class StateLayout:
 
         The same latitudes south to north instead of north to south, the same
         longitudes as 0..360 instead of -180..180 (or rolled), the grid dims
-        in the other order (``(lon, lat)``), the same stations (labels of a
+        in the other order (``(lon, lat)``), a single level squeezed away
+        (``ds.squeeze("pressure")``: the same level), the same stations (labels of a
         point dimension) in another order: the fields are reordered (lazily
         on dask input) and given the layout's coordinates, so that a model
         reads each value at its own grid cell. Anything else is returned as
@@ -247,7 +248,21 @@ class StateLayout:
         >>> L.align(other.transpose("lon", "lat")).t.values.tolist() == ds.t.values.tolist()
         True
         """
-        dims = (*self.spatial_dims, *((self.vertical_dim,) if self.vertical_dim else ()))
+        vdim = self.vertical_dim
+        if vdim is not None and self.sizes.get(vdim) == 1 and vdim not in ds.dims:
+            # one level, squeezed away (ds.squeeze() or .sel(level=500)): put it back
+            level = self.template[vdim] if vdim in self.template.coords else None
+            scalar = ds[vdim] if vdim in ds.coords else None
+            if scalar is None or level is None or (
+                    scalar.ndim == 0 and np.array_equal(np.ravel(scalar.values), level.values)):
+                ds = ds.drop_vars([vdim]) if scalar is not None else ds
+                for spec in self.specs:
+                    if spec.vertical and spec.name in ds.data_vars:
+                        ds[spec.name] = ds[spec.name].expand_dims(
+                            {vdim: level.values if level is not None else 1}, axis=-1)
+                if level is not None:
+                    ds = ds.assign_coords({vdim: level.variable})
+        dims = (*self.spatial_dims, *((vdim,) if vdim else ()))
         order: dict[str, np.ndarray] = {}
         for dim in dims:
             if (dim not in ds.dims or ds.sizes[dim] != self.sizes.get(dim)
@@ -297,7 +312,13 @@ class StateLayout:
                 f"state variables {missing} are missing; the layout needs {list(self.variables)}"
             )
         for dim in (*self.spatial_dims, *((self.vertical_dim,) if self.vertical_dim else ())):
-            if dim not in ds.dims or ds.sizes[dim] != self.sizes[dim]:
+            if dim not in ds.dims:
+                raise LayoutError(
+                    f"dimension {dim!r} (size {self.sizes[dim]}) is missing; the state needs "
+                    f"it: add it back (e.g. ds.expand_dims({dim}=...)) or select the variables "
+                    f"{list(self.variables)} from a Dataset that has it"
+                )
+            if ds.sizes[dim] != self.sizes[dim]:
                 raise LayoutError(
                     f"dimension {dim!r} has size {ds.sizes.get(dim)} but the layout expects "
                     f"{self.sizes[dim]}; regrid or interpolate to the layout first"
