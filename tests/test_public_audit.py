@@ -213,3 +213,38 @@ def test_a_squeezed_single_level_is_put_back():
     other_level = test.squeeze("pressure").assign_coords(pressure=850.0)
     with pytest.raises(xlatda.errors.LayoutError, match=r"'pressure' .* is missing"):
         other_level.lda.encode(model)
+
+
+def test_observations_in_the_hole_of_a_0_360_regional_grid_are_refused():
+    """The UK box in 0..360 longitudes, sorted: 0..2 and 350..359.75 with a hole between.
+
+    Points at 100 or 180 E were interpolated between the 2 E and 350 E columns (silently,
+    278.8 K over Asia); now they are outside the domain, and the seam cell 359.75 -> 360
+    is an ordinary cell.
+    """
+    from xlatda.obs_geometry import grid_interpolation_matrix
+
+    lat = np.array([50.0, 51.0])
+    lon = np.concatenate([np.arange(0.0, 2.01, 0.25), np.arange(350.0, 359.9, 0.25)])
+    with pytest.raises(xlatda.errors.ObservationError, match=r"no column between 2\.0 and 350\.0"):
+        grid_interpolation_matrix(lat, lon, [50.5, 50.5], [100.0, 1.0])
+    h = grid_interpolation_matrix(lat, lon, [50.5, 50.5, 50.5], [1.1, -0.1, 359.8]).to_dense()
+    field = np.broadcast_to(np.where(lon > 180, lon - 360, lon), (2, lon.size)).reshape(-1)
+    np.testing.assert_allclose(h.numpy() @ field, [1.1, -0.1, -0.2], atol=1e-12)
+    # a global grid is unchanged: periodic, no hole
+    glon = np.arange(0.0, 360.0, 2.5)
+    g = grid_interpolation_matrix(lat, glon, [50.5], [359.0]).to_dense().numpy()
+    assert g[0].nonzero()[0].tolist() == [0, glon.size - 1, glon.size, 2 * glon.size - 1]
+
+
+def test_physical_3dvar_on_a_0_360_era5_box_equals_the_minus_180_180_one():
+    from xlatda.dynamics import CallableModel
+
+    ds = _era5(13)
+    obs = xlatda.obs.sample_points(ds.isel(time=slice(1, None, 3)), n=20, error_std=0.8, seed=1)
+    persistence = CallableModel(lambda x, dt, theta: x, state_shape=(1, 33, 49), dt=3600.0)
+    wrapped = ds.assign_coords(longitude=ds.longitude % 360).sortby("longitude")
+    runs = [xlatda.cycle(b.isel(time=[0]), obs, persistence, method="3dvar", b_std=1.0,
+                         progress=False).analysis for b in (ds, wrapped)]
+    back = runs[1].assign_coords(longitude=((runs[1].longitude + 180) % 360) - 180)
+    np.testing.assert_array_equal(back.sortby("longitude").t2m.values, runs[0].t2m.values)
