@@ -248,3 +248,15 @@ def test_physical_3dvar_on_a_0_360_era5_box_equals_the_minus_180_180_one():
                          progress=False).analysis for b in (ds, wrapped)]
     back = runs[1].assign_coords(longitude=((runs[1].longitude + 180) % 360) - 180)
     np.testing.assert_array_equal(back.sortby("longitude").t2m.values, runs[0].t2m.values)
+
+
+def test_a_box_across_0e_in_0_360_longitudes_is_told_to_use_minus_180_180():
+    ds = _era5(3)
+    as_downloaded = ds.assign_coords(longitude=ds.longitude % 360)  # 350..359.75, 0..2
+    with pytest.raises(xlatda.errors.LayoutError, match=r"-180\.\.180 instead") as err:
+        xlatda.layout(as_downloaded)
+    fix = "(ds['longitude'] + 180) % 360 - 180"
+    assert fix in str(err.value)
+    lon = as_downloaded["longitude"]
+    fixed = as_downloaded.assign_coords(longitude=(lon + 180) % 360 - 180).sortby("longitude")
+    xr.testing.assert_identical(fixed, ds)

@@ -768,6 +768,14 @@ def _check_coords(ds: xr.Dataset, axes: Axes, kind: str, lead: list[str]) -> Non
             values = np.asarray(ds[name].values)
             if not np.all(np.isfinite(values)):
                 raise LayoutError(f"{what} {name!r} has non-finite values")
+            if not strictly_monotonic(values) and what == "longitude" and strictly_monotonic(
+                    (values.astype(float) + 180.0) % 360.0 - 180.0):
+                raise LayoutError(
+                    f"longitude {name!r} runs across 0 E in 0..360 degrees (first values "
+                    f"{values[:3].tolist()}..., then {values[-3:].tolist()}); number it "
+                    f"-180..180 instead: ds.assign_coords({name}=(ds[{name!r}] + 180) % 360 "
+                    f"- 180).sortby({name!r}) (sorting the 0..360 values alone leaves a hole)"
+                )
             if not strictly_monotonic(values):
                 raise LayoutError(
                     f"{what} {name!r} is not strictly monotonic (first values "
