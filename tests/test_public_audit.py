@@ -260,3 +260,28 @@ def test_a_box_across_0e_in_0_360_longitudes_is_told_to_use_minus_180_180():
     lon = as_downloaded["longitude"]
     fixed = as_downloaded.assign_coords(longitude=(lon + 180) % 360 - 180).sortby("longitude")
     xr.testing.assert_identical(fixed, ds)
+
+
+def test_a_wrapped_function_cycles_in_physical_space():
+    """README: any torch function ``step(x, dt, theta)`` wrapped in CallableModel."""
+    from xlatda.dynamics import CallableModel
+
+    ds = _era5(7)
+    obs = xlatda.obs.sample_points(ds.isel(time=slice(1, None, 3)), n=10, error_std=0.8, seed=1)
+    persistence = CallableModel(lambda x, dt, theta: x, state_shape=(1, 33, 49), dt=3600.0)
+    runs = [xlatda.cycle(ds.isel(time=[0]), obs, persistence, method="letkf", members=8,
+                         init_std=1.0, radius=3, seed=0, progress=False) for _ in range(2)]
+    assert np.isfinite(runs[0].analysis.t2m.values).all()
+    np.testing.assert_array_equal(runs[0].analysis.t2m.values, runs[1].analysis.t2m.values)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "xlatda/spaces.py PhysicalSpace.forecast refuses a bare function with 'pass model=a "
+    "physical model (e.g. Lorenz96())' and does not name xlatda.dynamics.CallableModel, the "
+    "wrapper that makes a function one (not this task's file)"))
+def test_a_bare_function_is_refused_with_the_wrapper_to_use():
+    ds = _grid(n_time=4)
+    obs = xlatda.obs.sample_points(ds.isel(time=slice(1, None)), n=5, error_std=0.8, seed=1)
+    with pytest.raises(xlatda.errors.ConfigError, match="CallableModel"):
+        xlatda.cycle(ds.isel(time=[0]), obs, lambda x, dt, theta: x, members=5, init_std=1.0,
+                     progress=False)
