@@ -285,3 +285,30 @@ def test_a_bare_function_is_refused_with_the_wrapper_to_use():
     with pytest.raises(xlatda.errors.ConfigError, match="CallableModel"):
         xlatda.cycle(ds.isel(time=[0]), obs, lambda x, dt, theta: x, members=5, init_std=1.0,
                      progress=False)
+
+
+def test_station_values_in_degc_without_units_warn_before_the_run():
+    """The UK station table in degC (no units attribute) against ERA5 in K.
+
+    Before, every observation was rejected by the gross-error check (n_obs 0 at all 80
+    analysis times) and the run returned the free forecast without a word.
+    """
+    import warnings
+
+    import pandas as pd
+
+    from tests.test_guide_own_data import ROOT
+
+    ds = _era5(504)
+    model = _fit(ds, latent_dim=8, dynamics="linear", uncertainty="diagonal")
+    table = pd.read_csv(ROOT / "examples/configs/uk_stations_t2m.csv").iloc[:48]
+    background = ds.isel(time=[-1])
+    celsius = xlatda.obs.from_dataframe(table.assign(t2m=table.t2m - 273.15), error_std="error")
+    with pytest.warns(xlatda.errors.ObservationScaleWarning, match=r"48 of 48 .*'t2m'.*'K'"):
+        res = xlatda.cycle(background, celsius, model, seed=0, progress=False)
+    assert (res.diagnostics.n_obs == 0).all()  # what the warning is about
+    kelvin = xlatda.obs.from_dataframe(table, error_std="error")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", xlatda.errors.ObservationScaleWarning)
+        res = xlatda.cycle(background, kelvin, model, seed=0, progress=False)
+    assert (res.diagnostics.n_obs > 0).all()
