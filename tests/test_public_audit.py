@@ -312,3 +312,12 @@ def test_station_values_in_degc_without_units_warn_before_the_run():
         warnings.simplefilter("error", xlatda.errors.ObservationScaleWarning)
         res = xlatda.cycle(background, kelvin, model, seed=0, progress=False)
     assert (res.diagnostics.n_obs > 0).all()
+
+
+def test_a_static_field_in_the_file_is_named_with_the_variables_to_keep():
+    ds = _era5(48)
+    with_mask = ds.assign(lsm=ds.t2m.isel(time=0, drop=True) * 0 + 1.0)
+    with pytest.raises(xlatda.errors.LayoutError, match=r"pass variables=\['t2m'\]"):
+        xlatda.fit(with_mask, latent_dim=4, progress=False)
+    model = xlatda.fit(with_mask, variables=["t2m"], latent_dim=4, progress=False)
+    assert model.layout.variables == ("t2m",)

@@ -666,6 +666,7 @@ def layout(
         axes = Axes(axes.time, None, None, axes.vertical)
     vertical_dim = axes.vertical if axes.vertical in ds.dims else None
 
+    found = variables is None
     if variables is None:
         variables = [str(v) for v, da in ds.data_vars.items() if set(spatial) <= set(da.dims)]
         if not variables:
@@ -679,9 +680,17 @@ def layout(
         other = [d for d in ds[v].dims
                  if d not in spatial and d != vertical_dim and d != member_dim]
         if set(other) != set(lead):
+            hint = "select or broadcast them to the same dims first"
+            if found:
+                dims = {n: {d for d in ds[n].dims if d not in spatial and d != vertical_dim
+                            and d != member_dim} for n in variables}
+                most = max(dims.values(), key=len)
+                keep = [n for n in variables if dims[n] == most]
+                hint = (f"a static field (a land-sea mask, orography)? pass variables={keep} "
+                        "to keep only the state variables, or " + hint)
             raise LayoutError(
                 f"state variables {variables[0]!r} and {v!r} have different sample dims "
-                f"({lead} vs {other}); select or broadcast them to the same dims first"
+                f"({lead} vs {other}); {hint}"
             )
     for v in variables:
         if not np.issubdtype(ds[v].dtype, np.number):
