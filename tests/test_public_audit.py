@@ -321,3 +321,20 @@ def test_a_static_field_in_the_file_is_named_with_the_variables_to_keep():
         xlatda.fit(with_mask, latent_dim=4, progress=False)
     model = xlatda.fit(with_mask, variables=["t2m"], latent_dim=4, progress=False)
     assert model.layout.variables == ("t2m",)
+
+
+def test_a_table_or_a_model_path_in_place_of_the_objects_says_what_to_call(tmp_path):
+    import pandas as pd
+
+    ds = _grid(n_time=30)
+    model = _fit(ds, dynamics="linear")
+    obs = xlatda.obs.sample_points(ds.isel(time=slice(21, 24)), n=5, error_std=0.8, seed=0)
+    table = obs.to_dataframe().reset_index()
+    assert isinstance(table, pd.DataFrame)
+    with pytest.raises(xlatda.errors.ObservationError, match=r"xlatda\.obs\.from_dataframe"):
+        xlatda.cycle(ds.isel(time=[20]), table, model, progress=False)
+    model.save(tmp_path / "m.zarr")
+    for path in (str(tmp_path / "m.zarr"), tmp_path / "m.zarr"):
+        # it was taken for a physical model: "pass init_std=..."
+        with pytest.raises(xlatda.errors.ConfigError, match=r"xlatda\.open_model\(path\)"):
+            xlatda.cycle(ds.isel(time=[20]), obs, path, progress=False)

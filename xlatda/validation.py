@@ -592,6 +592,11 @@ def check_run(method: str, kernel: type, adapter: Any, settings: Mapping[str, An
         Where the run is written.
     """
     check_keywords(settings, method_settings(kernel, adapter), where=f"method {method!r}")
+    if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
+        raise ConfigError(
+            f"model is a path ({model!r}), not a model; open it first: "
+            "model = xlatda.open_model(path)"
+        )
     check_store_target(store)
     has_members = (background is not None and layout is not None
                    and getattr(layout, "member_dim", None) in background.dims)

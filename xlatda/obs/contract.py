@@ -272,8 +272,15 @@ def validate(
     observations of 'x' reach 9.969e+36 at 1 observations (first
     """
     if not isinstance(obs, xr.Dataset):
+        how = ""
+        if type(obs).__name__ == "DataFrame":
+            how = ("; build one from a table with xlatda.obs.from_dataframe(df, error_std=...) "
+                   "(one row per observation: time, lat, lon, value)")
+        elif isinstance(obs, xr.DataArray):
+            how = "; wrap it with obs.to_dataset(name=<the state variable it observes>)"
         raise ObservationError(
-            f"observations must be an xarray Dataset with dimension 'obs', got {type(obs).__name__}"
+            f"observations must be an xarray Dataset with dimension 'obs', got "
+            f"{type(obs).__name__}{how}"
         )
     if OBS_DIM not in obs.dims or set(obs.dims) - {OBS_DIM, FOOTPRINT_DIM}:
         raise ObservationError(
