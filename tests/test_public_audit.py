@@ -338,3 +338,18 @@ def test_a_table_or_a_model_path_in_place_of_the_objects_says_what_to_call(tmp_p
         # it was taken for a physical model: "pass init_std=..."
         with pytest.raises(xlatda.errors.ConfigError, match=r"xlatda\.open_model\(path\)"):
             xlatda.cycle(ds.isel(time=[20]), obs, path, progress=False)
+
+
+def test_score_cycle_takes_its_start_time_from_a_reordered_background():
+    """method='score' reads only the start time of the background: a south-to-north one
+    was refused by the layout check."""
+    ds = _era5(120)
+    model = _fit(ds.isel(time=slice(0, 96)), latent_dim=4)
+    model = xlatda.fit_score(ds.isel(time=slice(0, 96)), model, window=2, epochs=2, hidden=16,
+                             depth=1, seed=0, progress=False)
+    test = ds.isel(time=slice(96, None))
+    obs = xlatda.obs.sample_points(test.isel(time=slice(1, 5)), n=6, error_std=0.8, seed=0)
+    kw = dict(method="score", window=2, members=3, steps=4, seed=0, progress=False)
+    ref = xlatda.cycle(test.isel(time=[0]), obs, model, **kw).analysis
+    got = xlatda.cycle(test.isel(time=[0]).sortby("latitude"), obs, model, **kw).analysis
+    np.testing.assert_array_equal(got.t2m.values, ref.t2m.values)

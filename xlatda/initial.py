@@ -176,7 +176,7 @@ def start_state(background: Any, model: Any, proto: Any, what: str, need_time: b
         tname = L.axes.time or "time"
         t0 = None
         if background is not None:
-            background = _one_time(background, tname, what)
+            background = L.align(_one_time(background, tname, what))
             L.check(background)
             if tname in background.coords:
                 t0 = float(float_times(np.asarray(background[tname].values)))
