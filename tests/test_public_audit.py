@@ -353,3 +353,33 @@ def test_score_cycle_takes_its_start_time_from_a_reordered_background():
     ref = xlatda.cycle(test.isel(time=[0]), obs, model, **kw).analysis
     got = xlatda.cycle(test.isel(time=[0]).sortby("latitude"), obs, model, **kw).analysis
     np.testing.assert_array_equal(got.t2m.values, ref.t2m.values)
+
+
+def test_a_noleap_calendar_file_fits_and_cycles_like_the_standard_one():
+    """ERA5 with cftime (noleap) times, as climate-model output comes.
+
+    Before, fit(dynamics='linear') crashed in float_times; past that, the model got no
+    time step and no daily forcing (the cycle differed by up to 9.7 K), evolve could not
+    add its leads and climatology(by='hour') refused the dates.
+    """
+    ds = _era5(264)
+    noleap = ds.convert_calendar("noleap", use_cftime=True)
+    kw = dict(latent_dim=8, dynamics="linear", uncertainty="diagonal")
+    models = [_fit(d.isel(time=slice(0, 240)), **kw) for d in (ds, noleap)]
+    assert models[1].time_step == models[0].time_step == {"value": 3600.0, "units": "s"}
+    assert models[1].history["dynamics"]["periods"] == models[0].history["dynamics"]["periods"]
+    runs = []
+    for d, model in zip((ds, noleap), models):
+        test = d.isel(time=slice(240, None))
+        obs = xlatda.obs.sample_points(test.isel(time=slice(1, None, 3)), n=10, error_std=0.8,
+                                       seed=0)
+        runs.append(xlatda.cycle(test.isel(time=[0]), obs, model, seed=0,
+                                 progress=False).analysis)
+    np.testing.assert_array_equal(runs[1].t2m.values, runs[0].t2m.values)
+    fc = noleap.isel(time=[240]).lda.encode(models[1]).lda.evolve(models[1], steps=3)
+    assert [str(v) for v in fc.valid_time.values[0]] == [
+        "2019-03-11 00:00:00", "2019-03-11 01:00:00", "2019-03-11 02:00:00",
+        "2019-03-11 03:00:00"]
+    clim = [xlatda.baselines.climatology(d.isel(time=slice(0, 240)), d.time[240:], by="hour")
+            for d in (ds, noleap)]
+    np.testing.assert_array_equal(clim[1].t2m.values, clim[0].t2m.values)

@@ -442,7 +442,14 @@ def evolve(
     res = latent_dataset(out, model, "evolved by latent dynamics")
     tname = model.layout.axes.time
     if tname is not None and tname in res.coords:
-        res = res.assign_coords(valid_time=res[tname] + res[LEAD_DIM])
+        t, lead = res[tname], res[LEAD_DIM]
+        if t.dtype.kind == "O" and lead.dtype.kind == "m":
+            # cftime dates add datetime.timedelta, not numpy timedelta64
+            valid = xr.apply_ufunc(
+                lambda a, b: a + b.astype("timedelta64[us]").astype(object), t, lead)
+        else:
+            valid = t + lead
+        res = res.assign_coords(valid_time=valid)
     if members is not None:
         res = res.transpose(..., "member", LEAD_DIM, LATENT_DIM)
     return res
