@@ -383,3 +383,17 @@ def test_a_noleap_calendar_file_fits_and_cycles_like_the_standard_one():
     clim = [xlatda.baselines.climatology(d.isel(time=slice(0, 240)), d.time[240:], by="hour")
             for d in (ds, noleap)]
     np.testing.assert_array_equal(clim[1].t2m.values, clim[0].t2m.values)
+
+
+def test_station_series_in_a_360_day_calendar_become_observations_and_cycle():
+    """from_stations refused cftime dates ('not convertible to datetime')."""
+    ds = _stations(430).convert_calendar("360_day", align_on="year", use_cftime=True)
+    model = _fit(ds.isel(time=slice(0, 400)), latent_dim=3, dynamics="linear",
+                 uncertainty="diagonal")
+    test = ds.isel(time=slice(400, None))
+    obs = xlatda.obs.from_stations(test.isel(time=slice(1, None), location=[0, 2]),
+                                   error_std=1.0)
+    assert obs.time.values[0] == test.time.values[1]  # the same cftime dates
+    res = xlatda.cycle(test.isel(time=[0]), obs, model, seed=0, progress=False)
+    assert res.analysis.sizes["time"] == test.sizes["time"] - 1
+    assert np.isfinite(res.analysis.tas.values).all()

@@ -365,8 +365,13 @@ def validate(
     # Duplicates: the same variable measured twice at the same place and time.
     key_cols = [np.round(a, 10) for a in loc_arrays]
     if tvals is not None:
-        key_cols.append(np.asarray(tvals).astype("datetime64[ns]").astype(np.int64)
-                        if is_datetime(tvals) else np.asarray(tvals, dtype=float))
+        if np.asarray(tvals).dtype.kind == "O" and is_datetime(tvals):
+            from xlatda.windows import float_times
+
+            key_cols.append(float_times(tvals))  # cftime: seconds in its own calendar
+        else:
+            key_cols.append(np.asarray(tvals).astype("datetime64[ns]").astype(np.int64)
+                            if is_datetime(tvals) else np.asarray(tvals, dtype=float))
     if "kind" in obs.coords:
         key_cols.append(np.asarray(obs["kind"].values).astype(str))
     for i, name in enumerate(names):
