@@ -387,10 +387,12 @@ def test_a_noleap_calendar_file_fits_and_cycles_like_the_standard_one():
 
 def test_station_series_in_a_360_day_calendar_become_observations_and_cycle():
     """from_stations refused cftime dates ('not convertible to datetime')."""
-    ds = _stations(430).convert_calendar("360_day", align_on="year", use_cftime=True)
-    model = _fit(ds.isel(time=slice(0, 400)), latent_dim=3, dynamics="linear",
+    ds = _stations(760).convert_calendar("360_day", align_on="year", use_cftime=True)
+    model = _fit(ds.isel(time=slice(0, 730)), latent_dim=3, dynamics="linear",
                  uncertainty="diagonal")
-    test = ds.isel(time=slice(400, None))
+    # the annual forcing has the calendar's year: 360 days, not 365.2425
+    assert model.history["dynamics"]["periods"] == [360 * 86400.0, 180 * 86400.0]
+    test = ds.isel(time=slice(730, None))
     obs = xlatda.obs.from_stations(test.isel(time=slice(1, None), location=[0, 2]),
                                    error_std=1.0)
     assert obs.time.values[0] == test.time.values[1]  # the same cftime dates
