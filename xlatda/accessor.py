@@ -62,6 +62,7 @@ def _encode_states(ds: xr.Dataset, model: Any, device: Any, dtype: Any) -> xr.Da
 
     if not isinstance(model, LatentModel):
         return api.encode(ds, model, device=device, dtype=dtype)
+    ds = model.layout.align(ds)  # the model's grid in another order: reordered onto it
     dev, tdtype = model.place(device, dtype)
     # The work of xlatda.encode: NaN/inf refused (outside the model's fixed
     # mask), masked points filled with 0 after normalising.

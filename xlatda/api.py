@@ -42,6 +42,7 @@ from xlatda.normalize import Normalizer
 from xlatda.obs.contract import to_tensors, validate
 from xlatda.options import get_options, resolve_device, resolve_dtype
 from xlatda.validation import check_keywords, refuse_unknown_keywords
+from xlatda.windows import float_times
 
 __all__ = ["LATENT_DIM", "decode", "encode", "encode_obs", "fit", "latent_dataset"]
 
@@ -57,6 +58,10 @@ def _time_step(ds: xr.Dataset, L: StateLayout) -> dict[str, Any] | None:
         return {"value": float(step), "units": "s"}
     if values.dtype.kind in "fiu":
         return {"value": float(np.median(diffs)), "units": "model"}
+    if values.dtype.kind == "O" and hasattr(values.ravel()[0], "calendar"):
+        # cftime dates (noleap, 360_day, ...): their differences are timedeltas
+        seconds = float_times(values)
+        return {"value": float(np.median(np.diff(seconds))), "units": "s"}
     return None
 
 
@@ -158,6 +163,11 @@ def fit(
     progress = get_options()["progress"] if progress is None else progress
 
     L = layout(ds, variables=variables)
+    if L.kind == "latlon" and L.spatial_dims[0] != L.axes.lat:
+        # the encoders take (lat, lon) grids: a (lon, lat) file is refitted in that order
+        # (encoding and decoding accept either order; decoded fields come back lat first)
+        ds = ds.transpose(..., *L.spatial_dims[::-1], missing_dims="ignore")
+        L = layout(ds, variables=variables)
     x = L.to_tensor(ds, dtype=torch.float64)
     if L.member_dim in ds.dims:
         x = x.flatten(0, 1)

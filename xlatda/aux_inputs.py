@@ -25,7 +25,7 @@ __all__ = ["aux_channels", "aux_stack", "aux_training", "with_aux"]
 def aux_stack(aux: xr.Dataset | xr.DataArray, ds: xr.Dataset, L: StateLayout,
                variables: list[str] | None = None) -> tuple[xr.DataArray, StateLayout]:
     """Auxiliary fields stacked like the state, checked against it."""
-    aux = as_dataset(aux)
+    aux = L.align(as_dataset(aux))  # on the state's grid order, as the state is
     La = layout(aux, variables=variables)
     if La.spatial_dims != L.spatial_dims or La.spatial_shape != L.spatial_shape:
         raise LayoutError(

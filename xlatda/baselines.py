@@ -161,11 +161,12 @@ def climatology(train: xr.Dataset | xr.DataArray, times: Any, *, by: str | None 
         mean = ds.mean(tname)
         out = mean.expand_dims({tname: times}).transpose(tname, ...)
     elif by == "hour":
-        if ds[tname].dtype.kind != "M" or times.dtype.kind != "M":
+        own, wanted = _hours(np.asarray(ds[tname].values)), _hours(times)
+        if own is None or wanted is None:
             raise ConfigError("climatology(by='hour') needs datetime times in the training "
                               f"states and in `times`; got {ds[tname].dtype} and {times.dtype}")
-        hourly = ds.groupby(f"{tname}.hour").mean(tname)
-        hours = xr.DataArray(times.astype("datetime64[h]").astype(np.int64) % 24, dims=tname)
+        hourly = ds.assign_coords(hour=(tname, own)).groupby("hour").mean(tname)
+        hours = xr.DataArray(wanted, dims=tname)
         missing = sorted(set(hours.values.tolist()) - set(hourly.hour.values.tolist()))
         if missing:
             raise ConfigError(f"climatology(by='hour'): the training states have no data at "
@@ -179,6 +180,15 @@ def climatology(train: xr.Dataset | xr.DataArray, times: Any, *, by: str | None 
             "long_name": f"climatology of {ds[v].attrs.get('long_name', v)}"}
     out[tname].attrs = dict(ds[tname].attrs)
     return out
+
+
+def _hours(values: np.ndarray) -> np.ndarray | None:
+    """Hour of day of numpy datetimes or cftime dates (any calendar); None for others."""
+    if values.dtype.kind == "M":
+        return values.astype("datetime64[h]").astype(np.int64) % 24
+    if values.dtype.kind == "O" and values.size and all(hasattr(v, "hour") for v in values.flat):
+        return np.array([v.hour for v in values.flat], dtype=np.int64).reshape(values.shape)
+    return None
 
 
 def _interpolate(points: np.ndarray, values: np.ndarray, targets: np.ndarray,

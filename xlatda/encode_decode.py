@@ -60,8 +60,10 @@ def encode(
     Parameters
     ----------
     ds : Dataset or DataArray
-        States on the model's layout (same variables and grid); any sample
-        dims (time, trajectory, member) are kept.
+        States on the model's layout (same variables and grid; the grid may
+        come in another order: latitudes south to north, longitudes 0..360,
+        ``(lon, lat)`` dims); any sample dims (time, trajectory, member) are
+        kept.
     model : LatentModel
         A fitted model.
     aux : Dataset or DataArray, optional
@@ -77,8 +79,8 @@ def encode(
         Variable ``z`` over the sample dims plus ``latent``, with provenance
         attrs. Lazy when ``ds`` is dask-backed (chunks along sample dims).
     """
-    ds = as_dataset(ds)
     L = model.layout
+    ds = L.align(as_dataset(ds))  # the model's grid in another order: reordered onto it
     stacked = L.stack(ds)  # checks ds against the layout first
     dev, tdtype = model.place(device, dtype)
     fn = finite_inputs(model.encode_tensor, what="fields to encode", allowed=model.missing)

@@ -31,6 +31,7 @@ __all__ = [
     "NonFiniteError",
     "NotFittedError",
     "ObservationError",
+    "ObservationScaleWarning",
     "OutOfDistributionWarning",
     "ShapeError",
     "StoreError",
@@ -166,6 +167,20 @@ class SmallEnsembleWarning(XlatdaError, UserWarning):
     shallow-water SINR benchmark, latent 128: RMSE 0.132 with 32 members,
     0.059 with 129). Issued once per :func:`xlatda.cycle` call; use more
     members (the default spans the latent space) or ``method="hybrid"``.
+    """
+
+
+class ObservationScaleWarning(XlatdaError, UserWarning):
+    """Most observations of a variable lie far outside the background's range.
+
+    Issued by :func:`xlatda.cycle` / :func:`xlatda.assimilate` before any work,
+    typically for values in other units than the state (degrees Celsius
+    against Kelvin, hPa against Pa) without a ``units`` attribute to refuse
+    them by: the gross-error check would reject every one and the analysis
+    would be the forecast. Convert the observations (and set their
+    ``units``), or silence it with ``warnings.simplefilter("ignore",
+    xlatda.errors.ObservationScaleWarning)`` if the background is far off on
+    purpose.
     """
 
 

@@ -65,6 +65,18 @@ def _trajectories(z: xr.DataArray, tname: str | None) -> tuple[torch.Tensor, lis
     return torch.as_tensor(arr), others
 
 
+_CALENDAR_DAYS = {"360_day": 360.0, "noleap": 365.0, "365_day": 365.0, "all_leap": 366.0,
+                  "366_day": 366.0}
+
+
+def _year_seconds(times: Any) -> float:
+    """Length of the year of the times' calendar in seconds (the mean Gregorian year
+    for numpy datetimes and the standard calendars)."""
+    first = np.ravel(np.asarray(times))[:1]
+    calendar = getattr(first[0], "calendar", None) if first.size else None
+    return _CALENDAR_DAYS.get(calendar, 365.2425) * 86400.0
+
+
 def _clock(z: xr.DataArray, tname: str, others: list[str], shape: tuple) -> torch.Tensor:
     """Absolute times ``(n_traj, T)`` of the codes (seconds since 1970 for datetimes)."""
     t = z[tname]
@@ -202,7 +214,8 @@ def fit_dynamics(
             options["refit"] = False
         clock = _clock(z, tname, others, traj.shape)
         span = float((clock[:, -1] - clock[:, 0]).min())
-        options.setdefault("periods", default_periods(step["value"], step["units"], span))
+        options.setdefault("periods", default_periods(step["value"], step["units"], span,
+                                                      year=_year_seconds(z[tname].values)))
         dyn, hist = fit_linear_dynamics(
             traj, clock if options["periods"] else None, theta,
             dt_unit=step["value"], time_units=step["units"], val_fraction=val_fraction,
@@ -442,7 +455,14 @@ def evolve(
     res = latent_dataset(out, model, "evolved by latent dynamics")
     tname = model.layout.axes.time
     if tname is not None and tname in res.coords:
-        res = res.assign_coords(valid_time=res[tname] + res[LEAD_DIM])
+        t, lead = res[tname], res[LEAD_DIM]
+        if t.dtype.kind == "O" and lead.dtype.kind == "m":
+            # cftime dates add datetime.timedelta, not numpy timedelta64
+            valid = xr.apply_ufunc(
+                lambda a, b: a + b.astype("timedelta64[us]").astype(object), t, lead)
+        else:
+            valid = t + lead
+        res = res.assign_coords(valid_time=valid)
     if members is not None:
         res = res.transpose(..., "member", LEAD_DIM, LATENT_DIM)
     return res

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from xlatda.errors import ConfigError
+from xlatda.errors import ConfigError, VariableNotFoundError
 from xlatda.layout import StateLayout, layout
 from xlatda.windows import float_times
 
@@ -176,19 +176,36 @@ def start_state(background: Any, model: Any, proto: Any, what: str, need_time: b
         tname = L.axes.time or "time"
         t0 = None
         if background is not None:
-            background = _one_time(background, tname, what)
+            background = L.align(_one_time(background, tname, what))
             L.check(background)
             if tname in background.coords:
                 t0 = float(float_times(np.asarray(background[tname].values)))
         return background, L, tname, t0
     if background is None:
         raise ConfigError("this method starts from a background; pass the state at one time")
-    L = layout(background)
-    tname = L.axes.time
+    own = getattr(model, "layout", None)
+    if isinstance(own, StateLayout):
+        # A latent model reads its own grid and variables: the background is taken in its
+        # order (latitudes north to south or not, longitudes 0..360 or -180..180, (lon, lat)
+        # dims), and other variables (a static mask, another field) are left out.
+        missing = [v for v in own.variables if v not in background.data_vars]
+        if missing:
+            raise VariableNotFoundError(
+                f"the background lacks the model's state variables {missing}; the model "
+                f"was fitted on {list(own.variables)}: pass a background with them")
+        background = own.align(background[list(own.variables)])
+        tname = (own.axes.time if own.axes.time in background.coords
+                 else layout(background).axes.time)
+    else:
+        tname = layout(background).axes.time
     if need_time and (tname is None or tname not in background.coords):
         raise ConfigError("the background needs a time coordinate (the time it is valid at)")
     background = _one_time(background, tname, what)
-    L = layout(background)
+    if isinstance(own, StateLayout):
+        own.check(background)
+        L = layout(background, variables=list(own.variables))
+    else:
+        L = layout(background)
     t0 = (float(float_times(np.asarray(background[tname].values)))
           if tname is not None and tname in background.coords else None)
     return background, L, tname, t0

@@ -206,9 +206,9 @@ class StateLayout:
         """
         shape = self.spatial_shape
         if self.kind == "latlon":
-            w = np.cos(np.deg2rad(self.lat))[:, None] * np.ones(shape[1])[None, :]
+            w = np.cos(np.deg2rad(self.lat))[:, None] * np.ones(len(self.lon))[None, :]
             if self.spatial_dims[0] != self.axes.lat:
-                w = w.T
+                w = w.T  # (lon, lat) grids: the rows are longitudes
         elif self.kind == "points":
             w = np.cos(np.deg2rad(self.lat))
         else:
@@ -226,6 +226,76 @@ class StateLayout:
                 "shape": list(self.spatial_shape), "periodic": True}
 
     # -- xarray <-> stacked DataArray -----------------------------------
+    def align(self, ds: xr.Dataset) -> xr.Dataset:
+        """``ds`` on this layout's grid order, when it holds the same grid in another order.
+
+        The same latitudes south to north instead of north to south, the same
+        longitudes as 0..360 instead of -180..180 (or rolled), the grid dims
+        in the other order (``(lon, lat)``), a single level squeezed away
+        (``ds.squeeze("pressure")``: the same level), the same stations (labels of a
+        point dimension) in another order: the fields are reordered (lazily
+        on dask input) and given the layout's coordinates, so that a model
+        reads each value at its own grid cell. Anything else is returned as
+        it is, for :meth:`check` to refuse.
+
+        Examples
+        --------
+        >>> import numpy as np, xarray as xr, xlatda
+        >>> ds = xr.Dataset({"t": (("lat", "lon"), np.arange(6.0).reshape(2, 3))},
+        ...                 coords={"lat": [10.0, 20.0], "lon": [-10.0, 0.0, 10.0]})
+        >>> L = xlatda.layout(ds)
+        >>> other = ds.isel(lat=[1, 0]).assign_coords(lon=ds.lon % 360).sortby("lon")
+        >>> L.align(other.transpose("lon", "lat")).t.values.tolist() == ds.t.values.tolist()
+        True
+        """
+        vdim = self.vertical_dim
+        if vdim is not None and self.sizes.get(vdim) == 1 and vdim not in ds.dims:
+            # one level, squeezed away (ds.squeeze() or .sel(level=500)): put it back
+            level = self.template[vdim] if vdim in self.template.coords else None
+            scalar = ds[vdim] if vdim in ds.coords else None
+            if scalar is None or level is None or (
+                    scalar.ndim == 0 and np.array_equal(np.ravel(scalar.values), level.values)):
+                ds = ds.drop_vars([vdim]) if scalar is not None else ds
+                for spec in self.specs:
+                    if spec.vertical and spec.name in ds.data_vars:
+                        ds[spec.name] = ds[spec.name].expand_dims(
+                            {vdim: level.values if level is not None else 1}, axis=-1)
+                if level is not None:
+                    ds = ds.assign_coords({vdim: level.variable})
+        dims = (*self.spatial_dims, *((vdim,) if vdim else ()))
+        order: dict[str, np.ndarray] = {}
+        for dim in dims:
+            if (dim not in ds.dims or ds.sizes[dim] != self.sizes.get(dim)
+                    or dim not in ds.indexes or dim not in self.template.indexes):
+                continue
+            a = np.asarray(ds[dim].values)
+            b = np.asarray(self.template[dim].values)
+            if a.dtype.kind in "OUS" and b.dtype.kind in "OUS":
+                # labels (station names): the same stations in another order
+                where = {v: i for i, v in enumerate(a.tolist())}
+                if (len(where) == a.size and not np.array_equal(a, b)
+                        and set(where) == set(b.tolist())):
+                    order[dim] = np.array([where[v] for v in b.tolist()])
+                continue
+            if a.dtype.kind not in "fiu" or b.dtype.kind not in "fiu":
+                continue
+            a, b = a.astype(float), b.astype(float)
+            if np.array_equal(a, b) or np.allclose(a, b):
+                continue
+            if dim == self.axes.lon:
+                a, b = np.mod(a, 360.0), np.mod(b, 360.0)
+            ia, ib = np.argsort(a, kind="stable"), np.argsort(b, kind="stable")
+            if not np.allclose(a[ia], b[ib]):
+                continue  # another grid: check() says so
+            perm = np.empty_like(ia)
+            perm[ib] = ia  # ds position of each layout position
+            order[dim] = perm
+        if order:
+            ds = ds.isel(order).assign_coords({d: self.template[d].variable for d in order})
+        if self.kind == "latlon":
+            ds = ds.transpose(..., *self.spatial_dims, missing_dims="ignore")
+        return ds
+
     def check(self, ds: xr.Dataset) -> None:
         """Refuse a Dataset whose state variables do not fit this layout.
 
@@ -242,7 +312,13 @@ class StateLayout:
                 f"state variables {missing} are missing; the layout needs {list(self.variables)}"
             )
         for dim in (*self.spatial_dims, *((self.vertical_dim,) if self.vertical_dim else ())):
-            if dim not in ds.dims or ds.sizes[dim] != self.sizes[dim]:
+            if dim not in ds.dims:
+                raise LayoutError(
+                    f"dimension {dim!r} (size {self.sizes[dim]}) is missing; the state needs "
+                    f"it: add it back (e.g. ds.expand_dims({dim}=...)) or select the variables "
+                    f"{list(self.variables)} from a Dataset that has it"
+                )
+            if ds.sizes[dim] != self.sizes[dim]:
                 raise LayoutError(
                     f"dimension {dim!r} has size {ds.sizes.get(dim)} but the layout expects "
                     f"{self.sizes[dim]}; regrid or interpolate to the layout first"
@@ -258,6 +334,23 @@ class StateLayout:
                         f"coordinate {dim!r} differs from the layout's; "
                         "use ds.interp or ds.reindex to put the data on the layout's grid"
                     )
+                if a.dtype.kind in "OUS" and not np.array_equal(a, b):
+                    raise LayoutError(
+                        f"coordinate {dim!r} holds other labels than the layout's (first "
+                        f"{a[:3].tolist()}, the layout's {b[:3].tolist()}); select the "
+                        f"layout's: ds.sel({dim}=<its {b.size} labels>)"
+                    )
+        if self.kind == "points":
+            for name in (self.axes.lat, self.axes.lon):
+                if name in ds.coords and name in self.template.coords:
+                    a = np.asarray(ds[name].values, float)
+                    b = np.asarray(self.template[name].values, float)
+                    if a.shape == b.shape and not np.allclose(a, b):
+                        raise LayoutError(
+                            f"the points' {name!r} differ from the layout's: these are other "
+                            "places, or the same in another order; put the points in the "
+                            "layout's order (ds.isel or ds.sel on the point dimension)"
+                        )
 
     def stack(self, ds: xr.Dataset, dtype: Any = None) -> xr.DataArray:
         """Stack state variables into ``(*sample, [member,] channel, *spatial)``.
@@ -573,6 +666,7 @@ def layout(
         axes = Axes(axes.time, None, None, axes.vertical)
     vertical_dim = axes.vertical if axes.vertical in ds.dims else None
 
+    found = variables is None
     if variables is None:
         variables = [str(v) for v, da in ds.data_vars.items() if set(spatial) <= set(da.dims)]
         if not variables:
@@ -586,9 +680,17 @@ def layout(
         other = [d for d in ds[v].dims
                  if d not in spatial and d != vertical_dim and d != member_dim]
         if set(other) != set(lead):
+            hint = "select or broadcast them to the same dims first"
+            if found:
+                dims = {n: {d for d in ds[n].dims if d not in spatial and d != vertical_dim
+                            and d != member_dim} for n in variables}
+                most = max(dims.values(), key=len)
+                keep = [n for n in variables if dims[n] == most]
+                hint = (f"a static field (a land-sea mask, orography)? pass variables={keep} "
+                        "to keep only the state variables, or " + hint)
             raise LayoutError(
                 f"state variables {variables[0]!r} and {v!r} have different sample dims "
-                f"({lead} vs {other}); select or broadcast them to the same dims first"
+                f"({lead} vs {other}); {hint}"
             )
     for v in variables:
         if not np.issubdtype(ds[v].dtype, np.number):
@@ -675,6 +777,14 @@ def _check_coords(ds: xr.Dataset, axes: Axes, kind: str, lead: list[str]) -> Non
             values = np.asarray(ds[name].values)
             if not np.all(np.isfinite(values)):
                 raise LayoutError(f"{what} {name!r} has non-finite values")
+            if not strictly_monotonic(values) and what == "longitude" and strictly_monotonic(
+                    (values.astype(float) + 180.0) % 360.0 - 180.0):
+                raise LayoutError(
+                    f"longitude {name!r} runs across 0 E in 0..360 degrees (first values "
+                    f"{values[:3].tolist()}..., then {values[-3:].tolist()}); number it "
+                    f"-180..180 instead: ds.assign_coords({name}=(ds[{name!r}] + 180) % 360 "
+                    f"- 180).sortby({name!r}) (sorting the 0..360 values alone leaves a hole)"
+                )
             if not strictly_monotonic(values):
                 raise LayoutError(
                     f"{what} {name!r} is not strictly monotonic (first values "

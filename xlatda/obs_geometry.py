@@ -66,6 +66,8 @@ __all__ = [
 # closes in longitude or reaches (near) a pole. Grids stored in float32 are off
 # by ~1e-5 degrees; 1 % of a cell is far above that and far below a real gap.
 _SPACING_RTOL = 1e-2
+# a longitude cell wider than this many grid steps is a hole in the grid, not a cell
+_HOLE_STEPS = 2.0
 
 _ArrayLike = Any
 
@@ -363,11 +365,21 @@ def grid_interpolation_matrix(
     gap = 360.0 - span
     dlon = span / (nlon - 1)
     closes = gap <= _SPACING_RTOL * dlon  # spans the full circle (repeated column)
-    if periodic_lon is None:
-        periodic = closes or abs(gap - dlon) <= _SPACING_RTOL * dlon
+    # A regional grid across the 0/360 meridian, sorted in 0..360 (0..2, 350..359.75), has
+    # a hole between its two parts: no column there, so no point in it can be observed.
+    steps = np.diff(glon)
+    step = float(np.median(steps))
+    hole = steps > _HOLE_STEPS * step
+    if hole.any():
+        periodic = False
+        # ... and its seam (359.75 -> 360) is an ordinary cell of the grid
+        seam = periodic_lon is not False and abs(gap - step) <= _SPACING_RTOL * step
     else:
-        periodic = bool(periodic_lon)
-    seam = periodic and gap > 0.0
+        if periodic_lon is None:
+            periodic = closes or abs(gap - dlon) <= _SPACING_RTOL * dlon
+        else:
+            periodic = bool(periodic_lon)
+        seam = periodic and gap > 0.0
 
     # --- latitude: polar caps? ------------------------------------------------
     north_gap, south_gap = 90.0 - glat[-1], 90.0 + glat[0]
@@ -392,9 +404,15 @@ def grid_interpolation_matrix(
     outside = (plat < lat_lo) | (plat > lat_hi)
     if not seam:
         outside |= pos > glon[-1]
+    if hole.any():
+        outside |= (pos <= glon[-1]) & hole[_locate(glon, pos)]
     if outside.any():
         first = int(np.argmax(outside))
         lon_text = "all" if periodic else f"{lon0!r} to {float(glon[-1])!r}"
+        if hole.any():
+            j = int(np.argmax(hole))
+            lon_text += (f" with no column between {float(glon[j])!r} and "
+                         f"{float(glon[j + 1])!r}")
         raise ObservationError(
             f"{int(outside.sum())} of {plat.size} observation points lie outside the grid "
             f"domain (lat {float(lat_lo)!r} to {float(lat_hi)!r}, lon {lon_text}); the "

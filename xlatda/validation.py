@@ -564,7 +564,10 @@ def check_run(method: str, kernel: type, adapter: Any, settings: Mapping[str, An
       and the first bad index);
     - the observation times need at most the ``max_forecast_steps`` option
       of model steps from the background (:func:`check_time_span`);
-    - the ``store`` can be written (:func:`check_store_target`).
+    - the ``store`` can be written (:func:`check_store_target`);
+    - most observations of a variable do not lie far outside the background's
+      range (else an :class:`~xlatda.errors.ObservationScaleWarning`: other
+      units, all of them rejected by the gross-error check).
 
     Parameters
     ----------
@@ -589,6 +592,11 @@ def check_run(method: str, kernel: type, adapter: Any, settings: Mapping[str, An
         Where the run is written.
     """
     check_keywords(settings, method_settings(kernel, adapter), where=f"method {method!r}")
+    if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
+        raise ConfigError(
+            f"model is a path ({model!r}), not a model; open it first: "
+            "model = xlatda.open_model(path)"
+        )
     check_store_target(store)
     has_members = (background is not None and layout is not None
                    and getattr(layout, "member_dim", None) in background.dims)
@@ -621,9 +629,53 @@ def check_run(method: str, kernel: type, adapter: Any, settings: Mapping[str, An
                 f"the background holds {int(bad.sum())} NaN/inf values outside the model's "
                 "land/sea mask (cells NaN at every training time); fill or mask them before "
                 "cycling")
+        _check_scale(state, obs)
         return _check_span(background, obs, model, layout, adapter)
     check_finite(state, what="background")
+    _check_scale(state, obs)
     return _check_span(background, obs, model, layout, adapter)
+
+
+def _check_scale(state: xr.Dataset, obs: Any) -> None:
+    """Warn when most observations of a variable are far outside the background's range.
+
+    Far: beyond the range ``[lo, hi]`` of the background's values by more than
+    the range itself and five observation errors. Observations in other units
+    (degC against K) are all rejected by the gross-error check otherwise, and
+    the run silently assimilates nothing.
+    """
+    import warnings
+
+    from xlatda.errors import ObservationScaleWarning
+
+    if not isinstance(obs, xr.Dataset) or "obs" not in obs.dims:
+        return
+    for name in state.data_vars:
+        if name not in obs.data_vars:
+            continue
+        seen = np.asarray(obs[name].values, dtype=float)
+        seen = seen[np.isfinite(seen)]
+        values = np.asarray(state[name].values, dtype=float)
+        values = values[np.isfinite(values)]
+        if seen.size == 0 or values.size == 0:
+            continue
+        lo, hi = float(values.min()), float(values.max())
+        err = obs.get(f"{name}_error_std", obs[name].attrs.get("error_std", 0.0))
+        err = np.asarray(getattr(err, "values", err), dtype=float)
+        err = float(np.nanmedian(err)) if err.size and np.isfinite(err).any() else 0.0
+        margin = max(hi - lo, 5.0 * err, 1e-6 * max(abs(lo), abs(hi)))
+        far = (seen < lo - margin) | (seen > hi + margin)
+        if far.mean() > 0.5:
+            units = obs[name].attrs.get("units")
+            warnings.warn(
+                f"{int(far.sum())} of {seen.size} observations of {name!r} (median "
+                f"{float(np.median(seen)):.4g}) lie far outside the background's range "
+                f"[{lo:.4g}, {hi:.4g}]: the gross-error check will reject them and the "
+                f"analysis will not use them. Other units? The state is in "
+                f"{state[name].attrs.get('units')!r}, the observations "
+                f"{'have no units attribute' if units is None else f'in {units!r}'}; "
+                "convert them and set obs[name].attrs['units']",
+                ObservationScaleWarning, stacklevel=4)
 
 
 def _check_span(background: Any, obs: Any, model: Any, layout: Any, adapter: Any) -> None:

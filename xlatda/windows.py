@@ -32,10 +32,22 @@ __all__ = ["ObservationWindow", "float_times", "group_times", "plan_windows", "w
 
 
 def float_times(values: Any) -> np.ndarray:
-    """Times as floats: datetimes in seconds since 1970, numbers as they are."""
+    """Times as floats: datetimes in seconds since 1970, numbers as they are.
+
+    cftime dates (a model calendar: ``noleap``, ``360_day``, ...) count their
+    seconds since 1970-01-01 in their own calendar, as
+    :func:`xlatda.validation.time_values` does.
+    """
     arr = np.asarray(values)
     if arr.dtype.kind == "M":
         return arr.astype("datetime64[ns]").astype(np.int64).astype(float) / 1e9
+    if arr.dtype.kind == "O" and arr.size and hasattr(arr.ravel()[0], "calendar"):
+        import cftime
+
+        flat = arr.ravel()
+        secs = cftime.date2num(list(flat), "seconds since 1970-01-01",
+                               calendar=flat[0].calendar)
+        return np.asarray(secs, dtype=float).reshape(arr.shape)
     return arr.astype(float)
 
 

@@ -80,12 +80,14 @@ RIDGE_GRID = (1e-4, 1e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
 SELECT_HORIZON = 6
 
 
-def default_periods(dt_unit: float, time_units: str, span: float) -> tuple[float, ...]:
+def default_periods(dt_unit: float, time_units: str, span: float,
+                    year: float = _YEAR) -> tuple[float, ...]:
     """Forcing periods a training set can resolve: daily and annual cycles (and halves).
 
     A period ``P`` is kept when the data step resolves it (``dt_unit <= P / 4``)
     and the training span covers it at least twice. Only for datetime data
-    (``time_units="s"``); model-time data get none.
+    (``time_units="s"``); model-time data get none. ``year`` is the length of
+    the year in seconds (365.2425 days; 360 days in a ``360_day`` calendar).
 
     Examples
     --------
@@ -95,11 +97,13 @@ def default_periods(dt_unit: float, time_units: str, span: float) -> tuple[float
     (31556952.0, 15778476.0)
     >>> default_periods(0.05, "model", span=100.0)
     ()
+    >>> default_periods(86400.0, "s", span=4 * 360 * 86400.0, year=360 * 86400.0)
+    (31104000.0, 15552000.0)
     """
     if time_units != "s":
         return ()
     out = []
-    for p in (_DAY, _DAY / 2, _YEAR, _YEAR / 2):
+    for p in (_DAY, _DAY / 2, year, year / 2):
         if dt_unit <= p / 4 and span >= 2 * p:
             out.append(float(p))
     return tuple(out)

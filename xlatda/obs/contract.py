@@ -272,8 +272,15 @@ def validate(
     observations of 'x' reach 9.969e+36 at 1 observations (first
     """
     if not isinstance(obs, xr.Dataset):
+        how = ""
+        if type(obs).__name__ == "DataFrame":
+            how = ("; build one from a table with xlatda.obs.from_dataframe(df, error_std=...) "
+                   "(one row per observation: time, lat, lon, value)")
+        elif isinstance(obs, xr.DataArray):
+            how = "; wrap it with obs.to_dataset(name=<the state variable it observes>)"
         raise ObservationError(
-            f"observations must be an xarray Dataset with dimension 'obs', got {type(obs).__name__}"
+            f"observations must be an xarray Dataset with dimension 'obs', got "
+            f"{type(obs).__name__}{how}"
         )
     if OBS_DIM not in obs.dims or set(obs.dims) - {OBS_DIM, FOOTPRINT_DIM}:
         raise ObservationError(
@@ -358,8 +365,13 @@ def validate(
     # Duplicates: the same variable measured twice at the same place and time.
     key_cols = [np.round(a, 10) for a in loc_arrays]
     if tvals is not None:
-        key_cols.append(np.asarray(tvals).astype("datetime64[ns]").astype(np.int64)
-                        if is_datetime(tvals) else np.asarray(tvals, dtype=float))
+        if np.asarray(tvals).dtype.kind == "O" and is_datetime(tvals):
+            from xlatda.windows import float_times
+
+            key_cols.append(float_times(tvals))  # cftime: seconds in its own calendar
+        else:
+            key_cols.append(np.asarray(tvals).astype("datetime64[ns]").astype(np.int64)
+                            if is_datetime(tvals) else np.asarray(tvals, dtype=float))
     if "kind" in obs.coords:
         key_cols.append(np.asarray(obs["kind"].values).astype(str))
     for i, name in enumerate(names):

@@ -54,8 +54,8 @@ def parse_times(values: Any, *, name: str = "time") -> np.ndarray:
     Parameters
     ----------
     values : array-like
-        datetime64, pandas Timestamps (naive or time-zone aware), strings, or
-        numbers (model time, kept).
+        datetime64, pandas Timestamps (naive or time-zone aware), strings,
+        cftime dates (kept) or numbers (model time, kept).
     name : str
         Column name for the error message.
 
@@ -81,6 +81,8 @@ def parse_times(values: Any, *, name: str = "time") -> np.ndarray:
         return arr.astype("datetime64[ns]")
     if arr.dtype.kind in "fiu":
         return arr
+    if arr.dtype.kind == "O" and arr.size and all(hasattr(v, "calendar") for v in arr.flat):
+        return arr  # cftime dates (a model calendar): kept, like the state's time axis
     series = pd.Series(np.asarray(values, dtype=object))
     if isinstance(values, pd.Series) and isinstance(values.dtype, pd.DatetimeTZDtype):
         return values.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy("datetime64[ns]")
