@@ -60,7 +60,12 @@ def test_one_step_is_the_rts_update_of_the_ensemble_moments(d, extra, seed, infl
     ens_b = add_model_error(fc, torch.as_tensor(Q), generator=torch.Generator().manual_seed(1))
     smoothed_next = ens_b + torch.as_tensor(rng.normal(size=(n, d)))
     got = rts_step(ens_a, fc, ens_b, smoothed_next, inflation=infl).numpy()
-    Pb = infl**2 * (M @ Pa @ M.T + Q)
+    # The members' own background covariance (the square-root update realises
+    # M Pa M^T + Q to ~1e-8 relative, its eigenvalue cut-off), inflated as the filter does.
+    xb = (ens_b - ens_b.mean(0)).numpy()
+    pb_members = xb.T @ xb / (n - 1)
+    np.testing.assert_allclose(pb_members, M @ Pa @ M.T + Q, rtol=1e-6, atol=1e-7)
+    Pb = infl**2 * pb_members
     J = Pa @ M.T @ np.linalg.inv(Pb)
     want = ens_a.numpy() + (smoothed_next - ens_b).numpy() @ J.T
     np.testing.assert_allclose(got, want, rtol=1e-8, atol=1e-8)
