@@ -171,9 +171,13 @@ def _diagnostic_column(entries: list[Any]) -> np.ndarray:
     """One float64 column from ``(value, step, steps)`` entries (None: NaN).
 
     ``value`` is a method diagnostic of a window with ``steps`` analyses: a
-    scalar (repeated over them) or one value per analysis (``step`` picks).
+    scalar (a tensor or a Python number, repeated over them) or one value per
+    analysis (``step`` picks).
     """
     if all(e is not None and e[2] == 1 for e in entries):
+        if all(type(e[0]) in (float, int) for e in entries):
+            # host numbers (the built-in filters' diagnostics on the CPU): as they are
+            return np.array([e[0] for e in entries], dtype=np.float64)
         # the usual case, one scalar tensor per one-time window: one stack (it
         # promotes mixed dtypes exactly; other shapes, devices or types fail it)
         try:

@@ -174,6 +174,10 @@ class EnsembleFilter(_AdditiveSetting, CycleMethod):
         # so the driver need not check it first (without additive inflation, which
         # works on the forecast before the kernel sees it).
         self.checks_forecast = self.inference and self.additive is None
+        # The built-in step gives one CPU float64 analysis' diagnostics as host
+        # numbers (EnsembleMethod._cycle_step: the same values, fewer tensor ops).
+        self._kernel_step = (kernel._cycle_step if type(kernel).step is EnsembleMethod.step
+                             else kernel.step)
 
     def analyse(self, space, ensemble, window, *, generator, state):
         table = window.tables[0]
@@ -206,9 +210,9 @@ class EnsembleFilter(_AdditiveSetting, CycleMethod):
         # The kernel's own state (adaptive inflation) and the divergence
         # monitor's counts travel in one dict, stored with every analysis.
         kstate = {k: v for k, v in state.items() if not k.startswith("monitor_")}
-        ana, diag, kstate = self.kernel.step(ensemble, hx, y, r, generator=generator,
-                                             locations=locations, state=kstate or None,
-                                             n_params=space.n_params)
+        ana, diag, kstate = self._kernel_step(ensemble, hx, y, r, generator=generator,
+                                              locations=locations, state=kstate or None,
+                                              n_params=space.n_params)
         m = self.monitor.update(diag, monitor_state(state), where=AnalysisLabel(window))
         new_state = {**kstate, **monitor_entries(m)}
         return WindowAnalysis([(ensemble, ana)], diag, new_state, [hx])
