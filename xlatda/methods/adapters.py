@@ -31,7 +31,6 @@ Examples
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import math
 from typing import Any
@@ -184,8 +183,11 @@ class EnsembleFilter(_AdditiveSetting, CycleMethod):
         # the filters differentiate nothing: no autograd records (the driver's
         # inference mode already says so)
         off = torch.is_inference_mode_enabled()
-        with contextlib.nullcontext() if off else torch.no_grad():
+        if off:  # (a branch, not a null context: this runs once per analysis)
             hx = space.observe(ensemble, table)
+        else:
+            with torch.no_grad():
+                hx = space.observe(ensemble, table)
         y, r = table.values, table.error_std
         y, r = (y if y.dtype == _F64 else y.to(_F64)), (r if r.dtype == _F64 else r.to(_F64))
         own, state = _split_additive(state)
@@ -193,9 +195,11 @@ class EnsembleFilter(_AdditiveSetting, CycleMethod):
             ensemble, hx, own = _additive(space, ensemble, hx, y, r, window, generator, own)
         locations = space.locations(table) if self.localised else None
         # A kernel that overrides analyse (a user's subclass) is called through it.
-        if self.inference:
+        if self.inference and off:
+            res = self._step(space, ensemble, hx, y, r, window, locations, generator, state)
+        elif self.inference:
             # inference mode spares every operation autograd's bookkeeping
-            with contextlib.nullcontext() if off else torch.inference_mode():
+            with torch.inference_mode():
                 res = self._step(space, ensemble, hx, y, r, window, locations, generator,
                                  state)
         else:

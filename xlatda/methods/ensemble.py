@@ -374,10 +374,10 @@ def _etkf_transform_svd(S: Tensor, d: Tensor) -> tuple[Tensor, Tensor]:
 
 def _cholesky(M: Tensor) -> Tensor:
     """Lower Cholesky factor of the symmetric part of an SPD ``M``, or a clear error."""
-    A = 0.5 * (M + M.mT)
+    A = 0.5 * (M + M.mT)  # (MKL's S @ S.mT is not symmetric bit for bit)
     _require_finite("the ensemble-space matrix", A, "the forecast has diverged")
     L, info = torch.linalg.cholesky_ex(A)
-    if bool((info != 0).any()):
+    if (info.item() != 0) if info.dim() == 0 else bool((info != 0).any()):
         raise AnalysisError(
             f"cannot compute the analysis: the {tuple(A.shape[-2:])} matrix I + S S^T is not "
             "numerically positive definite (in float64); check the forecast ensemble and "
