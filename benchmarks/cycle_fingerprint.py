@@ -4,8 +4,11 @@ Runs the five Lorenz-96 filters of ``bench_vs_dapper.py`` (ETKF, DEnKF,
 EnKF, LETKF, 3DVar, their settings) through ``xlatda.cycle`` for two seeds
 and ``--cycles`` cycles (default 150), with every site observed and with
 every second site observed, and saves every number the call returns
-(analyses, backgrounds and all diagnostics) to an ``.npz`` file. Run it with
-two versions of the library and compare::
+(analyses, backgrounds and all diagnostics) to an ``.npz`` file; plus, for
+seed 0 with every site observed, the ensemble filters smoothed with
+``lag=2``, and DEnKF, EnKF and LETKF through a zarr ``store`` (without and
+with ``lag=2``; the result read back from the store). Run it with two
+versions of the library and compare::
 
     PYTHONPATH=/tmp/ref python benchmarks/cycle_fingerprint.py --out /tmp/before.npz
     python benchmarks/cycle_fingerprint.py --out /tmp/after.npz
@@ -48,8 +51,19 @@ def _data(cycles: int, seed: int, every: int):
     return truth, obs
 
 
+def _arrays(out: dict[str, np.ndarray], tag: str, res) -> None:
+    out[f"{tag}/analysis"] = res.analysis.x.values
+    out[f"{tag}/background"] = res.background.x.values
+    for name, var in res.diagnostics.data_vars.items():
+        out[f"{tag}/diag/{name}"] = var.values
+
+
 def fingerprint(cycles: int = 150, seeds: tuple[int, ...] = (0, 1)) -> dict[str, np.ndarray]:
-    """Every array ``xlatda.cycle`` returns for each run, seed and observation set."""
+    """Every array ``xlatda.cycle`` returns for each run, seed and observation set
+    (and the smoothed and stored runs of the module docstring)."""
+    import tempfile
+    from pathlib import Path
+
     import xlatda
     from xlatda.dynamics.physical import Lorenz96
 
@@ -61,11 +75,18 @@ def fingerprint(cycles: int = 150, seeds: tuple[int, ...] = (0, 1)) -> dict[str,
                 res = xlatda.cycle(truth.isel(time=0), obs, Lorenz96(), method=method,
                                    members=members, init_std=1.0, seed=seed, progress=False,
                                    **settings)
-                tag = f"{label}/seed{seed}/every{every}"
-                out[f"{tag}/analysis"] = res.analysis.x.values
-                out[f"{tag}/background"] = res.background.x.values
-                for name, var in res.diagnostics.data_vars.items():
-                    out[f"{tag}/diag/{name}"] = var.values
+                _arrays(out, f"{label}/seed{seed}/every{every}", res)
+    truth, obs = _data(cycles, 0, 1)
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, method, members, settings in RUNS[:4]:
+            for lag, store in ((2, False), (0, True), (2, True)):
+                if store and label == "ETKF":
+                    continue
+                path = Path(tmp) / f"{label}-{lag}.zarr" if store else None
+                res = xlatda.cycle(truth.isel(time=0), obs, Lorenz96(), method=method,
+                                   members=members, init_std=1.0, seed=0, progress=False,
+                                   lag=lag, store=path, **settings)
+                _arrays(out, f"{label}/seed0/lag{lag}{'/store' if store else ''}", res)
     return out
 
 

@@ -37,6 +37,8 @@ PIECES = [
     ("xlatda.spaces", "PhysicalSpace.observe", "observe the background"),
     ("xlatda.methods.adapters", "EnsembleFilter.analyse", "adapter analyse"),
     ("xlatda.methods.ensemble", "EnsembleMethod.step", "  kernel step"),
+    ("xlatda.methods.ensemble", "EnsembleMethod._cycle_step", "  kernel step (host diagnostics)"),
+    ("xlatda.methods.ensemble", "_host_diagnostics", "    host diagnostics"),
     ("xlatda.methods.ensemble", "EnsembleMethod._analysis", "    the update itself"),
     ("xlatda.methods.ensemble", "_check_inputs", "    input checks"),
     ("xlatda.methods.ensemble", "spread_ratio_scaled", "    spread ratio"),

@@ -413,7 +413,9 @@ def _drive(inst, proto, sp, windows, ens, t_cur, state, *, noise, recorder, stor
             with window_mode():
                 gen = win.generator()
                 ens_b = ens_f = ens
-                if proto.forecasts:
+                if proto.forecasts and inference and smoother is None:  # (no null context)
+                    ens_b = sp.forecast(ens, t_cur, win.times[0], generator=gen, noise=noise)
+                elif proto.forecasts:
                     with forecast_mode():  # the carried ensemble's forecast needs no gradient
                         if smoother is None:
                             ens_b = sp.forecast(ens, t_cur, win.times[0], generator=gen,
@@ -421,8 +423,8 @@ def _drive(inst, proto, sp, windows, ens, t_cur, state, *, noise, recorder, stor
                         else:  # and before model error (the smoother's cross-covariance)
                             ens_f, ens_b = sp.forecast_pair(ens, t_cur, win.times[0],
                                                             generator=gen, noise=noise)
-                    if not checked:
-                        check_finite(ens_b, "forecast", win.index, win.labels[0])
+                if proto.forecasts and not checked:
+                    check_finite(ens_b, "forecast", win.index, win.labels[0])
                 try:
                     res = inst.analyse(sp, ens_b, win, generator=gen, state=state)
                 except torch.linalg.LinAlgError as err:

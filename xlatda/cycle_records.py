@@ -105,6 +105,12 @@ def obs_statistics(hb_all: torch.Tensor, ha: torch.Tensor, table: Any) -> torch.
     return torch.cat([squares, spread[None]]).mean(-1).sqrt()
 
 
+def _f64(t: torch.Tensor) -> torch.Tensor:
+    """``t.to(float64)``, without the call where it is float64 already (one per row
+    and column in the batched statistics: the calls add up)."""
+    return t if t.dtype == _F64 else t.to(_F64)
+
+
 def _obs_moments(hb_all: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and variance over members ``(P,)`` of predictions ``(N, P)``, float64, as
     :func:`obs_statistics` takes them (variance 0 for a single state)."""
@@ -127,7 +133,7 @@ def _obs_moments_rows(predictions: list[torch.Tensor]
     out: list[Any] = [None] * len(predictions)
     groups: dict[tuple, list[int]] = {}
     for j, hb_all in enumerate(predictions):
-        groups.setdefault((tuple(hb_all.shape), hb_all.dtype, hb_all.device,
+        groups.setdefault((hb_all.shape, hb_all.dtype, hb_all.device,
                            hb_all.is_contiguous()), []).append(j)
     for (shape, _, _, contiguous), idx in groups.items():
         if len(idx) == 1 or shape[-1] == 1 or not contiguous:
@@ -159,7 +165,7 @@ def _obs_statistics_rows(entries: list[tuple[torch.Tensor, torch.Tensor, torch.T
         groups.setdefault(e[0].shape[-1], []).append(j)
     for idx in groups.values():
         hb, spread, ha, y, err = (torch.stack(part) for part in zip(*(
-            (e[0], e[1], e[2].to(_F64), e[3].values.to(_F64), e[3].error_std.to(_F64))
+            (e[0], e[1], _f64(e[2]), _f64(e[3].values), _f64(e[3].error_std))
             for e in (entries[j] for j in idx))))
         squares = torch.stack([y - hb, y - ha, err], 1).square_()
         stats = torch.cat([squares, spread[:, None]], 1).mean(-1).sqrt()
@@ -171,9 +177,13 @@ def _diagnostic_column(entries: list[Any]) -> np.ndarray:
     """One float64 column from ``(value, step, steps)`` entries (None: NaN).
 
     ``value`` is a method diagnostic of a window with ``steps`` analyses: a
-    scalar (repeated over them) or one value per analysis (``step`` picks).
+    scalar (a tensor or a Python number, repeated over them) or one value per
+    analysis (``step`` picks).
     """
     if all(e is not None and e[2] == 1 for e in entries):
+        if all(type(e[0]) in (float, int) for e in entries):
+            # host numbers (the built-in filters' diagnostics on the CPU): as they are
+            return np.array([e[0] for e in entries], dtype=np.float64)
         # the usual case, one scalar tensor per one-time window: one stack (it
         # promotes mixed dtypes exactly; other shapes, devices or types fail it)
         try:

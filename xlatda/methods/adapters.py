@@ -31,7 +31,6 @@ Examples
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import math
 from typing import Any
@@ -174,14 +173,21 @@ class EnsembleFilter(_AdditiveSetting, CycleMethod):
         # so the driver need not check it first (without additive inflation, which
         # works on the forecast before the kernel sees it).
         self.checks_forecast = self.inference and self.additive is None
+        # The built-in step gives one CPU float64 analysis' diagnostics as host
+        # numbers (EnsembleMethod._cycle_step: the same values, fewer tensor ops).
+        self._kernel_step = (kernel._cycle_step if type(kernel).step is EnsembleMethod.step
+                             else kernel.step)
 
     def analyse(self, space, ensemble, window, *, generator, state):
         table = window.tables[0]
         # the filters differentiate nothing: no autograd records (the driver's
         # inference mode already says so)
         off = torch.is_inference_mode_enabled()
-        with contextlib.nullcontext() if off else torch.no_grad():
+        if off:  # (a branch, not a null context: this runs once per analysis)
             hx = space.observe(ensemble, table)
+        else:
+            with torch.no_grad():
+                hx = space.observe(ensemble, table)
         y, r = table.values, table.error_std
         y, r = (y if y.dtype == _F64 else y.to(_F64)), (r if r.dtype == _F64 else r.to(_F64))
         own, state = _split_additive(state)
@@ -189,9 +195,11 @@ class EnsembleFilter(_AdditiveSetting, CycleMethod):
             ensemble, hx, own = _additive(space, ensemble, hx, y, r, window, generator, own)
         locations = space.locations(table) if self.localised else None
         # A kernel that overrides analyse (a user's subclass) is called through it.
-        if self.inference:
+        if self.inference and off:
+            res = self._step(space, ensemble, hx, y, r, window, locations, generator, state)
+        elif self.inference:
             # inference mode spares every operation autograd's bookkeeping
-            with contextlib.nullcontext() if off else torch.inference_mode():
+            with torch.inference_mode():
                 res = self._step(space, ensemble, hx, y, r, window, locations, generator,
                                  state)
         else:
@@ -206,9 +214,9 @@ class EnsembleFilter(_AdditiveSetting, CycleMethod):
         # The kernel's own state (adaptive inflation) and the divergence
         # monitor's counts travel in one dict, stored with every analysis.
         kstate = {k: v for k, v in state.items() if not k.startswith("monitor_")}
-        ana, diag, kstate = self.kernel.step(ensemble, hx, y, r, generator=generator,
-                                             locations=locations, state=kstate or None,
-                                             n_params=space.n_params)
+        ana, diag, kstate = self._kernel_step(ensemble, hx, y, r, generator=generator,
+                                              locations=locations, state=kstate or None,
+                                              n_params=space.n_params)
         m = self.monitor.update(diag, monitor_state(state), where=AnalysisLabel(window))
         new_state = {**kstate, **monitor_entries(m)}
         return WindowAnalysis([(ensemble, ana)], diag, new_state, [hx])

@@ -65,6 +65,7 @@ __all__ = [
     "monitor_entries",
     "monitor_state",
     "spread_ratio",
+    "spread_ratio_parts",
     "spread_ratio_scaled",
 ]
 
@@ -175,12 +176,27 @@ def spread_ratio_scaled(S: Tensor, d: Tensor, r2: Tensor, colvar: Tensor | None 
     >>> spread_ratio_scaled(S, d, torch.tensor([4.0]))   # as spread_ratio(S, d, [2.0])
     tensor(0.8165)
     """
-    if colvar is None:
-        colvar = S.square().sum(-2) + 1.0
-    expected = torch.linalg.vecdot(r2, colvar)
-    actual = torch.linalg.vecdot(r2, d.square())
+    expected, actual = spread_ratio_parts(S, d, r2, colvar)
     # no active observation, or no innovation: actual is 0 and the ratio undefined
     return torch.where(actual > 0, (expected / actual).sqrt(), torch.nan)
+
+
+def spread_ratio_parts(S: Tensor, d: Tensor, r2: Tensor, colvar: Tensor | None = None
+                       ) -> tuple[Tensor, Tensor]:
+    """The two sums of :func:`spread_ratio_scaled`, ``(expected, actual)``:
+    ``sum(r2 (diag(S^T S) + 1))`` and ``sum(r2 d^2)`` (the ratio is
+    ``sqrt(expected / actual)``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> S = torch.tensor([[0.5], [-0.5]]) ; d = torch.tensor([1.5])
+    >>> spread_ratio_parts(S, d, torch.tensor([4.0]))
+    (tensor(6.), tensor(9.))
+    """
+    if colvar is None:
+        colvar = S.square().sum(-2) + 1.0
+    return torch.linalg.vecdot(r2, colvar), torch.linalg.vecdot(r2, d.square())
 
 
 def gross_error_mask(S: Tensor, d: Tensor, k: float) -> Tensor:
@@ -301,7 +317,8 @@ class DivergenceMonitor:
         Parameters
         ----------
         diagnostics : mapping
-            At least ``chi2`` or ``spread_ratio`` (tensors ``(*batch,)``).
+            At least ``chi2`` or ``spread_ratio`` (tensors ``(*batch,)``, or
+            Python floats for one analysis).
         state : mapping, optional
             The dict returned by the previous call (``None`` at the start).
         where : optional
@@ -351,11 +368,15 @@ class DivergenceMonitor:
         """
         keys = [k for k in ("chi2", "spread_ratio") if k in diagnostics]
         values = [diagnostics[k] for k in keys]
-        if not keys or not all(torch.is_tensor(v) and v.dim() == 0 for v in values):
+        if not keys:
             return None
         if state is not None and state["count"].dim() != 0:
             return None
-        if all(v.device.type == "cpu" for v in values):  # no transfer to batch
+        if all(type(v) is float for v in values):  # host numbers (ensemble._host_diagnostics)
+            numbers = values
+        elif not all(torch.is_tensor(v) and v.dim() == 0 for v in values):
+            return None
+        elif all(v.device.type == "cpu" for v in values):  # no transfer to batch
             numbers = [float(v) for v in values]
         else:
             numbers = torch.stack([v.detach().to("cpu", torch.float64) for v in values]).tolist()

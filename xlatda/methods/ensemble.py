@@ -154,6 +154,7 @@ from xlatda.methods.consistency import (
     gross_error_mask,
     innovation_chi2,
     innovation_quadratic_form,
+    spread_ratio_parts,
     spread_ratio_scaled,
 )
 from xlatda.methods.inflation import (
@@ -373,10 +374,10 @@ def _etkf_transform_svd(S: Tensor, d: Tensor) -> tuple[Tensor, Tensor]:
 
 def _cholesky(M: Tensor) -> Tensor:
     """Lower Cholesky factor of the symmetric part of an SPD ``M``, or a clear error."""
-    A = 0.5 * (M + M.mT)
+    A = 0.5 * (M + M.mT)  # (MKL's S @ S.mT is not symmetric bit for bit)
     _require_finite("the ensemble-space matrix", A, "the forecast has diverged")
     L, info = torch.linalg.cholesky_ex(A)
-    if bool((info != 0).any()):
+    if (info.item() != 0) if info.dim() == 0 else bool((info != 0).any()):
         raise AnalysisError(
             f"cannot compute the analysis: the {tuple(A.shape[-2:])} matrix I + S S^T is not "
             "numerically positive definite (in float64); check the forecast ensemble and "
@@ -689,6 +690,54 @@ def _enkf_analysis(
 
 
 # --------------------------------------------------------------------------
+# diagnostics as host numbers (the cycling path)
+# --------------------------------------------------------------------------
+
+#: ``diagnose`` value of :meth:`EnsembleMethod._run` asking for host-number diagnostics.
+HOST = "host"
+
+
+def _on_host(t: Tensor) -> bool:
+    """Whether ``t`` is a CPU float64 tensor: its 0-d results read back as Python
+    floats exactly and without a device synchronisation."""
+    return t.dtype == torch.float64 and t.device.type == "cpu"
+
+
+def _host_diagnostics(S: Tensor, d: Tensor, r_std: Tensor, active: Tensor | None,
+                      colvar: Tensor | None, quad: Tensor | None, n_obs_all: int,
+                      inflation: float, n_rejected: int) -> dict[str, float | int]:
+    """:meth:`EnsembleMethod.step`'s diagnostics of one CPU float64 analysis as
+    Python numbers.
+
+    The reductions are the tensor path's (the chi-square's quadratic form,
+    the two sums of the spread ratio) and so is the spread ratio's square
+    root (torch's float64 ``sqrt`` is not always the correctly rounded one),
+    read back as floats; the divisions and the masks of undefined values
+    are done in Python floats, which divide as torch's float64 scalars do
+    (IEEE-754, correctly rounded). So the numbers are the same bit for bit
+    (``benchmarks/cycle_fingerprint.py``), for a dozen fewer tensor
+    operations and allocations per analysis.
+    """
+    if active is None:  # every observation used
+        n_obs = n_obs_all
+        r2 = r_std.square()
+    else:
+        n_obs = int(active.sum())
+        r2 = torch.where(active, r_std.square(), 0.0)
+    q = float(innovation_quadratic_form(S, d) if quad is None else quad)
+    expected, actual = spread_ratio_parts(S, d, r2, colvar)
+    # no active observation, or no innovation: actual is 0 and the ratio undefined
+    ratio = float((expected / actual).sqrt()) if float(actual) > 0 else math.nan
+    return {
+        "chi2": q / float(n_obs) if n_obs > 0 else math.nan,
+        "spread_ratio": ratio,
+        "inflation": inflation,
+        "n_obs": n_obs,
+        "n_rejected": n_rejected,
+    }
+
+
+# --------------------------------------------------------------------------
 # the filters as registered method objects
 # --------------------------------------------------------------------------
 
@@ -876,6 +925,14 @@ class EnsembleMethod:
         """
         return self._run(ensemble, hx, y, r_std, generator, locations, state, n_params, True)
 
+    def _cycle_step(self, ensemble, hx, y, r_std, *, generator=None, locations=None,
+                    state=None, n_params=0):
+        """:meth:`step` with the diagnostics of one CPU float64 analysis as Python
+        numbers (:func:`_host_diagnostics`: the same values, no 0-d tensors); the
+        cycling adapter's entry point (:mod:`xlatda.methods.adapters`). Batched,
+        float32 or accelerator analyses get :meth:`step`'s tensors."""
+        return self._run(ensemble, hx, y, r_std, generator, locations, state, n_params, HOST)
+
     def _run(self, ensemble, hx, y, r_std, generator, locations, state, n_params, diagnose):
         hx, y, r_std, all_on = _check_inputs(ensemble, hx, y, r_std)
         n_state = ensemble.shape[-1]
@@ -928,12 +985,14 @@ class EnsembleMethod:
                 )
             if active is not None:
                 rejected = active & rejected
-            if bool(rejected.any()):
+            any_rejected = bool(rejected.any())
+            if any_rejected:
                 active = _on(active, r_std, hmean) & ~rejected
                 S0 = S0 * (~rejected).unsqueeze(-2)
                 d = torch.where(rejected, 0.0, d)
                 S = colvar = None
-            if diagnose:
+            # (the host diagnostics count only what was rejected: none, mostly)
+            if diagnose and (diagnose != HOST or any_rejected):
                 n_rejected = rejected.sum(-1)
         new_state: dict[str, Tensor] = {}
         if self.adaptive:
@@ -980,6 +1039,12 @@ class EnsembleMethod:
         analysis = mean_a.unsqueeze(-2) + scale * Xa
         if not diagnose:
             return analysis, {}, new_state
+        if diagnose == HOST and not batch and _on_host(ensemble):
+            q = quad[0] if quad else None
+            return analysis, _host_diagnostics(
+                S, d, r_std, active, colvar, q, n_obs_all,
+                float(self.inflation) if lam is None else float(lam),
+                0 if n_rejected is None else int(n_rejected)), new_state
         if lam is None:
             lam = torch.full(batch, float(self.inflation), **like)
         if n_rejected is None:

@@ -72,10 +72,10 @@ class WindowAnalysis(NamedTuple):
         ``(background, analysis)`` control vectors ``(N, n)`` at each
         observation time of the window; the last analysis is carried to the
         next window.
-    diagnostics : dict of str to Tensor
-        Method diagnostics: scalars (one per window) or ``(K,)`` tensors (one
-        per observation time); they become variables of
-        ``CycleResult.diagnostics``.
+    diagnostics : dict of str to Tensor or number
+        Method diagnostics: scalars (one per window: 0-d tensors or Python
+        numbers) or ``(K,)`` tensors (one per observation time); they become
+        variables of ``CycleResult.diagnostics``.
     state : dict of str to Tensor
         What the method carries to its next analysis (e.g. an adaptive
         inflation estimate); stored with every analysis.
