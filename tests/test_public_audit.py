@@ -135,11 +135,6 @@ def _wfde5(n_time: int) -> xr.Dataset:
     return ds.isel(time=slice(0, n_time)).load()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "xlatda/spaces.py LatentSpace.to_fields decodes with model.decode_tensor and never puts "
-    "NaN back on the model's fixed mask (model.missing), unlike xlatda.decode; the fix belongs "
-    "in spaces.py (not this task's file): masked_fill(model.missing, nan) on the fields it "
-    "returns for the records"))
 def test_latent_cycle_keeps_the_sea_nan_of_a_land_only_file():
     """xlatda.decode gives NaN at WFDE5's sea cells; the cycled analysis gives the training mean."""
     ds = _wfde5(264)
@@ -275,10 +270,6 @@ def test_a_wrapped_function_cycles_in_physical_space():
     np.testing.assert_array_equal(runs[0].analysis.t2m.values, runs[1].analysis.t2m.values)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "xlatda/spaces.py PhysicalSpace.forecast refuses a bare function with 'pass model=a "
-    "physical model (e.g. Lorenz96())' and does not name xlatda.dynamics.CallableModel, the "
-    "wrapper that makes a function one (not this task's file)"))
 def test_a_bare_function_is_refused_with_the_wrapper_to_use():
     ds = _grid(n_time=4)
     obs = xlatda.obs.sample_points(ds.isel(time=slice(1, None)), n=5, error_std=0.8, seed=1)

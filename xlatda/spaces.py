@@ -305,9 +305,12 @@ class PhysicalSpace(StateSpace):
         if t1 == t0:
             return s
         if self.model is None or not callable(getattr(self.model, "step", None)):
+            wrap = (" A plain function is not one: wrap it as xlatda.dynamics.CallableModel("
+                    "step, state_shape=..., dt=...)" if callable(self.model) else "")
             raise ConfigError(
                 "cycling in physical space needs a forecast model: pass model=a physical "
-                "model (e.g. xlatda.dynamics.physical.Lorenz96()) or a LatentModel"
+                "model (e.g. xlatda.dynamics.physical.Lorenz96(), or your own step function "
+                "as xlatda.dynamics.CallableModel) or a LatentModel." + wrap
             )
         x, theta = self.split(s)
         dt = self.model.dt
@@ -610,7 +613,10 @@ class LatentSpace(StateSpace):
         # (a float64 copy here would be cast back then, for the same values).
         z, _ = self.split(s)
         with torch.no_grad():
-            return self.model.decode_tensor(z.to(self.model.dtype)).to("cpu")
+            x = self.model.decode_tensor(z.to(self.model.dtype)).to("cpu")
+        if self.model.missing is not None:  # NaN on the fixed mask, as xlatda.decode gives
+            x = x.masked_fill(torch.as_tensor(np.asarray(self.model.missing, bool)), float("nan"))
+        return x
 
     def from_fields(self, x):
         with torch.enable_grad():
