@@ -84,6 +84,21 @@ class LatentModel:
     prior: nn.Module | None = None
     missing: np.ndarray | None = None
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if name in ("encoder", "missing"):
+            self._sync_point_mask()
+
+    def _sync_point_mask(self) -> None:
+        """Tell the encoder's point operators which cells hold data (the fixed mask),
+        so values at places next to masked cells read only cells with data."""
+        from xlatda.encoders.training import PointOperatorCache
+
+        ops = getattr(self.__dict__.get("encoder"), "_operators", None)
+        if isinstance(ops, PointOperatorCache):
+            missing = self.__dict__.get("missing")
+            ops.set_valid(None if missing is None else ~np.asarray(missing, dtype=bool))
+
     # -- properties ----------------------------------------------------
     @property
     def latent_dim(self) -> int:

@@ -678,6 +678,25 @@ class PointOperatorCache:
         self.neighbours = int(neighbours)
         self.maxsize = int(maxsize)
         self._items: OrderedDict = OrderedDict()
+        self._valid: Tensor | None = None
+        self._valid_key = ""
+
+    def set_valid(self, valid: Any) -> None:
+        """Cells with data, ``(C, *spatial)`` bool (``None``: all).
+
+        A model with a fixed mask (the sea of a land-only product) has no data
+        in the masked cells; the decoded fields hold a fill value there. Point
+        weights touching them are dropped and the rest renormalised, so a
+        coastal point reads the cells with data only (a bilinear value from
+        fewer corners) instead of blending in the fill. Operators are keyed by
+        the mask's content too.
+        """
+        if valid is None:
+            self._valid, self._valid_key = None, ""
+            return
+        v = torch.as_tensor(np.asarray(valid, dtype=bool))
+        self._valid = v.reshape(v.shape[0], -1)
+        self._valid_key = self._digest(self._valid)
 
     @staticmethod
     def _digest(t: Tensor) -> str:
@@ -726,7 +745,8 @@ class PointOperatorCache:
                 f"channel must be ({points.shape[0]},), one channel per point, got "
                 f"{tuple(channel.shape)}"
             )
-        key = (self._digest(points), self._digest(channel), dtype, str(device))
+        key = (self._digest(points), self._digest(channel), dtype, str(device),
+               self._valid_key)
         if key in self._items:
             self._items.move_to_end(key)
             return self._items[key]
@@ -774,6 +794,8 @@ class PointOperatorCache:
                 method="linear",
                 **kw,
             )
+        if self._valid is not None:
+            mat = _renormalised(mat, channel, self._valid, points)
         return ObservationOperator(mat, channel.to(device), n_channels, spatial_shape=spatial_shape)
 
     def clear(self) -> None:
@@ -781,10 +803,50 @@ class PointOperatorCache:
         self._items.clear()
 
     def __deepcopy__(self, memo):
-        return PointOperatorCache(self.neighbours, self.maxsize)
+        out = PointOperatorCache(self.neighbours, self.maxsize)
+        out._valid, out._valid_key = self._valid, self._valid_key  # (never written in place)
+        return out
 
     def __getstate__(self):
-        return {"neighbours": self.neighbours, "maxsize": self.maxsize}
+        return {"neighbours": self.neighbours, "maxsize": self.maxsize,
+                "valid": None if self._valid is None else self._valid.numpy()}
 
     def __setstate__(self, state):
+        valid = state.pop("valid", None)
         self.__init__(**state)
+        if valid is not None:
+            self._valid, self._valid_key = torch.as_tensor(valid), self._digest(
+                torch.as_tensor(valid))
+
+
+def _renormalised(mat: Tensor, channel: Tensor, valid: Tensor, points: Tensor) -> Tensor:
+    """Point weights ``(P, S)`` without the cells ``valid`` ``(C, S)`` marks as empty
+    for each point's channel, each row rescaled to its former sum (COO result).
+
+    Raises
+    ------
+    ObservationError
+        If a point's weights all fall on empty cells (nothing to read there).
+    """
+    from xlatda.errors import ObservationError
+
+    coo = (mat if mat.layout == torch.sparse_coo else mat.to_sparse(layout=torch.sparse_coo)).coalesce()
+    rows, cols = coo.indices()
+    vals = coo.values()
+    keep = valid.to(rows.device)[channel.to(rows.device)[rows], cols]
+    total = torch.zeros(mat.shape[0], dtype=vals.dtype, device=vals.device)
+    total.index_add_(0, rows, vals)
+    kept = torch.zeros_like(total)
+    kept.index_add_(0, rows, torch.where(keep, vals, torch.zeros_like(vals)))
+    empty = (kept.abs() <= 1e-12 * total.abs().clamp_min(1e-300)) & (total != 0)
+    if bool(empty.any()):
+        bad = torch.nonzero(empty).reshape(-1)[:5].tolist()
+        raise ObservationError(
+            f"{int(empty.sum())} observation place(s) (first at index {bad}, "
+            f"{points[bad[0]].tolist()}) lie only on cells where the model has no data (its "
+            "fixed mask, e.g. the sea of a land-only product); drop them before assimilating")
+    scale = torch.where(kept != 0, total / torch.where(kept != 0, kept, torch.ones_like(kept)),
+                        torch.ones_like(kept))
+    new_vals = torch.where(keep, vals * scale[rows], torch.zeros_like(vals))
+    return torch.sparse_coo_tensor(coo.indices(), new_vals, mat.shape,
+                                   check_invariants=True).coalesce()
