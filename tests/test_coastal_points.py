@@ -84,7 +84,7 @@ def test_a_point_at_sea_is_refused(wfde5_model):
 
 
 def test_mask_survives_save_and_open(wfde5_model, tmp_path):
-    ds, model = wfde5_model
+    _, model = wfde5_model
     model.save(tmp_path / "m.zarr")
     again = xlatda.open_model(tmp_path / "m.zarr")
     pts = model.points_tensor([54.2], [-3.2])

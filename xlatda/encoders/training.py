@@ -830,7 +830,9 @@ def _renormalised(mat: Tensor, channel: Tensor, valid: Tensor, points: Tensor) -
     """
     from xlatda.errors import ObservationError
 
-    coo = (mat if mat.layout == torch.sparse_coo else mat.to_sparse(layout=torch.sparse_coo)).coalesce()
+    if mat.layout != torch.sparse_coo:
+        mat = mat.to_sparse(layout=torch.sparse_coo)
+    coo = mat.coalesce()
     rows, cols = coo.indices()
     vals = coo.values()
     keep = valid.to(rows.device)[channel.to(rows.device)[rows], cols]
