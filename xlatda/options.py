@@ -7,13 +7,16 @@ wins).
 Examples
 --------
 >>> import xlatda
->>> xlatda.get_options()["progress"]
+>>> with xlatda.set_options(progress=True):
+...     xlatda.get_options()["progress"]
 True
 >>> with xlatda.set_options(progress=False):
 ...     xlatda.get_options()["progress"]
 False
->>> xlatda.get_options()["progress"]
-True
+
+The default, ``progress="auto"``, shows bars in a terminal or a Jupyter
+kernel and none when output goes to a file or a CI log; ``get_options``
+returns what it resolves to (a bool).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ __all__ = ["get_options", "resolve_device", "resolve_dtype", "set_options"]
 _DTYPE_NAMES = ("float32", "float64")
 
 _DEFAULTS: dict[str, Any] = {
-    "progress": True,
+    "progress": "auto",
     "device": "cpu",
     "dtype": "float32",
     "torch_threads": None,
@@ -51,7 +54,7 @@ def _positive_int(value: Any) -> bool:
 
 
 _VALIDATORS = {
-    "progress": lambda v: isinstance(v, bool),
+    "progress": lambda v: isinstance(v, bool) or v == "auto",
     "device": lambda v: isinstance(v, str) or _is_torch(v, "device"),
     "dtype": lambda v: v in _DTYPE_NAMES or (_is_torch(v, "dtype") and str(v)[6:] in _DTYPE_NAMES),
     "torch_threads": lambda v: v is None or _positive_int(v),
@@ -60,7 +63,7 @@ _VALIDATORS = {
 }
 
 _HELP = {
-    "progress": "a bool",
+    "progress": "True, False or 'auto'",
     "device": "a torch device string such as 'cpu' or 'cuda:0'",
     "dtype": "'float32' or 'float64'",
     "torch_threads": "None or a positive int",
@@ -71,9 +74,24 @@ _HELP = {
 OPTIONS: dict[str, Any] = dict(_DEFAULTS)
 
 
+def interactive() -> bool:
+    """Whether progress bars have someone to show to: standard error is a
+    terminal, or the code runs in a Jupyter (IPython) kernel."""
+    try:
+        if sys.stderr is not None and sys.stderr.isatty():
+            return True
+    except (AttributeError, ValueError):  # closed or replaced streams
+        pass
+    return "ipykernel" in sys.modules
+
+
 def get_options() -> dict[str, Any]:
-    """Return a copy of the current options."""
-    return dict(OPTIONS)
+    """Return a copy of the current options (``progress="auto"`` resolved to a bool,
+    :func:`interactive`)."""
+    out = dict(OPTIONS)
+    if out["progress"] == "auto":
+        out["progress"] = interactive()
+    return out
 
 
 class set_options:
@@ -81,8 +99,10 @@ class set_options:
 
     Parameters
     ----------
-    progress : bool
-        Show progress bars for training, cycling and large encodes.
+    progress : bool or "auto"
+        Show progress bars for training, cycling and large encodes;
+        ``"auto"`` (default): in a terminal or a Jupyter kernel, not when
+        output goes to a file or a CI log.
     device : str or torch.device
         Default torch device where a function is called with ``device=None``.
     dtype : {"float32", "float64"}
