@@ -97,7 +97,9 @@ def assimilate(state: xr.Dataset | xr.DataArray | None, obs: xr.Dataset, model: 
     members, init_std, seed :
         Ensemble size and spread when ``state`` has no member dim (for
         sampling methods: the number of posterior samples); seed of every
-        random draw.
+        random draw. In latent space the defaults are those of
+        :func:`cycle`: ``d + 1`` members (at least 20) drawn around the
+        state's code from the model's latent prior.
     **settings :
         The method's settings (e.g. ``inflation=1.05``, ``radius=4``,
         ``b_std=``; each method's class docstring lists its own).
@@ -135,6 +137,11 @@ def assimilate(state: xr.Dataset | xr.DataArray | None, obs: xr.Dataset, model: 
     validate(obs, L)
     table = to_tensors(obs, L, _validated=True)
     sp = space_for(L, model, kind, 0)
+    if (members is None and proto.ensemble and proto.forecasts and sp.kind == "latent"
+            and state is not None and (L.member_dim or "member") not in state.dims):
+        # as xlatda.cycle: an ensemble spanning the latent space, drawn from the model's
+        # latent prior when no init_std is given (xlatda.initial.resolve_init)
+        members = sp.default_members()
     inst = proto.build(kernel, dict(settings), space=sp, members=members)
     proto.check_fits(method, sp, 1, 0)
     gen = torch.Generator().manual_seed(int(seed))
