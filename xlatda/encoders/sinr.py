@@ -2000,13 +2000,18 @@ class SINR(Encoder):
                 basis[:, : eofs.shape[1]] = coef[:, 1:]
                 weights.append(basis)
                 biases.append(coef[:, 0])
-            dt = self.lin_weight.dtype
-            self.lin_weight.copy_(torch.stack(weights).to(dt))
-            self.lin_bias.copy_(torch.stack(biases).to(dt))
-            self.head_weight.zero_()
-            self.head_bias.zero_()
-            self.linear_ready.fill_(1)
+            self._set_linear_path(weights, biases)
         return codes.reshape(n, -1).to(self._ref.dtype)
+
+    def _set_linear_path(self, weights: list[Tensor], biases: list[Tensor]) -> None:
+        """Write the linear path's per-channel coefficients and zero the network
+        path, so the decoder is exactly that linear path (both PCA starts)."""
+        dt = self.lin_weight.dtype
+        self.lin_weight.copy_(torch.stack(weights).to(dt))
+        self.lin_bias.copy_(torch.stack(biases).to(dt))
+        self.head_weight.zero_()
+        self.head_bias.zero_()
+        self.linear_ready.fill_(1)
 
     def _init_linear_projection(self, x: Tensor) -> Tensor:
         r"""Set the linear path to the PCA of the training fields; return their codes.
@@ -2058,12 +2063,7 @@ class SINR(Encoder):
                 codes[:, ci, :r] = u[:, :r] * sv[:r]
                 weights.append(basis)
                 biases.append(mean)
-            dt = self.lin_weight.dtype
-            self.lin_weight.copy_(torch.stack(weights).to(dt))
-            self.lin_bias.copy_(torch.stack(biases).to(dt))
-            self.head_weight.zero_()
-            self.head_bias.zero_()
-            self.linear_ready.fill_(1)
+            self._set_linear_path(weights, biases)
         return codes.reshape(xs.shape[0], -1).to(self._ref.dtype)
 
     def init_pca(

@@ -167,8 +167,7 @@ def _draw_points(L: StateLayout, n: int, rng: np.random.Generator,
             if n > pool.size:
                 raise ConfigError(f"asked for {n} observations of a state with {pool.size} "
                                   "points with finite values; n must be at most that")
-        idx = pool[np.sort(rng.choice(pool.size, size=n, replace=False))] \
-            if valid is not None else np.sort(rng.choice(npts, size=n, replace=False))
+        idx = pool[np.sort(rng.choice(pool.size, size=n, replace=False))]
         return {"lat": L.lat[idx], "lon": L.lon[idx]}
     size = int(np.prod(L.spatial_shape))
     return {"position": rng.uniform(0, size, n)}
