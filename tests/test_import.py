@@ -56,3 +56,16 @@ def test_unknown_attribute_is_an_attribute_error():
         "    print('no_such_name' in str(err))\n"
     )
     assert lines == ["True"]
+
+
+def test_subpackages_the_docs_name_are_attributes():
+    # The refusal of a bare function names ``xlatda.dynamics.CallableModel``; a user who
+    # types that after ``import xlatda`` must get the class, not an AttributeError.
+    lines = _run(
+        "import xlatda\n"
+        "from xlatda.dynamics import CallableModel\n"
+        "from xlatda.encoders import PCA\n"
+        "print(xlatda.dynamics.CallableModel is CallableModel, xlatda.encoders.PCA is PCA,\n"
+        "      all(hasattr(xlatda, n) for n in ('methods', 'generative', 'io', 'sphere')))\n"
+    )
+    assert lines == ["True", "True", "True"]

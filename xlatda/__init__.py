@@ -42,7 +42,10 @@ _LAZY = {
     "layout": "xlatda.layout",
     "open_model": "xlatda.io",
 }
-_SUBMODULES = ("baselines", "batch", "datasets", "errors", "metrics", "obs", "plot", "streaming")
+_SUBMODULES = (
+    "baselines", "batch", "datasets", "dynamics", "encoders", "errors", "generative", "io",
+    "methods", "metrics", "obs", "plot", "sphere", "streaming",
+)
 
 __all__ = [
     "CycleResult",
@@ -59,9 +62,11 @@ __all__ = [
     "cycle",
     "datasets",
     "decode",
+    "dynamics",
     "encode",
     "encode_obs",
     "encode_to_zarr",
+    "encoders",
     "errors",
     "evolve",
     "fit",
@@ -70,14 +75,18 @@ __all__ = [
     "fit_representation_error",
     "fit_score",
     "forecast",
+    "generative",
     "get_options",
+    "io",
     "layout",
+    "methods",
     "metrics",
     "obs",
     "open_model",
     "plot",
     "predictive_samples",
     "set_options",
+    "sphere",
     "streaming",
 ]
 
