@@ -107,7 +107,8 @@ def fit(
         Training settings for neural encoders (``lr=None``: the encoder's
         default).
     validation : float or Dataset or None
-        Fraction of samples held out for early stopping, or a validation
+        Fraction of samples held out for early stopping (drawn at random
+        with ``seed``; both parts keep the samples' order), or a validation
         Dataset, or None.
     dynamics : {"ode", "linear", None}
         Also fit latent dynamics on the encoded training trajectories: a
@@ -194,7 +195,10 @@ def fit(
         n_val = max(1, round(float(validation) * xn.shape[0]))
         if xn.shape[0] - n_val < 1:
             raise ConfigError(f"only {xn.shape[0]} samples: too few to hold out a validation set")
-        x_val, x_train = xn[perm[:n_val]], xn[perm[n_val:]]
+        # the held-out samples are random; both sets keep the data's (time) order, so
+        # what looks along the sample axis (SINR's blocked choice of its prior) sees it
+        val_idx, train_idx = perm[:n_val].sort().values, perm[n_val:].sort().values
+        x_val, x_train = xn[val_idx], xn[train_idx]
     else:
         x_train = xn
     options = dict(encoder_options or {})
@@ -205,7 +209,7 @@ def fit(
         if isinstance(validation, xr.Dataset):
             raise ConfigError("with aux, pass validation as a fraction (aux has no validation set)")
         if x_val is not None:
-            aux_fit = {"aux_train": a[perm[n_val:]], "aux_val": a[perm[:n_val]]}
+            aux_fit = {"aux_train": a[train_idx], "aux_val": a[val_idx]}
         else:
             aux_fit = {"aux_train": a}
     try:

@@ -183,9 +183,12 @@ Decoding and encoding work at any point within the patch (points beyond its
 poles are refused).
 
 **Presets.** :data:`SINR_PRESETS` holds a ``"cpu"`` setting (trains in
-about a minute at 32 x 64; linear path from the PCA) and the paper's
-``"paper"`` setting (hidden 128, depth 8, ``F = 8``, no linear path; for a
-GPU); :meth:`SINR.from_preset` builds one.
+about a minute at 32 x 64; LAINR's decoder, latents in the PCA basis, for
+latent assimilation), ``"cpu_linear"`` (plus the linear path from the PCA),
+``"regional"`` (for a limited-area grid: ``region="auto"``, the box stretch,
+the grid fit of the linear path with ``linear_prior="auto"``) and the
+paper's ``"paper"`` setting (hidden 128, depth 8, ``F = 8``, no linear path;
+for a GPU); :meth:`SINR.from_preset` builds one.
 
 Shapes: ``x (B, C, *spatial)``; ``z (B, C * code_dim)``; ``points (P, 2)``
 latitude/longitude in degrees; ``channel (P,)``; ``values (B, P)``.
@@ -232,6 +235,7 @@ from tqdm.auto import tqdm
 
 from xlatda import sphere
 from xlatda.encoders.base import Encoder, encoders
+from xlatda.encoders.sinr_prior import choose_prior, shrunk_eofs
 from xlatda.encoders.training import minimise_per_sample
 from xlatda.errors import ConfigError, ShapeError
 from xlatda.options import get_options, resolve_device, resolve_dtype
@@ -292,7 +296,12 @@ def sinr_max_degree(max_freq: int, depth: int) -> int:
 #: ``"cpu_linear"`` is ``"cpu"`` plus a frozen linear spherical-harmonic path of the grid's
 #: degree started at the training PCA, the network a residual on it (far lower
 #: reconstruction error; but on the shallow-water benchmark its latent EnKF diverged,
-#: see the module docstring); ``"paper"`` is
+#: see the module docstring); ``"regional"`` is ``"cpu_linear"`` for a limited-area grid: the
+#: box stretched onto the sphere (``region="auto"``, ``region_stretch="box"``), the path
+#: fitted to the grid values (``linear_fit="grid"``) with its smoothness prior chosen by
+#: cross-validation (``linear_prior="auto"``); give ``fit`` validation data so the PCA start
+#: competes with the trained residual (training stops after 10 epochs without a better
+#: validation score); ``"paper"`` is
 #: LAINR's decoder (hidden 128, depth 8, ``F = 8``,
 #: ``D_max = 108``; with the paper's latent 400 = 2 channels x 200 at 64 x 128), the
 #: paper's two learning rates and code table, for a GPU.
@@ -312,6 +321,9 @@ _CPU_PRESET: dict[str, Any] = {
 SINR_PRESETS: dict[str, dict[str, Any]] = {
     "cpu": dict(_CPU_PRESET),
     "cpu_linear": {**_CPU_PRESET, "linear_degree": "auto", "lr_linear": 0.0},
+    "regional": {**_CPU_PRESET, "region": "auto", "region_stretch": "box",
+                 "linear_fit": "grid", "linear_degree": "auto", "lr_linear": 0.0,
+                 "linear_prior": "auto", "patience": 10},
     "paper": {
         "hidden": 128,
         "depth": 8,
@@ -600,13 +612,19 @@ class SINR(Encoder):
         :meth:`_init_linear_grid`): where the harmonics resolve the grid
         (``linear_degree="auto"`` picks such a degree on a region) the
         untrained decoder equals them at the grid points and is smooth between.
-    linear_prior : float
+    linear_prior : float or "auto"
         ``gamma >= 0`` of ``linear_fit="grid"``: the training covariance is
         shrunk towards the path's Sobolev prior (a covariance of its harmonic
         expansion, scaled to the same total variance) before its EOFs are
-        taken. ``0`` (default): the plain weighted PCA. Choose it on
-        validation data (on the ERA5 UK box values near 1 lower the held-out
-        error, see ``benchmarks/bench_sinr.py`` part b).
+        taken. ``0`` (default): the plain weighted PCA. ``"auto"``: chosen
+        per channel among :data:`~xlatda.encoders.sinr_prior.PRIOR_GRID` by
+        blocked cross-validation on the training fields alone
+        (:func:`~xlatda.encoders.sinr_prior.choose_prior`: 4 contiguous
+        blocks, each held out in turn; the choice and the scores are in
+        :attr:`prior_choice` and ``fit``'s history). It costs a few
+        ``P x P`` products per candidate (about 20 s at 1617 points on one
+        busy core). On the ERA5 UK box it picks 3 at latent 32 (a
+        hand search on validation days picked 1), see ``benchmarks/RESULTS.md``.
     linear_smoothness : float
         ``s > 0`` of the prior: coefficient variances ``(1 + l (l + 1))^{-s}``
         (default 2); also shapes the grid fit between the grid points.
@@ -755,9 +773,13 @@ class SINR(Encoder):
             )
         if linear_fit not in _LINEAR_FITS:
             raise ConfigError(f"linear_fit must be one of {_LINEAR_FITS}, got {linear_fit!r}")
-        if not float(linear_prior) >= 0.0:
-            raise ConfigError(f"linear_prior must be >= 0 (0: the plain PCA), got {linear_prior!r}")
-        if float(linear_prior) > 0.0 and linear_fit != "grid":
+        auto_prior = isinstance(linear_prior, str) and linear_prior == "auto"
+        if not auto_prior and (isinstance(linear_prior, (str, bool))
+                               or not float(linear_prior) >= 0.0):
+            raise ConfigError(
+                f"linear_prior must be a number >= 0 (0: the plain PCA) or 'auto' (chosen by "
+                f"cross-validation on the training fields), got {linear_prior!r}")
+        if (auto_prior or float(linear_prior) > 0.0) and linear_fit != "grid":
             raise ConfigError(
                 f"linear_prior={linear_prior!r} shrinks the grid covariance, so it needs "
                 "linear_fit='grid' (or pass linear_prior=0 for the projection fit)"
@@ -794,9 +816,12 @@ class SINR(Encoder):
             "latent_basis": str(latent_basis),
             "lr_linear": None if lr_linear is None else float(lr_linear),
             "linear_fit": str(linear_fit),
-            "linear_prior": float(linear_prior),
+            "linear_prior": "auto" if auto_prior else float(linear_prior),
             "linear_smoothness": float(linear_smoothness),
         }
+        #: with ``linear_prior="auto"``: per channel the chosen weight and the
+        #: cross-validation scores of :data:`PRIOR_GRID` (set by the PCA start)
+        self.prior_choice: list[dict[str, Any]] | None = None
         # codes learned for the training snapshots, and a sketch to recognise them
         self._train_codes: Tensor | None = None
         self._train_sketch: Tensor | None = None
@@ -1967,7 +1992,7 @@ class SINR(Encoder):
             xs = x.detach().to(f64)
             n = xs.shape[0]
             codes = xs.new_zeros(n, c, k)
-            weights, biases = [], []
+            weights, biases, chosen = [], [], []
             for ci in range(c):
                 xc = xs[:, ci]
                 rows = torch.nonzero(torch.isfinite(xc).all(0) & (w > 0)).reshape(-1)
@@ -1978,19 +2003,16 @@ class SINR(Encoder):
                     )
                 xr, wr = xc[:, rows], w[rows].to(f64)
                 wh = wr / wr.sum()
-                mean = xr.mean(0)
-                a = (xr - mean) * wh.sqrt()
-                cov = a.t() @ a
                 kr = kern[rows][:, rows]
-                if gamma > 0.0:
+                kw = None
+                if gamma == "auto" or gamma > 0.0:
                     kw = wh.sqrt()[:, None] * kr * wh.sqrt()[None]
-                    scale = float(cov.diagonal().sum()) / float(kw.diagonal().sum())
-                    cov = cov + gamma * scale * kw
-                val, vec = torch.linalg.eigh(cov)
-                val, vec = val.flip(-1)[:k], vec.flip(-1)[:, :k]
-                tol = float(val.max().clamp_min(0.0)) * max(cov.shape) * torch.finfo(f64).eps
-                vec = vec * (val > tol)
-                eofs = vec / wh.sqrt()[:, None]  # (P_c, k), unit weighted mean square
+                g = gamma
+                if gamma == "auto":  # blocked cross-validation on the training fields
+                    g, scores = choose_prior(xr, wh, kw, k)
+                    chosen.append({"linear_prior": g, "cv_scores": scores})
+                # (P_c, k), unit weighted mean square
+                mean, eofs = shrunk_eofs(xr, wh, kw, float(g), k)
                 codes[:, ci, : eofs.shape[1]] = ((xr - mean) * wh) @ eofs
                 ridge = _GRID_FIT_RIDGE * float(kr.diagonal().mean())
                 chol = torch.linalg.cholesky(kr + torch.diag(ridge * wr.mean() / wr))
@@ -2001,6 +2023,8 @@ class SINR(Encoder):
                 weights.append(basis)
                 biases.append(coef[:, 0])
             self._set_linear_path(weights, biases)
+        if chosen:
+            self.prior_choice = chosen
         return codes.reshape(n, -1).to(self._ref.dtype)
 
     def _set_linear_path(self, weights: list[Tensor], biases: list[Tensor]) -> None:
@@ -2399,4 +2423,6 @@ class SINR(Encoder):
             hist["best_epoch"] = best_epoch
             hist["epochs_run"] = len(hist["train_loss"])
             hist["time_s"] = time.perf_counter() - t0
+            if pca_start and self.prior_choice is not None:
+                hist["linear_prior"] = copy.deepcopy(self.prior_choice)
             return hist
