@@ -148,3 +148,18 @@ def test_auto_prior_needs_two_fields():
         choose_prior(torch.zeros(1, 5, dtype=torch.float64),
                      torch.full((5,), 0.2, dtype=torch.float64),
                      torch.eye(5, dtype=torch.float64), 2)
+
+
+def test_a_regional_grid_without_region_warns_and_a_global_one_does_not():
+    import warnings
+
+    from xlatda.errors import RegionalGridWarning
+
+    with pytest.warns(RegionalGridWarning, match="region='auto'"):
+        SINR(1, SHAPE, 4, BOX, **NET)
+    glob = {"kind": "latlon", "lat": [60.0, 20.0, -20.0, -60.0],
+            "lon": [0.0, 60.0, 120.0, 180.0, 240.0, 300.0]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RegionalGridWarning)
+        SINR(1, (4, 6), 4, glob, **NET)
+        SINR(1, SHAPE, 4, BOX, region="auto", **NET)

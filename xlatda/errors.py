@@ -33,7 +33,9 @@ __all__ = [
     "ObservationError",
     "ObservationScaleWarning",
     "OutOfDistributionWarning",
+    "RegionalGridWarning",
     "ShapeError",
+    "SmallEnsembleWarning",
     "StoreError",
     "StoreMismatchError",
     "TimeSpanError",
@@ -192,4 +194,17 @@ class OutOfDistributionWarning(XlatdaError, UserWarning):
     and the dynamics are then extrapolating and their output should not be
     trusted. Silence it with ``warnings.simplefilter("ignore",
     xlatda.errors.OutOfDistributionWarning)``.
+    """
+
+
+class RegionalGridWarning(XlatdaError, UserWarning):
+    """A spherical encoder (SINR) built on a limited-area grid without ``region``.
+
+    On a regional box the spherical harmonics of the decoder's degrees are
+    nearly low-order polynomials, so a SINR on the raw coordinates can hold
+    little more than the box's mean gradient. Pass ``region="auto"`` (the box
+    is stretched onto a large patch of the sphere), or use
+    ``encoder_options=xlatda.encoders.sinr.SINR_PRESETS["regional"]``. If the
+    raw coordinates are meant, silence it with ``warnings.simplefilter(
+    "ignore", xlatda.errors.RegionalGridWarning)``.
     """

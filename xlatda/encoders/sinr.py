@@ -227,6 +227,7 @@ import copy
 import hashlib
 import math
 import time
+import warnings
 from typing import Any
 
 import torch
@@ -237,7 +238,7 @@ from xlatda import sphere
 from xlatda.encoders.base import Encoder, encoders
 from xlatda.encoders.sinr_prior import choose_prior, shrunk_eofs
 from xlatda.encoders.training import minimise_per_sample
-from xlatda.errors import ConfigError, ShapeError
+from xlatda.errors import ConfigError, RegionalGridWarning, ShapeError
 from xlatda.options import get_options, resolve_device, resolve_dtype
 
 __all__ = ["SINR", "SINR_PRESETS", "region_to_sphere", "sinr_max_degree"]
@@ -253,6 +254,9 @@ _LINEAR_FITS = ("projection", "grid")
 #: Relative noise of the grid fit's interpolation (``linear_fit="grid"``): the ridge is this
 #: times the mean prior variance at the grid points.
 _GRID_FIT_RIDGE = 1e-9
+#: A grid spanning less than this (latitude, longitude) in degrees is regional: SINR warns
+#: when it is built on one without ``region`` (see :class:`~xlatda.errors.RegionalGridWarning`).
+_REGIONAL_SPAN = (60.0, 90.0)
 #: Points whose affine maps are computed at once (float64 activations of
 #: ``(chunk, hidden)`` per layer).
 _AFFINE_CHUNK = 8192
@@ -828,6 +832,16 @@ class SINR(Encoder):
         lat, lon = self._grid_points()
         self._grid_latlon = torch.stack([lat, lon], dim=-1)  # (P, 2) float64, CPU
         self.region = _resolve_region(region, lat, lon)
+        if self.region is None:
+            box = _resolve_region("auto", lat, lon)
+            span_lat, span_lon = box["lat"][1] - box["lat"][0], box["lon"][1] - box["lon"][0]
+            if span_lat < _REGIONAL_SPAN[0] and span_lon < _REGIONAL_SPAN[1]:
+                warnings.warn(
+                    f"SINR on a limited-area grid ({span_lat:.3g} x {span_lon:.3g} degrees) "
+                    "with region=None: across such a box the spherical harmonics are nearly "
+                    "linear and the decoder holds little more than its mean gradient; pass "
+                    "region='auto' or encoder_options=xlatda.encoders.sinr."
+                    "SINR_PRESETS['regional']", RegionalGridWarning, stacklevel=2)
         self.region_stretch = str(region_stretch)
         if self._linear_request == "auto":
             self.linear_degree: int | None = self._auto_linear_degree()
