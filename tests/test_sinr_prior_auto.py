@@ -163,3 +163,18 @@ def test_a_regional_grid_without_region_warns_and_a_global_one_does_not():
         warnings.simplefilter("error", RegionalGridWarning)
         SINR(1, (4, 6), 4, glob, **NET)
         SINR(1, SHAPE, 4, BOX, region="auto", **NET)
+
+
+def test_an_iteration_that_does_not_converge_falls_back_to_the_dense_solution(monkeypatch):
+    import xlatda.encoders.sinr_prior as sp
+
+    gen = torch.Generator().manual_seed(3)
+    p, n, k = 25, 20, 4
+    x = torch.randn(n, p, generator=gen, dtype=torch.float64).cumsum(1) / 5
+    wh = torch.full((p,), 1.0 / p, dtype=torch.float64)
+    kw = _smooth_kernel(p)
+    slow = sp._subspace_eofs
+    monkeypatch.setattr(sp, "_subspace_eofs", lambda c, s, kk: slow(c, s, kk, max_iter=1))
+    _, scores = choose_prior(x, wh, kw, k)
+    ref = _reference(x, wh, kw, k, PRIOR_GRID, 4)
+    torch.testing.assert_close(torch.tensor(scores), torch.tensor(ref), rtol=1e-10, atol=0)

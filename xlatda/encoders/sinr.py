@@ -626,8 +626,8 @@ class SINR(Encoder):
         (:func:`~xlatda.encoders.sinr_prior.choose_prior`: 4 contiguous
         blocks, each held out in turn; the choice and the scores are in
         :attr:`prior_choice` and ``fit``'s history). It costs a few
-        ``P x P`` products per candidate (about 20 s at 1617 points on one
-        busy core). On the ERA5 UK box it picks 3 at latent 32 (a
+        ``P x P`` products per candidate and fold (about 5 s at 1617 points on
+        one busy core). On the ERA5 UK box it picks 3 at latent 32 (a
         hand search on validation days picked 1), see ``benchmarks/RESULTS.md``.
     linear_smoothness : float
         ``s > 0`` of the prior: coefficient variances ``(1 + l (l + 1))^{-s}``
