@@ -283,3 +283,13 @@ def test_shipped_config_full_run(name, tmp_path):
     assert float(rmse.sel(run="analysis")) < float(rmse.sel(run="background"))
     if name == "era5_t2m_uk.yaml":
         assert float(rmse.sel(run="analysis")) < float(rmse.sel(run="interpolation"))
+
+
+def test_run_without_quiet_draws_no_bars_when_output_goes_to_a_file(tmp_path):
+    # the command's default is the progress option ("auto"): bars only in a terminal, so
+    # a log file or CI output gets the progress lines but no tqdm redraws
+    cfg = write(tmp_path, GOOD.replace("OUT", str(tmp_path / "res.nc")))
+    out = subprocess.run([sys.executable, "-m", "xlatda.cli", "run", str(cfg)],
+                         capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    assert "it/s" not in out.stderr and "%|" not in out.stderr

@@ -35,7 +35,7 @@ def load_config(path: str | Path, *, data_dir: str | Path | None = None,
 
 def run_config(path: str | Path, *, data_dir: str | Path | None = None,
                out: str | Path | None = None, dry_run: bool = False,
-               progress: bool = True, echo: Any = print) -> Path | None:
+               progress: bool | None = None, echo: Any = print) -> Path | None:
     """Check, then run, the experiment of a configuration file.
 
     Parameters
@@ -48,8 +48,9 @@ def run_config(path: str | Path, *, data_dir: str | Path | None = None,
         Result file instead of ``output.path``.
     dry_run : bool
         Only check the configuration and the data it names; run nothing.
-    progress : bool
-        Progress bars.
+    progress : bool, optional
+        Progress bars (default: the ``progress`` option, ``"auto"``: in a
+        terminal or a Jupyter kernel, not when output goes to a file).
     echo : callable
         Where progress lines go.
 
@@ -149,10 +150,11 @@ def main(argv: list[str] | None = None) -> int:
             from xlatda.demo import run_demo
 
             run_demo(args.out, hours=args.hours, n_obs=args.obs, members=args.members,
-                     seed=args.seed, plot=not args.no_plot, progress=not args.quiet)
+                     seed=args.seed, plot=not args.no_plot,
+                     progress=False if args.quiet else None)
         elif args.command == "run":
             run_config(args.config, data_dir=args.data_dir, out=args.out,
-                       progress=not args.quiet)
+                       progress=False if args.quiet else None)
         else:
             bench(args.system, args.cycles, args.seed)
     except XlatdaError as err:

@@ -110,7 +110,7 @@ def run_demo(
     seed: int = 1,
     methods: tuple[str, ...] = ("enkf", "etkf", "4denvar", "3dvar", "score"),
     plot: bool = True,
-    progress: bool = True,
+    progress: bool | None = None,
     model: LatentModel | None = None,
     echo: Any = print,
 ) -> DemoResult:
@@ -136,8 +136,9 @@ def run_demo(
         when the model has a score prior, :func:`xlatda.fit_score`).
     plot : bool
         Write the figure (needs matplotlib).
-    progress : bool
-        Progress bars.
+    progress : bool, optional
+        Progress bars (default: the ``progress`` option, ``"auto"``: in a
+        terminal or a Jupyter kernel, not when output goes to a file).
     model : LatentModel, optional
         Another model instead of the shipped one.
     echo : callable

@@ -526,15 +526,20 @@ def check_data(cfg: dict[str, Any]) -> list[str]:
     return problems
 
 
-def run_experiment(cfg: dict[str, Any], *, progress: bool = True, out: str | Path | None = None,
+def run_experiment(cfg: dict[str, Any], *, progress: bool | None = None,
+                   out: str | Path | None = None,
                    echo: Any = print) -> Path:
     """Run a configuration (from :func:`xlatda.config.load_config`); returns the result path.
 
     See the module docstring for the steps and the result file. ``out``
     overrides ``output.path``; ``echo`` receives the progress lines (``None``:
-    silence).
+    silence); ``progress`` (bars) defaults to the ``progress`` option
+    (``"auto"``: in a terminal or a Jupyter kernel).
     """
     import xlatda
+
+    if progress is None:
+        progress = xlatda.get_options()["progress"]
 
     say = echo or (lambda *a, **k: None)
     out = Path(out if out is not None else cfg["output"]["path"])
