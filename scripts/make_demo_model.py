@@ -5,12 +5,15 @@ Run from the repository root (about a few minutes on 2 CPU cores)::
     python scripts/make_demo_model.py            # writes xlatda/data/demo_sw.zarr
     python scripts/make_demo_model.py --check    # also prints forecast skill
     python scripts/make_demo_model.py --score-only   # (re)fit only the score prior
+    python scripts/make_demo_model.py --prior-only   # (re)fit only the latent prior
 
 The data are generated here (no download): Galewsky-jet shallow water on a
 32 x 64 Gaussian grid, hourly, several trajectories with random jet speed and
 bump. The model is PCA (cos-lat weighted EOFs) + a neural ODE in latent space
-+ a diagonal model-error covariance + a score prior over windows of 5 hourly
-latent states (SLAMS; :func:`xlatda.fit_score`). Everything is seeded: rerunning gives
++ a diagonal model-error covariance + the latent prior of the training codes
+(what :func:`xlatda.fit` stores; the climatological initial ensemble and
+3DVar's default B) + a score prior over windows of 5 hourly latent states
+(SLAMS; :func:`xlatda.fit_score`). Everything is seeded: rerunning gives
 the same model up to floating-point summation order.
 """
 
@@ -60,6 +63,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--score-only", action="store_true",
                         help="keep the stored PCA, ODE and Q; (re)fit only the score prior")
+    parser.add_argument("--prior-only", action="store_true",
+                        help="keep everything stored; (re)fit only the latent prior of the "
+                             "training codes (the shipped model predated priors)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     s = SETTINGS
@@ -67,6 +73,13 @@ def main(argv: list[str] | None = None) -> None:
     ds = training_data(s)
     print(f"data {dict(ds.sizes)} in {time.perf_counter() - t0:.1f} s")
     t0 = time.perf_counter()
+    if args.prior_only:
+        model = xlatda.open_model(args.out)
+        model.prior = latent_prior(model, ds)
+        print(f"latent prior in {time.perf_counter() - t0:.1f} s")
+        model.save(args.out, overwrite=True)
+        print(f"wrote {args.out}")
+        return
     if args.score_only:
         model = xlatda.open_model(args.out)
     else:
@@ -87,6 +100,15 @@ def main(argv: list[str] | None = None) -> None:
     print(f"wrote {args.out} ({size / 1e6:.2f} MB)")
     if args.check:
         check(model, s)
+
+
+def latent_prior(model, ds):
+    """The Gaussian prior of the training codes, as :func:`xlatda.fit` fits it."""
+    from xlatda.prior import LatentPrior
+
+    z = ds.lda.encode(model)
+    codes = torch.as_tensor(np.asarray(z.z.values, np.float64).reshape(-1, model.latent_dim))
+    return LatentPrior.fit(codes).to(device=model.device, dtype=model.dtype)
 
 
 def check(model, s) -> dict:

@@ -37,3 +37,25 @@ def test_demo_full_size(tmp_path):
     for m in result.scores.run.values:
         if m != "free":
             assert float(rmse.sel(run=m)) < float(rmse.sel(run="free")), m
+
+
+def test_the_shipped_model_has_a_latent_prior_so_cycle_defaults_run():
+    # "a latent prior in every model": the shipped model predated priors, so cycle's
+    # defaults (climatological initial ensemble, 3DVar's B) were refused on it
+    import numpy as np
+
+    import xlatda
+    from xlatda.datasets import shallow_water
+    from xlatda.demo import demo_model_path
+
+    model = xlatda.open_model(demo_model_path())
+    assert model.prior is not None and model.prior.n_samples == 12 * 121
+    truth = shallow_water(nlat=32, nlon=64, hours=3, seed=5, spinup_hours=72, progress=False)
+    truth = truth.isel(trajectory=0, drop=True)
+    obs = xlatda.obs.sample_points(truth.isel(time=slice(1, None)), n=64,
+                                   error_std={"height": 5.0, "vorticity": 2e-6}, seed=1)
+    res = xlatda.cycle(truth.isel(time=0), obs, model, method="etkf", members=16, seed=0,
+                       progress=False)
+    assert np.isfinite(res.analysis.height.values).all()
+    var = xlatda.cycle(truth.isel(time=0), obs, model, method="3dvar", progress=False)
+    assert np.isfinite(var.analysis.height.values).all()
