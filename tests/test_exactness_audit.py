@@ -82,3 +82,68 @@ def test_letkf_resume_is_bit_identical(l96, tmp_path, monkeypatch, k, lag):
                              store=tmp_path / "i.zarr", **kw)
         _assert_same(xlatda.cycle(truth.isel(time=0), obs, Lorenz96(n=8),
                                   store=tmp_path / "i.zarr", **kw), full)
+
+
+# -- a cycle store is resumed only by the model that wrote it (by content) -----------
+def _resume_with(first_model, then_model, obs, truth, tmp_path):
+    times = np.unique(obs.time.values)
+    first = obs.where(obs.time <= times[3], drop=True)
+    kw = dict(method="etkf", members=6, init_std=1.0, progress=False)
+    store = tmp_path / "c.zarr"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        xlatda.cycle(truth.isel(time=0), first, first_model, store=store, **kw)
+        return xlatda.cycle(truth.isel(time=0), obs, then_model, store=store, **kw)
+
+
+@pytest.fixture(scope="module")
+def linear_model():
+    truth = xlatda.datasets.lorenz96(n=8, steps=119, seed=0)
+    return xlatda.fit(truth, encoder="pca", latent_dim=4, dynamics="linear", progress=False)
+
+
+def test_a_store_is_not_resumed_by_a_model_edited_in_place(l96, linear_model, tmp_path):
+    """The store knew a latent model by its ``model_id`` (set once, at random): after
+    ``model.dynamics.A`` was halved in place the store resumed, its first 4 analyses
+    from the old dynamics, the next 4 from the new. Now the weights' content is part
+    of the experiment (xlatda/cycle_store.py)."""
+    import copy
+
+    import torch
+
+    from xlatda.errors import StoreMismatchError
+
+    truth, obs = l96
+    edited = copy.deepcopy(linear_model)
+    with torch.no_grad():
+        edited.dynamics.A.mul_(0.5)
+    assert edited.model_id == linear_model.model_id
+    with pytest.raises(StoreMismatchError, match="model"):
+        _resume_with(linear_model, edited, obs, truth, tmp_path)
+    # the same model (and a deep copy of it) still resumes
+    same = _resume_with(linear_model, copy.deepcopy(linear_model), obs, truth, tmp_path / "b")
+    assert same.analysis.sizes["time"] == 8
+
+
+def test_a_store_is_not_resumed_by_another_step_function(l96, tmp_path):
+    """A physical model was known by its class and scalar attributes only: a
+    CallableModel wrapping another function (same dt, same shape) resumed the
+    store of the first."""
+    from xlatda.dynamics import CallableModel
+    from xlatda.errors import StoreMismatchError
+
+    truth, obs = l96
+    l96_model = Lorenz96(n=8)
+
+    def step(x, dt, theta=None):
+        return l96_model.step(x, dt)
+
+    def damped(x, dt, theta=None):
+        return 0.9 * l96_model.step(x, dt)
+
+    with pytest.raises(StoreMismatchError, match="model"):
+        _resume_with(CallableModel(step, (8,), 0.05), CallableModel(damped, (8,), 0.05), obs,
+                     truth, tmp_path)
+    same = _resume_with(CallableModel(step, (8,), 0.05), CallableModel(step, (8,), 0.05), obs,
+                        truth, tmp_path / "b")
+    assert same.analysis.sizes["time"] == 8

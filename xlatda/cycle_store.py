@@ -94,14 +94,81 @@ def fingerprint(parts: dict[str, Any]) -> str:
 
 
 def model_identity(model: Any) -> Any:
-    """What identifies ``model`` in a fingerprint: its ``model_id``, else its class and
-    scalar attributes (a physical model's settings)."""
+    """What identifies ``model`` in a fingerprint: its content, never its identity.
+
+    A :class:`~xlatda.LatentModel`: its ``model_id`` and a digest of every
+    weight (encoder, dynamics, model error, priors), the normalisation and the
+    fixed mask, so a model edited or re-fitted in place is another model. Any
+    other model (a physical one): its class and attributes, tensors and arrays by
+    content and functions by their code and closure (a ``CallableModel`` wrapping
+    another function is another model); attributes named ``*cache*`` (filled on
+    first use) are left out.
+
+    Examples
+    --------
+    >>> from xlatda.dynamics import Lorenz96
+    >>> model_identity(Lorenz96(n=8)) == model_identity(Lorenz96(n=8))
+    True
+    >>> model_identity(Lorenz96(n=8)) == model_identity(Lorenz96(n=8, forcing=9.0))
+    False
+    """
     ident = getattr(model, "model_id", None)
-    if ident is not None:
-        return ident
-    attrs = {k: v for k, v in vars(model).items() if isinstance(v, (int, float, str, bool))} \
-        if hasattr(model, "__dict__") else {}
-    return [type(model).__qualname__, attrs]
+    if ident is not None and hasattr(model, "encoder"):
+        parts = {name: getattr(model, name, None) for name in
+                 ("encoder", "dynamics", "model_error", "score", "prior", "missing",
+                  "time_step")}
+        norm = getattr(model, "normalizer", None)
+        parts["normalizer"] = norm.to_dict() if hasattr(norm, "to_dict") else norm
+        return [ident, _content(parts)]
+    return _content(model)
+
+
+def _content(value: Any, depth: int = 0) -> Any:
+    """A JSON-able digest of ``value`` by content (see :func:`model_identity`)."""
+    import types
+
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    if depth > 4:
+        return f"<{type(value).__qualname__}>"
+    if isinstance(value, (list, tuple)):
+        return [_content(v, depth + 1) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _content(v, depth + 1)
+                for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(value, (torch.Tensor, np.ndarray, np.generic, torch.nn.Module)):
+        return [type(value).__qualname__, _digest(value)]
+    if isinstance(value, types.MethodType):
+        return [_content(value.__self__, depth + 1), _content(value.__func__, depth + 1)]
+    if isinstance(value, types.FunctionType):
+        cells = []
+        for cell in value.__closure__ or ():
+            try:
+                cells.append(_content(cell.cell_contents, depth + 1))
+            except ValueError:  # an empty cell
+                cells.append(None)
+        return {"function": value.__qualname__, "code": _code_digest(value.__code__),
+                "defaults": _content(value.__defaults__, depth + 1), "closure": cells}
+    if hasattr(value, "__dict__") and not isinstance(value, type):
+        attrs = {k: v for k, v in vars(value).items() if "cache" not in k.lower()}
+        return [type(value).__qualname__, _content(attrs, depth + 1)]
+    return f"<{type(value).__module__}.{type(value).__qualname__}>"
+
+
+def _code_digest(code: Any) -> str:
+    """SHA-1 of a code object's bytecode, names and constants (nested code included)."""
+    import types
+
+    def consts(c: Any) -> str:
+        if isinstance(c, types.CodeType):
+            return _code_digest(c)
+        if isinstance(c, frozenset):
+            return repr(sorted(map(repr, c)))
+        return repr(c)
+
+    text = "|".join([code.co_code.hex(), repr(code.co_names), repr(code.co_varnames),
+                     *map(consts, code.co_consts)])
+    return hashlib.sha1(text.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
