@@ -147,3 +147,34 @@ def test_a_store_is_not_resumed_by_another_step_function(l96, tmp_path):
     same = _resume_with(CallableModel(step, (8,), 0.05), CallableModel(step, (8,), 0.05), obs,
                         truth, tmp_path / "b")
     assert same.analysis.sizes["time"] == 8
+
+
+# -- the PCA encoder's cached projection follows the content of its buffers ---------
+@pytest.mark.parametrize("edit", ["data", "numpy", "weights"])
+def test_pca_encode_follows_edits_its_version_counter_misses(edit):
+    """PCA.encode kept its projection while the buffers' version counters stood
+    still; an edit through ``.data``, through ``.numpy()`` or of the area weights
+    changes no counter, so encode used the old EOFs (the latents did not change at
+    all). Now the projection is made from the buffers at every call."""
+    import torch
+
+    truth = xlatda.datasets.lorenz96(n=8, steps=119, seed=0)
+    model = xlatda.fit(truth, encoder="pca", latent_dim=4, progress=False)
+    enc = model.encoder
+    x = torch.as_tensor(truth.x.values[:5], dtype=torch.float32).reshape(5, 1, 8)
+    with torch.inference_mode():
+        enc.encode(x)  # fills the cache
+    if edit == "data":
+        enc.components.data.mul_(2.0)
+    elif edit == "numpy":
+        enc.components.numpy()[:] *= 2.0
+    else:
+        enc.weights.numpy()[:] *= 2.0
+    with torch.inference_mode():
+        got = enc.encode(x)
+    # what the formula gives for the edited buffers
+    w = enc.weights
+    want = (x.reshape(5, -1) - enc.mean.reshape(1, -1)) @ (enc.components * w).T
+    if enc.whiten:
+        want = want / enc._scale()
+    assert torch.equal(got, want)
