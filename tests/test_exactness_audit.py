@@ -178,3 +178,40 @@ def test_pca_encode_follows_edits_its_version_counter_misses(edit):
     if enc.whiten:
         want = want / enc._scale()
     assert torch.equal(got, want)
+
+
+# -- a store interrupted inside a window shows its committed windows only -------------
+@pytest.mark.parametrize("group", ["background", "diagnostics", "resume"])
+def test_open_result_shows_only_committed_windows(l96, tmp_path, monkeypatch, group):
+    """A run stopped while appending its 3rd window's ``group`` left the groups at
+    different lengths (4 analyses, 3 backgrounds; or 4 of everything with 3
+    windows committed) and open_result returned them as they were: an analysis
+    without its background, diagnostics or resume point read as a result. Now
+    open_result cuts every group back to the committed windows (what a rerun
+    resumes from)."""
+    import xarray as xr
+
+    truth, obs = l96
+    kw = dict(method="etkf", members=6, init_std=1.0, progress=False, seed=3)
+    orig, count = xr.Dataset.to_zarr, [0]
+
+    def to_zarr(self, *args, group=None, **kwargs):
+        if group == group_name and "append_dim" in kwargs:
+            count[0] += 1
+            if count[0] == 3:
+                raise _Stop
+        return orig(self, *args, group=group, **kwargs)
+
+    group_name = group
+    store = tmp_path / "c.zarr"
+    with monkeypatch.context() as m:
+        m.setattr(xr.Dataset, "to_zarr", to_zarr)
+        with pytest.raises(_Stop):
+            xlatda.cycle(truth.isel(time=0), obs, Lorenz96(n=8), store=store, **kw)
+    part = xlatda.cycle_store.open_result(store)
+    sizes = {name: getattr(part, name).sizes["time"]
+             for name in ("analysis", "background", "diagnostics")}
+    assert sizes == {"analysis": 3, "background": 3, "diagnostics": 3}, sizes
+    full = xlatda.cycle(truth.isel(time=0), obs, Lorenz96(n=8), **kw)
+    np.testing.assert_array_equal(part.analysis.x.values, full.analysis.x.values[:3])
+    _assert_same(xlatda.cycle(truth.isel(time=0), obs, Lorenz96(n=8), store=store, **kw), full)

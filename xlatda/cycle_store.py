@@ -248,6 +248,11 @@ def _remove_leftovers(final: Path) -> None:
 def open_result(store: str | Path) -> CycleResult:
     """The stored cycle as a :class:`~xlatda.cycle_records.CycleResult` (lazy).
 
+    Only the committed windows are shown: a run stopped while appending a
+    window may have written some of its groups (an analysis without its
+    background, diagnostics or resume point); those records are left out, as
+    a rerun would recompute them.
+
     Raises
     ------
     ConfigError
@@ -255,22 +260,60 @@ def open_result(store: str | Path) -> CycleResult:
         lengths): rerunning the same cycle resumes and repairs it.
     """
     path = str(store)
+    torn = ConfigError(
+        f"{path!r} was interrupted in the middle of writing an analysis; rerun the "
+        "same xlatda.cycle(..., store=...) call: it resumes after the last complete "
+        "analysis and repairs the store")
     try:
         opened = {n: xr.open_zarr(path, group=n, consolidated=False)
                   for n in ("analysis", "background", "diagnostics")}
     except ValueError as err:
         if "conflicting sizes" not in str(err):
             raise
-        raise ConfigError(
-            f"{path!r} was interrupted in the middle of writing an analysis ({err}); rerun the "
-            "same xlatda.cycle(..., store=...) call: it resumes after the last complete "
-            "analysis and repairs the store"
-        ) from None
+        raise torn from None
     try:
-        params = xr.open_zarr(path, group="parameters", consolidated=False)
+        opened["parameters"] = xr.open_zarr(path, group="parameters", consolidated=False)
     except (FileNotFoundError, KeyError, OSError, ValueError):
-        params = None
-    return CycleResult(opened["analysis"], opened["background"], opened["diagnostics"], params)
+        opened["parameters"] = None
+    n = _committed_records(path, opened["analysis"])
+    if n is not None:
+        for name, ds in opened.items():
+            if ds is None:
+                continue
+            tdim = _record_dim(opened["analysis"])
+            if ds.sizes.get(tdim, 0) < n:
+                raise torn
+            opened[name] = ds.isel({tdim: slice(0, n)})
+    return CycleResult(opened["analysis"], opened["background"], opened["diagnostics"],
+                       opened["parameters"])
+
+
+def _record_dim(analysis: xr.Dataset) -> str:
+    """The time dimension the records are appended along (each variable's first)."""
+    return next(iter(analysis.data_vars.values())).dims[0]
+
+
+def _committed_records(path: str, analysis: xr.Dataset) -> int | None:
+    """Records of the committed windows (analysis times up to the last committed
+    window's end); None for a store without the marks (the records as they are)."""
+    import zarr
+
+    from xlatda.windows import float_times
+
+    committed = dict(zarr.open_group(path, mode="r").attrs).get(COMMITTED)
+    if committed is None or not analysis.data_vars:
+        return None
+    try:
+        ends = np.asarray(xr.open_zarr(path, group="resume", consolidated=False)
+                          ["window_end"].values)
+    except (FileNotFoundError, KeyError, OSError, ValueError):
+        return None
+    w = min(int(committed), len(ends))
+    if w == 0:
+        return 0
+    times = float_times(analysis[_record_dim(analysis)].values)
+    end = float(ends[w - 1])
+    return int(np.sum(times <= end + 1e-9 * max(1.0, abs(end))))
 
 
 def _length(group: Any, dim: str) -> int:
