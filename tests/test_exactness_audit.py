@@ -215,3 +215,24 @@ def test_open_result_shows_only_committed_windows(l96, tmp_path, monkeypatch, gr
     full = xlatda.cycle(truth.isel(time=0), obs, Lorenz96(n=8), **kw)
     np.testing.assert_array_equal(part.analysis.x.values, full.analysis.x.values[:3])
     _assert_same(xlatda.cycle(truth.isel(time=0), obs, Lorenz96(n=8), store=store, **kw), full)
+
+
+# -- the guide's reproducibility list (docs/guide.md, "what gives the same bits") -----
+def test_chunking_scheduler_and_progress_leave_the_bits(l96, linear_model):
+    """Guards the guide's list: dask-backed observations and background (chunked in
+    space), the threaded scheduler and progress bars give the eager run's bits."""
+    import dask
+
+    truth, obs = l96
+    kw = dict(method="etkf", progress=False, seed=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        base = xlatda.cycle(truth.isel(time=0), obs, linear_model, **kw)
+        chunked = xlatda.cycle(truth.chunk({"k": 4}).isel(time=0), obs.chunk({"obs": 5}),
+                               linear_model, **kw)
+        with dask.config.set(scheduler="threads"):
+            threaded = xlatda.cycle(truth.chunk({"k": 4}).isel(time=0), obs.chunk({"obs": 7}),
+                                    linear_model, **kw)
+        bars = xlatda.cycle(truth.isel(time=0), obs, linear_model, **{**kw, "progress": True})
+    for other in (chunked, threaded, bars):
+        _assert_same(other, base)
