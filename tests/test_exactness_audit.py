@@ -236,3 +236,28 @@ def test_chunking_scheduler_and_progress_leave_the_bits(l96, linear_model):
         bars = xlatda.cycle(truth.isel(time=0), obs, linear_model, **{**kw, "progress": True})
     for other in (chunked, threaded, bars):
         _assert_same(other, base)
+
+
+def test_sinr_affine_map_follows_a_data_edit_of_its_weights():
+    """SINR's affine caches were keyed by each parameter's data pointer and version
+    counter; ``p.data.mul_(2)`` moves neither, so ``affine_map`` (and the exact
+    encode and decode_at built on it) kept the old weights' map. Now the key is a
+    digest of the weights' content."""
+    import torch
+
+    from xlatda.encoders.sinr import SINR
+
+    grid = {"kind": "points", "lat": [0.0, 45.0, -45.0], "lon": [0.0, 90.0, 200.0]}
+    torch.manual_seed(0)
+    enc = SINR(1, (3,), latent_dim=2, grid=grid, hidden=4, depth=2, max_freq=1)
+    enc.fit(torch.randn(2, 1, 3), epochs=1, progress=False)
+    points = torch.tensor([[10.0, 20.0], [-30.0, 100.0]])
+    channel = torch.zeros(2, dtype=torch.long)
+    enc.affine_map()
+    enc.affine_map(points, channel)
+    next(enc.parameters()).data.mul_(2.0)
+    got = [enc.affine_map(), enc.affine_map(points, channel)]
+    enc._affine_cache.clear()
+    want = [enc.affine_map(), enc.affine_map(points, channel)]
+    for (o1, m1), (o2, m2) in zip(got, want):
+        assert torch.equal(o1, o2) and torch.equal(m1, m2)

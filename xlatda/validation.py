@@ -616,7 +616,7 @@ def check_masked_places(obs: Any, model: Any) -> None:
         f"{int(empty.sum())} observation place(s) lie only on cells where the model has no "
         f"data (its fixed mask, e.g. the sea of a land-only product): {'; '.join(where)}"
         f"{more}. Nothing there can be read from the analysis; drop them before cycling "
-        f"({how})")
+        f"(from the station table, or {how})")
 
 
 def check_run(method: str, kernel: type, adapter: Any, settings: Mapping[str, Any], *,
