@@ -138,6 +138,8 @@ def _content(value: Any, depth: int = 0) -> Any:
                 for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
     if isinstance(value, (torch.Tensor, np.ndarray, np.generic, torch.nn.Module)):
         return [type(value).__qualname__, _digest(value)]
+    if isinstance(value, types.ModuleType):
+        return f"<module {value.__name__}>"
     if isinstance(value, types.MethodType):
         return [_content(value.__self__, depth + 1), _content(value.__func__, depth + 1)]
     if isinstance(value, types.FunctionType):
