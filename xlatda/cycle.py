@@ -446,7 +446,10 @@ def _drive(inst, proto, sp, windows, ens, t_cur, state, *, noise, recorder, stor
                     if checked:
                         check_finite(ens_b, "forecast", win.index, win.labels[0])
                     raise
-                ens, t_cur, state = res.steps[-1][1], win.times[-1], dict(res.state)
+                # carried row-major: a kernel's view (LETKF's is column-major) would
+                # round the next analysis differently from the ensemble a resume reads
+                ens, t_cur = res.steps[-1][1].contiguous(), win.times[-1]
+                state = dict(res.state)
                 check_finite(ens, "analysis", win.index, win.labels[-1])
                 n0 = len(recorder)
                 recorder.add(sp, res, win)

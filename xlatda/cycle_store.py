@@ -94,14 +94,83 @@ def fingerprint(parts: dict[str, Any]) -> str:
 
 
 def model_identity(model: Any) -> Any:
-    """What identifies ``model`` in a fingerprint: its ``model_id``, else its class and
-    scalar attributes (a physical model's settings)."""
+    """What identifies ``model`` in a fingerprint: its content, never its identity.
+
+    A :class:`~xlatda.LatentModel`: its ``model_id`` and a digest of every
+    weight (encoder, dynamics, model error, priors), the normalisation and the
+    fixed mask, so a model edited or re-fitted in place is another model. Any
+    other model (a physical one): its class and attributes, tensors and arrays by
+    content and functions by their code and closure (a ``CallableModel`` wrapping
+    another function is another model); attributes named ``*cache*`` (filled on
+    first use) are left out.
+
+    Examples
+    --------
+    >>> from xlatda.dynamics import Lorenz96
+    >>> model_identity(Lorenz96(n=8)) == model_identity(Lorenz96(n=8))
+    True
+    >>> model_identity(Lorenz96(n=8)) == model_identity(Lorenz96(n=8, forcing=9.0))
+    False
+    """
     ident = getattr(model, "model_id", None)
-    if ident is not None:
-        return ident
-    attrs = {k: v for k, v in vars(model).items() if isinstance(v, (int, float, str, bool))} \
-        if hasattr(model, "__dict__") else {}
-    return [type(model).__qualname__, attrs]
+    if ident is not None and hasattr(model, "encoder"):
+        parts = {name: getattr(model, name, None) for name in
+                 ("encoder", "dynamics", "model_error", "score", "prior", "missing",
+                  "time_step")}
+        norm = getattr(model, "normalizer", None)
+        parts["normalizer"] = norm.to_dict() if hasattr(norm, "to_dict") else norm
+        return [ident, _content(parts)]
+    return _content(model)
+
+
+def _content(value: Any, depth: int = 0) -> Any:
+    """A JSON-able digest of ``value`` by content (see :func:`model_identity`)."""
+    import types
+
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    if depth > 4:
+        return f"<{type(value).__qualname__}>"
+    if isinstance(value, (list, tuple)):
+        return [_content(v, depth + 1) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _content(v, depth + 1)
+                for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(value, (torch.Tensor, np.ndarray, np.generic, torch.nn.Module)):
+        return [type(value).__qualname__, _digest(value)]
+    if isinstance(value, types.ModuleType):
+        return f"<module {value.__name__}>"
+    if isinstance(value, types.MethodType):
+        return [_content(value.__self__, depth + 1), _content(value.__func__, depth + 1)]
+    if isinstance(value, types.FunctionType):
+        cells = []
+        for cell in value.__closure__ or ():
+            try:
+                cells.append(_content(cell.cell_contents, depth + 1))
+            except ValueError:  # an empty cell
+                cells.append(None)
+        return {"function": value.__qualname__, "code": _code_digest(value.__code__),
+                "defaults": _content(value.__defaults__, depth + 1), "closure": cells}
+    if hasattr(value, "__dict__") and not isinstance(value, type):
+        attrs = {k: v for k, v in vars(value).items() if "cache" not in k.lower()}
+        return [type(value).__qualname__, _content(attrs, depth + 1)]
+    return f"<{type(value).__module__}.{type(value).__qualname__}>"
+
+
+def _code_digest(code: Any) -> str:
+    """SHA-1 of a code object's bytecode, names and constants (nested code included)."""
+    import types
+
+    def consts(c: Any) -> str:
+        if isinstance(c, types.CodeType):
+            return _code_digest(c)
+        if isinstance(c, frozenset):
+            return repr(sorted(map(repr, c)))
+        return repr(c)
+
+    text = "|".join([code.co_code.hex(), repr(code.co_names), repr(code.co_varnames),
+                     *map(consts, code.co_consts)])
+    return hashlib.sha1(text.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -181,6 +250,11 @@ def _remove_leftovers(final: Path) -> None:
 def open_result(store: str | Path) -> CycleResult:
     """The stored cycle as a :class:`~xlatda.cycle_records.CycleResult` (lazy).
 
+    Only the committed windows are shown: a run stopped while appending a
+    window may have written some of its groups (an analysis without its
+    background, diagnostics or resume point); those records are left out, as
+    a rerun would recompute them.
+
     Raises
     ------
     ConfigError
@@ -188,22 +262,61 @@ def open_result(store: str | Path) -> CycleResult:
         lengths): rerunning the same cycle resumes and repairs it.
     """
     path = str(store)
+    torn = ConfigError(
+        f"{path!r} was interrupted in the middle of writing an analysis; rerun the "
+        "same xlatda.cycle(..., store=...) call: it resumes after the last complete "
+        "analysis and repairs the store")
     try:
         opened = {n: xr.open_zarr(path, group=n, consolidated=False)
                   for n in ("analysis", "background", "diagnostics")}
     except ValueError as err:
         if "conflicting sizes" not in str(err):
             raise
-        raise ConfigError(
-            f"{path!r} was interrupted in the middle of writing an analysis ({err}); rerun the "
-            "same xlatda.cycle(..., store=...) call: it resumes after the last complete "
-            "analysis and repairs the store"
-        ) from None
+        raise torn from None
     try:
-        params = xr.open_zarr(path, group="parameters", consolidated=False)
+        opened["parameters"] = xr.open_zarr(path, group="parameters", consolidated=False)
     except (FileNotFoundError, KeyError, OSError, ValueError):
-        params = None
-    return CycleResult(opened["analysis"], opened["background"], opened["diagnostics"], params)
+        opened["parameters"] = None
+    n = _committed_records(path, opened["analysis"])
+    if n is not None:
+        for name, ds in opened.items():
+            if ds is None:
+                continue
+            tdim = _record_dim(opened["analysis"])
+            if ds.sizes.get(tdim, 0) < n:
+                raise torn
+            opened[name] = ds.isel({tdim: slice(0, n)})
+    return CycleResult(opened["analysis"], opened["background"], opened["diagnostics"],
+                       opened["parameters"])
+
+
+def _record_dim(analysis: xr.Dataset) -> str:
+    """The time dimension the records are appended along (each variable's first)."""
+    return next(iter(analysis.data_vars.values())).dims[0]
+
+
+def _committed_records(path: str, analysis: xr.Dataset) -> int | None:
+    """Records of the committed windows (analysis times up to the last committed
+    window's end); None for a store without the marks (the records as they are)."""
+    import zarr
+
+    from xlatda.windows import float_times
+
+    committed = dict(zarr.open_group(path, mode="r").attrs).get(COMMITTED)
+    if committed is None or not analysis.data_vars:
+        return None
+    try:
+        ends = np.asarray(xr.open_zarr(path, group="resume", consolidated=False)
+                          ["window_end"].values)
+    except (FileNotFoundError, KeyError, OSError, ValueError):
+        return None
+    w = min(int(committed), len(ends))
+    if w == 0:
+        return 0
+    times = float_times(analysis[_record_dim(analysis)].values)
+    end = float(ends[w - 1])
+    # (both times come from the same labels through float_times: equal to rounding)
+    return int(np.sum(times <= end + 4 * np.spacing(abs(end))))
 
 
 def _length(group: Any, dim: str) -> int:

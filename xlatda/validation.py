@@ -549,6 +549,76 @@ def _obs_times(obs: Any) -> np.ndarray | None:
     return None
 
 
+def check_masked_places(obs: Any, model: Any) -> None:
+    """Refuse observation places whose cells all lie in the model's fixed mask.
+
+    A latent model fitted on a land-only (or sea-only) product has no data in
+    its masked cells; a station whose interpolation weights fall only there
+    cannot be read from the decoded state. Checked for every place and variable
+    before a run starts (rather than at the first analysis that sees it);
+    block-mean observations (with a footprint) are not checked here.
+
+    Raises
+    ------
+    ObservationError
+        Naming the stations (or places), their variables and first times, and
+        how to drop them.
+    """
+    from xlatda.errors import ObservationError
+
+    mask = getattr(model, "missing", None)
+    grid = getattr(getattr(model, "encoder", None), "grid", None)
+    layout = getattr(model, "layout", None)
+    if (mask is None or grid is None or layout is None or not isinstance(obs, xr.Dataset)
+            or not np.asarray(mask).any()):
+        return
+    from xlatda.encoders.training import interpolation_weights, without_data
+    from xlatda.obs.contract import to_tensors, validate
+
+    validate(obs, layout)
+    table = to_tensors(obs, layout, _validated=True)
+    if len(table) == 0 or table.footprint_weight is not None:
+        return
+    if grid["kind"] == "generic":
+        if table.position is None:
+            return
+        pts = np.asarray(table.position, dtype=np.float64).reshape(-1, 1)
+    elif table.lat is None or table.lon is None:
+        return
+    else:
+        pts = np.stack([np.asarray(table.lat, np.float64), np.asarray(table.lon, np.float64)], 1)
+    channel = np.asarray(table.channel, dtype=np.int64)
+    places, first = np.unique(np.column_stack([pts, channel]), axis=0, return_index=True)
+    valid = ~torch.as_tensor(np.asarray(mask, dtype=bool))
+    mat = interpolation_weights(grid, torch.as_tensor(places[:, :-1]),
+                                getattr(model.encoder, "neighbours", 1))
+    empty = without_data(mat, torch.as_tensor(places[:, -1], dtype=torch.long),
+                         valid.reshape(valid.shape[0], -1)).numpy()
+    if not empty.any():
+        return
+    rows = np.asarray(table.obs_index)[first[empty]]
+    names = obs["station"].values if "station" in obs.coords else None
+    times = obs["time"].values if "time" in obs.coords else None
+    where = []
+    for row, place, ch in zip(rows[:5], places[empty][:5, :-1], places[empty][:5, -1]):
+        label = f"station {names[row]!r} at " if names is not None else ""
+        at = (f"position {place[0]:g}" if grid["kind"] == "generic"
+              else f"lat {place[0]:g}, lon {place[1]:g}")
+        t = None if times is None else times[row]
+        if isinstance(t, np.datetime64):
+            t = np.datetime_as_string(t, unit="s")
+        when = "" if t is None else f", first at {t}"
+        where.append(f"{label}{at} ({layout.channels[int(ch)]}{when})")
+    more = f" and {int(empty.sum()) - 5} more" if empty.sum() > 5 else ""
+    how = ("obs.where(~obs.station.isin([...]), drop=True)" if names is not None
+           else "obs.where(~(...), drop=True) on their places")
+    raise ObservationError(
+        f"{int(empty.sum())} observation place(s) lie only on cells where the model has no "
+        f"data (its fixed mask, e.g. the sea of a land-only product): {'; '.join(where)}"
+        f"{more}. Nothing there can be read from the analysis; drop them before cycling "
+        f"(from the station table, or {how})")
+
+
 def check_run(method: str, kernel: type, adapter: Any, settings: Mapping[str, Any], *,
               members: Any, background: xr.Dataset | None = None, layout: Any = None,
               model: Any = None, obs: Any = None, store: Any = None) -> None:
@@ -603,6 +673,7 @@ def check_run(method: str, kernel: type, adapter: Any, settings: Mapping[str, An
     if members is not None:
         draws = getattr(adapter, "ensemble", True) and getattr(adapter, "forecasts", True)
         check_members(members, minimum=2 if draws and not has_members else 1)
+    check_masked_places(obs, model)
     if background is None:
         return
     fitted = getattr(getattr(model, "layout", None), "variables", None)

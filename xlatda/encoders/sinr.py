@@ -1244,13 +1244,18 @@ class SINR(Encoder):
         return max(1, _CHUNK_ELEMENTS // max(1, n_points * per_point * self.hidden))
 
     # ------------------------------------------------------------ affine structure
-    def _weights_version(self) -> tuple:
-        """Identity and in-place version of every parameter and of the latent basis.
+    def _weights_version(self) -> str:
+        """Digest of the content of every parameter and of the latent basis.
 
-        (Keys the affine caches.)
+        (Keys the affine caches: by content, as version counters and data
+        pointers miss an edit through ``.data`` or ``.numpy()``. Costs one read of
+        the weights per lookup, small next to building an affine map.)
         """
-        tensors = [*self.parameters(), self.basis_offset, self.basis_matrix]
-        return tuple((p.data_ptr(), p._version) for p in tensors)
+        h = hashlib.blake2b(digest_size=16)
+        for t in (*self.parameters(), self.basis_offset, self.basis_matrix):
+            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy())
+        return h.hexdigest()
 
     def _affine(self, feats: Tensor, channel: Tensor) -> tuple[Tensor, Tensor]:
         r"""The exact affine form of the decoder at points: ``D(z; p) = d(p) + J(p) a_c``.

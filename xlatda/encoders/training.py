@@ -766,34 +766,8 @@ class PointOperatorCache:
         return op
 
     def _build(self, grid, n_channels, spatial_shape, points, channel, dtype, device):
-        pts = points.to(device=device, dtype=torch.float64)
-        kw = {"dtype": dtype, "device": device}
-        kind = grid["kind"]
-        if kind == "latlon":
-            mat = grid_interpolation_matrix(
-                torch.as_tensor(grid["lat"], dtype=torch.float64),
-                torch.as_tensor(grid["lon"], dtype=torch.float64),
-                pts[:, 0],
-                pts[:, 1],
-                **kw,
-            )
-        elif kind == "points":
-            mat = nearest_point_matrix(
-                torch.as_tensor(grid["lat"], dtype=torch.float64),
-                torch.as_tensor(grid["lon"], dtype=torch.float64),
-                pts[:, 0],
-                pts[:, 1],
-                k=self.neighbours,
-                **kw,
-            )
-        else:
-            mat = index_interpolation_matrix(
-                int(grid["n"]),
-                pts[:, 0],
-                periodic=bool(grid.get("periodic", False)),
-                method="linear",
-                **kw,
-            )
+        mat = interpolation_weights(grid, points, self.neighbours, dtype=dtype,
+                                    device=device)
         if self._valid is not None:
             mat = _renormalised(mat, channel, self._valid, points)
         return ObservationOperator(mat, channel.to(device), n_channels, spatial_shape=spatial_shape)
@@ -817,6 +791,56 @@ class PointOperatorCache:
         if valid is not None:
             self._valid, self._valid_key = torch.as_tensor(valid), self._digest(
                 torch.as_tensor(valid))
+
+
+def interpolation_weights(grid: dict[str, Any], points: Tensor, neighbours: int = 1, *,
+                          dtype: torch.dtype = torch.float64,
+                          device: torch.device | str = "cpu") -> Tensor:
+    """Interpolation weights ``(P, S)`` of the grid's cells at ``points`` (no mask).
+
+    ``grid`` as an encoder's ``grid``; the kinds and ``points`` columns as in
+    :class:`PointOperatorCache`.
+    """
+    pts = torch.as_tensor(points).to(device=device, dtype=torch.float64)
+    kw = {"dtype": dtype, "device": device}
+    kind = grid["kind"]
+    if kind == "latlon":
+        return grid_interpolation_matrix(
+            torch.as_tensor(grid["lat"], dtype=torch.float64),
+            torch.as_tensor(grid["lon"], dtype=torch.float64), pts[:, 0], pts[:, 1], **kw)
+    if kind == "points":
+        return nearest_point_matrix(
+            torch.as_tensor(grid["lat"], dtype=torch.float64),
+            torch.as_tensor(grid["lon"], dtype=torch.float64), pts[:, 0], pts[:, 1],
+            k=int(neighbours), **kw)
+    return index_interpolation_matrix(int(grid["n"]), pts[:, 0],
+                                      periodic=bool(grid.get("periodic", False)),
+                                      method="linear", **kw)
+
+
+def without_data(mat: Tensor, channel: Tensor, valid: Tensor) -> Tensor:
+    """``(P,)`` bool: the rows of point weights ``mat`` ``(P, S)`` whose every weight
+    falls on cells ``valid`` ``(C, S)`` marks as empty for the row's channel.
+
+    Examples
+    --------
+    >>> import torch
+    >>> mat = torch.tensor([[0.5, 0.5, 0.0], [0.0, 0.5, 0.5]])
+    >>> valid = torch.tensor([[True, False, False]])
+    >>> without_data(mat, torch.zeros(2, dtype=torch.long), valid).tolist()
+    [False, True]
+    """
+    if mat.layout != torch.sparse_coo:
+        mat = mat.to_sparse(layout=torch.sparse_coo)
+    coo = mat.coalesce()
+    rows, cols = coo.indices()
+    vals = coo.values()
+    keep = valid.to(rows.device)[channel.to(rows.device)[rows], cols]
+    total = torch.zeros(mat.shape[0], dtype=vals.dtype, device=vals.device)
+    total.index_add_(0, rows, vals)
+    kept = torch.zeros_like(total)
+    kept.index_add_(0, rows, torch.where(keep, vals, torch.zeros_like(vals)))
+    return (kept.abs() <= 1e-12 * total.abs().clamp_min(1e-300)) & (total != 0)
 
 
 def _renormalised(mat: Tensor, channel: Tensor, valid: Tensor, points: Tensor) -> Tensor:
