@@ -39,10 +39,10 @@ import numpy as np
 import torch
 import xarray as xr
 
-# Imported for their registrations: the adapters of the built-in kernels and of
-# the methods defined next to their models (xlatda.generative).
-import xlatda.generative
-import xlatda.methods.adapters  # noqa: F401
+# Imported for their registrations: the methods defined next to their models
+# (xlatda.generative); the adapters of the built-in kernels come with
+# xlatda.methods.adapters below.
+import xlatda.generative  # noqa: F401
 from xlatda._threads import with_thread_scope
 from xlatda.cycle_records import AnalysisError, CycleRecorder, CycleResult, check_finite
 from xlatda.cycle_store import fingerprint, open_result, resume, write_window
@@ -50,6 +50,8 @@ from xlatda.cycle_store import model_identity as _model_identity
 from xlatda.errors import ConfigError, ObservationError, SmallEnsembleWarning
 from xlatda.initial import initial_ensemble, initial_parameters
 from xlatda.initial import start_state as _start
+from xlatda.methods.adapters import EnsembleFilter, LocalFilter
+from xlatda.methods.consistency import AnalysisLabel, monitor_state
 from xlatda.methods.inflation import cycle_defaults
 from xlatda.methods.protocol import DEFAULT_METHOD
 from xlatda.methods.protocol import cycling_method as _lookup
@@ -62,6 +64,8 @@ from xlatda.validation import check_run
 from xlatda.windows import ObservationWindow, float_times, plan_windows
 
 __all__ = ["CycleResult", "assimilate", "cycle"]
+
+_F64 = torch.float64
 
 
 # -- public functions ---------------------------------------------------------
@@ -399,6 +403,9 @@ def _drive(inst, proto, sp, windows, ens, t_cur, state, *, noise, recorder, stor
     """Forecast, analyse, record and store each window in turn (and revise the
     recorded analyses with ``smoother``, a :class:`FixedLagSmoother`)."""
     progress = get_options()["progress"] if progress is None else progress
+    if store is None and smoother is None and _fusable(inst, proto, sp, windows, ens):
+        return _drive_fused(inst, sp, windows, ens, t_cur, state, noise=noise,
+                            recorder=recorder, progress=progress, total=total, desc=desc)
     pending: collections.deque = collections.deque()  # smoothed windows not yet written
     bar = None
     if progress:
@@ -482,6 +489,100 @@ def _drive(inst, proto, sp, windows, ens, t_cur, state, *, noise, recorder, stor
     if store is not None and Path(str(store)).exists():
         return open_result(store)
     return recorder.result()
+
+
+def _fusable(inst, proto, sp, windows, ens) -> bool:
+    """Whether :func:`_drive_fused` runs this cycle: a built-in ensemble filter
+    (:class:`~xlatda.methods.adapters.EnsembleFilter` or ``LocalFilter`` around a
+    kernel with the built-in step, no additive inflation) in physical space without
+    parameters or regimes, one CPU float64 ensemble, one observation time per window
+    (and, in :func:`_drive`, no store and no smoother)."""
+    return (proto.forecasts and proto.ensemble and type(inst) in (EnsembleFilter, LocalFilter)
+            and inst.checks_forecast and inst._kernel_step == getattr(inst.kernel,
+                                                                      "_cycle_step", None)
+            and sp.kind == "physical" and not sp.n_params and not sp.n_regime
+            and isinstance(ens, torch.Tensor) and ens.dim() == 2
+            and ens.dtype == torch.float64 and ens.device.type == "cpu"
+            and all(len(w.tables) == 1 for w in windows))
+
+
+def _drive_fused(inst, sp, windows, ens, t_cur, state, *, noise, recorder, progress, total,
+                 desc) -> CycleResult:
+    """:func:`_drive` for the common case (:func:`_fusable`): forecast, observe,
+    analyse and record in one tight loop, the result made once at the end.
+
+    The same tensor operations, in the same order, as the general loop
+    through the adapter (:meth:`EnsembleFilter.analyse`) and
+    :class:`CycleRecorder`, so the same numbers bit for bit
+    (``benchmarks/cycle_fingerprint.py``); what goes is the glue around them:
+    one inference-mode block for the whole loop, one generator re-seeded per
+    window (the same stream as a fresh one), the observation operator (a gather
+    where it is one) and the localisation looked up once per distinct place
+    set, the kernel's step and the divergence monitor called directly, and
+    the records kept as columns (no per-analysis rows, dicts or results)
+    handed to :meth:`CycleRecorder.columns_to_datasets` once.
+    """
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, initial=total - len(windows), desc=desc, leave=False)
+    step, monitor = inst._kernel_step, inst.monitor
+    localised = inst.localised
+    kstate = {k: v for k, v in state.items() if not k.startswith("monitor_")} or None
+    mstate = monitor_state(state)
+    plans: dict[tuple, tuple] = {}  # operator key -> (observer, locations)
+    times, analysis, background, obs, n_obs, diags = [], [], [], [], [], []
+    gen = torch.Generator()
+    try:
+        with torch.inference_mode():
+            for win in windows:
+                table = win.tables[0]
+                key = sp._key(table)
+                plan = plans.get(key)
+                if plan is None:
+                    plan = plans[key] = (sp.observer(table, ens),
+                                         sp.locations(table) if localised else None)
+                gen.manual_seed(win.seed)
+                ens_b = sp.forecast(ens, t_cur, win.times[0], generator=gen, noise=noise)
+                hx = plan[0](ens_b)
+                y, r = table.values, table.error_std
+                y = y if y.dtype == _F64 else y.to(_F64)
+                r = r if r.dtype == _F64 else r.to(_F64)
+                try:
+                    ana, diag, kstate = step(ens_b, hx, y, r, generator=gen, locations=plan[1],
+                                             state=kstate or None, n_params=0)
+                except torch.linalg.LinAlgError as err:
+                    check_finite(ens_b, "forecast", win.index, win.labels[0])
+                    raise AnalysisError(
+                        f"analysis {win.index} (time {win.labels[0]}) could not be computed: "
+                        f"{err}. The ensemble has probably collapsed or diverged; try more "
+                        "members, inflation or localisation"
+                    ) from None
+                except ArithmeticError:  # the kernel's AnalysisError
+                    check_finite(ens_b, "forecast", win.index, win.labels[0])
+                    raise
+                mstate = monitor.update(diag, mstate, where=AnalysisLabel(win))
+                check_finite(ana, "analysis", win.index, win.labels[-1])
+                times.append(win.labels[0])
+                background.append(sp.to_fields(ens_b))
+                analysis.append(sp.to_fields(ana))
+                obs.append((hx, ana, table, key))
+                n_obs.append(len(table))
+                diags.append(diag)
+                ens, t_cur = ana, win.times[-1]
+                if bar is not None:
+                    bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    if not times:
+        raise ObservationError("no analysis was made: no observation times after the background")
+    recorder.space = sp
+    names = sorted({n for d in diags for n in d})
+    extra = {n: [(d[n], 0, 1) if n in d else None for d in diags] for n in names}
+    parts = recorder.columns_to_datasets(times, analysis, background, obs, n_obs, extra)
+    return CycleResult(parts["analysis"], parts["background"], parts["diagnostics"], None)
 
 
 def _write_final(store, recorder, pending, oldest, meta) -> None:

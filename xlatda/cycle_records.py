@@ -313,10 +313,11 @@ class CycleRecorder:
             if self.pnames:
                 row["theta"] = control[..., -len(self.pnames):].detach().to("cpu", _F64)
 
-    def _obs_rows(self, rows: list[dict[str, Any]]) -> np.ndarray:
-        """Observation-space statistics ``(len(rows), 4)`` of recorded rows
-        (:func:`_obs_statistics_rows`)."""
-        hx, ens_a, tables, keys = zip(*(r["obs"] for r in rows))
+    def _obs_rows(self, entries: list[tuple]) -> np.ndarray:
+        """Observation-space statistics ``(len(entries), 4)`` of recorded analyses
+        (:func:`_obs_statistics_rows`) from their ``(hx, analysis controls, table,
+        operator key)`` entries."""
+        hx, ens_a, tables, keys = zip(*entries)
         with torch.no_grad():
             means = self.space.observe_means(list(ens_a), list(tables), list(keys))
             moments = _obs_moments_rows(list(hx))
@@ -335,24 +336,46 @@ class CycleRecorder:
         if not rows:
             raise ObservationError(
                 "no analysis was made: no observation times after the background")
-        L, tname = self.layout, self.tname
-        times = np.array([r["time"] for r in rows])
-        out = {}
-        for part in ("analysis", "background"):
-            ds = L.to_dataset(torch.stack([r[part] for r in rows]),
-                              sample_coords={tname: times})
-            out[part] = ds.assign_coords(member=np.arange(ds.sizes["member"]))
-        obs = self._obs_rows(rows)
-        data = {"n_obs": (tname, np.array([r["n_obs"] for r in rows], dtype=np.int64))}
-        for j, name in zip(_OBS_COLUMNS, OBS_DIAGNOSTICS[1:]):
-            data[name] = (tname, obs[:, j])
         names = sorted({n for r in rows for n in r["extra"]})
-        for n in names:
-            data[n] = (tname, _diagnostic_column([r["extra"].get(n) for r in rows]))
+        return self.columns_to_datasets(
+            [r["time"] for r in rows], [r["analysis"] for r in rows],
+            [r["background"] for r in rows], [r["obs"] for r in rows],
+            [r["n_obs"] for r in rows],
+            {n: [r["extra"].get(n) for r in rows] for n in names},
+            [r["theta"] for r in rows] if self.pnames else None,
+            [r["theta_background"] for r in rows] if self.pnames else None)
+
+    def columns_to_datasets(self, times: list[Any], analysis: list[torch.Tensor],
+                            background: list[torch.Tensor], obs: list[tuple],
+                            n_obs: list[int], extra: dict[str, list[Any]],
+                            theta: list[torch.Tensor] | None = None,
+                            theta_background: list[torch.Tensor] | None = None
+                            ) -> dict[str, xr.Dataset]:
+        """The Datasets of :meth:`datasets` from per-analysis columns.
+
+        ``analysis`` and ``background`` hold the fields ``(N, C, *S)``, ``obs``
+        the ``(hx, analysis controls, table, operator key)`` entries, ``extra``
+        the method diagnostics as ``(value, step, steps)`` entries (None where
+        an analysis lacks one); the cycle's fused loop
+        (:func:`xlatda.cycle._drive_fused`) hands its columns here directly,
+        without rows.
+        """
+        L, tname = self.layout, self.tname
+        times = np.array(times)
+        out = {}
+        for part, fields in (("analysis", analysis), ("background", background)):
+            ds = L.to_dataset(torch.stack(fields), sample_coords={tname: times})
+            out[part] = ds.assign_coords(member=np.arange(ds.sizes["member"]))
+        stats = self._obs_rows(obs)
+        data = {"n_obs": (tname, np.array(n_obs, dtype=np.int64))}
+        for j, name in zip(_OBS_COLUMNS, OBS_DIAGNOSTICS[1:]):
+            data[name] = (tname, stats[:, j])
+        for n in sorted(extra):
+            data[n] = (tname, _diagnostic_column(extra[n]))
         out["diagnostics"] = xr.Dataset(data, coords={tname: times})
         if self.pnames:
-            theta = torch.stack([r["theta"] for r in rows]).numpy()
-            theta_b = torch.stack([r["theta_background"] for r in rows]).numpy()
+            theta = torch.stack(theta).numpy()
+            theta_b = torch.stack(theta_background).numpy()
             out["parameters"] = xr.Dataset(
                 {"theta": ((tname, "member", "param"), theta),
                  "theta_background": ((tname, "member", "param"), theta_b)},

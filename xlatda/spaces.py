@@ -348,6 +348,19 @@ class PhysicalSpace(StateSpace):
         x, _ = self.split(s)
         return self.operator(table)(x.reshape(x.shape[0], *self.shape))
 
+    def observer(self, table: ObservationTable, like: torch.Tensor) -> Any:
+        """``s -> H(s)`` for ensembles ``(N, n)`` shaped and typed like ``like``, at the
+        table's places: the numbers of :meth:`observe` (a gather where every row
+        of ``H`` has one or two weights, applied to the control vectors as they
+        are, without the reshapes and checks of a call), for loops that apply
+        one operator many times (:func:`xlatda.cycle._drive_fused`)."""
+        op = self.operator(table)
+        if self.n_params == 0 and like.dim() == 2:
+            compiled = op._compiled(like)
+            if compiled.pairs is not None:
+                return compiled.gather
+        return lambda s: self.observe(s, table)
+
     def observe_mean(self, s, table):
         # H is linear in the state (parameters do not enter it): H(mean) = mean(H).
         return self.observe(s.mean(0, keepdim=True), table)[0]
