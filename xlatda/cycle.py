@@ -44,7 +44,14 @@ import xarray as xr
 # xlatda.methods.adapters below.
 import xlatda.generative  # noqa: F401
 from xlatda._threads import with_thread_scope
-from xlatda.cycle_records import AnalysisError, CycleRecorder, CycleResult, check_finite
+from xlatda.cycle_records import (
+    AnalysisError,
+    CycleRecorder,
+    CycleResult,
+    _obs_moments_stacked,
+    _obs_statistics_stacked,
+    check_finite,
+)
 from xlatda.cycle_store import fingerprint, open_result, resume, write_window
 from xlatda.cycle_store import model_identity as _model_identity
 from xlatda.errors import ConfigError, ObservationError, SmallEnsembleWarning
@@ -518,9 +525,12 @@ def _drive_fused(inst, sp, windows, ens, t_cur, state, *, noise, recorder, progr
     one inference-mode block for the whole loop, one generator re-seeded per
     window (the same stream as a fresh one), the observation operator (a gather
     where it is one) and the localisation looked up once per distinct place
-    set, the kernel's step and the divergence monitor called directly, and
-    the records kept as columns (no per-analysis rows, dicts or results)
-    handed to :meth:`CycleRecorder.columns_to_datasets` once.
+    set, the kernel's step and the divergence monitor called directly.
+    Backgrounds, analyses and observed backgrounds are written in place into
+    preallocated stacks and the diagnostics into columns of host numbers, so
+    the loop keeps no Python object per analysis (no garbage-collector passes
+    over a growing heap); the observation-space statistics are then reduced
+    from the stacks in a few tensor operations (:func:`_fused_obs_statistics`).
     """
     bar = None
     if progress:
@@ -531,18 +541,32 @@ def _drive_fused(inst, sp, windows, ens, t_cur, state, *, noise, recorder, progr
     localised = inst.localised
     kstate = {k: v for k, v in state.items() if not k.startswith("monitor_")} or None
     mstate = monitor_state(state)
-    plans: dict[tuple, tuple] = {}  # operator key -> (observer, locations)
-    times, analysis, background, obs, n_obs, diags = [], [], [], [], [], []
+    n_win = len(windows)
+    if not n_win:
+        raise ObservationError("no analysis was made: no observation times after the background")
+    n_members, n = ens.shape
+    sizes = {len(w.tables[0]) for w in windows}
+    background = torch.empty(n_win, n_members, n, dtype=_F64)
+    analysis = None  # (T, N, n) or, for analyses with members contiguous, (T, n, N)
+    layout = ""
+    odd: dict[int, torch.Tensor] = {}  # analyses of another layout than the first's
+    hx_all = (torch.empty(n_win, n_members, sizes.pop(), dtype=_F64) if len(sizes) == 1
+              else [None] * n_win)
+    plans: dict[tuple, tuple] = {}  # operator key -> (observer, locations, key)
+    keys: list[tuple] = []
+    columns: dict[str, list] = {}
+    irregular: dict[int, dict] = {}  # diagnostics whose names differ from the first's
     gen = torch.Generator()
     try:
         with torch.inference_mode():
-            for win in windows:
+            for k, win in enumerate(windows):
                 table = win.tables[0]
-                key = sp._key(table)
-                plan = plans.get(key)
-                if plan is None:
+                plan = plans.get(sp._key(table))
+                if plan is None:  # (the key kept is the first one made: no object per window)
+                    key = sp._key(table)
                     plan = plans[key] = (sp.observer(table, ens),
-                                         sp.locations(table) if localised else None)
+                                         sp.locations(table) if localised else None, key)
+                keys.append(plan[2])
                 gen.manual_seed(win.seed)
                 ens_b = sp.forecast(ens, t_cur, win.times[0], generator=gen, noise=noise)
                 hx = plan[0](ens_b)
@@ -564,25 +588,90 @@ def _drive_fused(inst, sp, windows, ens, t_cur, state, *, noise, recorder, progr
                     raise
                 mstate = monitor.update(diag, mstate, where=AnalysisLabel(win))
                 check_finite(ana, "analysis", win.index, win.labels[-1])
-                times.append(win.labels[0])
-                background.append(sp.to_fields(ens_b))
-                analysis.append(sp.to_fields(ana))
-                obs.append((hx, ana, table, key))
-                n_obs.append(len(table))
-                diags.append(diag)
+                background[k].copy_(ens_b)
+                if isinstance(hx_all, list):
+                    hx_all[k] = hx
+                else:
+                    hx_all[k].copy_(hx)
+                own = "rows" if ana.is_contiguous() else "columns" if ana.mT.is_contiguous() \
+                    else ""
+                if analysis is None:
+                    layout = own or "rows"
+                    analysis = torch.empty((n_win, n_members, n) if layout == "rows"
+                                           else (n_win, n, n_members), dtype=_F64)
+                if own == layout:
+                    analysis[k].copy_(ana if layout == "rows" else ana.mT)
+                else:  # kept as it is: the statistics group it by its own layout
+                    odd[k] = ana
+                if not columns:
+                    columns = {name: [] for name in diag}
+                if diag.keys() == columns.keys():
+                    for name, v in diag.items():
+                        columns[name].append(v)
+                else:
+                    irregular[k] = diag
                 ens, t_cur = ana, win.times[-1]
                 if bar is not None:
                     bar.update(1)
     finally:
         if bar is not None:
             bar.close()
-    if not times:
-        raise ObservationError("no analysis was made: no observation times after the background")
     recorder.space = sp
-    names = sorted({n for d in diags for n in d})
-    extra = {n: [(d[n], 0, 1) if n in d else None for d in diags] for n in names}
-    parts = recorder.columns_to_datasets(times, analysis, background, obs, n_obs, extra)
+    shape = (n_win, n_members, *sp.shape)
+    ana_all = analysis if layout == "rows" else analysis.mT
+    for k, a in odd.items():
+        ana_all[k] = a
+    tables = [w.tables[0] for w in windows]
+    stats = _fused_obs_statistics(recorder, sp, tables, keys, hx_all, analysis, layout, odd)
+    parts = recorder.columns_to_datasets(
+        [w.labels[0] for w in windows], ana_all.reshape(shape), background.reshape(shape),
+        stats, [len(t) for t in tables], _fused_extra(columns, irregular, n_win))
     return CycleResult(parts["analysis"], parts["background"], parts["diagnostics"], None)
+
+
+def _fused_obs_statistics(recorder, sp, tables, keys, hx_all, analysis, layout, odd
+                          ) -> np.ndarray:
+    """The observation-space statistics ``(T, 4)`` of :func:`_drive_fused`'s stacks.
+
+    One place set, one observation count (above 1) and one layout of the
+    analyses: the batched reductions of :meth:`CycleRecorder.datasets` (member
+    means and variances over a stack, ``H`` of the stacked analysis means)
+    applied to the preallocated stacks themselves, which hold what those
+    stack, so the same numbers. Otherwise the per-analysis entries go to the
+    recorder's grouping, as views of the stacks laid out as the analyses were.
+    """
+    n_win = len(tables)
+    op = sp.operator(tables[0])
+    if (isinstance(hx_all, torch.Tensor) and not odd and n_win > 1 and hx_all.shape[-1] > 1
+            and all(k == keys[0] for k in keys)
+            and getattr(op._compiled(analysis), "pairs", None) is not None):
+        with torch.no_grad():
+            hb, spread = _obs_moments_stacked(hx_all)
+            ha = sp.observe_stacked_means(analysis, layout, tables[0])
+            y = torch.stack([t.values for t in tables]).to(_F64)
+            err = torch.stack([t.error_std for t in tables]).to(_F64)
+            return _obs_statistics_stacked(hb, spread, _as64(ha), y, err)
+    views = [odd[k] if k in odd else (analysis[k] if layout == "rows" else analysis[k].mT)
+             for k in range(n_win)]
+    return recorder._obs_rows(list(zip(hx_all, views, tables, keys)))
+
+
+def _as64(t: torch.Tensor) -> torch.Tensor:
+    return t if t.dtype == _F64 else t.to(_F64)
+
+
+def _fused_extra(columns: dict[str, list], irregular: dict[int, dict], n_win: int) -> dict:
+    """The method diagnostics of :func:`_drive_fused` as the recorder takes them: float64
+    columns where every analysis gave the same names as host numbers, else
+    ``(value, 0, 1)`` entries (None where an analysis lacks one)."""
+    if not irregular and all(type(v) in (float, int) for col in columns.values() for v in col):
+        return {n: np.array(col, dtype=np.float64) for n, col in columns.items()}
+    names = sorted(set(columns) | {n for d in irregular.values() for n in d})
+    rows: list[dict] = []
+    it = {n: iter(col) for n, col in columns.items()}
+    for k in range(n_win):
+        rows.append(irregular[k] if k in irregular else {n: next(it[n]) for n in columns})
+    return {n: [(d[n], 0, 1) if n in d else None for d in rows] for n in names}
 
 
 def _write_final(store, recorder, pending, oldest, meta) -> None:

@@ -388,14 +388,23 @@ class PhysicalSpace(StateSpace):
                     out[j] = self.observe_mean(states[j], tables[j])
                 continue
             if layout == "rows":
-                means = torch.stack([states[j] for j in idx]).mean(1)  # (G, n)
+                stack = torch.stack([states[j] for j in idx])  # (G, N, n)
             else:  # members contiguous (the LETKF's analyses): reduce the inner axis
-                means = torch.stack([states[j].mT for j in idx]).mean(-1)
-            x, _ = self.split(means)
-            values = op(x.reshape(len(idx), *self.shape))  # (G, P)
+                stack = torch.stack([states[j].mT for j in idx])  # (G, n, N)
+            values = self.observe_stacked_means(stack, layout, tables[idx[0]])  # (G, P)
             for k, j in enumerate(idx):
                 out[j] = values[k]
         return out
+
+    def observe_stacked_means(self, stack: torch.Tensor, layout: str,
+                              table: ObservationTable) -> torch.Tensor:
+        """``H`` of the member means of a contiguous stack of ensembles at one place
+        set: ``(G, N, n)`` (``layout="rows"``) or their transposes ``(G, n, N)``
+        (``"columns"``), ``(G, P)``; :meth:`observe_means` of one group (the cycle's
+        fused loop hands its preallocated stack here directly)."""
+        means = stack.mean(1) if layout == "rows" else stack.mean(-1)  # (G, n)
+        x, _ = self.split(means)
+        return self.operator(table)(x.reshape(stack.shape[0], *self.shape))
 
     def linear_operator(self, table):
         return self.operator(table) if self.n_params == 0 else None
