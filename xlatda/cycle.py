@@ -68,7 +68,7 @@ from xlatda.obs.contract import to_tensors, validate
 from xlatda.options import get_options
 from xlatda.spaces import space_for
 from xlatda.validation import check_run
-from xlatda.windows import ObservationWindow, float_times, plan_windows
+from xlatda.windows import ObservationWindow, WindowPlan, float_times, plan_windows
 
 __all__ = ["CycleResult", "assimilate", "cycle"]
 
@@ -510,7 +510,8 @@ def _fusable(inst, proto, sp, windows, ens) -> bool:
             and sp.kind == "physical" and not sp.n_params and not sp.n_regime
             and isinstance(ens, torch.Tensor) and ens.dim() == 2
             and ens.dtype == torch.float64 and ens.device.type == "cpu"
-            and all(len(w.tables) == 1 for w in windows))
+            and (windows.window == 1 if isinstance(windows, WindowPlan)
+                 else all(len(w.tables) == 1 for w in windows)))
 
 
 def _drive_fused(inst, sp, windows, ens, t_cur, state, *, noise, recorder, progress, total,
@@ -545,7 +546,8 @@ def _drive_fused(inst, sp, windows, ens, t_cur, state, *, noise, recorder, progr
     if not n_win:
         raise ObservationError("no analysis was made: no observation times after the background")
     n_members, n = ens.shape
-    sizes = {len(w.tables[0]) for w in windows}
+    planned = isinstance(windows, WindowPlan)  # columns of all windows at once
+    sizes = set(windows.sizes().tolist()) if planned else {len(w.tables[0]) for w in windows}
     background = torch.empty(n_win, n_members, n, dtype=_F64)
     analysis = None  # (T, N, n) or, for analyses with members contiguous, (T, n, N)
     layout = ""
@@ -554,6 +556,12 @@ def _drive_fused(inst, sp, windows, ens, t_cur, state, *, noise, recorder, progr
               else [None] * n_win)
     plans: dict[tuple, tuple] = {}  # operator key -> (observer, locations, key)
     keys: list[tuple] = []
+    # one place set for the whole plan (one check of its columns): no key per window
+    fixed = None
+    if planned and windows.same_places():
+        key = sp._key(windows[0].tables[0])
+        fixed = plans[key] = (sp.observer(windows[0].tables[0], ens),
+                              sp.locations(windows[0].tables[0]) if localised else None, key)
     columns: dict[str, list] = {}
     irregular: dict[int, dict] = {}  # diagnostics whose names differ from the first's
     gen = torch.Generator()
@@ -561,7 +569,7 @@ def _drive_fused(inst, sp, windows, ens, t_cur, state, *, noise, recorder, progr
         with torch.inference_mode():
             for k, win in enumerate(windows):
                 table = win.tables[0]
-                plan = plans.get(sp._key(table))
+                plan = fixed or plans.get(sp._key(table))
                 if plan is None:  # (the key kept is the first one made: no object per window)
                     key = sp._key(table)
                     plan = plans[key] = (sp.observer(table, ens),
@@ -621,15 +629,16 @@ def _drive_fused(inst, sp, windows, ens, t_cur, state, *, noise, recorder, progr
     ana_all = analysis if layout == "rows" else analysis.mT
     for k, a in odd.items():
         ana_all[k] = a
-    tables = [w.tables[0] for w in windows]
-    stats = _fused_obs_statistics(recorder, sp, tables, keys, hx_all, analysis, layout, odd)
+    stats = _fused_obs_statistics(recorder, sp, windows, keys, hx_all, analysis, layout, odd)
+    labels = windows.labels() if planned else [w.labels[0] for w in windows]
+    n_obs = windows.sizes() if planned else [len(w.tables[0]) for w in windows]
     parts = recorder.columns_to_datasets(
-        [w.labels[0] for w in windows], ana_all.reshape(shape), background.reshape(shape),
-        stats, [len(t) for t in tables], _fused_extra(columns, irregular, n_win))
+        labels, ana_all.reshape(shape), background.reshape(shape), stats, n_obs,
+        _fused_extra(columns, irregular, n_win))
     return CycleResult(parts["analysis"], parts["background"], parts["diagnostics"], None)
 
 
-def _fused_obs_statistics(recorder, sp, tables, keys, hx_all, analysis, layout, odd
+def _fused_obs_statistics(recorder, sp, windows, keys, hx_all, analysis, layout, odd
                           ) -> np.ndarray:
     """The observation-space statistics ``(T, 4)`` of :func:`_drive_fused`'s stacks.
 
@@ -640,17 +649,24 @@ def _fused_obs_statistics(recorder, sp, tables, keys, hx_all, analysis, layout, 
     stack, so the same numbers. Otherwise the per-analysis entries go to the
     recorder's grouping, as views of the stacks laid out as the analyses were.
     """
-    n_win = len(tables)
-    op = sp.operator(tables[0])
+    n_win = len(windows)
+    first = windows[0].tables[0]
+    op = sp.operator(first)
     if (isinstance(hx_all, torch.Tensor) and not odd and n_win > 1 and hx_all.shape[-1] > 1
-            and all(k == keys[0] for k in keys)
+            and all(k is keys[0] for k in keys)
             and getattr(op._compiled(analysis), "pairs", None) is not None):
         with torch.no_grad():
             hb, spread = _obs_moments_stacked(hx_all)
-            ha = sp.observe_stacked_means(analysis, layout, tables[0])
-            y = torch.stack([t.values for t in tables]).to(_F64)
-            err = torch.stack([t.error_std for t in tables]).to(_F64)
+            ha = sp.observe_stacked_means(analysis, layout, first)
+            if isinstance(windows, WindowPlan):  # the same numbers as stacking the tables'
+                shape = (n_win, hx_all.shape[-1])
+                y, err = (_as64(windows.columns(c)).reshape(shape)
+                          for c in ("values", "error_std"))
+            else:
+                y, err = (torch.stack([_as64(getattr(w.tables[0], c)) for w in windows])
+                          for c in ("values", "error_std"))
             return _obs_statistics_stacked(hb, spread, _as64(ha), y, err)
+    tables = [w.tables[0] for w in windows]
     views = [odd[k] if k in odd else (analysis[k] if layout == "rows" else analysis[k].mT)
              for k in range(n_win)]
     return recorder._obs_rows(list(zip(hx_all, views, tables, keys)))
