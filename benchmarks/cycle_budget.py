@@ -18,7 +18,8 @@ top of the bench's bare kernel loop (``Lorenz96.step`` + ``method.analyse``):
 ``call: loop``
     the cycle's own loop (``xlatda.cycle._drive`` without ``result()``);
 ``call: result``
-    ``CycleRecorder.result`` (the xarray output, once per call);
+    ``CycleRecorder.columns_to_datasets`` (the xarray output and the
+    observation-space statistics, once per call, on both loops);
 ``call: set-up``
     the rest of the call (validation, ``to_tensors``, ``plan_windows``,
     the initial ensemble).
@@ -165,7 +166,7 @@ def budget(label: str, cycles: int, repeat: int) -> list[str]:
         rows.append(f"| {name} | {v:.0f} | {'' if prev is None else f'{v - prev:+.0f}'} |")
         prev = v
     setup = best_call["total"] - parts["loop"] - parts["result"]
-    rows += [f"| call: loop (_drive without result) | {parts['loop'] * us:.0f} | "
+    rows += [f"| call: loop (_drive without the result) | {parts['loop'] * us:.0f} | "
              f"{parts['loop'] * us - prev:+.0f} (vs + monitor) |",
              f"| call: result() | {parts['result'] * us:.0f} | |",
              f"| call: set-up (before _drive) | {setup * us:.0f} | |",
