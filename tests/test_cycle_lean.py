@@ -29,7 +29,7 @@ from xlatda.dynamics.physical import Lorenz96, PhysicalModel
 from xlatda.errors import FilterDivergenceWarning
 from xlatda.methods.consistency import DivergenceMonitor, innovation_chi2
 from xlatda.obs_geometry import index_interpolation_matrix
-from xlatda.sparse_interp import ObservationOperator
+from xlatda.sparse_interp import ObservationOperator, _Compiled
 
 F64 = torch.float64
 N_SITES = 8
@@ -70,6 +70,8 @@ def counted(monkeypatch):
     calls = {"build": 0, "apply": []}
     build = xlatda.spaces.build_operator
     apply = ObservationOperator.__call__
+    gather = _Compiled.gather
+    inside = []
 
     def counting_build(*args, **kwargs):
         calls["build"] += 1
@@ -77,10 +79,22 @@ def counted(monkeypatch):
 
     def counting_apply(self, x):
         calls["apply"].append(int(np.prod(x.shape[: x.dim() - len(self.state_shape)])))
-        return apply(self, x)
+        inside.append(True)
+        try:
+            return apply(self, x)
+        finally:
+            inside.pop()
+
+    def counting_gather(self, x):
+        # the cycle's fused loop applies the operator's gather directly
+        # (PhysicalSpace.observer): count those applications too, not twice
+        if not inside:
+            calls["apply"].append(int(x.shape[0]))
+        return gather(self, x)
 
     monkeypatch.setattr(xlatda.spaces, "build_operator", counting_build)
     monkeypatch.setattr(ObservationOperator, "__call__", counting_apply)
+    monkeypatch.setattr(_Compiled, "gather", counting_gather)
     return calls
 
 

@@ -39,17 +39,26 @@ import numpy as np
 import torch
 import xarray as xr
 
-# Imported for their registrations: the adapters of the built-in kernels and of
-# the methods defined next to their models (xlatda.generative).
-import xlatda.generative
-import xlatda.methods.adapters  # noqa: F401
+# Imported for their registrations: the methods defined next to their models
+# (xlatda.generative); the adapters of the built-in kernels come with
+# xlatda.methods.adapters below.
+import xlatda.generative  # noqa: F401
 from xlatda._threads import with_thread_scope
-from xlatda.cycle_records import AnalysisError, CycleRecorder, CycleResult, check_finite
+from xlatda.cycle_records import (
+    AnalysisError,
+    CycleRecorder,
+    CycleResult,
+    _obs_moments_stacked,
+    _obs_statistics_stacked,
+    check_finite,
+)
 from xlatda.cycle_store import fingerprint, open_result, resume, write_window
 from xlatda.cycle_store import model_identity as _model_identity
 from xlatda.errors import ConfigError, ObservationError, SmallEnsembleWarning
 from xlatda.initial import initial_ensemble, initial_parameters
 from xlatda.initial import start_state as _start
+from xlatda.methods.adapters import EnsembleFilter, LocalFilter
+from xlatda.methods.consistency import AnalysisLabel, monitor_state
 from xlatda.methods.inflation import cycle_defaults
 from xlatda.methods.protocol import DEFAULT_METHOD
 from xlatda.methods.protocol import cycling_method as _lookup
@@ -59,9 +68,11 @@ from xlatda.obs.contract import to_tensors, validate
 from xlatda.options import get_options
 from xlatda.spaces import space_for
 from xlatda.validation import check_run
-from xlatda.windows import ObservationWindow, float_times, plan_windows
+from xlatda.windows import ObservationWindow, WindowPlan, float_times, plan_windows
 
 __all__ = ["CycleResult", "assimilate", "cycle"]
+
+_F64 = torch.float64
 
 
 # -- public functions ---------------------------------------------------------
@@ -399,6 +410,9 @@ def _drive(inst, proto, sp, windows, ens, t_cur, state, *, noise, recorder, stor
     """Forecast, analyse, record and store each window in turn (and revise the
     recorded analyses with ``smoother``, a :class:`FixedLagSmoother`)."""
     progress = get_options()["progress"] if progress is None else progress
+    if store is None and smoother is None and _fusable(inst, proto, sp, windows, ens):
+        return _drive_fused(inst, sp, windows, ens, t_cur, state, noise=noise,
+                            recorder=recorder, progress=progress, total=total, desc=desc)
     pending: collections.deque = collections.deque()  # smoothed windows not yet written
     bar = None
     if progress:
@@ -485,6 +499,200 @@ def _drive(inst, proto, sp, windows, ens, t_cur, state, *, noise, recorder, stor
     if store is not None and Path(str(store)).exists():
         return open_result(store)
     return recorder.result()
+
+
+def _fusable(inst, proto, sp, windows, ens) -> bool:
+    """Whether :func:`_drive_fused` runs this cycle: a built-in ensemble filter
+    (:class:`~xlatda.methods.adapters.EnsembleFilter` or ``LocalFilter`` around a
+    kernel with the built-in step, no additive inflation) in physical space without
+    parameters or regimes, one CPU float64 ensemble, one observation time per window
+    (and, in :func:`_drive`, no store and no smoother)."""
+    return (proto.forecasts and proto.ensemble and type(inst) in (EnsembleFilter, LocalFilter)
+            and inst.checks_forecast and inst._kernel_step == getattr(inst.kernel,
+                                                                      "_cycle_step", None)
+            and sp.kind == "physical" and not sp.n_params and not sp.n_regime
+            and isinstance(ens, torch.Tensor) and ens.dim() == 2
+            and ens.dtype == torch.float64 and ens.device.type == "cpu"
+            and (windows.window == 1 if isinstance(windows, WindowPlan)
+                 else all(len(w.tables) == 1 for w in windows)))
+
+
+def _drive_fused(inst, sp, windows, ens, t_cur, state, *, noise, recorder, progress, total,
+                 desc) -> CycleResult:
+    """:func:`_drive` for the common case (:func:`_fusable`): forecast, observe,
+    analyse and record in one tight loop, the result made once at the end.
+
+    The same tensor operations, in the same order, as the general loop
+    through the adapter (:meth:`EnsembleFilter.analyse`) and
+    :class:`CycleRecorder`, so the same numbers bit for bit
+    (``benchmarks/cycle_fingerprint.py``); what goes is the glue around them:
+    one inference-mode block for the whole loop, one generator re-seeded per
+    window (the same stream as a fresh one), the observation operator (a gather
+    where it is one) and the localisation looked up once per distinct place
+    set, the kernel's step and the divergence monitor called directly.
+    Backgrounds, analyses and observed backgrounds are written in place into
+    preallocated stacks and the diagnostics into columns of host numbers, so
+    the loop keeps no Python object per analysis (no garbage-collector passes
+    over a growing heap); the observation-space statistics are then reduced
+    from the stacks in a few tensor operations (:func:`_fused_obs_statistics`).
+    """
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, initial=total - len(windows), desc=desc, leave=False)
+    step, monitor = inst._kernel_step, inst.monitor
+    localised = inst.localised
+    kstate = {k: v for k, v in state.items() if not k.startswith("monitor_")} or None
+    mstate = monitor_state(state)
+    n_win = len(windows)
+    if not n_win:
+        raise ObservationError("no analysis was made: no observation times after the background")
+    n_members, n = ens.shape
+    planned = isinstance(windows, WindowPlan)  # columns of all windows at once
+    sizes = set(windows.sizes().tolist()) if planned else {len(w.tables[0]) for w in windows}
+    background = torch.empty(n_win, n_members, n, dtype=_F64)
+    analysis = None  # (T, N, n) or, for analyses with members contiguous, (T, n, N)
+    layout = ""
+    odd: dict[int, torch.Tensor] = {}  # analyses of another layout than the first's
+    hx_all = (torch.empty(n_win, n_members, sizes.pop(), dtype=_F64) if len(sizes) == 1
+              else [None] * n_win)
+    plans: dict[tuple, tuple] = {}  # operator key -> (observer, locations, key)
+    keys: list[tuple] = []
+    # one place set for the whole plan (one check of its columns): no key per window
+    fixed = None
+    if planned and windows.same_places():
+        key = sp._key(windows[0].tables[0])
+        fixed = plans[key] = (sp.observer(windows[0].tables[0], ens),
+                              sp.locations(windows[0].tables[0]) if localised else None, key)
+    columns: dict[str, list] = {}
+    irregular: dict[int, dict] = {}  # diagnostics whose names differ from the first's
+    gen = torch.Generator()
+    try:
+        with torch.inference_mode():
+            for k, win in enumerate(windows):
+                table = win.tables[0]
+                plan = fixed or plans.get(sp._key(table))
+                if plan is None:  # (the key kept is the first one made: no object per window)
+                    key = sp._key(table)
+                    plan = plans[key] = (sp.observer(table, ens),
+                                         sp.locations(table) if localised else None, key)
+                keys.append(plan[2])
+                gen.manual_seed(win.seed)
+                ens_b = sp.forecast(ens, t_cur, win.times[0], generator=gen, noise=noise)
+                hx = plan[0](ens_b)
+                y, r = table.values, table.error_std
+                y = y if y.dtype == _F64 else y.to(_F64)
+                r = r if r.dtype == _F64 else r.to(_F64)
+                try:
+                    ana, diag, kstate = step(ens_b, hx, y, r, generator=gen, locations=plan[1],
+                                             state=kstate or None, n_params=0)
+                except torch.linalg.LinAlgError as err:
+                    check_finite(ens_b, "forecast", win.index, win.labels[0])
+                    raise AnalysisError(
+                        f"analysis {win.index} (time {win.labels[0]}) could not be computed: "
+                        f"{err}. The ensemble has probably collapsed or diverged; try more "
+                        "members, inflation or localisation"
+                    ) from None
+                except ArithmeticError:  # the kernel's AnalysisError
+                    check_finite(ens_b, "forecast", win.index, win.labels[0])
+                    raise
+                mstate = monitor.update(diag, mstate, where=AnalysisLabel(win))
+                check_finite(ana, "analysis", win.index, win.labels[-1])
+                background[k].copy_(ens_b)
+                if isinstance(hx_all, list):
+                    hx_all[k] = hx
+                else:
+                    hx_all[k].copy_(hx)
+                own = "rows" if ana.is_contiguous() else "columns" if ana.mT.is_contiguous() \
+                    else ""
+                if analysis is None:
+                    layout = own or "rows"
+                    analysis = torch.empty((n_win, n_members, n) if layout == "rows"
+                                           else (n_win, n, n_members), dtype=_F64)
+                if own == layout:
+                    analysis[k].copy_(ana if layout == "rows" else ana.mT)
+                else:  # kept as it is: the statistics group it by its own layout
+                    odd[k] = ana
+                if not columns:
+                    columns = {name: [] for name in diag}
+                if diag.keys() == columns.keys():
+                    for name, v in diag.items():
+                        columns[name].append(v)
+                else:
+                    irregular[k] = diag
+                # the next forecast starts from a row-major ensemble, as the general
+                # loop's (LETKF's analysis comes out column-major; see _drive)
+                ens, t_cur = ana.contiguous(), win.times[-1]
+                if bar is not None:
+                    bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    recorder.space = sp
+    shape = (n_win, n_members, *sp.shape)
+    ana_all = analysis if layout == "rows" else analysis.mT
+    for k, a in odd.items():
+        ana_all[k] = a
+    stats = _fused_obs_statistics(recorder, sp, windows, keys, hx_all, analysis, layout, odd)
+    labels = windows.labels() if planned else [w.labels[0] for w in windows]
+    n_obs = windows.sizes() if planned else [len(w.tables[0]) for w in windows]
+    parts = recorder.columns_to_datasets(
+        labels, ana_all.reshape(shape), background.reshape(shape), stats, n_obs,
+        _fused_extra(columns, irregular, n_win))
+    return CycleResult(parts["analysis"], parts["background"], parts["diagnostics"], None)
+
+
+def _fused_obs_statistics(recorder, sp, windows, keys, hx_all, analysis, layout, odd
+                          ) -> np.ndarray:
+    """The observation-space statistics ``(T, 4)`` of :func:`_drive_fused`'s stacks.
+
+    One place set, one observation count (above 1) and one layout of the
+    analyses: the batched reductions of :meth:`CycleRecorder.datasets` (member
+    means and variances over a stack, ``H`` of the stacked analysis means)
+    applied to the preallocated stacks themselves, which hold what those
+    stack, so the same numbers. Otherwise the per-analysis entries go to the
+    recorder's grouping, as views of the stacks laid out as the analyses were.
+    """
+    n_win = len(windows)
+    first = windows[0].tables[0]
+    op = sp.operator(first)
+    if (isinstance(hx_all, torch.Tensor) and not odd and n_win > 1 and hx_all.shape[-1] > 1
+            and all(k is keys[0] for k in keys)
+            and getattr(op._compiled(analysis), "pairs", None) is not None):
+        with torch.no_grad():
+            hb, spread = _obs_moments_stacked(hx_all)
+            ha = sp.observe_stacked_means(analysis, layout, first)
+            if isinstance(windows, WindowPlan):  # the same numbers as stacking the tables'
+                shape = (n_win, hx_all.shape[-1])
+                y, err = (_as64(windows.columns(c)).reshape(shape)
+                          for c in ("values", "error_std"))
+            else:
+                y, err = (torch.stack([_as64(getattr(w.tables[0], c)) for w in windows])
+                          for c in ("values", "error_std"))
+            return _obs_statistics_stacked(hb, spread, _as64(ha), y, err)
+    tables = [w.tables[0] for w in windows]
+    views = [odd[k] if k in odd else (analysis[k] if layout == "rows" else analysis[k].mT)
+             for k in range(n_win)]
+    return recorder._obs_rows(list(zip(hx_all, views, tables, keys)))
+
+
+def _as64(t: torch.Tensor) -> torch.Tensor:
+    return t if t.dtype == _F64 else t.to(_F64)
+
+
+def _fused_extra(columns: dict[str, list], irregular: dict[int, dict], n_win: int) -> dict:
+    """The method diagnostics of :func:`_drive_fused` as the recorder takes them: float64
+    columns where every analysis gave the same names as host numbers, else
+    ``(value, 0, 1)`` entries (None where an analysis lacks one)."""
+    if not irregular and all(type(v) in (float, int) for col in columns.values() for v in col):
+        return {n: np.array(col, dtype=np.float64) for n, col in columns.items()}
+    names = sorted(set(columns) | {n for d in irregular.values() for n in d})
+    rows: list[dict] = []
+    it = {n: iter(col) for n, col in columns.items()}
+    for k in range(n_win):
+        rows.append(irregular[k] if k in irregular else {n: next(it[n]) for n in columns})
+    return {n: [(d[n], 0, 1) if n in d else None for d in rows] for n in names}
 
 
 def _write_final(store, recorder, pending, oldest, meta) -> None:

@@ -140,12 +140,19 @@ def _obs_moments_rows(predictions: list[torch.Tensor]
             for j in idx:
                 out[j] = _obs_moments(predictions[j])
             continue
-        stack = torch.stack([predictions[j] for j in idx]).to(_F64)  # (G, N, P)
-        mean = stack.mean(1)
-        var = stack.var(1) if shape[0] > 1 else torch.zeros_like(mean)
+        mean, var = _obs_moments_stacked(torch.stack([predictions[j] for j in idx]))
         for k, j in enumerate(idx):
             out[j] = (mean[k], var[k])
     return out
+
+
+def _obs_moments_stacked(stack: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and variance over members ``(G, P)`` of a contiguous stack ``(G, N, P)``
+    of predictions (:func:`_obs_moments_rows` of a group; the cycle's fused loop
+    hands its preallocated stack here directly)."""
+    stack = _f64(stack)
+    mean = stack.mean(1)
+    return mean, (stack.var(1) if stack.shape[1] > 1 else torch.zeros_like(mean))
 
 
 def _obs_statistics_rows(entries: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any]]
@@ -167,10 +174,18 @@ def _obs_statistics_rows(entries: list[tuple[torch.Tensor, torch.Tensor, torch.T
         hb, spread, ha, y, err = (torch.stack(part) for part in zip(*(
             (e[0], e[1], _f64(e[2]), _f64(e[3].values), _f64(e[3].error_std))
             for e in (entries[j] for j in idx))))
-        squares = torch.stack([y - hb, y - ha, err], 1).square_()
-        stats = torch.cat([squares, spread[:, None]], 1).mean(-1).sqrt()
-        out[idx] = stats.detach().to("cpu").numpy()
+        out[idx] = _obs_statistics_stacked(hb, spread, ha, y, err)
     return out
+
+
+def _obs_statistics_stacked(hb: torch.Tensor, spread: torch.Tensor, ha: torch.Tensor,
+                            y: torch.Tensor, err: torch.Tensor) -> np.ndarray:
+    """:func:`_obs_statistics_rows` of one group from its stacked float64 columns, each
+    ``(G, P)``: background mean and variance, analysis mean, observations, error
+    stds (the cycle's fused loop hands its stacks here directly)."""
+    squares = torch.stack([y - hb, y - ha, err], 1).square_()
+    stats = torch.cat([squares, spread[:, None]], 1).mean(-1).sqrt()
+    return stats.detach().to("cpu").numpy()
 
 
 def _diagnostic_column(entries: list[Any]) -> np.ndarray:
@@ -313,10 +328,11 @@ class CycleRecorder:
             if self.pnames:
                 row["theta"] = control[..., -len(self.pnames):].detach().to("cpu", _F64)
 
-    def _obs_rows(self, rows: list[dict[str, Any]]) -> np.ndarray:
-        """Observation-space statistics ``(len(rows), 4)`` of recorded rows
-        (:func:`_obs_statistics_rows`)."""
-        hx, ens_a, tables, keys = zip(*(r["obs"] for r in rows))
+    def _obs_rows(self, entries: list[tuple]) -> np.ndarray:
+        """Observation-space statistics ``(len(entries), 4)`` of recorded analyses
+        (:func:`_obs_statistics_rows`) from their ``(hx, analysis controls, table,
+        operator key)`` entries."""
+        hx, ens_a, tables, keys = zip(*entries)
         with torch.no_grad():
             means = self.space.observe_means(list(ens_a), list(tables), list(keys))
             moments = _obs_moments_rows(list(hx))
@@ -335,24 +351,51 @@ class CycleRecorder:
         if not rows:
             raise ObservationError(
                 "no analysis was made: no observation times after the background")
-        L, tname = self.layout, self.tname
-        times = np.array([r["time"] for r in rows])
-        out = {}
-        for part in ("analysis", "background"):
-            ds = L.to_dataset(torch.stack([r[part] for r in rows]),
-                              sample_coords={tname: times})
-            out[part] = ds.assign_coords(member=np.arange(ds.sizes["member"]))
-        obs = self._obs_rows(rows)
-        data = {"n_obs": (tname, np.array([r["n_obs"] for r in rows], dtype=np.int64))}
-        for j, name in zip(_OBS_COLUMNS, OBS_DIAGNOSTICS[1:]):
-            data[name] = (tname, obs[:, j])
         names = sorted({n for r in rows for n in r["extra"]})
-        for n in names:
-            data[n] = (tname, _diagnostic_column([r["extra"].get(n) for r in rows]))
+        return self.columns_to_datasets(
+            [r["time"] for r in rows], [r["analysis"] for r in rows],
+            [r["background"] for r in rows], [r["obs"] for r in rows],
+            [r["n_obs"] for r in rows],
+            {n: [r["extra"].get(n) for r in rows] for n in names},
+            [r["theta"] for r in rows] if self.pnames else None,
+            [r["theta_background"] for r in rows] if self.pnames else None)
+
+    def columns_to_datasets(self, times: list[Any], analysis: list[torch.Tensor] | torch.Tensor,
+                            background: list[torch.Tensor] | torch.Tensor,
+                            obs: list[tuple] | np.ndarray,
+                            n_obs: list[int], extra: dict[str, list[Any]],
+                            theta: list[torch.Tensor] | None = None,
+                            theta_background: list[torch.Tensor] | None = None
+                            ) -> dict[str, xr.Dataset]:
+        """The Datasets of :meth:`datasets` from per-analysis columns.
+
+        ``analysis`` and ``background`` hold the fields ``(N, C, *S)`` (or their
+        stack ``(T, N, C, *S)``), ``obs`` the ``(hx, analysis controls, table,
+        operator key)`` entries (or the statistics already made, ``(T, 4)``
+        as :func:`_obs_statistics_rows` makes them), ``extra``
+        the method diagnostics as ``(value, step, steps)`` entries (None where
+        an analysis lacks one) or as float64 columns already made; the cycle's fused loop
+        (:func:`xlatda.cycle._drive_fused`) hands its columns here directly,
+        without rows.
+        """
+        L, tname = self.layout, self.tname
+        times = np.array(times)
+        out = {}
+        for part, fields in (("analysis", analysis), ("background", background)):
+            fields = fields if isinstance(fields, torch.Tensor) else torch.stack(fields)
+            ds = L.to_dataset(fields, sample_coords={tname: times})
+            out[part] = ds.assign_coords(member=np.arange(ds.sizes["member"]))
+        stats = obs if isinstance(obs, np.ndarray) else self._obs_rows(obs)
+        data = {"n_obs": (tname, np.array(n_obs, dtype=np.int64))}
+        for j, name in zip(_OBS_COLUMNS, OBS_DIAGNOSTICS[1:]):
+            data[name] = (tname, stats[:, j])
+        for n in sorted(extra):
+            col = extra[n]
+            data[n] = (tname, col if isinstance(col, np.ndarray) else _diagnostic_column(col))
         out["diagnostics"] = xr.Dataset(data, coords={tname: times})
         if self.pnames:
-            theta = torch.stack([r["theta"] for r in rows]).numpy()
-            theta_b = torch.stack([r["theta_background"] for r in rows]).numpy()
+            theta = torch.stack(theta).numpy()
+            theta_b = torch.stack(theta_background).numpy()
             out["parameters"] = xr.Dataset(
                 {"theta": ((tname, "member", "param"), theta),
                  "theta_background": ((tname, "member", "param"), theta_b)},

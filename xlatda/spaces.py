@@ -348,6 +348,19 @@ class PhysicalSpace(StateSpace):
         x, _ = self.split(s)
         return self.operator(table)(x.reshape(x.shape[0], *self.shape))
 
+    def observer(self, table: ObservationTable, like: torch.Tensor) -> Any:
+        """``s -> H(s)`` for ensembles ``(N, n)`` shaped and typed like ``like``, at the
+        table's places: the numbers of :meth:`observe` (a gather where every row
+        of ``H`` has one or two weights, applied to the control vectors as they
+        are, without the reshapes and checks of a call), for loops that apply
+        one operator many times (:func:`xlatda.cycle._drive_fused`)."""
+        op = self.operator(table)
+        if self.n_params == 0 and like.dim() == 2:
+            compiled = op._compiled(like)
+            if compiled.pairs is not None:
+                return compiled.gather
+        return lambda s: self.observe(s, table)
+
     def observe_mean(self, s, table):
         # H is linear in the state (parameters do not enter it): H(mean) = mean(H).
         return self.observe(s.mean(0, keepdim=True), table)[0]
@@ -375,14 +388,23 @@ class PhysicalSpace(StateSpace):
                     out[j] = self.observe_mean(states[j], tables[j])
                 continue
             if layout == "rows":
-                means = torch.stack([states[j] for j in idx]).mean(1)  # (G, n)
+                stack = torch.stack([states[j] for j in idx])  # (G, N, n)
             else:  # members contiguous (the LETKF's analyses): reduce the inner axis
-                means = torch.stack([states[j].mT for j in idx]).mean(-1)
-            x, _ = self.split(means)
-            values = op(x.reshape(len(idx), *self.shape))  # (G, P)
+                stack = torch.stack([states[j].mT for j in idx])  # (G, n, N)
+            values = self.observe_stacked_means(stack, layout, tables[idx[0]])  # (G, P)
             for k, j in enumerate(idx):
                 out[j] = values[k]
         return out
+
+    def observe_stacked_means(self, stack: torch.Tensor, layout: str,
+                              table: ObservationTable) -> torch.Tensor:
+        """``H`` of the member means of a contiguous stack of ensembles at one place
+        set: ``(G, N, n)`` (``layout="rows"``) or their transposes ``(G, n, N)``
+        (``"columns"``), ``(G, P)``; :meth:`observe_means` of one group (the cycle's
+        fused loop hands its preallocated stack here directly)."""
+        means = stack.mean(1) if layout == "rows" else stack.mean(-1)  # (G, n)
+        x, _ = self.split(means)
+        return self.operator(table)(x.reshape(stack.shape[0], *self.shape))
 
     def linear_operator(self, table):
         return self.operator(table) if self.n_params == 0 else None

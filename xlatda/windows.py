@@ -18,8 +18,10 @@ array([3600., 7200.])
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +30,8 @@ import torch
 
 from xlatda.obs.observation_table import ObservationTable
 
-__all__ = ["ObservationWindow", "float_times", "group_times", "plan_windows", "window_seed"]
+__all__ = ["ObservationWindow", "WindowPlan", "float_times", "group_times", "plan_windows",
+           "window_seed"]
 
 
 def float_times(values: Any) -> np.ndarray:
@@ -121,7 +124,7 @@ class ObservationWindow:
         return y, r
 
 
-def plan_windows(table: ObservationTable, window: int, seed: int) -> list[ObservationWindow]:
+def plan_windows(table: ObservationTable, window: int, seed: int) -> WindowPlan:
     """Cut ``table`` into windows of ``window`` consecutive observation times.
 
     Parameters
@@ -135,37 +138,124 @@ def plan_windows(table: ObservationTable, window: int, seed: int) -> list[Observ
 
     Returns
     -------
-    list of ObservationWindow
+    WindowPlan
+        A sequence of :class:`ObservationWindow` (made when asked for).
     """
-    tvals = float_times(table.time)
-    groups = group_times(tvals)
-    tables = _split_by_time(table, groups)
-    out = []
-    for k, i in enumerate(range(0, len(groups), window)):
-        gs = range(i, min(i + window, len(groups)))
-        out.append(ObservationWindow(
-            index=k, tables=[tables[j] for j in gs],
-            times=[float(tvals[groups[j][0]]) for j in gs],
-            labels=[table.time[groups[j][0]] for j in gs], seed=window_seed(seed, k)))
-    return out
+    return WindowPlan(table, window, seed)
 
 
-def _split_by_time(table: ObservationTable, groups: list[np.ndarray]) -> list[ObservationTable]:
-    """One table per group: the same tables as selecting every group, made from one
-    reordering by time and views of it (one split per column, no copy per time)."""
-    if not groups:
-        return []
-    ordered = table.select(np.concatenate(groups))
-    sizes = [len(g) for g in groups]
-    ends = np.cumsum(sizes).tolist()
-    spans = list(zip([0, *ends[:-1]], ends))
+class WindowPlan(Sequence):
+    """The windows of a cycle, a sequence of :class:`ObservationWindow` made on demand.
 
-    def split(a):
-        if a is None:
-            return [None] * len(groups)
-        if isinstance(a, torch.Tensor):
-            return a.split(sizes)
-        return [a[i:j] for i, j in spans]
+    The table is reordered by time once; each window (and its tables: views
+    of the reordered columns) is made when indexed or iterated and not kept,
+    so a long cycle holds no Python objects per window (a loop over a few
+    thousand kept windows made the garbage collector's full passes, ~0.3 s
+    each in a process with xarray loaded, come every few calls). Slicing
+    gives a plan of the selected windows; :meth:`columns` gives a column of
+    all its entries at once.
 
-    columns = [split(getattr(ordered, f.name)) for f in dataclasses.fields(ObservationTable)]
-    return [ObservationTable(*parts) for parts in zip(*columns)]
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> from xlatda.obs.observation_table import ObservationTable
+    >>> tab = ObservationTable(values=torch.arange(4.0), error_std=torch.ones(4),
+    ...                        channel=torch.zeros(4, dtype=torch.long),
+    ...                        variable=np.array(["x"] * 4), lat=None, lon=None,
+    ...                        position=np.zeros(4), time=np.array([2.0, 1.0, 2.0, 3.0]),
+    ...                        obs_index=np.arange(4), kind=None)
+    >>> plan = plan_windows(tab, 1, seed=0)
+    >>> len(plan), [w.times for w in plan], plan[1].tables[0].values.tolist()
+    (3, [[1.0], [2.0], [3.0]], [0.0, 2.0])
+    >>> [w.index for w in plan[1:]]
+    [1, 2]
+    """
+
+    def __init__(self, table: ObservationTable, window: int, seed: int) -> None:
+        tvals = float_times(table.time)
+        groups = group_times(tvals)
+        self.window, self.seed = int(window), int(seed)
+        self._ordered = table.select(np.concatenate(groups)) if groups else table
+        sizes = np.array([len(g) for g in groups], dtype=np.int64)
+        ends = np.cumsum(sizes)
+        self._starts, self._ends = ends - sizes, ends
+        first = np.array([g[0] for g in groups], dtype=np.int64)
+        self._tvals = tvals[first] if len(first) else np.empty(0)
+        self._labels = np.asarray(table.time)[first] if len(first) else np.empty(0)
+        self._fields = [f.name for f in dataclasses.fields(ObservationTable)]
+        self._range = range(-(-len(groups) // self.window))
+
+    def __len__(self) -> int:
+        return len(self._range)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            new = copy.copy(self)
+            new._range = self._range[i]
+            return new
+        k = self._range[i]
+        w = self.window
+        gs = range(k * w, min(k * w + w, len(self._starts)))
+        return ObservationWindow(index=k, tables=[self.table(j) for j in gs],
+                                 times=[float(self._tvals[j]) for j in gs],
+                                 labels=[self._labels[j] for j in gs],
+                                 seed=window_seed(self.seed, k))
+
+    def table(self, j: int) -> ObservationTable:
+        """The observations of the plan's ``j``-th observation time (counting from the
+        first time of the whole table)."""
+        i, e = int(self._starts[j]), int(self._ends[j])
+        o = self._ordered
+        return ObservationTable(*[None if (a := getattr(o, f)) is None else a[i:e]
+                                  for f in self._fields])
+
+    def _times(self) -> range:
+        """The observation times (indices) of the plan's windows."""
+        w = self.window
+        r = self._range
+        if not len(r):
+            return range(0)
+        return range(r[0] * w, min((r[-1] + 1) * w, len(self._starts)))
+
+    def sizes(self) -> np.ndarray:
+        """Observations per observation time of the plan's windows, in order."""
+        t = self._times()
+        return (self._ends - self._starts)[t.start:t.stop]
+
+    def labels(self) -> np.ndarray:
+        """The observation times as given, one per observation time of the plan."""
+        t = self._times()
+        return self._labels[t.start:t.stop]
+
+    def columns(self, name: str) -> Any:
+        """Column ``name`` of the plan's entries, in time order (a view; None for a
+        column the table does not have)."""
+        col = getattr(self._ordered, name)
+        t = self._times()
+        if col is None or not len(t):
+            return None if col is None else col[:0]
+        i, e = int(self._starts[t.start]), int(self._ends[t.stop - 1])
+        return col[i:e]
+
+    def same_places(self) -> bool:
+        """Whether every observation time of the plan has the same number of entries
+        and, entry by entry, the same bytes in every column an observation operator
+        depends on (those :func:`xlatda.spaces.table_key` reads): then one operator
+        key serves all its tables."""
+        sizes = self.sizes()
+        if not len(sizes) or bool((sizes != sizes[0]).any()):
+            return False
+        n = len(sizes)
+        for name in ("lat", "lon", "position", "channel", "footprint_weight", "footprint_lat",
+                     "footprint_lon", "footprint_position"):
+            col = self.columns(name)
+            if col is None:
+                continue
+            a = col.numpy() if isinstance(col, torch.Tensor) else np.asarray(col)
+            if a.dtype.kind not in "biuf":
+                return False
+            b = np.ascontiguousarray(a).reshape(n, -1).view(np.uint8)
+            if not bool((b == b[:1]).all()):
+                return False
+        return True
+
