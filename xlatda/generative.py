@@ -92,6 +92,25 @@ observations than latent values in an analysis nothing is left to estimate it
 from and the factor stays 1. Exact for a linear decoder
 (``tests/test_score_adaptive_rep.py``).
 
+``representation_scale="two_part"`` (with a model fitted with
+``fit_representation_error(..., smooth=True)``, the default): the error model
+:math:`s_1^2\,U^\top U + s_2^2\,C` of
+:class:`~xlatda.methods.score.TwoPartError`, the fitted low-rank modes plus a
+smooth isotropic part :math:`C` (per channel the variance the held-out residuals
+keep outside the modes' span and a Gaussian correlation of the length fitted on
+them), both factors estimated jointly per analysis as ``"adaptive"`` does the
+one (:func:`~xlatda.methods.score.representation_scales`, REML off the range of
+the Jacobian of H∘D); a single factor on a rank-``k`` :math:`\Sigma_{\rm rep}`
+cannot grow an error outside the span of its modes, the second factor can. The
+factors are the ``representation_scale`` (:math:`s_1^2`) and
+``representation_scale_smooth`` (:math:`s_2^2`) diagnostics; pass the pair to
+:func:`predictive_samples` as ``scale=(s1, s2)``, or let it estimate its own
+(``scale="two_part"``). A pair of numbers as ``representation_scale`` fixes
+both. ``representation_floor`` (default 0) is a lower bound on the estimated
+factor on the modes (``"adaptive"``, ``"two_part"``): 1 keeps at least the
+error the held-out states showed. Exact for a linear decoder
+(``tests/test_score_two_part.py``).
+
 **Latent conditioning** (``conditioning="latent"``, latent models; SLAMS'
 multimodal fusion, :mod:`xlatda.latent_obs`). Instead of ``H o D`` at the
 observation points, each observation time's observations are binned into an
@@ -1393,7 +1412,7 @@ def predictive_samples(analysis: xr.Dataset, obs: xr.Dataset, model: LatentModel
         Observation times per group (default: the score prior's window, or 1).
     conditional : bool
         Condition the error on the observations (default) or not.
-    scale : float or "adaptive"
+    scale : float, "adaptive", "two_part" or (float, float)
         Factor on :math:`\Sigma_{\rm rep}` (default 1: the model as fitted).
         ``"adaptive"``: per group of observation times, the maximum-likelihood
         factor :math:`\alpha` of the members' residuals :math:`y - A x_i` to the
@@ -1407,7 +1426,14 @@ def predictive_samples(analysis: xr.Dataset, obs: xr.Dataset, model: LatentModel
         analysis with ``representation_scale="adaptive"`` used in its
         likelihood, pass its ``representation_scale`` diagnostic as a number
         instead. Times without
-        observations keep the factor 1.
+        observations keep the factor 1. ``"two_part"``: the two-part model
+        (:class:`~xlatda.methods.score.TwoPartError`), both factors estimated
+        jointly per group the same way
+        (:func:`~xlatda.methods.score.representation_scales` on all the
+        residuals); a pair ``(s1, s2)`` of numbers: the two-part model with
+        those factors (the ``representation_scale`` and
+        ``representation_scale_smooth`` diagnostics of an analysis made with
+        ``representation_scale="two_part"``).
     seed : int
         Seed of the draws: the same seed gives bit-identical samples.
 
@@ -1453,6 +1479,17 @@ def predictive_samples(analysis: xr.Dataset, obs: xr.Dataset, model: LatentModel
     (6, True)
     >>> pred6 = xlatda.predictive_samples(res.analysis, obs6, model,
     ...                                   scale=float(scale.mean()), seed=0)
+
+    The two-part model (modes and a smooth isotropic part, both factors estimated):
+
+    >>> res2 = xlatda.cycle(None, obs6, model, method="score", members=5, steps=8, window=3,
+    ...                     representation_error=True, representation_scale="two_part",
+    ...                     progress=False)
+    >>> pair = (float(res2.diagnostics.representation_scale.mean()),
+    ...         float(res2.diagnostics.representation_scale_smooth.mean()))
+    >>> pred2 = xlatda.predictive_samples(res2.analysis, obs6, model, scale=pair, seed=0)
+    >>> bool((pred2.x.std("member") > 0).all())
+    True
     """
     from xlatda.obs import to_tensors
     from xlatda.windows import plan_windows
