@@ -341,6 +341,17 @@ def main(quick: bool = True, threads: int | None = 1, seed: int = 0,
     _log(f"latent likelihoods {t_lo:.0f} s")
 
     val_rows, rows = [], []
+
+    def report() -> None:
+        res = {"cfg": cfg, "val": val_rows, "test": rows, "floor": floor, "t_ae": t_ae,
+               "rep": {k: rep.get(k) for k in ("rmse", "time_correlation", "explained",
+                                               "n_samples", "smooth_var", "smooth_length",
+                                               "smooth_phi", "smooth_fit_rms")},
+               "t_score": t_score, "t_lo": t_lo, "total": time.perf_counter() - t_all,
+               "threads": torch.get_num_threads(), "quick": quick,
+               "n_pairs": {d: lo.n_pairs for d, lo in los.items()}}
+        write_report(res, out)
+
     if gamma_from and gamma_from in conds:  # its gamma first: the others use it
         conds = (gamma_from, *[c for c in conds if c != gamma_from])
     for d in cfg["run_designs"]:
@@ -408,14 +419,9 @@ def main(quick: bool = True, threads: int | None = 1, seed: int = 0,
                 _log(f"{d} {cond}+{k}: gamma {g} rmse {p['rmse']:.3f} ssr "
                      f"{p['ssr']:.2f} [{p['ssr_lo']:.2f}, {p['ssr_hi']:.2f}] outer "
                      f"{p['outer']:.2f} crps {p['crps']:.4f}")
-    res = {"cfg": cfg, "val": val_rows, "test": rows, "floor": floor, "t_ae": t_ae,
-           "rep": {k: rep.get(k) for k in ("rmse", "time_correlation", "explained", "n_samples",
-                                           "smooth_var", "smooth_length", "smooth_phi",
-                                           "smooth_fit_rms")},
-           "t_score": t_score, "t_lo": t_lo, "total": time.perf_counter() - t_all,
-           "threads": torch.get_num_threads(), "quick": quick,
-           "n_pairs": {d: lo.n_pairs for d, lo in los.items()}}
-    write_report(res, out)
+            # the table so far, after every row (a long run that is stopped keeps
+            # what it finished)
+            report()
     return rows
 
 
