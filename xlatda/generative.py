@@ -204,7 +204,9 @@ _CONDITIONINGS = ("explicit", "latent")
 #: set. ``representation_scale`` 1 (the error model as fitted): ``"adaptive"`` was not
 #: better on the validation windows of ``benchmarks/bench_score_fusion.py`` (predictive
 #: CRPS within 2 % at r = 4, 16 and stations, 36 % worse at r = 8, where the factor fell
-#: to 0; ``benchmarks/RESULTS.md``, score_adaptive_rep).
+#: to 0; ``benchmarks/RESULTS.md``, score_adaptive_rep); nor was ``"two_part"`` on the
+#: 8 validation windows (predictive CRPS +4 / +8 / -6 / +0.2 % at r = 4 / 8 / 16 /
+#: stations, score_two_part). ``representation_floor`` 0: no bound on the estimated factor.
 LIKELIHOOD_DEFAULTS: dict[str, Any] = {"representation_error": False,
                                        "representation_scale": 1.0,
                                        "representation_floor": 0.0}
