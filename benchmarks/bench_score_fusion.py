@@ -59,15 +59,15 @@ OUT = Path(__file__).resolve().parent / "out"
 VARS = ("height", "vorticity")
 
 CONFIGS: dict[str, dict[str, Any]] = {
-    "quick": {"train_traj": 8, "calib_traj": 3, "val_traj": 1, "test_traj": 2, "hours": 48,
+    "quick": {"train_traj": 8, "calib_traj": 3, "val_traj": 2, "test_traj": 2, "hours": 48,
               "latent": 32, "ae_channels": (8, 16, 16), "ae_epochs": 40, "score_epochs": 300,
               "members": 8, "steps": 32,
-              "window": 5, "val_starts": (10, 30), "test_starts": (8, 28),
+              "window": 5, "val_starts": (8, 18, 28, 38), "test_starts": (8, 18, 28, 38),
               "gammas": (1e-2, 1e-1, 1.0, 10.0), "designs": ("r4", "r8", "r16", "stations")},
     "full": {"train_traj": 16, "calib_traj": 6, "val_traj": 2, "test_traj": 4, "hours": 72,
              "latent": 48, "ae_channels": (16, 32, 32), "ae_epochs": 80, "score_epochs": 400,
              "members": 16, "steps": 64,
-             "window": 5, "val_starts": (10, 30, 50), "test_starts": (8, 28, 48),
+             "window": 5, "val_starts": (8, 28, 48), "test_starts": (8, 28, 48),
              "gammas": (1e-2, 1e-1, 1.0, 10.0), "designs": ("r4", "r8", "r16", "stations")},
 }
 
@@ -179,6 +179,12 @@ COND_SETTINGS: dict[str, dict[str, Any]] = {
     # window's own observations (one update, a second analysis with it)
     "explicit_rep_ad": {"conditioning": "explicit", "representation_error": True,
                         "representation_scale": "adaptive"},
+    # the two-part model (modes + smooth isotropic part), both factors estimated per
+    # window jointly; "f": with a floor of 1 on the modes' factor
+    "explicit_rep_2p": {"conditioning": "explicit", "representation_error": True,
+                        "representation_scale": "two_part"},
+    "explicit_rep_2pf": {"conditioning": "explicit", "representation_error": True,
+                         "representation_scale": "two_part", "representation_floor": 1.0},
 }
 #: Conditionings whose analyses are also scored as predictive samples D(z) + ε
 #: (``xlatda.predictive_samples``, conditioned on the observations), and the variants:
@@ -186,16 +192,21 @@ COND_SETTINGS: dict[str, dict[str, Any]] = {
 #: own observations ("pred_ad", ``scale="adaptive"``), and, for analyses made with
 #: ``representation_scale="adaptive"``, the factor the analysis itself estimated and used
 #: in its likelihood ("pred_an", from ``CycleResult.diagnostics.representation_scale``).
-PREDICTIVE = ("explicit", "explicit_rep", "tweedie", "tweedie_rep", "explicit_rep_ad")
+PREDICTIVE = ("explicit", "explicit_rep", "tweedie", "tweedie_rep", "explicit_rep_ad",
+              "explicit_rep_2p", "explicit_rep_2pf")
+#: "pred_2p": the two-part model, both factors estimated per window on all the members'
+#: residuals (``scale="two_part"``); for two-part analyses "pred_an" is the pair of factors
+#: the analysis estimated.
 PRED_VARIANTS: dict[str, dict[str, Any]] = {"pred": {}, "pred_ad": {"scale": "adaptive"},
-                                            "pred_an": {"scale": "analysis"}}
+                                            "pred_an": {"scale": "analysis"},
+                                            "pred_2p": {"scale": "two_part"}}
 
 
 def _run(model, lo, trajs, starts, design, cond, gamma, err, cfg, seed,
          calib: bool = False, corrections: int = 1) -> tuple[dict, float]:
     """Scores of the decoded analyses (and, for :data:`PREDICTIVE`, ``out["pred"]`` of
     the predictive samples of the same analyses)."""
-    parts, priors, secs, scales = [], [], 0.0, []
+    parts, priors, secs, scales, scales2 = [], [], 0.0, [], []
     preds: dict[str, list] = {k: [] for k in PRED_VARIANTS}
     w = cfg["window"]
     for i, tr in enumerate(trajs):
@@ -211,6 +222,8 @@ def _run(model, lo, trajs, starts, design, cond, gamma, err, cfg, seed,
             secs += time.perf_counter() - t0
             if "representation_scale" in res.diagnostics:
                 scales.append(float(res.diagnostics.representation_scale.mean()))
+            if "representation_scale_smooth" in res.diagnostics:
+                scales2.append(float(res.diagnostics.representation_scale_smooth.mean()))
             part = _stats(res.analysis, truth, cfg["std"])
             if cond in PREDICTIVE:
                 for k, kw_p in PRED_VARIANTS.items():
@@ -218,6 +231,9 @@ def _run(model, lo, trajs, starts, design, cond, gamma, err, cfg, seed,
                         if "representation_scale" not in res.diagnostics:
                             continue
                         kw_p = {"scale": float(res.diagnostics.representation_scale.mean())}
+                        if "representation_scale_smooth" in res.diagnostics:
+                            kw_p = {"scale": (kw_p["scale"], float(
+                                res.diagnostics.representation_scale_smooth.mean()))}
                     pred = xlatda.predictive_samples(res.analysis, obs, model, seed=seed + s,
                                                      **kw_p)
                     preds[k].append(_stats(pred, truth, cfg["std"]))
@@ -232,6 +248,9 @@ def _run(model, lo, trajs, starts, design, cond, gamma, err, cfg, seed,
     if scales:  # the factor on Σ_rep each window's analysis estimated
         out["rep_scale"] = float(np.mean(scales))
         out["rep_scales"] = [round(v, 2) for v in scales]
+    if scales2:  # the two-part model's factor on its smooth part
+        out["rep_scale2"] = float(np.mean(scales2))
+        out["rep_scales2"] = [round(v, 2) for v in scales2]
     if calib:
         out |= _calibration(parts)
     if cond in PREDICTIVE:
@@ -262,16 +281,24 @@ def main(quick: bool = True, threads: int | None = 1, seed: int = 0,
          conds: tuple[str, ...] = ("explicit", "latent", "tweedie", "explicit_rep",
                                    "tweedie_rep"),
          test_starts: tuple[int, ...] | None = None, select: dict[str, str] | None = None,
-         out: str | None = None) -> list[dict[str, Any]]:
+         out: str | None = None, designs: tuple[str, ...] | None = None,
+         gamma_from: str | None = None) -> list[dict[str, Any]]:
     """Run the benchmark. ``test_starts``: the test windows' first hours (default the
     mode's); ``select``: ``{conditioning: variant}``, choose one gamma per design for that
     conditioning by the validation CRPS of that predictive variant (``"pred"``,
     ``"pred_ad"``) and score every output of the row at it (one test run per row; the
     conditionings not named: each output at its own gamma); ``out``: the table's file
-    name."""
+    name; ``designs``: a subset of the mode's designs; ``gamma_from``: a conditioning whose
+    gamma (chosen on validation, per design) the other conditionings use, validated and
+    tested at that gamma only. The validation windows start at the test windows' hours
+    (on the validation trajectories, seed 1)."""
     cfg = dict(CONFIGS["quick" if quick else "full"])
     if test_starts:
         cfg["test_starts"] = tuple(int(v) for v in test_starts)
+    cfg["val_starts"] = cfg["test_starts"]  # validation drawn as the test windows are
+    # the designs run (the model is trained on images of all the mode's designs either way)
+    cfg["run_designs"] = tuple(designs) if designs else cfg["designs"]
+    cfg["gamma_from"] = gamma_from
     select = dict(select or {})
     cfg["select"] = select
     if threads:
@@ -293,7 +320,9 @@ def main(quick: bool = True, threads: int | None = 1, seed: int = 0,
                                             modes=cfg.get("rep_modes", 32))
     rep = model.history["representation_error"]
     _log(f"representation error: rmse {rep['rmse']}, phi {rep['time_correlation']:.3f}, "
-         f"modes explain {rep['explained']:.2f}")
+         f"modes explain {rep['explained']:.2f}; smooth part: var {rep.get('smooth_var')}, "
+         f"length {rep.get('smooth_length')}, phi {rep.get('smooth_phi')}, fit rms "
+         f"{rep.get('smooth_fit_rms')}")
     # representation floor: test states through E then D (no observations)
     rec = []
     for tr in test:
@@ -312,7 +341,21 @@ def main(quick: bool = True, threads: int | None = 1, seed: int = 0,
     _log(f"latent likelihoods {t_lo:.0f} s")
 
     val_rows, rows = [], []
-    for d in cfg["designs"]:
+
+    def report() -> None:
+        res = {"cfg": cfg, "val": val_rows, "test": rows, "floor": floor, "t_ae": t_ae,
+               "rep": {k: rep.get(k) for k in ("rmse", "time_correlation", "explained",
+                                               "n_samples", "smooth_var", "smooth_length",
+                                               "smooth_phi", "smooth_fit_rms")},
+               "t_score": t_score, "t_lo": t_lo, "total": time.perf_counter() - t_all,
+               "threads": torch.get_num_threads(), "quick": quick,
+               "n_pairs": {d: lo.n_pairs for d, lo in los.items()}}
+        write_report(res, out)
+
+    if gamma_from and gamma_from in conds:  # its gamma first: the others use it
+        conds = (gamma_from, *[c for c in conds if c != gamma_from])
+    for d in cfg["run_designs"]:
+        chosen: dict[str, tuple] = {}
         for cond in conds:
             best = None
             # the Tweedie guidance has no gamma to choose (it only sets the CG
@@ -320,6 +363,8 @@ def main(quick: bool = True, threads: int | None = 1, seed: int = 0,
             # noise); validation chooses its Langevin corrections (0 or 1) instead
             cands = ([(g, 1) for g in cfg["gammas"]] if not cond.startswith("tweedie")
                      else [(1.0, 0), (1.0, 1)])
+            if gamma_from and cond != gamma_from and gamma_from in chosen:
+                cands = [chosen[gamma_from]]
             best_pred: dict[str, tuple] = {}
             sc_val: dict[tuple, dict] = {}
             for g, c in cands:
@@ -329,7 +374,8 @@ def main(quick: bool = True, threads: int | None = 1, seed: int = 0,
                 val_rows.append({"design": d, "conditioning": cond, "gamma": g,
                                  "corrections": c,
                                  "val_rmse": sc["rmse"], "val_ssr": sc["ssr"],
-                                 "val_crps": sc["crps"], "rep_scale": sc.get("rep_scale")})
+                                 "val_crps": sc["crps"], "rep_scale": sc.get("rep_scale"),
+                                 "rep_scale2": sc.get("rep_scale2")})
                 for k, p in sc.get("pred", {}).items():
                     val_rows.append({"design": d, "conditioning": f"{cond}+{k}", "gamma": g,
                                      "corrections": c, "val_rmse": p["rmse"],
@@ -340,6 +386,7 @@ def main(quick: bool = True, threads: int | None = 1, seed: int = 0,
                         else sc["crps"])
                 if best is None or crit < best[1]:
                     best = (g, crit, c)
+            chosen[cond] = (best[0], best[2])
             sc, secs = _run(model, los[d], test, cfg["test_starts"], d, cond, best[0], err,
                             cfg, seed + 9, calib=True, corrections=best[2])
             pred_sc = sc.pop("pred", None)
@@ -372,12 +419,9 @@ def main(quick: bool = True, threads: int | None = 1, seed: int = 0,
                 _log(f"{d} {cond}+{k}: gamma {g} rmse {p['rmse']:.3f} ssr "
                      f"{p['ssr']:.2f} [{p['ssr_lo']:.2f}, {p['ssr_hi']:.2f}] outer "
                      f"{p['outer']:.2f} crps {p['crps']:.4f}")
-    res = {"cfg": cfg, "val": val_rows, "test": rows, "floor": floor, "t_ae": t_ae,
-           "rep": {k: rep[k] for k in ("rmse", "time_correlation", "explained", "n_samples")},
-           "t_score": t_score, "t_lo": t_lo, "total": time.perf_counter() - t_all,
-           "threads": torch.get_num_threads(), "quick": quick,
-           "n_pairs": {d: lo.n_pairs for d, lo in los.items()}}
-    write_report(res, out)
+            # the table so far, after every row (a long run that is stopped keeps
+            # what it finished)
+            report()
     return rows
 
 
@@ -431,7 +475,7 @@ def write_report(res: dict[str, Any], out: str | None = None) -> Path:
         "",
         *_table(res["val"], ["design", "conditioning", "gamma", "corrections", "val_rmse",
                              "val_ssr",
-                             "val_crps", "rep_scale"]),
+                             "val_crps", "rep_scale", "rep_scale2"]),
         "",
         "Test:",
         "",
@@ -439,7 +483,8 @@ def write_report(res: dict[str, Any], out: str | None = None) -> Path:
                        "prior_rmse",
                        "spread",
                        "ssr", "crps", "seconds_per_window", "explained", "shrinkage",
-                       "val_rep_scale", "rep_scale", "rep_scales"]),
+                       "val_rep_scale", "rep_scale", "rep_scales", "rep_scale2",
+                       "rep_scales2"]),
         "",
         "Calibration on the test windows (`_calibration`): SSR with a 5-95 % bootstrap "
         "interval over the windows, SSR against the decoded code of the truth (*ssr_rep*), "
@@ -509,8 +554,13 @@ if __name__ == "__main__":
                     help="cond:variant,... one gamma per row by that predictive variant's "
                          "validation CRPS (e.g. explicit_rep:pred,explicit_rep_ad:pred_ad)")
     ap.add_argument("--out", default=None, help="table file name under benchmarks/out")
+    ap.add_argument("--designs", default="", help="comma-separated subset of the designs")
+    ap.add_argument("--gamma-from", default="",
+                    help="conditioning whose validation-chosen gamma the others use")
     args = ap.parse_args()
     starts = tuple(int(v) for v in args.test_starts.split(",") if v)
     main(quick=not args.full, threads=args.threads, conds=tuple(args.conds.split(",")),
          test_starts=starts or None,
-         select=dict(v.split(":") for v in args.select.split(",") if v), out=args.out)
+         select=dict(v.split(":") for v in args.select.split(",") if v), out=args.out,
+         designs=tuple(v for v in args.designs.split(",") if v) or None,
+         gamma_from=args.gamma_from or None)

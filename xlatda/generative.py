@@ -92,6 +92,25 @@ observations than latent values in an analysis nothing is left to estimate it
 from and the factor stays 1. Exact for a linear decoder
 (``tests/test_score_adaptive_rep.py``).
 
+``representation_scale="two_part"`` (with a model fitted with
+``fit_representation_error(..., smooth=True)``, the default): the error model
+:math:`s_1^2\,U^\top U + s_2^2\,C` of
+:class:`~xlatda.methods.score.TwoPartError`, the fitted low-rank modes plus a
+smooth isotropic part :math:`C` (per channel the variance the held-out residuals
+keep outside the modes' span and a Gaussian correlation of the length fitted on
+them), both factors estimated jointly per analysis as ``"adaptive"`` does the
+one (:func:`~xlatda.methods.score.representation_scales`, REML off the range of
+the Jacobian of H∘D); a single factor on a rank-``k`` :math:`\Sigma_{\rm rep}`
+cannot grow an error outside the span of its modes, the second factor can. The
+factors are the ``representation_scale`` (:math:`s_1^2`) and
+``representation_scale_smooth`` (:math:`s_2^2`) diagnostics; pass the pair to
+:func:`predictive_samples` as ``scale=(s1, s2)``, or let it estimate its own
+(``scale="two_part"``). A pair of numbers as ``representation_scale`` fixes
+both. ``representation_floor`` (default 0) is a lower bound on the estimated
+factor on the modes (``"adaptive"``, ``"two_part"``): 1 keeps at least the
+error the held-out states showed. Exact for a linear decoder
+(``tests/test_score_two_part.py``).
+
 **Latent conditioning** (``conditioning="latent"``, latent models; SLAMS'
 multimodal fusion, :mod:`xlatda.latent_obs`). Instead of ``H o D`` at the
 observation points, each observation time's observations are binned into an
@@ -159,8 +178,11 @@ from xlatda.methods.protocol import CycleMethod, WindowAnalysis, adapts
 from xlatda.methods.score import (
     RepresentationError,
     ScoreDA,
+    TwoPartError,
+    fit_smooth_error,
     observation_gain,
     representation_scale,
+    representation_scales,
 )
 from xlatda.model import LatentModel
 from xlatda.normalize import Normalizer
@@ -170,21 +192,24 @@ from xlatda.validation import check_keywords, refuse_unknown_keywords
 from xlatda.windows import float_times
 
 __all__ = ["PixelScoreModel", "ScoreWindows", "fit_representation_error", "fit_score",
-           "predictive_samples", "representation_model"]
+           "predictive_samples", "representation_model", "two_part_model"]
 
 _F64 = torch.float64
 _SAMPLER_SETTINGS = ("steps", "corrections", "tau", "gamma", "guide_clip", "cg_iters", "grid")
 _SPAN_SETTINGS = ("joint", "block", "representation_error", "representation_scale",
-                  "conditioning", "latent_obs")
+                  "representation_floor", "conditioning", "latent_obs")
 _CONDITIONINGS = ("explicit", "latent")
 #: Defaults of the likelihood settings of ``method="score"`` (the xarray layer's; the
 #: sampler's are :data:`xlatda.methods.score.SAMPLER_DEFAULTS`), the one place they are
 #: set. ``representation_scale`` 1 (the error model as fitted): ``"adaptive"`` was not
 #: better on the validation windows of ``benchmarks/bench_score_fusion.py`` (predictive
 #: CRPS within 2 % at r = 4, 16 and stations, 36 % worse at r = 8, where the factor fell
-#: to 0; ``benchmarks/RESULTS.md``, score_adaptive_rep).
+#: to 0; ``benchmarks/RESULTS.md``, score_adaptive_rep); nor was ``"two_part"`` on the
+#: 8 validation windows (predictive CRPS +4 / +8 / -6 / +0.2 % at r = 4 / 8 / 16 /
+#: stations, score_two_part). ``representation_floor`` 0: no bound on the estimated factor.
 LIKELIHOOD_DEFAULTS: dict[str, Any] = {"representation_error": False,
-                                       "representation_scale": 1.0}
+                                       "representation_scale": 1.0,
+                                       "representation_floor": 0.0}
 
 
 
@@ -492,7 +517,11 @@ class _WindowSampler:
             "representation_error", LIKELIHOOD_DEFAULTS["representation_error"]))
         self.rep_scale = self._representation_scale(settings.get(
             "representation_scale", LIKELIHOOD_DEFAULTS["representation_scale"]))
-        self.last_scale: float | None = None  # the factor of the last analysis's Σ_rep
+        self.rep_floor = self._representation_floor(settings.get(
+            "representation_floor", LIKELIHOOD_DEFAULTS["representation_floor"]))
+        self.rep_two = self._two_part_model()
+        # the factor of the last analysis's Σ_rep (two-part model: (s1², s2²))
+        self.last_scale: float | tuple[float, float] | None = None
         self.conditioning = settings.get("conditioning", "explicit")
         self.latent_obs = self._latent_likelihood(settings)
 
@@ -615,12 +644,21 @@ class _WindowSampler:
 
         return observe, y, torch.ones_like(y), gain
 
-    def _representation_scale(self, scale: Any) -> float | str:
-        """The checked ``representation_scale`` setting: a factor on Σ_rep, or ``"adaptive"``."""
-        if isinstance(scale, str):
-            if scale != "adaptive":
-                raise ConfigError(f"representation_scale must be a non-negative number or "
-                                  f"'adaptive', got {scale!r}")
+    def _representation_scale(self, scale: Any) -> float | str | tuple[float, float]:
+        """The checked ``representation_scale`` setting: a factor on Σ_rep, ``"adaptive"``,
+        ``"two_part"`` or the pair ``(s1², s2²)`` of the two-part model."""
+        if isinstance(scale, (tuple, list)):
+            if len(scale) != 2 or not all(
+                    isinstance(v, (int, float, np.integer, np.floating))
+                    and not isinstance(v, (bool, np.bool_)) and v >= 0 for v in scale):
+                raise ConfigError(f"representation_scale as a pair is (s1², s2²), two "
+                                  f"non-negative numbers, got {scale!r}")
+            scale = (float(scale[0]), float(scale[1]))
+        elif isinstance(scale, str):
+            if scale not in ("adaptive", "two_part"):
+                raise ConfigError(f"representation_scale must be a non-negative number, "
+                                  f"'adaptive', 'two_part' or a pair (s1², s2²), got "
+                                  f"{scale!r}")
         elif (isinstance(scale, (bool, np.bool_))
               or not isinstance(scale, (int, float, np.integer, np.floating)) or not scale >= 0):
             raise ConfigError(f"representation_scale must be a non-negative number or "
@@ -630,7 +668,41 @@ class _WindowSampler:
                 "representation_scale scales the covariance model of the decoder's error: it "
                 "needs representation_error=True and a model from "
                 "xlatda.fit_representation_error(model, heldout_states)")
-        return scale if isinstance(scale, str) else float(scale)
+        return scale if isinstance(scale, (str, tuple)) else float(scale)
+
+    def _representation_floor(self, floor: Any) -> float:
+        """The checked ``representation_floor``: lower bound on the estimated factor on the
+        low-rank part of Σ_rep (``"adaptive"``, ``"two_part"``)."""
+        if (isinstance(floor, (bool, np.bool_))
+                or not isinstance(floor, (int, float, np.integer, np.floating))
+                or not floor >= 0):
+            raise ConfigError(f"representation_floor must be a non-negative number, got "
+                              f"{floor!r}")
+        if floor > 0 and self.rep_scale not in ("adaptive", "two_part"):
+            raise ConfigError(
+                "representation_floor bounds an estimated factor: pass it with "
+                "representation_scale='adaptive' or 'two_part'")
+        return float(floor)
+
+    def _two_part_model(self) -> TwoPartError | None:
+        """The two-part error model of ``representation_scale="two_part"`` or a pair."""
+        if not (self.rep_scale == "two_part" or isinstance(self.rep_scale, tuple)):
+            return None
+        two = two_part_model(self.model)
+        if two is None:
+            raise ConfigError(
+                "representation_scale='two_part' (or a pair) needs the smooth part of the "
+                "error model: refit it with xlatda.fit_representation_error(model, "
+                "heldout_states) (smooth=True, the default)")
+        return two
+
+    def rep_parts(self, tables, positions) -> list[tuple[slice, torch.Tensor, torch.Tensor]]:
+        """Blocks ``[(slice, B, M2)]`` of the two-part model at the observations
+        (:meth:`~xlatda.methods.score.TwoPartError.obs_parts`, grouped as
+        :func:`_rep_blocks`), float64."""
+        ops = _rep_obs_operators(self.model, tables)
+        tscale = _rep_time_scale(self.model, self.prior.time_step)
+        return _rep_parts(self.rep_two, ops, [float(p) * tscale for p in positions])
 
     def analyse(self, da: ScoreDA, members: int, tables, positions, prior, gen, known=None):
         """Standardised posterior samples of one analysis (``ScoreDA.analyse``), with the
@@ -639,6 +711,8 @@ class _WindowSampler:
         own observations show off the decoder's tangent space at the members' mean,
         :func:`~xlatda.methods.score.representation_scale` with the Jacobian of H∘D, and a
         new analysis with it). The factor used is left in ``last_scale``."""
+        if self.rep_two is not None and self.rep_model is not None:
+            return self._analyse_two_part(da, members, tables, positions, prior, gen, known)
         adaptive = self.rep_scale == "adaptive"
         scale = 1.0 if adaptive else float(self.rep_scale)
         blocks = self.rep_blocks(tables, positions) if self.rep_model is not None else None
@@ -664,8 +738,42 @@ class _WindowSampler:
             jac = _jacobian_at(observe, u.mean(0)).to(_F64).cpu()
         y = torch.cat([t.values for t in tables]).to(_F64).cpu()
         r = torch.cat([t.error_std for t in tables]).to(_F64).cpu()
-        s2 = representation_scale(y - hx, r, blocks, jacobian=jac)
+        s2 = representation_scale(y - hx, r, blocks, jacobian=jac, floor=self.rep_floor)
         return 1.0 if math.isnan(s2) else s2
+
+    def _analyse_two_part(self, da, members, tables, positions, prior, gen, known):
+        """``analyse`` with the two-part model: the factors ``(s1², s2²)`` given, or
+        (``"two_part"``) 1 and 1, then :data:`REP_ADAPTIVE_UPDATES` times the pair the
+        members' residuals show off the tangent space of H∘D at their mean
+        (:func:`~xlatda.methods.score.representation_scales`, jointly, ``s1² >=
+        representation_floor``) and a new analysis with it."""
+        adaptive = self.rep_scale == "two_part"
+        factors = (1.0, 1.0) if adaptive else self.rep_scale
+        parts = self.rep_parts(tables, positions)
+        kw = dict(generator=gen, device=self.device, dtype=self.dtype)
+        u = None
+        for _ in range(1 + (REP_ADAPTIVE_UPDATES if adaptive else 0)):
+            if u is not None:
+                factors = self._residual_scales(u, tables, positions, prior, parts)
+            blocks = [(sl, factors[0] * (b @ b.T) + factors[1] * m2) for sl, b, m2 in parts]
+            observe, y, r, gain = self.likelihood(tables, positions, prior, gen, 1.0, blocks)
+            u = da.analyse(members, observe, y, r, obs_gain=gain, known=known,
+                           obs_jacobian=self.jacobian(observe, prior), **kw)
+        self.last_scale = (float(factors[0]), float(factors[1]))
+        return u
+
+    def _residual_scales(self, u, tables, positions, prior, parts) -> tuple[float, float]:
+        """The two-part factors of the members ``u``' residuals (``_residual_scale`` with
+        :func:`~xlatda.methods.score.representation_scales`); ``(1, 1)`` without degrees
+        of freedom."""
+        observe = self._observe(tables, positions, prior)
+        with torch.no_grad():
+            hx = observe(u).to(_F64).cpu()
+            jac = _jacobian_at(observe, u.mean(0)).to(_F64).cpu()
+        y = torch.cat([t.values for t in tables]).to(_F64).cpu()
+        r = torch.cat([t.error_std for t in tables]).to(_F64).cpu()
+        s1, s2 = representation_scales(y - hx, r, parts, jacobian=jac, floor=self.rep_floor)
+        return (1.0, 1.0) if math.isnan(s1) else (s1, s2)
 
     def _representation_variance(self, flag: Any) -> torch.Tensor | None:
         """Per-channel variance the decoder cannot represent (``None`` when not used)."""
@@ -957,8 +1065,11 @@ class ScoreWindows(CycleMethod):
     def _diagnostics(self, scale: float | None) -> dict[str, torch.Tensor]:
         """``representation_scale`` (the factor on Σ_rep of the window's analysis) when it
         is estimated (``representation_scale="adaptive"``); nothing otherwise."""
-        if self.sampler.rep_scale != "adaptive" or scale is None:
+        if self.sampler.rep_scale not in ("adaptive", "two_part") or scale is None:
             return {}
+        if isinstance(scale, tuple):  # the two-part model: (s1², s2²)
+            return {"representation_scale": torch.tensor(float(scale[0]), dtype=_F64),
+                    "representation_scale_smooth": torch.tensor(float(scale[1]), dtype=_F64)}
         return {"representation_scale": torch.tensor(float(scale), dtype=_F64)}
 
 
@@ -994,7 +1105,7 @@ def _state_values(ds: xr.Dataset, L: StateLayout, lead: Sequence[str]) -> np.nda
 
 @refuse_unknown_keywords
 def fit_representation_error(model: LatentModel, heldout: xr.Dataset, *,
-                             modes: int = 32) -> LatentModel:
+                             modes: int = 32, smooth: bool = True) -> LatentModel:
     r"""Estimate the decoder's representation-error covariance on held-out states.
 
     The residuals :math:`e = x - D(E(x))` of held-out states (in physical
@@ -1021,6 +1132,15 @@ def fit_representation_error(model: LatentModel, heldout: xr.Dataset, *,
         trajectories with a time axis).
     modes : int
         Rank of the low-rank part (at most the number of held-out states).
+    smooth : bool
+        Also fit the smooth isotropic part of the two-part model
+        (:class:`~xlatda.methods.score.TwoPartError`, used by
+        ``representation_scale="two_part"``): the part of the residuals outside
+        the modes' span gives a variance per channel, a Gaussian correlation
+        length (least squares on the binned correlation against distance, chord
+        distance on the unit sphere for latitude-longitude grids, grid indices
+        otherwise; :func:`~xlatda.methods.score.fit_smooth_error`) and its
+        lag-one correlation in time. It does not change the low-rank model.
 
     Returns
     -------
@@ -1028,8 +1148,10 @@ def fit_representation_error(model: LatentModel, heldout: xr.Dataset, *,
         A copy of ``model`` with ``history["representation_error"]`` set: the
         per-channel ``rmse`` (the format :func:`xlatda.fit` records), and
         ``modes`` ``(k, n)``, ``residual_var`` ``(n,)``, ``time_correlation``,
-        ``time_step`` of the error model (:meth:`xlatda.LatentModel.save` stores
-        them with the model).
+        ``time_step`` of the error model, and with ``smooth`` the ``smooth_var``
+        (per channel), ``smooth_length``, ``smooth_phi`` and ``smooth_fit_rms``
+        of the two-part model's smooth part (:meth:`xlatda.LatentModel.save`
+        stores them with the model).
 
     Raises
     ------
@@ -1053,6 +1175,8 @@ def fit_representation_error(model: LatentModel, heldout: xr.Dataset, *,
     >>> rec = m.history["representation_error"]
     >>> len(rec["modes"]), len(rec["residual_var"]), 0 <= rec["time_correlation"] < 1
     (3, 8, True)
+    >>> rec["smooth_length"] > 0, len(rec["smooth_var"])
+    (True, 1)
     """
     if not isinstance(model, LatentModel):
         raise ConfigError(
@@ -1061,6 +1185,8 @@ def fit_representation_error(model: LatentModel, heldout: xr.Dataset, *,
         heldout = heldout.to_dataset(name=heldout.name if heldout.name is not None else "data")
     if not isinstance(modes, (int, np.integer)) or modes < 0:
         raise ConfigError(f"modes must be a non-negative integer, got {modes!r}")
+    if not isinstance(smooth, (bool, np.bool_)):
+        raise ConfigError(f"smooth must be True or False, got {smooth!r}")
     from xlatda.encode_decode import decode
 
     L = model.layout
@@ -1103,7 +1229,54 @@ def fit_representation_error(model: LatentModel, heldout: xr.Dataset, *,
         "explained": float((u**2).sum()) / total if total > 0 else 1.0,
         "time_correlation": phi, "time_step": step,
     }
+    if smooth:
+        points, channel = _layout_points(L)
+        res = torch.from_numpy(e.reshape(-1, heldout.sizes[tname], n) if tname in lead
+                               else flat)
+        fit = fit_smooth_error(res, u, points, channel)
+        record.update({"smooth_var": [float(v) for v in fit["var"]],
+                       "smooth_length": float(fit["length"]),
+                       "smooth_phi": float(fit["smooth_phi"]),
+                       "smooth_fit_rms": float(fit["fit_rms"])})
     return dataclasses.replace(model, history={**model.history, "representation_error": record})
+
+
+def _layout_points(L: StateLayout) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions ``(n, D)`` and channels ``(n,)`` of the flattened ``(C, *S)`` state values:
+    unit-sphere points of latitude-longitude grids and points, grid indices otherwise."""
+    shape = L.spatial_shape
+    if L.kind in ("latlon", "points") and L.lat is not None and L.lon is not None:
+        lat, lon = np.deg2rad(L.lat), np.deg2rad(L.lon)
+        if L.kind == "latlon":
+            if L.spatial_dims[0] == L.axes.lat:
+                la, lo = np.meshgrid(lat, lon, indexing="ij")
+            else:
+                lo, la = np.meshgrid(lon, lat, indexing="ij")
+        else:
+            la, lo = lat, lon
+        la, lo = la.reshape(-1), lo.reshape(-1)
+        pts = np.stack([np.cos(la) * np.cos(lo), np.cos(la) * np.sin(lo), np.sin(la)], 1)
+    else:
+        pts = np.stack([g.reshape(-1) for g in np.indices(shape)], 1).astype(np.float64)
+    C, S = L.n_channels, pts.shape[0]
+    points = torch.from_numpy(np.tile(pts, (C, 1)))
+    channel = torch.arange(C).repeat_interleave(S)
+    return points, channel
+
+
+def two_part_model(model: Any) -> TwoPartError | None:
+    """The two-part :class:`~xlatda.methods.score.TwoPartError` of a model's
+    representation-error model (its modes and the smooth part of
+    :func:`fit_representation_error`), factors 1; ``None`` without a smooth part."""
+    rec = (getattr(model, "history", None) or {}).get("representation_error") or {}
+    if rec.get("kind") != "covariance" or "smooth_length" not in rec:
+        return None
+    n = len(rec["residual_var"])
+    modes = torch.as_tensor(rec["modes"], dtype=_F64).reshape(-1, n)
+    points, channel = _layout_points(model.layout)
+    sd = torch.as_tensor(rec["smooth_var"], dtype=_F64).clamp_min(0.0).sqrt()[channel]
+    return TwoPartError(modes, float(rec.get("time_correlation", 0.0)), sd, points, channel,
+                        float(rec["smooth_length"]), float(rec.get("smooth_phi", 0.0)))
 
 
 def representation_model(model: Any) -> RepresentationError | None:
@@ -1143,6 +1316,20 @@ def _rep_blocks(rep: RepresentationError, ops, lags) -> list[tuple[slice, torch.
               else [[i] for i in range(len(ops))])
     return [(slice(ends[g[0]], ends[g[-1] + 1]),
              rep.obs_covariance([ops[i] for i in g], [lags[i] for i in g])) for g in groups]
+
+
+def _rep_parts(rep: TwoPartError, ops, lags) -> list[tuple[slice, torch.Tensor, torch.Tensor]]:
+    """Blocks ``[(slice, B, M2)]`` of a two-part model at the observations (the grouping
+    of :func:`_rep_blocks`)."""
+    sizes = [int(a.shape[0]) for a in ops]
+    ends = np.cumsum([0, *sizes]).tolist()
+    groups = ([list(range(len(ops)))] if ends[-1] <= REP_MAX_JOINT
+              else [[i] for i in range(len(ops))])
+    out = []
+    for g in groups:
+        b, m2 = rep.obs_parts([ops[i] for i in g], [lags[i] for i in g])
+        out.append((slice(ends[g[0]], ends[g[-1] + 1]), b, m2))
+    return out
 
 
 def _cholesky_blocks(blocks, r: torch.Tensor, scale: float = 1.0):
@@ -1227,7 +1414,7 @@ def predictive_samples(analysis: xr.Dataset, obs: xr.Dataset, model: LatentModel
         Observation times per group (default: the score prior's window, or 1).
     conditional : bool
         Condition the error on the observations (default) or not.
-    scale : float or "adaptive"
+    scale : float, "adaptive", "two_part" or (float, float)
         Factor on :math:`\Sigma_{\rm rep}` (default 1: the model as fitted).
         ``"adaptive"``: per group of observation times, the maximum-likelihood
         factor :math:`\alpha` of the members' residuals :math:`y - A x_i` to the
@@ -1241,7 +1428,14 @@ def predictive_samples(analysis: xr.Dataset, obs: xr.Dataset, model: LatentModel
         analysis with ``representation_scale="adaptive"`` used in its
         likelihood, pass its ``representation_scale`` diagnostic as a number
         instead. Times without
-        observations keep the factor 1.
+        observations keep the factor 1. ``"two_part"``: the two-part model
+        (:class:`~xlatda.methods.score.TwoPartError`), both factors estimated
+        jointly per group the same way
+        (:func:`~xlatda.methods.score.representation_scales` on all the
+        residuals); a pair ``(s1, s2)`` of numbers: the two-part model with
+        those factors (the ``representation_scale`` and
+        ``representation_scale_smooth`` diagnostics of an analysis made with
+        ``representation_scale="two_part"``).
     seed : int
         Seed of the draws: the same seed gives bit-identical samples.
 
@@ -1287,6 +1481,17 @@ def predictive_samples(analysis: xr.Dataset, obs: xr.Dataset, model: LatentModel
     (6, True)
     >>> pred6 = xlatda.predictive_samples(res.analysis, obs6, model,
     ...                                   scale=float(scale.mean()), seed=0)
+
+    The two-part model (modes and a smooth isotropic part, both factors estimated):
+
+    >>> res2 = xlatda.cycle(None, obs6, model, method="score", members=5, steps=8, window=3,
+    ...                     representation_error=True, representation_scale="two_part",
+    ...                     progress=False)
+    >>> pair = (float(res2.diagnostics.representation_scale.mean()),
+    ...         float(res2.diagnostics.representation_scale_smooth.mean()))
+    >>> pred2 = xlatda.predictive_samples(res2.analysis, obs6, model, scale=pair, seed=0)
+    >>> bool((pred2.x.std("member") > 0).all())
+    True
     """
     from xlatda.obs import to_tensors
     from xlatda.windows import plan_windows
@@ -1324,6 +1529,12 @@ def predictive_samples(analysis: xr.Dataset, obs: xr.Dataset, model: LatentModel
         tv, lags = None, np.zeros(1)
     order_t = np.argsort(lags, kind="stable")
     gen = torch.Generator().manual_seed(int(seed))
+    factors: list[Any] = []
+    if scale == "two_part" or isinstance(scale, (tuple, list)):
+        eps = _two_part_errors(model, obs, x, tv, lags, order_t, has_time, window, conditional,
+                               scale, gen, factors)
+        return _with_errors(analysis, stacked, order, x, eps, L, has_time,
+                            factors if scale == "two_part" else None)
     eps = torch.empty(n_m, n_t, x.shape[-1], dtype=_F64)
     eps[:, order_t] = rep.draw(n_m, lags[order_t].tolist(), generator=gen)
     adaptive = isinstance(scale, str)
@@ -1336,7 +1547,6 @@ def predictive_samples(analysis: xr.Dataset, obs: xr.Dataset, model: LatentModel
         rep = RepresentationError(rep.modes * math.sqrt(float(scale)), rep.var * float(scale),
                                   rep.phi)
     base = rep
-    factors: list[float] = []
     if conditional or adaptive:
         table = to_tensors(obs, L)
         w = window or (model.score.window if getattr(model, "score", None) else 1)
@@ -1373,6 +1583,91 @@ def predictive_samples(analysis: xr.Dataset, obs: xr.Dataset, model: LatentModel
             upd = rep.cross(parts, ops, olags, olags)  # (N, T_w, n)
             for j, i in enumerate(idx):
                 eps[:, i] = eps[:, i] + upd[:, j]
+    return _with_errors(analysis, stacked, order, x, eps, L, has_time,
+                        factors if adaptive else None)
+
+
+def _group_indices(win, tv, has_time: bool) -> list[int]:
+    """Analysis time index of each observation time of a group (checked)."""
+    if has_time:
+        idx = [int(np.argmin(np.abs(tv - t))) for t in win.times]
+        if any(abs(tv[i] - t) > 1e-6 * max(1.0, abs(t)) for i, t in zip(idx, win.times)):
+            raise ConfigError(
+                "predictive_samples: an observation time is not a time of the "
+                f"analysis (times {win.times}); pass the observations of this analysis")
+        return idx
+    if len(win.tables) > 1:
+        raise ConfigError("an analysis without a time dim has one observation time")
+    return [0]
+
+
+def _two_part_errors(model, obs, x, tv, lags, order_t, has_time, window, conditional, scale,
+                     gen, factors) -> torch.Tensor:
+    """``ε`` ``(N, T, n)`` of :func:`predictive_samples` with the two-part model: the
+    factors given (a pair) or, per group of observation times, estimated jointly from all
+    the members' residuals (``"two_part"``, :func:`~xlatda.methods.score.
+    representation_scales` without the Jacobian), then the conditional update."""
+    from xlatda.obs import to_tensors
+    from xlatda.windows import plan_windows
+
+    base = two_part_model(model)
+    if base is None:
+        raise ConfigError(
+            "predictive_samples(scale='two_part' or a pair) needs the smooth part of the "
+            "error model: refit it with xlatda.fit_representation_error(model, "
+            "heldout_states) (smooth=True, the default)")
+    adaptive = isinstance(scale, str)
+    if not adaptive:
+        if len(scale) != 2 or not all(
+                isinstance(v, (int, float, np.integer, np.floating)) and v >= 0 for v in scale):
+            raise ConfigError(f"scale as a pair is (s1², s2²), two non-negative numbers, got "
+                              f"{scale!r}")
+        fac = (float(scale[0]), float(scale[1]))
+    else:
+        fac = (1.0, 1.0)
+    n_t, n_m = x.shape[:2]
+    e1, e2 = torch.empty(2, n_m, n_t, x.shape[-1], dtype=_F64)
+    p1, p2 = base.draw_parts(n_m, lags[order_t].tolist(), generator=gen)
+    e1[:, order_t], e2[:, order_t] = p1, p2
+    eps = math.sqrt(fac[0]) * e1 + math.sqrt(fac[1]) * e2
+    rep = base.with_factors(*fac)
+    if not (conditional or adaptive):
+        return eps
+    L = model.layout
+    table = to_tensors(obs, L)
+    w = window or (model.score.window if getattr(model, "score", None) else 1)
+    for win in plan_windows(table, int(w), seed=0):
+        idx = _group_indices(win, tv, has_time)
+        ops = _rep_obs_operators(model, win.tables)
+        olags = [float(lags[i]) for i in idx]
+        r = torch.cat([t.error_std for t in win.tables]).to(_F64)
+        y = torch.cat([t.values for t in win.tables]).to(_F64)
+        if adaptive:
+            hm = torch.cat([(a @ x[i].T).T for a, i in zip(ops, idx)], -1)  # (N, P)
+            s1, s2 = representation_scales(y - hm, r, _rep_parts(base, ops, olags))
+            if math.isnan(s1):
+                s1, s2 = 1.0, 1.0
+            factors.append([s1, s2])
+            rep = base.with_factors(s1, s2)
+            for i in idx:
+                eps[:, i] = math.sqrt(s1) * e1[:, i] + math.sqrt(s2) * e2[:, i]
+        if not conditional:
+            continue
+        blocks = _rep_whitener(rep, ops, olags, r)
+        hx = torch.cat([(a @ (x[i] + eps[:, i]).T).T for a, i in zip(ops, idx)], -1)
+        eta = r * torch.randn(n_m, len(r), generator=gen, dtype=_F64)
+        wts = _solve(blocks, y - hx - eta)
+        parts = list(wts.split([int(a.shape[0]) for a in ops], -1))
+        upd = rep.cross(parts, ops, olags, olags)
+        for j, i in enumerate(idx):
+            eps[:, i] = eps[:, i] + upd[:, j]
+    return eps
+
+
+def _with_errors(analysis, stacked, order, x, eps, L, has_time, factors) -> xr.Dataset:
+    """``analysis`` with ``x + eps`` as its values (and the estimated factors as the
+    ``representation_scale`` attribute when given)."""
+    n_t, n_m = x.shape[:2]
     out = x + eps.transpose(0, 1)  # (T, N, n)
     arr = out.reshape(n_t, n_m, L.n_channels, *L.spatial_shape).numpy()
     if not has_time:
@@ -1383,6 +1678,8 @@ def predictive_samples(analysis: xr.Dataset, obs: xr.Dataset, model: LatentModel
         if v in res:
             res[v] = res[v].transpose(*analysis[v].dims)
     res = res.assign_attrs(analysis.attrs)
-    if adaptive:  # the factor of each group of observation times, for diagnostics
-        res = res.assign_attrs(representation_scale=[float(f"{f:.6g}") for f in factors])
+    if factors is not None:  # the factor(s) of each group of observation times, for diagnostics
+        res = res.assign_attrs(representation_scale=[
+            [float(f"{v:.6g}") for v in f] if isinstance(f, list) else float(f"{f:.6g}")
+            for f in factors])
     return res

@@ -188,8 +188,9 @@ from xlatda.methods.registry import methods
 from xlatda.methods.var3d import observation_std
 from xlatda.options import resolve_device, resolve_dtype
 
-__all__ = ["SAMPLER_DEFAULTS", "RepresentationError", "ScoreDA", "guided_eps", "observation_gain",
-           "representation_scale", "time_grid"]
+__all__ = ["SAMPLER_DEFAULTS", "RepresentationError", "ScoreDA", "TwoPartError",
+           "fit_smooth_error", "guided_eps", "observation_gain", "representation_scale",
+           "representation_scales", "time_grid"]
 
 #: The sampler's default settings, the one place they are set: :class:`ScoreDA` takes its
 #: defaults from here and :func:`xlatda.assimilate` / :func:`xlatda.cycle` with
@@ -1066,7 +1067,7 @@ REP_SCALE_MAX = 1e4
 
 def representation_scale(residuals: Tensor, r_std: Tensor,
                          blocks: Sequence[tuple[slice, Tensor]], *,
-                         jacobian: Tensor | None = None,
+                         jacobian: Tensor | None = None, floor: float = 0.0,
                          max_scale: float = REP_SCALE_MAX) -> float:
     r"""Scale :math:`s^2` of the representation error that the residuals of an
     analysis to its own observations show (no truth needed).
@@ -1120,6 +1121,9 @@ def representation_scale(residuals: Tensor, r_std: Tensor,
         between blocks are left out). They must cover ``0..P`` in order.
     jacobian : Tensor, shape (P, m), optional
         Derivative of the observed values with respect to the latent control.
+    floor : float
+        Lower bound of :math:`s^2` (0, the default: none, the unbounded estimate; a floor
+        of 1 keeps at least the error model as fitted).
     max_scale : float
         Upper end of the bracket (the result is clipped to it).
 
@@ -1176,7 +1180,7 @@ def representation_scale(residuals: Tensor, r_std: Tensor,
     a, lam = torch.cat(a_parts), torch.cat(lam_parts)
     if a.numel() == 0:
         return float("nan")
-    return _ml_scale(a, lam, float(max_scale))
+    return _ml_scale_bounded(a, lam, float(max_scale), float(floor))
 
 
 def _ml_scale(a: Tensor, lam: Tensor, max_scale: float) -> float:
@@ -1206,3 +1210,594 @@ def _ml_scale(a: Tensor, lam: Tensor, max_scale: float) -> float:
         else:
             hi = mid
     return 0.5 * (lo + hi)
+
+
+# ---------------------------------------------------------------------------
+# two-part representation error: low-rank modes plus a smooth isotropic part
+# ---------------------------------------------------------------------------
+#: Largest number of state values per channel of the smooth part of
+#: :class:`TwoPartError` (its correlation is held as a dense matrix per channel).
+REP_SMOOTH_MAX = 16384
+
+
+def _lag_sqrt(phi: float, lags: Sequence[float]) -> Tensor:
+    """A square root ``L`` (``L Lᵀ = φ^|l_i - l_j|``) of the AR(1) correlation of ``lags``."""
+    t = torch.as_tensor(list(lags), dtype=torch.float64)
+    c = float(phi) ** (t[:, None] - t[None, :]).abs()
+    lam, v = torch.linalg.eigh(c)
+    return v * lam.clamp_min(0.0).sqrt()
+
+
+@dataclass(frozen=True)
+class TwoPartError:
+    r"""Two-part Gaussian model of the decoder's representation error.
+
+    .. math::
+
+        \operatorname{Cov}(e_s, e_t) = s_1^2\, \phi_1^{|s-t|}\, U^\top U
+        + s_2^2\, \phi_2^{|s-t|}\, C,
+        \qquad C_{pq} = \sigma_p \sigma_q\, [c_p = c_q]\,
+        \exp\!\Big(-\frac{\lVert x_p - x_q\rVert^2}{2\ell^2}\Big),
+
+    the low-rank modes :math:`U` of :class:`RepresentationError` (what the
+    held-out residuals' leading principal directions hold) plus a smooth
+    isotropic part :math:`C` for the rest: per channel :math:`c_p` a constant
+    variance :math:`\sigma^2` and a Gaussian correlation of length :math:`\ell`
+    in the positions :math:`x_p` (unit-sphere points for latitude-longitude
+    grids, so distances are chords; grid indices otherwise), channels
+    independent. Unlike the diagonal of :class:`RepresentationError`, a factor
+    :math:`s_2^2` on :math:`C` grows a spatially correlated error that block
+    means do not average away. ``factors`` are :math:`(s_1^2, s_2^2)`, 1 for the
+    model as fitted (:func:`fit_smooth_error`, :func:`representation_scales`
+    estimates them from observations).
+
+    Parameters
+    ----------
+    modes : Tensor, shape (k, n)
+        Rows :math:`U`.
+    phi : float
+        Lag-one correlation in time of the modes' part.
+    smooth_std : Tensor, shape (n,)
+        :math:`\sigma_p` (constant per channel for an isotropic part).
+    points : Tensor, shape (n, D)
+        Position of every value.
+    channel : Tensor, shape (n,)
+        Channel of every value (integers; values of different channels are
+        uncorrelated in :math:`C`).
+    length : float
+        Correlation length :math:`\ell > 0`, in the units of ``points``.
+    smooth_phi : float
+        Lag-one correlation in time of the smooth part.
+    factors : tuple of float
+        :math:`(s_1^2, s_2^2) \ge 0`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> pts = torch.arange(4.0)[:, None]
+    >>> chan = torch.zeros(4, dtype=torch.long)
+    >>> rep = TwoPartError(torch.zeros(0, 4), 0.0, torch.ones(4), pts, chan, 1.0, 0.0, (1.0, 4.0))
+    >>> round(float(rep.obs_covariance([torch.eye(4)[:2]], [0.0])[0, 1]), 4)  # 4 exp(-1/2)
+    2.4261
+    """
+
+    modes: Tensor
+    phi: float
+    smooth_std: Tensor
+    points: Tensor
+    channel: Tensor
+    length: float
+    smooth_phi: float = 0.0
+    factors: tuple[float, float] = (1.0, 1.0)
+
+    def __post_init__(self) -> None:
+        n = int(self.smooth_std.shape[0]) if self.smooth_std.dim() == 1 else -1
+        if (self.modes.dim() != 2 or self.modes.shape[1] != n or self.points.dim() != 2
+                or self.points.shape[0] != n or tuple(self.channel.shape) != (n,)):
+            raise ShapeError(
+                f"two-part representation error: modes must be (k, n), smooth_std (n,), points "
+                f"(n, D) and channel (n,); got {tuple(self.modes.shape)}, "
+                f"{tuple(self.smooth_std.shape)}, {tuple(self.points.shape)}, "
+                f"{tuple(self.channel.shape)}")
+        for name, v in (("phi", self.phi), ("smooth_phi", self.smooth_phi)):
+            if not 0.0 <= float(v) < 1.0:
+                raise ConfigError(f"two-part representation error: {name} must be in [0, 1), "
+                                  f"got {v}")
+        if not float(self.length) > 0.0:
+            raise ConfigError(f"two-part representation error: length must be > 0, got "
+                              f"{self.length} (refit it with fit_smooth_error)")
+        if len(self.factors) != 2 or not all(float(f) >= 0.0 for f in self.factors):
+            raise ConfigError(f"two-part representation error: factors must be two numbers "
+                              f">= 0, got {self.factors!r}")
+        sizes = torch.bincount(self.channel.long()) if n > 0 else torch.zeros(0)
+        if sizes.numel() and int(sizes.max()) > REP_SMOOTH_MAX:
+            raise ConfigError(
+                f"two-part representation error: {int(sizes.max())} values in one channel, "
+                f"more than REP_SMOOTH_MAX = {REP_SMOOTH_MAX} (its correlation is a dense "
+                "matrix); use the low-rank model (representation_scale='adaptive')")
+
+    @property
+    def n(self) -> int:
+        """Number of state values."""
+        return int(self.smooth_std.shape[0])
+
+    def with_factors(self, s1: float, s2: float) -> TwoPartError:
+        """The same model with factors ``(s1, s2)`` (variances, relative to the fit)."""
+        return TwoPartError(self.modes, self.phi, self.smooth_std, self.points, self.channel,
+                            self.length, self.smooth_phi, (float(s1), float(s2)))
+
+    def scaled(self, factor: float) -> TwoPartError:
+        """Both factors times ``factor`` (``>= 0``)."""
+        f = float(factor)
+        if not f >= 0.0:
+            raise ConfigError(f"representation error: the scale must be >= 0, got {factor!r}")
+        return self.with_factors(self.factors[0] * f, self.factors[1] * f)
+
+    def smooth_covariance(self) -> Tensor:
+        """:math:`C` ``(n, n)``, float64 (not scaled by the factor)."""
+        return _smooth_cache(self)[0]
+
+    def obs_parts(self, ops: Sequence[Tensor], lags: Sequence[float]) -> tuple[Tensor, Tensor]:
+        r"""``(B, M2)`` at observations ``ops`` at ``lags`` (factors left out): ``B`` ``(P,
+        kT)`` with :math:`B B^\top` the modes' part :math:`\phi_1^{|l_i - l_j|} A_i U^\top
+        U A_j^\top`, ``M2`` ``(P, P)`` the smooth part :math:`\phi_2^{|l_i - l_j|} A_i C
+        A_j^\top`. Float64."""
+        u = self.modes.to(torch.float64)
+        sp = [_coo(a) for a in ops]
+        f = [torch.sparse.mm(a, u.T) for a in sp]  # (P_i, k)
+        lt = _lag_sqrt(self.phi, lags)  # (T, T)
+        b = torch.cat([torch.cat([lt[i, j] * f[i] for j in range(len(sp))], 1)
+                       for i in range(len(sp))], 0)
+        c = self.smooth_covariance()
+        ct = _lag_corr(self.smooth_phi, lags)
+        ac = [torch.sparse.mm(a, c) for a in sp]  # (P_i, n)
+        m2 = torch.cat([torch.cat([ct[i, j] * torch.sparse.mm(aj, ac[i].T).T
+                                   for j, aj in enumerate(sp)], 1)
+                        for i in range(len(sp))], 0)
+        return b, m2
+
+    def obs_covariance(self, ops: Sequence[Tensor], lags: Sequence[float]) -> Tensor:
+        """Covariance ``(P, P)`` of the error seen by observations ``ops`` at ``lags``, with
+        the factors: :math:`s_1^2 B B^\\top + s_2^2 M_2` (:meth:`obs_parts`)."""
+        b, m2 = self.obs_parts(ops, lags)
+        s1, s2 = (float(v) for v in self.factors)
+        return s1 * (b @ b.T) + s2 * m2
+
+    def draw_parts(self, members: int, lags: Sequence[float], *,
+                   generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """The two parts ``(e1, e2)`` of errors ``(members, T, n)`` at ``lags`` (sorted),
+        float64, factors left out: an AR(1) in time for each (modes from ``U^T a``, the
+        smooth part from ``C^{1/2} b``, standard normal ``a``, ``b``)."""
+        lags = [float(v) for v in lags]
+        if any(b < a for a, b in itertools.pairwise(lags)):
+            raise ConfigError(f"representation error: lags must be sorted, got {lags}")
+        u = self.modes.to(torch.float64)
+        root = _smooth_cache(self)[1]
+        out1, out2, prev1, prev2 = [], [], None, None
+        for i, t in enumerate(lags):
+            a = torch.randn(members, u.shape[0], generator=generator, dtype=torch.float64)
+            b = torch.randn(members, root.shape[1], generator=generator, dtype=torch.float64)
+            x1, x2 = a @ u, b @ root.T
+            if prev1 is None:
+                prev1, prev2 = x1, x2
+            else:
+                r1 = float(self.phi) ** (t - lags[i - 1])
+                r2 = float(self.smooth_phi) ** (t - lags[i - 1])
+                prev1 = r1 * prev1 + math.sqrt(max(1.0 - r1 * r1, 0.0)) * x1
+                prev2 = r2 * prev2 + math.sqrt(max(1.0 - r2 * r2, 0.0)) * x2
+            out1.append(prev1)
+            out2.append(prev2)
+        return torch.stack(out1, 1), torch.stack(out2, 1)
+
+    def draw(self, members: int, lags: Sequence[float], *,
+             generator: torch.Generator | None = None) -> Tensor:
+        """Errors ``(members, T, n)`` at ``lags`` (sorted), float64, with the factors:
+        :math:`s_1 e_1 + s_2 e_2` of :meth:`draw_parts`."""
+        e1, e2 = self.draw_parts(members, lags, generator=generator)
+        return math.sqrt(float(self.factors[0])) * e1 + math.sqrt(float(self.factors[1])) * e2
+
+    def cross(self, w: Sequence[Tensor], ops: Sequence[Tensor], obs_lags: Sequence[float],
+              lags: Sequence[float]) -> Tensor:
+        """``Cov(e, y) w``: ``(N, T, n)`` (as :meth:`RepresentationError.cross`)."""
+        u = self.modes.to(torch.float64)
+        t_s = torch.as_tensor(list(lags), dtype=torch.float64)
+        t_o = torch.as_tensor(list(obs_lags), dtype=torch.float64)
+        back = torch.stack([torch.sparse.mm(_coo(a).t(), wi.to(torch.float64).T).T
+                            for a, wi in zip(ops, w)], 1)  # (N, I, n)
+        c1 = float(self.phi) ** (t_s[:, None] - t_o[None, :]).abs()
+        c2 = float(self.smooth_phi) ** (t_s[:, None] - t_o[None, :]).abs()
+        b1 = torch.einsum("ti,nim->ntm", c1, back)
+        b2 = torch.einsum("ti,nim->ntm", c2, back)
+        s1, s2 = (float(v) for v in self.factors)
+        return s1 * ((b1 @ u.T) @ u) + s2 * (b2 @ self.smooth_covariance())
+
+
+def _lag_corr(phi: float, lags: Sequence[float]) -> Tensor:
+    t = torch.as_tensor(list(lags), dtype=torch.float64)
+    return float(phi) ** (t[:, None] - t[None, :]).abs()
+
+
+_SMOOTH_CACHE: dict[tuple, tuple[Tensor, Tensor]] = {}
+
+
+def _smooth_cache(rep: TwoPartError) -> tuple[Tensor, Tensor]:
+    """``(C, C^{1/2})`` of a two-part model (per channel, by ``eigh``), cached by content
+    (the factors do not enter), at most four models."""
+    key = (float(rep.length), rep.n, hash(rep.points.to(torch.float64).numpy().tobytes()),
+           hash(rep.smooth_std.to(torch.float64).numpy().tobytes()),
+           hash(rep.channel.numpy().tobytes()))
+    if key not in _SMOOTH_CACHE:
+        n = rep.n
+        c = torch.zeros(n, n, dtype=torch.float64)
+        root = torch.zeros(n, n, dtype=torch.float64)
+        pts, sd = rep.points.to(torch.float64), rep.smooth_std.to(torch.float64)
+        for ch in torch.unique(rep.channel):
+            idx = (rep.channel == ch).nonzero().flatten()
+            cc = _gauss_corr(pts[idx], pts[idx], float(rep.length))
+            cc = sd[idx, None] * cc * sd[None, idx]
+            lam, v = torch.linalg.eigh(cc)
+            c[idx[:, None], idx[None, :]] = cc
+            root[idx[:, None], idx[None, :]] = v * lam.clamp_min(0.0).sqrt()
+        if len(_SMOOTH_CACHE) >= 4:
+            _SMOOTH_CACHE.pop(next(iter(_SMOOTH_CACHE)))
+        _SMOOTH_CACHE[key] = (c, root)
+    return _SMOOTH_CACHE[key]
+
+
+def _gauss_corr(p: Tensor, q: Tensor, length: float) -> Tensor:
+    """``exp(-|p_i - q_j|² / (2 ℓ²))``, ``(len(p), len(q))``."""
+    d2 = (p[:, None, :] - q[None, :, :]).square().sum(-1)
+    return torch.exp(-0.5 * d2 / (length * length))
+
+
+def fit_smooth_error(residuals: Tensor, modes: Tensor, points: Tensor, channel: Tensor, *,
+                     bins: int = 24) -> dict[str, Any]:
+    r"""Fit the smooth isotropic part of :class:`TwoPartError` on held-out residuals.
+
+    The part of each residual outside the span of ``modes`` (:math:`e - e V^\top V`,
+    :math:`V` the orthonormalised modes) gives, per channel, the variance
+    :math:`\sigma^2` (its mean square) and, standardised by it, the empirical
+    correlation of pairs of values binned by distance (``bins`` bins of equal
+    pair counts within each channel); the length :math:`\ell` is the least-squares
+    fit of :math:`\exp(-d^2 / 2\ell^2)` to the bins' mean correlations (each bin
+    weighted alike), found on a log grid and refined by golden section. Residuals
+    with a time axis as ``(S, T, n)`` also give the lag-one correlation of the
+    part outside the modes; ``(m, n)`` residuals give 0.
+
+    Parameters
+    ----------
+    residuals : Tensor, shape (m, n) or (S, T, n)
+        Held-out residuals ``x - D(E(x))`` (float64; ``T`` consecutive times).
+    modes : Tensor, shape (k, n)
+        The low-rank modes (``k`` may be 0).
+    points, channel : Tensor
+        Positions ``(n, D)`` and channels ``(n,)`` of the values.
+    bins : int
+        Distance bins per channel.
+
+    Returns
+    -------
+    dict
+        ``var`` (per channel, list), ``length``, ``smooth_phi``, ``fit_rms`` (rms misfit
+        of the fitted correlation to the bins) and ``bins`` (distance, correlation)
+        pairs of the first channel.
+
+    Examples
+    --------
+    >>> import torch
+    >>> g = torch.Generator().manual_seed(0)
+    >>> pts = torch.arange(64.0)[:, None]
+    >>> c = torch.exp(-0.5 * (pts - pts.T) ** 2 / 3.0 ** 2)
+    >>> root = torch.linalg.cholesky(c + 1e-6 * torch.eye(64, dtype=c.dtype))
+    >>> e = torch.randn(400, 64, generator=g, dtype=torch.float64) @ root.T.double()
+    >>> fit = fit_smooth_error(e, torch.zeros(0, 64), pts, torch.zeros(64, dtype=torch.long))
+    >>> 2.7 < fit["length"] < 3.3
+    True
+    """
+    e = residuals.to(torch.float64)
+    smooth_phi = 0.0
+    n = e.shape[-1]
+    u = modes.to(torch.float64)
+    if u.shape[0]:
+        _, s, vh = torch.linalg.svd(u, full_matrices=False)
+        v = vh[s > s.max() * 1e-10] if s.numel() else vh[:0]
+    else:
+        v = u[:0]
+    flat = e.reshape(-1, n)
+    perp = flat - (flat @ v.T) @ v
+    if e.dim() == 3 and e.shape[1] > 1:
+        et = perp.reshape(e.shape)
+        a, b = et[:, :-1], et[:, 1:]
+        den = float(((a**2).sum() * (b**2).sum()).sqrt())
+        smooth_phi = min(max(float((a * b).sum()) / den, 0.0), 0.999) if den > 0 else 0.0
+    pts = points.to(torch.float64)
+    chans = torch.unique(channel)
+    var, dist, corr = [], [], []
+    for ch in chans:
+        idx = (channel == ch).nonzero().flatten()
+        z = perp[:, idx]
+        vc = float(z.square().mean())
+        var.append(vc)
+        if vc <= 0.0 or idx.numel() < 2:
+            continue
+        cov = (z.T @ z) / (z.shape[0] * vc)
+        d = (pts[idx, None, :] - pts[None, idx, :]).square().sum(-1).sqrt()
+        iu = torch.triu_indices(idx.numel(), idx.numel(), 1)
+        dd, cc = d[iu[0], iu[1]], cov[iu[0], iu[1]]
+        order = torch.argsort(dd, stable=True)
+        for part in torch.tensor_split(order, int(bins)):
+            if part.numel():
+                dist.append(float(dd[part].mean()))
+                corr.append(float(cc[part].mean()))
+    if not dist:
+        raise ConfigError("fit_smooth_error: the residuals outside the modes are zero; there "
+                          "is no smooth part to fit (use the low-rank model)")
+    dist_t, corr_t = torch.tensor(dist, dtype=torch.float64), torch.tensor(corr,
+                                                                             dtype=torch.float64)
+
+    def misfit(log_l: float) -> float:
+        ell = math.exp(log_l)
+        return float((torch.exp(-0.5 * dist_t.square() / ell**2) - corr_t).square().mean())
+
+    dpos = dist_t[dist_t > 0]
+    lo, hi = math.log(float(dpos.min()) / 4.0), math.log(float(dist_t.max()) * 2.0)
+    grid = [lo + (hi - lo) * i / 64 for i in range(65)]
+    vals = [misfit(g) for g in grid]
+    k = min(range(len(grid)), key=vals.__getitem__)
+    a, b = grid[max(k - 1, 0)], grid[min(k + 1, len(grid) - 1)]
+    gr = (math.sqrt(5.0) - 1.0) / 2.0
+    for _ in range(60):
+        c1, c2 = b - gr * (b - a), a + gr * (b - a)
+        if misfit(c1) <= misfit(c2):
+            b = c2
+        else:
+            a = c1
+    log_l = 0.5 * (a + b)
+    nb = len(dist) // max(len(chans), 1)
+    return {"var": var, "length": math.exp(log_l), "smooth_phi": smooth_phi,
+            "fit_rms": math.sqrt(misfit(log_l)),
+            "bins": [(round(dd, 6), round(cc, 6)) for dd, cc in zip(dist[:nb], corr[:nb])]}
+
+
+def _ml_scale_bounded(a: Tensor, lam: Tensor, max_scale: float, floor: float) -> float:
+    """:func:`_ml_scale` on ``[floor, max_scale]`` (``floor <= 0``: exactly
+    :func:`_ml_scale`)."""
+    if floor <= 0.0:
+        return _ml_scale(a, lam, max_scale)
+    floor = min(float(floor), float(max_scale))
+
+    def loglik(s: float) -> float:
+        v = 1.0 + s * lam
+        return -float((v.log() + a / v).sum())
+
+    def slope(s: float) -> float:
+        v = 1.0 + s * lam
+        return float((lam * (a - v) / v.square()).sum())
+
+    if floor >= max_scale:
+        return floor
+    grid = [floor * 10.0 ** (k / 8.0) for k in range(0, 200)]
+    grid = [g for g in grid if g < max_scale] + [float(max_scale)]
+    vals = [loglik(g) for g in grid]
+    best = max(range(len(grid)), key=vals.__getitem__)
+    if best == len(grid) - 1:
+        return float(max_scale)
+    if best == 0:
+        return floor if slope(floor) <= 0.0 else _bisect(slope, grid[0], grid[1])
+    return _bisect(slope, grid[best - 1], grid[best + 1])
+
+
+def _ml_scale_fast(a: Tensor, lam: Tensor, max_scale: float, floor: float) -> float:
+    """The maximiser of :func:`_ml_scale_bounded` (the same log grid from ``floor``, 8 per
+    decade, refined by bisection on the derivative), vectorised in NumPy for the many
+    calls of :func:`representation_scales`' profile."""
+    import numpy as np
+
+    av, lv = a.numpy(), lam.numpy()
+
+    def slope(s: float) -> float:
+        v = 1.0 + s * lv
+        return float((lv * (av - v) / (v * v)).sum())
+
+    lo = max(float(floor), 0.0)
+    if lo >= max_scale:
+        return float(max_scale)
+    if lo == 0.0:
+        if slope(0.0) <= 0.0:
+            return 0.0
+        grid = np.concatenate([[0.0], max_scale * 10.0 ** (-np.arange(96, -1, -1) / 8.0)])
+    else:
+        grid = lo * 10.0 ** (np.arange(0, 200) / 8.0)
+        grid = np.concatenate([grid[grid < max_scale], [max_scale]])
+    v = 1.0 + grid[:, None] * lv[None, :]
+    vals = -(np.log(v) + av[None, :] / v).sum(1)
+    best = int(np.argmax(vals))
+    if best == len(grid) - 1:
+        return float(max_scale)
+    if best == 0 and lo > 0.0 and slope(lo) <= 0.0:
+        return lo
+    a_, b_ = float(grid[max(best - 1, 0)]), float(grid[best + 1])
+    for _ in range(60):
+        mid = 0.5 * (a_ + b_)
+        if slope(mid) > 0.0:
+            a_ = mid
+        else:
+            b_ = mid
+    return 0.5 * (a_ + b_)
+
+
+def _bisect(slope: Callable[[float], float], lo: float, hi: float) -> float:
+    for _ in range(100):
+        mid = 0.5 * (lo + hi)
+        if slope(mid) > 0.0:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
+def representation_scales(residuals: Tensor, r_std: Tensor,
+                          parts: Sequence[tuple[slice, Tensor, Tensor]], *,
+                          jacobian: Tensor | None = None, floor: float = 0.0,
+                          max_scale: float = REP_SCALE_MAX) -> tuple[float, float]:
+    r"""The two factors :math:`(s_1^2, s_2^2)` of a :class:`TwoPartError` that the
+    residuals of an analysis to its own observations show, jointly, by maximum
+    likelihood (no truth needed).
+
+    The model of :func:`representation_scale` with the error covariance
+    :math:`s_1^2 B B^\top + s_2^2 M_2` (:meth:`TwoPartError.obs_parts`: the
+    low-rank modes' part and the smooth part at the observations). With the
+    whitened residuals :math:`q_i = Q^\top R^{-1/2} d_i` (``jacobian``: :math:`Q`
+    spans the complement of the range of :math:`R^{-1/2} J`, restricted maximum
+    likelihood; else :math:`Q = I`) taken as draws of :math:`\mathcal N(0, V)`,
+    :math:`V = I + s_1^2 \tilde B \tilde B^\top + s_2^2 \tilde M_2`, it maximises
+
+    .. math::
+
+        \ell(s_1^2, s_2^2) = -\log\det V - \overline{q^\top V^{-1} q}
+
+    over :math:`s_1^2 \in [\text{floor}, \text{max\_scale}]`, :math:`s_2^2 \in [0,
+    \text{max\_scale}]`. Profiled: for each :math:`s_2^2`, in the eigenbasis of
+    :math:`\tilde M_2` (one ``eigh`` per block), :math:`V = D^{1/2}(I + s_1^2
+    \hat B \hat B^\top) D^{1/2}` with :math:`D = I + s_2^2 \Lambda_2`, so the best
+    :math:`s_1^2` is the one-factor problem of :func:`representation_scale` on the
+    eigenvalues of the small :math:`\hat B^\top \hat B` (``kT x kT``); :math:`s_2^2`
+    on a log grid (4 per decade from :math:`10^{-4}`, and 0), refined by golden
+    section on :math:`\log s_2^2`.
+
+    Parameters
+    ----------
+    residuals : Tensor, shape (N, P)
+        :math:`y - A D(z_i)` of each member.
+    r_std : Tensor, shape (P,)
+        Observation-error standard deviations.
+    parts : sequence of (slice, Tensor, Tensor)
+        Blocks ``(slice over P, B_b (P_b, K_b), M2_b (P_b, P_b))`` covering
+        ``0..P`` in order (correlations between blocks left out).
+    jacobian : Tensor, shape (P, m), optional
+        Derivative of the observed values with respect to the latent control.
+    floor : float
+        Lower bound on :math:`s_1^2` (0: none).
+    max_scale : float
+        Upper bound of both factors.
+
+    Returns
+    -------
+    tuple of float
+        :math:`(s_1^2, s_2^2)`; ``(nan, nan)`` when no degree of freedom is left;
+        a factor whose part is zero at the observations is returned as 1 (nothing
+        to estimate it from).
+
+    Raises
+    ------
+    ShapeError
+        For residuals, errors, Jacobian and parts that do not match.
+
+    Examples
+    --------
+    Residuals drawn with :math:`s_1^2 = 4`, :math:`s_2^2 = 9` on 400 observations:
+
+    >>> import torch
+    >>> g = torch.Generator().manual_seed(0)
+    >>> P = 400
+    >>> b = torch.randn(P, 3, generator=g, dtype=torch.float64)
+    >>> x = torch.arange(P, dtype=torch.float64)
+    >>> m2 = torch.exp(-0.5 * (x[:, None] - x[None, :]) ** 2 / 4.0)
+    >>> cov = torch.eye(P, dtype=torch.float64) + 4 * b @ b.T + 9 * m2
+    >>> d = (torch.linalg.cholesky(cov) @ torch.randn(P, 1, generator=g, dtype=torch.float64)).T
+    >>> s1, s2 = representation_scales(d, torch.ones(P), [(slice(0, P), b, m2)])
+    >>> 5 < s2 < 15
+    True
+    """
+    d = residuals.to(torch.float64)
+    r = r_std.to(torch.float64)
+    if d.dim() != 2 or r.dim() != 1 or d.shape[1] != r.shape[0]:
+        raise ShapeError(f"representation_scales: residuals must be (N, P) and r_std (P,), "
+                         f"got {tuple(d.shape)} and {tuple(r.shape)}")
+    if jacobian is not None and (jacobian.dim() != 2 or jacobian.shape[0] != d.shape[1]):
+        raise ShapeError(f"representation_scales: jacobian must be (P, m) with P = "
+                         f"{d.shape[1]}, got {tuple(jacobian.shape)}")
+    pre, end = [], 0
+    for sl, b, m2 in parts:
+        p = sl.stop - sl.start
+        if sl.start != end or m2.shape != (p, p) or b.dim() != 2 or b.shape[0] != p:
+            raise ShapeError("representation_scales: parts must be (slice, (P_b, K), (P_b, "
+                             "P_b)) covering the observations in order; got "
+                             f"{sl} with {tuple(b.shape)}, {tuple(m2.shape)}")
+        end = sl.stop
+        w = 1.0 / r[sl]
+        bt = w[:, None] * b.to(torch.float64)
+        mt = w[:, None] * m2.to(torch.float64) * w[None, :]
+        db = d[:, sl] * w
+        if jacobian is not None:
+            jb = w[:, None] * jacobian[sl].to(torch.float64)
+            u, sv, _ = torch.linalg.svd(jb, full_matrices=True)
+            rank = int((sv > sv.max() * 1e-8).sum()) if sv.numel() and sv.max() > 0 else 0
+            q = u[:, rank:]
+            bt, mt, db = q.T @ bt, q.T @ mt @ q, db @ q
+        if db.shape[1] == 0:
+            continue
+        lam2, v2 = torch.linalg.eigh(mt)
+        pre.append((lam2.clamp_min(0.0), db @ v2, v2.T @ bt))
+    if end != d.shape[1]:
+        raise ShapeError(f"representation_scales: parts cover {end} of {d.shape[1]} values")
+    if not pre:
+        return float("nan"), float("nan")
+    has1 = any(bool((bv.abs() > 0).any()) for _, _, bv in pre)
+    has2 = any(bool((lam2 > 0).any()) for lam2, _, _ in pre)
+
+    def inner(s2: float) -> tuple[Tensor, Tensor, float]:
+        a_p, l_p, const = [], [], 0.0
+        for lam2, qt, bv in pre:
+            dd = 1.0 + s2 * lam2
+            sq = dd.sqrt()
+            qh, bh = qt / sq, bv / sq[:, None]
+            const += float(dd.log().sum()) + float(qh.square().sum(1).mean())
+            if bh.shape[1] == 0:
+                continue
+            lam, ug = torch.linalg.eigh(bh.T @ bh)
+            keep = lam > max(float(lam.max()), 0.0) * 1e-10
+            if not bool(keep.any()):
+                continue
+            proj = (qh @ bh) @ ug[:, keep]
+            a_p.append(proj.square().mean(0) / lam[keep])
+            l_p.append(lam[keep])
+        a = torch.cat(a_p) if a_p else torch.zeros(0, dtype=torch.float64)
+        lam = torch.cat(l_p) if l_p else torch.zeros(0, dtype=torch.float64)
+        return a, lam, const
+
+    def profile(s2: float) -> tuple[float, float]:
+        a, lam, const = inner(s2)
+        if not has1 or a.numel() == 0:
+            return 1.0, -const
+        s1 = _ml_scale_fast(a, lam, float(max_scale), float(floor))
+        v = 1.0 + s1 * lam
+        return s1, -(const + float((v.log() + a / v - a).sum()))
+
+    if not has2:
+        return profile(0.0)[0], 1.0
+    grid = [0.0, *(10.0 ** (k / 4.0) for k in range(-16, 4 * int(math.log10(max_scale)) + 1))]
+    grid = [g for g in grid if g <= max_scale]
+    vals = [profile(g)[1] for g in grid]
+    best = max(range(len(grid)), key=vals.__getitem__)
+    if 0 < best < len(grid) - 1:
+        lo = math.log(grid[best - 1]) if best > 1 else math.log(grid[1]) - math.log(10.0)
+        hi = math.log(grid[best + 1])
+        gr = (math.sqrt(5.0) - 1.0) / 2.0
+        c1, c2 = hi - gr * (hi - lo), lo + gr * (hi - lo)
+        f1, f2 = profile(math.exp(c1))[1], profile(math.exp(c2))[1]
+        for _ in range(30):  # golden section: the bracket shrinks to 0.618^30 ~ 5e-7
+            if f1 >= f2:
+                hi, c2, f2 = c2, c1, f1
+                c1 = hi - gr * (hi - lo)
+                f1 = profile(math.exp(c1))[1]
+            else:
+                lo, c1, f1 = c1, c2, f2
+                c2 = lo + gr * (hi - lo)
+                f2 = profile(math.exp(c2))[1]
+        s2 = math.exp(0.5 * (lo + hi))
+        if profile(s2)[1] < vals[best]:
+            s2 = grid[best]
+    else:
+        s2 = grid[best]
+    return profile(s2)[0], float(s2)
