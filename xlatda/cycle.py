@@ -451,11 +451,7 @@ def _drive(inst, proto, sp, windows, ens, t_cur, state, *, noise, recorder, stor
                 except torch.linalg.LinAlgError as err:
                     if checked:
                         check_finite(ens_b, "forecast", win.index, win.labels[0])
-                    raise AnalysisError(
-                        f"analysis {win.index} (time {win.labels[0]}) could not be computed: "
-                        f"{err}. The ensemble has probably collapsed or diverged; try more "
-                        "members, inflation or localisation"
-                    ) from None
+                    raise _not_computed(win, err) from None
                 except ArithmeticError:  # the kernel's AnalysisError
                     if checked:
                         check_finite(ens_b, "forecast", win.index, win.labels[0])
@@ -589,11 +585,7 @@ def _drive_fused(inst, sp, windows, ens, t_cur, state, *, noise, recorder, progr
                                              state=kstate or None, n_params=0)
                 except torch.linalg.LinAlgError as err:
                     check_finite(ens_b, "forecast", win.index, win.labels[0])
-                    raise AnalysisError(
-                        f"analysis {win.index} (time {win.labels[0]}) could not be computed: "
-                        f"{err}. The ensemble has probably collapsed or diverged; try more "
-                        "members, inflation or localisation"
-                    ) from None
+                    raise _not_computed(win, err) from None
                 except ArithmeticError:  # the kernel's AnalysisError
                     check_finite(ens_b, "forecast", win.index, win.labels[0])
                     raise
@@ -641,6 +633,14 @@ def _drive_fused(inst, sp, windows, ens, t_cur, state, *, noise, recorder, progr
         labels, ana_all.reshape(shape), background.reshape(shape), stats, n_obs,
         _fused_extra(columns, irregular, n_win))
     return CycleResult(parts["analysis"], parts["background"], parts["diagnostics"], None)
+
+
+def _not_computed(win, err: Exception) -> AnalysisError:
+    """The error for an analysis whose linear algebra failed, naming its time."""
+    return AnalysisError(
+        f"analysis {win.index} (time {win.labels[0]}) could not be computed: {err}. The "
+        "ensemble has probably collapsed or diverged; try more members, inflation or "
+        "localisation")
 
 
 def _fused_obs_statistics(recorder, sp, windows, keys, hx_all, analysis, layout, odd

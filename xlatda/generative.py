@@ -732,14 +732,21 @@ class _WindowSampler:
         D(z_i)``, restricted to the directions that no latent change about the members'
         mean can fit (see ``analyse``); 1 (the fitted model) when no such direction is left
         (fewer observations than latent values)."""
+        resid, r, jac = self._residuals(u, tables, positions, prior)
+        s2 = representation_scale(resid, r, blocks, jacobian=jac, floor=self.rep_floor)
+        return 1.0 if math.isnan(s2) else s2
+
+    def _residuals(self, u, tables, positions, prior
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The members ``u``' residuals ``y - H D(u)`` ``(N, P)``, the observation errors
+        ``(P,)`` and the Jacobian of H∘D at their mean ``(P, d)``, float64 on the CPU."""
         observe = self._observe(tables, positions, prior)
         with torch.no_grad():
             hx = observe(u).to(_F64).cpu()
             jac = _jacobian_at(observe, u.mean(0)).to(_F64).cpu()
         y = torch.cat([t.values for t in tables]).to(_F64).cpu()
         r = torch.cat([t.error_std for t in tables]).to(_F64).cpu()
-        s2 = representation_scale(y - hx, r, blocks, jacobian=jac, floor=self.rep_floor)
-        return 1.0 if math.isnan(s2) else s2
+        return y - hx, r, jac
 
     def _analyse_two_part(self, da, members, tables, positions, prior, gen, known):
         """``analyse`` with the two-part model: the factors ``(s1², s2²)`` given, or
@@ -766,13 +773,8 @@ class _WindowSampler:
         """The two-part factors of the members ``u``' residuals (``_residual_scale`` with
         :func:`~xlatda.methods.score.representation_scales`); ``(1, 1)`` without degrees
         of freedom."""
-        observe = self._observe(tables, positions, prior)
-        with torch.no_grad():
-            hx = observe(u).to(_F64).cpu()
-            jac = _jacobian_at(observe, u.mean(0)).to(_F64).cpu()
-        y = torch.cat([t.values for t in tables]).to(_F64).cpu()
-        r = torch.cat([t.error_std for t in tables]).to(_F64).cpu()
-        s1, s2 = representation_scales(y - hx, r, parts, jacobian=jac, floor=self.rep_floor)
+        resid, r, jac = self._residuals(u, tables, positions, prior)
+        s1, s2 = representation_scales(resid, r, parts, jacobian=jac, floor=self.rep_floor)
         return (1.0, 1.0) if math.isnan(s1) else (s1, s2)
 
     def _representation_variance(self, flag: Any) -> torch.Tensor | None:
@@ -1551,20 +1553,7 @@ def predictive_samples(analysis: xr.Dataset, obs: xr.Dataset, model: LatentModel
         table = to_tensors(obs, L)
         w = window or (model.score.window if getattr(model, "score", None) else 1)
         for win in plan_windows(table, int(w), seed=0):
-            if has_time:
-                idx = [int(np.argmin(np.abs(tv - t))) for t in win.times]
-                if any(abs(tv[i] - t) > 1e-6 * max(1.0, abs(t)) for i, t in zip(idx, win.times)):
-                    raise ConfigError(
-                        "predictive_samples: an observation time is not a time of the "
-                        f"analysis (times {win.times}); pass the observations of this analysis")
-            else:
-                if len(win.tables) > 1:
-                    raise ConfigError("an analysis without a time dim has one observation time")
-                idx = [0]
-            ops = _rep_obs_operators(model, win.tables)
-            olags = [float(lags[i]) for i in idx]
-            r = torch.cat([t.error_std for t in win.tables]).to(_F64)
-            y = torch.cat([t.values for t in win.tables]).to(_F64)
+            idx, ops, olags, r, y = _group_observations(model, win, tv, lags, has_time)
             if adaptive:
                 hm = torch.cat([(a @ x[i].T).T for a, i in zip(ops, idx)], -1)  # (N, P)
                 alpha = representation_scale(y - hm, r, _rep_blocks(base, ops, olags))
@@ -1585,6 +1574,16 @@ def predictive_samples(analysis: xr.Dataset, obs: xr.Dataset, model: LatentModel
                 eps[:, i] = eps[:, i] + upd[:, j]
     return _with_errors(analysis, stacked, order, x, eps, L, has_time,
                         factors if adaptive else None)
+
+
+def _group_observations(model, win, tv, lags, has_time: bool):
+    """A group's analysis time indices, observation operators, lags, errors and values."""
+    idx = _group_indices(win, tv, has_time)
+    ops = _rep_obs_operators(model, win.tables)
+    olags = [float(lags[i]) for i in idx]
+    r = torch.cat([t.error_std for t in win.tables]).to(_F64)
+    y = torch.cat([t.values for t in win.tables]).to(_F64)
+    return idx, ops, olags, r, y
 
 
 def _group_indices(win, tv, has_time: bool) -> list[int]:
@@ -1637,11 +1636,7 @@ def _two_part_errors(model, obs, x, tv, lags, order_t, has_time, window, conditi
     table = to_tensors(obs, L)
     w = window or (model.score.window if getattr(model, "score", None) else 1)
     for win in plan_windows(table, int(w), seed=0):
-        idx = _group_indices(win, tv, has_time)
-        ops = _rep_obs_operators(model, win.tables)
-        olags = [float(lags[i]) for i in idx]
-        r = torch.cat([t.error_std for t in win.tables]).to(_F64)
-        y = torch.cat([t.values for t in win.tables]).to(_F64)
+        idx, ops, olags, r, y = _group_observations(model, win, tv, lags, has_time)
         if adaptive:
             hm = torch.cat([(a @ x[i].T).T for a, i in zip(ops, idx)], -1)  # (N, P)
             s1, s2 = representation_scales(y - hm, r, _rep_parts(base, ops, olags))

@@ -830,6 +830,14 @@ def without_data(mat: Tensor, channel: Tensor, valid: Tensor) -> Tensor:
     >>> without_data(mat, torch.zeros(2, dtype=torch.long), valid).tolist()
     [False, True]
     """
+    _, _, _, total, kept = _kept_weights(mat, channel, valid)
+    return _empty_rows(total, kept)
+
+
+def _kept_weights(mat: Tensor, channel: Tensor, valid: Tensor
+                  ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``mat`` as coalesced COO, which of its entries fall on ``valid`` cells, and each
+    row's sum of all weights and of the kept ones: ``(coo, vals, keep, total, kept)``."""
     if mat.layout != torch.sparse_coo:
         mat = mat.to_sparse(layout=torch.sparse_coo)
     coo = mat.coalesce()
@@ -840,6 +848,11 @@ def without_data(mat: Tensor, channel: Tensor, valid: Tensor) -> Tensor:
     total.index_add_(0, rows, vals)
     kept = torch.zeros_like(total)
     kept.index_add_(0, rows, torch.where(keep, vals, torch.zeros_like(vals)))
+    return coo, vals, keep, total, kept
+
+
+def _empty_rows(total: Tensor, kept: Tensor) -> Tensor:
+    """Rows with weights whose kept part is zero (to rounding)."""
     return (kept.abs() <= 1e-12 * total.abs().clamp_min(1e-300)) & (total != 0)
 
 
@@ -854,17 +867,9 @@ def _renormalised(mat: Tensor, channel: Tensor, valid: Tensor, points: Tensor) -
     """
     from xlatda.errors import ObservationError
 
-    if mat.layout != torch.sparse_coo:
-        mat = mat.to_sparse(layout=torch.sparse_coo)
-    coo = mat.coalesce()
-    rows, cols = coo.indices()
-    vals = coo.values()
-    keep = valid.to(rows.device)[channel.to(rows.device)[rows], cols]
-    total = torch.zeros(mat.shape[0], dtype=vals.dtype, device=vals.device)
-    total.index_add_(0, rows, vals)
-    kept = torch.zeros_like(total)
-    kept.index_add_(0, rows, torch.where(keep, vals, torch.zeros_like(vals)))
-    empty = (kept.abs() <= 1e-12 * total.abs().clamp_min(1e-300)) & (total != 0)
+    coo, vals, keep, total, kept = _kept_weights(mat, channel, valid)
+    rows = coo.indices()[0]
+    empty = _empty_rows(total, kept)
     if bool(empty.any()):
         bad = torch.nonzero(empty).reshape(-1)[:5].tolist()
         raise ObservationError(
@@ -874,5 +879,5 @@ def _renormalised(mat: Tensor, channel: Tensor, valid: Tensor, points: Tensor) -
     scale = torch.where(kept != 0, total / torch.where(kept != 0, kept, torch.ones_like(kept)),
                         torch.ones_like(kept))
     new_vals = torch.where(keep, vals * scale[rows], torch.zeros_like(vals))
-    return torch.sparse_coo_tensor(coo.indices(), new_vals, mat.shape,
+    return torch.sparse_coo_tensor(coo.indices(), new_vals, coo.shape,
                                    check_invariants=True).coalesce()

@@ -1149,14 +1149,7 @@ def representation_scale(residuals: Tensor, r_std: Tensor,
     >>> round(representation_scale(d, torch.ones(1), [(slice(0, 1), torch.ones(1, 1))]), 6)
     4.0
     """
-    d = residuals.to(torch.float64)
-    r = r_std.to(torch.float64)
-    if d.dim() != 2 or r.dim() != 1 or d.shape[1] != r.shape[0]:
-        raise ShapeError(f"representation_scale: residuals must be (N, P) and r_std (P,), got "
-                         f"{tuple(d.shape)} and {tuple(r.shape)}")
-    if jacobian is not None and (jacobian.dim() != 2 or jacobian.shape[0] != d.shape[1]):
-        raise ShapeError(f"representation_scale: jacobian must be (P, m) with P = {d.shape[1]}, "
-                         f"got {tuple(jacobian.shape)}")
+    d, r = _checked_residuals("representation_scale", residuals, r_std, jacobian)
     a_parts, lam_parts, end = [], [], 0
     for sl, m in blocks:
         if sl.start != end or m.shape != (sl.stop - sl.start,) * 2:
@@ -1167,10 +1160,7 @@ def representation_scale(residuals: Tensor, r_std: Tensor,
         mt = w[:, None] * m.to(torch.float64) * w[None, :]
         db = d[:, sl] * w
         if jacobian is not None:
-            jb = w[:, None] * jacobian[sl].to(torch.float64)
-            u, sv, _ = torch.linalg.svd(jb, full_matrices=True)
-            rank = int((sv > sv.max() * 1e-8).sum()) if sv.numel() and sv.max() > 0 else 0
-            q = u[:, rank:]
+            q = _off_range(w[:, None] * jacobian[sl].to(torch.float64))
             mt, db = q.T @ mt @ q, db @ q
         lam, qm = torch.linalg.eigh(mt)
         a_parts.append((db @ qm).square().mean(0))
@@ -1183,9 +1173,31 @@ def representation_scale(residuals: Tensor, r_std: Tensor,
     return _ml_scale_bounded(a, lam, float(max_scale), float(floor))
 
 
-def _ml_scale(a: Tensor, lam: Tensor, max_scale: float) -> float:
-    """Maximiser over ``[0, max_scale]`` of ``-sum(log(1 + s lam) + a / (1 + s lam))``:
-    the best of a log-spaced grid (and 0), refined by bisection on the derivative."""
+def _checked_residuals(name: str, residuals: Tensor, r_std: Tensor,
+                       jacobian: Tensor | None) -> tuple[Tensor, Tensor]:
+    """``residuals (N, P)`` and ``r_std (P,)`` in float64, refused unless they fit
+    each other and ``jacobian (P, m)``."""
+    d = residuals.to(torch.float64)
+    r = r_std.to(torch.float64)
+    if d.dim() != 2 or r.dim() != 1 or d.shape[1] != r.shape[0]:
+        raise ShapeError(f"{name}: residuals must be (N, P) and r_std (P,), got "
+                         f"{tuple(d.shape)} and {tuple(r.shape)}")
+    if jacobian is not None and (jacobian.dim() != 2 or jacobian.shape[0] != d.shape[1]):
+        raise ShapeError(f"{name}: jacobian must be (P, m) with P = {d.shape[1]}, "
+                         f"got {tuple(jacobian.shape)}")
+    return d, r
+
+
+def _off_range(jb: Tensor) -> Tensor:
+    """Orthonormal basis ``(P_b, P_b - rank)`` of the directions no column of ``jb`` reaches
+    (REML: the residuals there cannot be fitted by a latent change)."""
+    u, sv, _ = torch.linalg.svd(jb, full_matrices=True)
+    rank = int((sv > sv.max() * 1e-8).sum()) if sv.numel() and sv.max() > 0 else 0
+    return u[:, rank:]
+
+
+def _scale_likelihood(a: Tensor, lam: Tensor):
+    """``s -> -sum(log(1 + s lam) + a / (1 + s lam))`` and its derivative in ``s``."""
 
     def loglik(s: float) -> float:
         v = 1.0 + s * lam
@@ -1195,6 +1207,15 @@ def _ml_scale(a: Tensor, lam: Tensor, max_scale: float) -> float:
         v = 1.0 + s * lam
         return float((lam * (a - v) / v.square()).sum())
 
+    return loglik, slope
+
+
+def _ml_scale(a: Tensor, lam: Tensor, max_scale: float) -> float:
+    """Maximiser over ``[0, max_scale]`` of ``-sum(log(1 + s lam) + a / (1 + s lam))``:
+    the best of a log-spaced grid (and 0), refined by bisection on the derivative."""
+
+    loglik, slope = _scale_likelihood(a, lam)
+
     if slope(0.0) <= 0.0:
         return 0.0
     grid = [0.0, *(max_scale * 10.0 ** (-k / 8.0) for k in range(12 * 8, -1, -1))]
@@ -1202,14 +1223,7 @@ def _ml_scale(a: Tensor, lam: Tensor, max_scale: float) -> float:
     best = max(range(len(grid)), key=vals.__getitem__)
     if best == len(grid) - 1:
         return float(max_scale)
-    lo, hi = grid[max(best - 1, 0)], grid[best + 1]
-    for _ in range(100):
-        mid = 0.5 * (lo + hi)
-        if slope(mid) > 0.0:
-            lo = mid
-        else:
-            hi = mid
-    return 0.5 * (lo + hi)
+    return _bisect(slope, grid[max(best - 1, 0)], grid[best + 1])
 
 
 # ---------------------------------------------------------------------------
@@ -1566,13 +1580,7 @@ def _ml_scale_bounded(a: Tensor, lam: Tensor, max_scale: float, floor: float) ->
         return _ml_scale(a, lam, max_scale)
     floor = min(float(floor), float(max_scale))
 
-    def loglik(s: float) -> float:
-        v = 1.0 + s * lam
-        return -float((v.log() + a / v).sum())
-
-    def slope(s: float) -> float:
-        v = 1.0 + s * lam
-        return float((lam * (a - v) / v.square()).sum())
+    loglik, slope = _scale_likelihood(a, lam)
 
     if floor >= max_scale:
         return floor
@@ -1616,18 +1624,12 @@ def _ml_scale_fast(a: Tensor, lam: Tensor, max_scale: float, floor: float) -> fl
         return float(max_scale)
     if best == 0 and lo > 0.0 and slope(lo) <= 0.0:
         return lo
-    a_, b_ = float(grid[max(best - 1, 0)]), float(grid[best + 1])
-    for _ in range(60):
-        mid = 0.5 * (a_ + b_)
-        if slope(mid) > 0.0:
-            a_ = mid
-        else:
-            b_ = mid
-    return 0.5 * (a_ + b_)
+    return _bisect(slope, float(grid[max(best - 1, 0)]), float(grid[best + 1]), steps=60)
 
 
-def _bisect(slope: Callable[[float], float], lo: float, hi: float) -> float:
-    for _ in range(100):
+def _bisect(slope: Callable[[float], float], lo: float, hi: float, steps: int = 100) -> float:
+    """The root of a decreasing ``slope`` in ``[lo, hi]`` by ``steps`` bisections."""
+    for _ in range(steps):
         mid = 0.5 * (lo + hi)
         if slope(mid) > 0.0:
             lo = mid
@@ -1709,14 +1711,7 @@ def representation_scales(residuals: Tensor, r_std: Tensor,
     >>> 5 < s2 < 15
     True
     """
-    d = residuals.to(torch.float64)
-    r = r_std.to(torch.float64)
-    if d.dim() != 2 or r.dim() != 1 or d.shape[1] != r.shape[0]:
-        raise ShapeError(f"representation_scales: residuals must be (N, P) and r_std (P,), "
-                         f"got {tuple(d.shape)} and {tuple(r.shape)}")
-    if jacobian is not None and (jacobian.dim() != 2 or jacobian.shape[0] != d.shape[1]):
-        raise ShapeError(f"representation_scales: jacobian must be (P, m) with P = "
-                         f"{d.shape[1]}, got {tuple(jacobian.shape)}")
+    d, r = _checked_residuals("representation_scales", residuals, r_std, jacobian)
     pre, end = [], 0
     for sl, b, m2 in parts:
         p = sl.stop - sl.start
@@ -1730,10 +1725,7 @@ def representation_scales(residuals: Tensor, r_std: Tensor,
         mt = w[:, None] * m2.to(torch.float64) * w[None, :]
         db = d[:, sl] * w
         if jacobian is not None:
-            jb = w[:, None] * jacobian[sl].to(torch.float64)
-            u, sv, _ = torch.linalg.svd(jb, full_matrices=True)
-            rank = int((sv > sv.max() * 1e-8).sum()) if sv.numel() and sv.max() > 0 else 0
-            q = u[:, rank:]
+            q = _off_range(w[:, None] * jacobian[sl].to(torch.float64))
             bt, mt, db = q.T @ bt, q.T @ mt @ q, db @ q
         if db.shape[1] == 0:
             continue
