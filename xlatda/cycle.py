@@ -48,9 +48,9 @@ from xlatda.cycle_records import (
     AnalysisError,
     CycleRecorder,
     CycleResult,
-    _obs_moments_stacked,
-    _obs_statistics_stacked,
     check_finite,
+    obs_moments_stacked,
+    obs_statistics_stacked,
 )
 from xlatda.cycle_store import fingerprint, open_result, resume, write_window
 from xlatda.cycle_store import model_identity as _model_identity
@@ -661,7 +661,7 @@ def _fused_obs_statistics(recorder, sp, windows, keys, hx_all, analysis, layout,
             and all(k is keys[0] for k in keys)
             and getattr(op._compiled(analysis), "pairs", None) is not None):
         with torch.no_grad():
-            hb, spread = _obs_moments_stacked(hx_all)
+            hb, spread = obs_moments_stacked(hx_all)
             ha = sp.observe_stacked_means(analysis, layout, first)
             if isinstance(windows, WindowPlan):  # the same numbers as stacking the tables'
                 shape = (n_win, hx_all.shape[-1])
@@ -670,7 +670,7 @@ def _fused_obs_statistics(recorder, sp, windows, keys, hx_all, analysis, layout,
             else:
                 y, err = (torch.stack([_as64(getattr(w.tables[0], c)) for w in windows])
                           for c in ("values", "error_std"))
-            return _obs_statistics_stacked(hb, spread, _as64(ha), y, err)
+            return obs_statistics_stacked(hb, spread, _as64(ha), y, err)
     tables = [w.tables[0] for w in windows]
     views = [odd[k] if k in odd else (analysis[k] if layout == "rows" else analysis[k].mT)
              for k in range(n_win)]

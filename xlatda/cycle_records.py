@@ -43,7 +43,8 @@ import xarray as xr
 from xlatda.errors import ObservationError, XlatdaError
 from xlatda.layout import StateLayout
 
-__all__ = ["AnalysisError", "CycleRecorder", "CycleResult", "check_finite", "obs_statistics"]
+__all__ = ["AnalysisError", "CycleRecorder", "CycleResult", "check_finite", "obs_moments_stacked",
+           "obs_statistics", "obs_statistics_stacked"]
 
 _F64 = torch.float64
 OBS_DIAGNOSTICS = ("n_obs", "innovation_rms", "residual_rms", "background_spread_obs",
@@ -140,13 +141,13 @@ def _obs_moments_rows(predictions: list[torch.Tensor]
             for j in idx:
                 out[j] = _obs_moments(predictions[j])
             continue
-        mean, var = _obs_moments_stacked(torch.stack([predictions[j] for j in idx]))
+        mean, var = obs_moments_stacked(torch.stack([predictions[j] for j in idx]))
         for k, j in enumerate(idx):
             out[j] = (mean[k], var[k])
     return out
 
 
-def _obs_moments_stacked(stack: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def obs_moments_stacked(stack: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and variance over members ``(G, P)`` of a contiguous stack ``(G, N, P)``
     of predictions (:func:`_obs_moments_rows` of a group; the cycle's fused loop
     hands its preallocated stack here directly)."""
@@ -174,11 +175,11 @@ def _obs_statistics_rows(entries: list[tuple[torch.Tensor, torch.Tensor, torch.T
         hb, spread, ha, y, err = (torch.stack(part) for part in zip(*(
             (e[0], e[1], _f64(e[2]), _f64(e[3].values), _f64(e[3].error_std))
             for e in (entries[j] for j in idx))))
-        out[idx] = _obs_statistics_stacked(hb, spread, ha, y, err)
+        out[idx] = obs_statistics_stacked(hb, spread, ha, y, err)
     return out
 
 
-def _obs_statistics_stacked(hb: torch.Tensor, spread: torch.Tensor, ha: torch.Tensor,
+def obs_statistics_stacked(hb: torch.Tensor, spread: torch.Tensor, ha: torch.Tensor,
                             y: torch.Tensor, err: torch.Tensor) -> np.ndarray:
     """:func:`_obs_statistics_rows` of one group from its stacked float64 columns, each
     ``(G, P)``: background mean and variance, analysis mean, observations, error
