@@ -174,9 +174,11 @@ def test_lag_is_refused_where_it_cannot_apply(case, tmp_path):
     kw = dict(members=5, init_std=1.0, progress=False, lag=1, store=tmp_path / "c.zarr")
     if case == "window":
         kw.update(method="4denvar", window=2)
-    else:
+        why = "links one analysis time"
+    else:  # 3dvar forecasts one state: nothing to regress the smoother on
         kw.update(method="3dvar", b_std=1.0)
-    with pytest.raises(ConfigError, match="lag=1 \\(smoothing\\) is not available"):
+        why = "carries one state"
+    with pytest.raises(ConfigError, match=f"lag=1 \\(smoothing\\) is not available.*{why}"):
         xlatda.cycle(truth.isel(time=0), obs, LinearModel(), **kw)
     assert not (tmp_path / "c.zarr").exists()
 

@@ -327,7 +327,9 @@ def cycle(background: xr.Dataset | xr.DataArray | None, obs: xr.Dataset, model: 
     lag = check_lag(lag)
     if lag and (not proto.forecasts or not proto.ensemble or window != 1):
         why = ("it draws every window afresh instead of forecasting an ensemble"
-               if not proto.forecasts or not proto.ensemble else
+               if not proto.forecasts else
+               "it carries one state, not an ensemble whose members the smoother regresses on"
+               if not proto.ensemble else
                f"window={window}: the smoother links one analysis time to the next")
         raise ConfigError(
             f"lag={lag} (smoothing) is not available here: {why}. Use an ensemble method "
