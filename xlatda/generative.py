@@ -1495,8 +1495,6 @@ def predictive_samples(analysis: xr.Dataset, obs: xr.Dataset, model: LatentModel
     >>> bool((pred2.x.std("member") > 0).all())
     True
     """
-    from xlatda.obs import to_tensors
-    from xlatda.windows import plan_windows
 
     rep = representation_model(model)
     if rep is None or not isinstance(model, LatentModel):
@@ -1550,10 +1548,8 @@ def predictive_samples(analysis: xr.Dataset, obs: xr.Dataset, model: LatentModel
                                   rep.phi)
     base = rep
     if conditional or adaptive:
-        table = to_tensors(obs, L)
-        w = window or (model.score.window if getattr(model, "score", None) else 1)
-        for win in plan_windows(table, int(w), seed=0):
-            idx, ops, olags, r, y = _group_observations(model, win, tv, lags, has_time)
+        for idx, ops, olags, r, y in _observation_groups(model, obs, window, tv, lags,
+                                                          has_time):
             if adaptive:
                 hm = torch.cat([(a @ x[i].T).T for a, i in zip(ops, idx)], -1)  # (N, P)
                 alpha = representation_scale(y - hm, r, _rep_blocks(base, ops, olags))
@@ -1561,29 +1557,41 @@ def predictive_samples(analysis: xr.Dataset, obs: xr.Dataset, model: LatentModel
                 rep = base.scaled(alpha)
                 for i in idx:
                     eps[:, i] = eps[:, i] * math.sqrt(alpha)
-            if not conditional:
-                continue
-            blocks = _rep_whitener(rep, ops, olags, r)
-            hx = torch.cat([(a @ (x[i] + eps[:, i]).T).T for a, i in zip(ops, idx)], -1)
-            eta = r * torch.randn(n_m, len(r), generator=gen, dtype=_F64)
-            wts = _solve(blocks, y - hx - eta)  # (N, P)
-            sizes = [int(a.shape[0]) for a in ops]
-            parts = list(wts.split(sizes, -1))
-            upd = rep.cross(parts, ops, olags, olags)  # (N, T_w, n)
-            for j, i in enumerate(idx):
-                eps[:, i] = eps[:, i] + upd[:, j]
+            if conditional:
+                _condition(eps, x, rep, idx, ops, olags, r, y, gen)
     return _with_errors(analysis, stacked, order, x, eps, L, has_time,
                         factors if adaptive else None)
 
 
-def _group_observations(model, win, tv, lags, has_time: bool):
-    """A group's analysis time indices, observation operators, lags, errors and values."""
-    idx = _group_indices(win, tv, has_time)
-    ops = _rep_obs_operators(model, win.tables)
-    olags = [float(lags[i]) for i in idx]
-    r = torch.cat([t.error_std for t in win.tables]).to(_F64)
-    y = torch.cat([t.values for t in win.tables]).to(_F64)
-    return idx, ops, olags, r, y
+def _observation_groups(model, obs, window, tv, lags, has_time: bool):
+    """Per group of observation times (``window`` of them, default the score's window):
+    the analysis time indices, observation operators, lags, errors and values."""
+    from xlatda.obs import to_tensors
+    from xlatda.windows import plan_windows
+
+    table = to_tensors(obs, model.layout)
+    w = window or (model.score.window if getattr(model, "score", None) else 1)
+    for win in plan_windows(table, int(w), seed=0):
+        idx = _group_indices(win, tv, has_time)
+        ops = _rep_obs_operators(model, win.tables)
+        olags = [float(lags[i]) for i in idx]
+        r = torch.cat([t.error_std for t in win.tables]).to(_F64)
+        y = torch.cat([t.values for t in win.tables]).to(_F64)
+        yield idx, ops, olags, r, y
+
+
+def _condition(eps, x, rep, idx, ops, olags, r, y, gen) -> None:
+    """Update the errors ``eps`` ``(N, T, n)`` of one group in place to draws given its
+    observations: ``eps += C Aᵀ (A C Aᵀ + R)⁻¹ (y - A (x + eps) - η)`` per member."""
+    n_m = eps.shape[0]
+    blocks = _rep_whitener(rep, ops, olags, r)
+    hx = torch.cat([(a @ (x[i] + eps[:, i]).T).T for a, i in zip(ops, idx)], -1)
+    eta = r * torch.randn(n_m, len(r), generator=gen, dtype=_F64)
+    wts = _solve(blocks, y - hx - eta)  # (N, P)
+    parts = list(wts.split([int(a.shape[0]) for a in ops], -1))
+    upd = rep.cross(parts, ops, olags, olags)  # (N, T_w, n)
+    for j, i in enumerate(idx):
+        eps[:, i] = eps[:, i] + upd[:, j]
 
 
 def _group_indices(win, tv, has_time: bool) -> list[int]:
@@ -1606,8 +1614,6 @@ def _two_part_errors(model, obs, x, tv, lags, order_t, has_time, window, conditi
     factors given (a pair) or, per group of observation times, estimated jointly from all
     the members' residuals (``"two_part"``, :func:`~xlatda.methods.score.
     representation_scales` without the Jacobian), then the conditional update."""
-    from xlatda.obs import to_tensors
-    from xlatda.windows import plan_windows
 
     base = two_part_model(model)
     if base is None:
@@ -1632,11 +1638,7 @@ def _two_part_errors(model, obs, x, tv, lags, order_t, has_time, window, conditi
     rep = base.with_factors(*fac)
     if not (conditional or adaptive):
         return eps
-    L = model.layout
-    table = to_tensors(obs, L)
-    w = window or (model.score.window if getattr(model, "score", None) else 1)
-    for win in plan_windows(table, int(w), seed=0):
-        idx, ops, olags, r, y = _group_observations(model, win, tv, lags, has_time)
+    for idx, ops, olags, r, y in _observation_groups(model, obs, window, tv, lags, has_time):
         if adaptive:
             hm = torch.cat([(a @ x[i].T).T for a, i in zip(ops, idx)], -1)  # (N, P)
             s1, s2 = representation_scales(y - hm, r, _rep_parts(base, ops, olags))
@@ -1646,16 +1648,8 @@ def _two_part_errors(model, obs, x, tv, lags, order_t, has_time, window, conditi
             rep = base.with_factors(s1, s2)
             for i in idx:
                 eps[:, i] = math.sqrt(s1) * e1[:, i] + math.sqrt(s2) * e2[:, i]
-        if not conditional:
-            continue
-        blocks = _rep_whitener(rep, ops, olags, r)
-        hx = torch.cat([(a @ (x[i] + eps[:, i]).T).T for a, i in zip(ops, idx)], -1)
-        eta = r * torch.randn(n_m, len(r), generator=gen, dtype=_F64)
-        wts = _solve(blocks, y - hx - eta)
-        parts = list(wts.split([int(a.shape[0]) for a in ops], -1))
-        upd = rep.cross(parts, ops, olags, olags)
-        for j, i in enumerate(idx):
-            eps[:, i] = eps[:, i] + upd[:, j]
+        if conditional:
+            _condition(eps, x, rep, idx, ops, olags, r, y, gen)
     return eps
 
 
