@@ -557,12 +557,15 @@ def _drive_fused(inst, sp, windows, ens, t_cur, state, *, noise, recorder, progr
               else [None] * n_win)
     plans: dict[tuple, tuple] = {}  # operator key -> (observer, locations, key)
     keys: list[tuple] = []
+
+    def plan_of(table, key) -> tuple:
+        plans[key] = (sp.observer(table, ens), sp.locations(table) if localised else None, key)
+        return plans[key]
+
     # one place set for the whole plan (one check of its columns): no key per window
     fixed = None
     if planned and windows.same_places():
-        key = sp._key(windows[0].tables[0])
-        fixed = plans[key] = (sp.observer(windows[0].tables[0], ens),
-                              sp.locations(windows[0].tables[0]) if localised else None, key)
+        fixed = plan_of(windows[0].tables[0], sp._key(windows[0].tables[0]))
     columns: dict[str, list] = {}
     irregular: dict[int, dict] = {}  # diagnostics whose names differ from the first's
     gen = torch.Generator()
@@ -570,18 +573,15 @@ def _drive_fused(inst, sp, windows, ens, t_cur, state, *, noise, recorder, progr
         with torch.inference_mode():
             for k, win in enumerate(windows):
                 table = win.tables[0]
-                plan = fixed or plans.get(sp._key(table))
+                plan = fixed
                 if plan is None:  # (the key kept is the first one made: no object per window)
                     key = sp._key(table)
-                    plan = plans[key] = (sp.observer(table, ens),
-                                         sp.locations(table) if localised else None, key)
+                    plan = plans.get(key) or plan_of(table, key)
                 keys.append(plan[2])
                 gen.manual_seed(win.seed)
                 ens_b = sp.forecast(ens, t_cur, win.times[0], generator=gen, noise=noise)
                 hx = plan[0](ens_b)
-                y, r = table.values, table.error_std
-                y = y if y.dtype == _F64 else y.to(_F64)
-                r = r if r.dtype == _F64 else r.to(_F64)
+                y, r = _as64(table.values), _as64(table.error_std)
                 try:
                     ana, diag, kstate = step(ens_b, hx, y, r, generator=gen, locations=plan[1],
                                              state=kstate or None, n_params=0)
