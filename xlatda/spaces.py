@@ -53,6 +53,7 @@ from xlatda.methods.localization import GreatCircleDistance, IndexDistance
 from xlatda.methods.model_noise import add_model_error, gaussian_draws
 from xlatda.model import LatentModel
 from xlatda.obs.contract import ObservationTable
+from xlatda.obs.observation_table import OPERATOR_COLUMNS
 from xlatda.obs.operator import build_operator
 
 __all__ = ["LatentSpace", "PhysicalSpace", "StateSpace", "space_for", "table_key"]
@@ -92,8 +93,7 @@ def table_key(table: ObservationTable) -> tuple:
     # Block-mean observations average their footprint: its points and weights
     # are part of the operator (two tables with the same centres but other
     # NaN-free cells must not share one).
-    for part in (table.lat, table.lon, table.position, table.channel, table.footprint_weight,
-                 table.footprint_lat, table.footprint_lon, table.footprint_position):
+    for part in (getattr(table, name) for name in OPERATOR_COLUMNS):
         if part is None:
             key.append(None)
         else:

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from xlatda.obs.observation_table import ObservationTable
+from xlatda.obs.observation_table import OPERATOR_COLUMNS, ObservationTable
 
 __all__ = ["ObservationWindow", "WindowPlan", "float_times", "group_times", "plan_windows",
            "window_seed"]
@@ -246,8 +246,7 @@ class WindowPlan(Sequence):
         if not len(sizes) or bool((sizes != sizes[0]).any()):
             return False
         n = len(sizes)
-        for name in ("lat", "lon", "position", "channel", "footprint_weight", "footprint_lat",
-                     "footprint_lon", "footprint_position"):
+        for name in OPERATOR_COLUMNS:
             col = self.columns(name)
             if col is None:
                 continue

@@ -22,7 +22,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["ObservationTable"]
+__all__ = ["OPERATOR_COLUMNS", "ObservationTable"]
+
+#: The columns an observation operator depends on (places, channels and block-mean
+#: footprints), in the order :func:`xlatda.spaces.table_key` reads them.
+OPERATOR_COLUMNS = ("lat", "lon", "position", "channel", "footprint_weight", "footprint_lat",
+                    "footprint_lon", "footprint_position")
 
 
 @dataclass(frozen=True)
