@@ -279,10 +279,10 @@ def open_result(store: str | Path) -> CycleResult:
         opened["parameters"] = None
     n = _committed_records(path, opened["analysis"])
     if n is not None:
+        tdim = _record_dim(opened["analysis"])
         for name, ds in opened.items():
             if ds is None:
                 continue
-            tdim = _record_dim(opened["analysis"])
             if ds.sizes.get(tdim, 0) < n:
                 raise torn
             opened[name] = ds.isel({tdim: slice(0, n)})
