@@ -788,9 +788,7 @@ class PointOperatorCache:
     def __setstate__(self, state):
         valid = state.pop("valid", None)
         self.__init__(**state)
-        if valid is not None:
-            self._valid, self._valid_key = torch.as_tensor(valid), self._digest(
-                torch.as_tensor(valid))
+        self.set_valid(valid)
 
 
 def interpolation_weights(grid: dict[str, Any], points: Tensor, neighbours: int = 1, *,
