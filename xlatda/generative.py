@@ -299,6 +299,7 @@ def fit_score(
     val_fraction: float = 0.0,
     patience: int | None = None,
     weight_decay: float = 0.0,
+    lr_schedule: str | None = "cosine",
     device: Any = None,
     dtype: Any = None,
     seed: int = 0,
@@ -333,6 +334,10 @@ def fit_score(
     epochs, batch_size, lr, val_fraction, patience, weight_decay :
         Training settings (one noise level per window and per pass; the
         loss is noisy, so prefer many epochs).
+    lr_schedule : {"cosine", None}
+        Learning-rate schedule (:func:`xlatda.methods.diffusion.fit_score`):
+        by default a cosine decay to 0 over ``epochs``, which lets the noisy
+        ε-loss settle; ``None`` keeps ``lr`` constant.
     hidden, depth, time_embedding, activation, skip :
         :class:`~xlatda.methods.diffusion.ScoreMLP` (latent space);
         ``skip=True`` (default) lets the MLP learn the residual from the
@@ -393,6 +398,8 @@ def fit_score(
         raise ConfigError(f"need epochs, batch_size, lr > 0, got {epochs}, {batch_size}, {lr}")
     if space not in ("latent", "physical"):
         raise ConfigError(f"space must be 'latent' or 'physical', got {space!r}")
+    if lr_schedule not in (None, "cosine"):
+        raise ConfigError(f"lr_schedule must be 'cosine' or None, got {lr_schedule!r}")
     if space == "latent" and not isinstance(model, LatentModel):
         raise ConfigError(
             "a latent score prior needs the LatentModel whose latents it models: "
@@ -442,7 +449,7 @@ def fit_score(
     hist = _fit_windows(net, windows, schedule=prior.schedule, epochs=int(epochs),
                         batch_size=int(batch_size), lr=float(lr), weight_decay=weight_decay,
                         seed=int(seed), device=dev, progress=progress, patience=patience,
-                        val_fraction=val_fraction)
+                        val_fraction=val_fraction, lr_schedule=lr_schedule)
     prior.to(device=dev)
     record = {**to_jsonable(hist), "seconds": _time.perf_counter() - start,
               "windows": int(windows.shape[0]), "window": int(window), "time_step": step,

@@ -300,6 +300,7 @@ def train_module(
     plateau_factor: float = 0.5,
     plateau_patience: int = 5,
     grad_clip: float | None = None,
+    lr_schedule: str | None = None,
     desc: str = "training",
 ) -> dict[str, Any]:
     """Train ``module`` in place with minibatch Adam; return the history.
@@ -340,6 +341,13 @@ def train_module(
         monitored loss (``plateau_factor``, ``plateau_patience``).
     grad_clip : float, optional
         Clip the global gradient norm.
+    lr_schedule : {None, "cosine"}
+        ``"cosine"``: the learning rate decays from ``lr`` to 0 along a half
+        cosine over the ``epochs`` planned (one step per minibatch; Loshchilov
+        & Hutter 2017). What a noisy loss (the ε-loss of a score network, one
+        random noise level per sample) needs to settle: at a constant rate
+        the last weights keep the minibatch noise. ``None``: constant (or
+        ``lr_plateau``).
 
     Returns
     -------
@@ -362,6 +370,11 @@ def train_module(
         )
     if not 0.0 <= val_fraction < 1.0:
         raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if lr_schedule not in (None, "cosine"):
+        raise ConfigError(f"lr_schedule must be None or 'cosine', got {lr_schedule!r}")
+    if lr_schedule is not None and lr_plateau:
+        raise ConfigError("lr_schedule='cosine' and lr_plateau=True both set the learning "
+                          "rate; choose one")
     device = torch.device(device)
     train = tuple(train)
     n = int(next(t for t in train if t is not None).shape[0])
@@ -393,6 +406,10 @@ def train_module(
         if lr_plateau
         else None
     )
+    per_step = None
+    if lr_schedule == "cosine":
+        total_steps = max(1, epochs * math.ceil(n_train / batch_size))
+        per_step = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
 
     def evaluate() -> float:
         val_gen.manual_seed(int(seed) + 2)  # common random numbers across epochs
@@ -426,6 +443,8 @@ def train_module(
             if grad_clip is not None:
                 nn.utils.clip_grad_norm_(params, grad_clip)
             opt.step()
+            if per_step is not None:
+                per_step.step()
             total += float(loss.detach()) * idx.numel()
         train_loss = total / n_train
         history["train_loss"].append(train_loss)
