@@ -293,3 +293,38 @@ def test_run_without_quiet_draws_no_bars_when_output_goes_to_a_file(tmp_path):
                          capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
     assert "it/s" not in out.stderr and "%|" not in out.stderr
+
+
+def test_run_refuses_a_sea_station_before_fitting(tmp_path, monkeypatch):
+    """A station whose cells are all sea in a land-only file: refused before the model is
+    fitted (it used to be refused by xlatda.cycle, after the fit), nothing written."""
+    import xlatda
+
+    rng = np.random.default_rng(0)
+    times = np.arange("2020-01-01T00", "2020-01-05T00", dtype="datetime64[h]")
+    lat, lon = np.arange(50.0, 54.0, 0.5), np.arange(-4.0, 2.0, 0.5)
+    vals = 280 + rng.standard_normal((len(times), len(lat), len(lon)))
+    vals[:, :, :4] = np.nan  # "sea": the western columns, at every time
+    ds = xr.Dataset({"tas": (("time", "lat", "lon"), vals, {"units": "K"})},
+                    coords={"time": times, "lat": lat, "lon": lon})
+    ds.to_netcdf(tmp_path / "land.nc")
+    (tmp_path / "st.csv").write_text("time,station,lat,lon,tas,error\n"
+                                     "2020-01-03T06,Inland,52.2,0.7,280,1\n"
+                                     "2020-01-03T09,Offshore,51.2,-3.7,280,1\n")
+    cfg = write(tmp_path, f"""
+    version: 1
+    system: {{name: file, path: land.nc, variables: [tas]}}
+    train: {{start: 2020-01-01, end: 2020-01-02T23:00}}
+    model: {{latent_dim: 3, epochs: 2}}
+    observations: {{source: file, path: {tmp_path / 'st.csv'}}}
+    assimilate: {{method: etkf, start: 2020-01-03, end: 2020-01-04T23:00, members: 6}}
+    output: {{path: {tmp_path / 'out.nc'}}}
+    """)
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("fitted before the stations were checked")
+
+    monkeypatch.setattr(xlatda, "fit", no_fit)
+    with pytest.raises(ObservationError, match=r"Offshore.*51\.2.*-3\.7.*tas"):
+        run_config(cfg, data_dir=tmp_path, progress=False, echo=None)
+    assert not (tmp_path / "out.nc").exists()

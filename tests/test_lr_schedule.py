@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from xlatda.errors import ConfigError
 from xlatda.encoders.training import train_module
+from xlatda.errors import ConfigError
 from xlatda.methods.diffusion import CosineSchedule, GaussianEps, ScoreMLP, fit_score
 
 

@@ -333,6 +333,23 @@ def _background(cfg, ds, train, truth, tname):
     return state.assign_coords({tname: coord}), initial
 
 
+def _check_places_before_fit(obs: xr.Dataset, train: xr.Dataset, mc: dict[str, Any]) -> None:
+    """:func:`xlatda.validation.check_places_on_mask` against the fixed NaN of the
+    training fields (the mask the fitted model will have), before any fitting."""
+    import xlatda
+    from xlatda.validation import check_places_on_mask
+
+    L = xlatda.layout(train)
+    if L.kind == "latlon" and L.spatial_dims[0] != L.axes.lat:
+        return  # refitted lat first; xlatda.cycle checks against the model's mask
+    x = L.to_tensor(train).numpy()
+    if L.member_dim in train.dims:
+        x = x.reshape(-1, *x.shape[2:])
+    mask = np.isnan(x).all(0)
+    neighbours = int((mc.get("encoder_options") or {}).get("neighbours", 1))
+    check_places_on_mask(obs, mask, L.grid_spec(), L, neighbours=neighbours)
+
+
 def _fit_or_open(cfg, train, progress, say):
     import xlatda
 
@@ -570,13 +587,6 @@ def run_experiment(cfg: dict[str, Any], *, progress: bool | None = None,
     say(f"assimilate: {str(truth[tname].values[0])[:16]} .. "
         f"{str(truth[tname].values[-1])[:16]} ({truth.sizes[tname]} states)")
 
-    report = ""
-    if cfg["model"] is not None:
-        model = _fit_or_open(cfg, train, progress, say)
-        report = training_summary(model)
-        say(report)
-    else:
-        model = _physical_model(cfg, ds)
     background, initial = _background(cfg, ds, train, truth, tname)
     t_bg = background[tname].values
 
@@ -601,6 +611,17 @@ def run_experiment(cfg: dict[str, Any], *, progress: bool | None = None,
                                        seed=oc["seed"])
         say(f"observations: {oc['n']} random locations every {oc['every']} step(s), "
             f"{obs.sizes['obs']} in all")
+
+    if cfg["model"] is not None and train is not None and not cfg["model"]["path"]:
+        # stations on cells the model will have no data in: refused before fitting
+        _check_places_before_fit(obs, train, cfg["model"])
+    report = ""
+    if cfg["model"] is not None:
+        model = _fit_or_open(cfg, train, progress, say)
+        report = training_summary(model)
+        say(report)
+    else:
+        model = _physical_model(cfg, ds)
 
     ac = cfg["assimilate"]
     size = ac["members"] or "the default number of"

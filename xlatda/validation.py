@@ -556,7 +556,8 @@ def check_masked_places(obs: Any, model: Any) -> None:
     its masked cells; a station whose interpolation weights fall only there
     cannot be read from the decoded state. Checked for every place and variable
     before a run starts (rather than at the first analysis that sees it);
-    block-mean observations (with a footprint) are not checked here.
+    block-mean observations (with a footprint) are not checked here. The
+    check itself is :func:`check_places_on_mask`.
 
     Raises
     ------
@@ -564,13 +565,42 @@ def check_masked_places(obs: Any, model: Any) -> None:
         Naming the stations (or places), their variables and first times, and
         how to drop them.
     """
-    from xlatda.errors import ObservationError
-
     mask = getattr(model, "missing", None)
     grid = getattr(getattr(model, "encoder", None), "grid", None)
     layout = getattr(model, "layout", None)
-    if (mask is None or grid is None or layout is None or not isinstance(obs, xr.Dataset)
-            or not np.asarray(mask).any()):
+    if mask is None or grid is None or layout is None:
+        return
+    check_places_on_mask(obs, mask, grid, layout,
+                         neighbours=getattr(model.encoder, "neighbours", 1))
+
+
+def check_places_on_mask(obs: Any, mask: Any, grid: dict[str, Any], layout: Any, *,
+                         neighbours: int = 1) -> None:
+    """Refuse observation places whose interpolation cells all lie on ``mask``.
+
+    Parameters
+    ----------
+    obs : Dataset
+        Observations (:mod:`xlatda.obs`).
+    mask : array of bool, shape ``(C, *spatial)``
+        True where a channel has no data (a model's ``missing``, or the
+        fixed NaN of the fields it will be fitted on).
+    grid : dict
+        The grid description (an encoder's ``grid``, or
+        ``layout.grid_spec()`` of the fields).
+    layout : StateLayout or Layout
+        The fields' layout (variables, channels).
+    neighbours : int
+        Cells read per place on scattered-point grids (the encoder's).
+
+    Raises
+    ------
+    ObservationError
+        As :func:`check_masked_places`.
+    """
+    from xlatda.errors import ObservationError
+
+    if not isinstance(obs, xr.Dataset) or not np.asarray(mask).any():
         return
     from xlatda.encoders.training import interpolation_weights, without_data
     from xlatda.obs.contract import to_tensors, validate
@@ -590,8 +620,7 @@ def check_masked_places(obs: Any, model: Any) -> None:
     channel = np.asarray(table.channel, dtype=np.int64)
     places, first = np.unique(np.column_stack([pts, channel]), axis=0, return_index=True)
     valid = ~torch.as_tensor(np.asarray(mask, dtype=bool))
-    mat = interpolation_weights(grid, torch.as_tensor(places[:, :-1]),
-                                getattr(model.encoder, "neighbours", 1))
+    mat = interpolation_weights(grid, torch.as_tensor(places[:, :-1]), int(neighbours))
     empty = without_data(mat, torch.as_tensor(places[:, -1], dtype=torch.long),
                          valid.reshape(valid.shape[0], -1)).numpy()
     if not empty.any():
