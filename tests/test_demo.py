@@ -9,7 +9,7 @@ from xlatda.demo import run_demo
 
 
 def test_demo_small(tmp_path):
-    result = run_demo(tmp_path / "demo", hours=6, n_obs=128, members=16, plot=True,
+    result = run_demo(tmp_path / "demo", hours=6, n_obs=128, plot=True,
                       progress=False, methods=("etkf", "3dvar"), echo=None)
     text = result.table()
     assert "free" in text and "latent etkf" in text

@@ -102,7 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--hours", type=int, default=24)
     p.add_argument("--obs", type=int, default=256, help="observation locations per hour")
     p.add_argument("--members", type=int, default=None,
-                   help="ensemble size (default: latent size + 1, spanning the latent space)")
+                   help="ensemble size (default: xlatda.cycle's, spanning the control vector)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--no-plot", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -236,7 +236,10 @@ def cycle(background: xr.Dataset | xr.DataArray | None, obs: xr.Dataset, model: 
         Ensemble size (ignored when the background has ``member``). Default
         20 in physical space; in latent space ``max(20, d + n_params + 1)``,
         so the ensemble spans the whole (small) control space and the
-        model error ``Q`` enters exactly (see ``noise``).
+        model error ``Q`` enters exactly (see ``noise``); the regime shift
+        of ``regime="auto"`` (:mod:`xlatda.methods.regime`, on for models
+        with a latent prior and a clock in seconds) counts ``d`` more, so a
+        model of ``d = 48`` cycles 97 members.
     init_std : float or array, optional
         Spread of the initial ensemble: with ``init="sigma"`` the std of
         independent perturbations of every control variable (state units,
