@@ -114,15 +114,15 @@ def run(length: int, steps: int, members: int, joint: bool, seed: int = 1,
             "seconds": sec}
 
 
-def main(threads: int = 1) -> list[dict]:
+def main(threads: int = 1, epochs: int = 30, trained_only: bool = False) -> list[dict]:
     torch.set_num_threads(threads)
     rows = []
-    for length in (15, 30):
+    for length in () if trained_only else (15, 30):
         for steps in (64, 128):
             for joint in (True, False):
                 rows.append(run(length, steps, 1500, joint))
                 print(rows[-1])
-    net, info = trained_local()
+    net, info = trained_local(epochs=epochs)
     print(info)
     for length in (15, 30):
         for joint in (True, False):
@@ -155,11 +155,17 @@ def main(threads: int = 1) -> list[dict]:
               f"{info['prior_mean_err']:.3f} prior std in the mean and "
               f"{info['prior_var_err']:.3f} in the variance: the network, not the "
               "composition, sets the trained rows' accuracy."]
-    (OUT / "score_trajectory.md").write_text("\n".join(lines) + "\n")
+    name = "score_trajectory" + ("" if epochs == 30 and not trained_only else f"_e{epochs}")
+    (OUT / f"{name}.md").write_text("\n".join(lines) + "\n")
     return rows
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
-    main(parser.parse_args().threads)
+    parser.add_argument("--epochs", type=int, default=30, help="training epochs of the "
+                        "trained local score")
+    parser.add_argument("--trained-only", action="store_true",
+                        help="skip the exact-score rows")
+    args = parser.parse_args()
+    main(args.threads, args.epochs, args.trained_only)
