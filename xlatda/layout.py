@@ -102,6 +102,16 @@ def coordinates_sharing_indexes(
     return xr.Coordinates(variables, indexes=indexes)
 
 
+def _ends_with(ds: xr.Dataset, dims: tuple[str, ...]) -> bool:
+    """Whether ``ds.transpose(..., *dims, missing_dims="ignore")`` would leave every
+    variable's dims as they are (those of ``dims`` it has last, in that order)."""
+    for var in ds.variables.values():
+        own = tuple(d for d in dims if d in var.dims)
+        if own and var.dims[len(var.dims) - len(own):] != own:
+            return False
+    return True
+
+
 @dataclass(frozen=True)
 class _VarSpec:
     name: str
@@ -268,8 +278,8 @@ class StateLayout:
             if (dim not in ds.dims or ds.sizes[dim] != self.sizes.get(dim)
                     or dim not in ds.indexes or dim not in self.template.indexes):
                 continue
-            a = np.asarray(ds[dim].values)
-            b = np.asarray(self.template[dim].values)
+            a = np.asarray(ds.variables[dim].values)
+            b = np.asarray(self.template.variables[dim].values)
             if a.dtype.kind in "OUS" and b.dtype.kind in "OUS":
                 # labels (station names): the same stations in another order
                 where = {v: i for i, v in enumerate(a.tolist())}
@@ -292,7 +302,7 @@ class StateLayout:
             order[dim] = perm
         if order:
             ds = ds.isel(order).assign_coords({d: self.template[d].variable for d in order})
-        if self.kind == "latlon":
+        if self.kind == "latlon" and not _ends_with(ds, self.spatial_dims):
             ds = ds.transpose(..., *self.spatial_dims, missing_dims="ignore")
         return ds
 
