@@ -286,7 +286,8 @@ def apply_state(
         Which variables, in which channel order, over which spatial dims.
     fn : callable
         ``fn(x)`` with ``x`` of shape ``(B, channel, *spatial)``, normalised
-        when ``normalizer`` is given, returns ``(B, *out_core sizes)``.
+        when ``normalizer`` is given, returns ``(B, *out_core sizes)``. ``x``
+        is a tensor made for this call alone: ``fn`` may overwrite it.
     out_core, out_sizes :
         Output core dims and their sizes.
     normalizer : Normalizer, optional

@@ -66,7 +66,10 @@ def _encode_states(ds: xr.Dataset, model: Any, device: Any, dtype: Any) -> xr.Da
     dev, tdtype = model.place(device, dtype)
     # The work of xlatda.encode: NaN/inf refused (outside the model's fixed
     # mask), masked points filled with 0 after normalising.
-    z = apply_state(ds, model.layout, model.encoder.encode, normalizer=model.normalizer,
+    # apply_state hands fn a tensor of its own: an encoder that can work in its
+    # input's memory (PCA's encode_: same values, one batch-sized array fewer) does.
+    encode = getattr(model.encoder, "encode_", model.encoder.encode)
+    z = apply_state(ds, model.layout, encode, normalizer=model.normalizer,
                     out_core=[api.LATENT_DIM], out_sizes={api.LATENT_DIM: model.latent_dim},
                     out_coords=latent_coords(model.latent_dim),
                     device=dev, dtype=tdtype,

@@ -232,6 +232,20 @@ class PCA(Encoder):
         # batch is copied only once.
         return (x - self.mean).reshape(x.shape[0], -1) @ self._encode_projection()
 
+    def encode_(self, x: Tensor) -> Tensor:
+        """:meth:`encode` that subtracts the mean in ``x``'s own memory.
+
+        Same values as :meth:`encode` (the same subtraction, written into
+        ``x`` instead of a new batch-sized array); ``x`` is overwritten when
+        it already has the encoder's dtype and device (otherwise its converted
+        copy is). For callers that own ``x`` as scratch, such as the
+        accessor's fused encode (:func:`xlatda._bridge.apply_state`).
+        """
+        self._require_fitted()
+        x = self._like(x)
+        self._check_fields(x)
+        return x.sub_(self.mean).reshape(x.shape[0], -1) @ self._encode_projection()
+
     def decode(self, z: Tensor) -> Tensor:
         """Mean plus EOF combination: ``(B, K) -> (B, C, *spatial)``."""
         self._require_fitted()
