@@ -444,25 +444,27 @@ class StateLayout:
         # assign_coords or __setitem__ would realign every index (milliseconds).
         sizes = {**self.sizes, **dict(stacked.sizes)}
         coords: dict[Any, tuple[xr.Variable, Any]] = {}  # name: (variable, its owner)
-        for name, coord in base.coords.items():
+        # (Variables, not DataArrays: .coords.items() would build a DataArray for each.)
+        for name, coord in base.coords.variables.items():
             if name in lead and coord.ndim == 0:
                 continue  # a scalar coordinate that is now a dimension of the data
             if all(d not in lead or base.sizes[d] == stacked.sizes[d] for d in coord.dims):
                 if all(d in lead or d in self.template.dims or d in self.sizes
                        for d in coord.dims):
                     coords[name] = (base.variables[name], base)
-        for name, coord in stacked.coords.items():
+        for name, coord in stacked.coords.variables.items():
             if coord.dims and set(coord.dims) <= set(lead):
                 coords[name] = (stacked.coords.variables[name], stacked)
         data_vars: dict[Any, xr.Variable] = dict(variables)
         # Auxiliary data variables (bounds, masks) and the template's order.
-        for name, aux in base.data_vars.items():
+        for name in base.data_vars:
             if name in self.variables:
                 continue
+            aux = base.variables[name]
             fits = all(sizes.get(d) == base.sizes[d] for d in aux.dims if d in lead)
             known = all(d in lead or d in self.template.dims for d in aux.dims)
             if fits and known:
-                data_vars[name] = aux.variable.copy()
+                data_vars[name] = aux.copy()
         order = [n for n in base.data_vars if n in data_vars]
         order += [n for n in data_vars if n not in order]
         return xr.Dataset({n: data_vars[n] for n in order},
