@@ -118,7 +118,7 @@ def small():
 def test_public_calls_run_small_problems_on_one_thread(small, two_threads, monkeypatch):
     ds, model = small
     seen = []
-    # The accessor's fused encode calls PCA's in-place encode_, xlatda.encode encode.
+    # The accessor's fused encode calls PCA's encode_centered, xlatda.encode encode.
     def spying(f):
         def spy(x):
             seen.append(torch.get_num_threads())
@@ -126,7 +126,7 @@ def test_public_calls_run_small_problems_on_one_thread(small, two_threads, monke
 
         return spy
 
-    for name in ("encode", "encode_"):
+    for name in ("encode", "encode_centered"):
         monkeypatch.setattr(model.encoder, name, spying(getattr(model.encoder, name)))
     ds.lda.encode(model)
     xlatda.encode(ds, model)
@@ -163,7 +163,7 @@ def test_dask_tasks_keep_the_workers_setting_unless_asked(small, two_threads, mo
 
     ds, model = small
     seen = []
-    # The accessor's fused encode calls PCA's in-place encode_, xlatda.encode encode.
+    # The accessor's fused encode calls PCA's encode_centered, xlatda.encode encode.
     def spying(f):
         def spy(x):
             seen.append(torch.get_num_threads())
@@ -171,7 +171,7 @@ def test_dask_tasks_keep_the_workers_setting_unless_asked(small, two_threads, mo
 
         return spy
 
-    for name in ("encode", "encode_"):
+    for name in ("encode", "encode_centered"):
         monkeypatch.setattr(model.encoder, name, spying(getattr(model.encoder, name)))
     z = ds.chunk(time=20).lda.encode(model)  # built inside the scope, computed outside
     with dask.config.set(scheduler="synchronous"):

@@ -232,19 +232,27 @@ class PCA(Encoder):
         # batch is copied only once.
         return (x - self.mean).reshape(x.shape[0], -1) @ self._encode_projection()
 
-    def encode_(self, x: Tensor) -> Tensor:
-        """:meth:`encode` that subtracts the mean in ``x``'s own memory.
+    @property
+    def input_center(self) -> Tensor:
+        """What :meth:`encode` subtracts first: the mean field ``(C, *spatial)``.
 
-        Same values as :meth:`encode` (the same subtraction, written into
-        ``x`` instead of a new batch-sized array); ``x`` is overwritten when
-        it already has the encoder's dtype and device (otherwise its converted
-        copy is). For callers that own ``x`` as scratch, such as the
-        accessor's fused encode (:func:`xlatda._bridge.apply_state`).
+        With :meth:`encode_centered`, ``encode(x) == encode_centered(x -
+        input_center)`` bit for bit: callers that prepare the batch
+        themselves (the accessor's fused encode,
+        :func:`xlatda._bridge.apply_state`) subtract it in the same pass as
+        their own normalisation.
+        """
+        return self.mean
+
+    def encode_centered(self, x: Tensor) -> Tensor:
+        """:meth:`encode` of fields from which :attr:`input_center` was already taken.
+
+        ``(B, C, *spatial) -> (B, K)``; the same projection as :meth:`encode`.
         """
         self._require_fitted()
         x = self._like(x)
         self._check_fields(x)
-        return x.sub_(self.mean).reshape(x.shape[0], -1) @ self._encode_projection()
+        return x.reshape(x.shape[0], -1) @ self._encode_projection()
 
     def decode(self, z: Tensor) -> Tensor:
         """Mean plus EOF combination: ``(B, K) -> (B, C, *spatial)``."""
