@@ -45,12 +45,13 @@ def rungs(n: int):
         m, s = norm.mean_as(out), norm.std_as(out)
         torch.sub(torch.from_numpy(h)[:, None], m[0], out=out[:, 0:1])
         torch.sub(torch.from_numpy(v)[:, None], m[1], out=out[:, 1:2])
-        return out.div_(s.reshape(1, 2, 1, 1))
+        # the division and PCA's centring in one pass, as apply_state does
+        return torch.addcdiv(-enc.input_center, out, s.reshape(1, 2, 1, 1), out=out)
 
     def kernel():
         with torch.inference_mode():
             xn = stack_norm()
-            y = enc.encode_(xn)
+            y = enc.encode_centered(xn)
             bool(y.sum().isfinite())
 
     def raw():
@@ -72,7 +73,8 @@ def rungs(n: int):
                     out_sizes={"channel": 2, "lat": 32, "lon": 64}, denormalize=norm)
 
     def bridge():
-        apply_state(ds, L, enc.encode_, normalizer=norm, out_core=["latent"],
+        apply_state(ds, L, enc.encode_centered, normalizer=norm, center=enc.input_center,
+                    out_core=["latent"],
                     out_sizes={"latent": 64}, check_finite="fields to encode",
                     nonfinite_propagates=True)
 
