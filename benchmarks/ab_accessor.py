@@ -8,7 +8,9 @@ machine. The measurement code is this checkout's for every tree. Printed:
 per case and tree the ratio public/raw of each round (best process-CPU
 times by default, ``--wall`` for wall-clock), their median, and the median
 best times of the raw and the public call (a tree with faster kernels
-has a faster raw call, so compare times as well as ratios).
+has a faster raw call, so compare times as well as ratios), and for the dask
+cases the ratio public / dask floor (the raw call in one ``map_blocks`` task
+per chunk, as in :mod:`bench_accessor`).
 
 Run (a tree made with ``git archive <commit> | tar -x -C /tmp/before``)::
 
@@ -48,6 +50,7 @@ def main(trees: dict[str, str], rounds: int, samples: int, repeat: int,
     key = "cpu_ratio" if cpu else "ratio"
     ratios: dict[str, dict[str, list[float]]] = {}
     times: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    floors: dict[tuple[str, str], list[float]] = {}
     for r in range(rounds):
         for name, path in trees.items():
             env = {**os.environ, "PYTHONPATH": str(Path(path).resolve()), "OMP_NUM_THREADS": "1"}
@@ -61,6 +64,9 @@ def main(trees: dict[str, str], rounds: int, samples: int, repeat: int,
                 ratios.setdefault(row["case"], {}).setdefault(name, []).append(row[key])
                 t_raw, t_xr = ("raw_cpu_s", "xarray_cpu_s") if cpu else ("raw_s", "xarray_s")
                 times.setdefault((row["case"], name), []).append((row[t_raw], row[t_xr]))
+                if "floor_s" in row:  # dask cases: the public call over the dask floor
+                    floors.setdefault((row["case"], name), []).append(
+                        row["floor_cpu_ratio" if cpu else "floor_ratio"])
             print(f"round {r + 1} {name} ({res['xlatda']}): "
                   + ", ".join(f"{row['case']} {row[key]:.2f}" for row in res["rows"]),
                   flush=True)
@@ -77,6 +83,18 @@ def main(trees: dict[str, str], rounds: int, samples: int, repeat: int,
             cells += [" / ".join(f"{v:.2f}" for v in vals), f"{statistics.median(vals):.2f}",
                       f"{raw:.2f} / {pub:.2f}"]
         print(f"| {case} | " + " | ".join(cells) + " |")
+    if floors:
+        print()
+        print("| case | " + " | ".join(f"{n}: ratio to the dask floor per round | median"
+                                         for n in trees) + " |")
+        print("|---|" + "---|---|" * len(trees))
+        for case in sorted({c for c, _ in floors}):
+            cells = []
+            for n in trees:
+                vals = floors.get((case, n), [])
+                cells += [" / ".join(f"{v:.2f}" for v in vals),
+                          f"{statistics.median(vals):.2f}" if vals else "–"]
+            print(f"| {case} | " + " | ".join(cells) + " |")
     return ratios
 
 

@@ -20,6 +20,10 @@ What is compared (checked for fairness, issue 16):
   scheduler, so both sides run on one core (torch on 1 thread); the default
   threaded scheduler would run the chunks side by side against a 1-thread
   raw call.
+* "dask floor" (dask cases): the raw call wrapped in ``dask.array.map_blocks``
+  over the same 4 chunks, one task per chunk, same scheduler: what any dask
+  path pays at these chunks (graph, scheduler, the final concatenation). The
+  table gives the xarray call's CPU time over the floor's.
 * Raw and xarray calls alternate after a warm-up of each, and the best of
   many runs is kept (41 at <= 1024 samples, where a call takes milliseconds,
   9 above), so a busy machine slows both alike; best wall-clock and best
@@ -34,9 +38,11 @@ from __future__ import annotations
 import argparse
 import os
 import time
+import uuid
 from pathlib import Path
 
 import dask
+import dask.array as dsa
 import numpy as np
 import torch
 import xarray as xr
@@ -60,23 +66,64 @@ def _field(n: int) -> xr.Dataset:
     )
 
 
-def _best_pair(raw, wrapped, repeat: int) -> tuple[float, float, float, float]:
-    """Best wall and CPU times of ``raw`` and ``wrapped``, run alternately.
+def _best_of(fns, repeat: int) -> tuple[list[float], list[float]]:
+    """Best wall and CPU times of each of ``fns``, run alternately.
 
-    Returns ``(wall raw, wall wrapped, cpu raw, cpu wrapped)``. Alternating
-    makes a busy machine slow both alike; the process CPU time (one torch
-    thread, synchronous dask) leaves out the time spent waiting for a core,
-    which on a loaded 2-core machine is most of the spread of wall times.
+    Returns ``(best walls, best CPU times)`` in the order of ``fns``.
+    Alternating makes a busy machine slow all alike; the process CPU time
+    (one torch thread, synchronous dask) leaves out the time spent waiting
+    for a core, which on a loaded 2-core machine is most of the spread of
+    wall times.
     """
-    wall: dict[int, list[float]] = {0: [], 1: []}
-    cpu: dict[int, list[float]] = {0: [], 1: []}
+    wall: list[list[float]] = [[] for _ in fns]
+    cpu: list[list[float]] = [[] for _ in fns]
     for _ in range(repeat):
-        for k, fn in enumerate((raw, wrapped)):
+        for k, fn in enumerate(fns):
             t, c = time.perf_counter(), time.process_time()
             fn()
             cpu[k].append(time.process_time() - c)
             wall[k].append(time.perf_counter() - t)
-    return min(wall[0]), min(wall[1]), min(cpu[0]), min(cpu[1])
+    return [min(w) for w in wall], [min(c) for c in cpu]
+
+
+def _best_pair(raw, wrapped, repeat: int) -> tuple[float, float, float, float]:
+    """``(wall raw, wall wrapped, cpu raw, cpu wrapped)`` of :func:`_best_of`."""
+    (w_raw, w_xr), (c_raw, c_xr) = _best_of((raw, wrapped), repeat)
+    return w_raw, w_xr, c_raw, c_xr
+
+
+def _dask_floors(model, x: torch.Tensor, z: torch.Tensor, n: int):
+    """The dask floor of each case: the raw kernel in one ``map_blocks`` task per
+    chunk (the chunks of the xarray case), computed with the same scheduler.
+
+    No graph work beyond the input's chunks and one task per chunk; named by
+    hand, since dask would otherwise tokenize the closure (pickling the model).
+    """
+    per = n // 4
+    xd = dsa.from_array(x.numpy(), chunks=(per, *x.shape[1:]))
+    zd = dsa.from_array(z.numpy(), chunks=(per, z.shape[1]))
+
+    def enc_block(b):
+        with torch.inference_mode():
+            return model.encode_tensor(torch.from_numpy(b)).numpy()
+
+    def dec_block(b):
+        with torch.inference_mode():
+            return model.decode_tensor(torch.from_numpy(b)).numpy()
+
+    def encode():
+        dsa.map_blocks(enc_block, xd, drop_axis=list(range(2, x.dim())),
+                       chunks=(xd.chunks[0], (z.shape[1],)), dtype=np.float32,
+                       name=f"floor-encode-{uuid.uuid4().hex}",
+                       meta=np.empty((0, 0), np.float32)).compute()
+
+    def decode():
+        dsa.map_blocks(dec_block, zd, new_axis=list(range(2, x.dim())),
+                       chunks=(zd.chunks[0], *((s,) for s in x.shape[1:])), dtype=np.float32,
+                       name=f"floor-decode-{uuid.uuid4().hex}",
+                       meta=np.empty((0,) * x.dim(), np.float32)).compute()
+
+    return {"encode dask": encode, "decode dask": decode}
 
 
 def _measure(ds: xr.Dataset, model, encoder: str, n: int, repeat: int) -> list[dict]:
@@ -101,15 +148,22 @@ def _measure(ds: xr.Dataset, model, encoder: str, n: int, repeat: int) -> list[d
         "encode dask": (raw_encode, lambda: chunked.lda.encode(model).z.compute()),
         "decode dask": (raw_decode, lambda: zc.lda.decode(model).compute()),
     }
+    floors = _dask_floors(model, x, z_t, n)
     rows = []
     with dask.config.set(scheduler="synchronous"):
         for name, (raw, wrapped) in cases.items():
-            raw()  # warm up (first dask graph, first allocations)
-            wrapped()
-            t_raw, t_xr, c_raw, c_xr = _best_pair(raw, wrapped, repeat)
-            rows.append({"encoder": encoder, "case": name, "samples": n, "raw_s": t_raw,
-                         "xarray_s": t_xr, "ratio": t_xr / t_raw, "samples_per_s": n / t_xr,
-                         "raw_cpu_s": c_raw, "xarray_cpu_s": c_xr, "cpu_ratio": c_xr / c_raw})
+            fns = (raw, wrapped, floors[name]) if name in floors else (raw, wrapped)
+            for fn in fns:  # warm up (first dask graph, first allocations)
+                fn()
+            walls, cpus = _best_of(fns, repeat)
+            (t_raw, t_xr), (c_raw, c_xr) = walls[:2], cpus[:2]
+            row = {"encoder": encoder, "case": name, "samples": n, "raw_s": t_raw,
+                   "xarray_s": t_xr, "ratio": t_xr / t_raw, "samples_per_s": n / t_xr,
+                   "raw_cpu_s": c_raw, "xarray_cpu_s": c_xr, "cpu_ratio": c_xr / c_raw}
+            if name in floors:  # the dask floor: the raw kernel, one map_blocks task per chunk
+                row.update({"floor_s": walls[2], "floor_cpu_s": cpus[2],
+                            "floor_ratio": t_xr / walls[2], "floor_cpu_ratio": c_xr / cpus[2]})
+            rows.append(row)
     return rows
 
 
@@ -135,12 +189,16 @@ def main(quick: bool = True, encoders: tuple[str, ...] = ("pca", "autoencoder"),
     lines = [f"Best of {repeat} runs (41 at <= 1024 samples), 1 torch thread, dask synchronous "
              f"scheduler, chunks time=n/4; 1-minute load average at the end {load:.1f}.", "",
              "| encoder | case | samples | torch [s] | xarray [s] | ratio | samples/s "
-             "| torch CPU [s] | xarray CPU [s] | CPU ratio |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| torch CPU [s] | xarray CPU [s] | CPU ratio | dask floor CPU [s] "
+             "| CPU ratio to floor |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        floor = (f"{r['floor_cpu_s']:.4f} | {r['floor_cpu_ratio']:.2f}" if "floor_s" in r
+                 else "– | –")
         lines.append(f"| {r['encoder']} | {r['case']} | {r['samples']} | {r['raw_s']:.4f} | "
                      f"{r['xarray_s']:.4f} | {r['ratio']:.2f} | {r['samples_per_s']:.0f} | "
-                     f"{r['raw_cpu_s']:.4f} | {r['xarray_cpu_s']:.4f} | {r['cpu_ratio']:.2f} |")
+                     f"{r['raw_cpu_s']:.4f} | {r['xarray_cpu_s']:.4f} | {r['cpu_ratio']:.2f} | "
+                     f"{floor} |")
     (OUT / out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return rows

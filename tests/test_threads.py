@@ -118,13 +118,16 @@ def small():
 def test_public_calls_run_small_problems_on_one_thread(small, two_threads, monkeypatch):
     ds, model = small
     seen = []
-    encode_tensor = model.encoder.encode
+    # The accessor's fused encode calls PCA's encode_centered, xlatda.encode encode.
+    def spying(f):
+        def spy(x):
+            seen.append(torch.get_num_threads())
+            return f(x)
 
-    def spy(x):
-        seen.append(torch.get_num_threads())
-        return encode_tensor(x)
+        return spy
 
-    monkeypatch.setattr(model.encoder, "encode", spy)
+    for name in ("encode", "encode_centered"):
+        monkeypatch.setattr(model.encoder, name, spying(getattr(model.encoder, name)))
     ds.lda.encode(model)
     xlatda.encode(ds, model)
     assert seen == [1, 1]
@@ -160,13 +163,16 @@ def test_dask_tasks_keep_the_workers_setting_unless_asked(small, two_threads, mo
 
     ds, model = small
     seen = []
-    encode_tensor = model.encoder.encode
+    # The accessor's fused encode calls PCA's encode_centered, xlatda.encode encode.
+    def spying(f):
+        def spy(x):
+            seen.append(torch.get_num_threads())
+            return f(x)
 
-    def spy(x):
-        seen.append(torch.get_num_threads())
-        return encode_tensor(x)
+        return spy
 
-    monkeypatch.setattr(model.encoder, "encode", spy)
+    for name in ("encode", "encode_centered"):
+        monkeypatch.setattr(model.encoder, name, spying(getattr(model.encoder, name)))
     z = ds.chunk(time=20).lda.encode(model)  # built inside the scope, computed outside
     with dask.config.set(scheduler="synchronous"):
         z.compute()

@@ -269,6 +269,7 @@ def apply_state(
     missing: np.ndarray | None = None,
     check_finite: str | None = None,
     nonfinite_propagates: bool = False,
+    center: torch.Tensor | None = None,
 ) -> xr.DataArray:
     """Stack (and normalise) the state variables of ``ds`` and apply ``fn``, in one pass.
 
@@ -286,7 +287,9 @@ def apply_state(
         Which variables, in which channel order, over which spatial dims.
     fn : callable
         ``fn(x)`` with ``x`` of shape ``(B, channel, *spatial)``, normalised
-        when ``normalizer`` is given, returns ``(B, *out_core sizes)``.
+        when ``normalizer`` is given (then filled at ``missing``, then minus
+        ``center``), returns ``(B, *out_core sizes)``. ``x`` is a tensor made
+        for this call alone: ``fn`` may overwrite it.
     out_core, out_sizes :
         Output core dims and their sizes.
     normalizer : Normalizer, optional
@@ -308,6 +311,12 @@ def apply_state(
         ``fn``'s output is non-finite wherever its input is (an affine map
         such as PCA): then the check looks at the small output instead of
         making a pass over the input, and reads the input only to report.
+    center : Tensor, optional
+        ``(channel, *spatial)``, subtracted last (what an encoder such as PCA
+        subtracts first, see :attr:`xlatda.encoders.pca.PCA.input_center`).
+        Without ``missing``, on the CPU, it is taken off in the division by
+        the standard deviation: ``-center + x / std`` in one pass, the same
+        values as ``x / std - center`` (IEEE ``a - b`` is ``a + (-b)``).
 
     Returns
     -------
@@ -392,12 +401,21 @@ def apply_state(
         size = math.prod(lead_shape) * n_channels * math.prod(layout.spatial_shape)
         with thread_scope(size, threads=threads):
             x = stack(blocks, fused).to(dev)
+            centered = False
             if fused:
-                x.div_(normalizer.std_as(x).reshape(1, n_channels, *[1] * len(spatial)))
+                std = normalizer.std_as(x).reshape(1, n_channels, *[1] * len(spatial))
+                if center is not None and mask is None:
+                    # x / std - center in one pass (same values, see the docstring)
+                    torch.addcdiv(-center.to(x), x, std, out=x)
+                    centered = True
+                else:
+                    x.div_(std)
             elif normalizer is not None:
                 _affine(x, normalizer, 1, inverse=False)
             if mask is not None:
                 x.masked_fill_(mask.to(x.device), 0.0)
+            if center is not None and not centered:
+                x.sub_(center.to(x))
             # Non-finite values outside the mask stay non-finite through the
             # normalisation, so looking at x (or at y) finds every one; a sum
             # holding a NaN/inf is never finite (one pass, no boolean array; an

@@ -156,7 +156,8 @@ def size_of(obj: Any) -> int | None:
     """
     data_vars = getattr(obj, "data_vars", None)
     if data_vars is not None:
-        return int(sum(v.size for v in data_vars.values()))
+        # sizes of the variables themselves (data_vars.values() builds DataArrays)
+        return int(sum(obj.variables[k].size for k in data_vars))
     numel = getattr(obj, "numel", None)  # torch tensors
     if callable(numel):
         return int(numel())

@@ -66,7 +66,13 @@ def _encode_states(ds: xr.Dataset, model: Any, device: Any, dtype: Any) -> xr.Da
     dev, tdtype = model.place(device, dtype)
     # The work of xlatda.encode: NaN/inf refused (outside the model's fixed
     # mask), masked points filled with 0 after normalising.
-    z = apply_state(ds, model.layout, model.encoder.encode, normalizer=model.normalizer,
+    # An encoder that starts by subtracting a fixed field (PCA's mean) lets the
+    # bridge take it off in its normalising pass (same values, no pass or array
+    # of the encoder's own for it).
+    encode, center = model.encoder.encode, None
+    if hasattr(model.encoder, "encode_centered"):
+        encode, center = model.encoder.encode_centered, model.encoder.input_center
+    z = apply_state(ds, model.layout, encode, normalizer=model.normalizer, center=center,
                     out_core=[api.LATENT_DIM], out_sizes={api.LATENT_DIM: model.latent_dim},
                     out_coords=latent_coords(model.latent_dim),
                     device=dev, dtype=tdtype,

@@ -102,6 +102,16 @@ def coordinates_sharing_indexes(
     return xr.Coordinates(variables, indexes=indexes)
 
 
+def _ends_with(ds: xr.Dataset, dims: tuple[str, ...]) -> bool:
+    """Whether ``ds.transpose(..., *dims, missing_dims="ignore")`` would leave every
+    variable's dims as they are (those of ``dims`` it has last, in that order)."""
+    for var in ds.variables.values():
+        own = tuple(d for d in dims if d in var.dims)
+        if own and var.dims[len(var.dims) - len(own):] != own:
+            return False
+    return True
+
+
 @dataclass(frozen=True)
 class _VarSpec:
     name: str
@@ -268,8 +278,8 @@ class StateLayout:
             if (dim not in ds.dims or ds.sizes[dim] != self.sizes.get(dim)
                     or dim not in ds.indexes or dim not in self.template.indexes):
                 continue
-            a = np.asarray(ds[dim].values)
-            b = np.asarray(self.template[dim].values)
+            a = np.asarray(ds.variables[dim].values)
+            b = np.asarray(self.template.variables[dim].values)
             if a.dtype.kind in "OUS" and b.dtype.kind in "OUS":
                 # labels (station names): the same stations in another order
                 where = {v: i for i, v in enumerate(a.tolist())}
@@ -292,7 +302,7 @@ class StateLayout:
             order[dim] = perm
         if order:
             ds = ds.isel(order).assign_coords({d: self.template[d].variable for d in order})
-        if self.kind == "latlon":
+        if self.kind == "latlon" and not _ends_with(ds, self.spatial_dims):
             ds = ds.transpose(..., *self.spatial_dims, missing_dims="ignore")
         return ds
 
@@ -434,25 +444,27 @@ class StateLayout:
         # assign_coords or __setitem__ would realign every index (milliseconds).
         sizes = {**self.sizes, **dict(stacked.sizes)}
         coords: dict[Any, tuple[xr.Variable, Any]] = {}  # name: (variable, its owner)
-        for name, coord in base.coords.items():
+        # (Variables, not DataArrays: .coords.items() would build a DataArray for each.)
+        for name, coord in base.coords.variables.items():
             if name in lead and coord.ndim == 0:
                 continue  # a scalar coordinate that is now a dimension of the data
             if all(d not in lead or base.sizes[d] == stacked.sizes[d] for d in coord.dims):
                 if all(d in lead or d in self.template.dims or d in self.sizes
                        for d in coord.dims):
                     coords[name] = (base.variables[name], base)
-        for name, coord in stacked.coords.items():
+        for name, coord in stacked.coords.variables.items():
             if coord.dims and set(coord.dims) <= set(lead):
                 coords[name] = (stacked.coords.variables[name], stacked)
         data_vars: dict[Any, xr.Variable] = dict(variables)
         # Auxiliary data variables (bounds, masks) and the template's order.
-        for name, aux in base.data_vars.items():
+        for name in base.data_vars:
             if name in self.variables:
                 continue
+            aux = base.variables[name]
             fits = all(sizes.get(d) == base.sizes[d] for d in aux.dims if d in lead)
             known = all(d in lead or d in self.template.dims for d in aux.dims)
             if fits and known:
-                data_vars[name] = aux.variable.copy()
+                data_vars[name] = aux.copy()
         order = [n for n in base.data_vars if n in data_vars]
         order += [n for n in data_vars if n not in order]
         return xr.Dataset({n: data_vars[n] for n in order},

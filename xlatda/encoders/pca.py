@@ -232,6 +232,28 @@ class PCA(Encoder):
         # batch is copied only once.
         return (x - self.mean).reshape(x.shape[0], -1) @ self._encode_projection()
 
+    @property
+    def input_center(self) -> Tensor:
+        """What :meth:`encode` subtracts first: the mean field ``(C, *spatial)``.
+
+        With :meth:`encode_centered`, ``encode(x) == encode_centered(x -
+        input_center)`` bit for bit: callers that prepare the batch
+        themselves (the accessor's fused encode,
+        :func:`xlatda._bridge.apply_state`) subtract it in the same pass as
+        their own normalisation.
+        """
+        return self.mean
+
+    def encode_centered(self, x: Tensor) -> Tensor:
+        """:meth:`encode` of fields from which :attr:`input_center` was already taken.
+
+        ``(B, C, *spatial) -> (B, K)``; the same projection as :meth:`encode`.
+        """
+        self._require_fitted()
+        x = self._like(x)
+        self._check_fields(x)
+        return x.reshape(x.shape[0], -1) @ self._encode_projection()
+
     def decode(self, z: Tensor) -> Tensor:
         """Mean plus EOF combination: ``(B, K) -> (B, C, *spatial)``."""
         self._require_fitted()
