@@ -147,6 +147,9 @@ def _measure(ds: xr.Dataset, model, encoder: str, n: int, repeat: int) -> list[d
         "decode eager": (raw_decode, lambda: z.lda.decode(model).height.values),
         "encode dask": (raw_encode, lambda: chunked.lda.encode(model).z.compute()),
         "decode dask": (raw_decode, lambda: zc.lda.decode(model).compute()),
+        # the public functions the accessor calls (the same path since session 13)
+        "xlatda.encode eager": (raw_encode, lambda: xlatda.encode(ds, model).z.values),
+        "xlatda.decode eager": (raw_decode, lambda: xlatda.decode(z, model).height.values),
     }
     floors = _dask_floors(model, x, z_t, n)
     rows = []

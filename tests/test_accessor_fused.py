@@ -1,9 +1,11 @@
-"""The accessor's fused encode/decode give exactly what xlatda.encode/decode give.
+"""The fused encode/decode give exactly what the general path gives.
 
-``ds.lda.encode`` stacks and normalises in one copy (one dask task per chunk)
-and ``z.lda.decode`` denormalises in place; the public functions take the
-general path. Results must be identical, eager and chunked, for several
-variables, vertical levels, float64 input and a member dimension.
+``xlatda.encode`` (and ``ds.lda.encode``, which calls it) stacks and normalises
+in one copy (one dask task per chunk) and ``xlatda.decode`` denormalises in
+place; ``_encode_general`` / ``_decode_general`` are the stack-and-apply_torch
+path that models with auxiliary inputs take. Results must be identical, eager
+and chunked, for several variables, vertical levels, float64 input and a member
+dimension; the accessor must give what the public functions give.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 import xarray as xr
 
 import xlatda
+from xlatda.encode_decode import _decode_general, _encode_general
 from xlatda.errors import ConfigError, LayoutError
 
 
@@ -47,12 +50,12 @@ def model():
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_encode_matches_public_function(model, dtype):
     ds = _state(dtype=dtype)
-    xr.testing.assert_identical(ds.lda.encode(model), xlatda.encode(ds, model))
+    xr.testing.assert_identical(ds.lda.encode(model), _encode_general(ds, model))
     lazy = ds.chunk(time=5)
     z = lazy.lda.encode(model)
     assert z.z.chunks == ((5, 5, 2), (5,))
     with dask.config.set(scheduler="synchronous"):
-        xr.testing.assert_identical(z.compute(), xlatda.encode(lazy, model).compute())
+        xr.testing.assert_identical(z.compute(), _encode_general(lazy, model).compute())
         np.testing.assert_array_equal(z.z.values, ds.lda.encode(model).z.values)
 
 
@@ -70,19 +73,19 @@ def test_encode_of_transposed_and_member_states(model):
     ens = ens.assign(lat_bnds=ds.lat_bnds)
     z = ens.lda.encode(model)
     assert z.z.dims == ("time", "member", "latent")
-    xr.testing.assert_identical(z, xlatda.encode(ens, model))
+    xr.testing.assert_identical(z, _encode_general(ens, model))
     zl = ens.chunk(time=5, lon=2).lda.encode(model)  # split spatial chunks are joined
     np.testing.assert_allclose(zl.z.values, z.z.values, rtol=1e-6)
 
 
 def test_decode_matches_public_function(model):
     z = _state().lda.encode(model)
-    xr.testing.assert_identical(z.lda.decode(model), xlatda.decode(z, model))
+    xr.testing.assert_identical(z.lda.decode(model), _decode_general(z, model))
     zc = z.chunk(time=5)
     with dask.config.set(scheduler="synchronous"):
         xr.testing.assert_identical(zc.lda.decode(model).compute(),
-                                    xlatda.decode(zc, model).compute())
-    xr.testing.assert_identical(z.z.lda.decode(model), xlatda.decode(z.z, model))
+                                    _decode_general(zc, model).compute())
+    xr.testing.assert_identical(z.z.lda.decode(model), _decode_general(z.z, model))
 
 
 def test_errors_are_those_of_the_public_functions(model):
@@ -116,16 +119,16 @@ def test_fixed_missing_mask_as_in_public_functions(masked_model):
     ds = _masked_state()
     z = ds.lda.encode(m)
     assert np.isfinite(z.z.values).all()
-    xr.testing.assert_identical(z, xlatda.encode(ds, m))
+    xr.testing.assert_identical(z, _encode_general(ds, m))
     out = z.lda.decode(m)
     assert np.isnan(out.h.values[:, 0, 1]).all() and np.isfinite(out.u.values).all()
-    xr.testing.assert_identical(out, xlatda.decode(z, m))
+    xr.testing.assert_identical(out, _decode_general(z, m))
     with dask.config.set(scheduler="synchronous"):
         zc = ds.chunk(time=5).lda.encode(m).compute()
-        xr.testing.assert_identical(zc, xlatda.encode(ds.chunk(time=5), m).compute())
+        xr.testing.assert_identical(zc, _encode_general(ds.chunk(time=5), m).compute())
         xr.testing.assert_allclose(zc, z, rtol=1e-5)  # (other batch sizes, other rounding)
         oc = z.chunk(time=5).lda.decode(m).compute()
-        xr.testing.assert_identical(oc, xlatda.decode(z.chunk(time=5), m).compute())
+        xr.testing.assert_identical(oc, _decode_general(z.chunk(time=5), m).compute())
         assert np.isnan(oc.h.values[:, 0, 1]).all()
         xr.testing.assert_allclose(oc, out, rtol=1e-5)
 
@@ -147,13 +150,13 @@ def test_nonfinite_fields_refused_as_by_encode(masked_model, monkeypatch, bad, p
         h = ds.h.values.copy()
         h[where] = bad
         ds = ds.assign(h=(ds.h.dims, h, ds.h.attrs))
-        expected = _message(lambda ds=ds: xlatda.encode(ds, m))
+        expected = _message(lambda ds=ds: _encode_general(ds, m))
         assert "fields to encode hold 1 NaN/inf" in expected
         assert _message(lambda ds=ds: ds.lda.encode(m)) == expected
         lazy = ds.chunk(time=4)
         with dask.config.set(scheduler="synchronous"):
             assert (_message(lambda lazy=lazy: lazy.lda.encode(m).compute())
-                    == _message(lambda lazy=lazy: xlatda.encode(lazy, m).compute()))
+                    == _message(lambda lazy=lazy: _encode_general(lazy, m).compute()))
 
 
 def test_overflowing_sum_of_finite_latents_is_not_refused(masked_model):
@@ -205,3 +208,14 @@ def test_lazy_apply_torch_gets_the_chunks_without_a_copy():
     with dask.config.set(scheduler="synchronous"):
         np.testing.assert_array_equal(out.values, 2 * source)
     assert shared == [True, True]
+
+
+def test_public_functions_and_accessor_are_one_path(model):
+    # the accessor is a thin layer: xlatda.encode/decode themselves take the fused path
+    ds = _state()
+    z = xlatda.encode(ds, model)
+    xr.testing.assert_identical(z, ds.lda.encode(model))
+    xr.testing.assert_identical(xlatda.decode(z, model), z.lda.decode(model))
+    lazy = ds.chunk(time=4)
+    graph = dict(xlatda.encode(lazy, model).z.data.__dask_graph__())
+    assert len([k for k in graph if isinstance(k, tuple) and "apply-state" in k[0]]) == 3

@@ -24,7 +24,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import xarray as xr
 
 from xlatda._threads import decoded_size, size_of, with_thread_scope
@@ -45,75 +44,6 @@ def _own_size(self: _LdaBase, *args: Any, **kwargs: Any) -> int | None:
 
 def _decoded_size(self: _LdaBase, model: Any = None, *args: Any, **kwargs: Any) -> int | None:
     return decoded_size(self._obj, model)
-
-
-def _encode_states(ds: xr.Dataset, model: Any, device: Any, dtype: Any) -> xr.Dataset:
-    """:func:`xlatda.encode` without auxiliary inputs, stacking and normalising in one copy.
-
-    Same result as ``xlatda.encode(ds, model)`` (tests check they are
-    identical, also with a fixed missing mask, and that NaN/inf fields are
-    refused alike); :func:`xlatda._bridge.apply_state` fuses the stack, the
-    normalisation and the encoder into one pass (one dask task per chunk).
-    """
-    from xlatda import api
-    from xlatda._bridge import apply_state
-    from xlatda.latent_data import latent_coords
-    from xlatda.model import LatentModel
-
-    if not isinstance(model, LatentModel):
-        return api.encode(ds, model, device=device, dtype=dtype)
-    ds = model.layout.align(ds)  # the model's grid in another order: reordered onto it
-    dev, tdtype = model.place(device, dtype)
-    # The work of xlatda.encode: NaN/inf refused (outside the model's fixed
-    # mask), masked points filled with 0 after normalising.
-    # An encoder that starts by subtracting a fixed field (PCA's mean) lets the
-    # bridge take it off in its normalising pass (same values, no pass or array
-    # of the encoder's own for it).
-    encode, center = model.encoder.encode, None
-    if hasattr(model.encoder, "encode_centered"):
-        encode, center = model.encoder.encode_centered, model.encoder.input_center
-    z = apply_state(ds, model.layout, encode, normalizer=model.normalizer, center=center,
-                    out_core=[api.LATENT_DIM], out_sizes={api.LATENT_DIM: model.latent_dim},
-                    out_coords=latent_coords(model.latent_dim),
-                    device=dev, dtype=tdtype,
-                    grad=bool(getattr(model.encoder, "encode_needs_grad", False)),
-                    missing=model.missing, check_finite="fields to encode",
-                    nonfinite_propagates=bool(getattr(model.encoder, "nonfinite_propagates",
-                                                      False)))
-    return api.latent_dataset(z, model, f"encoded by {model.encoder_kind}")
-
-
-def _decode_states(z: Any, model: Any, device: Any, dtype: Any) -> xr.Dataset:
-    """:func:`xlatda.decode` on the training layout, denormalising in place.
-
-    Same result as ``xlatda.decode(z, model)`` (tests check they are
-    identical); the decoder's output is mapped back to physical units in
-    place instead of through two new arrays (the model's fixed mask set to
-    NaN in the same pass), and becomes the Dataset's variables without a
-    further copy.
-    """
-    from xlatda import api
-    from xlatda._bridge import apply_torch
-    from xlatda.layout import CHANNEL_DIM
-    from xlatda.model import LatentModel
-
-    latent = z["z"] if isinstance(z, xr.Dataset) and "z" in z.data_vars else z
-    if (not isinstance(model, LatentModel) or not isinstance(latent, xr.DataArray)
-            or (isinstance(z, xr.Dataset) and z.attrs.get("xlatda_model_id", model.model_id)
-                != model.model_id)
-            or latent.sizes.get(api.LATENT_DIM) != model.latent_dim):
-        return api.decode(z, model, device=device, dtype=dtype)  # raises the right error
-    L = model.layout
-    dev, tdtype = model.place(device, dtype)
-    out_dtype = np.result_type(*[np.dtype(s.dtype) for s in L.specs])
-    sizes = {CHANNEL_DIM: L.n_channels, **dict(zip(L.spatial_dims, L.spatial_shape))}
-    fields = apply_torch(latent, model.encoder.decode, in_core=[api.LATENT_DIM],
-                         out_core=[CHANNEL_DIM, *L.spatial_dims], out_sizes=sizes,
-                         device=dev, dtype=tdtype, denormalize=model.normalizer,
-                         missing=model.missing)
-    if fields.dtype != out_dtype and out_dtype.kind == "f":
-        fields = fields.astype(out_dtype)
-    return L.unstack(fields)
 
 
 # Every method that runs torch work runs in a thread scope sized by the object
@@ -230,8 +160,6 @@ class _LdaBase:
             if aux is not None:
                 raise ConfigError("aux is for encoding states; observation sets take no aux")
             return api.encode_obs(self._ds, model, device=device, dtype=dtype)
-        if aux is None:
-            return _encode_states(self._ds, model, device, dtype)
         return api.encode(self._ds, model, aux=aux, device=device, dtype=dtype)
 
     @_scoped
@@ -251,8 +179,6 @@ class _LdaBase:
         """Decode latent vectors ``z`` back to fields (:func:`xlatda.decode`)."""
         from xlatda import api
 
-        if at is None:
-            return _decode_states(self._obj, model, device, dtype)
         return api.decode(self._obj, model, at=at, device=device, dtype=dtype)
 
     @_scoped

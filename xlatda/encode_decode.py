@@ -79,6 +79,16 @@ def encode(
         Variable ``z`` over the sample dims plus ``latent``, with provenance
         attrs. Lazy when ``ds`` is dask-backed (chunks along sample dims).
     """
+    if aux is None and isinstance(model, LatentModel):
+        return _encode_fused(as_dataset(ds), model, device, dtype)
+    return _encode_general(ds, model, aux=aux, device=device, dtype=dtype)
+
+
+def _encode_general(ds: Any, model: LatentModel, *, aux: Any = None, device: Any = None,
+                    dtype: Any = None) -> xr.Dataset:
+    """:func:`encode` through the layout's stack and :func:`~xlatda._bridge.apply_torch`:
+    the path of models with auxiliary inputs, and the reference the fused path is
+    tested against (``tests/test_accessor_fused.py``)."""
     L = model.layout
     ds = L.align(as_dataset(ds))  # the model's grid in another order: reordered onto it
     stacked = L.stack(ds)  # checks ds against the layout first
@@ -95,6 +105,38 @@ def encode(
     z = apply_torch(stacked, fn, in_core=[CHANNEL_DIM, *L.spatial_dims],
                     out_core=[LATENT_DIM], out_sizes={LATENT_DIM: model.latent_dim},
                     device=dev, dtype=tdtype, grad=encoder_needs_grad(model))
+    return latent_dataset(z, model, f"encoded by {model.encoder_kind}")
+
+
+
+def _encode_fused(ds: xr.Dataset, model: LatentModel, device: Any, dtype: Any) -> xr.Dataset:
+    """:func:`encode` without auxiliary inputs, stacking and normalising in one copy.
+
+    Identical to :func:`_encode_general` (tests check it, also with a fixed
+    missing mask, and that NaN/inf fields are refused alike):
+    :func:`xlatda._bridge.apply_state` fuses the stack, the normalisation and
+    the encoder into one pass (one dask task per chunk).
+    """
+    from xlatda._bridge import apply_state
+    from xlatda.latent_data import latent_coords
+
+    ds = model.layout.align(ds)  # the model's grid in another order: reordered onto it
+    dev, tdtype = model.place(device, dtype)
+    # NaN/inf refused (outside the model's fixed mask), masked points filled with 0
+    # after normalising. An encoder that starts by subtracting a fixed field (PCA's
+    # mean) lets the bridge take it off in its normalising pass (same values, no pass
+    # or array of the encoder's own for it).
+    encode_fn, center = model.encoder.encode, None
+    if hasattr(model.encoder, "encode_centered"):
+        encode_fn, center = model.encoder.encode_centered, model.encoder.input_center
+    z = apply_state(ds, model.layout, encode_fn, normalizer=model.normalizer, center=center,
+                    out_core=[LATENT_DIM], out_sizes={LATENT_DIM: model.latent_dim},
+                    out_coords=latent_coords(model.latent_dim),
+                    device=dev, dtype=tdtype,
+                    grad=bool(getattr(model.encoder, "encode_needs_grad", False)),
+                    missing=model.missing, check_finite="fields to encode",
+                    nonfinite_propagates=bool(getattr(model.encoder, "nonfinite_propagates",
+                                                      False)))
     return latent_dataset(z, model, f"encoded by {model.encoder_kind}")
 
 
@@ -133,22 +175,61 @@ def decode(
         With ``at``: every state variable at those points or on that grid.
         Lazy when ``z`` is dask-backed.
     """
+    if at is None:
+        return _decode_fused(z, model, device, dtype)
+    da = check_latent(z, model)
+    dev, tdtype = model.place(device, dtype)
+    return _decode_at(da, model, at, dev, tdtype)
+
+
+def _decode_general(z: Any, model: LatentModel, device: Any = None,
+                    dtype: Any = None) -> xr.Dataset:
+    """:func:`decode` on the training layout through :func:`~xlatda._bridge.apply_torch`
+    and a masking ``where``: the reference :func:`_decode_fused` is tested against, and
+    what gives the right error for latents the fused path does not take."""
     da = check_latent(z, model)
     L = model.layout
     dev, tdtype = model.place(device, dtype)
     out_dtype = np.result_type(*[np.dtype(s.dtype) for s in L.specs])
-    if at is None:
-        sizes = {CHANNEL_DIM: L.n_channels, **dict(zip(L.spatial_dims, L.spatial_shape))}
-        fields = apply_torch(da, model.decode_tensor, in_core=[LATENT_DIM],
-                             out_core=[CHANNEL_DIM, *L.spatial_dims], out_sizes=sizes,
-                             device=dev, dtype=tdtype)
-        if fields.dtype != out_dtype and out_dtype.kind == "f":
-            fields = fields.astype(out_dtype)
-        if model.missing is not None:
-            keep = xr.DataArray(~model.missing, dims=[CHANNEL_DIM, *L.spatial_dims])
-            fields = fields.where(keep)
-        return L.unstack(fields)
-    return _decode_at(da, model, at, dev, tdtype)
+    sizes = {CHANNEL_DIM: L.n_channels, **dict(zip(L.spatial_dims, L.spatial_shape))}
+    fields = apply_torch(da, model.decode_tensor, in_core=[LATENT_DIM],
+                         out_core=[CHANNEL_DIM, *L.spatial_dims], out_sizes=sizes,
+                         device=dev, dtype=tdtype)
+    if fields.dtype != out_dtype and out_dtype.kind == "f":
+        fields = fields.astype(out_dtype)
+    if model.missing is not None:
+        keep = xr.DataArray(~model.missing, dims=[CHANNEL_DIM, *L.spatial_dims])
+        fields = fields.where(keep)
+    return L.unstack(fields)
+
+
+def _decode_fused(z: Any, model: Any, device: Any, dtype: Any) -> xr.Dataset:
+    """:func:`decode` on the training layout, denormalising in place.
+
+    Identical to :func:`_decode_general` (tests check it); the decoder's output
+    is mapped back to physical units in place instead of through two new arrays
+    (the model's fixed mask set to NaN in the same pass), and becomes the
+    Dataset's variables without a further copy. Anything else (not a
+    LatentModel, another model's latents, the wrong latent size) goes the
+    general way, which raises the right error.
+    """
+    latent = z["z"] if isinstance(z, xr.Dataset) and "z" in z.data_vars else z
+    if (not isinstance(model, LatentModel) or not isinstance(latent, xr.DataArray)
+            or (isinstance(z, xr.Dataset) and z.attrs.get("xlatda_model_id", model.model_id)
+                != model.model_id)
+            or latent.sizes.get(LATENT_DIM) != model.latent_dim):
+        return _decode_general(z, model, device, dtype)
+    L = model.layout
+    dev, tdtype = model.place(device, dtype)
+    out_dtype = np.result_type(*[np.dtype(s.dtype) for s in L.specs])
+    sizes = {CHANNEL_DIM: L.n_channels, **dict(zip(L.spatial_dims, L.spatial_shape))}
+    fields = apply_torch(latent, model.encoder.decode, in_core=[LATENT_DIM],
+                         out_core=[CHANNEL_DIM, *L.spatial_dims], out_sizes=sizes,
+                         device=dev, dtype=tdtype, denormalize=model.normalizer,
+                         missing=model.missing)
+    if fields.dtype != out_dtype and out_dtype.kind == "f":
+        fields = fields.astype(out_dtype)
+    return L.unstack(fields)
 
 
 def _decode_at(da: xr.DataArray, model: LatentModel, at: xr.Dataset, dev, tdtype) -> xr.Dataset:
