@@ -12,16 +12,13 @@ import argparse
 import os
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import dask
-import dask.array as dsa
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_accessor import _field
+from bench_accessor import _dask_floors, _field
 
 import xlatda
 from xlatda._bridge import apply_state, apply_torch
@@ -82,33 +79,12 @@ def rungs(n: int):
     zc = z.chunk(time=n // 4)
     per = n // 4
     xs = [x[i * per:(i + 1) * per] for i in range(4)]
-    xd = dsa.from_array(x.numpy(), chunks=(per, 2, 32, 64))
-    zd = dsa.from_array(zt.numpy(), chunks=(per, 64))
-
-    def enc_block(b):
-        with torch.inference_mode():
-            return model.encode_tensor(torch.from_numpy(b)).numpy()
-
-    def dec_block(b):
-        with torch.inference_mode():
-            return model.decode_tensor(torch.from_numpy(b)).numpy()
-
     def raw_chunks():
         for xi in xs:
             with torch.inference_mode():
                 model.encode_tensor(xi)
 
-    # The dask floor: the raw kernel in one map_blocks task per chunk, named by
-    # hand (dask would otherwise tokenize the closure, pickling the model).
-    def floor_enc():
-        dsa.map_blocks(enc_block, xd, drop_axis=[2, 3], new_axis=[], chunks=((per,) * 4, (64,)),
-                       dtype=np.float32, name=f"floor-enc-{uuid.uuid4().hex}",
-                       meta=np.empty((0, 0), np.float32)).compute()
-
-    def floor_dec():
-        dsa.map_blocks(dec_block, zd, new_axis=[2, 3], chunks=((per,) * 4, (2,), (32,), (64,)),
-                       dtype=np.float32, name=f"floor-dec-{uuid.uuid4().hex}",
-                       meta=np.empty((0, 0, 0, 0), np.float32)).compute()
+    floors = _dask_floors(model, x, zt, n)  # one map_blocks task per chunk
 
     return {
         "raw encode_tensor": raw,
@@ -117,13 +93,13 @@ def rungs(n: int):
         "xlatda.encode": lambda: xlatda.encode(ds, model).z.values,
         "ds.lda.encode": lambda: ds.lda.encode(model).z.values,
         "raw 4 chunks": raw_chunks,
-        "dask floor encode": floor_enc,
+        "dask floor encode": floors["encode dask"],
         "dask lda.encode": lambda: chunked.lda.encode(model).z.compute(),
         "raw decode_tensor": raw_dec,
         "decode kernel (PCA+denorm)": dec_kernel,
         "apply_torch decode": dec_bridge,
         "z.lda.decode": lambda: z.lda.decode(model).height.values,
-        "dask floor decode": floor_dec,
+        "dask floor decode": floors["decode dask"],
         "dask lda.decode": lambda: zc.lda.decode(model).compute(),
     }
 

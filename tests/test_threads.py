@@ -115,10 +115,11 @@ def small():
     return ds, xlatda.fit(ds, encoder="pca", latent_dim=4, progress=False)
 
 
-def test_public_calls_run_small_problems_on_one_thread(small, two_threads, monkeypatch):
-    ds, model = small
-    seen = []
-    # The accessor's fused encode calls PCA's encode_centered, xlatda.encode encode.
+def _spy_threads(model, monkeypatch) -> list[int]:
+    """The thread count each call of the encoder's encode methods ran on (the fused
+    path calls PCA's encode_centered, the aux path encode)."""
+    seen: list[int] = []
+
     def spying(f):
         def spy(x):
             seen.append(torch.get_num_threads())
@@ -128,6 +129,12 @@ def test_public_calls_run_small_problems_on_one_thread(small, two_threads, monke
 
     for name in ("encode", "encode_centered"):
         monkeypatch.setattr(model.encoder, name, spying(getattr(model.encoder, name)))
+    return seen
+
+
+def test_public_calls_run_small_problems_on_one_thread(small, two_threads, monkeypatch):
+    ds, model = small
+    seen = _spy_threads(model, monkeypatch)
     ds.lda.encode(model)
     xlatda.encode(ds, model)
     assert seen == [1, 1]
@@ -162,17 +169,7 @@ def test_dask_tasks_keep_the_workers_setting_unless_asked(small, two_threads, mo
     import dask
 
     ds, model = small
-    seen = []
-    # The accessor's fused encode calls PCA's encode_centered, xlatda.encode encode.
-    def spying(f):
-        def spy(x):
-            seen.append(torch.get_num_threads())
-            return f(x)
-
-        return spy
-
-    for name in ("encode", "encode_centered"):
-        monkeypatch.setattr(model.encoder, name, spying(getattr(model.encoder, name)))
+    seen = _spy_threads(model, monkeypatch)
     z = ds.chunk(time=20).lda.encode(model)  # built inside the scope, computed outside
     with dask.config.set(scheduler="synchronous"):
         z.compute()
