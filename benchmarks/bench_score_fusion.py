@@ -202,6 +202,30 @@ PRED_VARIANTS: dict[str, dict[str, Any]] = {"pred": {}, "pred_ad": {"scale": "ad
                                             "pred_2p": {"scale": "two_part"}}
 
 
+def spread_starts(n: int, starts: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """One window's first hour per trajectory for ``n`` trajectories, ``starts`` in turn."""
+    return [(starts[i % len(starts)],) for i in range(int(n))]
+
+
+def window_list(trajs: list, starts) -> list[tuple[int, Any, int]]:
+    """The windows ``(trajectory index, trajectory, first hour)`` in the order they are
+    run: every start on every trajectory for a tuple of starts, each trajectory's own
+    starts for a list of tuples (:func:`spread_starts`)."""
+    if isinstance(starts, list):
+        if len(starts) != len(trajs):
+            raise ValueError(f"{len(starts)} lists of starts for {len(trajs)} trajectories")
+        return [(i, tr, s) for i, tr in enumerate(trajs) for s in starts[i]]
+    return [(i, tr, s) for i, tr in enumerate(trajs) for s in starts]
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """``"4-11"`` or ``"4,5,9"`` as a tuple of ints."""
+    if "-" in text:
+        a, b = (int(v) for v in text.split("-"))
+        return tuple(range(a, b + 1))
+    return tuple(int(v) for v in text.split(","))
+
+
 def _run(model, lo, trajs, starts, design, cond, gamma, err, cfg, seed,
          calib: bool = False, corrections: int = 1) -> tuple[dict, float]:
     """Scores of the decoded analyses (and, for :data:`PREDICTIVE`, ``out["pred"]`` of
@@ -209,40 +233,39 @@ def _run(model, lo, trajs, starts, design, cond, gamma, err, cfg, seed,
     parts, priors, secs, scales, scales2 = [], [], 0.0, [], []
     preds: dict[str, list] = {k: [] for k in PRED_VARIANTS}
     w = cfg["window"]
-    for i, tr in enumerate(trajs):
-        for s in starts:
-            truth = tr.isel(time=slice(s, s + w))
-            obs = _observe(truth, design, err, seed + 1000 * i + s)
-            kw = dict(COND_SETTINGS[cond]) | ({"latent_obs": lo} if cond == "latent" else {})
-            t0 = time.perf_counter()
-            res = xlatda.cycle(None, obs, model, method="score", members=cfg["members"],
-                               window=w, steps=cfg["steps"], gamma=gamma, seed=seed + s,
-                               corrections=corrections,
-                               progress=False, **kw)
-            secs += time.perf_counter() - t0
-            if "representation_scale" in res.diagnostics:
-                scales.append(float(res.diagnostics.representation_scale.mean()))
-            if "representation_scale_smooth" in res.diagnostics:
-                scales2.append(float(res.diagnostics.representation_scale_smooth.mean()))
-            part = _stats(res.analysis, truth, cfg["std"])
-            if cond in PREDICTIVE:
-                for k, kw_p in PRED_VARIANTS.items():
-                    if kw_p.get("scale") == "analysis":
-                        if "representation_scale" not in res.diagnostics:
-                            continue
-                        kw_p = {"scale": float(res.diagnostics.representation_scale.mean())}
-                        if "representation_scale_smooth" in res.diagnostics:
-                            kw_p = {"scale": (kw_p["scale"], float(
-                                res.diagnostics.representation_scale_smooth.mean()))}
-                    pred = xlatda.predictive_samples(res.analysis, obs, model, seed=seed + s,
-                                                     **kw_p)
-                    preds[k].append(_stats(pred, truth, cfg["std"]))
-            if calib:  # the truth's own code, decoded: what the latent space can represent
-                back = xlatda.decode(xlatda.encode(truth, model), model)
-                back = back[list(VARS)].transpose(*truth[VARS[0]].dims)
-                part["proj"] = _stats(back.expand_dims(member=[0]), truth, cfg["std"])["ens"][0]
-            parts.append(part)
-            priors.append(_stats(res.background, truth, cfg["std"]))
+    for i, tr, s in window_list(trajs, starts):
+        truth = tr.isel(time=slice(s, s + w))
+        obs = _observe(truth, design, err, seed + 1000 * i + s)
+        kw = dict(COND_SETTINGS[cond]) | ({"latent_obs": lo} if cond == "latent" else {})
+        t0 = time.perf_counter()
+        res = xlatda.cycle(None, obs, model, method="score", members=cfg["members"],
+                           window=w, steps=cfg["steps"], gamma=gamma, seed=seed + s,
+                           corrections=corrections,
+                           progress=False, **kw)
+        secs += time.perf_counter() - t0
+        if "representation_scale" in res.diagnostics:
+            scales.append(float(res.diagnostics.representation_scale.mean()))
+        if "representation_scale_smooth" in res.diagnostics:
+            scales2.append(float(res.diagnostics.representation_scale_smooth.mean()))
+        part = _stats(res.analysis, truth, cfg["std"])
+        if cond in PREDICTIVE:
+            for k, kw_p in PRED_VARIANTS.items():
+                if kw_p.get("scale") == "analysis":
+                    if "representation_scale" not in res.diagnostics:
+                        continue
+                    kw_p = {"scale": float(res.diagnostics.representation_scale.mean())}
+                    if "representation_scale_smooth" in res.diagnostics:
+                        kw_p = {"scale": (kw_p["scale"], float(
+                            res.diagnostics.representation_scale_smooth.mean()))}
+                pred = xlatda.predictive_samples(res.analysis, obs, model, seed=seed + s,
+                                                 **kw_p)
+                preds[k].append(_stats(pred, truth, cfg["std"]))
+        if calib:  # the truth's own code, decoded: what the latent space can represent
+            back = xlatda.decode(xlatda.encode(truth, model), model)
+            back = back[list(VARS)].transpose(*truth[VARS[0]].dims)
+            part["proj"] = _stats(back.expand_dims(member=[0]), truth, cfg["std"])["ens"][0]
+        parts.append(part)
+        priors.append(_stats(res.background, truth, cfg["std"]))
     out = _scores(parts)
     out["prior_rmse"] = _scores(priors)["rmse"]  # unconditioned draws of the same prior
     if scales:  # the factor on Σ_rep each window's analysis estimated
@@ -256,7 +279,7 @@ def _run(model, lo, trajs, starts, design, cond, gamma, err, cfg, seed,
     if cond in PREDICTIVE:
         out["pred"] = {k: _scores(v) | (_calibration(v) if calib else {})
                        for k, v in preds.items() if v}
-    return out, secs / (len(trajs) * len(starts))
+    return out, secs / len(parts)
 
 
 def fit_models(train, cfg: dict[str, Any], err: dict[str, float],
@@ -282,7 +305,9 @@ def main(quick: bool = True, threads: int | None = 1, seed: int = 0,
                                    "tweedie_rep"),
          test_starts: tuple[int, ...] | None = None, select: dict[str, str] | None = None,
          out: str | None = None, designs: tuple[str, ...] | None = None,
-         gamma_from: str | None = None) -> list[dict[str, Any]]:
+         gamma_from: str | None = None, rep_pool: tuple[int, ...] | None = None,
+         val_spread: int | None = None,
+         test_spread: int | None = None) -> list[dict[str, Any]]:
     """Run the benchmark. ``test_starts``: the test windows' first hours (default the
     mode's); ``select``: ``{conditioning: variant}``, choose one gamma per design for that
     conditioning by the validation CRPS of that predictive variant (``"pred"``,
@@ -291,7 +316,16 @@ def main(quick: bool = True, threads: int | None = 1, seed: int = 0,
     name; ``designs``: a subset of the mode's designs; ``gamma_from``: a conditioning whose
     gamma (chosen on validation, per design) the other conditionings use, validated and
     tested at that gamma only. The validation windows start at the test windows' hours
-    (on the validation trajectories, seed 1)."""
+    (on the validation trajectories, seed 1). ``rep_pool``: seeds whose trajectories (two
+    each, of the training kind) are the held-out states of the representation-error
+    model, instead of the calibration trajectories (seed 3; the latent likelihoods keep
+    those); ``val_spread``: validation on that many trajectories of seed 1, one window
+    each, the test windows' first hours in turn (instead of every start on
+    ``val_traj`` trajectories): the same number of windows over more trajectories
+    (score6: the off-manifold distance is a property of the trajectory, mostly of where
+    its bump lies against the training bumps); ``test_spread``: also test on that many
+    trajectories of seed 2, one window each (rows with ``set="test_spread"``; the test
+    set of ``test_traj`` trajectories is run as before)."""
     cfg = dict(CONFIGS["quick" if quick else "full"])
     if test_starts:
         cfg["test_starts"] = tuple(int(v) for v in test_starts)
@@ -306,6 +340,10 @@ def main(quick: bool = True, threads: int | None = 1, seed: int = 0,
     t_all = time.perf_counter()
     train = _data(cfg["train_traj"], cfg["hours"], 0)
     calib = _trajs(_data(cfg["calib_traj"], cfg["hours"], 3))
+    if val_spread:
+        cfg["val_traj"] = int(val_spread)
+        cfg["val_starts"] = spread_starts(cfg["val_traj"], cfg["test_starts"])
+    cfg["rep_pool"] = tuple(rep_pool) if rep_pool else None
     val = _trajs(_data(cfg["val_traj"], cfg["hours"], 1))
     test = _trajs(_data(cfg["test_traj"], cfg["hours"], 2))
     std = {v: float(train[v].std()) for v in VARS}
@@ -316,8 +354,12 @@ def main(quick: bool = True, threads: int | None = 1, seed: int = 0,
     model, t_ae, t_score = fit_models(train, cfg, err, seed)
     _log(f"autoencoder {t_ae:.0f} s, score prior {t_score:.0f} s")
     # the decoder's representation-error model, on the held-out calibration trajectories
-    model = xlatda.fit_representation_error(model, _data(cfg["calib_traj"], cfg["hours"], 3),
-                                            modes=cfg.get("rep_modes", 32))
+    if cfg["rep_pool"]:
+        held = xr.concat([_data(2, cfg["hours"], s) for s in cfg["rep_pool"]], dim="trajectory")
+        held = held.assign_coords(trajectory=np.arange(held.sizes["trajectory"]))
+    else:
+        held = _data(cfg["calib_traj"], cfg["hours"], 3)
+    model = xlatda.fit_representation_error(model, held, modes=cfg.get("rep_modes", 32))
     rep = model.history["representation_error"]
     _log(f"representation error: rmse {rep['rmse']}, phi {rep['time_correlation']:.3f}, "
          f"modes explain {rep['explained']:.2f}; smooth part: var {rep.get('smooth_var')}, "
@@ -352,6 +394,11 @@ def main(quick: bool = True, threads: int | None = 1, seed: int = 0,
                "n_pairs": {d: lo.n_pairs for d, lo in los.items()}}
         write_report(res, out)
 
+    test_sets = [("test", test, cfg["test_starts"])]
+    if test_spread:  # a second test set: more trajectories, one window each
+        cfg["test_spread"] = int(test_spread)
+        test_sets.append(("test_spread", _trajs(_data(int(test_spread), cfg["hours"], 2)),
+                          spread_starts(test_spread, cfg["test_starts"])))
     if gamma_from and gamma_from in conds:  # its gamma first: the others use it
         conds = (gamma_from, *[c for c in conds if c != gamma_from])
     for d in cfg["run_designs"]:
@@ -387,40 +434,44 @@ def main(quick: bool = True, threads: int | None = 1, seed: int = 0,
                 if best is None or crit < best[1]:
                     best = (g, crit, c)
             chosen[cond] = (best[0], best[2])
-            sc, secs = _run(model, los[d], test, cfg["test_starts"], d, cond, best[0], err,
-                            cfg, seed + 9, calib=True, corrections=best[2])
-            pred_sc = sc.pop("pred", None)
-            n_obs = int(_observe(test[0].isel(time=[0]), d, err, 0)[list(VARS)].to_array()
-                        .notnull().sum())
-            rows.append({"design": d, "obs_per_time": n_obs, "conditioning": cond,
-                         "gamma": best[0], "corrections": best[2], **sc,
-                         "seconds_per_window": secs,
-                         "explained": los[d].explained if cond == "latent" else None,
-                         "val_rep_scale": next((v.get("rep_scale") for v in [sc_val.get(
-                             (best[0], best[2]), {})]), None),
-                         "shrinkage": los[d].shrinkage if cond == "latent" else None})
-            _log(f"{d} {cond}: gamma {best[0]} rmse {sc['rmse']:.3f} ssr {sc['ssr']:.2f} "
-                 f"[{sc['ssr_lo']:.2f}, {sc['ssr_hi']:.2f}] ssr_rep {sc['ssr_rep']:.2f} "
-                 f"outer {sc['outer']:.2f} crps {sc['crps']:.4f} ({secs:.1f} s/window)")
-            # the predictive outputs, each at its own gamma (chosen on validation); a test
-            # run is reused where the gamma is the same
-            runs = {(best[0], best[2]): {**sc, "pred": pred_sc}}
-            if cond in select:  # every output at the one gamma chosen
-                best_pred = {k: (best[0], None, best[2]) for k in best_pred}
-            for k, (g, _, c) in best_pred.items():
-                if (g, c) not in runs:
-                    runs[(g, c)] = _run(model, los[d], test, cfg["test_starts"], d, cond, g,
-                                        err, cfg, seed + 9, calib=True, corrections=c)[0]
-                scp = runs[(g, c)]
-                p = scp["pred"][k]
-                rows.append({"design": d, "obs_per_time": None, "conditioning": f"{cond}+{k}",
-                             "gamma": g, "corrections": c, **p,
-                             "prior_rmse": scp["prior_rmse"]})
-                _log(f"{d} {cond}+{k}: gamma {g} rmse {p['rmse']:.3f} ssr "
-                     f"{p['ssr']:.2f} [{p['ssr_lo']:.2f}, {p['ssr_hi']:.2f}] outer "
-                     f"{p['outer']:.2f} crps {p['crps']:.4f}")
-            # the table so far, after every row (a long run that is stopped keeps
-            # what it finished)
+            for tname, tset, tstarts in test_sets:
+                sc, secs = _run(model, los[d], tset, tstarts, d, cond, best[0], err,
+                                cfg, seed + 9, calib=True, corrections=best[2])
+                pred_sc = sc.pop("pred", None)
+                n_obs = int(_observe(test[0].isel(time=[0]), d, err, 0)[list(VARS)].to_array()
+                            .notnull().sum())
+                rows.append({"design": d, "set": tname, "obs_per_time": n_obs,
+                             "conditioning": cond,
+                             "gamma": best[0], "corrections": best[2], **sc,
+                             "seconds_per_window": secs,
+                             "explained": los[d].explained if cond == "latent" else None,
+                             "val_rep_scale": next((v.get("rep_scale") for v in [sc_val.get(
+                                 (best[0], best[2]), {})]), None),
+                             "shrinkage": los[d].shrinkage if cond == "latent" else None})
+                _log(f"{tname} {d} {cond}: gamma {best[0]} rmse {sc['rmse']:.3f} ssr "
+                     f"{sc['ssr']:.2f} "
+                     f"[{sc['ssr_lo']:.2f}, {sc['ssr_hi']:.2f}] ssr_rep {sc['ssr_rep']:.2f} "
+                     f"outer {sc['outer']:.2f} crps {sc['crps']:.4f} ({secs:.1f} s/window)")
+                # the predictive outputs, each at its own gamma (chosen on validation); a test
+                # run is reused where the gamma is the same
+                runs = {(best[0], best[2]): {**sc, "pred": pred_sc}}
+                if cond in select:  # every output at the one gamma chosen
+                    best_pred = {k: (best[0], None, best[2]) for k in best_pred}
+                for k, (g, _, c) in best_pred.items():
+                    if (g, c) not in runs:
+                        runs[(g, c)] = _run(model, los[d], tset, tstarts, d, cond, g,
+                                            err, cfg, seed + 9, calib=True, corrections=c)[0]
+                    scp = runs[(g, c)]
+                    p = scp["pred"][k]
+                    rows.append({"design": d, "set": tname, "obs_per_time": None,
+                                 "conditioning": f"{cond}+{k}",
+                                 "gamma": g, "corrections": c, **p,
+                                 "prior_rmse": scp["prior_rmse"]})
+                    _log(f"{tname} {d} {cond}+{k}: gamma {g} rmse {p['rmse']:.3f} ssr "
+                         f"{p['ssr']:.2f} [{p['ssr_lo']:.2f}, {p['ssr_hi']:.2f}] outer "
+                         f"{p['outer']:.2f} crps {p['crps']:.4f}")
+                # the table so far, after every row (a long run that is stopped keeps
+                # what it finished)
             report()
     return rows
 
@@ -444,10 +495,13 @@ def write_report(res: dict[str, Any], out: str | None = None) -> Path:
     rows = res["test"]
 
     def ratio(cond, designs):
-        v = [r["rmse"] for r in rows if r["conditioning"] == cond and r["design"] in designs]
+        v = [r["rmse"] for r in rows if r["conditioning"] == cond and r["design"] in designs
+             and r.get("set", "test") == "test"]
         return max(v) / min(v) if v else float("nan")
 
     coarse = ("r4", "r8", "r16")
+    # the second test set's rows are told apart by a column (only where there is one)
+    set_col = ["set"] if cfg.get("test_spread") else []
     lines = [
         "# Score-based assimilation: explicit H∘D guidance vs latent conditioning (issue 18)",
         "",
@@ -469,7 +523,13 @@ def write_report(res: dict[str, Any], out: str | None = None) -> Path:
         f"epochs). Sampler: {cfg['steps']} steps, 1 correction, {cfg['members']} members, "
         f"guide_clip default; test windows start at hours {list(cfg['test_starts'])} of each "
         "test trajectory, all 5 hours observed; errors 0.1 training std. "
-        f"Representation floor (test states through E then D): {res['floor']:.4f}.",
+        f"Representation floor (test states through E then D): {res['floor']:.4f}."
+        + (f" Representation-error model fitted on the trajectories of seeds "
+           f"{list(cfg['rep_pool'])} (two each) instead of the calibration ones."
+           if cfg.get("rep_pool") else "")
+        + (f" Validation: {cfg['val_traj']} trajectories of seed 1, one window each (first "
+           f"hours {[s[0] for s in cfg['val_starts']]})."
+           if isinstance(cfg["val_starts"], list) else ""),
         "",
         "Validation (gamma chosen per design and conditioning by CRPS):",
         "",
@@ -479,7 +539,8 @@ def write_report(res: dict[str, Any], out: str | None = None) -> Path:
         "",
         "Test:",
         "",
-        *_table(rows, ["design", "obs_per_time", "conditioning", "gamma", "corrections", "rmse",
+        *_table(rows, ["design", *set_col, "obs_per_time", "conditioning", "gamma",
+                       "corrections", "rmse",
                        "prior_rmse",
                        "spread",
                        "ssr", "crps", "seconds_per_window", "explained", "shrinkage",
@@ -491,7 +552,7 @@ def write_report(res: dict[str, Any], out: str | None = None) -> Path:
         "the representation floor, and the rank histogram (outer two bins; "
         f"{2 / (cfg['members'] + 1):.3f} if calibrated):",
         "",
-        *_table(rows, ["design", "conditioning", "windows", "ssr", "ssr_lo", "ssr_hi",
+        *_table(rows, ["design", *set_col, "conditioning", "windows", "ssr", "ssr_lo", "ssr_hi",
                        "ssr_rep", "rep_floor", "outer", "ranks"]),
         "",
         "*tweedie*: explicit H∘D with the Tweedie-covariance guidance (`cg_iters=8`, "
@@ -557,10 +618,19 @@ if __name__ == "__main__":
     ap.add_argument("--designs", default="", help="comma-separated subset of the designs")
     ap.add_argument("--gamma-from", default="",
                     help="conditioning whose validation-chosen gamma the others use")
+    ap.add_argument("--rep-pool", default="",
+                    help="seeds (a-b or comma-separated) of the representation-error model's "
+                         "held-out trajectories, two each (default: the calibration ones)")
+    ap.add_argument("--val-spread", type=int, default=0,
+                    help="validation on this many seed-1 trajectories, one window each")
+    ap.add_argument("--test-spread", type=int, default=0,
+                    help="also test on this many seed-2 trajectories, one window each")
     args = ap.parse_args()
     starts = tuple(int(v) for v in args.test_starts.split(",") if v)
     main(quick=not args.full, threads=args.threads, conds=tuple(args.conds.split(",")),
          test_starts=starts or None,
          select=dict(v.split(":") for v in args.select.split(",") if v), out=args.out,
          designs=tuple(v for v in args.designs.split(",") if v) or None,
-         gamma_from=args.gamma_from or None)
+         gamma_from=args.gamma_from or None,
+         rep_pool=parse_seeds(args.rep_pool) if args.rep_pool else None,
+         val_spread=args.val_spread or None, test_spread=args.test_spread or None)
