@@ -187,16 +187,8 @@ def _decode_general(z: Any, model: LatentModel, device: Any = None,
     """:func:`decode` on the training layout through :func:`~xlatda._bridge.apply_torch`
     and a masking ``where``: the reference :func:`_decode_fused` is tested against, and
     what gives the right error for latents the fused path does not take."""
-    da = check_latent(z, model)
     L = model.layout
-    dev, tdtype = model.place(device, dtype)
-    out_dtype = np.result_type(*[np.dtype(s.dtype) for s in L.specs])
-    sizes = {CHANNEL_DIM: L.n_channels, **dict(zip(L.spatial_dims, L.spatial_shape))}
-    fields = apply_torch(da, model.decode_tensor, in_core=[LATENT_DIM],
-                         out_core=[CHANNEL_DIM, *L.spatial_dims], out_sizes=sizes,
-                         device=dev, dtype=tdtype)
-    if fields.dtype != out_dtype and out_dtype.kind == "f":
-        fields = fields.astype(out_dtype)
+    fields = _decode_on_grid(check_latent(z, model), model, model.decode_tensor, device, dtype)
     if model.missing is not None:
         keep = xr.DataArray(~model.missing, dims=[CHANNEL_DIM, *L.spatial_dims])
         fields = fields.where(keep)
@@ -219,17 +211,25 @@ def _decode_fused(z: Any, model: Any, device: Any, dtype: Any) -> xr.Dataset:
                 != model.model_id)
             or latent.sizes.get(LATENT_DIM) != model.latent_dim):
         return _decode_general(z, model, device, dtype)
+    fields = _decode_on_grid(latent, model, model.encoder.decode, device, dtype,
+                             denormalize=model.normalizer, missing=model.missing)
+    return model.layout.unstack(fields)
+
+
+def _decode_on_grid(da: xr.DataArray, model: LatentModel, fn: Any, device: Any, dtype: Any,
+                    **bridge: Any) -> xr.DataArray:
+    """``fn`` of the latents through :func:`~xlatda._bridge.apply_torch` onto the stacked
+    training grid ``(..., channel, *spatial)``, in the layout's floating dtype (the two
+    decode paths; ``bridge``: the fused path's in-place denormalisation and mask)."""
     L = model.layout
     dev, tdtype = model.place(device, dtype)
     out_dtype = np.result_type(*[np.dtype(s.dtype) for s in L.specs])
     sizes = {CHANNEL_DIM: L.n_channels, **dict(zip(L.spatial_dims, L.spatial_shape))}
-    fields = apply_torch(latent, model.encoder.decode, in_core=[LATENT_DIM],
-                         out_core=[CHANNEL_DIM, *L.spatial_dims], out_sizes=sizes,
-                         device=dev, dtype=tdtype, denormalize=model.normalizer,
-                         missing=model.missing)
+    fields = apply_torch(da, fn, in_core=[LATENT_DIM], out_core=[CHANNEL_DIM, *L.spatial_dims],
+                         out_sizes=sizes, device=dev, dtype=tdtype, **bridge)
     if fields.dtype != out_dtype and out_dtype.kind == "f":
         fields = fields.astype(out_dtype)
-    return L.unstack(fields)
+    return fields
 
 
 def _decode_at(da: xr.DataArray, model: LatentModel, at: xr.Dataset, dev, tdtype) -> xr.Dataset:
